@@ -1,0 +1,271 @@
+//! Batch-shaped AEAD: the API the relay calls once per batch of envelopes.
+//!
+//! Each job carries its own key, nonce, AAD and data, so one batch may mix suites, keys and
+//! lengths. Results are per job: a job that fails to authenticate fails alone. This module is
+//! the boundary behind which the multi-buffer SIMD engine lives; the backend here processes jobs
+//! one at a time with ring.
+
+use crate::suite::{AeadKey, NONCE_LEN, TAG_LEN};
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey};
+
+/// Verify a tag over `aad` with an empty plaintext (the deposit-tag check).
+#[derive(Debug, Clone, Copy)]
+pub struct VerifyJob<'a> {
+    /// Key and suite.
+    pub key: &'a AeadKey,
+    /// The nonce the tag was made with.
+    pub nonce: &'a [u8; NONCE_LEN],
+    /// The authenticated bytes.
+    pub aad: &'a [u8],
+    /// The tag to check.
+    pub tag: &'a [u8; TAG_LEN],
+}
+
+/// Encrypt `plaintext` into `out`, which must be `plaintext.len() + TAG_LEN` bytes long: the
+/// ciphertext followed by the tag.
+#[derive(Debug)]
+pub struct SealJob<'a> {
+    /// Key and suite.
+    pub key: &'a AeadKey,
+    /// A nonce never used before with this key.
+    pub nonce: [u8; NONCE_LEN],
+    /// Additional authenticated data.
+    pub aad: &'a [u8],
+    /// Bytes to encrypt.
+    pub plaintext: &'a [u8],
+    /// Destination: ciphertext then tag.
+    pub out: &'a mut [u8],
+}
+
+/// Decrypt `ciphertext` (ciphertext then tag) into `out`, which must be
+/// `ciphertext.len() - TAG_LEN` bytes long. On failure `out` is zeroed.
+#[derive(Debug)]
+pub struct OpenJob<'a> {
+    /// Key and suite.
+    pub key: &'a AeadKey,
+    /// The nonce the ciphertext was sealed with.
+    pub nonce: [u8; NONCE_LEN],
+    /// Additional authenticated data.
+    pub aad: &'a [u8],
+    /// Ciphertext followed by its tag.
+    pub ciphertext: &'a [u8],
+    /// Destination for the plaintext.
+    pub out: &'a mut [u8],
+}
+
+/// A batch call was given buffers of the wrong shape. This is a bug in the caller, never a
+/// property of received data, and no job of the batch was processed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    /// `results` does not have one slot per job.
+    #[error("results slice has {results} slots for {jobs} jobs")]
+    ResultsLen {
+        /// Jobs given.
+        jobs: usize,
+        /// Result slots given.
+        results: usize,
+    },
+    /// A job's output buffer has the wrong length.
+    #[error("job {index}: output buffer is {got} bytes, expected {expected}")]
+    OutLen {
+        /// Which job.
+        index: usize,
+        /// Its output length.
+        got: usize,
+        /// The length it needs.
+        expected: usize,
+    },
+}
+
+/// Reuses one ring key across consecutive jobs that share a key, so that a batch for one
+/// mailbox pays the key schedule once.
+struct KeyCache<'k> {
+    last: Option<(&'k AeadKey, LessSafeKey)>,
+}
+
+impl<'k> KeyCache<'k> {
+    fn new() -> Self {
+        Self { last: None }
+    }
+
+    fn get(&mut self, key: &'k AeadKey) -> &LessSafeKey {
+        let hit = matches!(&self.last, Some((k, _)) if std::ptr::eq(*k, key));
+        if !hit {
+            let unbound = UnboundKey::new(key.suite().ring_alg(), key.expose())
+                .expect("32-byte keys suit both sealpost suites");
+            self.last = Some((key, LessSafeKey::new(unbound)));
+        }
+        match &self.last {
+            Some((_, k)) => k,
+            None => unreachable!("filled above"),
+        }
+    }
+}
+
+/// Checks every job's tag; `results[i]` is set to whether job `i` is authentic.
+pub fn verify_batch(jobs: &[VerifyJob<'_>], results: &mut [bool]) -> Result<(), BatchError> {
+    if jobs.len() != results.len() {
+        return Err(BatchError::ResultsLen {
+            jobs: jobs.len(),
+            results: results.len(),
+        });
+    }
+    let mut cache = KeyCache::new();
+    for (job, ok) in jobs.iter().zip(results.iter_mut()) {
+        let key = cache.get(job.key);
+        let mut tag = *job.tag;
+        *ok = key
+            .open_in_place(
+                Nonce::assume_unique_for_key(*job.nonce),
+                Aad::from(job.aad),
+                &mut tag,
+            )
+            .is_ok();
+    }
+    Ok(())
+}
+
+/// Seals every job into its output buffer.
+pub fn seal_batch(jobs: &mut [SealJob<'_>]) -> Result<(), BatchError> {
+    for (index, job) in jobs.iter().enumerate() {
+        let expected = job.plaintext.len() + TAG_LEN;
+        if job.out.len() != expected {
+            return Err(BatchError::OutLen {
+                index,
+                got: job.out.len(),
+                expected,
+            });
+        }
+    }
+    let mut cache = KeyCache::new();
+    for job in jobs.iter_mut() {
+        let key = cache.get(job.key);
+        let n = job.plaintext.len();
+        let (body, tag_out) = job.out.split_at_mut(n);
+        body.copy_from_slice(job.plaintext);
+        let tag = key
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(job.nonce),
+                Aad::from(job.aad),
+                body,
+            )
+            .expect("ring seals any length sealpost produces");
+        tag_out.copy_from_slice(tag.as_ref());
+    }
+    Ok(())
+}
+
+/// Opens every job into its output buffer; `results[i]` is whether job `i` was authentic.
+pub fn open_batch(jobs: &mut [OpenJob<'_>], results: &mut [bool]) -> Result<(), BatchError> {
+    if jobs.len() != results.len() {
+        return Err(BatchError::ResultsLen {
+            jobs: jobs.len(),
+            results: results.len(),
+        });
+    }
+    for (index, job) in jobs.iter().enumerate() {
+        let expected = job.ciphertext.len().saturating_sub(TAG_LEN);
+        if job.ciphertext.len() < TAG_LEN || job.out.len() != expected {
+            return Err(BatchError::OutLen {
+                index,
+                got: job.out.len(),
+                expected,
+            });
+        }
+    }
+    let mut cache = KeyCache::new();
+    for (job, ok) in jobs.iter_mut().zip(results.iter_mut()) {
+        let key = cache.get(job.key);
+        let n = job.out.len();
+        let (ct, tag) = job.ciphertext.split_at(n);
+        job.out.copy_from_slice(ct);
+        let tag = ring::aead::Tag::try_from(tag).expect("split at TAG_LEN from the end");
+        *ok = key
+            .open_in_place_separate_tag(
+                Nonce::assume_unique_for_key(job.nonce),
+                Aad::from(job.aad),
+                tag,
+                job.out,
+                0..,
+            )
+            .is_ok();
+        if !*ok {
+            job.out.fill(0);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::suite::Suite;
+
+    #[test]
+    fn seal_open_verify_mixed_batch() {
+        let k1 = AeadKey::new(Suite::ChaCha20Poly1305, [1; 32]);
+        let k2 = AeadKey::new(Suite::Aes256Gcm, [2; 32]);
+        let msgs: Vec<Vec<u8>> = (0..10).map(|i| vec![i as u8; i * 37]).collect();
+        let mut outs: Vec<Vec<u8>> = msgs.iter().map(|m| vec![0; m.len() + TAG_LEN]).collect();
+        let keys = |i: usize| if i % 2 == 0 { &k1 } else { &k2 };
+        let mut jobs: Vec<SealJob> = msgs
+            .iter()
+            .zip(outs.iter_mut())
+            .enumerate()
+            .map(|(i, (m, o))| SealJob {
+                key: keys(i),
+                nonce: [i as u8; 12],
+                aad: b"aad",
+                plaintext: m,
+                out: o,
+            })
+            .collect();
+        seal_batch(&mut jobs).unwrap();
+        outs[3][0] ^= 1;
+        let mut plains: Vec<Vec<u8>> = msgs.iter().map(|m| vec![0; m.len()]).collect();
+        let mut jobs: Vec<OpenJob> = outs
+            .iter()
+            .zip(plains.iter_mut())
+            .enumerate()
+            .map(|(i, (c, o))| OpenJob {
+                key: keys(i),
+                nonce: [i as u8; 12],
+                aad: b"aad",
+                ciphertext: c,
+                out: o,
+            })
+            .collect();
+        let mut ok = vec![false; 10];
+        open_batch(&mut jobs, &mut ok).unwrap();
+        for i in 0..10 {
+            assert_eq!(ok[i], i != 3, "job {i}");
+            if i != 3 {
+                assert_eq!(plains[i], msgs[i]);
+            }
+        }
+    }
+
+    #[test]
+    fn shape_errors_are_reported_not_panicked() {
+        let k = AeadKey::new(Suite::ChaCha20Poly1305, [1; 32]);
+        let mut out = [0u8; 3];
+        let mut jobs = [SealJob {
+            key: &k,
+            nonce: [0; 12],
+            aad: &[],
+            plaintext: b"abc",
+            out: &mut out,
+        }];
+        assert!(matches!(
+            seal_batch(&mut jobs),
+            Err(BatchError::OutLen { index: 0, .. })
+        ));
+        assert!(matches!(
+            verify_batch(&[], &mut [false]),
+            Err(BatchError::ResultsLen {
+                jobs: 0,
+                results: 1
+            })
+        ));
+    }
+}

@@ -1,0 +1,35 @@
+//! sealpost-core: the sans-IO heart of sealpost.
+//!
+//! Codecs for frames, envelopes and control messages over [`bytes::Bytes`]; padding to size
+//! classes; the batch-shaped AEAD API the relay calls per batch; mailbox key derivation and
+//! connection-bound proofs; the end-to-end HPKE layer for clients; invitations. Nothing here
+//! does I/O or depends on an async runtime, so every piece is deterministic and testable alone.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod batch;
+pub mod e2e;
+pub mod envelope;
+pub mod frame;
+pub mod invitation;
+pub mod keys;
+pub mod msg;
+pub mod padding;
+pub mod random;
+pub mod status;
+pub mod suite;
+
+pub use envelope::{DepositId, Envelope};
+pub use keys::RecipientId;
+pub use suite::{AeadKey, Suite};
+
+/// The protocol's ALPN identifier.
+pub const ALPN: &[u8] = b"sealpost/1";
+
+/// A failure of the platform's cryptographic services.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CryptoError {
+    /// The operating system's random source failed.
+    #[error("the operating system's random source failed")]
+    Rng,
+}
