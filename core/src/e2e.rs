@@ -107,7 +107,7 @@ impl E2eSecretKey {
 }
 
 /// The OS random source, as the `hpke` crate wants it.
-fn os_rng() -> impl CryptoRng + RngCore {
+fn os_rng() -> impl CryptoRng {
     rand_core::OsRng.unwrap_err()
 }
 

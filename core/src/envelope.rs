@@ -12,7 +12,7 @@
 //! ```
 
 use crate::batch::VerifyJob;
-use crate::padding::SizeClasses;
+use crate::padding::{MAX_BODY, SizeClasses};
 use crate::suite::{AeadKey, NONCE_LEN, Suite, TAG_LEN};
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -91,6 +91,16 @@ pub struct Envelope {
 impl Envelope {
     /// Validates version, suite, reserved bytes, body size and total length.
     pub fn parse(bytes: Bytes, sizes: &SizeClasses) -> Result<Self, EnvelopeError> {
+        Self::parse_with(bytes, |n| sizes.contains(n))
+    }
+
+    /// Like [`parse`](Self::parse) but accepts any body length up to [`MAX_BODY`]: for
+    /// recipients, who take what their relay delivered whatever its size policy.
+    pub fn parse_any_size(bytes: Bytes) -> Result<Self, EnvelopeError> {
+        Self::parse_with(bytes, |n| n <= MAX_BODY)
+    }
+
+    fn parse_with(bytes: Bytes, size_ok: impl Fn(u32) -> bool) -> Result<Self, EnvelopeError> {
         if bytes.len() < OVERHEAD {
             return Err(EnvelopeError::TooShort(bytes.len()));
         }
@@ -102,7 +112,7 @@ impl Envelope {
             return Err(EnvelopeError::Reserved);
         }
         let body_len = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
-        if !sizes.contains(body_len) {
+        if !size_ok(body_len) {
             return Err(EnvelopeError::BodySize(body_len));
         }
         let expected = OVERHEAD + body_len as usize;

@@ -1,1 +1,15 @@
+//! sealpost-relay: the QUIC relay server, its mailbox stores, and the async client library
+//! used by the CLI, the load generator and the tests.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
+pub mod client;
+pub mod config;
+pub mod mailbox_file;
+pub mod server;
+pub mod store;
+pub(crate) mod stream;
+pub mod tls;
+
+pub use config::{RelayConfig, RelayLimits};
+pub use server::{RelayHandle, start};

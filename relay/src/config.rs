@@ -1,0 +1,116 @@
+//! Relay settings and the limits they impose.
+
+use sealpost_core::Suite;
+use sealpost_core::envelope::OVERHEAD;
+use sealpost_core::msg::Limits;
+use sealpost_core::padding::SizeClasses;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything a relay needs to start.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// UDP address for QUIC.
+    pub listen: SocketAddr,
+    /// Directory for the generated certificate (and, later, the durable store).
+    pub data_dir: PathBuf,
+    /// Operator certificate chain (PEM); generated self-signed when absent.
+    pub cert: Option<PathBuf>,
+    /// Operator private key (PEM), with `cert`.
+    pub key: Option<PathBuf>,
+    /// Per-mailbox and per-connection limits.
+    pub limits: RelayLimits,
+}
+
+/// Limits the relay enforces. Every queue and buffer in the relay is bounded by one of these.
+#[derive(Debug, Clone)]
+pub struct RelayLimits {
+    /// Allowed body sizes.
+    pub sizes: SizeClasses,
+    /// Suites accepted for new mailboxes.
+    pub suites: Vec<Suite>,
+    /// Envelopes one mailbox may hold.
+    pub max_envelopes: u32,
+    /// Envelope bytes one mailbox may hold.
+    pub max_bytes: u64,
+    /// How long an unacknowledged envelope is kept.
+    pub retention: Duration,
+    /// How often expired envelopes are swept.
+    pub expire_interval: Duration,
+    /// Acknowledged or expired deposit nonces remembered per mailbox for duplicate detection,
+    /// besides those of the envelopes still held.
+    pub dedupe_window: usize,
+    /// Largest subscribe window honoured.
+    pub max_window: u32,
+    /// Mailboxes the relay will create.
+    pub max_mailboxes: u64,
+    /// Concurrent bidirectional streams a connection may open.
+    pub max_streams: u32,
+    /// Concurrent connections.
+    pub max_connections: usize,
+    /// A connection with no traffic for this long is closed.
+    pub idle_timeout: Duration,
+    /// A stream must send its first frame within this time.
+    pub first_frame_timeout: Duration,
+    /// Most envelopes verified and stored as one batch.
+    pub max_batch: usize,
+    /// Largest frame length prefix accepted; `None` derives it from the largest body size.
+    pub max_frame: Option<u32>,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        Self {
+            sizes: SizeClasses::default(),
+            suites: vec![Suite::ChaCha20Poly1305, Suite::Aes256Gcm],
+            max_envelopes: 10_000,
+            max_bytes: 256 * 1024 * 1024,
+            retention: Duration::from_secs(7 * 24 * 3600),
+            expire_interval: Duration::from_secs(60),
+            dedupe_window: 1024,
+            max_window: 1024,
+            max_mailboxes: 10_000_000,
+            max_streams: 64,
+            max_connections: 100_000,
+            idle_timeout: Duration::from_secs(30),
+            first_frame_timeout: Duration::from_secs(10),
+            max_batch: 256,
+            max_frame: None,
+        }
+    }
+}
+
+impl RelayLimits {
+    /// The frame limit in force: the configured one, or exactly what the largest envelope
+    /// needs (type byte plus envelope).
+    pub fn frame_limit(&self) -> u32 {
+        self.max_frame
+            .unwrap_or(1 + OVERHEAD as u32 + self.sizes.max())
+    }
+
+    /// The limits as announced on the wire.
+    pub fn wire(&self) -> Limits {
+        Limits {
+            max_frame: self.frame_limit(),
+            max_envelopes: self.max_envelopes,
+            max_bytes: self.max_bytes,
+            retention_secs: self.retention.as_secs(),
+            max_window: self.max_window,
+            sizes: self.sizes.clone(),
+        }
+    }
+}
+
+impl RelayConfig {
+    /// A configuration with the defaults and the given address and directory.
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
+        Self {
+            listen,
+            data_dir,
+            cert: None,
+            key: None,
+            limits: RelayLimits::default(),
+        }
+    }
+}

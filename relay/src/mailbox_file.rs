@@ -1,0 +1,139 @@
+//! The recipient's mailbox file: its credentials as JSON, written readable by the owner only.
+
+use crate::client::Mailbox;
+use sealpost_core::e2e::E2eSecretKey;
+use sealpost_core::keys::RecipientSecret;
+use sealpost_core::padding::SizeClasses;
+use sealpost_core::{AeadKey, Suite};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use zeroize::{Zeroize, Zeroizing};
+
+/// Why a mailbox file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum MailboxFileError {
+    /// Reading or writing failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The JSON is not a mailbox file.
+    #[error("{path}: not a sealpost mailbox file: {why}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+#[derive(Serialize, Deserialize, Zeroize)]
+#[serde(deny_unknown_fields)]
+struct FileV1 {
+    format: String,
+    relay: String,
+    pin: String,
+    suite: String,
+    recipient_id: String,
+    deposit_id: String,
+    deposit_key: String,
+    recipient_secret: String,
+    e2e_secret: String,
+    sizes: Vec<u32>,
+}
+
+impl Drop for FileV1 {
+    fn drop(&mut self) {
+        self.zeroize();
+    }
+}
+
+const FORMAT: &str = "sealpost-mailbox-v1";
+
+fn hex_field<const N: usize>(name: &str, s: &str) -> Result<Zeroizing<[u8; N]>, String> {
+    let mut out = Zeroizing::new([0u8; N]);
+    hex::decode_to_slice(s, &mut out[..])
+        .map_err(|_| format!("field {name} must be {} hex digits", 2 * N))?;
+    Ok(out)
+}
+
+/// Writes `mailbox` to `path` (mode 0600), refusing to overwrite an existing file.
+pub fn write(path: &Path, mailbox: &Mailbox) -> Result<(), MailboxFileError> {
+    let io = |source| MailboxFileError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if path.exists() {
+        return Err(io(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "file exists; choose another --out or remove it first",
+        )));
+    }
+    let f = FileV1 {
+        format: FORMAT.into(),
+        relay: mailbox.relay.clone(),
+        pin: hex::encode(mailbox.pin),
+        suite: mailbox.suite.name().into(),
+        recipient_id: hex::encode(mailbox.recipient_id),
+        deposit_id: hex::encode(mailbox.deposit_id),
+        deposit_key: hex::encode(mailbox.deposit_key.expose()),
+        recipient_secret: hex::encode(mailbox.recipient_secret.0),
+        e2e_secret: hex::encode(*mailbox.e2e_secret.to_bytes()),
+        sizes: mailbox.sizes.as_slice().to_vec(),
+    };
+    let json =
+        Zeroizing::new(
+            serde_json::to_string_pretty(&f).map_err(|e| MailboxFileError::Format {
+                path: path.to_owned(),
+                why: e.to_string(),
+            })?,
+        );
+    crate::tls::write_private(path, json.as_bytes()).map_err(|e| match e {
+        crate::tls::TlsError::Io { source, .. } => io(source),
+        other => MailboxFileError::Format {
+            path: path.to_owned(),
+            why: other.to_string(),
+        },
+    })
+}
+
+/// Reads a mailbox file.
+pub fn read(path: &Path) -> Result<Mailbox, MailboxFileError> {
+    let data = Zeroizing::new(std::fs::read(path).map_err(|source| MailboxFileError::Io {
+        path: path.to_owned(),
+        source,
+    })?);
+    let fmt = |why: String| MailboxFileError::Format {
+        path: path.to_owned(),
+        why,
+    };
+    let f: FileV1 = serde_json::from_slice(&data).map_err(|e| fmt(e.to_string()))?;
+    if f.format != FORMAT {
+        return Err(fmt(format!(
+            "format is {:?}, expected {FORMAT:?}",
+            f.format
+        )));
+    }
+    let suite: Suite = f.suite.parse().map_err(fmt)?;
+    let pin = hex_field::<32>("pin", &f.pin).map_err(fmt)?;
+    let recipient_id = hex_field::<16>("recipient_id", &f.recipient_id).map_err(fmt)?;
+    let deposit_id = hex_field::<16>("deposit_id", &f.deposit_id).map_err(fmt)?;
+    let deposit_key = hex_field::<32>("deposit_key", &f.deposit_key).map_err(fmt)?;
+    let secret = hex_field::<32>("recipient_secret", &f.recipient_secret).map_err(fmt)?;
+    let e2e = hex_field::<32>("e2e_secret", &f.e2e_secret).map_err(fmt)?;
+    let sizes = SizeClasses::new(f.sizes.clone()).map_err(|e| fmt(format!("sizes: {e}")))?;
+    Ok(Mailbox {
+        relay: f.relay.clone(),
+        pin: *pin,
+        suite,
+        recipient_id: *recipient_id,
+        deposit_id: *deposit_id,
+        deposit_key: AeadKey::new(suite, *deposit_key),
+        recipient_secret: RecipientSecret(*secret),
+        e2e_secret: E2eSecretKey::from_bytes(&e2e).map_err(|e| fmt(e.to_string()))?,
+        sizes,
+    })
+}

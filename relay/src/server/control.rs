@@ -1,0 +1,211 @@
+//! One-shot request streams: CREATE, DELETE and INFO. Each gets one reply and the stream ends.
+
+use super::Shared;
+use super::subscribe::exporter;
+use crate::store::{MailboxRecord, StoreError};
+use crate::stream::{FrameReader, refuse};
+use quinn::{Connection, SendStream};
+use sealpost_core::frame::{Frame, FrameType};
+use sealpost_core::keys::{ProofPurpose, RecipientSecret};
+use sealpost_core::msg::{Create, Created, Delete, InfoReply, frame_with};
+use sealpost_core::status::ErrorCode;
+use std::sync::Arc;
+
+/// The software version the relay reports in INFO_REPLY.
+pub const VERSION: &str = concat!("sealpost-relay ", env!("CARGO_PKG_VERSION"));
+
+async fn reply(send: &mut SendStream, frame: bytes::Bytes) {
+    if send.write_all(&frame).await.is_ok() {
+        let _ = send.finish();
+    }
+}
+
+pub(super) async fn create(
+    shared: &Arc<Shared>,
+    first: Frame,
+    mut reader: FrameReader,
+    mut send: SendStream,
+) {
+    let req = match Create::decode(&first.payload) {
+        Ok(r) => r,
+        Err(e) => {
+            return refuse(
+                &mut send,
+                Some(&mut reader),
+                ErrorCode::MalformedFrame,
+                e.to_string(),
+            )
+            .await;
+        }
+    };
+    if !shared.limits.suites.contains(&req.suite) {
+        let msg = format!(
+            "this relay does not accept suite {} for new mailboxes",
+            req.suite
+        );
+        return refuse(&mut send, Some(&mut reader), ErrorCode::Unsupported, msg).await;
+    }
+    // Ids come from the OS CSPRNG; retry on the (astronomically unlikely) collision.
+    for _ in 0..3 {
+        let (Ok(recipient_id), Ok(deposit_id)) = (
+            sealpost_core::random::array(),
+            sealpost_core::random::array(),
+        ) else {
+            return refuse(
+                &mut send,
+                Some(&mut reader),
+                ErrorCode::Unavailable,
+                "random source failed",
+            )
+            .await;
+        };
+        let record = MailboxRecord::new(
+            recipient_id,
+            deposit_id,
+            req.suite,
+            req.deposit_key,
+            RecipientSecret(req.recipient_secret),
+        );
+        match shared.store.create_mailbox(record).await {
+            Ok(()) => {
+                let created = Created {
+                    recipient_id,
+                    deposit_id,
+                    limits: shared.limits.wire(),
+                };
+                return reply(
+                    &mut send,
+                    frame_with(FrameType::Created, |b| created.encode(b)),
+                )
+                .await;
+            }
+            Err(StoreError::Exists) => continue,
+            Err(e @ StoreError::TooManyMailboxes(_)) => {
+                return refuse(
+                    &mut send,
+                    Some(&mut reader),
+                    ErrorCode::LimitReached,
+                    e.to_string(),
+                )
+                .await;
+            }
+            Err(e) => {
+                return refuse(
+                    &mut send,
+                    Some(&mut reader),
+                    ErrorCode::Unavailable,
+                    format!("store unavailable: {e}"),
+                )
+                .await;
+            }
+        }
+    }
+    refuse(
+        &mut send,
+        Some(&mut reader),
+        ErrorCode::Unavailable,
+        "could not allocate mailbox ids",
+    )
+    .await
+}
+
+pub(super) async fn delete(
+    shared: &Arc<Shared>,
+    conn: &Connection,
+    first: Frame,
+    mut reader: FrameReader,
+    mut send: SendStream,
+) {
+    let req = match Delete::decode(&first.payload) {
+        Ok(r) => r,
+        Err(e) => {
+            return refuse(
+                &mut send,
+                Some(&mut reader),
+                ErrorCode::MalformedFrame,
+                e.to_string(),
+            )
+            .await;
+        }
+    };
+    let record = match shared.store.mailbox(&req.recipient_id).await {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            return refuse(
+                &mut send,
+                Some(&mut reader),
+                ErrorCode::UnknownMailbox,
+                "no mailbox has this recipient id",
+            )
+            .await;
+        }
+        Err(e) => {
+            return refuse(
+                &mut send,
+                Some(&mut reader),
+                ErrorCode::Unavailable,
+                format!("store unavailable: {e}"),
+            )
+            .await;
+        }
+    };
+    let Some(exp) = exporter(conn) else {
+        return refuse(
+            &mut send,
+            Some(&mut reader),
+            ErrorCode::Unavailable,
+            "TLS exporter unavailable",
+        )
+        .await;
+    };
+    if !record
+        .keys
+        .auth
+        .verify(ProofPurpose::Delete, &req.recipient_id, &exp, &req.proof)
+    {
+        return refuse(
+            &mut send,
+            Some(&mut reader),
+            ErrorCode::BadProof,
+            "delete proof does not verify for this mailbox on this connection",
+        )
+        .await;
+    }
+    match shared.store.delete_mailbox(&req.recipient_id).await {
+        Ok(_) => {
+            shared.subscribers.kick_deleted(&req.recipient_id);
+            reply(&mut send, frame_with(FrameType::Deleted, |_| {})).await
+        }
+        Err(e) => {
+            refuse(
+                &mut send,
+                Some(&mut reader),
+                ErrorCode::Unavailable,
+                format!("store unavailable: {e}"),
+            )
+            .await
+        }
+    }
+}
+
+pub(super) async fn info(
+    shared: &Arc<Shared>,
+    first: Frame,
+    mut reader: FrameReader,
+    mut send: SendStream,
+) {
+    if !first.payload.is_empty() {
+        let msg = format!("INFO carries no payload, got {} bytes", first.payload.len());
+        return refuse(&mut send, Some(&mut reader), ErrorCode::MalformedFrame, msg).await;
+    }
+    let info = InfoReply {
+        version: VERSION.to_owned(),
+        suites: shared.limits.suites.clone(),
+        limits: shared.limits.wire(),
+    };
+    reply(
+        &mut send,
+        frame_with(FrameType::InfoReply, |b| info.encode(b)),
+    )
+    .await
+}

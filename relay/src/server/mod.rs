@@ -1,0 +1,260 @@
+//! The QUIC relay server: accepts connections, dispatches each stream by its first frame, and
+//! runs the deposit, subscribe and control handlers over the store.
+
+mod control;
+mod deposit;
+mod registry;
+mod subscribe;
+
+use crate::config::{RelayConfig, RelayLimits};
+use crate::store::Store;
+use crate::stream::{FrameReader, ReadError, frame_error_reply, refuse};
+use crate::tls::{self, TlsError};
+use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use sealpost_core::frame::FrameType;
+use sealpost_core::status::ErrorCode;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// QUIC application close code for a relay shutting down; clients reconnect after it.
+pub const CLOSE_SHUTDOWN: u32 = 1;
+/// QUIC application close code for a refused connection (relay at its connection limit).
+pub const CLOSE_BUSY: u32 = 2;
+
+/// Failures starting the relay.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// TLS set-up failed.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The UDP socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A setting is out of range.
+    #[error("invalid setting: {0}")]
+    Config(String),
+}
+
+/// State every connection and stream task shares.
+pub(crate) struct Shared {
+    pub store: Arc<dyn Store>,
+    pub limits: RelayLimits,
+    pub subscribers: registry::Registry,
+    pub connections: AtomicUsize,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// A running relay.
+pub struct RelayHandle {
+    local_addr: SocketAddr,
+    pin: [u8; 32],
+    generated_cert: bool,
+    endpoint: Endpoint,
+    shutdown: watch::Sender<bool>,
+    accept: JoinHandle<()>,
+    expiry: JoinHandle<()>,
+}
+
+impl RelayHandle {
+    /// The bound UDP address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The SHA-256 pin of the relay's certificate.
+    pub fn pin(&self) -> [u8; 32] {
+        self.pin
+    }
+
+    /// Whether a self-signed certificate was generated at this start.
+    pub fn generated_cert(&self) -> bool {
+        self.generated_cert
+    }
+
+    /// Stops accepting, closes connections with [`CLOSE_SHUTDOWN`] and waits (bounded) for
+    /// the peers to learn of it.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        self.endpoint
+            .close(CLOSE_SHUTDOWN.into(), b"relay shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.endpoint.wait_idle()).await;
+        self.accept.abort();
+        self.expiry.abort();
+    }
+
+    /// Waits until the accept loop ends (it runs until shutdown).
+    pub async fn wait(&mut self) {
+        let _ = (&mut self.accept).await;
+    }
+}
+
+fn transport(limits: &RelayLimits) -> Result<quinn::TransportConfig, RelayError> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(limits.max_streams.into());
+    t.max_concurrent_uni_streams(0u32.into());
+    let idle = quinn::IdleTimeout::try_from(limits.idle_timeout).map_err(|_| {
+        RelayError::Config(format!(
+            "idle timeout {:?} is out of range",
+            limits.idle_timeout
+        ))
+    })?;
+    t.max_idle_timeout(Some(idle));
+    Ok(t)
+}
+
+/// Starts a relay on `config.listen` over `store`.
+pub async fn start(config: RelayConfig, store: Arc<dyn Store>) -> Result<RelayHandle, RelayError> {
+    let (identity, generated) = match (&config.cert, &config.key) {
+        (Some(c), Some(k)) => (tls::load_identity(c, k)?, false),
+        (None, None) => tls::load_or_generate(&config.data_dir.join("tls"))?,
+        _ => return Err(RelayError::Config("--cert and --key go together".into())),
+    };
+    if config.limits.max_batch == 0 || config.limits.max_batch > u16::MAX as usize {
+        return Err(RelayError::Config(
+            "max batch must be between 1 and 65535".into(),
+        ));
+    }
+    let pin = identity.pin();
+    let crypto = tls::server_crypto(identity)?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server.transport_config(Arc::new(transport(&config.limits)?));
+    let endpoint = Endpoint::server(server, config.listen).map_err(|source| RelayError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let local_addr = endpoint.local_addr().map_err(|source| RelayError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let (tx, rx) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        store,
+        limits: config.limits,
+        subscribers: registry::Registry::default(),
+        connections: AtomicUsize::new(0),
+        shutdown: rx,
+    });
+    let accept = tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
+    let expiry = tokio::spawn(expiry_loop(shared));
+    Ok(RelayHandle {
+        local_addr,
+        pin,
+        generated_cert: generated,
+        endpoint,
+        shutdown: tx,
+        accept,
+        expiry,
+    })
+}
+
+async fn expiry_loop(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(shared.limits.expire_interval);
+    loop {
+        tick.tick().await;
+        let Some(cutoff) = SystemTime::now().checked_sub(shared.limits.retention) else {
+            continue;
+        };
+        match shared.store.expire(cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(expired = n, "expired envelopes past retention"),
+            Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
+        }
+    }
+}
+
+async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let incoming = tokio::select! {
+            i = endpoint.accept() => match i { Some(i) => i, None => return },
+            _ = shutdown.changed() => return,
+        };
+        if shared.connections.load(Ordering::Relaxed) >= shared.limits.max_connections {
+            incoming.refuse();
+            continue;
+        }
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(error = %e, "handshake failed");
+                    return;
+                }
+            };
+            shared.connections.fetch_add(1, Ordering::Relaxed);
+            serve_connection(conn, &shared).await;
+            shared.connections.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+async fn serve_connection(conn: Connection, shared: &Arc<Shared>) {
+    loop {
+        let (send, recv) = match conn.accept_bi().await {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        let shared = shared.clone();
+        let conn = conn.clone();
+        tokio::spawn(async move { serve_stream(shared, conn, send, recv).await });
+    }
+}
+
+async fn serve_stream(
+    shared: Arc<Shared>,
+    conn: Connection,
+    mut send: SendStream,
+    recv: RecvStream,
+) {
+    let mut reader = FrameReader::new(recv, shared.limits.frame_limit());
+    let first =
+        match tokio::time::timeout(shared.limits.first_frame_timeout, reader.next_frame()).await {
+            Err(_) => {
+                refuse(
+                    &mut send,
+                    Some(&mut reader),
+                    ErrorCode::MalformedFrame,
+                    "no request frame within the time limit",
+                )
+                .await;
+                return;
+            }
+            Ok(Ok(Some(f))) => f,
+            Ok(Ok(None)) => {
+                let _ = send.finish();
+                return;
+            }
+            Ok(Err(ReadError::Frame(e))) => {
+                let (code, msg) = frame_error_reply(&e);
+                refuse(&mut send, Some(&mut reader), code, msg).await;
+                return;
+            }
+            Ok(Err(ReadError::Stream)) => return,
+        };
+    match first.ty {
+        FrameType::Deposit => deposit::run(&shared, first, reader, send).await,
+        FrameType::Subscribe => subscribe::run(&shared, &conn, first, reader, send).await,
+        FrameType::Create => control::create(&shared, first, reader, send).await,
+        FrameType::Delete => control::delete(&shared, &conn, first, reader, send).await,
+        FrameType::Info => control::info(&shared, first, reader, send).await,
+        other => refuse(
+            &mut send,
+            Some(&mut reader),
+            ErrorCode::UnexpectedFrame,
+            format!(
+                "a stream must begin with CREATE, DEPOSIT, SUBSCRIBE, DELETE or INFO, not {other:?}"
+            ),
+        )
+        .await,
+    }
+}

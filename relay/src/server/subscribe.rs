@@ -1,0 +1,273 @@
+//! SUBSCRIBE streams: after a connection-bound proof, the relay sends the mailbox's pending
+//! envelopes in sequence order and then new ones as they arrive, never more than the window
+//! unacknowledged, each re-sealed under the mailbox's delivery key with a fresh random nonce.
+//! Cumulative ACKs delete what they cover. Whatever is unacknowledged when the stream ends is
+//! delivered again on the next subscription.
+
+use super::Shared;
+use super::registry::Kick;
+use crate::store::{MailboxRecord, StoredEnvelope};
+use crate::stream::{FrameReader, ReadError, frame_error_reply, refuse};
+use bytes::{Bytes, BytesMut};
+use quinn::{Connection, SendStream};
+use rand::{RngCore, SeedableRng, rngs::StdRng};
+use sealpost_core::batch::{SealJob, seal_batch};
+use sealpost_core::frame::{self, Frame, FrameType, HEADER_LEN};
+use sealpost_core::keys::{
+    DELIVERY_AAD_LEN, EXPORTER_LABEL, EXPORTER_LEN, ProofPurpose, delivery_aad,
+};
+use sealpost_core::msg::{DELIVER_PREFIX, Subscribe, Subscribed, decode_ack, frame_with};
+use sealpost_core::status::ErrorCode;
+use sealpost_core::suite::TAG_LEN;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// What the ACK reader reports.
+enum FromPeer {
+    Ack(u64),
+    Refuse(ErrorCode, String),
+    Closed,
+}
+
+/// The connection's exporter value that proofs are bound to.
+pub(super) fn exporter(conn: &Connection) -> Option<[u8; EXPORTER_LEN]> {
+    let mut out = [0u8; EXPORTER_LEN];
+    conn.export_keying_material(&mut out, EXPORTER_LABEL, b"")
+        .ok()?;
+    Some(out)
+}
+
+pub(super) async fn run(
+    shared: &Arc<Shared>,
+    conn: &Connection,
+    first: Frame,
+    mut reader: FrameReader,
+    mut send: SendStream,
+) {
+    let req = match Subscribe::decode(&first.payload) {
+        Ok(r) => r,
+        Err(e) => {
+            return refuse(
+                &mut send,
+                Some(&mut reader),
+                ErrorCode::MalformedFrame,
+                e.to_string(),
+            )
+            .await;
+        }
+    };
+    let record = match shared.store.mailbox(&req.recipient_id).await {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            return refuse(
+                &mut send,
+                Some(&mut reader),
+                ErrorCode::UnknownMailbox,
+                "no mailbox has this recipient id",
+            )
+            .await;
+        }
+        Err(e) => {
+            return refuse(
+                &mut send,
+                Some(&mut reader),
+                ErrorCode::Unavailable,
+                format!("store unavailable: {e}"),
+            )
+            .await;
+        }
+    };
+    let Some(exp) = exporter(conn) else {
+        return refuse(
+            &mut send,
+            Some(&mut reader),
+            ErrorCode::Unavailable,
+            "TLS exporter unavailable",
+        )
+        .await;
+    };
+    if !record
+        .keys
+        .auth
+        .verify(ProofPurpose::Subscribe, &req.recipient_id, &exp, &req.proof)
+    {
+        return refuse(
+            &mut send,
+            Some(&mut reader),
+            ErrorCode::BadProof,
+            "subscribe proof does not verify for this mailbox on this connection",
+        )
+        .await;
+    }
+    let Some(mut wake) = shared.store.watch(&req.recipient_id) else {
+        return refuse(
+            &mut send,
+            Some(&mut reader),
+            ErrorCode::UnknownMailbox,
+            "mailbox was deleted",
+        )
+        .await;
+    };
+    let (_registration, mut kicked) = shared.subscribers.register(req.recipient_id);
+    let window = req.window.min(shared.limits.max_window);
+    let pending = shared.store.pending(&req.recipient_id).await.unwrap_or(0);
+    let hello = frame_with(FrameType::Subscribed, |b| {
+        Subscribed { pending, window }.encode(b)
+    });
+    if send.write_all(&hello).await.is_err() {
+        return;
+    }
+
+    let (tx, mut rx) = mpsc::channel(64);
+    let ack_reader = tokio::spawn(read_acks(reader, tx));
+    let mut shutdown = shared.shutdown.clone();
+    let mut rng = StdRng::from_os_rng();
+    let mut sent_upto = 0u64; // highest seq sent on this stream
+    let mut acked_upto = 0u64; // highest seq acknowledged on this stream
+    // Sequence numbers delivered on this stream and not yet acknowledged, ascending.
+    let mut in_flight: VecDeque<u64> = VecDeque::with_capacity(window as usize);
+    let outcome: Option<(ErrorCode, String)> = 'serve: loop {
+        // Mark the signal seen before fetching, so an append racing with the fetch still wakes us.
+        wake.borrow_and_update();
+        while in_flight.len() < window as usize {
+            let room = window as usize - in_flight.len();
+            let batch = match shared
+                .store
+                .fetch(
+                    &req.recipient_id,
+                    sent_upto,
+                    room.min(shared.limits.max_batch),
+                )
+                .await
+            {
+                Ok(b) => b,
+                Err(e) => {
+                    break 'serve Some((ErrorCode::Unavailable, format!("store unavailable: {e}")));
+                }
+            };
+            if batch.is_empty() {
+                break;
+            }
+            let last = batch[batch.len() - 1].seq;
+            let mut frames = seal_deliveries(&record, &batch, &mut rng);
+            if send.write_all_chunks(&mut frames).await.is_err() {
+                break 'serve None;
+            }
+            in_flight.extend(batch.iter().map(|e| e.seq));
+            sent_upto = last;
+        }
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                Some(FromPeer::Ack(seq)) => {
+                    if seq > sent_upto {
+                        break 'serve Some((ErrorCode::BadAck, format!("ACK {seq} is beyond the last delivered seq {sent_upto}")));
+                    }
+                    if seq > acked_upto {
+                        if let Err(e) = shared.store.ack(&req.recipient_id, seq).await {
+                            break 'serve Some((ErrorCode::Unavailable, format!("store unavailable: {e}")));
+                        }
+                        acked_upto = seq;
+                        while in_flight.front().is_some_and(|s| *s <= seq) {
+                            in_flight.pop_front();
+                        }
+                    }
+                }
+                Some(FromPeer::Refuse(code, msg)) => break 'serve Some((code, msg)),
+                Some(FromPeer::Closed) | None => break 'serve None,
+            },
+            changed = wake.changed() => {
+                if changed.is_err() {
+                    break 'serve Some((ErrorCode::UnknownMailbox, "mailbox was deleted".into()));
+                }
+            }
+            k = &mut kicked => {
+                break 'serve Some(match k {
+                    Ok(Kick::Deleted) => (ErrorCode::UnknownMailbox, "mailbox was deleted".into()),
+                    _ => (ErrorCode::Replaced, "a newer subscription for this mailbox took over".into()),
+                });
+            }
+            _ = shutdown.changed() => break 'serve Some((ErrorCode::ShuttingDown, "relay shutting down; reconnect".into())),
+        }
+    };
+    ack_reader.abort();
+    match outcome {
+        Some((code, msg)) => refuse(&mut send, None, code, msg).await,
+        None => {
+            let _ = send.finish();
+        }
+    }
+}
+
+/// Reads ACK frames and forwards them; anything else ends the subscription with an error.
+async fn read_acks(mut reader: FrameReader, tx: mpsc::Sender<FromPeer>) {
+    loop {
+        let msg = match reader.next_frame().await {
+            Ok(Some(f)) if f.ty == FrameType::Ack => match decode_ack(&f.payload) {
+                Ok(seq) => FromPeer::Ack(seq),
+                Err(e) => FromPeer::Refuse(ErrorCode::MalformedFrame, e.to_string()),
+            },
+            Ok(Some(f)) => FromPeer::Refuse(
+                ErrorCode::UnexpectedFrame,
+                format!(
+                    "only ACK frames may follow on a subscribe stream, got {:?}",
+                    f.ty
+                ),
+            ),
+            Ok(None) | Err(ReadError::Stream) => FromPeer::Closed,
+            Err(ReadError::Frame(e)) => {
+                let (code, msg) = frame_error_reply(&e);
+                FromPeer::Refuse(code, msg)
+            }
+        };
+        let last = !matches!(msg, FromPeer::Ack(_));
+        if tx.send(msg).await.is_err() || last {
+            if last {
+                reader.stop();
+            }
+            return;
+        }
+    }
+}
+
+/// Seals a batch of stored envelopes into DELIVER frames, all in one allocation.
+fn seal_deliveries(
+    record: &MailboxRecord,
+    batch: &[StoredEnvelope],
+    rng: &mut StdRng,
+) -> Vec<Bytes> {
+    let frame_len = |e: &StoredEnvelope| HEADER_LEN + DELIVER_PREFIX + e.envelope.len() + TAG_LEN;
+    let total: usize = batch.iter().map(frame_len).sum();
+    let mut buf = BytesMut::zeroed(total);
+    let aads: Vec<[u8; DELIVERY_AAD_LEN]> = batch
+        .iter()
+        .map(|e| delivery_aad(&record.recipient_id, e.seq))
+        .collect();
+    {
+        let mut rest: &mut [u8] = &mut buf[..];
+        let mut jobs = Vec::with_capacity(batch.len());
+        for (e, aad) in batch.iter().zip(&aads) {
+            let (this, tail) = rest.split_at_mut(frame_len(e));
+            rest = tail;
+            let (head, out) = this.split_at_mut(HEADER_LEN + DELIVER_PREFIX);
+            head[..HEADER_LEN].copy_from_slice(&frame::header(
+                FrameType::Deliver,
+                DELIVER_PREFIX + e.envelope.len() + TAG_LEN,
+            ));
+            head[HEADER_LEN..HEADER_LEN + 8].copy_from_slice(&e.seq.to_be_bytes());
+            let mut nonce = [0u8; 12];
+            rng.fill_bytes(&mut nonce);
+            head[HEADER_LEN + 8..].copy_from_slice(&nonce);
+            jobs.push(SealJob {
+                key: &record.keys.deliver,
+                nonce,
+                aad,
+                plaintext: &e.envelope,
+                out,
+            });
+        }
+        seal_batch(&mut jobs).expect("output buffers are sized from their plaintexts");
+    }
+    let mut all = buf.freeze();
+    batch.iter().map(|e| all.split_to(frame_len(e))).collect()
+}

@@ -1,0 +1,179 @@
+//! Mailbox stores behind one async, batch-shaped trait.
+//!
+//! The trait is shaped for durable and distributed stores as much as for memory: appends come
+//! as whole batches (one group commit or one round trip per batch) and complete only once the
+//! batch is as durable as the store can make it, so the relay acknowledges deposits after
+//! `append_batch` returns. The store owns the wake-up signal, because in a distributed
+//! deployment the subscriber may sit on another relay than the depositor.
+
+pub mod memory;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use sealpost_core::keys::{MailboxKeys, RecipientSecret};
+use sealpost_core::suite::NONCE_LEN;
+use sealpost_core::{AeadKey, DepositId, RecipientId, Suite};
+use std::sync::Arc;
+use std::time::SystemTime;
+use tokio::sync::watch;
+
+/// What the relay keeps about a mailbox. Keys are wiped on drop by their types.
+#[derive(Debug)]
+pub struct MailboxRecord {
+    /// The recipient-side identifier.
+    pub recipient_id: RecipientId,
+    /// The sender-side identifier.
+    pub deposit_id: DepositId,
+    /// The suite of deposit tags and deliveries.
+    pub suite: Suite,
+    /// Verifies deposit tags.
+    pub deposit_key: AeadKey,
+    /// The secret the keys below are derived from (kept so a durable store can re-derive).
+    pub recipient_secret: RecipientSecret,
+    /// Delivery and auth keys.
+    pub keys: MailboxKeys,
+    /// When the mailbox was created.
+    pub created_at: SystemTime,
+}
+
+impl MailboxRecord {
+    /// Builds a record, deriving the delivery and auth keys.
+    pub fn new(
+        recipient_id: RecipientId,
+        deposit_id: DepositId,
+        suite: Suite,
+        deposit_key: [u8; 32],
+        recipient_secret: RecipientSecret,
+    ) -> Self {
+        let keys = MailboxKeys::derive(suite, &recipient_secret);
+        Self {
+            recipient_id,
+            deposit_id,
+            suite,
+            deposit_key: AeadKey::new(suite, deposit_key),
+            recipient_secret,
+            keys,
+            created_at: SystemTime::now(),
+        }
+    }
+}
+
+/// One verified envelope to store.
+#[derive(Debug, Clone)]
+pub struct Append {
+    /// Its mailbox.
+    pub deposit_id: DepositId,
+    /// Its sender nonce (the idempotency key with `deposit_id`).
+    pub nonce: [u8; NONCE_LEN],
+    /// The envelope exactly as received.
+    pub envelope: Bytes,
+}
+
+/// What became of one [`Append`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// Stored under this sequence number.
+    Stored(u64),
+    /// Already stored (or recently acknowledged) under the same nonce.
+    Duplicate,
+    /// The mailbox does not exist (deleted since verification).
+    UnknownMailbox,
+    /// The mailbox's envelope or byte quota is reached.
+    MailboxFull,
+}
+
+/// A stored envelope, as fetched for delivery.
+#[derive(Debug, Clone)]
+pub struct StoredEnvelope {
+    /// Its sequence number in the mailbox.
+    pub seq: u64,
+    /// The envelope as received.
+    pub envelope: Bytes,
+}
+
+/// Counts an operator watches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Mailboxes.
+    pub mailboxes: u64,
+    /// Envelopes held.
+    pub envelopes: u64,
+    /// Envelope bytes held.
+    pub bytes: u64,
+}
+
+/// Quotas a store enforces on appends.
+#[derive(Debug, Clone, Copy)]
+pub struct Quotas {
+    /// Envelopes one mailbox may hold.
+    pub max_envelopes: u32,
+    /// Envelope bytes one mailbox may hold.
+    pub max_bytes: u64,
+    /// Mailboxes the store holds at most.
+    pub max_mailboxes: u64,
+    /// Acknowledged nonces remembered per mailbox for duplicate detection.
+    pub dedupe_window: usize,
+}
+
+/// A store failure. The relay answers UNAVAILABLE and the client may retry.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A mailbox with this id exists already (an astronomically unlikely id collision).
+    #[error("a mailbox with this id already exists")]
+    Exists,
+    /// The store holds as many mailboxes as it may.
+    #[error("the relay holds its maximum of {0} mailboxes")]
+    TooManyMailboxes(u64),
+    /// The backing storage failed.
+    #[error("storage failure: {0}")]
+    Backend(String),
+}
+
+/// A mailbox store.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Adds a mailbox.
+    async fn create_mailbox(&self, record: MailboxRecord) -> Result<(), StoreError>;
+
+    /// Looks up mailboxes by deposit id, one answer per id, in order.
+    async fn lookup_deposit(
+        &self,
+        ids: &[DepositId],
+    ) -> Result<Vec<Option<Arc<MailboxRecord>>>, StoreError>;
+
+    /// Looks up a mailbox by recipient id.
+    async fn mailbox(
+        &self,
+        recipient_id: &RecipientId,
+    ) -> Result<Option<Arc<MailboxRecord>>, StoreError>;
+
+    /// Removes a mailbox and its envelopes; `false` if it did not exist.
+    async fn delete_mailbox(&self, recipient_id: &RecipientId) -> Result<bool, StoreError>;
+
+    /// Stores a batch, returning once it is durable, one outcome per item in order.
+    async fn append_batch(&self, batch: &[Append]) -> Result<Vec<AppendOutcome>, StoreError>;
+
+    /// Up to `max` envelopes with `seq > after`, ascending.
+    async fn fetch(
+        &self,
+        recipient_id: &RecipientId,
+        after: u64,
+        max: usize,
+    ) -> Result<Vec<StoredEnvelope>, StoreError>;
+
+    /// Deletes every envelope with `seq <= upto`; returns how many were deleted.
+    async fn ack(&self, recipient_id: &RecipientId, upto: u64) -> Result<u64, StoreError>;
+
+    /// Envelopes waiting in a mailbox.
+    async fn pending(&self, recipient_id: &RecipientId) -> Result<u64, StoreError>;
+
+    /// A signal carrying the mailbox's highest stored sequence number, updated on every
+    /// append; `None` if the mailbox does not exist.
+    fn watch(&self, recipient_id: &RecipientId) -> Option<watch::Receiver<u64>>;
+
+    /// Deletes envelopes stored before `cutoff`; returns how many.
+    async fn expire(&self, cutoff: SystemTime) -> Result<u64, StoreError>;
+
+    /// Current totals.
+    async fn stats(&self) -> StoreStats;
+}

@@ -1,0 +1,263 @@
+//! TLS for sealpost: TLS 1.3 only, ALPN `sealpost/1`, ring as the crypto provider; the relay's
+//! certificate (generated on first start or given by the operator) and the client's two ways
+//! to trust it: a pinned SHA-256 of the end-entity certificate, or CA roots.
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// TLS set-up failures, each naming the file or setting involved.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A certificate or key file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// A PEM file holds nothing usable.
+    #[error("{path}: {what}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What is missing or wrong.
+        what: String,
+    },
+    /// Certificate generation failed.
+    #[error("generating the self-signed certificate failed: {0}")]
+    Generate(String),
+    /// rustls refused the configuration.
+    #[error("TLS configuration rejected: {0}")]
+    Config(#[from] rustls::Error),
+    /// quinn refused the TLS configuration.
+    #[error("QUIC TLS configuration rejected: {0}")]
+    Quic(String),
+    /// A pin string is not 64 hex digits.
+    #[error("certificate pin must be 64 hex digits (SHA-256), got {0:?}")]
+    BadPin(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
+    move |source| TlsError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The ring crypto provider, shared by server and client.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// SHA-256 of a DER certificate: the pin clients check.
+pub fn pin_of(cert: &CertificateDer<'_>) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// Parses a pin written as 64 hex digits (colons allowed between bytes).
+pub fn parse_pin(s: &str) -> Result<[u8; 32], TlsError> {
+    let clean: String = s.trim().chars().filter(|c| *c != ':').collect();
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(&clean, &mut out).map_err(|_| TlsError::BadPin(s.to_owned()))?;
+    Ok(out)
+}
+
+/// A certificate chain and its private key.
+pub struct Identity {
+    /// End-entity certificate first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The private key.
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Identity {
+    /// The pin of the end-entity certificate.
+    pub fn pin(&self) -> [u8; 32] {
+        pin_of(&self.chain[0])
+    }
+}
+
+fn read_pem_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let data = std::fs::read(path).map_err(io_err(path))?;
+    let chain: Vec<_> = rustls_pemfile::certs(&mut &data[..])
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Pem {
+            path: path.to_owned(),
+            what: format!("not a PEM certificate file: {e}"),
+        })?;
+    if chain.is_empty() {
+        return Err(TlsError::Pem {
+            path: path.to_owned(),
+            what: "no CERTIFICATE block found".into(),
+        });
+    }
+    Ok(chain)
+}
+
+fn read_pem_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let data = std::fs::read(path).map_err(io_err(path))?;
+    rustls_pemfile::private_key(&mut &data[..])
+        .map_err(|e| TlsError::Pem {
+            path: path.to_owned(),
+            what: format!("not a PEM key file: {e}"),
+        })?
+        .ok_or_else(|| TlsError::Pem {
+            path: path.to_owned(),
+            what: "no PRIVATE KEY block found".into(),
+        })
+}
+
+/// Loads the operator's certificate and key.
+pub fn load_identity(cert: &Path, key: &Path) -> Result<Identity, TlsError> {
+    Ok(Identity {
+        chain: read_pem_chain(cert)?,
+        key: read_pem_key(key)?,
+    })
+}
+
+/// Loads the self-signed identity kept in `dir`, generating it on first use.
+/// Returns the identity and whether it was generated now.
+pub fn load_or_generate(dir: &Path) -> Result<(Identity, bool), TlsError> {
+    let cert_path = dir.join("cert.pem");
+    let key_path = dir.join("key.pem");
+    if cert_path.exists() && key_path.exists() {
+        return Ok((load_identity(&cert_path, &key_path)?, false));
+    }
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let ck = rcgen::generate_simple_self_signed(vec![
+        "localhost".to_owned(),
+        "sealpost-relay".to_owned(),
+    ])
+    .map_err(|e| TlsError::Generate(e.to_string()))?;
+    write_private(&key_path, ck.key_pair.serialize_pem().as_bytes())?;
+    std::fs::write(&cert_path, ck.cert.pem()).map_err(io_err(&cert_path))?;
+    Ok((load_identity(&cert_path, &key_path)?, true))
+}
+
+/// Writes a file readable by its owner only.
+pub fn write_private(path: &Path, data: &[u8]) -> Result<(), TlsError> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let mut f = opts.open(path).map_err(io_err(path))?;
+    f.write_all(data).map_err(io_err(path))
+}
+
+/// The server side: TLS 1.3 only, ALPN `sealpost/1`.
+pub fn server_crypto(
+    identity: Identity,
+) -> Result<quinn::crypto::rustls::QuicServerConfig, TlsError> {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(identity.chain, identity.key)?;
+    cfg.alpn_protocols = vec![sealpost_core::ALPN.to_vec()];
+    cfg.max_early_data_size = 0;
+    quinn::crypto::rustls::QuicServerConfig::try_from(cfg)
+        .map_err(|e| TlsError::Quic(e.to_string()))
+}
+
+/// How a client decides to trust a relay.
+#[derive(Clone, Debug)]
+pub enum Trust {
+    /// Accept exactly the certificate whose SHA-256 is this.
+    Pin([u8; 32]),
+    /// Accept certificates that chain to these roots and match the server name.
+    Roots(Arc<rustls::RootCertStore>),
+}
+
+/// Accepts one end-entity certificate by its SHA-256, and checks the handshake signature made
+/// with it, so a pinned relay is as authenticated as a CA-verified one.
+#[derive(Debug)]
+struct PinVerifier {
+    pin: [u8; 32],
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let got = pin_of(end_entity);
+        // The pin is a public value (a certificate hash), so a plain comparison is fine.
+        if got == self.pin {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "relay certificate pin {} does not match the expected {}",
+                hex::encode(got),
+                hex::encode(self.pin)
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General(
+            "sealpost speaks TLS 1.3 only".into(),
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The client side for `trust`.
+pub fn client_crypto(trust: &Trust) -> Result<quinn::crypto::rustls::QuicClientConfig, TlsError> {
+    let provider = provider();
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?;
+    let mut cfg = match trust {
+        Trust::Pin(pin) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinVerifier {
+                pin: *pin,
+                provider,
+            }))
+            .with_no_client_auth(),
+        Trust::Roots(roots) => builder
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth(),
+    };
+    cfg.alpn_protocols = vec![sealpost_core::ALPN.to_vec()];
+    quinn::crypto::rustls::QuicClientConfig::try_from(cfg)
+        .map_err(|e| TlsError::Quic(e.to_string()))
+}
