@@ -1,1 +1,120 @@
-fn main() {}
+//! `sealpost-loadtest`: load a sealpost relay and check what it delivers.
+#![forbid(unsafe_code)]
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use sealpost_loadtest::run::{RunOptions, Target, run};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "sealpost-loadtest", version, about = "Load generator for sealpost relays")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Deposit and receive through a relay for a while, verify every delivery, report.
+    Run(RunArgs),
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["spawn_relay", "relay"])))]
+struct RunArgs {
+    /// Start a relay in this process on a free loopback port (memory store).
+    #[arg(long)]
+    spawn_relay: bool,
+    /// Address of a running relay, host:port.
+    #[arg(long, requires = "pin")]
+    relay: Option<String>,
+    /// The running relay's certificate pin (64 hex digits).
+    #[arg(long)]
+    pin: Option<String>,
+    /// Mailboxes to create and load.
+    #[arg(long, default_value_t = 100)]
+    mailboxes: usize,
+    /// QUIC connections to spread them over.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Envelope body size in bytes (one of the relay's allowed sizes).
+    #[arg(long, default_value_t = 1024)]
+    size: u32,
+    /// Seconds of load.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Unanswered deposits per connection.
+    #[arg(long, default_value_t = 256)]
+    depth: usize,
+    /// Subscribe window per mailbox.
+    #[arg(long, default_value_t = 256)]
+    window: u32,
+    /// Seconds the drain may go without progress before the rest counts as lost.
+    #[arg(long, default_value_t = 10.0)]
+    drain_timeout: f64,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// No progress line.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SEALPOST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Run(a) => run_cmd(a).await,
+    };
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn secs(name: &str, v: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(v).map_err(|_| anyhow::anyhow!("--{name} must be a non-negative number of seconds"))
+}
+
+async fn run_cmd(a: RunArgs) -> anyhow::Result<ExitCode> {
+    let target = match (a.spawn_relay, a.relay) {
+        (true, _) => Target::Spawn,
+        (false, Some(addr)) => {
+            let pin = a.pin.as_deref().context("--relay needs --pin")?;
+            let pin = sealpost_relay::tls::parse_pin(pin)?;
+            Target::Remote { addr, pin }
+        }
+        (false, None) => anyhow::bail!("give --spawn-relay or --relay ADDR --pin PIN"),
+    };
+    let report = run(RunOptions {
+        target,
+        mailboxes: a.mailboxes,
+        connections: a.connections,
+        size: a.size,
+        duration: secs("duration", a.duration)?,
+        depth: a.depth,
+        window: a.window,
+        drain_timeout: secs("drain-timeout", a.drain_timeout)?,
+        progress: !a.quiet,
+    })
+    .await?;
+    report.print();
+    if let Some(path) = a.json {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(&path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    // A run that lost or corrupted anything fails, so scripts notice.
+    let clean = report.lost == 0 && report.corrupted == 0 && report.duplicated == 0;
+    Ok(if clean { ExitCode::SUCCESS } else { ExitCode::from(2) })
+}

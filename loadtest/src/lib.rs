@@ -1,0 +1,8 @@
+//! sealpost-loadtest: the load generator's library, used by the `sealpost-loadtest` binary
+//! and its tests.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod message;
+pub mod report;
+pub mod run;

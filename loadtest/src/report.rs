@@ -1,0 +1,94 @@
+//! The run report: printed for a person and written as JSON for tools.
+
+use serde::Serialize;
+
+/// Latency percentiles in microseconds, deposit to delivery.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Latency {
+    /// Median.
+    pub p50: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+    /// Largest seen.
+    pub max: u64,
+}
+
+/// The configuration a run used.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunConfig {
+    /// `spawned` or the relay's address.
+    pub relay: String,
+    /// Mailboxes.
+    pub mailboxes: usize,
+    /// Connections.
+    pub connections: usize,
+    /// Envelope body size in bytes.
+    pub size: u32,
+    /// Load phase length in seconds.
+    pub duration_s: f64,
+    /// Unanswered deposits allowed per connection.
+    pub depth: usize,
+    /// Subscribe window per mailbox.
+    pub window: u32,
+}
+
+/// What a run measured. Every count is checked by the recipients, not assumed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The configuration.
+    pub config: RunConfig,
+    /// Envelopes sent.
+    pub deposited: u64,
+    /// Envelopes the relay answered OK or DUPLICATE.
+    pub acked: u64,
+    /// Distinct envelopes delivered and verified.
+    pub delivered: u64,
+    /// Acked envelopes never delivered after the drain.
+    pub lost: u64,
+    /// Deliveries of an envelope already delivered.
+    pub duplicated: u64,
+    /// Deliveries whose end-to-end content failed to open or check.
+    pub corrupted: u64,
+    /// Envelopes the relay refused (any status but OK and DUPLICATE).
+    pub rejected: u64,
+    /// Seconds from the start of the load to the end of the drain.
+    pub duration_s: f64,
+    /// delivered / duration_s.
+    pub deliveries_per_s: f64,
+    /// delivered × body size / duration_s.
+    pub bytes_per_s: f64,
+    /// Deposit-to-delivery latency.
+    pub latency_us: Latency,
+}
+
+impl Report {
+    /// A human-readable summary.
+    pub fn print(&self) {
+        let c = &self.config;
+        println!(
+            "relay {}  mailboxes {}  connections {}  size {} B  load {:.1} s",
+            c.relay, c.mailboxes, c.connections, c.size, c.duration_s
+        );
+        println!(
+            "deposited {}  acked {}  delivered {}  rejected {}",
+            self.deposited, self.acked, self.delivered, self.rejected
+        );
+        println!(
+            "lost {}  duplicated {}  corrupted {}",
+            self.lost, self.duplicated, self.corrupted
+        );
+        println!(
+            "{:.0} deliveries/s  {:.1} MB/s  over {:.2} s",
+            self.deliveries_per_s,
+            self.bytes_per_s / 1e6,
+            self.duration_s
+        );
+        let l = &self.latency_us;
+        println!(
+            "latency µs  p50 {}  p99 {}  p99.9 {}  max {}",
+            l.p50, l.p99, l.p999, l.max
+        );
+    }
+}

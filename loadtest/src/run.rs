@@ -1,0 +1,439 @@
+//! `run`: drive a relay with many mailboxes over many connections, verify every delivery
+//! end to end, drain, and report.
+
+use crate::message::{self, Stamp};
+use crate::report::{Latency, Report, RunConfig};
+use anyhow::{Context, bail};
+use hdrhistogram::Histogram;
+use sealpost_core::e2e;
+use sealpost_core::invitation::Invitation;
+use sealpost_core::padding::SizeClasses;
+use sealpost_core::Suite;
+use sealpost_relay::client::{Client, Mailbox};
+use sealpost_relay::store::memory::MemoryStore;
+use sealpost_relay::store::Quotas;
+use sealpost_relay::{RelayConfig, RelayHandle, RelayLimits};
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+/// Where the relay under test is.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// Start one in this process on a free loopback port, with the memory store.
+    Spawn,
+    /// Use a running relay.
+    Remote {
+        /// host:port.
+        addr: String,
+        /// Certificate pin.
+        pin: [u8; 32],
+    },
+}
+
+/// Options of one run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The relay.
+    pub target: Target,
+    /// Mailboxes.
+    pub mailboxes: usize,
+    /// Connections; mailbox i uses connection i mod C for deposits and its subscription.
+    pub connections: usize,
+    /// Envelope body size.
+    pub size: u32,
+    /// Load phase.
+    pub duration: Duration,
+    /// Unanswered deposits per connection.
+    pub depth: usize,
+    /// Subscribe window per mailbox.
+    pub window: u32,
+    /// How long the drain may go without progress before the rest counts as lost.
+    pub drain_timeout: Duration,
+    /// Print a progress line every second (when standard error is a terminal).
+    pub progress: bool,
+}
+
+/// A relay started for the run; shut down when the run ends.
+pub struct SpawnedRelay {
+    /// The relay.
+    pub handle: RelayHandle,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts an in-process relay with the memory store and limits generous enough for a load test.
+pub async fn spawn_relay(window: u32) -> anyhow::Result<SpawnedRelay> {
+    let dir = tempfile::tempdir().context("creating a temporary data directory")?;
+    let limits = RelayLimits {
+        max_envelopes: 1_000_000,
+        max_bytes: 8 << 30,
+        max_window: window.max(1024),
+        ..RelayLimits::default()
+    };
+    let quotas = Quotas {
+        max_envelopes: limits.max_envelopes,
+        max_bytes: limits.max_bytes,
+        max_mailboxes: limits.max_mailboxes,
+        dedupe_window: limits.dedupe_window,
+    };
+    let mut cfg = RelayConfig::new("127.0.0.1:0".parse().expect("literal address"), dir.path().to_owned());
+    cfg.limits = limits;
+    let handle = sealpost_relay::start(cfg, Arc::new(MemoryStore::new(quotas)))
+        .await
+        .context("starting the in-process relay")?;
+    Ok(SpawnedRelay { handle, _dir: dir })
+}
+
+/// Per-mailbox bookkeeping, indexed by the generator's sequence number.
+#[derive(Default)]
+struct Track {
+    acked: Vec<bool>,
+    delivered: Vec<bool>,
+}
+
+fn mark(v: &mut Vec<bool>, i: u64) -> bool {
+    let i = i as usize;
+    if v.len() <= i {
+        v.resize(i + 1, false);
+    }
+    std::mem::replace(&mut v[i], true)
+}
+
+#[derive(Default)]
+struct Counters {
+    deposited: AtomicU64,
+    acked: AtomicU64,
+    rejected: AtomicU64,
+    delivered: AtomicU64,
+    duplicated: AtomicU64,
+    corrupted: AtomicU64,
+}
+
+struct Ctx {
+    run_id: u64,
+    start: Instant,
+    content_len: usize,
+    sizes: SizeClasses,
+    counters: Counters,
+    tracks: Vec<Mutex<Track>>,
+}
+
+impl Ctx {
+    fn now_us(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 3).expect("static histogram bounds")
+}
+
+/// Runs the load and returns the report.
+pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
+    if opts.mailboxes == 0 || opts.connections == 0 {
+        bail!("--mailboxes and --connections must be at least 1");
+    }
+    if opts.depth == 0 || opts.window == 0 {
+        bail!("--depth and --window must be at least 1");
+    }
+    let spawned = match &opts.target {
+        Target::Spawn => Some(spawn_relay(opts.window).await?),
+        Target::Remote { .. } => None,
+    };
+    let (addr, pin, relay_label) = match (&opts.target, &spawned) {
+        (Target::Remote { addr, pin }, _) => (addr.clone(), *pin, addr.clone()),
+        (Target::Spawn, Some(s)) => (s.handle.local_addr().to_string(), s.handle.pin(), "spawned".to_owned()),
+        (Target::Spawn, None) => unreachable!("spawned above"),
+    };
+
+    let mut clients = Vec::with_capacity(opts.connections);
+    for i in 0..opts.connections {
+        let c = Client::connect_pinned(&addr, pin)
+            .await
+            .with_context(|| format!("connection {i} to {addr}"))?;
+        clients.push(Arc::new(c));
+    }
+    let info = clients[0].info().await.context("asking the relay for its limits")?;
+    if !info.limits.sizes.contains(opts.size) {
+        bail!(
+            "--size {} is not a body size this relay allows; allowed: {:?}",
+            opts.size,
+            info.limits.sizes.as_slice()
+        );
+    }
+    let content_len = e2e::max_content(opts.size);
+    if content_len < message::HEADER {
+        bail!("--size {} leaves no room for the load generator's {}-byte stamp", opts.size, message::HEADER);
+    }
+
+    let mailboxes = create_mailboxes(&clients, opts.mailboxes).await?;
+    let invitations: Vec<Invitation> = mailboxes.iter().map(|m| m.invitation()).collect();
+    let ctx = Arc::new(Ctx {
+        run_id: u64::from_be_bytes(sealpost_core::random::array().context("random source")?),
+        start: Instant::now(),
+        content_len,
+        sizes: info.limits.sizes.clone(),
+        counters: Counters::default(),
+        tracks: (0..opts.mailboxes).map(|_| Mutex::new(Track::default())).collect(),
+    });
+
+    // Subscribers first, so deliveries flow from the first deposit.
+    let (stop_subs_tx, stop_subs) = watch::channel(false);
+    let mut subs = JoinSet::new();
+    for (i, mb) in mailboxes.iter().enumerate() {
+        let client = clients[i % clients.len()].clone();
+        subs.spawn(subscriber(client, mb.clone(), i as u32, opts.window, ctx.clone(), stop_subs.clone()));
+    }
+
+    let stop_send = Arc::new(AtomicBool::new(false));
+    let mut senders = JoinSet::new();
+    let invitations = Arc::new(invitations);
+    for (ci, client) in clients.iter().enumerate() {
+        let mine: Vec<u32> = (ci..opts.mailboxes).step_by(clients.len()).map(|i| i as u32).collect();
+        senders.spawn(sender(client.clone(), mine, invitations.clone(), opts.depth, ctx.clone(), stop_send.clone()));
+    }
+    let progress = opts.progress && std::io::stderr().is_terminal();
+    let ticker = progress.then(|| tokio::spawn(progress_line(ctx.clone())));
+
+    tokio::time::sleep(opts.duration).await;
+    stop_send.store(true, Ordering::Relaxed);
+    while let Some(r) = senders.join_next().await {
+        r.context("sender task panicked")??;
+    }
+    drain(&ctx, opts.drain_timeout).await;
+    let elapsed = ctx.start.elapsed().as_secs_f64();
+    let _ = stop_subs_tx.send(true);
+    let mut hist = new_histogram();
+    while let Some(r) = subs.join_next().await {
+        let h = r.context("subscriber task panicked")??;
+        hist.add(h).context("merging latency histograms")?;
+    }
+    if let Some(t) = ticker {
+        t.abort();
+        eprintln!();
+    }
+
+    let lost: u64 = ctx
+        .tracks
+        .iter()
+        .map(|t| {
+            let t = t.lock().unwrap_or_else(|p| p.into_inner());
+            t.acked
+                .iter()
+                .enumerate()
+                .filter(|(i, a)| **a && !t.delivered.get(*i).copied().unwrap_or(false))
+                .count() as u64
+        })
+        .sum();
+    let c = &ctx.counters;
+    let delivered = c.delivered.load(Ordering::Relaxed);
+    let report = Report {
+        config: RunConfig {
+            relay: relay_label,
+            mailboxes: opts.mailboxes,
+            connections: opts.connections,
+            size: opts.size,
+            duration_s: opts.duration.as_secs_f64(),
+            depth: opts.depth,
+            window: opts.window,
+        },
+        deposited: c.deposited.load(Ordering::Relaxed),
+        acked: c.acked.load(Ordering::Relaxed),
+        delivered,
+        lost,
+        duplicated: c.duplicated.load(Ordering::Relaxed),
+        corrupted: c.corrupted.load(Ordering::Relaxed),
+        rejected: c.rejected.load(Ordering::Relaxed),
+        duration_s: elapsed,
+        deliveries_per_s: delivered as f64 / elapsed,
+        bytes_per_s: delivered as f64 * opts.size as f64 / elapsed,
+        latency_us: Latency {
+            p50: hist.value_at_quantile(0.50),
+            p99: hist.value_at_quantile(0.99),
+            p999: hist.value_at_quantile(0.999),
+            max: hist.max(),
+        },
+    };
+    for c in clients {
+        if let Ok(c) = Arc::try_unwrap(c) {
+            c.close().await;
+        }
+    }
+    if let Some(s) = spawned {
+        s.handle.shutdown().await;
+    }
+    Ok(report)
+}
+
+async fn create_mailboxes(clients: &[Arc<Client>], n: usize) -> anyhow::Result<Vec<Arc<Mailbox>>> {
+    let mut out: Vec<Option<Arc<Mailbox>>> = (0..n).map(|_| None).collect();
+    let mut set = JoinSet::new();
+    let mut next = 0usize;
+    let mut done = 0usize;
+    while done < n {
+        while next < n && set.len() < 64 {
+            let c = clients[next % clients.len()].clone();
+            let i = next;
+            set.spawn(async move { (i, c.create(Suite::ChaCha20Poly1305).await) });
+            next += 1;
+        }
+        if let Some(r) = set.join_next().await {
+            let (i, mb) = r.context("create task panicked")?;
+            out[i] = Some(Arc::new(mb.with_context(|| format!("creating mailbox {i}"))?));
+            done += 1;
+        }
+    }
+    Ok(out.into_iter().map(|m| m.expect("every mailbox created")).collect())
+}
+
+async fn sender(
+    client: Arc<Client>,
+    mine: Vec<u32>,
+    invitations: Arc<Vec<Invitation>>,
+    depth: usize,
+    ctx: Arc<Ctx>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    if mine.is_empty() {
+        return Ok(());
+    }
+    let (mut tx, mut rx) = client.open_deposit().await.context("opening a deposit stream")?;
+    // One entry per unanswered deposit: its capacity is the pipeline depth.
+    let (qtx, mut qrx) = mpsc::channel::<(u32, u64)>(depth);
+    let rctx = ctx.clone();
+    let reader = tokio::spawn(async move {
+        while let Some(statuses) = rx.next().await.context("reading deposit results")? {
+            for s in statuses {
+                let (mb, seq) = qrx.recv().await.context("a result for an envelope never sent")?;
+                if s.is_success() {
+                    mark(&mut rctx.tracks[mb as usize].lock().unwrap_or_else(|p| p.into_inner()).acked, seq);
+                    rctx.counters.acked.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    rctx.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        anyhow::Ok(())
+    });
+    let mut next_seq = vec![0u64; mine.len()];
+    'load: loop {
+        for (k, &mb) in mine.iter().enumerate() {
+            if stop.load(Ordering::Relaxed) {
+                break 'load;
+            }
+            let seq = next_seq[k];
+            next_seq[k] += 1;
+            let stamp = Stamp {
+                mailbox: mb,
+                seq,
+                sent_us: ctx.now_us(),
+            };
+            let content = message::build(ctx.run_id, stamp, ctx.content_len);
+            let env = e2e::seal_for_invitation(&invitations[mb as usize], &ctx.sizes, &content)
+                .context("sealing a message")?;
+            if qtx.send((mb, seq)).await.is_err() {
+                break 'load;
+            }
+            tx.send(&env).await.context("sending a deposit")?;
+            ctx.counters.deposited.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    tx.finish();
+    drop(qtx);
+    reader.await.context("result reader panicked")?
+}
+
+async fn subscriber(
+    client: Arc<Client>,
+    mailbox: Arc<Mailbox>,
+    index: u32,
+    window: u32,
+    ctx: Arc<Ctx>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<Histogram<u64>> {
+    let mut hist = new_histogram();
+    let mut sub = client
+        .subscribe(&mailbox.access(), window)
+        .await
+        .with_context(|| format!("subscribing to mailbox {index}"))?;
+    loop {
+        let d = tokio::select! {
+            d = sub.next() => d,
+            _ = stop.changed() => break,
+        };
+        let Some(d) = d.with_context(|| format!("receiving on mailbox {index}"))? else {
+            break;
+        };
+        let now = ctx.now_us();
+        let stamp = mailbox
+            .open(&d)
+            .ok()
+            .and_then(|c| message::check(ctx.run_id, &c, ctx.content_len))
+            .filter(|s| s.mailbox == index);
+        match stamp {
+            None => {
+                ctx.counters.corrupted.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(s) => {
+                let again = mark(
+                    &mut ctx.tracks[index as usize].lock().unwrap_or_else(|p| p.into_inner()).delivered,
+                    s.seq,
+                );
+                if again {
+                    ctx.counters.duplicated.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    ctx.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                    hist.saturating_record(now.saturating_sub(s.sent_us).max(1));
+                }
+            }
+        }
+        sub.ack(d.seq).await.with_context(|| format!("acknowledging on mailbox {index}"))?;
+    }
+    sub.finish();
+    Ok(hist)
+}
+
+/// Waits until every acknowledged envelope is delivered, or until the drain stops progressing.
+async fn drain(ctx: &Ctx, timeout: Duration) {
+    let c = &ctx.counters;
+    let mut last = c.delivered.load(Ordering::Relaxed);
+    let mut last_progress = Instant::now();
+    loop {
+        let delivered = c.delivered.load(Ordering::Relaxed);
+        if delivered >= c.acked.load(Ordering::Relaxed) {
+            return;
+        }
+        if delivered != last {
+            last = delivered;
+            last_progress = Instant::now();
+        } else if last_progress.elapsed() > timeout {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn progress_line(ctx: Arc<Ctx>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    let mut prev = 0u64;
+    loop {
+        tick.tick().await;
+        let c = &ctx.counters;
+        let d = c.delivered.load(Ordering::Relaxed);
+        eprint!(
+            "\r{:>5.0} s  deposited {}  acked {}  delivered {}  {} /s  rejected {}  corrupted {}   ",
+            ctx.start.elapsed().as_secs_f64(),
+            c.deposited.load(Ordering::Relaxed),
+            c.acked.load(Ordering::Relaxed),
+            d,
+            d - prev,
+            c.rejected.load(Ordering::Relaxed),
+            c.corrupted.load(Ordering::Relaxed),
+        );
+        prev = d;
+    }
+}
