@@ -9,7 +9,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "sealpost-loadtest", version, about = "Load generator for sealpost relays")]
+#[command(
+    name = "sealpost-loadtest",
+    version,
+    about = "Load generator for sealpost relays"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -66,7 +70,8 @@ struct RunArgs {
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SEALPOST_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("SEALPOST_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -84,7 +89,8 @@ async fn main() -> ExitCode {
 }
 
 fn secs(name: &str, v: f64) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(v).map_err(|_| anyhow::anyhow!("--{name} must be a non-negative number of seconds"))
+    Duration::try_from_secs_f64(v)
+        .map_err(|_| anyhow::anyhow!("--{name} must be a non-negative number of seconds"))
 }
 
 async fn run_cmd(a: RunArgs) -> anyhow::Result<ExitCode> {
@@ -112,9 +118,14 @@ async fn run_cmd(a: RunArgs) -> anyhow::Result<ExitCode> {
     report.print();
     if let Some(path) = a.json {
         let json = serde_json::to_string_pretty(&report)?;
-        std::fs::write(&path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(&path, json + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     // A run that lost or corrupted anything fails, so scripts notice.
     let clean = report.lost == 0 && report.corrupted == 0 && report.duplicated == 0;
-    Ok(if clean { ExitCode::SUCCESS } else { ExitCode::from(2) })
+    Ok(if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
 }

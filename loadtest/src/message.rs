@@ -46,7 +46,11 @@ pub fn check(run_id: u64, content: &[u8], len: usize) -> Option<Stamp> {
         .iter()
         .enumerate()
         .all(|(i, b)| *b == (seq as usize).wrapping_add(i) as u8);
-    ok.then_some(Stamp { mailbox, seq, sent_us })
+    ok.then_some(Stamp {
+        mailbox,
+        seq,
+        sent_us,
+    })
 }
 
 #[cfg(test)]

@@ -5,13 +5,13 @@ use crate::message::{self, Stamp};
 use crate::report::{Latency, Report, RunConfig};
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
+use sealpost_core::Suite;
 use sealpost_core::e2e;
 use sealpost_core::invitation::Invitation;
 use sealpost_core::padding::SizeClasses;
-use sealpost_core::Suite;
 use sealpost_relay::client::{Client, Mailbox};
-use sealpost_relay::store::memory::MemoryStore;
 use sealpost_relay::store::Quotas;
+use sealpost_relay::store::memory::MemoryStore;
 use sealpost_relay::{RelayConfig, RelayHandle, RelayLimits};
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -79,7 +79,10 @@ pub async fn spawn_relay(window: u32) -> anyhow::Result<SpawnedRelay> {
         max_mailboxes: limits.max_mailboxes,
         dedupe_window: limits.dedupe_window,
     };
-    let mut cfg = RelayConfig::new("127.0.0.1:0".parse().expect("literal address"), dir.path().to_owned());
+    let mut cfg = RelayConfig::new(
+        "127.0.0.1:0".parse().expect("literal address"),
+        dir.path().to_owned(),
+    );
     cfg.limits = limits;
     let handle = sealpost_relay::start(cfg, Arc::new(MemoryStore::new(quotas)))
         .await
@@ -145,7 +148,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
     };
     let (addr, pin, relay_label) = match (&opts.target, &spawned) {
         (Target::Remote { addr, pin }, _) => (addr.clone(), *pin, addr.clone()),
-        (Target::Spawn, Some(s)) => (s.handle.local_addr().to_string(), s.handle.pin(), "spawned".to_owned()),
+        (Target::Spawn, Some(s)) => (
+            s.handle.local_addr().to_string(),
+            s.handle.pin(),
+            "spawned".to_owned(),
+        ),
         (Target::Spawn, None) => unreachable!("spawned above"),
     };
 
@@ -156,7 +163,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
             .with_context(|| format!("connection {i} to {addr}"))?;
         clients.push(Arc::new(c));
     }
-    let info = clients[0].info().await.context("asking the relay for its limits")?;
+    let info = clients[0]
+        .info()
+        .await
+        .context("asking the relay for its limits")?;
     if !info.limits.sizes.contains(opts.size) {
         bail!(
             "--size {} is not a body size this relay allows; allowed: {:?}",
@@ -166,7 +176,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
     }
     let content_len = e2e::max_content(opts.size);
     if content_len < message::HEADER {
-        bail!("--size {} leaves no room for the load generator's {}-byte stamp", opts.size, message::HEADER);
+        bail!(
+            "--size {} leaves no room for the load generator's {}-byte stamp",
+            opts.size,
+            message::HEADER
+        );
     }
 
     let mailboxes = create_mailboxes(&clients, opts.mailboxes).await?;
@@ -177,7 +191,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
         content_len,
         sizes: info.limits.sizes.clone(),
         counters: Counters::default(),
-        tracks: (0..opts.mailboxes).map(|_| Mutex::new(Track::default())).collect(),
+        tracks: (0..opts.mailboxes)
+            .map(|_| Mutex::new(Track::default()))
+            .collect(),
     });
 
     // Subscribers first, so deliveries flow from the first deposit.
@@ -185,15 +201,32 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
     let mut subs = JoinSet::new();
     for (i, mb) in mailboxes.iter().enumerate() {
         let client = clients[i % clients.len()].clone();
-        subs.spawn(subscriber(client, mb.clone(), i as u32, opts.window, ctx.clone(), stop_subs.clone()));
+        subs.spawn(subscriber(
+            client,
+            mb.clone(),
+            i as u32,
+            opts.window,
+            ctx.clone(),
+            stop_subs.clone(),
+        ));
     }
 
     let stop_send = Arc::new(AtomicBool::new(false));
     let mut senders = JoinSet::new();
     let invitations = Arc::new(invitations);
     for (ci, client) in clients.iter().enumerate() {
-        let mine: Vec<u32> = (ci..opts.mailboxes).step_by(clients.len()).map(|i| i as u32).collect();
-        senders.spawn(sender(client.clone(), mine, invitations.clone(), opts.depth, ctx.clone(), stop_send.clone()));
+        let mine: Vec<u32> = (ci..opts.mailboxes)
+            .step_by(clients.len())
+            .map(|i| i as u32)
+            .collect();
+        senders.spawn(sender(
+            client.clone(),
+            mine,
+            invitations.clone(),
+            opts.depth,
+            ctx.clone(),
+            stop_send.clone(),
+        ));
     }
     let progress = opts.progress && std::io::stderr().is_terminal();
     let ticker = progress.then(|| tokio::spawn(progress_line(ctx.clone())));
@@ -282,11 +315,16 @@ async fn create_mailboxes(clients: &[Arc<Client>], n: usize) -> anyhow::Result<V
         }
         if let Some(r) = set.join_next().await {
             let (i, mb) = r.context("create task panicked")?;
-            out[i] = Some(Arc::new(mb.with_context(|| format!("creating mailbox {i}"))?));
+            out[i] = Some(Arc::new(
+                mb.with_context(|| format!("creating mailbox {i}"))?,
+            ));
             done += 1;
         }
     }
-    Ok(out.into_iter().map(|m| m.expect("every mailbox created")).collect())
+    Ok(out
+        .into_iter()
+        .map(|m| m.expect("every mailbox created"))
+        .collect())
 }
 
 async fn sender(
@@ -300,16 +338,28 @@ async fn sender(
     if mine.is_empty() {
         return Ok(());
     }
-    let (mut tx, mut rx) = client.open_deposit().await.context("opening a deposit stream")?;
+    let (mut tx, mut rx) = client
+        .open_deposit()
+        .await
+        .context("opening a deposit stream")?;
     // One entry per unanswered deposit: its capacity is the pipeline depth.
     let (qtx, mut qrx) = mpsc::channel::<(u32, u64)>(depth);
     let rctx = ctx.clone();
     let reader = tokio::spawn(async move {
         while let Some(statuses) = rx.next().await.context("reading deposit results")? {
             for s in statuses {
-                let (mb, seq) = qrx.recv().await.context("a result for an envelope never sent")?;
+                let (mb, seq) = qrx
+                    .recv()
+                    .await
+                    .context("a result for an envelope never sent")?;
                 if s.is_success() {
-                    mark(&mut rctx.tracks[mb as usize].lock().unwrap_or_else(|p| p.into_inner()).acked, seq);
+                    mark(
+                        &mut rctx.tracks[mb as usize]
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .acked,
+                        seq,
+                    );
                     rctx.counters.acked.fetch_add(1, Ordering::Relaxed);
                 } else {
                     rctx.counters.rejected.fetch_add(1, Ordering::Relaxed);
@@ -379,7 +429,10 @@ async fn subscriber(
             }
             Some(s) => {
                 let again = mark(
-                    &mut ctx.tracks[index as usize].lock().unwrap_or_else(|p| p.into_inner()).delivered,
+                    &mut ctx.tracks[index as usize]
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .delivered,
                     s.seq,
                 );
                 if again {
@@ -390,7 +443,9 @@ async fn subscriber(
                 }
             }
         }
-        sub.ack(d.seq).await.with_context(|| format!("acknowledging on mailbox {index}"))?;
+        sub.ack(d.seq)
+            .await
+            .with_context(|| format!("acknowledging on mailbox {index}"))?;
     }
     sub.finish();
     Ok(hist)
