@@ -6,3 +6,4 @@
 pub mod message;
 pub mod report;
 pub mod run;
+pub mod speed;

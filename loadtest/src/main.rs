@@ -3,7 +3,9 @@
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use sealpost_core::Suite;
 use sealpost_loadtest::run::{RunOptions, Target, run};
+use sealpost_loadtest::speed::{self, Op, SpeedOptions};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -23,6 +25,38 @@ struct Cli {
 enum Cmd {
     /// Deposit and receive through a relay for a while, verify every delivery, report.
     Run(RunArgs),
+    /// Measure the crypto engine against ring, same work, same run.
+    Speed(SpeedArgs),
+}
+
+#[derive(Args)]
+struct SpeedArgs {
+    /// Bytes authenticated per envelope (the envelope for verify, the plaintext for seal/open).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "64,256,1024,4096,16384,65536"
+    )]
+    sizes: Vec<usize>,
+    /// Envelopes per batch.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Seconds of measurement per side (ours, ring) per cell.
+    #[arg(long, default_value_t = 0.5)]
+    seconds: f64,
+    /// Operations, comma-separated: verify, seal, open.
+    #[arg(long, value_delimiter = ',', default_value = "verify,seal,open")]
+    ops: Vec<Op>,
+    /// Suites, comma-separated: chacha20poly1305, aes256gcm.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "chacha20poly1305,aes256gcm"
+    )]
+    suites: Vec<Suite>,
+    /// Write the rows as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -78,6 +112,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Run(a) => run_cmd(a).await,
+        Cmd::Speed(a) => speed_cmd(a),
     };
     match r {
         Ok(code) => code,
@@ -128,4 +163,35 @@ async fn run_cmd(a: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(2)
     })
+}
+
+fn speed_cmd(a: SpeedArgs) -> anyhow::Result<ExitCode> {
+    if a.batch == 0 || a.sizes.is_empty() || a.seconds <= 0.0 {
+        anyhow::bail!("--batch, --sizes and --seconds must be positive");
+    }
+    let env_backend = sealpost_core::engine::backend_from_env()?;
+    let backends = sealpost_core::engine::Backend::supported();
+    println!(
+        "backends on this machine: {} (SEALPOST_BACKEND: {})",
+        backends
+            .iter()
+            .map(|b| b.name())
+            .collect::<Vec<_>>()
+            .join(", "),
+        env_backend.map_or("unset".to_owned(), |b| b.name().to_owned())
+    );
+    let opts = SpeedOptions {
+        sizes: a.sizes,
+        batch: a.batch,
+        seconds: a.seconds,
+        ops: a.ops,
+        suites: a.suites,
+    };
+    speed::print_header();
+    let rows = speed::run(&opts, speed::print_row);
+    if let Some(path) = a.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&rows)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
 }

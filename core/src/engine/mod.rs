@@ -172,6 +172,18 @@ impl Engine {
     }
 }
 
+/// The CPU's time-stamp counter (x86_64), for reporting TSC cycles per byte; `None` elsewhere.
+pub fn tsc_now() -> Option<u64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        Some(avx2::tsc())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        None
+    }
+}
+
 /// The initial ChaCha20 state for `key`, `nonce` and block `counter` (RFC 8439 §2.3).
 pub(crate) fn chacha_state(key: &[u8; 32], nonce: &[u8; 12], counter: u32) -> [u32; 16] {
     let w = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);

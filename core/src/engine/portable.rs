@@ -42,102 +42,72 @@ pub fn chacha_blocks(states: &[[u32; 16]], out: &mut [[u8; BLOCK]]) {
     }
 }
 
-/// Poly1305 state with 44-bit limbs (three per 130-bit number), multiplied through u128.
+/// Poly1305 state in base 2^64: `h = h0 + h1·2^64 + h2·2^128` with `h2` a few bits, and the
+/// clamped key `r = r0 + r1·2^64`. Products go through u128, which x86_64 and aarch64 compute
+/// with constant-time multiply instructions.
 #[derive(Clone, Default)]
 pub struct Poly {
-    r: [u64; 3],
+    r: [u64; 2],
     s: [u64; 2],
     h: [u64; 3],
 }
 
-const M44: u64 = (1 << 44) - 1;
-const M42: u64 = (1 << 42) - 1;
-
 impl Poly {
     /// A fresh state for the one-time key `r || s`.
     pub fn new(key: &[u8; 32]) -> Self {
-        let t0 = u64::from_le_bytes(key[0..8].try_into().expect("8 bytes")) & 0x0ffffffc0fffffff;
-        let t1 = u64::from_le_bytes(key[8..16].try_into().expect("8 bytes")) & 0x0ffffffc0ffffffc;
+        let le = |i: usize| u64::from_le_bytes(key[i..i + 8].try_into().expect("8 bytes"));
         Self {
-            r: [t0 & M44, ((t0 >> 44) | (t1 << 20)) & M44, (t1 >> 24) & M42],
-            s: [
-                u64::from_le_bytes(key[16..24].try_into().expect("8 bytes")),
-                u64::from_le_bytes(key[24..32].try_into().expect("8 bytes")),
-            ],
+            r: [le(0) & 0x0fff_fffc_0fff_ffff, le(8) & 0x0fff_fffc_0fff_fffc],
+            s: [le(16), le(24)],
             h: [0; 3],
         }
+    }
+
+    /// Absorbs one 16-byte block with the 2^128 bit set.
+    #[inline(always)]
+    pub fn block(&mut self, b: &[u8; 16]) {
+        let [r0, r1] = self.r;
+        // 2^130 ≡ 5 (mod p) and r1 is a multiple of 4, so h1·r1·2^128 ≡ h1·(5·r1/4): s1 = r1 + r1/4.
+        let s1 = r1 + (r1 >> 2);
+        let [h0, h1, h2] = self.h;
+        let m0 = u64::from_le_bytes(b[0..8].try_into().expect("8 bytes"));
+        let m1 = u64::from_le_bytes(b[8..16].try_into().expect("8 bytes"));
+        let (h0, c) = h0.overflowing_add(m0);
+        let (h1, c1) = h1.overflowing_add(m1);
+        let (h1, c2) = h1.overflowing_add(c as u64);
+        let h2 = h2 + (c1 as u64) + (c2 as u64) + 1;
+        let m = |a: u64, b: u64| (a as u128) * (b as u128);
+        let d0 = m(h0, r0) + m(h1, s1);
+        let d1 = m(h0, r1) + m(h1, r0) + m(h2, s1);
+        let d2 = h2 * r0;
+        let d1 = d1 + (d0 >> 64);
+        let d2 = d2 + (d1 >> 64) as u64;
+        // Fold everything at or above 2^130 back in, times 5.
+        let fold = (d2 & !3) + (d2 >> 2);
+        let (h0, c) = (d0 as u64).overflowing_add(fold);
+        let (h1, c) = (d1 as u64).overflowing_add(c as u64);
+        self.h = [h0, h1, (d2 & 3) + c as u64];
     }
 
     /// Absorbs whole 16-byte blocks (each with the 2^128 bit set, as AEAD padding gives).
     pub fn blocks(&mut self, data: &[u8]) {
         debug_assert_eq!(data.len() % 16, 0);
-        let [r0, r1, r2] = self.r;
-        let s1 = r1 * (5 << 2);
-        let s2 = r2 * (5 << 2);
-        let [mut h0, mut h1, mut h2] = self.h;
         for b in data.chunks_exact(16) {
-            let t0 = u64::from_le_bytes(b[0..8].try_into().expect("8 bytes"));
-            let t1 = u64::from_le_bytes(b[8..16].try_into().expect("8 bytes"));
-            h0 += t0 & M44;
-            h1 += ((t0 >> 44) | (t1 << 20)) & M44;
-            h2 += ((t1 >> 24) & M42) | (1 << 40);
-            let m = |a: u64, b: u64| (a as u128) * (b as u128);
-            let d0 = m(h0, r0) + m(h1, s2) + m(h2, s1);
-            let d1 = m(h0, r1) + m(h1, r0) + m(h2, s2);
-            let d2 = m(h0, r2) + m(h1, r1) + m(h2, r0);
-            let mut c = (d0 >> 44) as u64;
-            h0 = d0 as u64 & M44;
-            let d1 = d1 + c as u128;
-            c = (d1 >> 44) as u64;
-            h1 = d1 as u64 & M44;
-            let d2 = d2 + c as u128;
-            c = (d2 >> 42) as u64;
-            h2 = d2 as u64 & M42;
-            h0 += c * 5;
-            c = h0 >> 44;
-            h0 &= M44;
-            h1 += c;
+            self.block(b.try_into().expect("16-byte chunk"));
         }
-        self.h = [h0, h1, h2];
     }
 
     /// The tag: `(h mod p) + s mod 2^128`, computed without secret-dependent branches.
     pub fn finish(&self) -> [u8; 16] {
-        let [mut h0, mut h1, mut h2] = self.h;
-        let mut c = h1 >> 44;
-        h1 &= M44;
-        h2 += c;
-        c = h2 >> 42;
-        h2 &= M42;
-        h0 += c * 5;
-        c = h0 >> 44;
-        h0 &= M44;
-        h1 += c;
-        c = h1 >> 44;
-        h1 &= M44;
-        h2 += c;
-        c = h2 >> 42;
-        h2 &= M42;
-        h0 += c * 5;
-        c = h0 >> 44;
-        h0 &= M44;
-        h1 += c;
-        // g = h + 5 - 2^130; keep g if it did not borrow.
-        let mut g0 = h0 + 5;
-        c = g0 >> 44;
-        g0 &= M44;
-        let mut g1 = h1 + c;
-        c = g1 >> 44;
-        g1 &= M44;
-        let g2 = h2.wrapping_add(c).wrapping_sub(1 << 42);
-        let keep_g = (g2 >> 63).wrapping_sub(1); // all ones when g2 did not go negative
-        h0 = (h0 & !keep_g) | (g0 & keep_g);
-        h1 = (h1 & !keep_g) | (g1 & keep_g);
-        h2 = (h2 & !keep_g) | (g2 & keep_g);
-        // Sum rather than OR the limbs; everything is modulo 2^128 from here on.
-        let v = (h0 as u128)
-            .wrapping_add((h1 as u128) << 44)
-            .wrapping_add((h2 as u128) << 88)
+        let [h0, h1, h2] = self.h;
+        // g = h + 5; if g reaches 2^130, h ≥ p and the tag uses g (its low 128 bits).
+        let (g0, c) = h0.overflowing_add(5);
+        let (g1, c) = h1.overflowing_add(c as u64);
+        let g2 = h2 + c as u64;
+        let use_g = 0u64.wrapping_sub(g2 >> 2); // all ones when g2 ≥ 4
+        let f0 = (h0 & !use_g) | (g0 & use_g);
+        let f1 = (h1 & !use_g) | (g1 & use_g);
+        let v = (f0 as u128 | ((f1 as u128) << 64))
             .wrapping_add(self.s[0] as u128 | ((self.s[1] as u128) << 64));
         v.to_le_bytes()
     }
