@@ -6,7 +6,7 @@
 //! go to ring one at a time.
 
 use crate::engine::driver::{Data, OpenWork, SealWork};
-use crate::engine::{Engine, MAX_MESSAGE};
+use crate::engine::{Engine, MAX_MESSAGE, OpKind};
 use crate::suite::{AeadKey, NONCE_LEN, Suite, TAG_LEN};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey};
 
@@ -260,14 +260,20 @@ impl Engine {
     /// Checks every job's tag; `results[i]` is set to whether job `i` is authentic.
     pub fn verify(&self, jobs: &[VerifyJob<'_>], results: &mut [bool]) -> Result<(), BatchError> {
         check_results(jobs.len(), results.len())?;
-        let (chacha, idx): (Vec<&VerifyJob<'_>>, Vec<usize>) = jobs
-            .iter()
-            .enumerate()
-            .filter(|(_, j)| is_chacha(j.key))
-            .map(|(i, j)| (j, i))
-            .unzip();
-        if chacha.len() < jobs.len() {
-            ring_verify(jobs, results)?;
+        let mine =
+            |j: &VerifyJob<'_>| is_chacha(j.key) && !self.goes_to_ring(OpKind::Verify, j.aad.len());
+        let mut chacha = Vec::with_capacity(jobs.len());
+        let mut idx = Vec::with_capacity(jobs.len());
+        for (i, j) in jobs.iter().enumerate() {
+            if mine(j) {
+                chacha.push(j);
+                idx.push(i);
+            } else {
+                ring_verify(
+                    std::slice::from_ref(j),
+                    std::slice::from_mut(&mut results[i]),
+                )?;
+            }
         }
         let mut ok = vec![false; chacha.len()];
         self.chacha_verify(&chacha, &mut ok);
@@ -289,7 +295,7 @@ impl Engine {
         }
         let mut works = Vec::with_capacity(jobs.len());
         for job in jobs.iter_mut() {
-            if !is_chacha(job.key) {
+            if !is_chacha(job.key) || self.goes_to_ring(OpKind::Seal, job.plaintext.len()) {
                 ring_seal(std::slice::from_mut(job))?;
                 continue;
             }
@@ -319,7 +325,7 @@ impl Engine {
         let mut works = Vec::with_capacity(jobs.len());
         for job in jobs.iter_mut() {
             let n = job.buf.len() - TAG_LEN;
-            if !is_chacha(job.key) {
+            if !is_chacha(job.key) || self.goes_to_ring(OpKind::Seal, n) {
                 let key = ring_key(job.key);
                 let (body, tag_out) = job.buf.split_at_mut(n);
                 let tag = key
@@ -363,7 +369,7 @@ impl Engine {
         let mut works = Vec::with_capacity(jobs.len());
         let mut idx = Vec::with_capacity(jobs.len());
         for (i, job) in jobs.iter_mut().enumerate() {
-            if !is_chacha(job.key) {
+            if !is_chacha(job.key) || self.goes_to_ring(OpKind::Open, job.out.len()) {
                 ring_open(
                     std::slice::from_mut(job),
                     std::slice::from_mut(&mut results[i]),
@@ -414,7 +420,7 @@ impl Engine {
         let mut idx = Vec::with_capacity(jobs.len());
         for (i, job) in jobs.iter_mut().enumerate() {
             let n = job.buf.len() - TAG_LEN;
-            if !is_chacha(job.key) {
+            if !is_chacha(job.key) || self.goes_to_ring(OpKind::Open, n) {
                 let key = ring_key(job.key);
                 let (body, tag) = job.buf.split_at_mut(n);
                 let tag = ring::aead::Tag::try_from(&tag[..]).expect("TAG_LEN bytes");

@@ -5,7 +5,6 @@
 use super::{BLOCK, Kernel, PolyLanes, chacha_state};
 use crate::batch::VerifyJob;
 use crate::suite::TAG_LEN;
-use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, Zeroizing};
 
 /// The longest message one job may carry: the 32-bit block counter starts at 1.
@@ -187,48 +186,89 @@ pub(crate) struct MacInput<'a> {
     pub ct: &'a [u8],
 }
 
-/// Padded tails and the length block of one job, so every Poly1305 step reads whole blocks.
-#[derive(Clone, Copy, Default)]
-struct Tails {
-    aad: [u8; 16],
-    ct: [u8; 16],
-    lens: [u8; 16],
+/// The parts of one job's Poly1305 input that are not whole blocks in the caller's buffers,
+/// copied into whole blocks: a short AAD entirely (or a long one's padded tail), and the end of
+/// the input (the ciphertext's padded tail, or the AAD's when there is no ciphertext, followed by
+/// the length block). Merging them keeps the number of scheduling steps per job at most four.
+#[derive(Clone, Copy)]
+struct Scratch {
+    head: [u8; 48],
+    head_len: usize,
+    end: [u8; 32],
+    end_len: usize,
 }
 
-/// Up to five runs of whole blocks per job.
+/// Copied AADs up to this size go wholly into the scratch head (seal and open use 24 bytes).
+const SHORT_AAD: usize = 32;
+
+impl Scratch {
+    fn new(m: &MacInput<'_>) -> Self {
+        let mut s = Scratch {
+            head: [0; 48],
+            head_len: 0,
+            end: [0; 32],
+            end_len: 0,
+        };
+        let (a, c) = (m.aad.len(), m.ct.len());
+        let short_aad = a <= SHORT_AAD;
+        if short_aad {
+            s.head[..a].copy_from_slice(m.aad);
+            s.head_len = a.div_ceil(16) * 16;
+        } else if c > 0 && a % 16 != 0 {
+            s.head[..a % 16].copy_from_slice(&m.aad[a - a % 16..]);
+            s.head_len = 16;
+        }
+        // The block before the lengths: the ciphertext's tail, or a long AAD's tail when there
+        // is no ciphertext.
+        let tail: &[u8] = if c > 0 {
+            &m.ct[c - c % 16..]
+        } else if !short_aad {
+            &m.aad[a - a % 16..]
+        } else {
+            &[]
+        };
+        s.end[..tail.len()].copy_from_slice(tail);
+        let lens_at = tail.len().div_ceil(16) * 16;
+        s.end[lens_at..lens_at + 8].copy_from_slice(&(a as u64).to_le_bytes());
+        s.end[lens_at + 8..lens_at + 16].copy_from_slice(&(c as u64).to_le_bytes());
+        s.end_len = lens_at + 16;
+        s
+    }
+}
+
+/// Up to four runs of whole blocks per job, in Poly1305 order.
 #[derive(Clone, Copy)]
 struct Segments<'a> {
-    runs: [&'a [u8]; 5],
+    runs: [&'a [u8]; 4],
+}
+
+impl<'a> Segments<'a> {
+    fn new(m: &MacInput<'a>, s: &'a Scratch) -> Self {
+        let (a, c) = (m.aad.len(), m.ct.len());
+        let aad_full: &[u8] = if a <= SHORT_AAD {
+            &[]
+        } else {
+            &m.aad[..a - a % 16]
+        };
+        Segments {
+            runs: [
+                aad_full,
+                &s.head[..s.head_len],
+                &m.ct[..c - c % 16],
+                &s.end[..s.end_len],
+            ],
+        }
+    }
 }
 
 /// Computes every job's tag, one job per Poly1305 lane, refilling lanes as jobs finish.
 pub(crate) fn mac<K: Kernel>(inputs: &[MacInput<'_>], tags: &mut [[u8; 16]]) {
     let lanes = K::Lanes::LANES;
-    let tails: Vec<Tails> = inputs
-        .iter()
-        .map(|m| {
-            let mut t = Tails::default();
-            let a = m.aad.len() % 16;
-            t.aad[..a].copy_from_slice(&m.aad[m.aad.len() - a..]);
-            let c = m.ct.len() % 16;
-            t.ct[..c].copy_from_slice(&m.ct[m.ct.len() - c..]);
-            t.lens[..8].copy_from_slice(&(m.aad.len() as u64).to_le_bytes());
-            t.lens[8..].copy_from_slice(&(m.ct.len() as u64).to_le_bytes());
-            t
-        })
-        .collect();
+    let scratch: Vec<Scratch> = inputs.iter().map(Scratch::new).collect();
     let segs: Vec<Segments<'_>> = inputs
         .iter()
-        .zip(&tails)
-        .map(|(m, t)| {
-            let af = m.aad.len() - m.aad.len() % 16;
-            let cf = m.ct.len() - m.ct.len() % 16;
-            let at: &[u8] = if m.aad.len() % 16 != 0 { &t.aad } else { &[] };
-            let ctl: &[u8] = if m.ct.len() % 16 != 0 { &t.ct } else { &[] };
-            Segments {
-                runs: [&m.aad[..af], at, &m.ct[..cf], ctl, &t.lens],
-            }
-        })
+        .zip(&scratch)
+        .map(|(m, s)| Segments::new(m, s))
         .collect();
 
     let mut state = K::Lanes::default();
@@ -277,17 +317,23 @@ pub(crate) fn mac<K: Kernel>(inputs: &[MacInput<'_>], tags: &mut [[u8; 16]]) {
 }
 
 fn first_run(s: &Segments<'_>, job: usize) -> Option<(usize, usize, usize)> {
-    (0..5).find(|&r| !s.runs[r].is_empty()).map(|r| (job, r, 0))
+    (0..4).find(|&r| !s.runs[r].is_empty()).map(|r| (job, r, 0))
 }
 
 fn next_run(s: &Segments<'_>, job: usize, run: usize) -> Option<(usize, usize, usize)> {
-    (run + 1..5)
+    (run + 1..4)
         .find(|&r| !s.runs[r].is_empty())
         .map(|r| (job, r, 0))
 }
 
+/// Compares tags without an early exit: every byte is XORed and ORed in, and only the final
+/// (public) verdict is branched on.
 fn tags_equal(a: &[u8; 16], b: &[u8]) -> bool {
-    a.ct_eq(b).into()
+    if b.len() != 16 {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
 }
 
 pub(crate) fn verify<K: Kernel>(jobs: &[&VerifyJob<'_>], results: &mut [bool]) {

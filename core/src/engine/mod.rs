@@ -140,35 +140,92 @@ pub fn backend_from_env() -> Result<Option<Backend>, EngineError> {
 
 /// A checked backend choice. It can only be built for a backend the CPU supports, which is what
 /// makes calling the SIMD code sound.
+///
+/// An engine may also hand some ChaCha20-Poly1305 jobs to ring, by operation and size, where
+/// ring is measurably faster on this class of machine (see [`Engine::tuned`]); an engine made
+/// with [`Engine::new`] never does, so tests and benchmarks see the pure backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Engine {
     backend: Backend,
+    /// Jobs whose message is at least this long go to ring: `[verify (AAD), seal, open]`.
+    ring_from: [usize; 3],
 }
 
 static ACTIVE: OnceLock<Engine> = OnceLock::new();
 
+/// Which operation a job belongs to, for the ring crossover.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum OpKind {
+    Verify = 0,
+    Seal = 1,
+    Open = 2,
+}
+
 impl Engine {
-    /// An engine on `backend`, if this machine can run it.
+    /// An engine on `backend` alone, if this machine can run it.
     pub fn new(backend: Backend) -> Result<Self, EngineError> {
         backend.check()?;
-        Ok(Self { backend })
+        Ok(Self {
+            backend,
+            ring_from: [usize::MAX; 3],
+        })
     }
 
-    /// The process-wide engine: `SEALPOST_BACKEND` if set and usable, else the best backend.
-    /// Decided once, on first use.
+    /// `backend` plus ring where ring is faster, from `sealpost-loadtest speed` on the
+    /// development machine (docs/BENCHMARKS.md): with AVX2, deposit-tag verification is ours at
+    /// every size, while ring's stitched single-message ChaCha20-Poly1305 (its scalar Poly1305
+    /// runs on the integer units while its vector ChaCha20 runs on the vector units) seals and
+    /// opens messages of 96 bytes and more faster than our 8-lane ChaCha20 plus vector
+    /// Poly1305 do. Without AVX2, ring (which has its own SIMD code) beats the portable backend
+    /// everywhere, so every job goes to ring.
+    pub fn tuned(backend: Backend) -> Result<Self, EngineError> {
+        let mut e = Self::new(backend)?;
+        e.ring_from = match backend {
+            Backend::Portable => [0; 3],
+            Backend::Avx2 => [usize::MAX, 96, 96],
+            Backend::Avx512 => [usize::MAX; 3],
+        };
+        Ok(e)
+    }
+
+    /// The process-wide engine: the pure backend `SEALPOST_BACKEND` names, if set and usable;
+    /// otherwise the best backend, tuned (see [`Engine::tuned`]). Decided once, on first use.
     pub fn active() -> Self {
-        *ACTIVE.get_or_init(|| {
-            let backend = backend_from_env()
-                .ok()
-                .flatten()
-                .unwrap_or_else(Backend::best);
-            Self { backend }
+        *ACTIVE.get_or_init(|| match backend_from_env().ok().flatten() {
+            Some(b) => Self::new(b).unwrap_or_else(|_| Self::fallback()),
+            None => Self::tuned(Backend::best()).unwrap_or_else(|_| Self::fallback()),
         })
+    }
+
+    fn fallback() -> Self {
+        Self {
+            backend: Backend::Portable,
+            ring_from: [usize::MAX; 3],
+        }
     }
 
     /// The backend in use.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Whether some jobs go to ring (a tuned engine).
+    pub fn uses_ring(&self) -> bool {
+        self.ring_from.iter().any(|&t| t != usize::MAX)
+    }
+
+    /// A short description: the backend, and `+ring` when tuned.
+    pub fn describe(&self) -> String {
+        if self.uses_ring() {
+            format!("{}+ring", self.backend)
+        } else {
+            self.backend.name().to_owned()
+        }
+    }
+
+    /// Whether a ChaCha20-Poly1305 job of this operation and message length goes to ring.
+    pub(crate) fn goes_to_ring(&self, op: OpKind, len: usize) -> bool {
+        len >= self.ring_from[op as usize]
     }
 }
 
