@@ -27,6 +27,15 @@ enum Cmd {
     Run(RunArgs),
     /// Measure the crypto engine against ring, same work, same run.
     Speed(SpeedArgs),
+    /// dudect-style constant-time check of the engine (fixed vs random inputs, Welch's t-test).
+    CtCheck {
+        /// Timed batches per class.
+        #[arg(long, default_value_t = 200_000)]
+        samples: usize,
+        /// Write the results as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -113,6 +122,7 @@ async fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::Run(a) => run_cmd(a).await,
         Cmd::Speed(a) => speed_cmd(a),
+        Cmd::CtCheck { samples, json } => ct_cmd(samples, json),
     };
     match r {
         Ok(code) => code,
@@ -194,4 +204,43 @@ fn speed_cmd(a: SpeedArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn ct_cmd(samples: usize, json: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    use sealpost_loadtest::ctcheck;
+    if samples < 1000 {
+        anyhow::bail!("--samples must be at least 1000 for the t-test to mean anything");
+    }
+    let results = ctcheck::run(samples);
+    if results.is_empty() {
+        anyhow::bail!("no time-stamp counter on this CPU: ct-check needs x86_64");
+    }
+    println!(
+        "{:<9} {:<7} {:>9} {:>8}  verdict (|t| < {})",
+        "backend",
+        "op",
+        "samples",
+        "t",
+        ctcheck::THRESHOLD
+    );
+    for r in &results {
+        let verdict = if r.pass {
+            "no leak detected"
+        } else {
+            "LEAK: timings tell the classes apart"
+        };
+        println!(
+            "{:<9} {:<7} {:>9} {:>8.2}  {verdict}",
+            r.backend, r.op, r.samples, r.t
+        );
+    }
+    if let Some(path) = json {
+        std::fs::write(&path, serde_json::to_string_pretty(&results)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(if results.iter().all(|r| r.pass) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
 }

@@ -247,12 +247,18 @@ unsafe fn poly8(st: &mut Avx2Lanes, n: usize, inputs: &[&[u8]]) {
             r5[g][k] = ld(&st.r5[k], g);
         }
     }
+    let [ra, rb] = r;
+    let [sa, sb] = r5;
+    let [mut ha, mut hb] = h;
     let ptrs: [*const u8; 8] = core::array::from_fn(|l| inputs[l].as_ptr());
-    for b in 0..n {
-        for g in 0..2 {
+    // One block of four lanes: load and split into 26-bit limbs, add, multiply by r, carry.
+    // Written as a macro and applied to the two groups with separate variables, so the
+    // compiler interleaves two independent dependency chains instead of running them in turn.
+    macro_rules! group_step {
+        ($h:ident, $r:ident, $s:ident, $g:expr, $b:expr) => {{
             let p = |l: usize| {
                 // SAFETY: block b of input 4g+l lies within its first 16·n bytes.
-                unsafe { _mm_loadu_si128(ptrs[4 * g + l].add(16 * b).cast()) }
+                unsafe { _mm_loadu_si128(ptrs[4 * $g + l].add(16 * $b).cast()) }
             };
             let a = _mm256_inserti128_si256(_mm256_castsi128_si256(p(0)), p(2), 1);
             let c = _mm256_inserti128_si256(_mm256_castsi128_si256(p(1)), p(3), 1);
@@ -260,41 +266,22 @@ unsafe fn poly8(st: &mut Avx2Lanes, n: usize, inputs: &[&[u8]]) {
             let hi = _mm256_unpackhi_epi64(a, c);
             let m0 = _mm256_and_si256(lo, mask);
             let m1 = _mm256_and_si256(_mm256_srli_epi64(lo, 26), mask);
-            let m2 = _mm256_and_si256(
-                _mm256_or_si256(_mm256_srli_epi64(lo, 52), _mm256_slli_epi64(hi, 12)),
-                mask,
-            );
+            let m2 = _mm256_and_si256(_mm256_or_si256(_mm256_srli_epi64(lo, 52), _mm256_slli_epi64(hi, 12)), mask);
             let m3 = _mm256_and_si256(_mm256_srli_epi64(hi, 14), mask);
             let m4 = _mm256_or_si256(_mm256_srli_epi64(hi, 40), hibit);
-            let hg = &mut h[g];
-            let x0 = _mm256_add_epi64(hg[0], m0);
-            let x1 = _mm256_add_epi64(hg[1], m1);
-            let x2 = _mm256_add_epi64(hg[2], m2);
-            let x3 = _mm256_add_epi64(hg[3], m3);
-            let x4 = _mm256_add_epi64(hg[4], m4);
-            let (r, s) = (&r[g], &r5[g]);
+            let x0 = _mm256_add_epi64($h[0], m0);
+            let x1 = _mm256_add_epi64($h[1], m1);
+            let x2 = _mm256_add_epi64($h[2], m2);
+            let x3 = _mm256_add_epi64($h[3], m3);
+            let x4 = _mm256_add_epi64($h[4], m4);
+            let (r, s) = (&$r, &$s);
             let mul = |a, b| _mm256_mul_epu32(a, b);
             let add = |a, b| _mm256_add_epi64(a, b);
-            let d0 = add(
-                add(mul(x0, r[0]), mul(x1, s[4])),
-                add(add(mul(x2, s[3]), mul(x3, s[2])), mul(x4, s[1])),
-            );
-            let d1 = add(
-                add(mul(x0, r[1]), mul(x1, r[0])),
-                add(add(mul(x2, s[4]), mul(x3, s[3])), mul(x4, s[2])),
-            );
-            let d2 = add(
-                add(mul(x0, r[2]), mul(x1, r[1])),
-                add(add(mul(x2, r[0]), mul(x3, s[4])), mul(x4, s[3])),
-            );
-            let d3 = add(
-                add(mul(x0, r[3]), mul(x1, r[2])),
-                add(add(mul(x2, r[1]), mul(x3, r[0])), mul(x4, s[4])),
-            );
-            let d4 = add(
-                add(mul(x0, r[4]), mul(x1, r[3])),
-                add(add(mul(x2, r[2]), mul(x3, r[1])), mul(x4, r[0])),
-            );
+            let d0 = add(add(mul(x0, r[0]), mul(x1, s[4])), add(add(mul(x2, s[3]), mul(x3, s[2])), mul(x4, s[1])));
+            let d1 = add(add(mul(x0, r[1]), mul(x1, r[0])), add(add(mul(x2, s[4]), mul(x3, s[3])), mul(x4, s[2])));
+            let d2 = add(add(mul(x0, r[2]), mul(x1, r[1])), add(add(mul(x2, r[0]), mul(x3, s[4])), mul(x4, s[3])));
+            let d3 = add(add(mul(x0, r[3]), mul(x1, r[2])), add(add(mul(x2, r[1]), mul(x3, r[0])), mul(x4, s[4])));
+            let d4 = add(add(mul(x0, r[4]), mul(x1, r[3])), add(add(mul(x2, r[2]), mul(x3, r[1])), mul(x4, r[0])));
             // Two carry chains in parallel (0→1→2→3 and 3→4→0→1), leaving every limb within
             // a few bits of 26, so the next block's products stay below 2^64.
             let c = _mm256_srli_epi64(d0, 26);
@@ -318,9 +305,14 @@ unsafe fn poly8(st: &mut Avx2Lanes, n: usize, inputs: &[&[u8]]) {
             let c = _mm256_srli_epi64(h3, 26);
             let h3 = _mm256_and_si256(h3, mask);
             let h4 = add(h4, c);
-            *hg = [h0, h1, h2, h3, h4];
-        }
+            $h = [h0, h1, h2, h3, h4];
+        }};
     }
+    for b in 0..n {
+        group_step!(ha, ra, sa, 0, b);
+        group_step!(hb, rb, sb, 1, b);
+    }
+    let h = [ha, hb];
     for (g, hg) in h.iter().enumerate() {
         for (k, limb) in hg.iter().enumerate() {
             // SAFETY: as for the loads above.
