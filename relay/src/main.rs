@@ -168,6 +168,8 @@ async fn main() -> ExitCode {
 type CmdResult = Result<(), String>;
 
 async fn serve(a: ServeArgs) -> CmdResult {
+    // A bad SEALPOST_BACKEND is an operator error: say so instead of silently falling back.
+    sealpost_core::engine::backend_from_env().map_err(|e| format!("SEALPOST_BACKEND: {e}"))?;
     let sizes = SizeClasses::new(a.sizes).map_err(|e| format!("--sizes: {e}"))?;
     let limits = RelayLimits {
         sizes,
@@ -202,6 +204,10 @@ async fn serve(a: ServeArgs) -> CmdResult {
         );
     }
     eprintln!("store: memory (volatile: envelopes do not survive a restart)");
+    eprintln!(
+        "crypto engine: {} (ChaCha20-Poly1305; AES-256-GCM through ring)",
+        sealpost_core::engine::Engine::active().describe()
+    );
     eprintln!(
         "sealpost relay listening on {} (QUIC, ALPN sealpost/1)",
         handle.local_addr()

@@ -181,6 +181,16 @@ fn cli_create_send_recv() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("64 hex digits"));
 
+    // A bad backend name in the environment stops `serve` with a message naming it.
+    let out = cli()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("other"))
+        .env("SEALPOST_BACKEND", "bogus")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SEALPOST_BACKEND"));
+
     serve.kill().unwrap();
     let _ = serve.wait();
 }
