@@ -1,69 +1,19 @@
 //! A volatile store in memory, for tests and benchmarks. Nothing survives a restart.
 
+use super::index::Index;
 use super::{
     Append, AppendOutcome, MailboxRecord, Quotas, Store, StoreError, StoreStats, StoredEnvelope,
 };
 use async_trait::async_trait;
-use bytes::Bytes;
-use sealpost_core::suite::NONCE_LEN;
 use sealpost_core::{DepositId, RecipientId};
-use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 use tokio::sync::watch;
 
-type Nonce = [u8; NONCE_LEN];
-
-struct Held {
-    seq: u64,
-    nonce: Nonce,
-    stored_at: SystemTime,
-    envelope: Bytes,
-}
-
-struct Mailbox {
-    record: Arc<MailboxRecord>,
-    next_seq: u64,
-    queue: VecDeque<Held>,
-    bytes: u64,
-    /// Nonces of held envelopes and of the most recently removed ones.
-    seen: HashSet<Nonce>,
-    /// Removed envelopes' nonces, oldest first, at most `dedupe_window`.
-    removed: VecDeque<Nonce>,
-    /// Created on the first `watch`, so idle mailboxes carry no channel.
-    notify: Option<watch::Sender<u64>>,
-}
-
-impl Mailbox {
-    fn forget(&mut self, nonce: Nonce, window: usize) {
-        self.removed.push_back(nonce);
-        while self.removed.len() > window {
-            if let Some(old) = self.removed.pop_front() {
-                self.seen.remove(&old);
-            }
-        }
-    }
-
-    fn pop_front(&mut self, window: usize) {
-        if let Some(h) = self.queue.pop_front() {
-            self.bytes -= h.envelope.len() as u64;
-            self.forget(h.nonce, window);
-        }
-    }
-}
-
-#[derive(Default)]
-struct Inner {
-    by_recipient: HashMap<RecipientId, Mailbox>,
-    by_deposit: HashMap<DepositId, RecipientId>,
-    envelopes: u64,
-    bytes: u64,
-}
-
 /// The in-memory store.
 pub struct MemoryStore {
     quotas: Quotas,
-    inner: Mutex<Inner>,
+    inner: Mutex<Index>,
 }
 
 impl MemoryStore {
@@ -71,11 +21,11 @@ impl MemoryStore {
     pub fn new(quotas: Quotas) -> Self {
         Self {
             quotas,
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Index::default()),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+    fn lock(&self) -> MutexGuard<'_, Index> {
         // A panic while holding the lock leaves counts possibly stale but the maps intact;
         // keep serving rather than poisoning every later request.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
@@ -85,120 +35,31 @@ impl MemoryStore {
 #[async_trait]
 impl Store for MemoryStore {
     async fn create_mailbox(&self, record: MailboxRecord) -> Result<(), StoreError> {
-        let mut g = self.lock();
-        if g.by_recipient.len() as u64 >= self.quotas.max_mailboxes {
-            return Err(StoreError::TooManyMailboxes(self.quotas.max_mailboxes));
-        }
-        if g.by_recipient.contains_key(&record.recipient_id)
-            || g.by_deposit.contains_key(&record.deposit_id)
-        {
-            return Err(StoreError::Exists);
-        }
-        g.by_deposit.insert(record.deposit_id, record.recipient_id);
-        g.by_recipient.insert(
-            record.recipient_id,
-            Mailbox {
-                record: Arc::new(record),
-                next_seq: 1,
-                queue: VecDeque::new(),
-                bytes: 0,
-                seen: HashSet::new(),
-                removed: VecDeque::new(),
-                notify: None,
-            },
-        );
-        Ok(())
+        self.lock().create(record, &self.quotas).map(|_| ())
     }
 
     async fn lookup_deposit(
         &self,
         ids: &[DepositId],
     ) -> Result<Vec<Option<Arc<MailboxRecord>>>, StoreError> {
-        let g = self.lock();
-        Ok(ids
-            .iter()
-            .map(|d| {
-                g.by_deposit
-                    .get(d)
-                    .and_then(|r| g.by_recipient.get(r))
-                    .map(|m| m.record.clone())
-            })
-            .collect())
+        Ok(self.lock().lookup_deposit(ids))
     }
 
     async fn mailbox(
         &self,
         recipient_id: &RecipientId,
     ) -> Result<Option<Arc<MailboxRecord>>, StoreError> {
-        Ok(self
-            .lock()
-            .by_recipient
-            .get(recipient_id)
-            .map(|m| m.record.clone()))
+        Ok(self.lock().mailbox(recipient_id))
     }
 
     async fn delete_mailbox(&self, recipient_id: &RecipientId) -> Result<bool, StoreError> {
-        let mut g = self.lock();
-        match g.by_recipient.remove(recipient_id) {
-            Some(m) => {
-                g.by_deposit.remove(&m.record.deposit_id);
-                g.envelopes -= m.queue.len() as u64;
-                g.bytes -= m.bytes;
-                Ok(true)
-            }
-            None => Ok(false),
-        }
+        Ok(self.lock().delete(recipient_id).is_some())
     }
 
     async fn append_batch(&self, batch: &[Append]) -> Result<Vec<AppendOutcome>, StoreError> {
-        let q = self.quotas;
-        let now = SystemTime::now();
         let mut g = self.lock();
-        let inner = &mut *g;
-        let mut out = Vec::with_capacity(batch.len());
-        let mut touched: Vec<RecipientId> = Vec::new();
-        for a in batch {
-            let Some(rid) = inner.by_deposit.get(&a.deposit_id) else {
-                out.push(AppendOutcome::UnknownMailbox);
-                continue;
-            };
-            let Some(m) = inner.by_recipient.get_mut(rid) else {
-                out.push(AppendOutcome::UnknownMailbox);
-                continue;
-            };
-            if m.seen.contains(&a.nonce) {
-                out.push(AppendOutcome::Duplicate);
-                continue;
-            }
-            let len = a.envelope.len() as u64;
-            if m.queue.len() as u64 >= q.max_envelopes as u64 || m.bytes + len > q.max_bytes {
-                out.push(AppendOutcome::MailboxFull);
-                continue;
-            }
-            let seq = m.next_seq;
-            m.next_seq += 1;
-            m.seen.insert(a.nonce);
-            m.bytes += len;
-            m.queue.push_back(Held {
-                seq,
-                nonce: a.nonce,
-                stored_at: now,
-                envelope: a.envelope.clone(),
-            });
-            inner.envelopes += 1;
-            inner.bytes += len;
-            if m.notify.is_some() && touched.last() != Some(rid) {
-                touched.push(*rid);
-            }
-            out.push(AppendOutcome::Stored(seq));
-        }
-        for rid in touched {
-            if let Some(m) = inner.by_recipient.get(&rid) {
-                if let Some(n) = &m.notify {
-                    n.send_replace(m.next_seq - 1);
-                }
-            }
-        }
+        let (out, stored) = g.append(batch, &self.quotas, true);
+        g.notify(&stored);
         Ok(out)
     }
 
@@ -208,94 +69,42 @@ impl Store for MemoryStore {
         after: u64,
         max: usize,
     ) -> Result<Vec<StoredEnvelope>, StoreError> {
-        let g = self.lock();
-        let Some(m) = g.by_recipient.get(recipient_id) else {
-            return Ok(Vec::new());
-        };
-        // Sequence numbers in the queue ascend, so skip to the first one after `after`.
-        let start = m.queue.partition_point(|h| h.seq <= after);
-        Ok(m.queue
-            .range(start..)
-            .take(max)
-            .map(|h| StoredEnvelope {
-                seq: h.seq,
-                envelope: h.envelope.clone(),
-            })
+        Ok(self
+            .lock()
+            .pending_after(recipient_id, after, max)
+            .into_iter()
+            .filter_map(|(seq, body)| body.map(|envelope| StoredEnvelope { seq, envelope }))
             .collect())
     }
 
     async fn ack(&self, recipient_id: &RecipientId, upto: u64) -> Result<u64, StoreError> {
-        let window = self.quotas.dedupe_window;
-        let mut g = self.lock();
-        let inner = &mut *g;
-        let Some(m) = inner.by_recipient.get_mut(recipient_id) else {
-            return Ok(0);
-        };
-        let mut n = 0u64;
-        let before = m.bytes;
-        while m.queue.front().is_some_and(|h| h.seq <= upto) {
-            m.pop_front(window);
-            n += 1;
-        }
-        inner.envelopes -= n;
-        inner.bytes -= before - m.bytes;
-        Ok(n)
+        Ok(self
+            .lock()
+            .ack(recipient_id, upto, self.quotas.dedupe_window)
+            .len() as u64)
     }
 
     async fn pending(&self, recipient_id: &RecipientId) -> Result<u64, StoreError> {
-        Ok(self
-            .lock()
-            .by_recipient
-            .get(recipient_id)
-            .map_or(0, |m| m.queue.len() as u64))
+        Ok(self.lock().pending(recipient_id))
     }
 
     fn watch(&self, recipient_id: &RecipientId) -> Option<watch::Receiver<u64>> {
-        let mut g = self.lock();
-        let m = g.by_recipient.get_mut(recipient_id)?;
-        let high = m.next_seq - 1;
-        Some(match &m.notify {
-            Some(tx) => tx.subscribe(),
-            None => {
-                let (tx, rx) = watch::channel(high);
-                m.notify = Some(tx);
-                rx
-            }
-        })
+        self.lock().watch(recipient_id)
     }
 
     async fn expire(&self, cutoff: SystemTime) -> Result<u64, StoreError> {
-        let window = self.quotas.dedupe_window;
-        let mut g = self.lock();
-        let inner = &mut *g;
-        let mut total = 0u64;
-        let mut bytes = 0u64;
-        for m in inner.by_recipient.values_mut() {
-            let before = m.bytes;
-            while m.queue.front().is_some_and(|h| h.stored_at < cutoff) {
-                m.pop_front(window);
-                total += 1;
-            }
-            bytes += before - m.bytes;
-        }
-        inner.envelopes -= total;
-        inner.bytes -= bytes;
-        Ok(total)
+        Ok(self.lock().expire(cutoff, self.quotas.dedupe_window).len() as u64)
     }
 
     async fn stats(&self) -> StoreStats {
-        let g = self.lock();
-        StoreStats {
-            mailboxes: g.by_recipient.len() as u64,
-            envelopes: g.envelopes,
-            bytes: g.bytes,
-        }
+        self.lock().stats()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use sealpost_core::Suite;
     use sealpost_core::keys::RecipientSecret;
 

@@ -1,0 +1,343 @@
+//! The in-memory mailbox index both stores share: sequence numbers, quotas, the dedupe window,
+//! expiry order and wake-up signals. The memory store also keeps envelope bodies here; the disk
+//! store keeps only their metadata and reads bodies from disk.
+
+use super::{Append, AppendOutcome, MailboxRecord, Quotas, StoreError, StoreStats};
+use bytes::Bytes;
+use sealpost_core::suite::NONCE_LEN;
+use sealpost_core::{DepositId, RecipientId};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::SystemTime;
+use tokio::sync::watch;
+
+/// A deposit nonce.
+pub type Nonce = [u8; NONCE_LEN];
+
+/// One held envelope.
+pub struct Held {
+    /// Sequence number.
+    pub seq: u64,
+    /// Sender nonce.
+    pub nonce: Nonce,
+    /// When it was stored.
+    pub stored_at: SystemTime,
+    /// Envelope length.
+    pub len: u32,
+    /// The envelope, when the index keeps bodies (memory store).
+    pub body: Option<Bytes>,
+}
+
+/// One mailbox's state.
+pub struct Mailbox {
+    /// Keys and identifiers.
+    pub record: Arc<MailboxRecord>,
+    /// The next sequence number to assign.
+    pub next_seq: u64,
+    /// Held envelopes, ascending by sequence number (and so by time).
+    pub queue: VecDeque<Held>,
+    /// Bytes held.
+    pub bytes: u64,
+    /// Nonces of held envelopes and of the most recently removed ones.
+    seen: HashSet<Nonce>,
+    /// Removed envelopes' nonces, oldest first, at most the dedupe window.
+    pub removed: VecDeque<Nonce>,
+    /// Created on the first `watch`, so idle mailboxes carry no channel.
+    notify: Option<watch::Sender<u64>>,
+}
+
+impl Mailbox {
+    /// A mailbox with nothing held.
+    pub fn new(record: Arc<MailboxRecord>, next_seq: u64) -> Self {
+        Self {
+            record,
+            next_seq,
+            queue: VecDeque::new(),
+            bytes: 0,
+            seen: HashSet::new(),
+            removed: VecDeque::new(),
+            notify: None,
+        }
+    }
+
+    /// Restores a held envelope (recovery), in ascending order.
+    pub fn restore_held(&mut self, h: Held) {
+        self.bytes += h.len as u64;
+        self.seen.insert(h.nonce);
+        self.next_seq = self.next_seq.max(h.seq + 1);
+        self.queue.push_back(h);
+    }
+
+    /// Restores a removed nonce (recovery), oldest first.
+    pub fn restore_removed(&mut self, nonce: Nonce, window: usize) {
+        self.forget(nonce, window);
+        self.seen.insert(nonce);
+    }
+
+    fn forget(&mut self, nonce: Nonce, window: usize) {
+        self.removed.push_back(nonce);
+        while self.removed.len() > window {
+            if let Some(old) = self.removed.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+    }
+
+    fn pop_front(&mut self, window: usize) -> Option<Held> {
+        let h = self.queue.pop_front()?;
+        self.bytes -= h.len as u64;
+        self.forget(h.nonce, window);
+        Some(h)
+    }
+}
+
+/// Everything indexed.
+#[derive(Default)]
+pub struct Index {
+    /// Mailboxes by recipient id.
+    pub by_recipient: HashMap<RecipientId, Mailbox>,
+    by_deposit: HashMap<DepositId, RecipientId>,
+    envelopes: u64,
+    bytes: u64,
+}
+
+/// An envelope newly stored by [`Index::append`], for the disk store to write.
+pub struct Stored {
+    /// Its mailbox.
+    pub recipient_id: RecipientId,
+    /// Its sequence number.
+    pub seq: u64,
+    /// Its nonce.
+    pub nonce: Nonce,
+    /// When.
+    pub stored_at: SystemTime,
+    /// Index into the append batch.
+    pub item: usize,
+}
+
+/// Envelopes removed by an ack or expiry, for the disk store to delete.
+pub struct Removed {
+    /// Mailbox.
+    pub recipient_id: RecipientId,
+    /// Sequence number.
+    pub seq: u64,
+    /// Nonce (goes to the dedupe window).
+    pub nonce: Nonce,
+}
+
+impl Index {
+    /// Adds a mailbox.
+    pub fn create(
+        &mut self,
+        record: MailboxRecord,
+        quotas: &Quotas,
+    ) -> Result<Arc<MailboxRecord>, StoreError> {
+        if self.by_recipient.len() as u64 >= quotas.max_mailboxes {
+            return Err(StoreError::TooManyMailboxes(quotas.max_mailboxes));
+        }
+        if self.by_recipient.contains_key(&record.recipient_id)
+            || self.by_deposit.contains_key(&record.deposit_id)
+        {
+            return Err(StoreError::Exists);
+        }
+        let rec = Arc::new(record);
+        self.insert(Mailbox::new(rec.clone(), 1));
+        Ok(rec)
+    }
+
+    /// Inserts a recovered mailbox.
+    pub fn insert(&mut self, m: Mailbox) {
+        self.by_deposit
+            .insert(m.record.deposit_id, m.record.recipient_id);
+        self.envelopes += m.queue.len() as u64;
+        self.bytes += m.bytes;
+        self.by_recipient.insert(m.record.recipient_id, m);
+    }
+
+    /// Mailbox records by deposit id.
+    pub fn lookup_deposit(&self, ids: &[DepositId]) -> Vec<Option<Arc<MailboxRecord>>> {
+        ids.iter()
+            .map(|d| {
+                self.by_deposit
+                    .get(d)
+                    .and_then(|r| self.by_recipient.get(r))
+                    .map(|m| m.record.clone())
+            })
+            .collect()
+    }
+
+    /// A mailbox record by recipient id.
+    pub fn mailbox(&self, recipient_id: &RecipientId) -> Option<Arc<MailboxRecord>> {
+        self.by_recipient
+            .get(recipient_id)
+            .map(|m| m.record.clone())
+    }
+
+    /// Removes a mailbox; returns it.
+    pub fn delete(&mut self, recipient_id: &RecipientId) -> Option<Mailbox> {
+        let m = self.by_recipient.remove(recipient_id)?;
+        self.by_deposit.remove(&m.record.deposit_id);
+        self.envelopes -= m.queue.len() as u64;
+        self.bytes -= m.bytes;
+        Some(m)
+    }
+
+    /// Applies a batch: outcomes per item, and what was newly stored. `keep_bodies` keeps the
+    /// envelopes in memory.
+    pub fn append(
+        &mut self,
+        batch: &[Append],
+        quotas: &Quotas,
+        keep_bodies: bool,
+    ) -> (Vec<AppendOutcome>, Vec<Stored>) {
+        let now = SystemTime::now();
+        let mut out = Vec::with_capacity(batch.len());
+        let mut stored = Vec::new();
+        for (item, a) in batch.iter().enumerate() {
+            let Some(rid) = self.by_deposit.get(&a.deposit_id).copied() else {
+                out.push(AppendOutcome::UnknownMailbox);
+                continue;
+            };
+            let Some(m) = self.by_recipient.get_mut(&rid) else {
+                out.push(AppendOutcome::UnknownMailbox);
+                continue;
+            };
+            if m.seen.contains(&a.nonce) {
+                out.push(AppendOutcome::Duplicate);
+                continue;
+            }
+            let len = a.envelope.len() as u64;
+            if m.queue.len() as u64 >= quotas.max_envelopes as u64
+                || m.bytes + len > quotas.max_bytes
+            {
+                out.push(AppendOutcome::MailboxFull);
+                continue;
+            }
+            let seq = m.next_seq;
+            m.next_seq += 1;
+            m.seen.insert(a.nonce);
+            m.bytes += len;
+            m.queue.push_back(Held {
+                seq,
+                nonce: a.nonce,
+                stored_at: now,
+                len: len as u32,
+                body: keep_bodies.then(|| a.envelope.clone()),
+            });
+            self.envelopes += 1;
+            self.bytes += len;
+            stored.push(Stored {
+                recipient_id: rid,
+                seq,
+                nonce: a.nonce,
+                stored_at: now,
+                item,
+            });
+            out.push(AppendOutcome::Stored(seq));
+        }
+        (out, stored)
+    }
+
+    /// Wakes the subscribers of the mailboxes in `stored`.
+    pub fn notify(&self, stored: &[Stored]) {
+        let mut last: Option<RecipientId> = None;
+        for s in stored {
+            if last == Some(s.recipient_id) {
+                continue;
+            }
+            last = Some(s.recipient_id);
+            if let Some(m) = self.by_recipient.get(&s.recipient_id) {
+                if let Some(n) = &m.notify {
+                    n.send_replace(m.next_seq - 1);
+                }
+            }
+        }
+    }
+
+    /// Held envelopes with `seq > after`, at most `max`: (seq, body if kept).
+    pub fn pending_after(
+        &self,
+        recipient_id: &RecipientId,
+        after: u64,
+        max: usize,
+    ) -> Vec<(u64, Option<Bytes>)> {
+        let Some(m) = self.by_recipient.get(recipient_id) else {
+            return Vec::new();
+        };
+        let start = m.queue.partition_point(|h| h.seq <= after);
+        m.queue
+            .range(start..)
+            .take(max)
+            .map(|h| (h.seq, h.body.clone()))
+            .collect()
+    }
+
+    /// Removes every held envelope with `seq <= upto`.
+    pub fn ack(&mut self, recipient_id: &RecipientId, upto: u64, window: usize) -> Vec<Removed> {
+        let Some(m) = self.by_recipient.get_mut(recipient_id) else {
+            return Vec::new();
+        };
+        let mut removed = Vec::new();
+        while m.queue.front().is_some_and(|h| h.seq <= upto) {
+            if let Some(h) = m.pop_front(window) {
+                removed.push(Removed {
+                    recipient_id: *recipient_id,
+                    seq: h.seq,
+                    nonce: h.nonce,
+                });
+                self.envelopes -= 1;
+                self.bytes -= h.len as u64;
+            }
+        }
+        removed
+    }
+
+    /// Removes every envelope stored before `cutoff`.
+    pub fn expire(&mut self, cutoff: SystemTime, window: usize) -> Vec<Removed> {
+        let mut removed = Vec::new();
+        for (rid, m) in self.by_recipient.iter_mut() {
+            while m.queue.front().is_some_and(|h| h.stored_at < cutoff) {
+                if let Some(h) = m.pop_front(window) {
+                    removed.push(Removed {
+                        recipient_id: *rid,
+                        seq: h.seq,
+                        nonce: h.nonce,
+                    });
+                    self.envelopes -= 1;
+                    self.bytes -= h.len as u64;
+                }
+            }
+        }
+        removed
+    }
+
+    /// Envelopes held in a mailbox.
+    pub fn pending(&self, recipient_id: &RecipientId) -> u64 {
+        self.by_recipient
+            .get(recipient_id)
+            .map_or(0, |m| m.queue.len() as u64)
+    }
+
+    /// The wake-up signal of a mailbox.
+    pub fn watch(&mut self, recipient_id: &RecipientId) -> Option<watch::Receiver<u64>> {
+        let m = self.by_recipient.get_mut(recipient_id)?;
+        let high = m.next_seq - 1;
+        Some(match &m.notify {
+            Some(tx) => tx.subscribe(),
+            None => {
+                let (tx, rx) = watch::channel(high);
+                m.notify = Some(tx);
+                rx
+            }
+        })
+    }
+
+    /// Totals.
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            mailboxes: self.by_recipient.len() as u64,
+            envelopes: self.envelopes,
+            bytes: self.bytes,
+        }
+    }
+}
