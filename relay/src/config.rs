@@ -89,6 +89,16 @@ impl RelayLimits {
             .unwrap_or(1 + OVERHEAD as u32 + self.sizes.max())
     }
 
+    /// The quotas a store enforces for these limits.
+    pub fn quotas(&self) -> crate::store::Quotas {
+        crate::store::Quotas {
+            max_envelopes: self.max_envelopes,
+            max_bytes: self.max_bytes,
+            max_mailboxes: self.max_mailboxes,
+            dedupe_window: self.dedupe_window,
+        }
+    }
+
     /// The limits as announced on the wire.
     pub fn wire(&self) -> Limits {
         Limits {

@@ -8,7 +8,8 @@ use sealpost_core::e2e;
 use sealpost_core::invitation::Invitation;
 use sealpost_core::padding::SizeClasses;
 use sealpost_relay::client::Client;
-use sealpost_relay::store::Quotas;
+use sealpost_relay::store::Store;
+use sealpost_relay::store::disk::{DiskOptions, DiskStore};
 use sealpost_relay::store::memory::MemoryStore;
 use sealpost_relay::{RelayConfig, RelayLimits, mailbox_file, tls};
 use std::net::SocketAddr;
@@ -127,6 +128,29 @@ struct ServeArgs {
     /// Seconds of silence after which a connection is closed.
     #[arg(long, default_value_t = 30)]
     idle_timeout_secs: u64,
+    /// Where mailboxes live: `disk` (durable, in DATA_DIR/store) or `memory` (volatile, for
+    /// benchmarks).
+    #[arg(long, default_value = "disk", value_parser = ["disk", "memory"], env = "SEALPOST_STORE")]
+    store: String,
+    /// File holding a 32-byte master key as 64 hex digits; mailbox secrets are then encrypted at
+    /// rest. SEALPOST_MASTER_KEY may hold the hex key itself instead.
+    #[arg(long, env = "SEALPOST_MASTER_KEY_FILE")]
+    master_key_file: Option<PathBuf>,
+}
+
+fn master_key(file: Option<&PathBuf>) -> Result<Option<zeroize::Zeroizing<[u8; 32]>>, String> {
+    let text = match (file, std::env::var("SEALPOST_MASTER_KEY")) {
+        (Some(f), _) => zeroize::Zeroizing::new(
+            std::fs::read_to_string(f)
+                .map_err(|e| format!("--master-key-file {}: {e}", f.display()))?,
+        ),
+        (None, Ok(v)) => zeroize::Zeroizing::new(v),
+        (None, Err(_)) => return Ok(None),
+    };
+    let mut key = zeroize::Zeroizing::new([0u8; 32]);
+    hex::decode_to_slice(text.trim(), &mut key[..])
+        .map_err(|_| "the master key must be 64 hex digits (32 bytes)".to_owned())?;
+    Ok(Some(key))
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -139,7 +163,7 @@ async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SEALPOST_LOG")
-                .unwrap_or_else(|_| "info".into()),
+                .unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -180,12 +204,7 @@ async fn serve(a: ServeArgs) -> CmdResult {
         idle_timeout: Duration::from_secs(a.idle_timeout_secs),
         ..RelayLimits::default()
     };
-    let quotas = Quotas {
-        max_envelopes: limits.max_envelopes,
-        max_bytes: limits.max_bytes,
-        max_mailboxes: limits.max_mailboxes,
-        dedupe_window: limits.dedupe_window,
-    };
+    let quotas = limits.quotas();
     let config = RelayConfig {
         listen: a.listen,
         data_dir: a.data_dir.clone(),
@@ -193,7 +212,36 @@ async fn serve(a: ServeArgs) -> CmdResult {
         key: a.key,
         limits,
     };
-    let store = Arc::new(MemoryStore::new(quotas));
+    let key = master_key(a.master_key_file.as_ref())?;
+    let store: Arc<dyn Store> = if a.store == "memory" {
+        eprintln!("store: memory (volatile: envelopes do not survive a restart)");
+        Arc::new(MemoryStore::new(quotas))
+    } else {
+        let dir = a.data_dir.join("store");
+        let t0 = std::time::Instant::now();
+        let encrypted = key.is_some();
+        let disk = tokio::task::spawn_blocking(move || {
+            DiskStore::open(&dir, quotas, DiskOptions { master_key: key })
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        let stats = disk.stats_now();
+        eprintln!(
+            "store: disk at {} ({} mailboxes, {} envelopes recovered in {:.2} s)",
+            disk.dir().display(),
+            stats.mailboxes,
+            stats.envelopes,
+            t0.elapsed().as_secs_f64()
+        );
+        if !encrypted {
+            eprintln!(
+                "warning: no master key: mailbox secrets (deposit keys, recipient secrets) are stored unencrypted in {}; give --master-key-file or SEALPOST_MASTER_KEY to encrypt them",
+                disk.dir().display()
+            );
+        }
+        Arc::new(disk)
+    };
     let handle = sealpost_relay::start(config, store)
         .await
         .map_err(|e| e.to_string())?;
@@ -203,7 +251,6 @@ async fn serve(a: ServeArgs) -> CmdResult {
             a.data_dir.join("tls").display()
         );
     }
-    eprintln!("store: memory (volatile: envelopes do not survive a restart)");
     eprintln!(
         "crypto engine: {} (ChaCha20-Poly1305; AES-256-GCM through ring)",
         sealpost_core::engine::Engine::active().describe()

@@ -26,6 +26,9 @@ pub struct Held {
     pub len: u32,
     /// The envelope, when the index keeps bodies (memory store).
     pub body: Option<Bytes>,
+    /// Whether the store has made it durable; only durable envelopes are delivered, so a
+    /// recipient never sees an envelope whose sender could still get an error for it.
+    pub durable: bool,
 }
 
 /// One mailbox's state.
@@ -40,8 +43,8 @@ pub struct Mailbox {
     pub bytes: u64,
     /// Nonces of held envelopes and of the most recently removed ones.
     seen: HashSet<Nonce>,
-    /// Removed envelopes' nonces, oldest first, at most the dedupe window.
-    pub removed: VecDeque<Nonce>,
+    /// Removed envelopes' (seq, nonce), oldest first, at most the dedupe window.
+    pub removed: VecDeque<(u64, Nonce)>,
     /// Created on the first `watch`, so idle mailboxes carry no channel.
     notify: Option<watch::Sender<u64>>,
 }
@@ -68,25 +71,37 @@ impl Mailbox {
         self.queue.push_back(h);
     }
 
-    /// Restores a removed nonce (recovery), oldest first.
-    pub fn restore_removed(&mut self, nonce: Nonce, window: usize) {
-        self.forget(nonce, window);
+    /// Restores a removed nonce (recovery), oldest first; returns the sequence numbers that
+    /// fell out of the window.
+    pub fn restore_removed(&mut self, seq: u64, nonce: Nonce, window: usize) -> Vec<u64> {
         self.seen.insert(nonce);
+        self.next_seq = self.next_seq.max(seq + 1);
+        self.forget(seq, nonce, window)
     }
 
-    fn forget(&mut self, nonce: Nonce, window: usize) {
-        self.removed.push_back(nonce);
+    /// Remembers a removed envelope's nonce; returns the sequence numbers that fell out of the
+    /// dedupe window.
+    fn forget(&mut self, seq: u64, nonce: Nonce, window: usize) -> Vec<u64> {
+        self.removed.push_back((seq, nonce));
+        let mut evicted = Vec::new();
         while self.removed.len() > window {
-            if let Some(old) = self.removed.pop_front() {
+            if let Some((old_seq, old)) = self.removed.pop_front() {
                 self.seen.remove(&old);
+                evicted.push(old_seq);
             }
         }
+        evicted
     }
 
-    fn pop_front(&mut self, window: usize) -> Option<Held> {
+    fn pop_front(&mut self, window: usize, evicted: &mut Vec<(RecipientId, u64)>) -> Option<Held> {
         let h = self.queue.pop_front()?;
         self.bytes -= h.len as u64;
-        self.forget(h.nonce, window);
+        let rid = self.record.recipient_id;
+        evicted.extend(
+            self.forget(h.seq, h.nonce, window)
+                .into_iter()
+                .map(|s| (rid, s)),
+        );
         Some(h)
     }
 }
@@ -115,7 +130,16 @@ pub struct Stored {
     pub item: usize,
 }
 
-/// Envelopes removed by an ack or expiry, for the disk store to delete.
+/// What an ack or expiry removed, for the disk store to delete.
+#[derive(Default)]
+pub struct Removal {
+    /// Envelopes removed.
+    pub removed: Vec<Removed>,
+    /// Dedupe-window entries that fell out of the window: (mailbox, seq).
+    pub evicted: Vec<(RecipientId, u64)>,
+}
+
+/// One envelope removed by an ack or expiry.
 pub struct Removed {
     /// Mailbox.
     pub recipient_id: RecipientId,
@@ -183,12 +207,14 @@ impl Index {
     }
 
     /// Applies a batch: outcomes per item, and what was newly stored. `keep_bodies` keeps the
-    /// envelopes in memory.
+    /// envelopes in memory. With `durable` they are deliverable at once (memory store);
+    /// otherwise the caller calls [`Index::mark_durable`] once they are on disk.
     pub fn append(
         &mut self,
         batch: &[Append],
         quotas: &Quotas,
         keep_bodies: bool,
+        durable: bool,
     ) -> (Vec<AppendOutcome>, Vec<Stored>) {
         let now = SystemTime::now();
         let mut out = Vec::with_capacity(batch.len());
@@ -223,6 +249,7 @@ impl Index {
                 stored_at: now,
                 len: len as u32,
                 body: keep_bodies.then(|| a.envelope.clone()),
+                durable,
             });
             self.envelopes += 1;
             self.bytes += len;
@@ -236,6 +263,18 @@ impl Index {
             out.push(AppendOutcome::Stored(seq));
         }
         (out, stored)
+    }
+
+    /// Marks newly stored envelopes deliverable.
+    pub fn mark_durable(&mut self, stored: &[Stored]) {
+        for s in stored {
+            if let Some(m) = self.by_recipient.get_mut(&s.recipient_id) {
+                // Recent appends sit at the back of the queue.
+                if let Some(h) = m.queue.iter_mut().rev().find(|h| h.seq == s.seq) {
+                    h.durable = true;
+                }
+            }
+        }
     }
 
     /// Wakes the subscribers of the mailboxes in `stored`.
@@ -273,14 +312,14 @@ impl Index {
     }
 
     /// Removes every held envelope with `seq <= upto`.
-    pub fn ack(&mut self, recipient_id: &RecipientId, upto: u64, window: usize) -> Vec<Removed> {
+    pub fn ack(&mut self, recipient_id: &RecipientId, upto: u64, window: usize) -> Removal {
+        let mut r = Removal::default();
         let Some(m) = self.by_recipient.get_mut(recipient_id) else {
-            return Vec::new();
+            return r;
         };
-        let mut removed = Vec::new();
-        while m.queue.front().is_some_and(|h| h.seq <= upto) {
-            if let Some(h) = m.pop_front(window) {
-                removed.push(Removed {
+        while m.queue.front().is_some_and(|h| h.seq <= upto && h.durable) {
+            if let Some(h) = m.pop_front(window, &mut r.evicted) {
+                r.removed.push(Removed {
                     recipient_id: *recipient_id,
                     seq: h.seq,
                     nonce: h.nonce,
@@ -289,16 +328,20 @@ impl Index {
                 self.bytes -= h.len as u64;
             }
         }
-        removed
+        r
     }
 
     /// Removes every envelope stored before `cutoff`.
-    pub fn expire(&mut self, cutoff: SystemTime, window: usize) -> Vec<Removed> {
-        let mut removed = Vec::new();
+    pub fn expire(&mut self, cutoff: SystemTime, window: usize) -> Removal {
+        let mut r = Removal::default();
         for (rid, m) in self.by_recipient.iter_mut() {
-            while m.queue.front().is_some_and(|h| h.stored_at < cutoff) {
-                if let Some(h) = m.pop_front(window) {
-                    removed.push(Removed {
+            while m
+                .queue
+                .front()
+                .is_some_and(|h| h.stored_at < cutoff && h.durable)
+            {
+                if let Some(h) = m.pop_front(window, &mut r.evicted) {
+                    r.removed.push(Removed {
                         recipient_id: *rid,
                         seq: h.seq,
                         nonce: h.nonce,
@@ -308,7 +351,7 @@ impl Index {
                 }
             }
         }
-        removed
+        r
     }
 
     /// Envelopes held in a mailbox.

@@ -58,7 +58,7 @@ impl Store for MemoryStore {
 
     async fn append_batch(&self, batch: &[Append]) -> Result<Vec<AppendOutcome>, StoreError> {
         let mut g = self.lock();
-        let (out, stored) = g.append(batch, &self.quotas, true);
+        let (out, stored) = g.append(batch, &self.quotas, true, true);
         g.notify(&stored);
         Ok(out)
     }
@@ -81,6 +81,7 @@ impl Store for MemoryStore {
         Ok(self
             .lock()
             .ack(recipient_id, upto, self.quotas.dedupe_window)
+            .removed
             .len() as u64)
     }
 
@@ -93,7 +94,11 @@ impl Store for MemoryStore {
     }
 
     async fn expire(&self, cutoff: SystemTime) -> Result<u64, StoreError> {
-        Ok(self.lock().expire(cutoff, self.quotas.dedupe_window).len() as u64)
+        Ok(self
+            .lock()
+            .expire(cutoff, self.quotas.dedupe_window)
+            .removed
+            .len() as u64)
     }
 
     async fn stats(&self) -> StoreStats {

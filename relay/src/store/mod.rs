@@ -6,6 +6,7 @@
 //! `append_batch` returns. The store owns the wake-up signal, because in a distributed
 //! deployment the subscriber may sit on another relay than the depositor.
 
+pub mod disk;
 pub mod index;
 pub mod memory;
 
@@ -128,6 +129,30 @@ pub enum StoreError {
     /// The backing storage failed.
     #[error("storage failure: {0}")]
     Backend(String),
+    /// The store could not be opened.
+    #[error("cannot open the store at {path}: {why}")]
+    Open {
+        /// The store directory.
+        path: std::path::PathBuf,
+        /// Why.
+        why: String,
+    },
+    /// The store's contents are damaged.
+    #[error("the store at {path} is corrupt: {what}; restore the data directory from a backup")]
+    Corrupt {
+        /// The store directory.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+    /// The store holds encrypted secrets but no master key was given.
+    #[error(
+        "the store at {0} keeps mailbox secrets encrypted: give the master key (--master-key-file or SEALPOST_MASTER_KEY)"
+    )]
+    MasterKeyRequired(std::path::PathBuf),
+    /// The master key does not decrypt the stored secrets.
+    #[error("the master key does not decrypt the mailbox secrets in {0}: wrong key?")]
+    WrongMasterKey(std::path::PathBuf),
 }
 
 /// A mailbox store.

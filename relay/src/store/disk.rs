@@ -1,0 +1,626 @@
+//! The durable store: an embedded fjall database in the relay's data directory.
+//!
+//! Keyspaces (all keys big-endian so that a mailbox's entries sort by sequence number):
+//!
+//! | keyspace    | key                   | value                                                    |
+//! |-------------|-----------------------|----------------------------------------------------------|
+//! | `mailboxes` | recipient_id          | record (below)                                           |
+//! | `meta`      | recipient_id          | next sequence number (u64), written with every append    |
+//! | `envelopes` | recipient_id ‖ seq    | stored_at (ms, u64) ‖ nonce (12) ‖ the envelope          |
+//! | `removed`   | recipient_id ‖ seq    | nonce (12): the dedupe window of removed envelopes       |
+//!
+//! A record is `version (1) | flags (1) | deposit_id (16) | suite (1) | created_at ms (8) |
+//! secrets`, where secrets is `deposit_key (32) ‖ recipient_secret (32)` in the clear (flags 0)
+//! or, with a master key (flags 1), `nonce (12) ‖ ChaCha20-Poly1305 ciphertext (64) ‖ tag (16)`
+//! under `HKDF-SHA256(master, "sealpost/1 store secrets")` with AAD `"sealpost/1 record" ‖
+//! recipient_id`.
+//!
+//! Durability: an append batch is one fjall write batch and one `persist(SyncAll)` (one fsync
+//! group for the whole batch), and only then are its envelopes acknowledged and deliverable.
+//! Mailbox creation and deletion are persisted the same way before they are answered. Acks and
+//! expiry are committed at once and persisted by a background flush every 100 ms: an ack lost
+//! to a crash means a redelivery with the same sequence number, never a lost envelope. Removed
+//! envelopes are single-deleted (weak tombstones), which compaction drops together with the
+//! value, so a drained queue's space comes back.
+
+use super::index::{Held, Index, Mailbox, Removal};
+use super::{
+    Append, AppendOutcome, MailboxRecord, Quotas, Store, StoreError, StoreStats, StoredEnvelope,
+};
+use async_trait::async_trait;
+use bytes::Bytes;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use sealpost_core::batch::{OpenJob, SealJob};
+use sealpost_core::engine::{Backend, Engine};
+use sealpost_core::keys::RecipientSecret;
+use sealpost_core::{AeadKey, DepositId, RecipientId, Suite};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+use zeroize::Zeroizing;
+
+const RECORD_VERSION: u8 = 1;
+const FLAG_SEALED: u8 = 1;
+const SECRETS_LEN: usize = 64;
+
+/// Options for opening the disk store.
+#[derive(Clone, Default)]
+pub struct DiskOptions {
+    /// Encrypts mailbox secrets at rest when given.
+    pub master_key: Option<Zeroizing<[u8; 32]>>,
+}
+
+struct Db {
+    db: Database,
+    mailboxes: Keyspace,
+    meta: Keyspace,
+    envelopes: Keyspace,
+    removed: Keyspace,
+}
+
+/// Stops the background flusher and persists once more when the last handle goes.
+struct FlushGuard {
+    db: Arc<Db>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for FlushGuard {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.db.db.persist(PersistMode::SyncAll);
+    }
+}
+
+/// The durable store. Cloning gives another handle to the same store.
+#[derive(Clone)]
+pub struct DiskStore {
+    dir: PathBuf,
+    quotas: Quotas,
+    db: Arc<Db>,
+    index: Arc<Mutex<Index>>,
+    secrets_key: Option<AeadKey>,
+    /// Set after a write failed: from then on the store refuses everything (fail-stop), since
+    /// memory and disk may disagree. A restart recovers from disk.
+    failed: Arc<AtomicBool>,
+    dirty: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    _guard: Arc<FlushGuard>,
+}
+
+fn env_key(rid: &RecipientId, seq: u64) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..16].copy_from_slice(rid);
+    k[16..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+impl DiskStore {
+    /// Opens (or creates) the store in `dir` and recovers every mailbox and envelope.
+    pub fn open(dir: &Path, quotas: Quotas, opts: DiskOptions) -> Result<Self, StoreError> {
+        let open_err = |e: fjall::Error| StoreError::Open {
+            path: dir.to_owned(),
+            why: e.to_string(),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+            path: dir.to_owned(),
+            why: e.to_string(),
+        })?;
+        let db = std::panic::catch_unwind(|| Database::builder(dir).open())
+            .map_err(|_| StoreError::Open {
+                path: dir.to_owned(),
+                why: "the store library panicked while opening it: the files are damaged".into(),
+            })?
+            .map_err(open_err)?;
+        let ks = |name: &str| {
+            db.keyspace(name, KeyspaceCreateOptions::default)
+                .map_err(open_err)
+        };
+        let db = Db {
+            mailboxes: ks("mailboxes")?,
+            meta: ks("meta")?,
+            envelopes: ks("envelopes")?,
+            removed: ks("removed")?,
+            db,
+        };
+        let secrets_key = opts.master_key.as_ref().map(|m| {
+            let prk =
+                ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"sealpost/1 store").extract(&m[..]);
+            let mut k = Zeroizing::new([0u8; 32]);
+            prk.expand(&[b"sealpost/1 store secrets"], ring::hkdf::HKDF_SHA256)
+                .and_then(|okm| okm.fill(&mut k[..]))
+                .expect("32 bytes is within HKDF-SHA256's output limit");
+            AeadKey::new(Suite::ChaCha20Poly1305, *k)
+        });
+        let db = Arc::new(db);
+        let stop = Arc::new(AtomicBool::new(false));
+        let store = Self {
+            dir: dir.to_owned(),
+            quotas,
+            _guard: Arc::new(FlushGuard {
+                db: db.clone(),
+                stop: stop.clone(),
+            }),
+            db,
+            index: Arc::new(Mutex::new(Index::default())),
+            secrets_key,
+            failed: Arc::new(AtomicBool::new(false)),
+            dirty: Arc::new(AtomicBool::new(false)),
+            stop,
+        };
+        store.recover()?;
+        store.start_flusher();
+        Ok(store)
+    }
+
+    /// Whether mailbox secrets are encrypted at rest.
+    pub fn secrets_encrypted(&self) -> bool {
+        self.secrets_key.is_some()
+    }
+
+    /// Current totals, without awaiting.
+    pub fn stats_now(&self) -> StoreStats {
+        self.lock().stats()
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn corrupt(&self, what: impl Into<String>) -> StoreError {
+        StoreError::Corrupt {
+            path: self.dir.clone(),
+            what: what.into(),
+        }
+    }
+
+    fn encode_record(&self, r: &MailboxRecord) -> Result<Vec<u8>, StoreError> {
+        let mut secrets = Zeroizing::new([0u8; SECRETS_LEN]);
+        secrets[..32].copy_from_slice(r.deposit_key.expose());
+        secrets[32..].copy_from_slice(&r.recipient_secret.0);
+        let mut out = Vec::with_capacity(27 + 12 + SECRETS_LEN + 16);
+        out.push(RECORD_VERSION);
+        out.push(if self.secrets_key.is_some() {
+            FLAG_SEALED
+        } else {
+            0
+        });
+        out.extend_from_slice(&r.deposit_id);
+        out.push(r.suite as u8);
+        out.extend_from_slice(&millis(r.created_at).to_be_bytes());
+        match &self.secrets_key {
+            None => out.extend_from_slice(&secrets[..]),
+            Some(k) => {
+                let nonce: [u8; 12] = sealpost_core::random::array().map_err(backend)?;
+                let aad = [&b"sealpost/1 record"[..], &r.recipient_id].concat();
+                let mut ct = [0u8; SECRETS_LEN + 16];
+                let mut jobs = [SealJob {
+                    key: k,
+                    nonce,
+                    aad: &aad,
+                    plaintext: &secrets[..],
+                    out: &mut ct,
+                }];
+                Engine::new(Backend::Portable)
+                    .map_err(backend)?
+                    .seal(&mut jobs)
+                    .map_err(backend)?;
+                out.extend_from_slice(&nonce);
+                out.extend_from_slice(&ct);
+            }
+        }
+        Ok(out)
+    }
+
+    fn decode_record(&self, rid: &[u8], v: &[u8]) -> Result<MailboxRecord, StoreError> {
+        let rid: RecipientId = rid.try_into().map_err(|_| {
+            self.corrupt(format!(
+                "mailboxes keyspace: key of {} bytes, expected 16",
+                rid.len()
+            ))
+        })?;
+        let name = hex::encode(&rid[..4]);
+        if v.len() < 27 {
+            return Err(self.corrupt(format!(
+                "mailbox record {name}…: truncated ({} bytes)",
+                v.len()
+            )));
+        }
+        if v[0] != RECORD_VERSION {
+            return Err(self.corrupt(format!("mailbox record {name}…: unknown version {}", v[0])));
+        }
+        let sealed = v[1] & FLAG_SEALED != 0;
+        let deposit_id: DepositId = v[2..18].try_into().expect("16 bytes");
+        let suite = Suite::from_u8(v[18]).ok_or_else(|| {
+            self.corrupt(format!("mailbox record {name}…: unknown suite {}", v[18]))
+        })?;
+        let created = u64::from_be_bytes(v[19..27].try_into().expect("8 bytes"));
+        let rest = &v[27..];
+        let mut secrets = Zeroizing::new([0u8; SECRETS_LEN]);
+        if sealed {
+            let Some(k) = &self.secrets_key else {
+                return Err(StoreError::MasterKeyRequired(self.dir.clone()));
+            };
+            if rest.len() != 12 + SECRETS_LEN + 16 {
+                return Err(self.corrupt(format!(
+                    "mailbox record {name}…: sealed secrets of {} bytes",
+                    rest.len()
+                )));
+            }
+            let nonce: [u8; 12] = rest[..12].try_into().expect("12 bytes");
+            let aad = [&b"sealpost/1 record"[..], &rid].concat();
+            let mut ok = [false];
+            let mut jobs = [OpenJob {
+                key: k,
+                nonce,
+                aad: &aad,
+                ciphertext: &rest[12..],
+                out: &mut secrets[..],
+            }];
+            Engine::new(Backend::Portable)
+                .map_err(backend)?
+                .open(&mut jobs, &mut ok)
+                .map_err(backend)?;
+            if !ok[0] {
+                return Err(StoreError::WrongMasterKey(self.dir.clone()));
+            }
+        } else {
+            if rest.len() != SECRETS_LEN {
+                return Err(self.corrupt(format!(
+                    "mailbox record {name}…: secrets of {} bytes",
+                    rest.len()
+                )));
+            }
+            secrets.copy_from_slice(rest);
+        }
+        let mut dk = [0u8; 32];
+        dk.copy_from_slice(&secrets[..32]);
+        let mut rs = [0u8; 32];
+        rs.copy_from_slice(&secrets[32..]);
+        let mut rec = MailboxRecord::new(rid, deposit_id, suite, dk, RecipientSecret(rs));
+        zeroize::Zeroize::zeroize(&mut dk);
+        rec.created_at = UNIX_EPOCH + Duration::from_millis(created);
+        Ok(rec)
+    }
+
+    fn recover(&self) -> Result<(), StoreError> {
+        let db = &self.db;
+        let mut index = Index::default();
+        let mut mailboxes = std::collections::HashMap::new();
+        for kv in db.mailboxes.iter() {
+            let (k, v) = kv
+                .into_inner()
+                .map_err(|e| self.corrupt(format!("reading mailboxes: {e}")))?;
+            let rec = self.decode_record(&k, &v)?;
+            mailboxes.insert(rec.recipient_id, Mailbox::new(Arc::new(rec), 1));
+        }
+        for kv in db.meta.iter() {
+            let (k, v) = kv
+                .into_inner()
+                .map_err(|e| self.corrupt(format!("reading meta: {e}")))?;
+            let rid: RecipientId = k[..]
+                .try_into()
+                .map_err(|_| self.corrupt("meta keyspace: bad key"))?;
+            let next: [u8; 8] = v[..]
+                .try_into()
+                .map_err(|_| self.corrupt("meta keyspace: bad value"))?;
+            if let Some(m) = mailboxes.get_mut(&rid) {
+                m.next_seq = m.next_seq.max(u64::from_be_bytes(next));
+            }
+        }
+        let mut orphans = Vec::new();
+        for kv in db.envelopes.iter() {
+            let (k, v) = kv
+                .into_inner()
+                .map_err(|e| self.corrupt(format!("reading envelopes: {e}")))?;
+            if k.len() != 24 || v.len() < 20 {
+                return Err(self.corrupt(format!(
+                    "envelopes keyspace: entry with a {}-byte key and a {}-byte value",
+                    k.len(),
+                    v.len()
+                )));
+            }
+            let rid: RecipientId = k[..16].try_into().expect("16 bytes");
+            let seq = u64::from_be_bytes(k[16..24].try_into().expect("8 bytes"));
+            let Some(m) = mailboxes.get_mut(&rid) else {
+                orphans.push(k);
+                continue;
+            };
+            m.restore_held(Held {
+                seq,
+                nonce: v[8..20].try_into().expect("12 bytes"),
+                stored_at: UNIX_EPOCH
+                    + Duration::from_millis(u64::from_be_bytes(
+                        v[..8].try_into().expect("8 bytes"),
+                    )),
+                len: (v.len() - 20) as u32,
+                body: None,
+                durable: true,
+            });
+        }
+        let mut evicted = Vec::new();
+        for kv in db.removed.iter() {
+            let (k, v) = kv
+                .into_inner()
+                .map_err(|e| self.corrupt(format!("reading removed: {e}")))?;
+            if k.len() != 24 || v.len() != 12 {
+                return Err(self.corrupt("removed keyspace: malformed entry"));
+            }
+            let rid: RecipientId = k[..16].try_into().expect("16 bytes");
+            let seq = u64::from_be_bytes(k[16..24].try_into().expect("8 bytes"));
+            match mailboxes.get_mut(&rid) {
+                Some(m) => {
+                    for s in m.restore_removed(
+                        seq,
+                        v[..].try_into().expect("12 bytes"),
+                        self.quotas.dedupe_window,
+                    ) {
+                        evicted.push(env_key(&rid, s));
+                    }
+                }
+                None => evicted.push(env_key(&rid, seq)),
+            }
+        }
+        for (_, m) in mailboxes {
+            index.insert(m);
+        }
+        // Tidy what a crash between a delete's steps may have left.
+        if !orphans.is_empty() || !evicted.is_empty() {
+            let mut b = db.db.batch();
+            for k in orphans {
+                b.remove(&db.envelopes, k);
+            }
+            for k in evicted {
+                b.remove(&db.removed, k.to_vec());
+            }
+            b.commit().map_err(backend)?;
+            db.db.persist(PersistMode::SyncAll).map_err(backend)?;
+        }
+        *self.lock() = index;
+        Ok(())
+    }
+
+    fn start_flusher(&self) {
+        let (db, dirty, stop, failed) = (
+            self.db.clone(),
+            self.dirty.clone(),
+            self.stop.clone(),
+            self.failed.clone(),
+        );
+        std::thread::Builder::new()
+            .name("sealpost-store-flush".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100));
+                    if dirty.swap(false, Ordering::AcqRel)
+                        && db.db.persist(PersistMode::SyncAll).is_err()
+                    {
+                        failed.store(true, Ordering::Relaxed);
+                    }
+                }
+            })
+            .ok();
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        if self.failed.load(Ordering::Relaxed) {
+            Err(StoreError::Backend(
+                "an earlier write to the store failed; restart the relay to recover from disk"
+                    .into(),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn fail(&self, e: impl std::fmt::Display) -> StoreError {
+        self.failed.store(true, Ordering::Relaxed);
+        StoreError::Backend(format!(
+            "store write failed, refusing further writes until restart: {e}"
+        ))
+    }
+
+    fn write_removal(&self, r: &Removal) -> Result<(), StoreError> {
+        if r.removed.is_empty() && r.evicted.is_empty() {
+            return Ok(());
+        }
+        let db = &self.db;
+        let mut b = db.db.batch();
+        for x in &r.removed {
+            let k = env_key(&x.recipient_id, x.seq);
+            b.remove_weak(&db.envelopes, k.to_vec());
+            b.insert(&db.removed, k.to_vec(), x.nonce.to_vec());
+        }
+        for (rid, seq) in &r.evicted {
+            b.remove_weak(&db.removed, env_key(rid, *seq).to_vec());
+        }
+        b.commit().map_err(|e| self.fail(e))?;
+        self.dirty.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    fn append_blocking(&self, batch: Vec<Append>) -> Result<Vec<AppendOutcome>, StoreError> {
+        self.check()?;
+        let (out, stored) = self.lock().append(&batch, &self.quotas, false, false);
+        if stored.is_empty() {
+            return Ok(out);
+        }
+        let db = &self.db;
+        let mut b = db.db.batch();
+        let mut next: std::collections::HashMap<RecipientId, u64> =
+            std::collections::HashMap::new();
+        for s in &stored {
+            let env = &batch[s.item].envelope;
+            let mut v = Vec::with_capacity(20 + env.len());
+            v.extend_from_slice(&millis(s.stored_at).to_be_bytes());
+            v.extend_from_slice(&s.nonce);
+            v.extend_from_slice(env);
+            b.insert(&db.envelopes, env_key(&s.recipient_id, s.seq).to_vec(), v);
+            next.insert(s.recipient_id, s.seq + 1);
+        }
+        for (rid, n) in &next {
+            b.insert(&db.meta, rid.to_vec(), n.to_be_bytes().to_vec());
+        }
+        b.commit().map_err(|e| self.fail(e))?;
+        db.db
+            .persist(PersistMode::SyncAll)
+            .map_err(|e| self.fail(e))?;
+        let mut g = self.lock();
+        g.mark_durable(&stored);
+        g.notify(&stored);
+        Ok(out)
+    }
+
+    fn delete_blocking(&self, rid: RecipientId) -> Result<bool, StoreError> {
+        self.check()?;
+        let Some(_m) = self.lock().delete(&rid) else {
+            return Ok(false);
+        };
+        let db = &self.db;
+        let mut b = db.db.batch();
+        b.remove(&db.mailboxes, rid.to_vec());
+        b.remove(&db.meta, rid.to_vec());
+        for ks in [&db.envelopes, &db.removed] {
+            for kv in ks.prefix(rid) {
+                let k = kv.key().map_err(|e| self.fail(e))?;
+                b.remove(ks, k);
+            }
+        }
+        b.commit().map_err(|e| self.fail(e))?;
+        db.db
+            .persist(PersistMode::SyncAll)
+            .map_err(|e| self.fail(e))?;
+        Ok(true)
+    }
+
+    fn fetch_blocking(
+        &self,
+        rid: RecipientId,
+        after: u64,
+        max: usize,
+    ) -> Result<Vec<StoredEnvelope>, StoreError> {
+        self.check()?;
+        let seqs = self.lock().pending_after(&rid, after, max);
+        let mut out = Vec::with_capacity(seqs.len());
+        for (seq, _) in seqs {
+            // An envelope acknowledged or expired since the index was read is simply skipped.
+            if let Some(v) = self.db.envelopes.get(env_key(&rid, seq)).map_err(backend)? {
+                let v = Bytes::from(v);
+                if v.len() < 20 {
+                    return Err(self.corrupt(format!("envelope {seq} of a mailbox is truncated")));
+                }
+                out.push(StoredEnvelope {
+                    seq,
+                    envelope: v.slice(20..),
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Runs blocking store work off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
+}
+
+#[async_trait]
+impl Store for DiskStore {
+    async fn create_mailbox(&self, record: MailboxRecord) -> Result<(), StoreError> {
+        self.check()?;
+        let value = self.encode_record(&record)?;
+        let rid = record.recipient_id;
+        self.lock().create(record, &self.quotas)?;
+        let s = self.clone();
+        blocking(move || {
+            s.db.mailboxes
+                .insert(rid.to_vec(), value)
+                .map_err(|e| s.fail(e))?;
+            s.db.db.persist(PersistMode::SyncAll).map_err(|e| s.fail(e))
+        })
+        .await
+    }
+
+    async fn lookup_deposit(
+        &self,
+        ids: &[DepositId],
+    ) -> Result<Vec<Option<Arc<MailboxRecord>>>, StoreError> {
+        Ok(self.lock().lookup_deposit(ids))
+    }
+
+    async fn mailbox(
+        &self,
+        recipient_id: &RecipientId,
+    ) -> Result<Option<Arc<MailboxRecord>>, StoreError> {
+        Ok(self.lock().mailbox(recipient_id))
+    }
+
+    async fn delete_mailbox(&self, recipient_id: &RecipientId) -> Result<bool, StoreError> {
+        let (s, rid) = (self.clone(), *recipient_id);
+        blocking(move || s.delete_blocking(rid)).await
+    }
+
+    async fn append_batch(&self, batch: &[Append]) -> Result<Vec<AppendOutcome>, StoreError> {
+        let (s, batch) = (self.clone(), batch.to_vec());
+        blocking(move || s.append_blocking(batch)).await
+    }
+
+    async fn fetch(
+        &self,
+        recipient_id: &RecipientId,
+        after: u64,
+        max: usize,
+    ) -> Result<Vec<StoredEnvelope>, StoreError> {
+        let (s, rid) = (self.clone(), *recipient_id);
+        blocking(move || s.fetch_blocking(rid, after, max)).await
+    }
+
+    async fn ack(&self, recipient_id: &RecipientId, upto: u64) -> Result<u64, StoreError> {
+        self.check()?;
+        let r = self
+            .lock()
+            .ack(recipient_id, upto, self.quotas.dedupe_window);
+        let n = r.removed.len() as u64;
+        self.write_removal(&r)?;
+        Ok(n)
+    }
+
+    async fn pending(&self, recipient_id: &RecipientId) -> Result<u64, StoreError> {
+        Ok(self.lock().pending(recipient_id))
+    }
+
+    fn watch(&self, recipient_id: &RecipientId) -> Option<watch::Receiver<u64>> {
+        self.lock().watch(recipient_id)
+    }
+
+    async fn expire(&self, cutoff: SystemTime) -> Result<u64, StoreError> {
+        self.check()?;
+        let r = self.lock().expire(cutoff, self.quotas.dedupe_window);
+        let n = r.removed.len() as u64;
+        self.write_removal(&r)?;
+        Ok(n)
+    }
+
+    async fn stats(&self) -> StoreStats {
+        self.lock().stats()
+    }
+}

@@ -1,0 +1,220 @@
+//! The disk store on its own: recovery after a restart, durable sequence numbers and dedupe
+//! window, secrets at rest, and clear errors for damaged stores.
+
+use bytes::Bytes;
+use sealpost_core::Suite;
+use sealpost_core::keys::RecipientSecret;
+use sealpost_relay::RelayLimits;
+use sealpost_relay::store::disk::{DiskOptions, DiskStore};
+use sealpost_relay::store::{Append, AppendOutcome, MailboxRecord, Store, StoreError};
+use std::path::Path;
+use std::time::Duration;
+use zeroize::Zeroizing;
+
+fn quotas() -> sealpost_relay::store::Quotas {
+    RelayLimits::default().quotas()
+}
+
+fn open(dir: &Path, key: Option<[u8; 32]>) -> Result<DiskStore, StoreError> {
+    DiskStore::open(
+        dir,
+        quotas(),
+        DiskOptions {
+            master_key: key.map(Zeroizing::new),
+        },
+    )
+}
+
+const DEPOSIT_KEY: [u8; 32] = [0xD5; 32];
+
+fn record(i: u8) -> MailboxRecord {
+    MailboxRecord::new(
+        [i; 16],
+        [i ^ 0x80; 16],
+        Suite::ChaCha20Poly1305,
+        DEPOSIT_KEY,
+        RecipientSecret([0x5E; 32]),
+    )
+}
+
+fn append(i: u8, nonce: u8) -> Append {
+    Append {
+        deposit_id: [i ^ 0x80; 16],
+        nonce: [nonce; 12],
+        envelope: Bytes::from(vec![nonce; 300]),
+    }
+}
+
+fn files_contain(dir: &Path, needle: &[u8]) -> bool {
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if std::fs::read(&p)
+                .unwrap()
+                .windows(needle.len())
+                .any(|w| w == needle)
+            {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_recovers_everything_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(dir.path(), None).unwrap();
+        s.create_mailbox(record(1)).await.unwrap();
+        let out = s
+            .append_batch(&[append(1, 1), append(1, 2), append(1, 3)])
+            .await
+            .unwrap();
+        assert_eq!(
+            out,
+            vec![
+                AppendOutcome::Stored(1),
+                AppendOutcome::Stored(2),
+                AppendOutcome::Stored(3)
+            ]
+        );
+        assert_eq!(s.ack(&[1; 16], 1).await.unwrap(), 1);
+        // Acks reach disk through the background flush.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    {
+        let s = open(dir.path(), None).unwrap();
+        let rec = s
+            .mailbox(&[1; 16])
+            .await
+            .unwrap()
+            .expect("mailbox recovered");
+        assert_eq!(rec.deposit_key.expose(), &DEPOSIT_KEY);
+        let got = s.fetch(&[1; 16], 0, 10).await.unwrap();
+        assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(&got[0].envelope[..], &[2u8; 300][..]);
+        // The acknowledged envelope's nonce is still a duplicate, and sequence numbers go on.
+        let out = s.append_batch(&[append(1, 1), append(1, 4)]).await.unwrap();
+        assert_eq!(
+            out,
+            vec![AppendOutcome::Duplicate, AppendOutcome::Stored(4)]
+        );
+        s.ack(&[1; 16], 4).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    {
+        // Drained: nothing pending, and the next sequence number is still not reused.
+        let s = open(dir.path(), None).unwrap();
+        assert_eq!(s.pending(&[1; 16]).await.unwrap(), 0);
+        assert_eq!(
+            s.append_batch(&[append(1, 9)]).await.unwrap(),
+            vec![AppendOutcome::Stored(5)]
+        );
+        assert!(s.delete_mailbox(&[1; 16]).await.unwrap());
+    }
+    let s = open(dir.path(), None).unwrap();
+    assert!(
+        s.mailbox(&[1; 16]).await.unwrap().is_none(),
+        "deleted mailboxes stay deleted"
+    );
+    assert_eq!(s.stats_now().envelopes, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_hold_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = sealpost_relay::store::Quotas {
+        max_envelopes: 2,
+        ..quotas()
+    };
+    {
+        let s = DiskStore::open(dir.path(), q, DiskOptions::default()).unwrap();
+        s.create_mailbox(record(2)).await.unwrap();
+        s.append_batch(&[append(2, 1), append(2, 2)]).await.unwrap();
+    }
+    let s = DiskStore::open(dir.path(), q, DiskOptions::default()).unwrap();
+    assert_eq!(
+        s.append_batch(&[append(2, 3)]).await.unwrap(),
+        vec![AppendOutcome::MailboxFull]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_encrypted_at_rest_with_a_master_key() {
+    // Without a master key the secrets are on disk in the clear (which `serve` warns about).
+    let plain = tempfile::tempdir().unwrap();
+    {
+        let s = open(plain.path(), None).unwrap();
+        assert!(!s.secrets_encrypted());
+        s.create_mailbox(record(3)).await.unwrap();
+    }
+    assert!(
+        files_contain(plain.path(), &DEPOSIT_KEY),
+        "the test must be able to find a clear key"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = [0x42u8; 32];
+    {
+        let s = open(dir.path(), Some(key)).unwrap();
+        assert!(s.secrets_encrypted());
+        s.create_mailbox(record(3)).await.unwrap();
+    }
+    assert!(
+        !files_contain(dir.path(), &DEPOSIT_KEY),
+        "deposit key found in the clear"
+    );
+    assert!(
+        !files_contain(dir.path(), &[0x5E; 32]),
+        "recipient secret found in the clear"
+    );
+    assert!(matches!(
+        open(dir.path(), None),
+        Err(StoreError::MasterKeyRequired(_))
+    ));
+    assert!(matches!(
+        open(dir.path(), Some([0x43; 32])),
+        Err(StoreError::WrongMasterKey(_))
+    ));
+    let s = open(dir.path(), Some(key)).unwrap();
+    let rec = s.mailbox(&[3; 16]).await.unwrap().unwrap();
+    assert_eq!(rec.deposit_key.expose(), &DEPOSIT_KEY);
+}
+
+#[test]
+fn a_damaged_store_is_a_clear_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let s = open(dir.path(), None).unwrap();
+        rt.block_on(s.create_mailbox(record(4))).unwrap();
+    }
+    // Damage every file of the store (keep the sizes, replace the bytes).
+    let mut stack = vec![dir.path().to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|n| n != "lock") {
+                let len = std::fs::metadata(&p).unwrap().len() as usize;
+                std::fs::write(&p, vec![0xA7; len.max(1)]).unwrap();
+            }
+        }
+    }
+    match open(dir.path(), None) {
+        Ok(_) => panic!("a damaged store opened"),
+        Err(e) => {
+            let msg = e.to_string();
+            eprintln!("damaged store: {msg}");
+            assert!(
+                msg.contains(&dir.path().display().to_string()),
+                "error does not name the store: {msg}"
+            );
+        }
+    }
+}
