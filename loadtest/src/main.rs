@@ -27,6 +27,28 @@ enum Cmd {
     Run(RunArgs),
     /// Measure the crypto engine against ring, same work, same run.
     Speed(SpeedArgs),
+    /// Kill the relay (disk store) with SIGKILL at random moments under load, restart it, and
+    /// check that nothing acknowledged was lost, corrupted or stored twice.
+    Chaos {
+        /// Kill-and-restart cycles.
+        #[arg(long, default_value_t = 10)]
+        cycles: usize,
+        /// Mean milliseconds between kills (each kill lands at a random time around it).
+        #[arg(long, default_value_t = 1500)]
+        kill_every_ms: u64,
+        /// Mailboxes under load.
+        #[arg(long, default_value_t = 4)]
+        mailboxes: usize,
+        /// Envelope body size.
+        #[arg(long, default_value_t = 1024)]
+        size: u32,
+        /// The sealpost-relay binary (default: next to this one).
+        #[arg(long)]
+        relay_bin: Option<PathBuf>,
+        /// Write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// dudect-style constant-time check of the engine (fixed vs random inputs, Welch's t-test).
     CtCheck {
         /// Timed batches per class.
@@ -123,6 +145,14 @@ async fn main() -> ExitCode {
         Cmd::Run(a) => run_cmd(a).await,
         Cmd::Speed(a) => speed_cmd(a),
         Cmd::CtCheck { samples, json } => ct_cmd(samples, json),
+        Cmd::Chaos {
+            cycles,
+            kill_every_ms,
+            mailboxes,
+            size,
+            relay_bin,
+            json,
+        } => chaos_cmd(cycles, kill_every_ms, mailboxes, size, relay_bin, json).await,
     };
     match r {
         Ok(code) => code,
@@ -239,6 +269,59 @@ fn ct_cmd(samples: usize, json: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(if results.iter().all(|r| r.pass) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+async fn chaos_cmd(
+    cycles: usize,
+    kill_every_ms: u64,
+    mailboxes: usize,
+    size: u32,
+    relay_bin: Option<PathBuf>,
+    json: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    use sealpost_loadtest::chaos;
+    if cycles == 0 || mailboxes == 0 || kill_every_ms < 10 {
+        anyhow::bail!(
+            "--cycles and --mailboxes must be at least 1 and --kill-every-ms at least 10"
+        );
+    }
+    let relay_bin = match relay_bin {
+        Some(p) => p,
+        None => std::env::current_exe()?
+            .parent()
+            .context("locating this executable's directory")?
+            .join("sealpost-relay"),
+    };
+    let r = chaos::run(chaos::ChaosOptions {
+        relay_bin,
+        cycles,
+        kill_every: Duration::from_millis(kill_every_ms),
+        mailboxes,
+        size,
+    })
+    .await?;
+    println!(
+        "cycles {}  deposited {}  acked {}  delivered {}  rejected {}",
+        r.cycles, r.deposited, r.acked, r.delivered, r.rejected
+    );
+    println!(
+        "acked_lost {}  corrupted {}  duplicated_after_seq_dedupe {}  redelivered_same_seq {}",
+        r.acked_lost, r.corrupted, r.duplicated_after_seq_dedupe, r.redelivered_same_seq
+    );
+    println!(
+        "retried {} (ok {}, duplicate {}, unanswered {})",
+        r.retried, r.retried_ok, r.retried_duplicate, r.retried_unanswered
+    );
+    if let Some(path) = json {
+        std::fs::write(&path, serde_json::to_string_pretty(&r)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let clean = r.acked_lost == 0 && r.corrupted == 0 && r.duplicated_after_seq_dedupe == 0;
+    Ok(if clean {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(2)

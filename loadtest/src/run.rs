@@ -10,7 +10,6 @@ use sealpost_core::e2e;
 use sealpost_core::invitation::Invitation;
 use sealpost_core::padding::SizeClasses;
 use sealpost_relay::client::{Client, Mailbox};
-use sealpost_relay::store::Quotas;
 use sealpost_relay::store::memory::MemoryStore;
 use sealpost_relay::{RelayConfig, RelayHandle, RelayLimits};
 use std::io::IsTerminal;
@@ -73,12 +72,7 @@ pub async fn spawn_relay(window: u32) -> anyhow::Result<SpawnedRelay> {
         max_window: window.max(1024),
         ..RelayLimits::default()
     };
-    let quotas = Quotas {
-        max_envelopes: limits.max_envelopes,
-        max_bytes: limits.max_bytes,
-        max_mailboxes: limits.max_mailboxes,
-        dedupe_window: limits.dedupe_window,
-    };
+    let quotas = limits.quotas();
     let mut cfg = RelayConfig::new(
         "127.0.0.1:0".parse().expect("literal address"),
         dir.path().to_owned(),

@@ -11,12 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 fn quotas(l: &RelayLimits) -> Quotas {
-    Quotas {
-        max_envelopes: l.max_envelopes,
-        max_bytes: l.max_bytes,
-        max_mailboxes: l.max_mailboxes,
-        dedupe_window: l.dedupe_window,
-    }
+    l.quotas()
 }
 
 #[tokio::test]

@@ -9,7 +9,6 @@ use sealpost_core::frame::{Frame, FrameDecoder, FrameType};
 use sealpost_core::msg::ErrorMsg;
 use sealpost_core::status::ErrorCode;
 use sealpost_relay::client::{Client, ClientError, Mailbox};
-use sealpost_relay::store::Quotas;
 use sealpost_relay::store::memory::MemoryStore;
 use sealpost_relay::{RelayConfig, RelayHandle, RelayLimits};
 use std::sync::Arc;
@@ -23,12 +22,7 @@ pub struct TestRelay {
 
 pub async fn relay_with(limits: RelayLimits) -> TestRelay {
     let dir = tempfile::tempdir().expect("temp dir");
-    let quotas = Quotas {
-        max_envelopes: limits.max_envelopes,
-        max_bytes: limits.max_bytes,
-        max_mailboxes: limits.max_mailboxes,
-        dedupe_window: limits.dedupe_window,
-    };
+    let quotas = limits.quotas();
     let mut cfg = RelayConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().to_owned());
     cfg.limits = limits;
     let handle = sealpost_relay::start(cfg, Arc::new(MemoryStore::new(quotas)))
