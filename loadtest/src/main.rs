@@ -129,6 +129,12 @@ struct RunArgs {
     /// No progress line.
     #[arg(long)]
     quiet: bool,
+    /// Store of the spawned relay: memory or disk.
+    #[arg(long, default_value = "memory")]
+    store: sealpost_loadtest::run::StoreKind,
+    /// Keep recipients offline during the load, so a backlog builds; they drain afterwards.
+    #[arg(long)]
+    backlog: bool,
 }
 
 #[tokio::main]
@@ -188,6 +194,8 @@ async fn run_cmd(a: RunArgs) -> anyhow::Result<ExitCode> {
         window: a.window,
         drain_timeout: secs("drain-timeout", a.drain_timeout)?,
         progress: !a.quiet,
+        store: a.store,
+        backlog: a.backlog,
     })
     .await?;
     report.print();

@@ -32,6 +32,10 @@ pub struct RunConfig {
     pub depth: usize,
     /// Subscribe window per mailbox.
     pub window: u32,
+    /// Store of the spawned relay (`None` for a remote relay).
+    pub store: Option<crate::run::StoreKind>,
+    /// Whether recipients stayed offline during the load.
+    pub backlog: bool,
 }
 
 /// What a run measured. Every count is checked by the recipients, not assumed.
@@ -61,6 +65,16 @@ pub struct Report {
     pub bytes_per_s: f64,
     /// Deposit-to-delivery latency.
     pub latency_us: Latency,
+    /// Bytes this process (with the spawned relay in it) wrote to storage during the load,
+    /// from /proc/self/io.
+    pub disk_write_bytes_during_load: Option<u64>,
+    /// disk_write_bytes_during_load / (envelopes deposited × envelope size).
+    pub write_bytes_per_deposited_byte: Option<f64>,
+    /// Disk space of the spawned relay's data directory once the drain is over (disk store).
+    pub data_dir_bytes_after_drain: Option<u64>,
+    /// The same after the store flushed and compacted (which it does by itself every 30 s
+    /// after removals).
+    pub data_dir_bytes_after_reclaim: Option<u64>,
 }
 
 impl Report {
@@ -68,8 +82,23 @@ impl Report {
     pub fn print(&self) {
         let c = &self.config;
         println!(
-            "relay {}  mailboxes {}  connections {}  size {} B  load {:.1} s",
-            c.relay, c.mailboxes, c.connections, c.size, c.duration_s
+            "relay {} ({})  mailboxes {}  connections {}  size {} B  load {:.1} s{}",
+            c.relay,
+            c.store
+                .map_or("remote", |s| if s == crate::run::StoreKind::Disk {
+                    "disk store"
+                } else {
+                    "memory store"
+                }),
+            c.mailboxes,
+            c.connections,
+            c.size,
+            c.duration_s,
+            if c.backlog {
+                "  (recipients offline during the load)"
+            } else {
+                ""
+            }
         );
         println!(
             "deposited {}  acked {}  delivered {}  rejected {}",
@@ -85,6 +114,24 @@ impl Report {
             self.bytes_per_s / 1e6,
             self.duration_s
         );
+        if let Some(w) = self.write_bytes_per_deposited_byte {
+            println!(
+                "disk: {:.2} bytes written per byte deposited during the load",
+                w
+            );
+        }
+        if let Some(d) = self.data_dir_bytes_after_drain {
+            println!(
+                "disk: data directory {:.1} KiB after the drain",
+                d as f64 / 1024.0
+            );
+        }
+        if let Some(d) = self.data_dir_bytes_after_reclaim {
+            println!(
+                "disk: data directory {:.1} KiB after flush and compaction",
+                d as f64 / 1024.0
+            );
+        }
         let l = &self.latency_us;
         println!(
             "latency µs  p50 {}  p99 {}  p99.9 {}  max {}",

@@ -10,6 +10,8 @@ use sealpost_core::e2e;
 use sealpost_core::invitation::Invitation;
 use sealpost_core::padding::SizeClasses;
 use sealpost_relay::client::{Client, Mailbox};
+use sealpost_relay::store::Store;
+use sealpost_relay::store::disk::{DiskOptions, DiskStore};
 use sealpost_relay::store::memory::MemoryStore;
 use sealpost_relay::{RelayConfig, RelayHandle, RelayLimits};
 use std::io::IsTerminal;
@@ -54,17 +56,44 @@ pub struct RunOptions {
     pub drain_timeout: Duration,
     /// Print a progress line every second (when standard error is a terminal).
     pub progress: bool,
+    /// Store of a spawned relay.
+    pub store: StoreKind,
+    /// Recipients stay offline during the load and only drain afterwards (a backlog).
+    pub backlog: bool,
 }
 
 /// A relay started for the run; shut down when the run ends.
 pub struct SpawnedRelay {
     /// The relay.
     pub handle: RelayHandle,
+    /// Its disk store, if it has one.
+    pub disk: Option<DiskStore>,
     _dir: tempfile::TempDir,
 }
 
-/// Starts an in-process relay with the memory store and limits generous enough for a load test.
-pub async fn spawn_relay(window: u32) -> anyhow::Result<SpawnedRelay> {
+/// Which store a spawned relay uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// Volatile.
+    Memory,
+    /// Durable (fjall, fsync per batch).
+    Disk,
+}
+
+impl std::str::FromStr for StoreKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "memory" => Ok(Self::Memory),
+            "disk" => Ok(Self::Disk),
+            _ => Err(format!("unknown store {s:?}: expected memory or disk")),
+        }
+    }
+}
+
+/// Starts an in-process relay with limits generous enough for a load test.
+pub async fn spawn_relay(window: u32, store: StoreKind) -> anyhow::Result<SpawnedRelay> {
     let dir = tempfile::tempdir().context("creating a temporary data directory")?;
     let limits = RelayLimits {
         max_envelopes: 1_000_000,
@@ -78,10 +107,67 @@ pub async fn spawn_relay(window: u32) -> anyhow::Result<SpawnedRelay> {
         dir.path().to_owned(),
     );
     cfg.limits = limits;
-    let handle = sealpost_relay::start(cfg, Arc::new(MemoryStore::new(quotas)))
+    let mut disk_handle = None;
+    let store: Arc<dyn Store> = match store {
+        StoreKind::Memory => Arc::new(MemoryStore::new(quotas)),
+        StoreKind::Disk => {
+            let path = dir.path().join("store");
+            let disk = tokio::task::spawn_blocking(move || {
+                DiskStore::open(&path, quotas, DiskOptions::default())
+            })
+            .await
+            .context("opening the disk store")??;
+            disk_handle = Some(disk.clone());
+            Arc::new(disk)
+        }
+    };
+    let handle = sealpost_relay::start(cfg, store)
         .await
         .context("starting the in-process relay")?;
-    Ok(SpawnedRelay { handle, _dir: dir })
+    Ok(SpawnedRelay {
+        handle,
+        disk: disk_handle,
+        _dir: dir,
+    })
+}
+
+#[cfg(unix)]
+fn allocated(m: &std::fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    m.blocks() * 512
+}
+
+#[cfg(not(unix))]
+fn allocated(m: &std::fs::Metadata) -> u64 {
+    m.len()
+}
+
+/// Bytes this process has caused to be written to storage (Linux `/proc/self/io`).
+pub fn write_bytes() -> Option<u64> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes: "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Disk space the files under `dir` occupy (allocated blocks where the platform reports them:
+/// stores preallocate journals, whose apparent size says little).
+pub fn dir_size(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) => total += allocated(&m),
+                Err(_) => {}
+            }
+        }
+    }
+    total
 }
 
 /// Per-mailbox bookkeeping, indexed by the generator's sequence number.
@@ -137,7 +223,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
         bail!("--depth and --window must be at least 1");
     }
     let spawned = match &opts.target {
-        Target::Spawn => Some(spawn_relay(opts.window).await?),
+        Target::Spawn => Some(spawn_relay(opts.window, opts.store).await?),
         Target::Remote { .. } => None,
     };
     let (addr, pin, relay_label) = match (&opts.target, &spawned) {
@@ -190,20 +276,27 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
             .collect(),
     });
 
-    // Subscribers first, so deliveries flow from the first deposit.
+    // Subscribers first, so deliveries flow from the first deposit (unless recipients are
+    // offline for a backlog run, in which case they come after the load).
     let (stop_subs_tx, stop_subs) = watch::channel(false);
     let mut subs = JoinSet::new();
-    for (i, mb) in mailboxes.iter().enumerate() {
-        let client = clients[i % clients.len()].clone();
-        subs.spawn(subscriber(
-            client,
-            mb.clone(),
-            i as u32,
-            opts.window,
-            ctx.clone(),
-            stop_subs.clone(),
-        ));
+    let spawn_subs = |subs: &mut JoinSet<anyhow::Result<Histogram<u64>>>| {
+        for (i, mb) in mailboxes.iter().enumerate() {
+            let client = clients[i % clients.len()].clone();
+            subs.spawn(subscriber(
+                client,
+                mb.clone(),
+                i as u32,
+                opts.window,
+                ctx.clone(),
+                stop_subs.clone(),
+            ));
+        }
+    };
+    if !opts.backlog {
+        spawn_subs(&mut subs);
     }
+    let written_before = write_bytes();
 
     let stop_send = Arc::new(AtomicBool::new(false));
     let mut senders = JoinSet::new();
@@ -229,6 +322,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
     stop_send.store(true, Ordering::Relaxed);
     while let Some(r) = senders.join_next().await {
         r.context("sender task panicked")??;
+    }
+    let written_load = write_bytes().zip(written_before).map(|(a, b)| a - b);
+    if opts.backlog {
+        spawn_subs(&mut subs);
     }
     drain(&ctx, opts.drain_timeout).await;
     let elapsed = ctx.start.elapsed().as_secs_f64();
@@ -257,6 +354,28 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
         .sum();
     let c = &ctx.counters;
     let delivered = c.delivered.load(Ordering::Relaxed);
+    let deposited = c.deposited.load(Ordering::Relaxed);
+    let deposited_bytes = deposited * (opts.size as u64 + sealpost_core::envelope::OVERHEAD as u64);
+    let spawned_local = spawned.is_some();
+    // Give the store's background flush and compaction a moment, then measure what is left.
+    let (data_dir_bytes, data_dir_bytes_reclaimed) = match &spawned {
+        Some(s) if opts.store == StoreKind::Disk => {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let before = dir_size(s._dir.path());
+            let after = match &s.disk {
+                Some(d) => {
+                    let d = d.clone();
+                    tokio::task::spawn_blocking(move || d.reclaim_space())
+                        .await
+                        .context("reclaim task")??;
+                    Some(dir_size(s._dir.path()))
+                }
+                None => None,
+            };
+            (Some(before), after)
+        }
+        _ => (None, None),
+    };
     let report = Report {
         config: RunConfig {
             relay: relay_label,
@@ -266,8 +385,16 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
             duration_s: opts.duration.as_secs_f64(),
             depth: opts.depth,
             window: opts.window,
+            store: spawned_local.then_some(opts.store),
+            backlog: opts.backlog,
         },
-        deposited: c.deposited.load(Ordering::Relaxed),
+        disk_write_bytes_during_load: written_load.filter(|_| spawned_local),
+        write_bytes_per_deposited_byte: written_load
+            .filter(|_| spawned_local && deposited_bytes > 0)
+            .map(|w| w as f64 / deposited_bytes as f64),
+        data_dir_bytes_after_drain: data_dir_bytes,
+        data_dir_bytes_after_reclaim: data_dir_bytes_reclaimed,
+        deposited,
         acked: c.acked.load(Ordering::Relaxed),
         delivered,
         lost,

@@ -16,6 +16,8 @@ async fn short_spawned_run_loses_nothing() {
         window: 16,
         drain_timeout: Duration::from_secs(10),
         progress: false,
+        store: sealpost_loadtest::run::StoreKind::Memory,
+        backlog: false,
     })
     .await
     .expect("run completes");
@@ -66,9 +68,47 @@ async fn a_size_the_relay_does_not_allow_is_a_clear_error() {
         window: 4,
         drain_timeout: Duration::from_secs(1),
         progress: false,
+        store: sealpost_loadtest::run::StoreKind::Memory,
+        backlog: false,
     })
     .await
     .unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains("--size 1000 is not a body size"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_run_on_the_disk_store_loses_nothing_and_reports_writes() {
+    let report = run(RunOptions {
+        target: Target::Spawn,
+        mailboxes: 6,
+        connections: 2,
+        size: 1024,
+        duration: Duration::from_millis(1200),
+        depth: 32,
+        window: 16,
+        drain_timeout: Duration::from_secs(10),
+        progress: false,
+        store: sealpost_loadtest::run::StoreKind::Disk,
+        backlog: true,
+    })
+    .await
+    .expect("run completes");
+    assert!(report.deposited > 0, "{report:?}");
+    assert_eq!(report.delivered, report.acked, "{report:?}");
+    assert_eq!(
+        (report.lost, report.duplicated, report.corrupted),
+        (0, 0, 0),
+        "{report:?}"
+    );
+    if std::path::Path::new("/proc/self/io").exists() {
+        let w = report
+            .write_bytes_per_deposited_byte
+            .expect("write amplification measured");
+        assert!(
+            w > 0.5,
+            "a durable store writes at least the envelopes: {w}"
+        );
+    }
+    assert!(report.data_dir_bytes_after_drain.is_some());
 }

@@ -6,6 +6,7 @@ use quinn::{RecvStream, SendStream};
 use sealpost_core::frame::{Frame, FrameDecoder, FrameError, FrameType};
 use sealpost_core::msg::{ErrorMsg, frame_with};
 use sealpost_core::status::ErrorCode;
+use std::collections::VecDeque;
 
 /// Why reading the next frame stopped.
 #[derive(Debug)]
@@ -16,10 +17,22 @@ pub enum ReadError {
     Stream,
 }
 
+/// Chunks taken from the QUIC stream per read.
+const CHUNKS_PER_READ: usize = 32;
+
 /// The receiving half of a stream with its frame decoder.
+///
+/// A read takes every chunk quinn has buffered at once (`read_chunks`), not one packet's worth,
+/// so that a deposit batch holds everything that arrived while the previous batch was being
+/// committed: one fsync covers many envelopes instead of one or two.
 pub struct FrameReader {
     recv: RecvStream,
     decoder: FrameDecoder,
+    /// Frames decoded but not yet taken.
+    ready: VecDeque<Frame>,
+    /// A framing fault found after the frames in `ready`.
+    fault: Option<FrameError>,
+    chunks: Vec<Bytes>,
 }
 
 impl FrameReader {
@@ -28,12 +41,21 @@ impl FrameReader {
         Self {
             recv,
             decoder: FrameDecoder::new(max_frame),
+            ready: VecDeque::new(),
+            fault: None,
+            chunks: vec![Bytes::new(); CHUNKS_PER_READ],
         }
     }
 
     /// The next frame already received, without waiting for the network.
     pub fn buffered_frame(&mut self) -> Result<Option<Frame>, ReadError> {
-        self.decoder.next_frame().map_err(ReadError::Frame)
+        if let Some(f) = self.ready.pop_front() {
+            return Ok(Some(f));
+        }
+        match self.fault.take() {
+            Some(e) => Err(ReadError::Frame(e)),
+            None => Ok(None),
+        }
     }
 
     /// The next frame; `Ok(None)` at a clean end of stream.
@@ -48,15 +70,35 @@ impl FrameReader {
         }
     }
 
-    /// Reads one more chunk into the decoder; `false` at a clean end of stream.
+    /// Waits for data and takes everything buffered; `false` at a clean end of stream. After a
+    /// framing fault nothing more is read; the fault comes out of `buffered_frame` once the
+    /// frames before it have.
     pub async fn fill(&mut self) -> Result<bool, ReadError> {
-        match self.recv.read_chunk(usize::MAX, true).await {
-            Ok(Some(chunk)) => {
-                self.decoder.push(chunk.bytes);
+        if self.fault.is_some() {
+            return Ok(true);
+        }
+        match self.recv.read_chunks(&mut self.chunks).await {
+            Ok(Some(n)) => {
+                for c in self.chunks.iter_mut().take(n) {
+                    self.decoder.push(std::mem::take(c));
+                    loop {
+                        match self.decoder.next_frame() {
+                            Ok(Some(f)) => self.ready.push_back(f),
+                            Ok(None) => break,
+                            Err(e) => {
+                                self.fault = Some(e);
+                                return Ok(true);
+                            }
+                        }
+                    }
+                }
                 Ok(true)
             }
             Ok(None) => {
-                self.decoder.finish().map_err(ReadError::Frame)?;
+                if let Err(e) = self.decoder.finish() {
+                    self.fault = Some(e);
+                    return Ok(true);
+                }
                 Ok(false)
             }
             Err(_) => Err(ReadError::Stream),

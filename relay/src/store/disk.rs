@@ -60,6 +60,18 @@ struct Db {
     removed: Keyspace,
 }
 
+impl Db {
+    fn reclaim(&self) -> fjall::Result<()> {
+        for ks in [&self.envelopes, &self.removed, &self.meta, &self.mailboxes] {
+            ks.rotate_memtable_and_wait()?;
+        }
+        for ks in [&self.envelopes, &self.removed] {
+            ks.major_compact()?;
+        }
+        self.db.persist(PersistMode::SyncAll)
+    }
+}
+
 /// Stops the background flusher and persists once more when the last handle goes.
 struct FlushGuard {
     db: Arc<Db>,
@@ -401,16 +413,33 @@ impl DiskStore {
         std::thread::Builder::new()
             .name("sealpost-store-flush".into())
             .spawn(move || {
+                let mut since_compaction = 0u32;
+                let mut removals = false;
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(100));
-                    if dirty.swap(false, Ordering::AcqRel)
-                        && db.db.persist(PersistMode::SyncAll).is_err()
-                    {
-                        failed.store(true, Ordering::Relaxed);
+                    if dirty.swap(false, Ordering::AcqRel) {
+                        removals = true;
+                        if db.db.persist(PersistMode::SyncAll).is_err() {
+                            failed.store(true, Ordering::Relaxed);
+                        }
+                    }
+                    since_compaction += 1;
+                    // Every 30 s after removals: flush memtables (which frees the journals) and
+                    // compact, so that acknowledged and expired envelopes give their space back.
+                    if removals && since_compaction >= 300 {
+                        since_compaction = 0;
+                        removals = false;
+                        let _ = db.reclaim();
                     }
                 }
             })
             .ok();
+    }
+
+    /// Flushes memtables and compacts now, giving back the space of removed envelopes (the
+    /// relay does this on its own every 30 s after removals).
+    pub fn reclaim_space(&self) -> Result<(), StoreError> {
+        self.db.reclaim().map_err(backend)
     }
 
     fn lock(&self) -> MutexGuard<'_, Index> {
