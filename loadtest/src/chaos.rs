@@ -63,6 +63,8 @@ pub struct ChaosReport {
     pub retried_unanswered: u64,
     /// Deposits refused with a status other than OK or DUPLICATE.
     pub rejected: u64,
+    /// The lost envelopes, as (mailbox, message id, was retried), for diagnosis.
+    pub lost: Vec<(u32, u64, bool)>,
 }
 
 #[derive(Default)]
@@ -222,6 +224,13 @@ pub async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosReport> {
     let mut s = lock(&state);
     let acked_lost = s.acked.iter().filter(|k| !s.delivered.contains(*k)).count() as u64;
     let retried = s.retried.clone();
+    let mut lost: Vec<(u32, u64, bool)> = s
+        .acked
+        .iter()
+        .filter(|k| !s.delivered.contains(*k))
+        .map(|k| (k.0, k.1, retried.contains(k)))
+        .collect();
+    lost.sort_unstable();
     let r = &mut s.report;
     r.acked_lost = acked_lost;
     r.retried = retried.len() as u64;
@@ -230,6 +239,7 @@ pub async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosReport> {
     report.acked = s.acked.len() as u64;
     report.delivered = s.delivered.len() as u64;
     report.retried_unanswered = s.unanswered.iter().filter(|k| retried.contains(*k)).count() as u64;
+    report.lost = lost;
     Ok(report)
 }
 

@@ -124,6 +124,7 @@ pub(super) async fn run(
     let mut shutdown = shared.shutdown.clone();
     let mut rng = StdRng::from_os_rng();
     let mut sent_upto = 0u64; // highest seq sent on this stream
+    let mut stalled = false;
     let mut acked_upto = 0u64; // highest seq acknowledged on this stream
     // Sequence numbers delivered on this stream and not yet acknowledged, ascending.
     let mut in_flight: VecDeque<u64> = VecDeque::with_capacity(window as usize);
@@ -147,8 +148,14 @@ pub(super) async fn run(
                 }
             };
             if batch.is_empty() {
+                // Held envelopes beyond what this stream delivered, yet none came back: they are
+                // not durable or not readable yet. Look again shortly, in case the write that
+                // completes them wakes only other mailboxes.
+                let held = shared.store.pending(&req.recipient_id).await.unwrap_or(0);
+                stalled = held > in_flight.len() as u64;
                 break;
             }
+            stalled = false;
             let last = batch[batch.len() - 1].seq;
             let mut frames = seal_deliveries(&record, &batch, &mut rng);
             if send.write_all_chunks(&mut frames).await.is_err() {
@@ -158,6 +165,7 @@ pub(super) async fn run(
             sent_upto = last;
         }
         tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(20)), if stalled => {}
             msg = rx.recv() => match msg {
                 Some(FromPeer::Ack(seq)) => {
                     if seq > sent_upto {

@@ -547,17 +547,21 @@ impl DiskStore {
         let seqs = self.lock().pending_after(&rid, after, max);
         let mut out = Vec::with_capacity(seqs.len());
         for (seq, _) in seqs {
-            // An envelope acknowledged or expired since the index was read is simply skipped.
-            if let Some(v) = self.db.envelopes.get(env_key(&rid, seq)).map_err(backend)? {
-                let v = Bytes::from(v);
-                if v.len() < 20 {
-                    return Err(self.corrupt(format!("envelope {seq} of a mailbox is truncated")));
-                }
-                out.push(StoredEnvelope {
-                    seq,
-                    envelope: v.slice(20..),
-                });
+            // Stop at the first envelope the index lists but the database does not return, rather
+            // than skip it: delivering a later one would let the recipient's cumulative ACK
+            // cover an envelope it never saw. If it really was acknowledged or expired, the index
+            // no longer lists it on the next fetch.
+            let Some(v) = self.db.envelopes.get(env_key(&rid, seq)).map_err(backend)? else {
+                break;
+            };
+            let v = Bytes::from(v);
+            if v.len() < 20 {
+                return Err(self.corrupt(format!("envelope {seq} of a mailbox is truncated")));
             }
+            out.push(StoredEnvelope {
+                seq,
+                envelope: v.slice(20..),
+            });
         }
         Ok(out)
     }
