@@ -159,7 +159,7 @@ pub(super) async fn delete(
         .await;
     };
     if !record
-        .keys
+        .keys()
         .auth
         .verify(ProofPurpose::Delete, &req.recipient_id, &exp, &req.proof)
     {

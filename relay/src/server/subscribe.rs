@@ -6,7 +6,7 @@
 
 use super::Shared;
 use super::registry::Kick;
-use crate::store::{MailboxRecord, StoredEnvelope};
+use crate::store::StoredEnvelope;
 use crate::stream::{FrameReader, ReadError, frame_error_reply, refuse};
 use bytes::{Bytes, BytesMut};
 use quinn::{Connection, SendStream};
@@ -87,8 +87,9 @@ pub(super) async fn run(
         )
         .await;
     };
-    if !record
-        .keys
+    // Derived per subscription, not kept per mailbox: idle mailboxes stay small.
+    let keys = record.keys();
+    if !keys
         .auth
         .verify(ProofPurpose::Subscribe, &req.recipient_id, &exp, &req.proof)
     {
@@ -157,7 +158,7 @@ pub(super) async fn run(
             }
             stalled = false;
             let last = batch[batch.len() - 1].seq;
-            let mut frames = seal_deliveries(&record, &batch, &mut rng);
+            let mut frames = seal_deliveries(&record.recipient_id, &keys.deliver, &batch, &mut rng);
             if send.write_all_chunks(&mut frames).await.is_err() {
                 break 'serve None;
             }
@@ -240,7 +241,8 @@ async fn read_acks(mut reader: FrameReader, tx: mpsc::Sender<FromPeer>) {
 
 /// Seals a batch of stored envelopes into DELIVER frames, all in one allocation.
 fn seal_deliveries(
-    record: &MailboxRecord,
+    recipient_id: &sealpost_core::RecipientId,
+    deliver: &sealpost_core::AeadKey,
     batch: &[StoredEnvelope],
     rng: &mut StdRng,
 ) -> Vec<Bytes> {
@@ -249,7 +251,7 @@ fn seal_deliveries(
     let mut buf = BytesMut::zeroed(total);
     let aads: Vec<[u8; DELIVERY_AAD_LEN]> = batch
         .iter()
-        .map(|e| delivery_aad(&record.recipient_id, e.seq))
+        .map(|e| delivery_aad(recipient_id, e.seq))
         .collect();
     {
         let mut rest: &mut [u8] = &mut buf[..];
@@ -267,7 +269,7 @@ fn seal_deliveries(
             rng.fill_bytes(&mut nonce);
             head[HEADER_LEN + 8..].copy_from_slice(&nonce);
             jobs.push(SealJob {
-                key: &record.keys.deliver,
+                key: deliver,
                 nonce,
                 aad,
                 plaintext: &e.envelope,

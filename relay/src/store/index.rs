@@ -31,21 +31,27 @@ pub struct Held {
     pub durable: bool,
 }
 
-/// One mailbox's state.
+/// One mailbox's state. An idle mailbox (nothing held, no dedupe entries, no subscriber) is
+/// just its record and next sequence number; the rest is allocated when it is first used.
 pub struct Mailbox {
     /// Keys and identifiers.
     pub record: Arc<MailboxRecord>,
     /// The next sequence number to assign.
     pub next_seq: u64,
+    active: Option<Box<Active>>,
+}
+
+#[derive(Default)]
+struct Active {
     /// Held envelopes, ascending by sequence number (and so by time).
-    pub queue: VecDeque<Held>,
+    queue: VecDeque<Held>,
     /// Bytes held.
-    pub bytes: u64,
+    bytes: u64,
     /// Nonces of held envelopes and of the most recently removed ones.
     seen: HashSet<Nonce>,
     /// Removed envelopes' (seq, nonce), oldest first, at most the dedupe window.
-    pub removed: VecDeque<(u64, Nonce)>,
-    /// Created on the first `watch`, so idle mailboxes carry no channel.
+    removed: VecDeque<(u64, Nonce)>,
+    /// The wake-up signal, created on the first `watch`.
     notify: Option<watch::Sender<u64>>,
 }
 
@@ -55,47 +61,68 @@ impl Mailbox {
         Self {
             record,
             next_seq,
-            queue: VecDeque::new(),
-            bytes: 0,
-            seen: HashSet::new(),
-            removed: VecDeque::new(),
-            notify: None,
+            active: None,
         }
+    }
+
+    fn active_mut(&mut self) -> &mut Active {
+        self.active.get_or_insert_with(Default::default)
+    }
+
+    /// Envelopes held.
+    pub fn held(&self) -> usize {
+        self.active.as_ref().map_or(0, |a| a.queue.len())
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> u64 {
+        self.active.as_ref().map_or(0, |a| a.bytes)
+    }
+
+    fn seen(&self, nonce: &Nonce) -> bool {
+        self.active.as_ref().is_some_and(|a| a.seen.contains(nonce))
     }
 
     /// Restores a held envelope (recovery), in ascending order.
     pub fn restore_held(&mut self, h: Held) {
-        self.bytes += h.len as u64;
-        self.seen.insert(h.nonce);
         self.next_seq = self.next_seq.max(h.seq + 1);
-        self.queue.push_back(h);
+        let a = self.active_mut();
+        a.bytes += h.len as u64;
+        a.seen.insert(h.nonce);
+        a.queue.push_back(h);
     }
 
     /// Restores a removed nonce (recovery), oldest first; returns the sequence numbers that
     /// fell out of the window.
     pub fn restore_removed(&mut self, seq: u64, nonce: Nonce, window: usize) -> Vec<u64> {
-        self.seen.insert(nonce);
         self.next_seq = self.next_seq.max(seq + 1);
+        self.active_mut().seen.insert(nonce);
         self.forget(seq, nonce, window)
     }
 
     /// Remembers a removed envelope's nonce; returns the sequence numbers that fell out of the
     /// dedupe window.
     fn forget(&mut self, seq: u64, nonce: Nonce, window: usize) -> Vec<u64> {
-        self.removed.push_back((seq, nonce));
+        let a = self.active_mut();
+        a.removed.push_back((seq, nonce));
         let mut evicted = Vec::new();
-        while self.removed.len() > window {
-            if let Some((old_seq, old)) = self.removed.pop_front() {
-                self.seen.remove(&old);
+        while a.removed.len() > window {
+            if let Some((old_seq, old)) = a.removed.pop_front() {
+                a.seen.remove(&old);
                 evicted.push(old_seq);
             }
         }
         evicted
     }
 
+    fn front(&self) -> Option<&Held> {
+        self.active.as_ref().and_then(|a| a.queue.front())
+    }
+
     fn pop_front(&mut self, window: usize, evicted: &mut Vec<(RecipientId, u64)>) -> Option<Held> {
-        let h = self.queue.pop_front()?;
-        self.bytes -= h.len as u64;
+        let a = self.active.as_mut()?;
+        let h = a.queue.pop_front()?;
+        a.bytes -= h.len as u64;
         let rid = self.record.recipient_id;
         evicted.extend(
             self.forget(h.seq, h.nonce, window)
@@ -173,8 +200,8 @@ impl Index {
     pub fn insert(&mut self, m: Mailbox) {
         self.by_deposit
             .insert(m.record.deposit_id, m.record.recipient_id);
-        self.envelopes += m.queue.len() as u64;
-        self.bytes += m.bytes;
+        self.envelopes += m.held() as u64;
+        self.bytes += m.bytes();
         self.by_recipient.insert(m.record.recipient_id, m);
     }
 
@@ -201,8 +228,8 @@ impl Index {
     pub fn delete(&mut self, recipient_id: &RecipientId) -> Option<Mailbox> {
         let m = self.by_recipient.remove(recipient_id)?;
         self.by_deposit.remove(&m.record.deposit_id);
-        self.envelopes -= m.queue.len() as u64;
-        self.bytes -= m.bytes;
+        self.envelopes -= m.held() as u64;
+        self.bytes -= m.bytes();
         Some(m)
     }
 
@@ -228,22 +255,22 @@ impl Index {
                 out.push(AppendOutcome::UnknownMailbox);
                 continue;
             };
-            if m.seen.contains(&a.nonce) {
+            if m.seen(&a.nonce) {
                 out.push(AppendOutcome::Duplicate);
                 continue;
             }
             let len = a.envelope.len() as u64;
-            if m.queue.len() as u64 >= quotas.max_envelopes as u64
-                || m.bytes + len > quotas.max_bytes
+            if m.held() as u64 >= quotas.max_envelopes as u64 || m.bytes() + len > quotas.max_bytes
             {
                 out.push(AppendOutcome::MailboxFull);
                 continue;
             }
             let seq = m.next_seq;
             m.next_seq += 1;
-            m.seen.insert(a.nonce);
-            m.bytes += len;
-            m.queue.push_back(Held {
+            let act = m.active_mut();
+            act.seen.insert(a.nonce);
+            act.bytes += len;
+            act.queue.push_back(Held {
                 seq,
                 nonce: a.nonce,
                 stored_at: now,
@@ -270,8 +297,10 @@ impl Index {
         for s in stored {
             if let Some(m) = self.by_recipient.get_mut(&s.recipient_id) {
                 // Recent appends sit at the back of the queue.
-                if let Some(h) = m.queue.iter_mut().rev().find(|h| h.seq == s.seq) {
-                    h.durable = true;
+                if let Some(a) = m.active.as_mut() {
+                    if let Some(h) = a.queue.iter_mut().rev().find(|h| h.seq == s.seq) {
+                        h.durable = true;
+                    }
                 }
             }
         }
@@ -286,7 +315,7 @@ impl Index {
             }
             last = Some(s.recipient_id);
             if let Some(m) = self.by_recipient.get(&s.recipient_id) {
-                if let Some(n) = &m.notify {
+                if let Some(n) = m.active.as_ref().and_then(|a| a.notify.as_ref()) {
                     n.send_replace(m.next_seq - 1);
                 }
             }
@@ -300,13 +329,20 @@ impl Index {
         after: u64,
         max: usize,
     ) -> Vec<(u64, Option<Bytes>)> {
-        let Some(m) = self.by_recipient.get(recipient_id) else {
+        let Some(a) = self
+            .by_recipient
+            .get(recipient_id)
+            .and_then(|m| m.active.as_ref())
+        else {
             return Vec::new();
         };
-        let start = m.queue.partition_point(|h| h.seq <= after);
-        m.queue
+        let start = a.queue.partition_point(|h| h.seq <= after);
+        // Stop at the first envelope not yet durable: later ones wait for it, so that sequence
+        // numbers go out in order and a cumulative ACK never covers an undelivered envelope.
+        a.queue
             .range(start..)
             .take(max)
+            .take_while(|h| h.durable)
             .map(|h| (h.seq, h.body.clone()))
             .collect()
     }
@@ -317,7 +353,7 @@ impl Index {
         let Some(m) = self.by_recipient.get_mut(recipient_id) else {
             return r;
         };
-        while m.queue.front().is_some_and(|h| h.seq <= upto && h.durable) {
+        while m.front().is_some_and(|h| h.seq <= upto && h.durable) {
             if let Some(h) = m.pop_front(window, &mut r.evicted) {
                 r.removed.push(Removed {
                     recipient_id: *recipient_id,
@@ -335,11 +371,7 @@ impl Index {
     pub fn expire(&mut self, cutoff: SystemTime, window: usize) -> Removal {
         let mut r = Removal::default();
         for (rid, m) in self.by_recipient.iter_mut() {
-            while m
-                .queue
-                .front()
-                .is_some_and(|h| h.stored_at < cutoff && h.durable)
-            {
+            while m.front().is_some_and(|h| h.stored_at < cutoff && h.durable) {
                 if let Some(h) = m.pop_front(window, &mut r.evicted) {
                     r.removed.push(Removed {
                         recipient_id: *rid,
@@ -358,18 +390,19 @@ impl Index {
     pub fn pending(&self, recipient_id: &RecipientId) -> u64 {
         self.by_recipient
             .get(recipient_id)
-            .map_or(0, |m| m.queue.len() as u64)
+            .map_or(0, |m| m.held() as u64)
     }
 
     /// The wake-up signal of a mailbox.
     pub fn watch(&mut self, recipient_id: &RecipientId) -> Option<watch::Receiver<u64>> {
         let m = self.by_recipient.get_mut(recipient_id)?;
         let high = m.next_seq - 1;
-        Some(match &m.notify {
+        let a = m.active_mut();
+        Some(match &a.notify {
             Some(tx) => tx.subscribe(),
             None => {
                 let (tx, rx) = watch::channel(high);
-                m.notify = Some(tx);
+                a.notify = Some(tx);
                 rx
             }
         })

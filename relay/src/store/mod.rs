@@ -30,10 +30,8 @@ pub struct MailboxRecord {
     pub suite: Suite,
     /// Verifies deposit tags.
     pub deposit_key: AeadKey,
-    /// The secret the keys below are derived from (kept so a durable store can re-derive).
+    /// The secret the delivery and auth keys are derived from ([`MailboxRecord::keys`]).
     pub recipient_secret: RecipientSecret,
-    /// Delivery and auth keys.
-    pub keys: MailboxKeys,
     /// When the mailbox was created.
     pub created_at: SystemTime,
 }
@@ -47,16 +45,20 @@ impl MailboxRecord {
         deposit_key: [u8; 32],
         recipient_secret: RecipientSecret,
     ) -> Self {
-        let keys = MailboxKeys::derive(suite, &recipient_secret);
         Self {
             recipient_id,
             deposit_id,
             suite,
             deposit_key: AeadKey::new(suite, deposit_key),
             recipient_secret,
-            keys,
             created_at: SystemTime::now(),
         }
+    }
+
+    /// The delivery and auth keys, derived on demand (for a subscription or a delete), so that
+    /// a million idle mailboxes do not each carry them.
+    pub fn keys(&self) -> MailboxKeys {
+        MailboxKeys::derive(self.suite, &self.recipient_secret)
     }
 }
 
