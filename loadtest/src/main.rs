@@ -49,6 +49,25 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Many mailboxes, cheaply? Create N (a few with an envelope) in a disk store, then measure
+    /// the real relay's restart time to ready, resident memory per mailbox and disk use.
+    Mailboxes {
+        /// Mailboxes to create.
+        #[arg(long, default_value_t = 1_000_000)]
+        count: u64,
+        /// How many of them hold an envelope.
+        #[arg(long, default_value_t = 2000)]
+        active: u64,
+        /// Data directory to build (must not hold a store yet); a temporary one by default.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The sealpost-relay binary (default: next to this one).
+        #[arg(long)]
+        relay_bin: Option<PathBuf>,
+        /// Write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// dudect-style constant-time check of the engine (fixed vs random inputs, Welch's t-test).
     CtCheck {
         /// Timed batches per class.
@@ -151,6 +170,13 @@ async fn main() -> ExitCode {
         Cmd::Run(a) => run_cmd(a).await,
         Cmd::Speed(a) => speed_cmd(a),
         Cmd::CtCheck { samples, json } => ct_cmd(samples, json),
+        Cmd::Mailboxes {
+            count,
+            active,
+            data_dir,
+            relay_bin,
+            json,
+        } => many_cmd(count, active, data_dir, relay_bin, json).await,
         Cmd::Chaos {
             cycles,
             kill_every_ms,
@@ -334,4 +360,52 @@ async fn chaos_cmd(
     } else {
         ExitCode::from(2)
     })
+}
+
+fn sibling_relay(relay_bin: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    Ok(match relay_bin {
+        Some(p) => p,
+        None => std::env::current_exe()?
+            .parent()
+            .context("locating this executable's directory")?
+            .join("sealpost-relay"),
+    })
+}
+
+async fn many_cmd(
+    count: u64,
+    active: u64,
+    data_dir: Option<PathBuf>,
+    relay_bin: Option<PathBuf>,
+    json: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let tmp = tempfile::tempdir()?;
+    let dir = data_dir.unwrap_or_else(|| tmp.path().to_owned());
+    if dir.join("store").exists() {
+        anyhow::bail!(
+            "{} already holds a store; give an empty --data-dir",
+            dir.display()
+        );
+    }
+    let r = sealpost_loadtest::many::run(sibling_relay(relay_bin)?, dir, count, active.min(count))
+        .await?;
+    println!(
+        "{} mailboxes ({} with an envelope): created in {:.1} s, data directory {:.1} MiB",
+        r.mailboxes,
+        r.active,
+        r.create_s,
+        r.data_dir_bytes as f64 / (1024.0 * 1024.0)
+    );
+    println!(
+        "relay restart to ready {:.2} s; resident {:.1} MiB vs {:.1} MiB empty: {:.0} bytes per mailbox",
+        r.restart_to_ready_s,
+        r.rss_bytes as f64 / (1024.0 * 1024.0),
+        r.rss_empty_bytes as f64 / (1024.0 * 1024.0),
+        r.rss_bytes_per_mailbox
+    );
+    if let Some(path) = json {
+        std::fs::write(&path, serde_json::to_string_pretty(&r)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
