@@ -1,7 +1,7 @@
 //! One-shot request streams: CREATE, DELETE and INFO. Each gets one reply and the stream ends.
 
 use super::Shared;
-use super::subscribe::exporter;
+use super::subscribe::authorize;
 use crate::store::{MailboxRecord, StoreError};
 use crate::stream::{FrameReader, refuse};
 use quinn::{Connection, SendStream};
@@ -128,48 +128,16 @@ pub(super) async fn delete(
             .await;
         }
     };
-    let record = match shared.store.mailbox(&req.recipient_id).await {
-        Ok(Some(r)) => r,
-        Ok(None) => {
-            return refuse(
-                &mut send,
-                Some(&mut reader),
-                ErrorCode::UnknownMailbox,
-                "no mailbox has this recipient id",
-            )
-            .await;
-        }
-        Err(e) => {
-            return refuse(
-                &mut send,
-                Some(&mut reader),
-                ErrorCode::Unavailable,
-                format!("store unavailable: {e}"),
-            )
-            .await;
-        }
-    };
-    let Some(exp) = exporter(conn) else {
-        return refuse(
-            &mut send,
-            Some(&mut reader),
-            ErrorCode::Unavailable,
-            "TLS exporter unavailable",
-        )
-        .await;
-    };
-    if !record
-        .keys()
-        .auth
-        .verify(ProofPurpose::Delete, &req.recipient_id, &exp, &req.proof)
+    if let Err((code, msg)) = authorize(
+        shared,
+        conn,
+        &req.recipient_id,
+        &req.proof,
+        ProofPurpose::Delete,
+    )
+    .await
     {
-        return refuse(
-            &mut send,
-            Some(&mut reader),
-            ErrorCode::BadProof,
-            "delete proof does not verify for this mailbox on this connection",
-        )
-        .await;
+        return refuse(&mut send, Some(&mut reader), code, msg).await;
     }
     match shared.store.delete_mailbox(&req.recipient_id).await {
         Ok(_) => {

@@ -30,6 +30,42 @@ enum FromPeer {
     Closed,
 }
 
+/// Checks a recipient's connection-bound proof for a mailbox; on success returns the mailbox's
+/// delivery and auth keys, otherwise the ERROR to send.
+pub(super) async fn authorize(
+    shared: &Shared,
+    conn: &Connection,
+    recipient_id: &sealpost_core::RecipientId,
+    proof: &[u8; sealpost_core::keys::PROOF_LEN],
+    purpose: ProofPurpose,
+) -> Result<sealpost_core::keys::MailboxKeys, (ErrorCode, String)> {
+    let record = match shared.store.mailbox(recipient_id).await {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            return Err((
+                ErrorCode::UnknownMailbox,
+                "no mailbox has this recipient id".into(),
+            ));
+        }
+        Err(e) => return Err((ErrorCode::Unavailable, format!("store unavailable: {e}"))),
+    };
+    let Some(exp) = exporter(conn) else {
+        return Err((ErrorCode::Unavailable, "TLS exporter unavailable".into()));
+    };
+    let keys = record.keys();
+    if !keys.auth.verify(purpose, recipient_id, &exp, proof) {
+        let what = match purpose {
+            ProofPurpose::Subscribe => "subscribe",
+            ProofPurpose::Delete => "delete",
+        };
+        return Err((
+            ErrorCode::BadProof,
+            format!("{what} proof does not verify for this mailbox on this connection"),
+        ));
+    }
+    Ok(keys)
+}
+
 /// The connection's exporter value that proofs are bound to.
 pub(super) fn exporter(conn: &Connection) -> Option<[u8; EXPORTER_LEN]> {
     let mut out = [0u8; EXPORTER_LEN];
@@ -57,50 +93,19 @@ pub(super) async fn run(
             .await;
         }
     };
-    let record = match shared.store.mailbox(&req.recipient_id).await {
-        Ok(Some(r)) => r,
-        Ok(None) => {
-            return refuse(
-                &mut send,
-                Some(&mut reader),
-                ErrorCode::UnknownMailbox,
-                "no mailbox has this recipient id",
-            )
-            .await;
-        }
-        Err(e) => {
-            return refuse(
-                &mut send,
-                Some(&mut reader),
-                ErrorCode::Unavailable,
-                format!("store unavailable: {e}"),
-            )
-            .await;
-        }
-    };
-    let Some(exp) = exporter(conn) else {
-        return refuse(
-            &mut send,
-            Some(&mut reader),
-            ErrorCode::Unavailable,
-            "TLS exporter unavailable",
-        )
-        .await;
-    };
     // Derived per subscription, not kept per mailbox: idle mailboxes stay small.
-    let keys = record.keys();
-    if !keys
-        .auth
-        .verify(ProofPurpose::Subscribe, &req.recipient_id, &exp, &req.proof)
+    let keys = match authorize(
+        shared,
+        conn,
+        &req.recipient_id,
+        &req.proof,
+        ProofPurpose::Subscribe,
+    )
+    .await
     {
-        return refuse(
-            &mut send,
-            Some(&mut reader),
-            ErrorCode::BadProof,
-            "subscribe proof does not verify for this mailbox on this connection",
-        )
-        .await;
-    }
+        Ok(k) => k,
+        Err((code, msg)) => return refuse(&mut send, Some(&mut reader), code, msg).await,
+    };
     let Some(mut wake) = shared.store.watch(&req.recipient_id) else {
         return refuse(
             &mut send,
@@ -158,7 +163,7 @@ pub(super) async fn run(
             }
             stalled = false;
             let last = batch[batch.len() - 1].seq;
-            let mut frames = seal_deliveries(&record.recipient_id, &keys.deliver, &batch, &mut rng);
+            let mut frames = seal_deliveries(&req.recipient_id, &keys.deliver, &batch, &mut rng);
             if send.write_all_chunks(&mut frames).await.is_err() {
                 break 'serve None;
             }
