@@ -137,6 +137,10 @@ pub(super) async fn run(
     let outcome: Option<(ErrorCode, String)> = 'serve: loop {
         // Mark the signal seen before fetching, so an append racing with the fetch still wakes us.
         wake.borrow_and_update();
+        if in_flight.len() >= window as usize {
+            // A full window waits for ACKs, not for the store.
+            stalled = false;
+        }
         while in_flight.len() < window as usize {
             let room = window as usize - in_flight.len();
             let batch = match shared
