@@ -107,9 +107,10 @@ pub async fn run(
         let n = chunk.min(count - made);
         let mut recs = Vec::with_capacity(n as usize);
         for _ in 0..n {
+            let rid = sealpost_core::random::array()?;
             recs.push(MailboxRecord::new(
-                sealpost_core::random::array()?,
-                sealpost_core::random::array()?,
+                rid,
+                store.deposit_id_for(&rid),
                 Suite::ChaCha20Poly1305,
                 sealpost_core::random::array()?,
                 RecipientSecret::generate()?,

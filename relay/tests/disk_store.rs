@@ -27,19 +27,19 @@ fn open(dir: &Path, key: Option<[u8; 32]>) -> Result<DiskStore, StoreError> {
 
 const DEPOSIT_KEY: [u8; 32] = [0xD5; 32];
 
-fn record(i: u8) -> MailboxRecord {
+fn record(s: &DiskStore, i: u8) -> MailboxRecord {
     MailboxRecord::new(
         [i; 16],
-        [i ^ 0x80; 16],
+        s.deposit_id_for(&[i; 16]),
         Suite::ChaCha20Poly1305,
         DEPOSIT_KEY,
         RecipientSecret([0x5E; 32]),
     )
 }
 
-fn append(i: u8, nonce: u8) -> Append {
+fn append(s: &DiskStore, i: u8, nonce: u8) -> Append {
     Append {
-        deposit_id: [i ^ 0x80; 16],
+        deposit_id: s.deposit_id_for(&[i; 16]),
         nonce: [nonce; 12],
         envelope: Bytes::from(vec![nonce; 300]),
     }
@@ -69,9 +69,9 @@ async fn restart_recovers_everything_in_order() {
     let dir = tempfile::tempdir().unwrap();
     {
         let s = open(dir.path(), None).unwrap();
-        s.create_mailbox(record(1)).await.unwrap();
+        s.create_mailbox(record(&s, 1)).await.unwrap();
         let out = s
-            .append_batch(&[append(1, 1), append(1, 2), append(1, 3)])
+            .append_batch(&[append(&s, 1, 1), append(&s, 1, 2), append(&s, 1, 3)])
             .await
             .unwrap();
         assert_eq!(
@@ -98,7 +98,10 @@ async fn restart_recovers_everything_in_order() {
         assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 3]);
         assert_eq!(&got[0].envelope[..], &[2u8; 300][..]);
         // The acknowledged envelope's nonce is still a duplicate, and sequence numbers go on.
-        let out = s.append_batch(&[append(1, 1), append(1, 4)]).await.unwrap();
+        let out = s
+            .append_batch(&[append(&s, 1, 1), append(&s, 1, 4)])
+            .await
+            .unwrap();
         assert_eq!(
             out,
             vec![AppendOutcome::Duplicate, AppendOutcome::Stored(4)]
@@ -111,7 +114,7 @@ async fn restart_recovers_everything_in_order() {
         let s = open(dir.path(), None).unwrap();
         assert_eq!(s.pending(&[1; 16]).await.unwrap(), 0);
         assert_eq!(
-            s.append_batch(&[append(1, 9)]).await.unwrap(),
+            s.append_batch(&[append(&s, 1, 9)]).await.unwrap(),
             vec![AppendOutcome::Stored(5)]
         );
         assert!(s.delete_mailbox(&[1; 16]).await.unwrap());
@@ -133,12 +136,14 @@ async fn quotas_hold_across_restarts() {
     };
     {
         let s = DiskStore::open(dir.path(), q, DiskOptions::default()).unwrap();
-        s.create_mailbox(record(2)).await.unwrap();
-        s.append_batch(&[append(2, 1), append(2, 2)]).await.unwrap();
+        s.create_mailbox(record(&s, 2)).await.unwrap();
+        s.append_batch(&[append(&s, 2, 1), append(&s, 2, 2)])
+            .await
+            .unwrap();
     }
     let s = DiskStore::open(dir.path(), q, DiskOptions::default()).unwrap();
     assert_eq!(
-        s.append_batch(&[append(2, 3)]).await.unwrap(),
+        s.append_batch(&[append(&s, 2, 3)]).await.unwrap(),
         vec![AppendOutcome::MailboxFull]
     );
 }
@@ -150,7 +155,7 @@ async fn secrets_are_encrypted_at_rest_with_a_master_key() {
     {
         let s = open(plain.path(), None).unwrap();
         assert!(!s.secrets_encrypted());
-        s.create_mailbox(record(3)).await.unwrap();
+        s.create_mailbox(record(&s, 3)).await.unwrap();
     }
     assert!(
         files_contain(plain.path(), &DEPOSIT_KEY),
@@ -162,7 +167,7 @@ async fn secrets_are_encrypted_at_rest_with_a_master_key() {
     {
         let s = open(dir.path(), Some(key)).unwrap();
         assert!(s.secrets_encrypted());
-        s.create_mailbox(record(3)).await.unwrap();
+        s.create_mailbox(record(&s, 3)).await.unwrap();
     }
     assert!(
         !files_contain(dir.path(), &DEPOSIT_KEY),
@@ -191,7 +196,7 @@ fn a_damaged_store_is_a_clear_error_naming_it() {
     {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let s = open(dir.path(), None).unwrap();
-        rt.block_on(s.create_mailbox(record(4))).unwrap();
+        rt.block_on(s.create_mailbox(record(&s, 4))).unwrap();
     }
     // Damage every file of the store (keep the sizes, replace the bytes).
     let mut stack = vec![dir.path().to_owned()];

@@ -45,12 +45,10 @@ pub(super) async fn create(
         );
         return refuse(&mut send, Some(&mut reader), ErrorCode::Unsupported, msg).await;
     }
-    // Ids come from the OS CSPRNG; retry on the (astronomically unlikely) collision.
+    // The recipient id comes from the OS CSPRNG and the store derives the deposit id from it
+    // (a keyed PRF); retry on the (astronomically unlikely) collision.
     for _ in 0..3 {
-        let (Ok(recipient_id), Ok(deposit_id)) = (
-            sealpost_core::random::array(),
-            sealpost_core::random::array(),
-        ) else {
+        let Ok(recipient_id) = sealpost_core::random::array() else {
             return refuse(
                 &mut send,
                 Some(&mut reader),
@@ -59,6 +57,7 @@ pub(super) async fn create(
             )
             .await;
         };
+        let deposit_id = shared.store.deposit_id_for(&recipient_id);
         let record = MailboxRecord::new(
             recipient_id,
             deposit_id,

@@ -6,6 +6,7 @@
 //! |-------------|-----------------------|----------------------------------------------------------|
 //! | `mailboxes` | recipient_id          | record (below)                                           |
 //! | `meta`      | recipient_id          | next sequence number (u64), written with every append    |
+//! | `meta`      | `prf-key`             | the 16-byte key of the deposit-id PRF (see `IdPrf`)      |
 //! | `envelopes` | recipient_id ‖ seq    | stored_at (ms, u64) ‖ nonce (12) ‖ the envelope          |
 //! | `removed`   | recipient_id ‖ seq    | nonce (12): the dedupe window of removed envelopes       |
 //!
@@ -23,7 +24,7 @@
 //! envelopes are single-deleted (weak tombstones), which compaction drops together with the
 //! value, so a drained queue's space comes back.
 
-use super::index::{Held, Index, Mailbox, Removal};
+use super::index::{Held, IdPrf, Index, Mailbox, Removal};
 use super::{
     Append, AppendOutcome, MailboxRecord, Quotas, Store, StoreError, StoreStats, StoredEnvelope,
 };
@@ -108,8 +109,12 @@ pub struct DiskStore {
     failed: Arc<AtomicBool>,
     dirty: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
+    prf: IdPrf,
     _guard: Arc<FlushGuard>,
 }
+
+/// The `meta` key of the deposit-id PRF key (recipient ids are 16 bytes, so it cannot clash).
+const PRF_KEY: &[u8] = b"prf-key";
 
 fn env_key(rid: &RecipientId, seq: u64) -> [u8; 24] {
     let mut k = [0u8; 24];
@@ -164,6 +169,10 @@ impl DiskStore {
                 .expect("32 bytes is within HKDF-SHA256's output limit");
             AeadKey::new(Suite::ChaCha20Poly1305, *k)
         });
+        let prf = Self::load_prf(&db).map_err(|e| StoreError::Open {
+            path: dir.to_owned(),
+            why: e,
+        })?;
         let db = Arc::new(db);
         let stop = Arc::new(AtomicBool::new(false));
         let store = Self {
@@ -174,7 +183,8 @@ impl DiskStore {
                 stop: stop.clone(),
             }),
             db,
-            index: Arc::new(Mutex::new(Index::default())),
+            index: Arc::new(Mutex::new(Index::new(prf.clone(), 0))),
+            prf,
             secrets_key,
             failed: Arc::new(AtomicBool::new(false)),
             dirty: Arc::new(AtomicBool::new(false)),
@@ -344,9 +354,31 @@ impl DiskStore {
         Ok(rec)
     }
 
+    /// The relay's deposit-id PRF key, made and persisted on first open.
+    fn load_prf(db: &Db) -> Result<IdPrf, String> {
+        if let Some(v) = db.meta.get(PRF_KEY).map_err(|e| e.to_string())? {
+            let key: [u8; 16] = v[..].try_into().map_err(|_| {
+                format!(
+                    "meta entry {:?} has {} bytes, expected 16",
+                    "prf-key",
+                    v.len()
+                )
+            })?;
+            return Ok(IdPrf::new(key));
+        }
+        let prf = IdPrf::random().map_err(|e| e.to_string())?;
+        db.meta
+            .insert(PRF_KEY, prf.key().to_vec())
+            .map_err(|e| e.to_string())?;
+        db.db
+            .persist(PersistMode::SyncAll)
+            .map_err(|e| e.to_string())?;
+        Ok(prf)
+    }
+
     fn recover(&self) -> Result<(), StoreError> {
         let db = &self.db;
-        let mut index = Index::with_capacity(db.mailboxes.approximate_len());
+        let mut index = Index::new(self.prf.clone(), db.mailboxes.approximate_len());
         let mut mailboxes = std::collections::HashMap::new();
         for kv in db.mailboxes.iter() {
             let (k, v) = kv
@@ -359,6 +391,9 @@ impl DiskStore {
             let (k, v) = kv
                 .into_inner()
                 .map_err(|e| self.corrupt(format!("reading meta: {e}")))?;
+            if &k[..] == PRF_KEY {
+                continue;
+            }
             let rid: RecipientId = k[..]
                 .try_into()
                 .map_err(|_| self.corrupt("meta keyspace: bad key"))?;
@@ -607,12 +642,7 @@ impl DiskStore {
 
 /// The deposit ids of the store's mailboxes (for benchmarks that need to address them).
 pub fn deposit_ids(store: &DiskStore) -> Vec<DepositId> {
-    store
-        .lock()
-        .by_recipient
-        .values()
-        .map(|m| m.record.deposit_id)
-        .collect()
+    store.lock().deposit_ids()
 }
 
 /// Runs blocking store work off the async workers.
@@ -639,6 +669,10 @@ impl Store for DiskStore {
             s.db.db.persist(PersistMode::SyncAll).map_err(|e| s.fail(e))
         })
         .await
+    }
+
+    fn deposit_id_for(&self, recipient_id: &RecipientId) -> DepositId {
+        self.prf.deposit_id(recipient_id)
     }
 
     async fn lookup_deposit(

@@ -167,12 +167,47 @@ impl std::hash::BuildHasher for IdHash {
     }
 }
 
+/// Derives a mailbox's deposit id from its recipient id with a keyed PRF (SipHash-1-3, 128-bit
+/// output) under a key only the relay holds. Senders see only deposit ids and cannot link them
+/// to recipient ids; the relay needs one map, keyed by deposit id, instead of two — at a million
+/// mailboxes that is about 66 bytes per mailbox less.
+#[derive(Clone)]
+pub struct IdPrf {
+    key: [u8; 16],
+}
+
+impl IdPrf {
+    /// A PRF under `key`.
+    pub fn new(key: [u8; 16]) -> Self {
+        Self { key }
+    }
+
+    /// A PRF under a fresh random key.
+    pub fn random() -> Result<Self, StoreError> {
+        sealpost_core::random::array()
+            .map(Self::new)
+            .map_err(|e| StoreError::Backend(e.to_string()))
+    }
+
+    /// The key, for a durable store to keep.
+    pub fn key(&self) -> [u8; 16] {
+        self.key
+    }
+
+    /// The deposit id of the mailbox whose recipient id is `rid`.
+    pub fn deposit_id(&self, rid: &RecipientId) -> DepositId {
+        use std::hash::Hasher;
+        let mut h = siphasher::sip128::SipHasher13::new_with_key(&self.key);
+        h.write(rid);
+        siphasher::sip128::Hasher128::finish128(&h).as_bytes()
+    }
+}
+
 /// Everything indexed.
-#[derive(Default)]
 pub struct Index {
-    /// Mailboxes by recipient id.
-    pub by_recipient: HashMap<RecipientId, Mailbox, IdHash>,
-    by_deposit: HashMap<DepositId, RecipientId, IdHash>,
+    /// Mailboxes by deposit id.
+    mailboxes: HashMap<DepositId, Mailbox, IdHash>,
+    prf: IdPrf,
     envelopes: u64,
     bytes: u64,
 }
@@ -211,14 +246,38 @@ pub struct Removed {
 }
 
 impl Index {
-    /// An empty index with room for `n` mailboxes.
-    pub fn with_capacity(n: usize) -> Self {
+    /// An empty index with room for `n` mailboxes, deriving deposit ids with `prf`.
+    pub fn new(prf: IdPrf, n: usize) -> Self {
         Self {
-            by_recipient: HashMap::with_capacity_and_hasher(n, IdHash),
-            by_deposit: HashMap::with_capacity_and_hasher(n, IdHash),
+            mailboxes: HashMap::with_capacity_and_hasher(n, IdHash),
+            prf,
             envelopes: 0,
             bytes: 0,
         }
+    }
+
+    /// The deposit id a new mailbox with recipient id `rid` gets.
+    pub fn deposit_id_for(&self, rid: &RecipientId) -> DepositId {
+        self.prf.deposit_id(rid)
+    }
+
+    fn get(&self, rid: &RecipientId) -> Option<&Mailbox> {
+        self.mailboxes
+            .get(&self.prf.deposit_id(rid))
+            .filter(|m| m.record.recipient_id == *rid)
+    }
+
+    /// The mailbox with recipient id `rid`, mutably.
+    pub fn get_mut(&mut self, rid: &RecipientId) -> Option<&mut Mailbox> {
+        let did = self.prf.deposit_id(rid);
+        self.mailboxes
+            .get_mut(&did)
+            .filter(|m| m.record.recipient_id == *rid)
+    }
+
+    /// Every mailbox's deposit id.
+    pub fn deposit_ids(&self) -> Vec<DepositId> {
+        self.mailboxes.keys().copied().collect()
     }
 
     /// Adds a mailbox.
@@ -227,12 +286,15 @@ impl Index {
         record: MailboxRecord,
         quotas: &Quotas,
     ) -> Result<Arc<MailboxRecord>, StoreError> {
-        if self.by_recipient.len() as u64 >= quotas.max_mailboxes {
+        if self.mailboxes.len() as u64 >= quotas.max_mailboxes {
             return Err(StoreError::TooManyMailboxes(quotas.max_mailboxes));
         }
-        if self.by_recipient.contains_key(&record.recipient_id)
-            || self.by_deposit.contains_key(&record.deposit_id)
-        {
+        if record.deposit_id != self.prf.deposit_id(&record.recipient_id) {
+            return Err(StoreError::Backend(
+                "deposit id not derived from the recipient id".into(),
+            ));
+        }
+        if self.mailboxes.contains_key(&record.deposit_id) {
             return Err(StoreError::Exists);
         }
         let rec = Arc::new(record);
@@ -242,36 +304,30 @@ impl Index {
 
     /// Inserts a recovered mailbox.
     pub fn insert(&mut self, m: Mailbox) {
-        self.by_deposit
-            .insert(m.record.deposit_id, m.record.recipient_id);
         self.envelopes += m.held() as u64;
         self.bytes += m.bytes();
-        self.by_recipient.insert(m.record.recipient_id, m);
+        self.mailboxes.insert(m.record.deposit_id, m);
     }
 
     /// Mailbox records by deposit id.
     pub fn lookup_deposit(&self, ids: &[DepositId]) -> Vec<Option<Arc<MailboxRecord>>> {
         ids.iter()
-            .map(|d| {
-                self.by_deposit
-                    .get(d)
-                    .and_then(|r| self.by_recipient.get(r))
-                    .map(|m| m.record.clone())
-            })
+            .map(|d| self.mailboxes.get(d).map(|m| m.record.clone()))
             .collect()
     }
 
     /// A mailbox record by recipient id.
     pub fn mailbox(&self, recipient_id: &RecipientId) -> Option<Arc<MailboxRecord>> {
-        self.by_recipient
-            .get(recipient_id)
-            .map(|m| m.record.clone())
+        self.get(recipient_id).map(|m| m.record.clone())
     }
 
     /// Removes a mailbox; returns it.
     pub fn delete(&mut self, recipient_id: &RecipientId) -> Option<Mailbox> {
-        let m = self.by_recipient.remove(recipient_id)?;
-        self.by_deposit.remove(&m.record.deposit_id);
+        let did = self.prf.deposit_id(recipient_id);
+        if self.mailboxes.get(&did)?.record.recipient_id != *recipient_id {
+            return None;
+        }
+        let m = self.mailboxes.remove(&did)?;
         self.envelopes -= m.held() as u64;
         self.bytes -= m.bytes();
         Some(m)
@@ -291,11 +347,7 @@ impl Index {
         let mut out = Vec::with_capacity(batch.len());
         let mut stored = Vec::new();
         for (item, a) in batch.iter().enumerate() {
-            let Some(rid) = self.by_deposit.get(&a.deposit_id).copied() else {
-                out.push(AppendOutcome::UnknownMailbox);
-                continue;
-            };
-            let Some(m) = self.by_recipient.get_mut(&rid) else {
+            let Some(m) = self.mailboxes.get_mut(&a.deposit_id) else {
                 out.push(AppendOutcome::UnknownMailbox);
                 continue;
             };
@@ -324,6 +376,7 @@ impl Index {
             });
             self.envelopes += 1;
             self.bytes += len;
+            let rid = m.record.recipient_id;
             stored.push(Stored {
                 recipient_id: rid,
                 seq,
@@ -339,7 +392,7 @@ impl Index {
     /// Marks newly stored envelopes deliverable.
     pub fn mark_durable(&mut self, stored: &[Stored]) {
         for s in stored {
-            if let Some(m) = self.by_recipient.get_mut(&s.recipient_id) {
+            if let Some(m) = self.get_mut(&s.recipient_id) {
                 // Recent appends sit at the back of the queue.
                 if let Some(a) = m.active.as_mut() {
                     if let Some(h) = a.queue.iter_mut().rev().find(|h| h.seq == s.seq) {
@@ -358,7 +411,7 @@ impl Index {
                 continue;
             }
             last = Some(s.recipient_id);
-            if let Some(m) = self.by_recipient.get(&s.recipient_id) {
+            if let Some(m) = self.get(&s.recipient_id) {
                 if let Some(n) = m.active.as_ref().and_then(|a| a.notify.as_ref()) {
                     n.send_replace(m.next_seq - 1);
                 }
@@ -373,11 +426,7 @@ impl Index {
         after: u64,
         max: usize,
     ) -> Vec<(u64, Option<Bytes>)> {
-        let Some(a) = self
-            .by_recipient
-            .get(recipient_id)
-            .and_then(|m| m.active.as_ref())
-        else {
+        let Some(a) = self.get(recipient_id).and_then(|m| m.active.as_ref()) else {
             return Vec::new();
         };
         let start = a.queue.partition_point(|h| h.seq <= after);
@@ -394,7 +443,12 @@ impl Index {
     /// Removes every held envelope with `seq <= upto`.
     pub fn ack(&mut self, recipient_id: &RecipientId, upto: u64, window: usize) -> Removal {
         let mut r = Removal::default();
-        let Some(m) = self.by_recipient.get_mut(recipient_id) else {
+        let did = self.prf.deposit_id(recipient_id);
+        let Some(m) = self
+            .mailboxes
+            .get_mut(&did)
+            .filter(|m| m.record.recipient_id == *recipient_id)
+        else {
             return r;
         };
         while m.front().is_some_and(|h| h.seq <= upto && h.durable) {
@@ -414,11 +468,12 @@ impl Index {
     /// Removes every envelope stored before `cutoff`.
     pub fn expire(&mut self, cutoff: SystemTime, window: usize) -> Removal {
         let mut r = Removal::default();
-        for (rid, m) in self.by_recipient.iter_mut() {
+        for m in self.mailboxes.values_mut() {
+            let rid = m.record.recipient_id;
             while m.front().is_some_and(|h| h.stored_at < cutoff && h.durable) {
                 if let Some(h) = m.pop_front(window, &mut r.evicted) {
                     r.removed.push(Removed {
-                        recipient_id: *rid,
+                        recipient_id: rid,
                         seq: h.seq,
                         nonce: h.nonce,
                     });
@@ -432,14 +487,12 @@ impl Index {
 
     /// Envelopes held in a mailbox.
     pub fn pending(&self, recipient_id: &RecipientId) -> u64 {
-        self.by_recipient
-            .get(recipient_id)
-            .map_or(0, |m| m.held() as u64)
+        self.get(recipient_id).map_or(0, |m| m.held() as u64)
     }
 
     /// The wake-up signal of a mailbox.
     pub fn watch(&mut self, recipient_id: &RecipientId) -> Option<watch::Receiver<u64>> {
-        let m = self.by_recipient.get_mut(recipient_id)?;
+        let m = self.get_mut(recipient_id)?;
         let high = m.next_seq - 1;
         let a = m.active_mut();
         Some(match &a.notify {
@@ -455,7 +508,7 @@ impl Index {
     /// Totals.
     pub fn stats(&self) -> StoreStats {
         StoreStats {
-            mailboxes: self.by_recipient.len() as u64,
+            mailboxes: self.mailboxes.len() as u64,
             envelopes: self.envelopes,
             bytes: self.bytes,
         }

@@ -1,6 +1,6 @@
 //! A volatile store in memory, for tests and benchmarks. Nothing survives a restart.
 
-use super::index::Index;
+use super::index::{IdPrf, Index};
 use super::{
     Append, AppendOutcome, MailboxRecord, Quotas, Store, StoreError, StoreStats, StoredEnvelope,
 };
@@ -21,7 +21,10 @@ impl MemoryStore {
     pub fn new(quotas: Quotas) -> Self {
         Self {
             quotas,
-            inner: Mutex::new(Index::default()),
+            inner: Mutex::new(Index::new(
+                IdPrf::random().expect("the OS random source works at start-up"),
+                0,
+            )),
         }
     }
 
@@ -36,6 +39,10 @@ impl MemoryStore {
 impl Store for MemoryStore {
     async fn create_mailbox(&self, record: MailboxRecord) -> Result<(), StoreError> {
         self.lock().create(record, &self.quotas).map(|_| ())
+    }
+
+    fn deposit_id_for(&self, recipient_id: &RecipientId) -> DepositId {
+        self.lock().deposit_id_for(recipient_id)
     }
 
     async fn lookup_deposit(
@@ -122,19 +129,19 @@ mod tests {
         }
     }
 
-    fn rec(i: u8) -> MailboxRecord {
+    fn rec(s: &MemoryStore, i: u8) -> MailboxRecord {
         MailboxRecord::new(
             [i; 16],
-            [i + 100; 16],
+            s.deposit_id_for(&[i; 16]),
             Suite::ChaCha20Poly1305,
             [1; 32],
             RecipientSecret([2; 32]),
         )
     }
 
-    fn app(i: u8, nonce: u8, len: usize) -> Append {
+    fn app(s: &MemoryStore, i: u8, nonce: u8, len: usize) -> Append {
         Append {
-            deposit_id: [i + 100; 16],
+            deposit_id: s.deposit_id_for(&[i; 16]),
             nonce: [nonce; 12],
             envelope: Bytes::from(vec![nonce; len]),
         }
@@ -143,16 +150,16 @@ mod tests {
     #[tokio::test]
     async fn append_dedupe_quota_ack_expire() {
         let s = MemoryStore::new(quotas());
-        s.create_mailbox(rec(1)).await.unwrap();
+        s.create_mailbox(rec(&s, 1)).await.unwrap();
         let mut w = s.watch(&[1; 16]).unwrap();
         let out = s
             .append_batch(&[
-                app(1, 1, 10),
-                app(1, 1, 10),
-                app(2, 5, 10),
-                app(1, 2, 10),
-                app(1, 3, 10),
-                app(1, 4, 10),
+                app(&s, 1, 1, 10),
+                app(&s, 1, 1, 10),
+                app(&s, 2, 5, 10),
+                app(&s, 1, 2, 10),
+                app(&s, 1, 3, 10),
+                app(&s, 1, 4, 10),
             ])
             .await
             .unwrap();
@@ -175,11 +182,11 @@ mod tests {
         assert_eq!(s.stats().await.envelopes, 1);
         // Acknowledged nonces stay duplicates within the window.
         assert_eq!(
-            s.append_batch(&[app(1, 1, 10)]).await.unwrap(),
+            s.append_batch(&[app(&s, 1, 1, 10)]).await.unwrap(),
             vec![Duplicate]
         );
         assert_eq!(
-            s.append_batch(&[app(1, 9, 995)]).await.unwrap(),
+            s.append_batch(&[app(&s, 1, 9, 995)]).await.unwrap(),
             vec![MailboxFull]
         );
         assert_eq!(
@@ -198,7 +205,7 @@ mod tests {
         );
         // Window of 2: nonce 1 (removed first) has been forgotten by now.
         assert_eq!(
-            s.append_batch(&[app(1, 1, 10)]).await.unwrap(),
+            s.append_batch(&[app(&s, 1, 1, 10)]).await.unwrap(),
             vec![Stored(4)]
         );
     }
@@ -206,17 +213,17 @@ mod tests {
     #[tokio::test]
     async fn mailbox_limit_and_delete() {
         let s = MemoryStore::new(quotas());
-        s.create_mailbox(rec(1)).await.unwrap();
+        s.create_mailbox(rec(&s, 1)).await.unwrap();
         assert!(matches!(
-            s.create_mailbox(rec(1)).await,
+            s.create_mailbox(rec(&s, 1)).await,
             Err(StoreError::Exists)
         ));
-        s.create_mailbox(rec(2)).await.unwrap();
+        s.create_mailbox(rec(&s, 2)).await.unwrap();
         assert!(matches!(
-            s.create_mailbox(rec(3)).await,
+            s.create_mailbox(rec(&s, 3)).await,
             Err(StoreError::TooManyMailboxes(2))
         ));
-        s.append_batch(&[app(1, 1, 10)]).await.unwrap();
+        s.append_batch(&[app(&s, 1, 1, 10)]).await.unwrap();
         assert!(s.delete_mailbox(&[1; 16]).await.unwrap());
         assert!(!s.delete_mailbox(&[1; 16]).await.unwrap());
         assert_eq!(
@@ -227,6 +234,11 @@ mod tests {
                 bytes: 0
             }
         );
-        assert!(s.lookup_deposit(&[[101; 16]]).await.unwrap()[0].is_none());
+        assert!(
+            s.lookup_deposit(&[s.deposit_id_for(&[1; 16])])
+                .await
+                .unwrap()[0]
+                .is_none()
+        );
     }
 }

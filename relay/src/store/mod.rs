@@ -160,7 +160,11 @@ pub enum StoreError {
 /// A mailbox store.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Adds a mailbox.
+    /// The deposit id that a new mailbox with this recipient id must have: the store derives
+    /// it with a keyed PRF, so that one map serves both ids and senders cannot link them.
+    fn deposit_id_for(&self, recipient_id: &RecipientId) -> DepositId;
+
+    /// Adds a mailbox (its deposit id from [`Store::deposit_id_for`]).
     async fn create_mailbox(&self, record: MailboxRecord) -> Result<(), StoreError>;
 
     /// Looks up mailboxes by deposit id, one answer per id, in order.
