@@ -5,6 +5,7 @@
 
 pub mod chaos;
 pub mod ctcheck;
+pub mod fast;
 pub mod many;
 pub mod message;
 pub mod report;

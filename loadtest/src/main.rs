@@ -154,6 +154,10 @@ struct RunArgs {
     /// Keep recipients offline during the load, so a backlog builds; they drain afterwards.
     #[arg(long)]
     backlog: bool,
+    /// End-to-end sealing in the generator: `hpke` (per message, as real clients) or `fast`
+    /// (a per-mailbox symmetric key, so the generator is not what limits the run).
+    #[arg(long, default_value = "hpke")]
+    e2e: sealpost_loadtest::run::E2eMode,
 }
 
 #[tokio::main]
@@ -222,6 +226,7 @@ async fn run_cmd(a: RunArgs) -> anyhow::Result<ExitCode> {
         progress: !a.quiet,
         store: a.store,
         backlog: a.backlog,
+        e2e: a.e2e,
     })
     .await?;
     report.print();

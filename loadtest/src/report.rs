@@ -36,6 +36,8 @@ pub struct RunConfig {
     pub store: Option<crate::run::StoreKind>,
     /// Whether recipients stayed offline during the load.
     pub backlog: bool,
+    /// End-to-end sealing in the generator.
+    pub e2e: crate::run::E2eMode,
 }
 
 /// What a run measured. Every count is checked by the recipients, not assumed.
@@ -98,6 +100,14 @@ impl Report {
                 "  (recipients offline during the load)"
             } else {
                 ""
+            }
+        );
+        println!(
+            "end-to-end sealing in the generator: {}",
+            match c.e2e {
+                crate::run::E2eMode::Hpke => "hpke (per message, as real clients)",
+                crate::run::E2eMode::Fast =>
+                    "fast (per-mailbox symmetric key; relay work unchanged)",
             }
         );
         println!(

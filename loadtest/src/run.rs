@@ -60,6 +60,8 @@ pub struct RunOptions {
     pub store: StoreKind,
     /// Recipients stay offline during the load and only drain afterwards (a backlog).
     pub backlog: bool,
+    /// End-to-end sealing in the generator.
+    pub e2e: E2eMode,
 }
 
 /// A relay started for the run; shut down when the run ends.
@@ -195,8 +197,34 @@ struct Counters {
     corrupted: AtomicU64,
 }
 
+/// How the generator seals message content end to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum E2eMode {
+    /// HPKE per message, as real clients do.
+    Hpke,
+    /// A per-mailbox symmetric key (see [`crate::fast`]): the relay's work is the same, the
+    /// generator's far smaller.
+    Fast,
+}
+
+impl std::str::FromStr for E2eMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "hpke" => Ok(Self::Hpke),
+            "fast" => Ok(Self::Fast),
+            _ => Err(format!("unknown e2e mode {s:?}: expected hpke or fast")),
+        }
+    }
+}
+
 struct Ctx {
     run_id: u64,
+    mode: E2eMode,
+    size: u32,
+    /// Per-mailbox keys in the fast mode.
+    fast_keys: Vec<crate::fast::FastKey>,
     start: Instant,
     content_len: usize,
     sizes: SizeClasses,
@@ -254,7 +282,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
             info.limits.sizes.as_slice()
         );
     }
-    let content_len = e2e::max_content(opts.size);
+    let content_len = match opts.e2e {
+        E2eMode::Hpke => e2e::max_content(opts.size),
+        E2eMode::Fast => crate::fast::max_content(opts.size),
+    };
     if content_len < message::HEADER {
         bail!(
             "--size {} leaves no room for the load generator's {}-byte stamp",
@@ -265,8 +296,17 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
 
     let mailboxes = create_mailboxes(&clients, opts.mailboxes).await?;
     let invitations: Vec<Invitation> = mailboxes.iter().map(|m| m.invitation()).collect();
+    let fast_keys = match opts.e2e {
+        E2eMode::Fast => (0..opts.mailboxes)
+            .map(|_| crate::fast::FastKey::generate())
+            .collect::<anyhow::Result<_>>()?,
+        E2eMode::Hpke => Vec::new(),
+    };
     let ctx = Arc::new(Ctx {
         run_id: u64::from_be_bytes(sealpost_core::random::array().context("random source")?),
+        mode: opts.e2e,
+        size: opts.size,
+        fast_keys,
         start: Instant::now(),
         content_len,
         sizes: info.limits.sizes.clone(),
@@ -387,6 +427,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
             window: opts.window,
             store: spawned_local.then_some(opts.store),
             backlog: opts.backlog,
+            e2e: opts.e2e,
         },
         disk_write_bytes_during_load: written_load.filter(|_| spawned_local),
         write_bytes_per_deposited_byte: written_load
@@ -503,8 +544,23 @@ async fn sender(
                 sent_us: ctx.now_us(),
             };
             let content = message::build(ctx.run_id, stamp, ctx.content_len);
-            let env = e2e::seal_for_invitation(&invitations[mb as usize], &ctx.sizes, &content)
-                .context("sealing a message")?;
+            let inv = &invitations[mb as usize];
+            let env = match ctx.mode {
+                E2eMode::Hpke => e2e::seal_for_invitation(inv, &ctx.sizes, &content)
+                    .context("sealing a message")?,
+                E2eMode::Fast => {
+                    let mut rng = rand::rng();
+                    let body = ctx.fast_keys[mb as usize].seal(
+                        &inv.deposit_id,
+                        &content,
+                        ctx.size,
+                        &mut rng,
+                    )?;
+                    let mut nonce = [0u8; 12];
+                    rand::RngCore::fill_bytes(&mut rng, &mut nonce);
+                    sealpost_core::envelope::build(&inv.deposit_key, &inv.deposit_id, &nonce, &body)
+                }
+            };
             if qtx.send((mb, seq)).await.is_err() {
                 break 'load;
             }
@@ -539,9 +595,13 @@ async fn subscriber(
             break;
         };
         let now = ctx.now_us();
-        let stamp = mailbox
-            .open(&d)
-            .ok()
+        let content = match ctx.mode {
+            E2eMode::Hpke => mailbox.open(&d).ok().map(|c| c.to_vec()),
+            E2eMode::Fast => {
+                ctx.fast_keys[index as usize].open(&mailbox.deposit_id, d.envelope.body())
+            }
+        };
+        let stamp = content
             .and_then(|c| message::check(ctx.run_id, &c, ctx.content_len))
             .filter(|s| s.mailbox == index);
         match stamp {

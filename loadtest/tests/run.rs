@@ -18,6 +18,7 @@ async fn short_spawned_run_loses_nothing() {
         progress: false,
         store: sealpost_loadtest::run::StoreKind::Memory,
         backlog: false,
+        e2e: sealpost_loadtest::run::E2eMode::Hpke,
     })
     .await
     .expect("run completes");
@@ -70,6 +71,7 @@ async fn a_size_the_relay_does_not_allow_is_a_clear_error() {
         progress: false,
         store: sealpost_loadtest::run::StoreKind::Memory,
         backlog: false,
+        e2e: sealpost_loadtest::run::E2eMode::Hpke,
     })
     .await
     .unwrap_err();
@@ -91,6 +93,7 @@ async fn short_run_on_the_disk_store_loses_nothing_and_reports_writes() {
         progress: false,
         store: sealpost_loadtest::run::StoreKind::Disk,
         backlog: true,
+        e2e: sealpost_loadtest::run::E2eMode::Fast,
     })
     .await
     .expect("run completes");

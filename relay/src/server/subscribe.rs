@@ -134,7 +134,14 @@ pub(super) async fn run(
     let mut acked_upto = 0u64; // highest seq acknowledged on this stream
     // Sequence numbers delivered on this stream and not yet acknowledged, ascending.
     let mut in_flight: VecDeque<u64> = VecDeque::with_capacity(window as usize);
+    // A non-ACK message found while draining queued ACKs, handled on the next turn.
+    let mut pending_msg: Option<FromPeer> = None;
     let outcome: Option<(ErrorCode, String)> = 'serve: loop {
+        match pending_msg.take() {
+            Some(FromPeer::Refuse(code, msg)) => break 'serve Some((code, msg)),
+            Some(FromPeer::Closed) => break 'serve None,
+            Some(FromPeer::Ack(_)) | None => {}
+        }
         // Mark the signal seen before fetching, so an append racing with the fetch still wakes us.
         wake.borrow_and_update();
         if in_flight.len() >= window as usize {
@@ -177,7 +184,22 @@ pub(super) async fn run(
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_millis(20)), if stalled => {}
             msg = rx.recv() => match msg {
-                Some(FromPeer::Ack(seq)) => {
+                Some(FromPeer::Ack(mut seq)) => {
+                    // ACKs are cumulative: take every one already queued and apply only the
+                    // highest, one store write for many ACK frames.
+                    let mut after = None;
+                    while let Ok(next) = rx.try_recv() {
+                        match next {
+                            FromPeer::Ack(s) => seq = seq.max(s),
+                            other => {
+                                after = Some(other);
+                                break;
+                            }
+                        }
+                    }
+                    if let Some(other) = after {
+                        pending_msg = Some(other);
+                    }
                     if seq > sent_upto {
                         break 'serve Some((ErrorCode::BadAck, format!("ACK {seq} is beyond the last delivered seq {sent_upto}")));
                     }
