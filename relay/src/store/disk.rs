@@ -59,9 +59,42 @@ struct Db {
     meta: Keyspace,
     envelopes: Keyspace,
     removed: Keyspace,
+    /// Removals (acks, expiry) waiting for the background flush.
+    pending: Mutex<PendingRemovals>,
+}
+
+/// Acknowledged and expired envelopes not yet deleted on disk. The index has already dropped
+/// them, so nothing delivers them again in this process; a crash before the flush means a
+/// redelivery with the same sequence number — the at-least-once contract an immediate write
+/// without fsync gave too — and taking them off the request path removes one journal commit
+/// per ACK.
+#[derive(Default)]
+struct PendingRemovals {
+    /// (envelope key, nonce), in removal order.
+    removed: Vec<([u8; 24], [u8; 12])>,
+    /// Dedupe-window keys that fell out of the window.
+    evicted: Vec<[u8; 24]>,
 }
 
 impl Db {
+    /// Writes the pending removals as one batch; whether there were any.
+    fn flush_removals(&self) -> fjall::Result<bool> {
+        let p = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        if p.removed.is_empty() && p.evicted.is_empty() {
+            return Ok(false);
+        }
+        let mut b = self.db.batch();
+        for (k, nonce) in &p.removed {
+            b.remove_weak(&self.envelopes, k.to_vec());
+            b.insert(&self.removed, k.to_vec(), nonce.to_vec());
+        }
+        for k in &p.evicted {
+            b.remove_weak(&self.removed, k.to_vec());
+        }
+        b.commit()?;
+        Ok(true)
+    }
+
     fn reclaim(&self) -> fjall::Result<()> {
         for ks in [&self.envelopes, &self.removed, &self.meta, &self.mailboxes] {
             ks.rotate_memtable_and_wait()?;
@@ -82,6 +115,7 @@ struct FlushGuard {
 impl Drop for FlushGuard {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        let _ = self.db.flush_removals();
         let _ = self.db.db.persist(PersistMode::SyncAll);
         // A clean stop flushes the memtables into tables, so the next start reads tables
         // instead of replaying the whole journal (much faster with many mailboxes).
@@ -107,7 +141,6 @@ pub struct DiskStore {
     /// Set after a write failed: from then on the store refuses everything (fail-stop), since
     /// memory and disk may disagree. A restart recovers from disk.
     failed: Arc<AtomicBool>,
-    dirty: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     prf: IdPrf,
     _guard: Arc<FlushGuard>,
@@ -158,6 +191,7 @@ impl DiskStore {
             meta: ks("meta")?,
             envelopes: ks("envelopes")?,
             removed: ks("removed")?,
+            pending: Mutex::new(PendingRemovals::default()),
             db,
         };
         let secrets_key = opts.master_key.as_ref().map(|m| {
@@ -187,7 +221,6 @@ impl DiskStore {
             prf,
             secrets_key,
             failed: Arc::new(AtomicBool::new(false)),
-            dirty: Arc::new(AtomicBool::new(false)),
             stop,
         };
         store.recover()?;
@@ -477,12 +510,7 @@ impl DiskStore {
     }
 
     fn start_flusher(&self) {
-        let (db, dirty, stop, failed) = (
-            self.db.clone(),
-            self.dirty.clone(),
-            self.stop.clone(),
-            self.failed.clone(),
-        );
+        let (db, stop, failed) = (self.db.clone(), self.stop.clone(), self.failed.clone());
         std::thread::Builder::new()
             .name("sealpost-store-flush".into())
             .spawn(move || {
@@ -490,11 +518,15 @@ impl DiskStore {
                 let mut removals = false;
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(100));
-                    if dirty.swap(false, Ordering::AcqRel) {
-                        removals = true;
-                        if db.db.persist(PersistMode::SyncAll).is_err() {
-                            failed.store(true, Ordering::Relaxed);
+                    match db.flush_removals() {
+                        Ok(false) => {}
+                        Ok(true) => {
+                            removals = true;
+                            if db.db.persist(PersistMode::SyncAll).is_err() {
+                                failed.store(true, Ordering::Relaxed);
+                            }
                         }
+                        Err(_) => failed.store(true, Ordering::Relaxed),
                     }
                     since_compaction += 1;
                     // Every 30 s after removals: flush memtables (which frees the journals) and
@@ -541,18 +573,14 @@ impl DiskStore {
         if r.removed.is_empty() && r.evicted.is_empty() {
             return Ok(());
         }
-        let db = &self.db;
-        let mut b = db.db.batch();
-        for x in &r.removed {
-            let k = env_key(&x.recipient_id, x.seq);
-            b.remove_weak(&db.envelopes, k.to_vec());
-            b.insert(&db.removed, k.to_vec(), x.nonce.to_vec());
-        }
-        for (rid, seq) in &r.evicted {
-            b.remove_weak(&db.removed, env_key(rid, *seq).to_vec());
-        }
-        b.commit().map_err(|e| self.fail(e))?;
-        self.dirty.store(true, Ordering::Release);
+        let mut p = self.db.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.removed.extend(
+            r.removed
+                .iter()
+                .map(|x| (env_key(&x.recipient_id, x.seq), x.nonce)),
+        );
+        p.evicted
+            .extend(r.evicted.iter().map(|(rid, seq)| env_key(rid, *seq)));
         Ok(())
     }
 
