@@ -19,8 +19,9 @@
 //! Durability: an append batch is one fjall write batch and one `persist(SyncAll)` (one fsync
 //! group for the whole batch), and only then are its envelopes acknowledged and deliverable.
 //! Mailbox creation and deletion are persisted the same way before they are answered. Acks and
-//! expiry are committed at once and persisted by a background flush every 100 ms: an ack lost
-//! to a crash means a redelivery with the same sequence number, never a lost envelope. Removed
+//! expiry take effect in the index at once and reach disk with the background flush every
+//! 100 ms (one batch and one fsync for all of them): an ack lost to a crash means a redelivery
+//! with the same sequence number, never a lost envelope. Removed
 //! envelopes are single-deleted (weak tombstones), which compaction drops together with the
 //! value, so a drained queue's space comes back.
 
