@@ -3,7 +3,7 @@
 //! that nothing the relay acknowledged was lost, corrupted or stored twice.
 
 use crate::message::{self, Stamp};
-use anyhow::{Context, bail};
+use anyhow::Context;
 use bytes::Bytes;
 use rand::Rng;
 use sealpost_core::Suite;
@@ -13,9 +13,7 @@ use sealpost_core::padding::SizeClasses;
 use sealpost_relay::client::{Client, Mailbox};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -83,36 +81,6 @@ struct State {
     report: ChaosReport,
 }
 
-struct Relay {
-    child: Child,
-    pin: [u8; 32],
-}
-
-fn start_relay(bin: &PathBuf, addr: &str, dir: &std::path::Path) -> anyhow::Result<Relay> {
-    let mut child = Command::new(bin)
-        .args(["serve", "--store", "disk", "--listen", addr, "--data-dir"])
-        .arg(dir)
-        .env("SEALPOST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    let stdout = child.stdout.take().context("relay stdout")?;
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .context("reading the relay's pin")?;
-    let hex_pin = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    let pin = sealpost_relay::tls::parse_pin(&hex_pin)
-        .with_context(|| format!("relay printed {line:?} instead of its pin"))?;
-    Ok(Relay { child, pin })
-}
-
 async fn connect(addr: &str, pin: [u8; 32]) -> anyhow::Result<Client> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -134,16 +102,10 @@ fn free_port() -> anyhow::Result<u16> {
 
 /// Runs the chaos test.
 pub async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosReport> {
-    if !opts.relay_bin.exists() {
-        bail!(
-            "relay binary {} not found: build it (cargo build --release -p sealpost-relay) or pass --relay-bin",
-            opts.relay_bin.display()
-        );
-    }
     let dir = tempfile::tempdir().context("temporary data directory")?;
     let addr = format!("127.0.0.1:{}", free_port()?);
     let run_id: u64 = rand::rng().random();
-    let mut relay = start_relay(&opts.relay_bin, &addr, dir.path())?;
+    let mut relay = crate::child::start(&opts.relay_bin, &addr, dir.path())?;
     let client = connect(&addr, relay.pin).await?;
     let mut boxes = Vec::new();
     for _ in 0..opts.mailboxes {
@@ -166,7 +128,7 @@ pub async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosReport> {
     let content_len = e2e::max_content(opts.size);
     for cycle in 0..=opts.cycles {
         if cycle > 0 {
-            relay = start_relay(&opts.relay_bin, &addr, dir.path())?;
+            relay = crate::child::start(&opts.relay_bin, &addr, dir.path())?;
         }
         let last = cycle == opts.cycles;
         let client = Arc::new(connect(&addr, relay.pin).await?);

@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod chaos;
+pub mod child;
 pub mod ctcheck;
 pub mod fast;
 pub mod many;

@@ -328,13 +328,7 @@ async fn chaos_cmd(
             "--cycles and --mailboxes must be at least 1 and --kill-every-ms at least 10"
         );
     }
-    let relay_bin = match relay_bin {
-        Some(p) => p,
-        None => std::env::current_exe()?
-            .parent()
-            .context("locating this executable's directory")?
-            .join("sealpost-relay"),
-    };
+    let relay_bin = sealpost_loadtest::child::relay_bin(relay_bin)?;
     let r = chaos::run(chaos::ChaosOptions {
         relay_bin,
         cycles,
@@ -367,16 +361,6 @@ async fn chaos_cmd(
     })
 }
 
-fn sibling_relay(relay_bin: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    Ok(match relay_bin {
-        Some(p) => p,
-        None => std::env::current_exe()?
-            .parent()
-            .context("locating this executable's directory")?
-            .join("sealpost-relay"),
-    })
-}
-
 async fn many_cmd(
     count: u64,
     active: u64,
@@ -392,8 +376,13 @@ async fn many_cmd(
             dir.display()
         );
     }
-    let r = sealpost_loadtest::many::run(sibling_relay(relay_bin)?, dir, count, active.min(count))
-        .await?;
+    let r = sealpost_loadtest::many::run(
+        sealpost_loadtest::child::relay_bin(relay_bin)?,
+        dir,
+        count,
+        active.min(count),
+    )
+    .await?;
     println!(
         "{} mailboxes ({} with an envelope): created in {:.1} s, data directory {:.1} MiB",
         r.mailboxes,

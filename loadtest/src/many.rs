@@ -3,7 +3,7 @@
 //! process and measures its start-up time to ready, its resident memory against an empty relay,
 //! and the data directory's size.
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use bytes::Bytes;
 use sealpost_core::Suite;
 use sealpost_core::keys::RecipientSecret;
@@ -11,9 +11,8 @@ use sealpost_relay::RelayLimits;
 use sealpost_relay::store::disk::{DiskOptions, DiskStore};
 use sealpost_relay::store::{Append, MailboxRecord, Store};
 use serde::Serialize;
-use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Instant;
 
 /// What the run measured.
@@ -51,33 +50,13 @@ fn rss_of(pid: u32) -> anyhow::Result<u64> {
 /// Starts the relay on `dir`, waits for ready, returns (seconds to ready, RSS once ready).
 fn start_and_measure(bin: &Path, dir: &Path) -> anyhow::Result<(f64, u64)> {
     let t0 = Instant::now();
-    let mut child = Command::new(bin)
-        .args([
-            "serve",
-            "--store",
-            "disk",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir)
-        .env("SEALPOST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("relay stdout")?).read_line(&mut line)?;
+    let mut relay = crate::child::start(bin, "127.0.0.1:0", dir)?;
     let ready = t0.elapsed().as_secs_f64();
-    if !line.contains("pin") {
-        let _ = child.kill();
-        bail!("the relay did not come up (printed {line:?})");
-    }
     // Let allocations from start-up settle before reading the resident size.
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let rss = rss_of(child.id());
-    let _ = child.kill();
-    let _ = child.wait();
+    let rss = rss_of(relay.child.id());
+    let _ = relay.child.kill();
+    let _ = relay.child.wait();
     Ok((ready, rss?))
 }
 
@@ -88,12 +67,6 @@ pub async fn run(
     count: u64,
     active: u64,
 ) -> anyhow::Result<ManyReport> {
-    if !relay_bin.exists() {
-        bail!(
-            "relay binary {} not found: build it (cargo build --release -p sealpost-relay) or pass --relay-bin",
-            relay_bin.display()
-        );
-    }
     let empty = tempfile::tempdir()?;
     let (_, rss_empty) = start_and_measure(&relay_bin, empty.path())?;
 

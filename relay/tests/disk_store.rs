@@ -1,7 +1,10 @@
 //! The disk store on its own: recovery after a restart, durable sequence numbers and dedupe
 //! window, secrets at rest, and clear errors for damaged stores.
 
+mod common;
+
 use bytes::Bytes;
+use common::process::files_containing;
 use sealpost_core::Suite;
 use sealpost_core::keys::RecipientSecret;
 use sealpost_relay::RelayLimits;
@@ -46,22 +49,7 @@ fn append(s: &DiskStore, i: u8, nonce: u8) -> Append {
 }
 
 fn files_contain(dir: &Path, needle: &[u8]) -> bool {
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if std::fs::read(&p)
-                .unwrap()
-                .windows(needle.len())
-                .any(|w| w == needle)
-            {
-                return true;
-            }
-        }
-    }
-    false
+    !files_containing(dir, needle).is_empty()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,72 +2,18 @@
 //! and read; the canary appears in no file of the data directory and in no log line, while the
 //! recipient reads it.
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Command, Stdio};
+mod common;
 
-fn cli() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_sealpost-relay"))
-}
-
-fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
-    let mut hits = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if std::fs::read(&p)
-                .unwrap()
-                .windows(needle.len())
-                .any(|w| w == needle)
-            {
-                hits.push(p);
-            }
-        }
-    }
-    hits
-}
+use common::process::{Serve, cli, files_containing};
 
 #[test]
 fn canary_never_reaches_disk_or_logs() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let canary = "CANARY-7f3a9c-plaintext-must-never-be-stored";
-    let mut serve = cli()
-        .args([
-            "serve",
-            "--store",
-            "disk",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(&data)
-        // The most talkative logging, debug option included, so that nothing hides.
-        .env("SEALPOST_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(serve.stderr.take().unwrap());
-    let mut log = String::new();
-    let addr = loop {
-        let mut line = String::new();
-        assert!(
-            err.read_line(&mut line).unwrap() > 0,
-            "relay exited early: {log}"
-        );
-        log.push_str(&line);
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    let mut pin = String::new();
-    BufReader::new(serve.stdout.take().unwrap())
-        .read_line(&mut pin)
-        .unwrap();
-    let pin = pin.trim().rsplit(' ').next().unwrap().to_owned();
+    // The most talkative logging, so that nothing hides.
+    let serve = Serve::start(&data, &["--store", "disk"], "debug");
+    let (addr, pin) = (serve.addr.clone(), serve.pin.clone());
     let mb = dir.path().join("mb.json");
     let out = cli()
         .args([
@@ -102,9 +48,7 @@ fn canary_never_reaches_disk_or_logs() {
         5,
         "the recipient reads every message: {read}"
     );
-    serve.kill().unwrap();
-    let _ = serve.wait();
-    err.read_to_string(&mut log).unwrap();
+    let log = serve.stop();
     assert!(!log.is_empty(), "the relay logged nothing to check");
     assert!(!log.contains(canary), "canary in the relay's log");
     let hits = files_containing(&data, canary.as_bytes());

@@ -1,13 +1,14 @@
 //! Operator certificates with CA trust, pin mismatches, and the CLI end to end.
 
+mod common;
+
+use common::process::{Serve, cli};
 use sealpost_core::Suite;
 use sealpost_relay::client::{Client, ClientError};
 use sealpost_relay::store::Quotas;
 use sealpost_relay::store::memory::MemoryStore;
 use sealpost_relay::tls::Trust;
 use sealpost_relay::{RelayConfig, RelayLimits};
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 fn quotas(l: &RelayLimits) -> Quotas {
@@ -71,40 +72,13 @@ async fn generated_certificate_is_kept_across_restarts() {
     b.shutdown().await;
 }
 
-fn cli() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_sealpost-relay"))
-}
-
 #[test]
 fn cli_create_send_recv() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut serve = cli()
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&data)
-        .env("SEALPOST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     // The relay prints its address on standard error and its pin on standard output.
-    let mut err = BufReader::new(serve.stderr.take().unwrap());
-    let mut addr = None;
-    let mut line = String::new();
-    while addr.is_none() {
-        line.clear();
-        assert!(err.read_line(&mut line).unwrap() > 0, "relay exited early");
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            addr = rest.split_whitespace().next().map(str::to_owned);
-        }
-    }
-    let addr = addr.unwrap();
-    let mut pin = String::new();
-    BufReader::new(serve.stdout.take().unwrap())
-        .read_line(&mut pin)
-        .unwrap();
-    let pin = pin.trim().rsplit(' ').next().unwrap().to_owned();
-    assert_eq!(pin.len(), 64, "{pin}");
+    let serve = Serve::start(&data, &[], "warn");
+    let (addr, pin) = (serve.addr.clone(), serve.pin.clone());
 
     let mb = dir.path().join("mb.json");
     let out = cli()
@@ -186,6 +160,5 @@ fn cli_create_send_recv() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("SEALPOST_BACKEND"));
 
-    serve.kill().unwrap();
-    let _ = serve.wait();
+    serve.stop();
 }

@@ -2,6 +2,8 @@
 //! memory store, and helpers that speak raw frames.
 #![allow(dead_code)]
 
+pub mod process;
+
 use bytes::{Bytes, BytesMut};
 use sealpost_core::Suite;
 use sealpost_core::e2e;

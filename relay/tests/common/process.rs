@@ -1,0 +1,91 @@
+//! The `sealpost-relay` binary run as a child process, and a look through a data directory.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStderr, Command, Stdio};
+
+/// A command for the relay binary.
+pub fn cli() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sealpost-relay"))
+}
+
+/// A running `serve`, with the address it printed on standard error and the pin it printed on
+/// standard output.
+pub struct Serve {
+    pub child: Child,
+    pub addr: String,
+    pub pin: String,
+    stderr: BufReader<ChildStderr>,
+    /// Standard error read so far.
+    pub log: String,
+}
+
+impl Serve {
+    /// Starts `serve` on a free loopback port with `extra` arguments and `SEALPOST_LOG=log`.
+    pub fn start(data: &Path, extra: &[&str], log: &str) -> Self {
+        let mut child = cli()
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data)
+            .args(extra)
+            .env("SEALPOST_LOG", log)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut text = String::new();
+        let addr = loop {
+            let mut line = String::new();
+            assert!(
+                stderr.read_line(&mut line).unwrap() > 0,
+                "relay exited early: {text}"
+            );
+            text.push_str(&line);
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                break rest.split_whitespace().next().unwrap().to_owned();
+            }
+        };
+        let mut pin = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut pin)
+            .unwrap();
+        let pin = pin.trim().rsplit(' ').next().unwrap().to_owned();
+        assert_eq!(pin.len(), 64, "{pin}");
+        Self {
+            child,
+            addr,
+            pin,
+            stderr,
+            log: text,
+        }
+    }
+
+    /// Kills the relay and returns everything it wrote on standard error.
+    pub fn stop(mut self) -> String {
+        self.child.kill().unwrap();
+        let _ = self.child.wait();
+        self.stderr.read_to_string(&mut self.log).unwrap();
+        self.log
+    }
+}
+
+/// Files under `dir` whose bytes contain `needle`.
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if std::fs::read(&p)
+                .unwrap()
+                .windows(needle.len())
+                .any(|w| w == needle)
+            {
+                hits.push(p);
+            }
+        }
+    }
+    hits
+}
