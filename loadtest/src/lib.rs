@@ -3,8 +3,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod baseline;
 pub mod chaos;
 pub mod child;
+pub mod compare;
 pub mod ctcheck;
 pub mod fast;
 pub mod many;

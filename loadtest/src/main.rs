@@ -25,6 +25,12 @@ struct Cli {
 enum Cmd {
     /// Deposit and receive through a relay for a while, verify every delivery, report.
     Run(RunArgs),
+    /// The same load against an in-process forwarder with the same framing over quinn but no
+    /// crypto and no store: the transport's limit on this machine.
+    Baseline(BaselineArgs),
+    /// Baseline, relay with the memory store, relay with the disk store: the same load,
+    /// interleaved and repeated; medians and the ratios relay / baseline.
+    Compare(CompareArgs),
     /// Measure the crypto engine against ring, same work, same run.
     Speed(SpeedArgs),
     /// Kill the relay (disk store) with SIGKILL at random moments under load, restart it, and
@@ -109,19 +115,10 @@ struct SpeedArgs {
     json: Option<PathBuf>,
 }
 
-#[derive(Args)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["spawn_relay", "relay"])))]
-struct RunArgs {
-    /// Start a relay in this process on a free loopback port (memory store).
-    #[arg(long)]
-    spawn_relay: bool,
-    /// Address of a running relay, host:port.
-    #[arg(long, requires = "pin")]
-    relay: Option<String>,
-    /// The running relay's certificate pin (64 hex digits).
-    #[arg(long)]
-    pin: Option<String>,
-    /// Mailboxes to create and load.
+/// The load itself, the same for `run`, `baseline` and `compare`.
+#[derive(Args, Clone)]
+struct LoadArgs {
+    /// Mailboxes to create and load (up to 100 000 and more; each subscription is a stream).
     #[arg(long, default_value_t = 100)]
     mailboxes: usize,
     /// QUIC connections to spread them over.
@@ -130,9 +127,16 @@ struct RunArgs {
     /// Envelope body size in bytes (one of the relay's allowed sizes).
     #[arg(long, default_value_t = 1024)]
     size: u32,
-    /// Seconds of load.
+    /// Seconds of measured load (after the warm-up).
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
+    /// Seconds of load first that count for nothing (connections, caches and batches settle).
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Open loop: envelopes per second over all connections, on a fixed schedule; latency is
+    /// measured from each envelope's intended send time. Without it: closed loop.
+    #[arg(long)]
+    rate: Option<f64>,
     /// Unanswered deposits per connection.
     #[arg(long, default_value_t = 256)]
     depth: usize,
@@ -142,12 +146,28 @@ struct RunArgs {
     /// Seconds the drain may go without progress before the rest counts as lost.
     #[arg(long, default_value_t = 10.0)]
     drain_timeout: f64,
+    /// No progress line (it is shown only on a terminal anyway).
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["spawn_relay", "relay"])))]
+struct RunArgs {
+    /// Start a relay in this process on a free loopback port (store: --store).
+    #[arg(long)]
+    spawn_relay: bool,
+    /// Address of a running relay, host:port.
+    #[arg(long, requires = "pin")]
+    relay: Option<String>,
+    /// The running relay's certificate pin (64 hex digits).
+    #[arg(long)]
+    pin: Option<String>,
+    #[command(flatten)]
+    load: LoadArgs,
     /// Write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// No progress line.
-    #[arg(long)]
-    quiet: bool,
     /// Store of the spawned relay: memory or disk.
     #[arg(long, default_value = "memory")]
     store: sealpost_loadtest::run::StoreKind,
@@ -160,18 +180,73 @@ struct RunArgs {
     e2e: sealpost_loadtest::run::E2eMode,
 }
 
+#[derive(Args)]
+struct BaselineArgs {
+    #[command(flatten)]
+    load: LoadArgs,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// End-to-end sealing in the generator (see `run`).
+    #[arg(long, default_value = "fast")]
+    e2e: sealpost_loadtest::run::E2eMode,
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    #[command(flatten)]
+    load: LoadArgs,
+    /// Rounds of baseline, memory, disk.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Write the comparison (medians, ratios, every run's report) as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// End-to-end sealing in the generator (see `run`); `fast` so that the generator's X25519
+    /// does not set the pace of all three.
+    #[arg(long, default_value = "fast")]
+    e2e: sealpost_loadtest::run::E2eMode,
+}
+
+impl LoadArgs {
+    fn options(
+        &self,
+        target: Target,
+        e2e: sealpost_loadtest::run::E2eMode,
+    ) -> anyhow::Result<RunOptions> {
+        Ok(RunOptions {
+            target,
+            mailboxes: self.mailboxes,
+            connections: self.connections,
+            size: self.size,
+            duration: secs("duration", self.duration)?,
+            warmup: secs("warmup", self.warmup)?,
+            rate: self.rate,
+            depth: self.depth,
+            window: self.window,
+            drain_timeout: secs("drain-timeout", self.drain_timeout)?,
+            progress: !self.quiet,
+            store: sealpost_loadtest::run::StoreKind::Memory,
+            backlog: false,
+            e2e,
+        })
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SEALPOST_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| "warn,fjall=error,lsm_tree=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Run(a) => run_cmd(a).await,
+        Cmd::Baseline(a) => baseline_cmd(a).await,
+        Cmd::Compare(a) => compare_cmd(a).await,
         Cmd::Speed(a) => speed_cmd(a),
         Cmd::CtCheck { samples, json } => ct_cmd(samples, json),
         Cmd::Mailboxes {
@@ -214,23 +289,20 @@ async fn run_cmd(a: RunArgs) -> anyhow::Result<ExitCode> {
         }
         (false, None) => anyhow::bail!("give --spawn-relay or --relay ADDR --pin PIN"),
     };
-    let report = run(RunOptions {
-        target,
-        mailboxes: a.mailboxes,
-        connections: a.connections,
-        size: a.size,
-        duration: secs("duration", a.duration)?,
-        depth: a.depth,
-        window: a.window,
-        drain_timeout: secs("drain-timeout", a.drain_timeout)?,
-        progress: !a.quiet,
-        store: a.store,
-        backlog: a.backlog,
-        e2e: a.e2e,
-    })
-    .await?;
+    let mut opts = a.load.options(target, a.e2e)?;
+    opts.store = a.store;
+    opts.backlog = a.backlog;
+    report_cmd(opts, a.json).await
+}
+
+async fn baseline_cmd(a: BaselineArgs) -> anyhow::Result<ExitCode> {
+    report_cmd(a.load.options(Target::Baseline, a.e2e)?, a.json).await
+}
+
+async fn report_cmd(opts: RunOptions, json: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let report = run(opts).await?;
     report.print();
-    if let Some(path) = a.json {
+    if let Some(path) = json {
         let json = serde_json::to_string_pretty(&report)?;
         std::fs::write(&path, json + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
@@ -242,6 +314,57 @@ async fn run_cmd(a: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(2)
     })
+}
+
+async fn compare_cmd(a: CompareArgs) -> anyhow::Result<ExitCode> {
+    use sealpost_loadtest::compare;
+    let template = a.load.options(Target::Baseline, a.e2e)?;
+    println!(
+        "{:<9} {:>3} {:>13} {:>9} {:>9} {:>9} {:>9}",
+        "kind", "rep", "deliveries/s", "MB/s", "p50 µs", "p99 µs", "p999 µs"
+    );
+    let r = compare::compare(template, a.repeat, |run| {
+        let l = &run.report.latency_us;
+        println!(
+            "{:<9} {:>3} {:>13.0} {:>9.1} {:>9} {:>9} {:>9}",
+            run.kind,
+            run.repeat,
+            run.report.deliveries_per_s,
+            run.report.bytes_per_s / 1e6,
+            l.p50,
+            l.p99,
+            l.p999
+        );
+    })
+    .await?;
+    println!(
+        "medians over {} repeats, {} B envelopes:",
+        r.repeats, r.size
+    );
+    for (kind, m) in [
+        ("baseline", &r.baseline),
+        ("memory", &r.memory),
+        ("disk", &r.disk),
+    ] {
+        println!(
+            "{:<9}     {:>13.0} {:>9.1} {:>9.0} {:>9.0} {:>9.0}",
+            kind,
+            m.deliveries_per_s,
+            m.bytes_per_s / 1e6,
+            m.p50_us,
+            m.p99_us,
+            m.p999_us
+        );
+    }
+    println!(
+        "relay / baseline deliveries/s: memory {:.2}  disk {:.2}",
+        r.ratios.memory, r.ratios.disk
+    );
+    if let Some(path) = a.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&r)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn speed_cmd(a: SpeedArgs) -> anyhow::Result<ExitCode> {

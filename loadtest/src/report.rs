@@ -26,8 +26,16 @@ pub struct RunConfig {
     pub connections: usize,
     /// Envelope body size in bytes.
     pub size: u32,
-    /// Load phase length in seconds.
+    /// Load phase length in seconds, after the warm-up.
     pub duration_s: f64,
+    /// Seconds of load at the start excluded from throughput and latency.
+    pub warmup_s: f64,
+    /// `closed` (as fast as the pipeline depth allows) or `open` (a fixed send schedule).
+    pub mode: &'static str,
+    /// Open loop: envelopes per second, all connections together.
+    pub rate: Option<f64>,
+    /// Seconds the drain may go without progress.
+    pub drain_timeout_s: f64,
     /// Unanswered deposits allowed per connection.
     pub depth: usize,
     /// Subscribe window per mailbox.
@@ -40,11 +48,63 @@ pub struct RunConfig {
     pub e2e: crate::run::E2eMode,
 }
 
+/// The machine the generator ran on.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    /// CPU model name (from /proc/cpuinfo where there is one).
+    pub cpu_model: String,
+    /// Logical CPUs available to this process.
+    pub cores: usize,
+    /// Operating system and architecture.
+    pub os: String,
+}
+
+impl Machine {
+    /// This machine.
+    pub fn this() -> Self {
+        let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("model name"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, v)| v.trim().to_owned())
+            })
+            .unwrap_or_else(|| "unknown".to_owned());
+        Self {
+            cpu_model,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            os: format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
+        }
+    }
+}
+
+/// One second of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Second {
+    /// Seconds since the load started, at the end of this one.
+    pub t_s: u64,
+    /// Whether this second began before the warm-up ended.
+    pub warmup: bool,
+    /// Envelopes sent during it.
+    pub deposited: u64,
+    /// Distinct envelopes delivered during it.
+    pub delivered: u64,
+    /// Rejections, corrupted and duplicated deliveries during it.
+    pub errors: u64,
+    /// 99th percentile latency of its deliveries, microseconds.
+    pub p99_us: u64,
+}
+
 /// What a run measured. Every count is checked by the recipients, not assumed.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     /// The configuration.
     pub config: RunConfig,
+    /// Where it ran.
+    pub machine: Machine,
+    /// Per second, from the start of the load (warm-up included, marked).
+    pub timeline: Vec<Second>,
     /// Envelopes sent.
     pub deposited: u64,
     /// Envelopes the relay answered OK or DUPLICATE.
@@ -61,11 +121,14 @@ pub struct Report {
     pub rejected: u64,
     /// Seconds from the start of the load to the end of the drain.
     pub duration_s: f64,
-    /// delivered / duration_s.
+    /// Seconds from the end of the warm-up to the end of the drain.
+    pub measured_s: f64,
+    /// Deliveries after the warm-up / measured_s.
     pub deliveries_per_s: f64,
-    /// delivered × body size / duration_s.
+    /// The same in body bytes.
     pub bytes_per_s: f64,
-    /// Deposit-to-delivery latency.
+    /// Deposit-to-delivery latency of envelopes sent after the warm-up (open loop: from the
+    /// intended send time).
     pub latency_us: Latency,
     /// Bytes this process (with the spawned relay in it) wrote to storage during the load,
     /// from /proc/self/io.
@@ -84,18 +147,23 @@ impl Report {
     pub fn print(&self) {
         let c = &self.config;
         println!(
-            "relay {} ({})  mailboxes {}  connections {}  size {} B  load {:.1} s{}",
+            "relay {} ({})  mailboxes {}  connections {}  size {} B  load {:.1} s + {:.1} s warm-up  {}{}",
             c.relay,
-            c.store
-                .map_or("remote", |s| if s == crate::run::StoreKind::Disk {
-                    "disk store"
-                } else {
-                    "memory store"
-                }),
+            match (c.relay.as_str(), c.store) {
+                ("baseline", _) => "no crypto, no store",
+                (_, Some(crate::run::StoreKind::Disk)) => "disk store",
+                (_, Some(crate::run::StoreKind::Memory)) => "memory store",
+                (_, None) => "remote",
+            },
             c.mailboxes,
             c.connections,
             c.size,
             c.duration_s,
+            c.warmup_s,
+            match c.rate {
+                Some(r) => format!("open loop at {r:.0} envelopes/s"),
+                None => format!("closed loop, depth {}", c.depth),
+            },
             if c.backlog {
                 "  (recipients offline during the load)"
             } else {
@@ -119,10 +187,10 @@ impl Report {
             self.lost, self.duplicated, self.corrupted
         );
         println!(
-            "{:.0} deliveries/s  {:.1} MB/s  over {:.2} s",
+            "{:.0} deliveries/s  {:.1} MB/s  over {:.2} s after the warm-up",
             self.deliveries_per_s,
             self.bytes_per_s / 1e6,
-            self.duration_s
+            self.measured_s
         );
         if let Some(w) = self.write_bytes_per_deposited_byte {
             println!(

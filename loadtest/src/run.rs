@@ -2,7 +2,7 @@
 //! end to end, drain, and report.
 
 use crate::message::{self, Stamp};
-use crate::report::{Latency, Report, RunConfig};
+use crate::report::{Latency, Report, RunConfig, Second};
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
 use sealpost_core::Suite;
@@ -24,8 +24,11 @@ use tokio::task::JoinSet;
 /// Where the relay under test is.
 #[derive(Debug, Clone)]
 pub enum Target {
-    /// Start one in this process on a free loopback port, with the memory store.
+    /// Start one in this process on a free loopback port, with [`RunOptions::store`].
     Spawn,
+    /// Start the transport baseline in this process: the same framing over quinn, no crypto,
+    /// no store ([`crate::baseline`]).
+    Baseline,
     /// Use a running relay.
     Remote {
         /// host:port.
@@ -50,6 +53,13 @@ pub struct RunOptions {
     pub duration: Duration,
     /// Unanswered deposits per connection.
     pub depth: usize,
+    /// Open loop: envelopes per second over all connections, sent on a fixed schedule whatever
+    /// the relay does, with latency measured from each envelope's intended send time (no
+    /// coordinated omission). `None`: closed loop, as fast as `depth` allows.
+    pub rate: Option<f64>,
+    /// Load at the start that counts for nothing: throughput and latency are measured from
+    /// its end.
+    pub warmup: Duration,
     /// Subscribe window per mailbox.
     pub window: u32,
     /// How long the drain may go without progress before the rest counts as lost.
@@ -94,13 +104,19 @@ impl std::str::FromStr for StoreKind {
     }
 }
 
-/// Starts an in-process relay with limits generous enough for a load test.
-pub async fn spawn_relay(window: u32, store: StoreKind) -> anyhow::Result<SpawnedRelay> {
+/// Starts an in-process relay with limits generous enough for a load test, allowing
+/// `max_streams` concurrent streams per connection.
+pub async fn spawn_relay(
+    window: u32,
+    store: StoreKind,
+    max_streams: u32,
+) -> anyhow::Result<SpawnedRelay> {
     let dir = tempfile::tempdir().context("creating a temporary data directory")?;
     let limits = RelayLimits {
         max_envelopes: 1_000_000,
         max_bytes: 8 << 30,
         max_window: window.max(1024),
+        max_streams: max_streams.max(RelayLimits::default().max_streams),
         ..RelayLimits::default()
     };
     let quotas = limits.quotas();
@@ -193,8 +209,17 @@ struct Counters {
     acked: AtomicU64,
     rejected: AtomicU64,
     delivered: AtomicU64,
+    /// Deliveries after the warm-up: what throughput is computed from.
+    delivered_measured: AtomicU64,
     duplicated: AtomicU64,
     corrupted: AtomicU64,
+}
+
+/// Latency histograms shared by every subscriber: the whole run's (after the warm-up) and
+/// the current second's (for the progress line and the timeline).
+struct Latencies {
+    total: Histogram<u64>,
+    second: Histogram<u64>,
 }
 
 /// How the generator seals message content end to end.
@@ -221,6 +246,10 @@ impl std::str::FromStr for E2eMode {
 
 struct Ctx {
     run_id: u64,
+    /// Deliveries arrive unsealed from the baseline forwarder.
+    unsealed: bool,
+    warmup_us: u64,
+    latencies: Mutex<Latencies>,
     mode: E2eMode,
     size: u32,
     /// Per-mailbox keys in the fast mode.
@@ -230,6 +259,12 @@ struct Ctx {
     sizes: SizeClasses,
     counters: Counters,
     tracks: Vec<Mutex<Track>>,
+}
+
+impl RunOptions {
+    fn target_is_baseline(&self) -> bool {
+        matches!(self.target, Target::Baseline)
+    }
 }
 
 impl Ctx {
@@ -250,18 +285,35 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
     if opts.depth == 0 || opts.window == 0 {
         bail!("--depth and --window must be at least 1");
     }
+    if let Some(r) = opts.rate {
+        if !(r.is_finite() && r > 0.0) {
+            bail!("--rate must be a positive number of envelopes per second");
+        }
+    }
+    if opts.backlog && opts.target_is_baseline() {
+        bail!("the baseline forwarder has no store, so it cannot hold a backlog");
+    }
+    // Every mailbox's subscription is a stream on its connection, besides the deposit stream.
+    let streams = (opts.mailboxes.div_ceil(opts.connections) + 8).min(u32::MAX as usize) as u32;
     let spawned = match &opts.target {
-        Target::Spawn => Some(spawn_relay(opts.window, opts.store).await?),
-        Target::Remote { .. } => None,
+        Target::Spawn => Some(spawn_relay(opts.window, opts.store, streams).await?),
+        _ => None,
     };
-    let (addr, pin, relay_label) = match (&opts.target, &spawned) {
-        (Target::Remote { addr, pin }, _) => (addr.clone(), *pin, addr.clone()),
-        (Target::Spawn, Some(s)) => (
+    let baseline = match &opts.target {
+        Target::Baseline => Some(crate::baseline::Baseline::start(streams).await?),
+        _ => None,
+    };
+    let (addr, pin, relay_label) = match (&opts.target, &spawned, &baseline) {
+        (Target::Remote { addr, pin }, _, _) => (addr.clone(), *pin, addr.clone()),
+        (Target::Spawn, Some(s), _) => (
             s.handle.local_addr().to_string(),
             s.handle.pin(),
             "spawned".to_owned(),
         ),
-        (Target::Spawn, None) => unreachable!("spawned above"),
+        (Target::Baseline, _, Some(b)) => {
+            (b.local_addr().to_string(), b.pin(), "baseline".to_owned())
+        }
+        _ => unreachable!("started above"),
     };
 
     let mut clients = Vec::with_capacity(opts.connections);
@@ -304,6 +356,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
     };
     let ctx = Arc::new(Ctx {
         run_id: u64::from_be_bytes(sealpost_core::random::array().context("random source")?),
+        unsealed: baseline.is_some(),
+        warmup_us: opts.warmup.as_micros() as u64,
+        latencies: Mutex::new(Latencies {
+            total: new_histogram(),
+            second: new_histogram(),
+        }),
         mode: opts.e2e,
         size: opts.size,
         fast_keys,
@@ -320,7 +378,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
     // offline for a backlog run, in which case they come after the load).
     let (stop_subs_tx, stop_subs) = watch::channel(false);
     let mut subs = JoinSet::new();
-    let spawn_subs = |subs: &mut JoinSet<anyhow::Result<Histogram<u64>>>| {
+    let spawn_subs = |subs: &mut JoinSet<anyhow::Result<()>>| {
         for (i, mb) in mailboxes.iter().enumerate() {
             let client = clients[i % clients.len()].clone();
             subs.spawn(subscriber(
@@ -341,6 +399,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
     let stop_send = Arc::new(AtomicBool::new(false));
     let mut senders = JoinSet::new();
     let invitations = Arc::new(invitations);
+    // In the open loop each connection sends its share of the rate.
+    let per_conn_rate = opts.rate.map(|r| r / clients.len() as f64);
     for (ci, client) in clients.iter().enumerate() {
         let mine: Vec<u32> = (ci..opts.mailboxes)
             .step_by(clients.len())
@@ -351,14 +411,16 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
             mine,
             invitations.clone(),
             opts.depth,
+            per_conn_rate,
             ctx.clone(),
             stop_send.clone(),
         ));
     }
     let progress = opts.progress && std::io::stderr().is_terminal();
-    let ticker = progress.then(|| tokio::spawn(progress_line(ctx.clone())));
+    let timeline = Arc::new(Mutex::new(Vec::new()));
+    let ticker = tokio::spawn(tick(ctx.clone(), timeline.clone(), progress));
 
-    tokio::time::sleep(opts.duration).await;
+    tokio::time::sleep(opts.warmup + opts.duration).await;
     stop_send.store(true, Ordering::Relaxed);
     while let Some(r) = senders.join_next().await {
         r.context("sender task panicked")??;
@@ -370,15 +432,20 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
     drain(&ctx, opts.drain_timeout).await;
     let elapsed = ctx.start.elapsed().as_secs_f64();
     let _ = stop_subs_tx.send(true);
-    let mut hist = new_histogram();
     while let Some(r) = subs.join_next().await {
-        let h = r.context("subscriber task panicked")??;
-        hist.add(h).context("merging latency histograms")?;
+        r.context("subscriber task panicked")??;
     }
-    if let Some(t) = ticker {
-        t.abort();
+    ticker.abort();
+    if progress {
         eprintln!();
     }
+    let hist = ctx
+        .latencies
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .total
+        .clone();
+    let timeline = std::mem::take(&mut *timeline.lock().unwrap_or_else(|p| p.into_inner()));
 
     let lost: u64 = ctx
         .tracks
@@ -394,9 +461,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
         .sum();
     let c = &ctx.counters;
     let delivered = c.delivered.load(Ordering::Relaxed);
+    let measured = c.delivered_measured.load(Ordering::Relaxed);
+    let measured_s = (elapsed - opts.warmup.as_secs_f64()).max(1e-9);
     let deposited = c.deposited.load(Ordering::Relaxed);
     let deposited_bytes = deposited * (opts.size as u64 + sealpost_core::envelope::OVERHEAD as u64);
     let spawned_local = spawned.is_some();
+    let store_label = match &opts.target {
+        Target::Spawn => Some(opts.store),
+        _ => None,
+    };
     // Give the store's background flush and compaction a moment, then measure what is left.
     let (data_dir_bytes, data_dir_bytes_reclaimed) = match &spawned {
         Some(s) if opts.store == StoreKind::Disk => {
@@ -423,12 +496,22 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
             connections: opts.connections,
             size: opts.size,
             duration_s: opts.duration.as_secs_f64(),
+            warmup_s: opts.warmup.as_secs_f64(),
+            mode: if opts.rate.is_some() {
+                "open"
+            } else {
+                "closed"
+            },
+            rate: opts.rate,
             depth: opts.depth,
             window: opts.window,
-            store: spawned_local.then_some(opts.store),
+            drain_timeout_s: opts.drain_timeout.as_secs_f64(),
+            store: store_label,
             backlog: opts.backlog,
             e2e: opts.e2e,
         },
+        machine: crate::report::Machine::this(),
+        timeline,
         disk_write_bytes_during_load: written_load.filter(|_| spawned_local),
         write_bytes_per_deposited_byte: written_load
             .filter(|_| spawned_local && deposited_bytes > 0)
@@ -443,8 +526,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
         corrupted: c.corrupted.load(Ordering::Relaxed),
         rejected: c.rejected.load(Ordering::Relaxed),
         duration_s: elapsed,
-        deliveries_per_s: delivered as f64 / elapsed,
-        bytes_per_s: delivered as f64 * opts.size as f64 / elapsed,
+        measured_s,
+        deliveries_per_s: measured as f64 / measured_s,
+        bytes_per_s: measured as f64 * opts.size as f64 / measured_s,
         latency_us: Latency {
             p50: hist.value_at_quantile(0.50),
             p99: hist.value_at_quantile(0.99),
@@ -459,6 +543,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
     }
     if let Some(s) = spawned {
         s.handle.shutdown().await;
+    }
+    if let Some(b) = baseline {
+        b.shutdown().await;
     }
     Ok(report)
 }
@@ -494,6 +581,7 @@ async fn sender(
     mine: Vec<u32>,
     invitations: Arc<Vec<Invitation>>,
     depth: usize,
+    rate: Option<f64>,
     ctx: Arc<Ctx>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
@@ -531,17 +619,35 @@ async fn sender(
         anyhow::Ok(())
     });
     let mut next_seq = vec![0u64; mine.len()];
+    // Open loop: envelope n of this connection is due at n / rate after the start.
+    let mut sent = 0u64;
+    let interval_us = rate.map(|r| 1e6 / r);
     'load: loop {
         for (k, &mb) in mine.iter().enumerate() {
             if stop.load(Ordering::Relaxed) {
                 break 'load;
             }
+            let sent_us = match interval_us {
+                None => ctx.now_us(),
+                Some(iv) => {
+                    let due = (sent as f64 * iv) as u64;
+                    let now = ctx.now_us();
+                    if due > now {
+                        // Never early. tokio's timer ticks in milliseconds, so a wake-up may
+                        // be late; every envelope overdue by then goes at once, and its
+                        // latency still counts from when it was due.
+                        tokio::time::sleep(Duration::from_micros(due - now)).await;
+                    }
+                    due
+                }
+            };
+            sent += 1;
             let seq = next_seq[k];
             next_seq[k] += 1;
             let stamp = Stamp {
                 mailbox: mb,
                 seq,
-                sent_us: ctx.now_us(),
+                sent_us,
             };
             let content = message::build(ctx.run_id, stamp, ctx.content_len);
             let inv = &invitations[mb as usize];
@@ -580,15 +686,14 @@ async fn subscriber(
     window: u32,
     ctx: Arc<Ctx>,
     mut stop: watch::Receiver<bool>,
-) -> anyhow::Result<Histogram<u64>> {
-    let mut hist = new_histogram();
+) -> anyhow::Result<()> {
     let mut sub = client
         .subscribe(&mailbox.access(), window)
         .await
         .with_context(|| format!("subscribing to mailbox {index}"))?;
     loop {
         let d = tokio::select! {
-            d = sub.next() => d,
+            d = next_delivery(&mut sub, ctx.unsealed) => d,
             _ = stop.changed() => break,
         };
         let Some(d) = d.with_context(|| format!("receiving on mailbox {index}"))? else {
@@ -620,7 +725,17 @@ async fn subscriber(
                     ctx.counters.duplicated.fetch_add(1, Ordering::Relaxed);
                 } else {
                     ctx.counters.delivered.fetch_add(1, Ordering::Relaxed);
-                    hist.saturating_record(now.saturating_sub(s.sent_us).max(1));
+                    let latency = now.saturating_sub(s.sent_us).max(1);
+                    let mut l = ctx.latencies.lock().unwrap_or_else(|p| p.into_inner());
+                    l.second.saturating_record(latency);
+                    if now >= ctx.warmup_us {
+                        ctx.counters
+                            .delivered_measured
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    if s.sent_us >= ctx.warmup_us {
+                        l.total.saturating_record(latency);
+                    }
                 }
             }
         }
@@ -629,7 +744,27 @@ async fn subscriber(
             .with_context(|| format!("acknowledging on mailbox {index}"))?;
     }
     sub.finish();
-    Ok(hist)
+    Ok(())
+}
+
+/// The next delivery, opened from the relay's delivery layer, or taken as it is from the
+/// baseline forwarder (envelope followed by a 16-byte placeholder tag).
+async fn next_delivery(
+    sub: &mut sealpost_relay::client::Subscription,
+    unsealed: bool,
+) -> Result<Option<sealpost_relay::client::Delivery>, sealpost_relay::client::ClientError> {
+    if !unsealed {
+        return sub.next().await;
+    }
+    let Some(d) = sub.next_unopened().await? else {
+        return Ok(None);
+    };
+    let keep = d.sealed.len().saturating_sub(sealpost_core::suite::TAG_LEN);
+    let envelope = sealpost_core::envelope::Envelope::parse_any_size(d.sealed.slice(..keep))?;
+    Ok(Some(sealpost_relay::client::Delivery {
+        seq: d.seq,
+        envelope,
+    }))
 }
 
 /// Waits until every acknowledged envelope is delivered, or until the drain stops progressing.
@@ -652,24 +787,51 @@ async fn drain(ctx: &Ctx, timeout: Duration) {
     }
 }
 
-async fn progress_line(ctx: Arc<Ctx>) {
+/// Once a second: appends a timeline entry and, on a terminal, rewrites the progress line.
+async fn tick(ctx: Arc<Ctx>, timeline: Arc<Mutex<Vec<Second>>>, progress: bool) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
-    let mut prev = 0u64;
+    let c = &ctx.counters;
+    let (mut dep0, mut del0, mut err0) = (0, 0, 0);
     loop {
         tick.tick().await;
-        let c = &ctx.counters;
-        let d = c.delivered.load(Ordering::Relaxed);
-        eprint!(
-            "\r{:>5.0} s  deposited {}  acked {}  delivered {}  {} /s  rejected {}  corrupted {}   ",
-            ctx.start.elapsed().as_secs_f64(),
-            c.deposited.load(Ordering::Relaxed),
-            c.acked.load(Ordering::Relaxed),
-            d,
-            d - prev,
-            c.rejected.load(Ordering::Relaxed),
-            c.corrupted.load(Ordering::Relaxed),
-        );
-        prev = d;
+        let dep = c.deposited.load(Ordering::Relaxed);
+        let del = c.delivered.load(Ordering::Relaxed);
+        let err = c.rejected.load(Ordering::Relaxed)
+            + c.corrupted.load(Ordering::Relaxed)
+            + c.duplicated.load(Ordering::Relaxed);
+        let p99 = {
+            let mut l = ctx.latencies.lock().unwrap_or_else(|p| p.into_inner());
+            let p = l.second.value_at_quantile(0.99);
+            l.second.reset();
+            p
+        };
+        let t = ctx.start.elapsed().as_secs_f64();
+        let entry = Second {
+            t_s: t.round() as u64,
+            // A second that began before the warm-up ended belongs to it.
+            warmup: t - 1.0 < ctx.warmup_us as f64 / 1e6,
+            deposited: dep - dep0,
+            delivered: del - del0,
+            errors: err - err0,
+            p99_us: p99,
+        };
+        if progress {
+            eprint!(
+                "\r{:>5.0} s{}  {} deposits/s  {} deliveries/s  p99 {:.2} ms  errors {}  total delivered {}   ",
+                t,
+                if entry.warmup { " (warm-up)" } else { "" },
+                entry.deposited,
+                entry.delivered,
+                p99 as f64 / 1000.0,
+                err,
+                del,
+            );
+        }
+        timeline
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(entry);
+        (dep0, del0, err0) = (dep, del, err);
     }
 }

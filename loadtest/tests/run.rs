@@ -12,6 +12,8 @@ async fn short_spawned_run_loses_nothing() {
         connections: 3,
         size: 256,
         duration: Duration::from_millis(1500),
+        rate: None,
+        warmup: Duration::ZERO,
         depth: 32,
         window: 16,
         drain_timeout: Duration::from_secs(10),
@@ -65,6 +67,8 @@ async fn a_size_the_relay_does_not_allow_is_a_clear_error() {
         connections: 1,
         size: 1000,
         duration: Duration::from_millis(100),
+        rate: None,
+        warmup: Duration::ZERO,
         depth: 4,
         window: 4,
         drain_timeout: Duration::from_secs(1),
@@ -87,6 +91,8 @@ async fn short_run_on_the_disk_store_loses_nothing_and_reports_writes() {
         connections: 2,
         size: 1024,
         duration: Duration::from_millis(1200),
+        rate: None,
+        warmup: Duration::ZERO,
         depth: 32,
         window: 16,
         drain_timeout: Duration::from_secs(10),
@@ -114,4 +120,90 @@ async fn short_run_on_the_disk_store_loses_nothing_and_reports_writes() {
         );
     }
     assert!(report.data_dir_bytes_after_drain.is_some());
+}
+
+fn options(target: Target) -> RunOptions {
+    RunOptions {
+        target,
+        mailboxes: 8,
+        connections: 2,
+        size: 1024,
+        duration: Duration::from_millis(1500),
+        rate: None,
+        warmup: Duration::from_millis(500),
+        depth: 64,
+        window: 32,
+        drain_timeout: Duration::from_secs(10),
+        progress: false,
+        store: sealpost_loadtest::run::StoreKind::Memory,
+        backlog: false,
+        e2e: sealpost_loadtest::run::E2eMode::Fast,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baseline_forwards_everything_and_reports_the_run() {
+    let report = run(options(Target::Baseline)).await.expect("baseline run");
+    assert!(report.deposited > 0);
+    assert_eq!(report.delivered, report.deposited, "{report:?}");
+    assert_eq!(
+        (report.lost, report.corrupted, report.duplicated),
+        (0, 0, 0)
+    );
+    assert_eq!(report.config.relay, "baseline");
+    assert!(report.machine.cores >= 1);
+    // Warm-up seconds are in the timeline, marked, and not in the measured span.
+    assert!(report.timeline.len() >= 2, "{:?}", report.timeline);
+    assert!(report.timeline[0].warmup);
+    assert!(report.measured_s < report.duration_s);
+    let json = serde_json::to_value(&report).unwrap();
+    for key in ["machine", "timeline", "config"] {
+        assert!(json.get(key).is_some(), "{key} missing from {json}");
+    }
+    assert_eq!(json["config"]["mode"], "closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_loop_keeps_to_its_rate() {
+    let mut o = options(Target::Spawn);
+    o.rate = Some(400.0);
+    let report = run(o).await.expect("open-loop run");
+    // 2 s of schedule at 400/s: 800 envelopes due; allow the last tick's slack.
+    assert!(
+        (700..=805).contains(&report.deposited),
+        "deposited {} at 400/s for 2 s",
+        report.deposited
+    );
+    assert_eq!(report.delivered, report.deposited);
+    assert_eq!(report.config.mode, "open");
+    assert!(report.latency_us.p50 > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baseline_refuses_a_backlog_run() {
+    let mut o = options(Target::Baseline);
+    o.backlog = true;
+    let e = run(o).await.expect_err("a backlog needs a store");
+    assert!(e.to_string().contains("backlog"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_reports_medians_and_ratios() {
+    let mut o = options(Target::Baseline);
+    o.duration = Duration::from_millis(800);
+    o.warmup = Duration::from_millis(200);
+    let mut seen = Vec::new();
+    let r = sealpost_loadtest::compare::compare(o, 1, |run| seen.push(run.kind))
+        .await
+        .expect("compare");
+    assert_eq!(seen, ["baseline", "memory", "disk"]);
+    assert!(r.baseline.deliveries_per_s > 0.0);
+    assert!(
+        r.ratios.memory > 0.0 && r.ratios.disk > 0.0,
+        "{:?}",
+        r.ratios
+    );
+    let json = serde_json::to_value(&r).unwrap();
+    assert!(json["ratios"]["memory"].is_f64() && json["ratios"]["disk"].is_f64());
+    assert_eq!(json["runs"].as_array().map(|a| a.len()), Some(3));
 }

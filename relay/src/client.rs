@@ -418,11 +418,9 @@ impl Subscription {
 
     /// The next delivery; `None` when the relay ends the stream cleanly.
     pub async fn next(&mut self) -> Result<Option<Delivery>, ClientError> {
-        let Some(f) = self.reader.next_frame().await? else {
+        let Some(d) = self.next_unopened().await? else {
             return Ok(None);
         };
-        let f = expect_frame(f, FrameType::Deliver)?;
-        let d = Deliver::decode(f.payload)?;
         let plain = open_delivery(
             &self.access.keys.deliver,
             &self.access.recipient_id,
@@ -435,6 +433,17 @@ impl Subscription {
             seq: d.seq,
             envelope,
         }))
+    }
+
+    /// The next DELIVER frame as it arrived, without opening its delivery layer. Only for
+    /// tools that measure the transport (the load generator's baseline forwarder sends
+    /// unsealed frames); recipients use [`Subscription::next`].
+    pub async fn next_unopened(&mut self) -> Result<Option<Deliver>, ClientError> {
+        let Some(f) = self.reader.next_frame().await? else {
+            return Ok(None);
+        };
+        let f = expect_frame(f, FrameType::Deliver)?;
+        Ok(Some(Deliver::decode(f.payload)?))
     }
 
     /// Acknowledges every delivery up to and including `seq`.

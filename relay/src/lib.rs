@@ -8,7 +8,7 @@ pub mod config;
 pub mod mailbox_file;
 pub mod server;
 pub mod store;
-pub(crate) mod stream;
+pub mod stream;
 pub mod tls;
 
 pub use config::{RelayConfig, RelayLimits};
