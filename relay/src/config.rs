@@ -55,6 +55,9 @@ pub struct RelayLimits {
     pub first_frame_timeout: Duration,
     /// Most envelopes verified and stored as one batch.
     pub max_batch: usize,
+    /// Deposit shards (each owns a disjoint set of mailboxes and batches for them); 0 means
+    /// one per CPU core.
+    pub shards: usize,
     /// Largest frame length prefix accepted; `None` derives it from the largest body size.
     pub max_frame: Option<u32>,
 }
@@ -76,6 +79,7 @@ impl Default for RelayLimits {
             idle_timeout: Duration::from_secs(30),
             first_frame_timeout: Duration::from_secs(10),
             max_batch: 256,
+            shards: 0,
             max_frame: None,
         }
     }

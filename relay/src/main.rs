@@ -221,7 +221,14 @@ async fn serve(a: ServeArgs) -> CmdResult {
         let t0 = std::time::Instant::now();
         let encrypted = key.is_some();
         let disk = tokio::task::spawn_blocking(move || {
-            DiskStore::open(&dir, quotas, DiskOptions { master_key: key })
+            DiskStore::open(
+                &dir,
+                quotas,
+                DiskOptions {
+                    master_key: key,
+                    ..DiskOptions::default()
+                },
+            )
         })
         .await
         .map_err(|e| e.to_string())?

@@ -24,6 +24,7 @@ fn open(dir: &Path, key: Option<[u8; 32]>) -> Result<DiskStore, StoreError> {
         quotas(),
         DiskOptions {
             master_key: key.map(Zeroizing::new),
+            ..DiskOptions::default()
         },
     )
 }

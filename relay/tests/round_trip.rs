@@ -224,3 +224,57 @@ async fn info_reports_limits() {
     assert_eq!(i.limits.sizes.as_slice(), &[256, 1024, 4096, 16384, 65536]);
     assert_eq!(i.limits.max_frame as usize, 1 + envelope::OVERHEAD + 65536);
 }
+
+/// One stream's envelopes for mailboxes on different shards, with forged tags and unknown
+/// mailboxes among them: every result comes back in the order sent, and each mailbox gets its
+/// envelopes in the order sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_stay_in_order_across_shards() {
+    let r = relay_with(RelayLimits {
+        shards: 4,
+        ..RelayLimits::default()
+    })
+    .await;
+    let c = r.client().await;
+    let mut boxes = Vec::new();
+    for _ in 0..8 {
+        boxes.push(c.create(Suite::ChaCha20Poly1305).await.unwrap());
+    }
+    let (mut tx, mut rx) = c.open_deposit().await.unwrap();
+    let mut expected = Vec::new();
+    for n in 0..400usize {
+        let mb = &boxes[n % boxes.len()];
+        let mut env = seal(&c, mb, format!("{n}").as_bytes()).await.to_vec();
+        let want = match n % 11 {
+            3 => {
+                let last = env.len() - 1;
+                env[last] ^= 1;
+                DepositStatus::BadTag
+            }
+            7 => {
+                env[8] ^= 0xff; // deposit id: no such mailbox
+                DepositStatus::UnknownMailbox
+            }
+            _ => DepositStatus::Ok,
+        };
+        expected.push(want);
+        tx.send(&bytes::Bytes::from(env)).await.unwrap();
+    }
+    tx.finish();
+    let mut statuses = Vec::new();
+    while let Some(batch) = timeout(T, rx.next()).await.unwrap().unwrap() {
+        statuses.extend(batch);
+    }
+    assert_eq!(statuses, expected);
+    for (i, mb) in boxes.iter().enumerate() {
+        let mut sub = c.subscribe(&mb.access(), 64).await.unwrap();
+        let want: Vec<usize> = (i..400)
+            .step_by(boxes.len())
+            .filter(|n| expected[*n] == DepositStatus::Ok)
+            .collect();
+        for n in want {
+            let d = timeout(T, sub.next()).await.unwrap().unwrap().unwrap();
+            assert_eq!(&mb.open(&d).unwrap()[..], format!("{n}").as_bytes());
+        }
+    }
+}

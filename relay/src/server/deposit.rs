@@ -1,19 +1,41 @@
-//! DEPOSIT streams: the sender pipelines envelopes; the relay takes whatever has arrived as
-//! one batch (up to the batch limit), verifies the batch's tags together, stores it with one
-//! append, and answers with one DEPOSIT_RESULT covering the batch in order. Batches form from
-//! what is already buffered, so a lone envelope is never held back waiting for company, and
-//! while a batch is processed QUIC flow control holds back the sender: the buffer is bounded.
+//! DEPOSIT streams: the sender pipelines envelopes; the relay parses whatever has arrived (up
+//! to the batch limit), hands each envelope to the shard that owns its mailbox
+//! ([`super::pipeline`]), and answers with one DEPOSIT_RESULT per batch, in order. Several
+//! batches of one stream may be with the shards at once, so the stream keeps reading while
+//! the store commits; how many is bounded ([`MAX_IN_FLIGHT`]), and beyond that QUIC flow
+//! control holds back the sender.
 
 use super::Shared;
-use crate::store::{Append, AppendOutcome};
 use crate::stream::{FrameReader, ReadError, frame_error_reply, refuse};
 use quinn::SendStream;
-use sealpost_core::batch::verify_batch;
 use sealpost_core::envelope::{Envelope, EnvelopeErrorClass};
 use sealpost_core::frame::{Frame, FrameType};
 use sealpost_core::msg::{encode_deposit_result, frame_with};
 use sealpost_core::status::{DepositStatus, ErrorCode};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+
+/// Batches of one stream submitted and not yet answered.
+const MAX_IN_FLIGHT: usize = 64;
+/// Envelope bytes of one stream submitted and not yet answered. Batches form from whatever
+/// QUIC delivered, often a few packets, so the count alone would either starve the shards of
+/// work (few small batches) or let a stream of large envelopes hold too much memory.
+const MAX_IN_FLIGHT_BYTES: usize = 2 << 20;
+
+/// One batch's statuses, once every shard involved has answered.
+type Answer = Pin<Box<dyn Future<Output = Vec<DepositStatus>> + Send>>;
+
+/// How the stream ends once the answers in flight are sent.
+enum End {
+    /// The sender finished the stream.
+    Finish,
+    /// A fault to report with an ERROR.
+    Refuse(ErrorCode, String),
+    /// The stream or connection is gone.
+    Dead,
+}
 
 pub(super) async fn run(
     shared: &Arc<Shared>,
@@ -24,85 +46,100 @@ pub(super) async fn run(
     let max_batch = shared.limits.max_batch;
     let mut batch: Vec<Frame> = Vec::with_capacity(max_batch);
     batch.push(first);
+    let mut in_flight: VecDeque<(Answer, usize)> = VecDeque::with_capacity(MAX_IN_FLIGHT);
+    let mut in_flight_bytes = 0usize;
+    let mut end: Option<End> = None;
     loop {
-        // Take what is already decoded, without waiting.
-        let mut fault = None;
-        let mut drained = false;
-        while batch.len() < max_batch {
-            match reader.buffered_frame() {
-                Ok(Some(f)) => batch.push(f),
-                Ok(None) => {
-                    drained = true;
-                    break;
-                }
-                Err(e) => {
-                    fault = Some(e);
-                    break;
+        if end.is_none() {
+            // Take what is already decoded, without waiting.
+            while batch.len() < max_batch {
+                match reader.buffered_frame() {
+                    Ok(Some(f)) if f.ty == FrameType::Deposit => batch.push(f),
+                    Ok(Some(f)) => {
+                        // The deposits before it are answered, then the stream ends.
+                        let msg = format!(
+                            "only DEPOSIT frames may follow on a deposit stream, got {:?}",
+                            f.ty
+                        );
+                        end = Some(End::Refuse(ErrorCode::UnexpectedFrame, msg));
+                        break;
+                    }
+                    Ok(None) => break,
+                    Err(ReadError::Frame(e)) => {
+                        let (code, msg) = frame_error_reply(&e);
+                        end = Some(End::Refuse(code, msg));
+                        break;
+                    }
+                    Err(ReadError::Stream) => {
+                        end = Some(End::Dead);
+                        break;
+                    }
                 }
             }
         }
-        // A non-DEPOSIT frame ends the stream after the deposits before it are answered.
-        if let Some(i) = batch.iter().position(|f| f.ty != FrameType::Deposit) {
-            let ty = batch[i].ty;
-            batch.truncate(i);
-            if !batch.is_empty() && !answer(shared, &mut batch, &mut send).await {
+        let room = in_flight.len() < MAX_IN_FLIGHT && in_flight_bytes < MAX_IN_FLIGHT_BYTES;
+        if !batch.is_empty() && room {
+            let bytes = batch.iter().map(|f| f.payload.len()).sum::<usize>();
+            in_flight_bytes += bytes;
+            in_flight.push_back((submit(shared, &mut batch).await, bytes));
+            continue;
+        }
+        if in_flight.is_empty() && batch.is_empty() {
+            if let Some(end) = end {
+                match end {
+                    End::Finish => {
+                        let _ = send.finish();
+                    }
+                    End::Refuse(code, msg) => refuse(&mut send, Some(&mut reader), code, msg).await,
+                    End::Dead => {}
+                }
                 return;
             }
-            let msg = format!("only DEPOSIT frames may follow on a deposit stream, got {ty:?}");
-            refuse(
-                &mut send,
-                Some(&mut reader),
-                ErrorCode::UnexpectedFrame,
-                msg,
-            )
-            .await;
-            return;
         }
-        if !batch.is_empty() && !answer(shared, &mut batch, &mut send).await {
-            return;
-        }
-        if let Some(e) = fault {
-            if let ReadError::Frame(e) = e {
-                let (code, msg) = frame_error_reply(&e);
-                refuse(&mut send, Some(&mut reader), code, msg).await;
-            }
-            return;
-        }
-        if drained {
-            match reader.fill().await {
-                Ok(true) => {}
-                Ok(false) => {
-                    let _ = send.finish();
+        // Read more only while there is room to submit it.
+        let can_read = end.is_none() && batch.is_empty() && room;
+        tokio::select! {
+            biased;
+            statuses = async { in_flight.front_mut().expect("checked non-empty").0.as_mut().await },
+                if !in_flight.is_empty() =>
+            {
+                if let Some((_, bytes)) = in_flight.pop_front() {
+                    in_flight_bytes -= bytes;
+                }
+                let frame = frame_with(FrameType::DepositResult, |b| {
+                    encode_deposit_result(&statuses, b)
+                });
+                if send.write_all(&frame).await.is_err() {
                     return;
                 }
+            }
+            more = reader.fill(), if can_read => match more {
+                Ok(true) => {}
+                Ok(false) => end = Some(End::Finish),
                 Err(ReadError::Frame(e)) => {
                     let (code, msg) = frame_error_reply(&e);
-                    refuse(&mut send, Some(&mut reader), code, msg).await;
-                    return;
+                    end = Some(End::Refuse(code, msg));
                 }
-                Err(ReadError::Stream) => return,
-            }
+                Err(ReadError::Stream) => end = Some(End::Dead),
+            },
         }
     }
 }
 
-/// Verifies, stores and answers one batch, leaving `batch` empty. `false` if the stream died.
-async fn answer(shared: &Shared, batch: &mut Vec<Frame>, send: &mut SendStream) -> bool {
-    let statuses = process(shared, batch).await;
-    batch.clear();
-    let frame = frame_with(FrameType::DepositResult, |b| {
-        encode_deposit_result(&statuses, b)
-    });
-    send.write_all(&frame).await.is_ok()
-}
-
-/// The status of every frame in the batch, in order.
-async fn process(shared: &Shared, batch: &[Frame]) -> Vec<DepositStatus> {
+/// Parses a batch, hands its envelopes to their shards and returns the future of its
+/// statuses; leaves `batch` empty.
+async fn submit(shared: &Shared, batch: &mut Vec<Frame>) -> Answer {
     let mut statuses = vec![DepositStatus::Ok; batch.len()];
-    let mut parsed: Vec<(usize, Envelope)> = Vec::with_capacity(batch.len());
-    for (i, f) in batch.iter().enumerate() {
-        match Envelope::parse(f.payload.clone(), &shared.limits.sizes) {
-            Ok(e) => parsed.push((i, e)),
+    let pipeline = &shared.pipeline;
+    let n = pipeline.len();
+    let mut groups: Vec<(Vec<Envelope>, Vec<usize>)> = (0..n).map(|_| Default::default()).collect();
+    for (i, f) in batch.drain(..).enumerate() {
+        match Envelope::parse(f.payload, &shared.limits.sizes) {
+            Ok(e) => {
+                let g = &mut groups[pipeline.shard_of(&e)];
+                g.0.push(e);
+                g.1.push(i);
+            }
             Err(e) => {
                 statuses[i] = match e.status_class() {
                     EnvelopeErrorClass::Malformed => DepositStatus::Malformed,
@@ -112,76 +149,19 @@ async fn process(shared: &Shared, batch: &[Frame]) -> Vec<DepositStatus> {
             }
         }
     }
-    if parsed.is_empty() {
-        return statuses;
-    }
-    let ids: Vec<_> = parsed.iter().map(|(_, e)| *e.deposit_id()).collect();
-    let records = match shared.store.lookup_deposit(&ids).await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(error = %e, "mailbox lookup failed");
-            for (i, _) in &parsed {
-                statuses[*i] = DepositStatus::Unavailable;
-            }
-            return statuses;
-        }
-    };
-    // Keep the envelopes whose mailbox exists and uses the envelope's suite.
-    let mut candidates: Vec<(usize, &Envelope, &crate::store::MailboxRecord)> =
-        Vec::with_capacity(parsed.len());
-    for ((i, env), rec) in parsed.iter().zip(records.iter()) {
-        match rec {
-            None => statuses[*i] = DepositStatus::UnknownMailbox,
-            Some(r) if r.suite != env.suite() => statuses[*i] = DepositStatus::Unsupported,
-            Some(r) => candidates.push((*i, env, r)),
+    let mut parts = Vec::with_capacity(n);
+    for (shard, (envelopes, slots)) in groups.into_iter().enumerate() {
+        if !envelopes.is_empty() {
+            parts.push((pipeline.submit(shard, envelopes).await, slots));
         }
     }
-    let jobs: Vec<_> = candidates
-        .iter()
-        .map(|(_, e, r)| e.verify_job(&r.deposit_key))
-        .collect();
-    let mut ok = vec![false; jobs.len()];
-    if verify_batch(&jobs, &mut ok).is_err() {
-        // Shapes are built right above; treat an impossible mismatch as a relay fault.
-        for (i, _, _) in &candidates {
-            statuses[*i] = DepositStatus::Unavailable;
-        }
-        return statuses;
-    }
-    let mut appends = Vec::with_capacity(candidates.len());
-    let mut slots = Vec::with_capacity(candidates.len());
-    for ((i, env, _), good) in candidates.iter().zip(ok) {
-        if good {
-            appends.push(Append {
-                deposit_id: *env.deposit_id(),
-                nonce: *env.nonce(),
-                envelope: env.as_bytes().clone(),
-            });
-            slots.push(*i);
-        } else {
-            statuses[*i] = DepositStatus::BadTag;
-        }
-    }
-    if appends.is_empty() {
-        return statuses;
-    }
-    match shared.store.append_batch(&appends).await {
-        Ok(outcomes) => {
-            for (i, o) in slots.iter().zip(outcomes) {
-                statuses[*i] = match o {
-                    AppendOutcome::Stored(_) => DepositStatus::Ok,
-                    AppendOutcome::Duplicate => DepositStatus::Duplicate,
-                    AppendOutcome::UnknownMailbox => DepositStatus::UnknownMailbox,
-                    AppendOutcome::MailboxFull => DepositStatus::MailboxFull,
-                };
+    Box::pin(async move {
+        for (pending, slots) in parts {
+            let answered = pending.statuses(slots.len()).await;
+            for (i, s) in slots.into_iter().zip(answered) {
+                statuses[i] = s;
             }
         }
-        Err(e) => {
-            tracing::warn!(error = %e, "append failed");
-            for i in slots {
-                statuses[i] = DepositStatus::Unavailable;
-            }
-        }
-    }
-    statuses
+        statuses
+    })
 }

@@ -3,6 +3,7 @@
 
 mod control;
 mod deposit;
+mod pipeline;
 mod registry;
 mod subscribe;
 
@@ -47,6 +48,7 @@ pub enum RelayError {
 /// State every connection and stream task shares.
 pub(crate) struct Shared {
     pub store: Arc<dyn Store>,
+    pub pipeline: pipeline::Pipeline,
     pub limits: RelayLimits,
     pub subscribers: registry::Registry,
     pub connections: AtomicUsize,
@@ -136,8 +138,14 @@ pub async fn start(config: RelayConfig, store: Arc<dyn Store>) -> Result<RelayHa
         source,
     })?;
     let (tx, rx) = watch::channel(false);
+    let shards = match config.limits.shards {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let pipeline = pipeline::Pipeline::start(store.clone(), shards, config.limits.max_batch);
     let shared = Arc::new(Shared {
         store,
+        pipeline,
         limits: config.limits,
         subscribers: registry::Registry::default(),
         connections: AtomicUsize::new(0),

@@ -48,10 +48,26 @@ const FLAG_SEALED: u8 = 1;
 const SECRETS_LEN: usize = 64;
 
 /// Options for opening the disk store.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct DiskOptions {
     /// Encrypts mailbox secrets at rest when given.
     pub master_key: Option<Zeroizing<[u8; 32]>>,
+    /// Bytes of freshly stored envelopes kept in memory as well, so that a waiting subscriber
+    /// gets them without a read from disk (the common case: recipients online). Older
+    /// envelopes, and everything after a restart, are read from disk.
+    pub tail_bytes: u64,
+}
+
+/// Default for [`DiskOptions::tail_bytes`]: 64 MiB.
+pub const DEFAULT_TAIL_BYTES: u64 = 64 << 20;
+
+impl Default for DiskOptions {
+    fn default() -> Self {
+        Self {
+            master_key: None,
+            tail_bytes: DEFAULT_TAIL_BYTES,
+        }
+    }
 }
 
 struct Db {
@@ -139,6 +155,7 @@ pub struct DiskStore {
     db: Arc<Db>,
     index: Arc<Mutex<Index>>,
     secrets_key: Option<AeadKey>,
+    tail_bytes: u64,
     /// Set after a write failed: from then on the store refuses everything (fail-stop), since
     /// memory and disk may disagree. A restart recovers from disk.
     failed: Arc<AtomicBool>,
@@ -221,6 +238,7 @@ impl DiskStore {
             index: Arc::new(Mutex::new(Index::new(prf.clone(), 0))),
             prf,
             secrets_key,
+            tail_bytes: opts.tail_bytes,
             failed: Arc::new(AtomicBool::new(false)),
             stop,
         };
@@ -506,6 +524,7 @@ impl DiskStore {
             b.commit().map_err(backend)?;
             db.db.persist(PersistMode::SyncAll).map_err(backend)?;
         }
+        index.set_body_limit(self.tail_bytes);
         *self.lock() = index;
         Ok(())
     }
@@ -587,7 +606,7 @@ impl DiskStore {
 
     fn append_blocking(&self, batch: Vec<Append>) -> Result<Vec<AppendOutcome>, StoreError> {
         self.check()?;
-        let (out, stored) = self.lock().append(&batch, &self.quotas, false, false);
+        let (out, stored) = self.lock().append(&batch, &self.quotas, true, false);
         if stored.is_empty() {
             return Ok(out);
         }
@@ -648,7 +667,11 @@ impl DiskStore {
         self.check()?;
         let seqs = self.lock().pending_after(&rid, after, max);
         let mut out = Vec::with_capacity(seqs.len());
-        for (seq, _) in seqs {
+        for (seq, body) in seqs {
+            if let Some(envelope) = body {
+                out.push(StoredEnvelope { seq, envelope });
+                continue;
+            }
             // Stop at the first envelope the index lists but the database does not return, rather
             // than skip it: delivering a later one would let the recipient's cumulative ACK
             // cover an envelope it never saw. If it really was acknowledged or expired, the index
@@ -734,6 +757,15 @@ impl Store for DiskStore {
         after: u64,
         max: usize,
     ) -> Result<Vec<StoredEnvelope>, StoreError> {
+        // The in-memory tail usually has all of it: no disk read, no hand-off to a thread.
+        let seqs = self.lock().pending_after(recipient_id, after, max);
+        if seqs.iter().all(|(_, b)| b.is_some()) {
+            self.check()?;
+            return Ok(seqs
+                .into_iter()
+                .filter_map(|(seq, body)| body.map(|envelope| StoredEnvelope { seq, envelope }))
+                .collect());
+        }
         let (s, rid) = (self.clone(), *recipient_id);
         blocking(move || s.fetch_blocking(rid, after, max)).await
     }

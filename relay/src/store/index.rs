@@ -210,6 +210,9 @@ pub struct Index {
     prf: IdPrf,
     envelopes: u64,
     bytes: u64,
+    /// Bytes of envelope bodies kept in memory, and the most that may be kept.
+    body_bytes: u64,
+    body_limit: u64,
 }
 
 /// An envelope newly stored by [`Index::append`], for the disk store to write.
@@ -253,7 +256,21 @@ impl Index {
             prf,
             envelopes: 0,
             bytes: 0,
+            body_bytes: 0,
+            body_limit: u64::MAX,
         }
+    }
+
+    /// Keeps at most `limit` bytes of envelope bodies in memory (the disk store's tail of fresh
+    /// envelopes, so waiting subscribers get them without a read); the rest of `append`'s
+    /// bodies are left to the caller's storage.
+    pub fn set_body_limit(&mut self, limit: u64) {
+        self.body_limit = limit;
+    }
+
+    /// Bytes of envelope bodies kept in memory.
+    pub fn body_bytes(&self) -> u64 {
+        self.body_bytes
     }
 
     /// The deposit id a new mailbox with recipient id `rid` gets.
@@ -330,11 +347,19 @@ impl Index {
         let m = self.mailboxes.remove(&did)?;
         self.envelopes -= m.held() as u64;
         self.bytes -= m.bytes();
+        if let Some(a) = &m.active {
+            self.body_bytes -= a
+                .queue
+                .iter()
+                .filter(|h| h.body.is_some())
+                .map(|h| h.len as u64)
+                .sum::<u64>();
+        }
         Some(m)
     }
 
     /// Applies a batch: outcomes per item, and what was newly stored. `keep_bodies` keeps the
-    /// envelopes in memory. With `durable` they are deliverable at once (memory store);
+    /// envelopes in memory, up to the body limit. With `durable` they are deliverable at once (memory store);
     /// otherwise the caller calls [`Index::mark_durable`] once they are on disk.
     pub fn append(
         &mut self,
@@ -363,6 +388,10 @@ impl Index {
             }
             let seq = m.next_seq;
             m.next_seq += 1;
+            let keep = keep_bodies && self.body_bytes + len <= self.body_limit;
+            if keep {
+                self.body_bytes += len;
+            }
             let act = m.active_mut();
             act.seen.insert(a.nonce);
             act.bytes += len;
@@ -371,7 +400,7 @@ impl Index {
                 nonce: a.nonce,
                 stored_at: now,
                 len: len as u32,
-                body: keep_bodies.then(|| a.envelope.clone()),
+                body: keep.then(|| a.envelope.clone()),
                 durable,
             });
             self.envelopes += 1;
@@ -460,6 +489,9 @@ impl Index {
                 });
                 self.envelopes -= 1;
                 self.bytes -= h.len as u64;
+                if h.body.is_some() {
+                    self.body_bytes -= h.len as u64;
+                }
             }
         }
         r
@@ -479,6 +511,9 @@ impl Index {
                     });
                     self.envelopes -= 1;
                     self.bytes -= h.len as u64;
+                    if h.body.is_some() {
+                        self.body_bytes -= h.len as u64;
+                    }
                 }
             }
         }

@@ -78,12 +78,16 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
             let p = e.unwrap().path();
             if p.is_dir() {
                 stack.push(p);
-            } else if std::fs::read(&p)
-                .unwrap()
-                .windows(needle.len())
-                .any(|w| w == needle)
-            {
-                hits.push(p);
+            } else {
+                // The store deletes files in the background (compaction, old journals).
+                let bytes = match std::fs::read(&p) {
+                    Ok(b) => b,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => panic!("reading {}: {e}", p.display()),
+                };
+                if bytes.windows(needle.len()).any(|w| w == needle) {
+                    hits.push(p);
+                }
             }
         }
     }

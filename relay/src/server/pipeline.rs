@@ -1,0 +1,192 @@
+//! The deposit pipeline: shards that own disjoint sets of mailboxes, each verifying and
+//! storing whatever its queue holds as one batch.
+//!
+//! A deposit stream parses its envelopes and hands each shard the ones for its mailboxes; the
+//! shard takes every piece of work queued at that moment (from all streams, up to the batch
+//! limit), verifies the tags together, and stores them with one `append_batch`: for the disk
+//! store, one commit and one fsync for everything that arrived during the previous one. A lone
+//! envelope is processed as soon as the shard is free, never held for a batch that is not
+//! coming; under load batches grow by themselves while the store is busy. Queues are bounded:
+//! a full shard queue stops the stream handler, which stops reading, which lets QUIC flow
+//! control hold back the sender.
+//!
+//! A mailbox always maps to the same shard, so one stream's envelopes for a mailbox are
+//! stored in the order they were sent.
+
+use crate::store::{Append, AppendOutcome, MailboxRecord, Store};
+use sealpost_core::batch::verify_batch;
+use sealpost_core::envelope::Envelope;
+use sealpost_core::status::DepositStatus;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+/// Work items queued per shard (each is one stream's envelopes for that shard).
+pub(crate) const SHARD_QUEUE: usize = 64;
+
+/// One stream batch's envelopes for one shard and where their statuses go.
+struct Work {
+    envelopes: Vec<Envelope>,
+    reply: oneshot::Sender<Vec<DepositStatus>>,
+}
+
+/// The shards' queues.
+pub(crate) struct Pipeline {
+    shards: Vec<mpsc::Sender<Work>>,
+}
+
+/// The statuses of one submitted piece of work, when the shard has them.
+pub(crate) struct Pending(Option<oneshot::Receiver<Vec<DepositStatus>>>);
+
+impl Pending {
+    /// The statuses, in the order the envelopes were submitted; `UNAVAILABLE` for all `n`
+    /// if the shard is gone.
+    pub(crate) async fn statuses(self, n: usize) -> Vec<DepositStatus> {
+        match self.0 {
+            Some(rx) => rx
+                .await
+                .unwrap_or_else(|_| vec![DepositStatus::Unavailable; n]),
+            None => vec![DepositStatus::Unavailable; n],
+        }
+    }
+}
+
+impl Pipeline {
+    /// Starts `shards` shard tasks over `store`, each batching up to `max_batch` envelopes.
+    pub(crate) fn start(store: Arc<dyn Store>, shards: usize, max_batch: usize) -> Self {
+        let shards = (0..shards.max(1))
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(SHARD_QUEUE);
+                tokio::spawn(shard(store.clone(), rx, max_batch));
+                tx
+            })
+            .collect();
+        Self { shards }
+    }
+
+    /// Number of shards.
+    pub(crate) fn len(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// The shard that owns a mailbox. Deposit ids are keyed-PRF outputs, so their first
+    /// bytes spread mailboxes evenly.
+    pub(crate) fn shard_of(&self, env: &Envelope) -> usize {
+        let id = env.deposit_id();
+        let h = u64::from_le_bytes(id[..8].try_into().expect("deposit ids are 16 bytes"));
+        (h % self.shards.len() as u64) as usize
+    }
+
+    /// Queues envelopes (all owned by `shard`), waiting while the shard's queue is full.
+    pub(crate) async fn submit(&self, shard: usize, envelopes: Vec<Envelope>) -> Pending {
+        let (reply, rx) = oneshot::channel();
+        match self.shards[shard].send(Work { envelopes, reply }).await {
+            Ok(()) => Pending(Some(rx)),
+            Err(_) => Pending(None),
+        }
+    }
+}
+
+async fn shard(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Work>, max_batch: usize) {
+    let mut works: Vec<Work> = Vec::with_capacity(SHARD_QUEUE);
+    let mut envelopes: Vec<Envelope> = Vec::with_capacity(max_batch);
+    while let Some(first) = rx.recv().await {
+        let mut n = first.envelopes.len();
+        works.push(first);
+        // Everything already queued joins this batch; nothing waits for more.
+        while n < max_batch {
+            match rx.try_recv() {
+                Ok(w) => {
+                    n += w.envelopes.len();
+                    works.push(w);
+                }
+                Err(_) => break,
+            }
+        }
+        envelopes.clear();
+        let mut counts = Vec::with_capacity(works.len());
+        for w in &mut works {
+            counts.push(w.envelopes.len());
+            envelopes.append(&mut w.envelopes);
+        }
+        let mut statuses = process(store.as_ref(), &envelopes).await.into_iter();
+        for (w, n) in works.drain(..).zip(counts) {
+            let mine: Vec<DepositStatus> = statuses.by_ref().take(n).collect();
+            // A stream that went away no longer wants its answer; the envelopes stay stored.
+            let _ = w.reply.send(mine);
+        }
+    }
+}
+
+/// Verifies and stores a batch of parsed envelopes; the status of each, in order.
+async fn process(store: &dyn Store, envelopes: &[Envelope]) -> Vec<DepositStatus> {
+    let mut statuses = vec![DepositStatus::Ok; envelopes.len()];
+    if envelopes.is_empty() {
+        return statuses;
+    }
+    let ids: Vec<_> = envelopes.iter().map(|e| *e.deposit_id()).collect();
+    let records = match store.lookup_deposit(&ids).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "mailbox lookup failed");
+            return vec![DepositStatus::Unavailable; envelopes.len()];
+        }
+    };
+    // Keep the envelopes whose mailbox exists and uses the envelope's suite.
+    let mut candidates: Vec<(usize, &Envelope, &MailboxRecord)> =
+        Vec::with_capacity(envelopes.len());
+    for (i, (env, rec)) in envelopes.iter().zip(records.iter()).enumerate() {
+        match rec {
+            None => statuses[i] = DepositStatus::UnknownMailbox,
+            Some(r) if r.suite != env.suite() => statuses[i] = DepositStatus::Unsupported,
+            Some(r) => candidates.push((i, env, r)),
+        }
+    }
+    let jobs: Vec<_> = candidates
+        .iter()
+        .map(|(_, e, r)| e.verify_job(&r.deposit_key))
+        .collect();
+    let mut ok = vec![false; jobs.len()];
+    if verify_batch(&jobs, &mut ok).is_err() {
+        // Shapes are built right above; treat an impossible mismatch as a relay fault.
+        for (i, _, _) in &candidates {
+            statuses[*i] = DepositStatus::Unavailable;
+        }
+        return statuses;
+    }
+    let mut appends = Vec::with_capacity(candidates.len());
+    let mut slots = Vec::with_capacity(candidates.len());
+    for ((i, env, _), good) in candidates.iter().zip(ok) {
+        if good {
+            appends.push(Append {
+                deposit_id: *env.deposit_id(),
+                nonce: *env.nonce(),
+                envelope: env.as_bytes().clone(),
+            });
+            slots.push(*i);
+        } else {
+            statuses[*i] = DepositStatus::BadTag;
+        }
+    }
+    if appends.is_empty() {
+        return statuses;
+    }
+    match store.append_batch(&appends).await {
+        Ok(outcomes) => {
+            for (i, o) in slots.iter().zip(outcomes) {
+                statuses[*i] = match o {
+                    AppendOutcome::Stored(_) => DepositStatus::Ok,
+                    AppendOutcome::Duplicate => DepositStatus::Duplicate,
+                    AppendOutcome::UnknownMailbox => DepositStatus::UnknownMailbox,
+                    AppendOutcome::MailboxFull => DepositStatus::MailboxFull,
+                };
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "append failed");
+            for i in slots {
+                statuses[i] = DepositStatus::Unavailable;
+            }
+        }
+    }
+    statuses
+}
