@@ -117,6 +117,13 @@ pub async fn spawn_relay(
         max_bytes: 8 << 30,
         max_window: window.max(1024),
         max_streams: max_streams.max(RelayLimits::default().max_streams),
+        // As large as this kernel allows, so the relay does not warn on every spawn.
+        udp_buffer: std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .map_or(RelayLimits::default().udp_buffer, |max: usize| {
+                max.min(RelayLimits::default().udp_buffer)
+            }),
         ..RelayLimits::default()
     };
     let quotas = limits.quotas();

@@ -58,6 +58,9 @@ pub struct RelayLimits {
     /// Deposit shards (each owns a disjoint set of mailboxes and batches for them); 0 means
     /// one per CPU core.
     pub shards: usize,
+    /// Kernel receive and send buffer requested for the UDP socket, bytes (0: the kernel's
+    /// default).
+    pub udp_buffer: usize,
     /// Largest frame length prefix accepted; `None` derives it from the largest body size.
     pub max_frame: Option<u32>,
 }
@@ -80,6 +83,7 @@ impl Default for RelayLimits {
             first_frame_timeout: Duration::from_secs(10),
             max_batch: 256,
             shards: 0,
+            udp_buffer: 8 << 20,
             max_frame: None,
         }
     }

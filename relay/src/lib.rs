@@ -10,6 +10,7 @@ pub mod server;
 pub mod store;
 pub mod stream;
 pub mod tls;
+pub mod udp;
 
 pub use config::{RelayConfig, RelayLimits};
 pub use server::{RelayHandle, start};

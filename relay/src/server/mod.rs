@@ -60,6 +60,7 @@ pub struct RelayHandle {
     local_addr: SocketAddr,
     pin: [u8; 32],
     generated_cert: bool,
+    udp: crate::udp::UdpInfo,
     endpoint: Endpoint,
     shutdown: watch::Sender<bool>,
     accept: JoinHandle<()>,
@@ -75,6 +76,11 @@ impl RelayHandle {
     /// The SHA-256 pin of the relay's certificate.
     pub fn pin(&self) -> [u8; 32] {
         self.pin
+    }
+
+    /// What the UDP socket got from the kernel (buffers, GSO, GRO).
+    pub fn udp(&self) -> crate::udp::UdpInfo {
+        self.udp
     }
 
     /// Whether a self-signed certificate was generated at this start.
@@ -129,10 +135,21 @@ pub async fn start(config: RelayConfig, store: Arc<dyn Store>) -> Result<RelayHa
     let crypto = tls::server_crypto(identity)?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(Arc::new(transport(&config.limits)?));
-    let endpoint = Endpoint::server(server, config.listen).map_err(|source| RelayError::Bind {
+    let bind_err = |source| RelayError::Bind {
         addr: config.listen,
         source,
-    })?;
+    };
+    let (socket, udp) =
+        crate::udp::bind(config.listen, config.limits.udp_buffer).map_err(bind_err)?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| RelayError::Config("the relay needs a tokio runtime".into()))?;
+    let endpoint = Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket,
+        runtime,
+    )
+    .map_err(bind_err)?;
     let local_addr = endpoint.local_addr().map_err(|source| RelayError::Bind {
         addr: config.listen,
         source,
@@ -157,6 +174,7 @@ pub async fn start(config: RelayConfig, store: Arc<dyn Store>) -> Result<RelayHa
         local_addr,
         pin,
         generated_cert: generated,
+        udp,
         endpoint,
         shutdown: tx,
         accept,
