@@ -18,7 +18,16 @@ pub struct RelayProcess {
 /// prints its pin (it does so once it accepts connections).
 pub fn start(bin: &Path, addr: &str, dir: &Path) -> anyhow::Result<RelayProcess> {
     let mut child = Command::new(bin)
-        .args(["serve", "--store", "disk", "--listen", addr, "--data-dir"])
+        .args([
+            "serve",
+            "--store",
+            "disk",
+            "--admin",
+            "127.0.0.1:0",
+            "--listen",
+            addr,
+            "--data-dir",
+        ])
         .arg(dir)
         .env("SEALPOST_LOG", "warn")
         .stdout(Stdio::piped())

@@ -79,6 +79,23 @@ pub enum ClientError {
     Rng,
 }
 
+impl ClientError {
+    /// Whether the relay ended the connection or stream because it is shutting down or
+    /// restarting (QUIC close code [`crate::server::CLOSE_SHUTDOWN`], or `ERROR
+    /// SHUTTING_DOWN`): reconnect ([`Client::reconnect`]) and resend what was not answered.
+    pub fn is_relay_shutdown(&self) -> bool {
+        match self {
+            Self::Connection(quinn::ConnectionError::ApplicationClosed(c)) => {
+                c.error_code == quinn::VarInt::from_u32(crate::server::CLOSE_SHUTDOWN)
+            }
+            Self::Relay(e) => {
+                e.known_code() == Some(sealpost_core::status::ErrorCode::ShuttingDown)
+            }
+            _ => false,
+        }
+    }
+}
+
 impl From<ReadError> for ClientError {
     fn from(e: ReadError) -> Self {
         match e {
@@ -99,6 +116,7 @@ pub struct Client {
     conn: Connection,
     addr: String,
     pin: [u8; 32],
+    trust: Trust,
 }
 
 impl Client {
@@ -124,6 +142,7 @@ impl Client {
         .expect("literal socket address");
         let mut endpoint = Endpoint::client(bind).map_err(ClientError::Socket)?;
         let mut cfg = quinn::ClientConfig::new(Arc::new(tls::client_crypto(&trust)?));
+        let trust_kept = trust.clone();
         let mut transport = quinn::TransportConfig::default();
         transport.keep_alive_interval(Some(Duration::from_secs(10)));
         transport.max_concurrent_uni_streams(0u32.into());
@@ -149,7 +168,21 @@ impl Client {
             conn,
             addr: addr.to_owned(),
             pin,
+            trust: trust_kept,
         })
+    }
+
+    /// A new connection to the same relay with the same trust, retried every 200 ms until it
+    /// succeeds or `within` has passed (a restarting relay is back within seconds).
+    pub async fn reconnect(&self, within: Duration) -> Result<Self, ClientError> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match Self::connect(&self.addr, self.trust.clone()).await {
+                Ok(c) => return Ok(c),
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
     }
 
     /// Connects with a pinned certificate.

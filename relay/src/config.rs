@@ -21,6 +21,8 @@ pub struct RelayConfig {
     pub key: Option<PathBuf>,
     /// Per-mailbox and per-connection limits.
     pub limits: RelayLimits,
+    /// Put client addresses in log lines (debugging only; off by default).
+    pub log_sensitive: bool,
 }
 
 /// Limits the relay enforces. Every queue and buffer in the relay is bounded by one of these.
@@ -129,6 +131,7 @@ impl RelayConfig {
             cert: None,
             key: None,
             limits: RelayLimits::default(),
+            log_sensitive: false,
         }
     }
 }

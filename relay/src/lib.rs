@@ -3,10 +3,13 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod client;
 pub mod config;
 pub mod mailbox_file;
+pub mod metrics;
 pub mod server;
+pub mod settings;
 pub mod store;
 pub mod stream;
 pub mod tls;

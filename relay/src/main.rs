@@ -6,13 +6,12 @@ use clap::{Args, Parser, Subcommand};
 use sealpost_core::Suite;
 use sealpost_core::e2e;
 use sealpost_core::invitation::Invitation;
-use sealpost_core::padding::SizeClasses;
 use sealpost_relay::client::Client;
+use sealpost_relay::settings::{LogFormat, Settings, StoreChoice, Validated};
 use sealpost_relay::store::Store;
 use sealpost_relay::store::disk::{DiskOptions, DiskStore};
 use sealpost_relay::store::memory::MemoryStore;
-use sealpost_relay::{RelayConfig, RelayLimits, mailbox_file, tls};
-use std::net::SocketAddr;
+use sealpost_relay::{mailbox_file, tls};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -56,6 +55,14 @@ enum Cmd {
     },
     /// Show a relay's version and limits.
     Info(RelayArgs),
+    /// Validate a settings file (with the environment and flags over it) and print the
+    /// effective settings, secrets redacted.
+    CheckConfig {
+        /// The TOML file.
+        file: PathBuf,
+        #[command(flatten)]
+        settings: Settings,
+    },
 }
 
 #[derive(Subcommand)]
@@ -94,48 +101,33 @@ struct RelayArgs {
 
 #[derive(Args)]
 struct ServeArgs {
-    /// UDP address to listen on.
-    #[arg(long, default_value = "127.0.0.1:4433", env = "SEALPOST_LISTEN")]
-    listen: SocketAddr,
-    /// Data directory (the generated certificate lives in its tls/ folder).
-    #[arg(long, default_value = "sealpost-data", env = "SEALPOST_DATA_DIR")]
-    data_dir: PathBuf,
-    /// Certificate chain (PEM) instead of the generated self-signed one; needs --key.
-    #[arg(long, requires = "key", env = "SEALPOST_CERT")]
-    cert: Option<PathBuf>,
-    /// Private key (PEM) for --cert.
-    #[arg(long, requires = "cert", env = "SEALPOST_KEY")]
-    key: Option<PathBuf>,
-    /// Allowed body sizes, comma-separated (one value for a single fixed size).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "256,1024,4096,16384,65536"
-    )]
-    sizes: Vec<u32>,
-    /// Envelopes one mailbox may hold.
-    #[arg(long, default_value_t = 10_000)]
-    max_envelopes: u32,
-    /// Envelope bytes one mailbox may hold.
-    #[arg(long, default_value_t = 256 * 1024 * 1024)]
-    max_bytes: u64,
-    /// Seconds an unacknowledged envelope is kept before it expires.
-    #[arg(long, default_value_t = 7 * 24 * 3600)]
-    retention_secs: u64,
-    /// Concurrent streams per connection.
-    #[arg(long, default_value_t = 64)]
-    max_streams: u32,
-    /// Seconds of silence after which a connection is closed.
-    #[arg(long, default_value_t = 30)]
-    idle_timeout_secs: u64,
-    /// Where mailboxes live: `disk` (durable, in DATA_DIR/store) or `memory` (volatile, for
-    /// benchmarks).
-    #[arg(long, default_value = "disk", value_parser = ["disk", "memory"], env = "SEALPOST_STORE")]
-    store: String,
-    /// File holding a 32-byte master key as 64 hex digits; mailbox secrets are then encrypted at
-    /// rest. SEALPOST_MASTER_KEY may hold the hex key itself instead.
-    #[arg(long, env = "SEALPOST_MASTER_KEY_FILE")]
-    master_key_file: Option<PathBuf>,
+    /// TOML settings file (every key is also a flag and a SEALPOST_... variable; flags win
+    /// over the environment, which wins over the file). See deploy/sealpost.toml.
+    #[arg(long, env = "SEALPOST_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    settings: Settings,
+}
+
+/// Merges file, environment and flags; `None` file means defaults under env and flags.
+fn load_settings(file: Option<&PathBuf>, given: &Settings) -> Result<Validated, String> {
+    let base = match file {
+        Some(f) => Settings::from_file(f).map_err(|e| e.to_string())?,
+        None => Settings::default(),
+    };
+    base.overlaid(given).validate().map_err(|e| e.to_string())
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SEALPOST_LOG")
+        .unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into());
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
 }
 
 fn master_key(file: Option<&PathBuf>) -> Result<Option<zeroize::Zeroizing<[u8; 32]>>, String> {
@@ -160,14 +152,15 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SEALPOST_LOG")
-                .unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let format = match &cli.cmd {
+        Cmd::Serve(a) => match load_settings(a.config.as_ref(), &a.settings) {
+            Ok(v) => v.log_format,
+            Err(e) => return fail(e),
+        },
+        _ => LogFormat::Human,
+    };
+    init_logging(format);
     let r = match cli.cmd {
         Cmd::Serve(a) => serve(a).await,
         Cmd::Mailbox(MailboxCmd::Create { relay, suite, out }) => create(relay, suite, out).await,
@@ -182,6 +175,7 @@ async fn main() -> ExitCode {
             wait,
         } => recv(mailbox_file, follow, wait).await,
         Cmd::Info(relay) => info(relay).await,
+        Cmd::CheckConfig { file, settings } => check_config(file, settings),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -191,33 +185,35 @@ async fn main() -> ExitCode {
 
 type CmdResult = Result<(), String>;
 
+fn check_config(file: PathBuf, given: Settings) -> CmdResult {
+    let v = load_settings(Some(&file), &given)?;
+    if let Some(f) = &v.master_key_file {
+        master_key(Some(f))?;
+    }
+    print!(
+        "{}",
+        v.to_toml(std::env::var_os("SEALPOST_MASTER_KEY").is_some())
+    );
+    eprintln!("{}: ok", file.display());
+    Ok(())
+}
+
 async fn serve(a: ServeArgs) -> CmdResult {
     // A bad SEALPOST_BACKEND is an operator error: say so instead of silently falling back.
     sealpost_core::engine::backend_from_env().map_err(|e| format!("SEALPOST_BACKEND: {e}"))?;
-    let sizes = SizeClasses::new(a.sizes).map_err(|e| format!("--sizes: {e}"))?;
-    let limits = RelayLimits {
-        sizes,
-        max_envelopes: a.max_envelopes,
-        max_bytes: a.max_bytes,
-        retention: Duration::from_secs(a.retention_secs),
-        max_streams: a.max_streams,
-        idle_timeout: Duration::from_secs(a.idle_timeout_secs),
-        ..RelayLimits::default()
-    };
-    let quotas = limits.quotas();
-    let config = RelayConfig {
-        listen: a.listen,
-        data_dir: a.data_dir.clone(),
-        cert: a.cert,
-        key: a.key,
-        limits,
-    };
-    let key = master_key(a.master_key_file.as_ref())?;
-    let store: Arc<dyn Store> = if a.store == "memory" {
+    let v = load_settings(a.config.as_ref(), &a.settings)?;
+    let config = v.relay.clone();
+    let quotas = config.limits.quotas();
+    let data_dir = config.data_dir.clone();
+    let key = master_key(v.master_key_file.as_ref())?;
+    // The recorder first, so that everything the relay records from its start is exported.
+    let prom = sealpost_relay::admin::install_recorder().map_err(|e| e.to_string())?;
+    let mut disk_store = None;
+    let store: Arc<dyn Store> = if v.store == StoreChoice::Memory {
         eprintln!("store: memory (volatile: envelopes do not survive a restart)");
         Arc::new(MemoryStore::new(quotas))
     } else {
-        let dir = a.data_dir.join("store");
+        let dir = data_dir.join("store");
         let t0 = std::time::Instant::now();
         let encrypted = key.is_some();
         let disk = tokio::task::spawn_blocking(move || {
@@ -247,6 +243,7 @@ async fn serve(a: ServeArgs) -> CmdResult {
                 disk.dir().display()
             );
         }
+        disk_store = Some(disk.clone());
         Arc::new(disk)
     };
     let handle = sealpost_relay::start(config, store)
@@ -255,7 +252,7 @@ async fn serve(a: ServeArgs) -> CmdResult {
     if handle.generated_cert() {
         eprintln!(
             "generated a self-signed certificate in {}",
-            a.data_dir.join("tls").display()
+            data_dir.join("tls").display()
         );
     }
     eprintln!(
@@ -267,10 +264,41 @@ async fn serve(a: ServeArgs) -> CmdResult {
         handle.local_addr()
     );
     println!("certificate pin (SHA-256): {}", hex::encode(handle.pin()));
-    let _ = tokio::signal::ctrl_c().await;
-    eprintln!("shutting down");
-    handle.shutdown().await;
+    let (admin_addr, _admin) = sealpost_relay::admin::serve(v.admin, prom, handle.ready())
+        .await
+        .map_err(|e| e.to_string())?;
+    eprintln!("admin HTTP on http://{admin_addr} (/metrics, /healthz, /readyz)");
+    wait_for_stop(&handle).await?;
+    eprintln!("shutting down (at most {} s)", v.shutdown_timeout.as_secs());
+    handle.shutdown_within(v.shutdown_timeout).await;
+    if let Some(d) = disk_store {
+        let flushed = tokio::task::spawn_blocking(move || d.flush()).await;
+        match flushed {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("warning: final store flush failed: {e}"),
+            Err(e) => eprintln!("warning: final store flush failed: {e}"),
+        }
+    }
+    eprintln!("stopped");
     Ok(())
+}
+
+/// Runs until SIGTERM or SIGINT; SIGHUP reloads the certificate and key.
+async fn wait_for_stop(handle: &sealpost_relay::RelayHandle) -> CmdResult {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| format!("SIGHUP handler: {e}"))?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => match handle.reload_certificate() {
+                Ok(pin) => tracing::info!(pin = %hex::encode(pin), "certificate reloaded"),
+                Err(e) => tracing::warn!(error = %e, "certificate reload failed; keeping the old one"),
+            },
+        }
+    }
 }
 
 fn resolve_pin(r: &RelayArgs) -> Result<[u8; 32], String> {

@@ -155,6 +155,70 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<(), TlsError> {
     f.write_all(data).map_err(io_err(path))
 }
 
+/// The server's certificate, replaceable while the relay runs (certificate rotation without
+/// a restart): new handshakes use the new one, established connections keep theirs.
+#[derive(Debug)]
+pub struct CertSlot {
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl CertSlot {
+    /// A slot holding `identity`.
+    pub fn new(identity: Identity) -> Result<Arc<Self>, TlsError> {
+        Ok(Arc::new(Self {
+            current: std::sync::RwLock::new(Arc::new(certified(identity)?)),
+        }))
+    }
+
+    /// Replaces the certificate; an identity whose key does not load leaves the old one.
+    pub fn replace(&self, identity: Identity) -> Result<(), TlsError> {
+        let new = Arc::new(certified(identity)?);
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = new;
+        Ok(())
+    }
+
+    /// The pin of the certificate in use.
+    pub fn pin(&self) -> [u8; 32] {
+        pin_of(&self.current.read().unwrap_or_else(|p| p.into_inner()).cert[0])
+    }
+}
+
+fn certified(identity: Identity) -> Result<rustls::sign::CertifiedKey, TlsError> {
+    let key = provider()
+        .key_provider
+        .load_private_key(identity.key)
+        .map_err(TlsError::from)?;
+    Ok(rustls::sign::CertifiedKey::new(identity.chain, key))
+}
+
+impl rustls::server::ResolvesServerCert for CertSlot {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+    }
+}
+
+/// The server side: TLS 1.3 only, ALPN `sealpost/1`, the certificate from `slot`.
+pub fn server_crypto_reloadable(
+    slot: Arc<CertSlot>,
+) -> Result<quinn::crypto::rustls::QuicServerConfig, TlsError> {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_cert_resolver(slot);
+    cfg.alpn_protocols = vec![sealpost_core::ALPN.to_vec()];
+    cfg.max_early_data_size = 0;
+    quinn::crypto::rustls::QuicServerConfig::try_from(cfg)
+        .map_err(|e| TlsError::Quic(e.to_string()))
+}
+
 /// The server side: TLS 1.3 only, ALPN `sealpost/1`.
 pub fn server_crypto(
     identity: Identity,

@@ -49,6 +49,7 @@ pub(super) async fn run(
     let mut in_flight: VecDeque<(Answer, usize)> = VecDeque::with_capacity(MAX_IN_FLIGHT);
     let mut in_flight_bytes = 0usize;
     let mut end: Option<End> = None;
+    let mut shutdown = shared.shutdown.clone();
     loop {
         if end.is_none() {
             // Take what is already decoded, without waiting.
@@ -122,6 +123,13 @@ pub(super) async fn run(
                 }
                 Err(ReadError::Stream) => end = Some(End::Dead),
             },
+            // Stop reading; what was read is still answered before the ERROR.
+            _ = shutdown.changed(), if end.is_none() => {
+                end = Some(End::Refuse(
+                    ErrorCode::ShuttingDown,
+                    "relay shutting down; reconnect and resend what was not answered".into(),
+                ));
+            }
         }
     }
 }

@@ -16,7 +16,7 @@ use sealpost_core::frame::FrameType;
 use sealpost_core::status::ErrorCode;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -47,6 +47,10 @@ pub enum RelayError {
 
 /// State every connection and stream task shares.
 pub(crate) struct Shared {
+    /// Deposit streams running (a shutdown waits for them to answer what they read).
+    pub depositing: AtomicUsize,
+    /// Connection addresses in logs (debugging only).
+    pub log_sensitive: bool,
     pub store: Arc<dyn Store>,
     pub pipeline: pipeline::Pipeline,
     pub limits: RelayLimits,
@@ -65,6 +69,11 @@ pub struct RelayHandle {
     shutdown: watch::Sender<bool>,
     accept: JoinHandle<()>,
     expiry: JoinHandle<()>,
+    sampler: JoinHandle<()>,
+    shared: Arc<Shared>,
+    ready: Arc<AtomicBool>,
+    certs: Arc<tls::CertSlot>,
+    cert_paths: (std::path::PathBuf, std::path::PathBuf),
 }
 
 impl RelayHandle {
@@ -88,15 +97,52 @@ impl RelayHandle {
         self.generated_cert
     }
 
-    /// Stops accepting, closes connections with [`CLOSE_SHUTDOWN`] and waits (bounded) for
-    /// the peers to learn of it.
-    pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
-        self.endpoint
-            .close(CLOSE_SHUTDOWN.into(), b"relay shutting down");
-        let _ = tokio::time::timeout(Duration::from_secs(3), self.endpoint.wait_idle()).await;
+    /// Reads the certificate and key files again and uses them for new connections (the
+    /// operator's files, or the generated ones in DATA_DIR/tls). Returns the new pin; on an
+    /// error the old certificate stays in use.
+    pub fn reload_certificate(&self) -> Result<[u8; 32], TlsError> {
+        let id = tls::load_identity(&self.cert_paths.0, &self.cert_paths.1)?;
+        self.certs.replace(id)?;
+        Ok(self.certs.pin())
+    }
+
+    /// True while the relay accepts connections (for a readiness probe): cleared when a
+    /// shutdown begins.
+    pub fn ready(&self) -> Arc<AtomicBool> {
+        self.ready.clone()
+    }
+
+    /// Shuts down within about `timeout`: stops accepting connections, ends subscriptions
+    /// with `ERROR SHUTTING_DOWN`, lets deposit streams answer what they already read (their
+    /// envelopes are stored and acknowledged; nothing read is left unanswered), then closes
+    /// every connection with [`CLOSE_SHUTDOWN`], on which clients reconnect.
+    pub async fn shutdown_within(self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.ready.store(false, Ordering::Relaxed);
+        metrics::gauge!(crate::metrics::READY).set(0.0);
         self.accept.abort();
+        let _ = self.shutdown.send(true);
+        // Deposit streams stop reading and drain their batches in flight.
+        while self.shared.depositing.load(Ordering::Relaxed) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.endpoint
+            .close(CLOSE_SHUTDOWN.into(), b"relay shutting down; reconnect");
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let _ = tokio::time::timeout(
+            left.max(Duration::from_millis(200)),
+            self.endpoint.wait_idle(),
+        )
+        .await;
         self.expiry.abort();
+        self.sampler.abort();
+    }
+
+    /// [`RelayHandle::shutdown_within`] three seconds.
+    pub async fn shutdown(self) {
+        self.shutdown_within(Duration::from_secs(3)).await
     }
 
     /// Waits until the accept loop ends (it runs until shutdown).
@@ -131,8 +177,16 @@ pub async fn start(config: RelayConfig, store: Arc<dyn Store>) -> Result<RelayHa
             "max batch must be between 1 and 65535".into(),
         ));
     }
+    let cert_paths = match (&config.cert, &config.key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        _ => {
+            let dir = config.data_dir.join("tls");
+            (dir.join("cert.pem"), dir.join("key.pem"))
+        }
+    };
     let pin = identity.pin();
-    let crypto = tls::server_crypto(identity)?;
+    let certs = tls::CertSlot::new(identity)?;
+    let crypto = tls::server_crypto_reloadable(certs.clone())?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(Arc::new(transport(&config.limits)?));
     let bind_err = |source| RelayError::Bind {
@@ -161,6 +215,8 @@ pub async fn start(config: RelayConfig, store: Arc<dyn Store>) -> Result<RelayHa
     };
     let pipeline = pipeline::Pipeline::start(store.clone(), shards, config.limits.max_batch);
     let shared = Arc::new(Shared {
+        depositing: AtomicUsize::new(0),
+        log_sensitive: config.log_sensitive,
         store,
         pipeline,
         limits: config.limits,
@@ -169,7 +225,16 @@ pub async fn start(config: RelayConfig, store: Arc<dyn Store>) -> Result<RelayHa
         shutdown: rx,
     });
     let accept = tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
-    let expiry = tokio::spawn(expiry_loop(shared));
+    let expiry = tokio::spawn(expiry_loop(shared.clone()));
+    let sampler = tokio::spawn(sample_gauges(shared.clone()));
+    metrics::gauge!(
+        crate::metrics::BUILD_INFO,
+        "version" => env!("CARGO_PKG_VERSION"),
+        "backend" => sealpost_core::engine::Engine::active().describe()
+    )
+    .set(1.0);
+    metrics::gauge!(crate::metrics::READY).set(1.0);
+    let ready = Arc::new(AtomicBool::new(true));
     Ok(RelayHandle {
         local_addr,
         pin,
@@ -179,7 +244,27 @@ pub async fn start(config: RelayConfig, store: Arc<dyn Store>) -> Result<RelayHa
         shutdown: tx,
         accept,
         expiry,
+        sampler,
+        shared,
+        ready,
+        certs,
+        cert_paths,
     })
+}
+
+/// Once a second, the gauges that are states rather than events.
+async fn sample_gauges(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let s = shared.store.stats().await;
+        metrics::gauge!(crate::metrics::MAILBOXES).set(s.mailboxes as f64);
+        metrics::gauge!(crate::metrics::ENVELOPES_STORED).set(s.envelopes as f64);
+        metrics::gauge!(crate::metrics::BYTES_STORED).set(s.bytes as f64);
+        for (i, d) in shared.pipeline.queue_depths().enumerate() {
+            metrics::gauge!(crate::metrics::SHARD_QUEUE, "shard" => i.to_string()).set(d as f64);
+        }
+    }
 }
 
 async fn expiry_loop(shared: Arc<Shared>) {
@@ -191,7 +276,10 @@ async fn expiry_loop(shared: Arc<Shared>) {
         };
         match shared.store.expire(cutoff).await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(expired = n, "expired envelopes past retention"),
+            Ok(n) => {
+                metrics::counter!(crate::metrics::EXPIRED).increment(n);
+                tracing::info!(expired = n, "expired envelopes past retention")
+            }
             Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
         }
     }
@@ -205,6 +293,7 @@ async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
             _ = shutdown.changed() => return,
         };
         if shared.connections.load(Ordering::Relaxed) >= shared.limits.max_connections {
+            metrics::counter!(crate::metrics::CONNECTIONS_REFUSED).increment(1);
             incoming.refuse();
             continue;
         }
@@ -217,9 +306,15 @@ async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
                     return;
                 }
             };
-            shared.connections.fetch_add(1, Ordering::Relaxed);
+            if shared.log_sensitive {
+                tracing::info!(remote = %conn.remote_address(), "connection accepted (log_sensitive_debug)");
+            }
+            metrics::counter!(crate::metrics::CONNECTIONS_ACCEPTED).increment(1);
+            let now = shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
+            metrics::gauge!(crate::metrics::CONNECTIONS).set(now as f64);
             serve_connection(conn, &shared).await;
-            shared.connections.fetch_sub(1, Ordering::Relaxed);
+            let now = shared.connections.fetch_sub(1, Ordering::Relaxed) - 1;
+            metrics::gauge!(crate::metrics::CONNECTIONS).set(now as f64);
         });
     }
 }
@@ -268,7 +363,11 @@ async fn serve_stream(
             Ok(Err(ReadError::Stream)) => return,
         };
     match first.ty {
-        FrameType::Deposit => deposit::run(&shared, first, reader, send).await,
+        FrameType::Deposit => {
+            shared.depositing.fetch_add(1, Ordering::Relaxed);
+            deposit::run(&shared, first, reader, send).await;
+            shared.depositing.fetch_sub(1, Ordering::Relaxed);
+        }
         FrameType::Subscribe => subscribe::run(&shared, &conn, first, reader, send).await,
         FrameType::Create => control::create(&shared, first, reader, send).await,
         FrameType::Delete => control::delete(&shared, &conn, first, reader, send).await,

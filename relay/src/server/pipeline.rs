@@ -13,6 +13,7 @@
 //! A mailbox always maps to the same shard, so one stream's envelopes for a mailbox are
 //! stored in the order they were sent.
 
+use crate::metrics as m;
 use crate::store::{Append, AppendOutcome, MailboxRecord, Store};
 use sealpost_core::batch::verify_batch;
 use sealpost_core::envelope::Envelope;
@@ -63,6 +64,11 @@ impl Pipeline {
         Self { shards }
     }
 
+    /// Work items waiting in each shard's queue.
+    pub(crate) fn queue_depths(&self) -> impl Iterator<Item = usize> + '_ {
+        self.shards.iter().map(|s| s.max_capacity() - s.capacity())
+    }
+
     /// Number of shards.
     pub(crate) fn len(&self) -> usize {
         self.shards.len()
@@ -108,7 +114,11 @@ async fn shard(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Work>, max_batch: u
             counts.push(w.envelopes.len());
             envelopes.append(&mut w.envelopes);
         }
-        let mut statuses = process(store.as_ref(), &envelopes).await.into_iter();
+        let statuses = process(store.as_ref(), &envelopes).await;
+        for s in &statuses {
+            metrics::counter!(m::DEPOSITS, "status" => m::status_label(*s)).increment(1);
+        }
+        let mut statuses = statuses.into_iter();
         for (w, n) in works.drain(..).zip(counts) {
             let mine: Vec<DepositStatus> = statuses.by_ref().take(n).collect();
             // A stream that went away no longer wants its answer; the envelopes stay stored.
@@ -123,6 +133,9 @@ async fn process(store: &dyn Store, envelopes: &[Envelope]) -> Vec<DepositStatus
     if envelopes.is_empty() {
         return statuses;
     }
+    metrics::histogram!(m::BATCH_SIZE).record(envelopes.len() as f64);
+    metrics::counter!(m::BYTES_IN)
+        .increment(envelopes.iter().map(|e| e.as_bytes().len() as u64).sum());
     let ids: Vec<_> = envelopes.iter().map(|e| *e.deposit_id()).collect();
     let records = match store.lookup_deposit(&ids).await {
         Ok(r) => r,
@@ -146,7 +159,10 @@ async fn process(store: &dyn Store, envelopes: &[Envelope]) -> Vec<DepositStatus
         .map(|(_, e, r)| e.verify_job(&r.deposit_key))
         .collect();
     let mut ok = vec![false; jobs.len()];
-    if verify_batch(&jobs, &mut ok).is_err() {
+    let t0 = std::time::Instant::now();
+    let verified = verify_batch(&jobs, &mut ok);
+    metrics::histogram!(m::BATCH_VERIFY).record(t0.elapsed().as_secs_f64());
+    if verified.is_err() {
         // Shapes are built right above; treat an impossible mismatch as a relay fault.
         for (i, _, _) in &candidates {
             statuses[*i] = DepositStatus::Unavailable;
@@ -170,7 +186,10 @@ async fn process(store: &dyn Store, envelopes: &[Envelope]) -> Vec<DepositStatus
     if appends.is_empty() {
         return statuses;
     }
-    match store.append_batch(&appends).await {
+    let t0 = std::time::Instant::now();
+    let appended = store.append_batch(&appends).await;
+    metrics::histogram!(m::STORE_COMMIT).record(t0.elapsed().as_secs_f64());
+    match appended {
         Ok(outcomes) => {
             for (i, o) in slots.iter().zip(outcomes) {
                 statuses[*i] = match o {

@@ -174,7 +174,12 @@ pub(super) async fn run(
             }
             stalled = false;
             let last = batch[batch.len() - 1].seq;
+            let t0 = std::time::Instant::now();
             let mut frames = seal_deliveries(&req.recipient_id, &keys.deliver, &batch, &mut rng);
+            metrics::histogram!(crate::metrics::BATCH_SEAL).record(t0.elapsed().as_secs_f64());
+            metrics::counter!(crate::metrics::DELIVERIES).increment(batch.len() as u64);
+            metrics::counter!(crate::metrics::BYTES_OUT)
+                .increment(frames.iter().map(|f| f.len() as u64).sum());
             if send.write_all_chunks(&mut frames).await.is_err() {
                 break 'serve None;
             }
@@ -208,6 +213,7 @@ pub(super) async fn run(
                             break 'serve Some((ErrorCode::Unavailable, format!("store unavailable: {e}")));
                         }
                         acked_upto = seq;
+                        metrics::counter!(crate::metrics::ACKS).increment(1);
                         while in_flight.front().is_some_and(|s| *s <= seq) {
                             in_flight.pop_front();
                         }

@@ -561,6 +561,13 @@ impl DiskStore {
             .ok();
     }
 
+    /// Writes pending acknowledgements and persists the journal (a clean stop calls this so
+    /// that nothing acknowledged is redelivered after the restart).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_removals().map_err(backend)?;
+        self.db.db.persist(PersistMode::SyncAll).map_err(backend)
+    }
+
     /// Flushes memtables and compacts now, giving back the space of removed envelopes (the
     /// relay does this on its own every 30 s after removals).
     pub fn reclaim_space(&self) -> Result<(), StoreError> {

@@ -15,6 +15,8 @@ pub struct Serve {
     pub child: Child,
     pub addr: String,
     pub pin: String,
+    /// The admin listener's address.
+    pub admin: String,
     stderr: BufReader<ChildStderr>,
     /// Standard error read so far.
     pub log: String,
@@ -23,8 +25,20 @@ pub struct Serve {
 impl Serve {
     /// Starts `serve` on a free loopback port with `extra` arguments and `SEALPOST_LOG=log`.
     pub fn start(data: &Path, extra: &[&str], log: &str) -> Self {
+        Self::start_on(data, "127.0.0.1:0", extra, log)
+    }
+
+    /// [`Serve::start`] on a given QUIC address.
+    pub fn start_on(data: &Path, listen: &str, extra: &[&str], log: &str) -> Self {
         let mut child = cli()
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "serve",
+                "--listen",
+                listen,
+                "--admin",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(data)
             .args(extra)
             .env("SEALPOST_LOG", log)
@@ -51,10 +65,22 @@ impl Serve {
             .unwrap();
         let pin = pin.trim().rsplit(' ').next().unwrap().to_owned();
         assert_eq!(pin.len(), 64, "{pin}");
+        let admin = loop {
+            let mut line = String::new();
+            assert!(
+                stderr.read_line(&mut line).unwrap() > 0,
+                "relay exited early: {text}"
+            );
+            text.push_str(&line);
+            if let Some(rest) = line.split("admin HTTP on http://").nth(1) {
+                break rest.split_whitespace().next().unwrap().to_owned();
+            }
+        };
         Self {
             child,
             addr,
             pin,
+            admin,
             stderr,
             log: text,
         }

@@ -1,0 +1,85 @@
+//! The admin listener: plain HTTP on its own address (never the QUIC one), for Prometheus and
+//! orchestrators. `/metrics` (Prometheus text), `/healthz` (the process is up), `/readyz` (the
+//! store is open and the QUIC endpoint is accepting; 503 while starting or shutting down).
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::task::JoinHandle;
+
+/// Failures starting the admin listener.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The TCP address could not be bound.
+    #[error("cannot listen for admin HTTP on {addr}: {source} (set `admin` to a free address)")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The Prometheus recorder could not be installed.
+    #[error("cannot install the metrics recorder: {0}")]
+    Recorder(String),
+}
+
+/// Installs the Prometheus recorder for this process (once) and describes the relay's
+/// metrics. The histogram buckets suit sub-millisecond to second timings and batch sizes.
+pub fn install_recorder() -> Result<PrometheusHandle, AdminError> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    let seconds = [
+        0.00001, 0.00003, 0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0,
+    ];
+    let counts = [
+        1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+    ];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_envelopes".into()), &counts))
+        .map_err(|e| AdminError::Recorder(e.to_string()))?
+        .install_recorder()
+        .map_err(|e| AdminError::Recorder(e.to_string()))?;
+    crate::metrics::describe();
+    Ok(handle)
+}
+
+/// Serves the admin endpoints on `addr`; returns the bound address and the server task.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: PrometheusHandle,
+    ready: Arc<AtomicBool>,
+) -> Result<(SocketAddr, JoinHandle<()>), AdminError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| AdminError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| AdminError::Bind { addr, source })?;
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || std::future::ready(metrics.render())),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let up = ready.load(Ordering::Relaxed);
+                std::future::ready(if up {
+                    (StatusCode::OK, "ready\n")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                })
+            }),
+        );
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!(error = %e, "admin listener stopped");
+        }
+    });
+    Ok((bound, task))
+}

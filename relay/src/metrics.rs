@@ -1,0 +1,104 @@
+//! The relay's metrics, recorded through the `metrics` facade (the binary installs the
+//! Prometheus exporter; a library user may install any recorder, or none). No label carries a
+//! mailbox id or an address: labels are only statuses, shard numbers and the backend name.
+//! docs/METRICS.md lists every metric with its meaning.
+
+use ::metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+
+/// Current connections.
+pub const CONNECTIONS: &str = "sealpost_connections";
+/// Connections accepted.
+pub const CONNECTIONS_ACCEPTED: &str = "sealpost_connections_accepted_total";
+/// Connections refused (at the connection limit, or during shutdown).
+pub const CONNECTIONS_REFUSED: &str = "sealpost_connections_refused_total";
+/// Deposits answered, labelled by `status`.
+pub const DEPOSITS: &str = "sealpost_deposits_total";
+/// Envelopes delivered (re-sealed and written to a subscriber).
+pub const DELIVERIES: &str = "sealpost_deliveries_total";
+/// ACK frames applied.
+pub const ACKS: &str = "sealpost_acks_total";
+/// Envelope bytes received in deposits.
+pub const BYTES_IN: &str = "sealpost_bytes_in_total";
+/// DELIVER frame bytes sent.
+pub const BYTES_OUT: &str = "sealpost_bytes_out_total";
+/// Envelopes per shard batch.
+pub const BATCH_SIZE: &str = "sealpost_batch_envelopes";
+/// Time to verify one shard batch's tags.
+pub const BATCH_VERIFY: &str = "sealpost_batch_verify_seconds";
+/// Time to re-seal one delivery batch.
+pub const BATCH_SEAL: &str = "sealpost_batch_seal_seconds";
+/// Time for the store to make one append batch durable.
+pub const STORE_COMMIT: &str = "sealpost_store_commit_seconds";
+/// Mailboxes in the store.
+pub const MAILBOXES: &str = "sealpost_mailboxes";
+/// Envelopes held.
+pub const ENVELOPES_STORED: &str = "sealpost_envelopes_stored";
+/// Envelope bytes held.
+pub const BYTES_STORED: &str = "sealpost_bytes_stored";
+/// Work items waiting in a shard's queue, labelled by `shard`.
+pub const SHARD_QUEUE: &str = "sealpost_shard_queue_depth";
+/// Envelopes removed by retention expiry.
+pub const EXPIRED: &str = "sealpost_expired_total";
+/// Always 1, labelled by the crypto `backend` in use and the `version`.
+pub const BUILD_INFO: &str = "sealpost_build_info";
+/// 1 while the relay accepts connections, 0 once it is shutting down.
+pub const READY: &str = "sealpost_ready";
+
+/// Registers every metric's help text and unit with the installed recorder.
+pub fn describe() {
+    describe_gauge!(CONNECTIONS, "QUIC connections open now");
+    describe_counter!(CONNECTIONS_ACCEPTED, "QUIC connections accepted");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "QUIC connections refused (connection limit or shutting down)"
+    );
+    describe_counter!(DEPOSITS, "deposits answered, by status");
+    describe_counter!(DELIVERIES, "envelopes re-sealed and delivered");
+    describe_counter!(ACKS, "cumulative ACKs applied");
+    describe_counter!(BYTES_IN, Unit::Bytes, "envelope bytes received in deposits");
+    describe_counter!(BYTES_OUT, Unit::Bytes, "DELIVER frame bytes sent");
+    describe_histogram!(BATCH_SIZE, Unit::Count, "envelopes per shard batch");
+    describe_histogram!(
+        BATCH_VERIFY,
+        Unit::Seconds,
+        "time to verify one shard batch's deposit tags"
+    );
+    describe_histogram!(
+        BATCH_SEAL,
+        Unit::Seconds,
+        "time to re-seal one delivery batch"
+    );
+    describe_histogram!(
+        STORE_COMMIT,
+        Unit::Seconds,
+        "time for the store to make one append batch durable"
+    );
+    describe_gauge!(MAILBOXES, "mailboxes in the store");
+    describe_gauge!(ENVELOPES_STORED, "envelopes held in the store");
+    describe_gauge!(
+        BYTES_STORED,
+        Unit::Bytes,
+        "envelope bytes held in the store"
+    );
+    describe_gauge!(SHARD_QUEUE, "work items waiting in a deposit shard's queue");
+    describe_counter!(EXPIRED, "envelopes removed by retention expiry");
+    describe_gauge!(BUILD_INFO, "always 1; labels: version, crypto backend");
+    describe_gauge!(READY, "1 while accepting connections, 0 when shutting down");
+}
+
+/// The label value of a deposit status.
+pub fn status_label(s: sealpost_core::status::DepositStatus) -> &'static str {
+    use sealpost_core::status::DepositStatus as S;
+    match s {
+        S::Ok => "ok",
+        S::Duplicate => "duplicate",
+        S::UnknownMailbox => "unknown_mailbox",
+        S::BadTag => "bad_tag",
+        S::BadSize => "bad_size",
+        S::Malformed => "malformed",
+        S::MailboxFull => "mailbox_full",
+        S::RateLimited => "rate_limited",
+        S::Unsupported => "unsupported",
+        S::Unavailable => "unavailable",
+    }
+}

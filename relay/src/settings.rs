@@ -1,0 +1,456 @@
+//! The operator's settings: a TOML file, environment variables and flags, merged with flags
+//! over environment over file over defaults, then checked and turned into a [`RelayConfig`].
+//!
+//! Every key is optional in the file; unknown keys are refused (a misspelt key that silently
+//! does nothing is worse than an error). `check-config` prints the effective settings.
+
+use crate::config::{RelayConfig, RelayLimits};
+use sealpost_core::padding::SizeClasses;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Why settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for these settings (unknown key, wrong type).
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's explanation, naming the key.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("setting `{key}` = {value}: {allowed}")]
+    Invalid {
+        /// The key.
+        key: &'static str,
+        /// The value given.
+        value: String,
+        /// What is allowed.
+        allowed: String,
+    },
+}
+
+/// Where mailboxes live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreChoice {
+    /// Durable, in DATA_DIR/store.
+    Disk,
+    /// Volatile, for benchmarks.
+    Memory,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// For people.
+    Human,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+/// Every setting, as the file spells it. `None` means "not given here".
+#[derive(Debug, Clone, Default, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// UDP address for QUIC [default: 127.0.0.1:4433].
+    #[arg(long, env = "SEALPOST_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// HTTP address of the admin listener: /metrics, /healthz, /readyz [default:
+    /// 127.0.0.1:9464]. Never the QUIC address.
+    #[arg(long, env = "SEALPOST_ADMIN")]
+    pub admin: Option<SocketAddr>,
+    /// Data directory: store/ and the generated certificate's tls/ [default: sealpost-data].
+    #[arg(long, env = "SEALPOST_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Certificate chain (PEM) instead of the generated self-signed one; needs `key`.
+    #[arg(long, env = "SEALPOST_CERT")]
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) for `cert`.
+    #[arg(long, env = "SEALPOST_KEY")]
+    pub key: Option<PathBuf>,
+    /// `disk` (durable) or `memory` (volatile) [default: disk].
+    #[arg(long, env = "SEALPOST_STORE")]
+    pub store: Option<StoreChoice>,
+    /// File with the 32-byte master key as 64 hex digits; mailbox secrets are then encrypted
+    /// at rest. (SEALPOST_MASTER_KEY may hold the key itself.)
+    #[arg(long, env = "SEALPOST_MASTER_KEY_FILE")]
+    pub master_key_file: Option<PathBuf>,
+    /// `human` or `json` [default: human].
+    #[arg(long, env = "SEALPOST_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// DEBUGGING ONLY: put client addresses and mailbox ids in log lines [default: false].
+    #[arg(long, env = "SEALPOST_LOG_SENSITIVE_DEBUG", num_args = 0..=1, default_missing_value = "true")]
+    pub log_sensitive_debug: Option<bool>,
+    /// Allowed body sizes, comma-separated [default: 256,1024,4096,16384,65536].
+    #[arg(long, value_delimiter = ',', env = "SEALPOST_SIZES")]
+    pub sizes: Option<Vec<u32>>,
+    /// Envelopes one mailbox may hold [default: 10000].
+    #[arg(long, env = "SEALPOST_MAX_ENVELOPES")]
+    pub max_envelopes: Option<u32>,
+    /// Envelope bytes one mailbox may hold [default: 268435456].
+    #[arg(long, env = "SEALPOST_MAX_BYTES")]
+    pub max_bytes: Option<u64>,
+    /// Mailboxes the relay will create [default: 10000000].
+    #[arg(long, env = "SEALPOST_MAX_MAILBOXES")]
+    pub max_mailboxes: Option<u64>,
+    /// Seconds an unacknowledged envelope is kept [default: 604800].
+    #[arg(long, env = "SEALPOST_RETENTION_SECS")]
+    pub retention_secs: Option<u64>,
+    /// Seconds between expiry sweeps [default: 60].
+    #[arg(long, env = "SEALPOST_EXPIRE_INTERVAL_SECS")]
+    pub expire_interval_secs: Option<u64>,
+    /// Removed nonces remembered per mailbox for duplicate detection [default: 1024].
+    #[arg(long, env = "SEALPOST_DEDUPE_WINDOW")]
+    pub dedupe_window: Option<usize>,
+    /// Largest subscribe window honoured [default: 1024].
+    #[arg(long, env = "SEALPOST_MAX_WINDOW")]
+    pub max_window: Option<u32>,
+    /// Concurrent streams per connection [default: 64].
+    #[arg(long, env = "SEALPOST_MAX_STREAMS")]
+    pub max_streams: Option<u32>,
+    /// Concurrent connections [default: 100000].
+    #[arg(long, env = "SEALPOST_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Seconds of silence after which a connection is closed [default: 30].
+    #[arg(long, env = "SEALPOST_IDLE_TIMEOUT_SECS")]
+    pub idle_timeout_secs: Option<u64>,
+    /// Most envelopes verified and stored as one batch [default: 256].
+    #[arg(long, env = "SEALPOST_MAX_BATCH")]
+    pub max_batch: Option<usize>,
+    /// Deposit shards; 0 = one per CPU core [default: 0].
+    #[arg(long, env = "SEALPOST_SHARDS")]
+    pub shards: Option<usize>,
+    /// Kernel UDP buffer size requested, bytes; 0 = kernel default [default: 8388608].
+    #[arg(long, env = "SEALPOST_UDP_BUFFER")]
+    pub udp_buffer: Option<usize>,
+    /// Seconds a shutdown may take before connections are cut [default: 10].
+    #[arg(long, env = "SEALPOST_SHUTDOWN_TIMEOUT_SECS")]
+    pub shutdown_timeout_secs: Option<u64>,
+}
+
+/// The default admin address.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9464";
+/// The default QUIC address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:4433";
+
+macro_rules! overlay {
+    ($dst:ident, $src:ident, $($f:ident),*) => {
+        $( if $src.$f.is_some() { $dst.$f = $src.$f.clone(); } )*
+    };
+}
+
+impl Settings {
+    /// Reads a settings file.
+    pub fn from_file(path: &Path) -> Result<Self, SettingsError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| SettingsError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses settings from TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+    }
+
+    /// `self` with every setting `over` gives replacing this one's.
+    pub fn overlaid(mut self, over: &Settings) -> Self {
+        overlay!(
+            self,
+            over,
+            listen,
+            admin,
+            data_dir,
+            cert,
+            key,
+            store,
+            master_key_file,
+            log_format,
+            log_sensitive_debug,
+            sizes,
+            max_envelopes,
+            max_bytes,
+            max_mailboxes,
+            retention_secs,
+            expire_interval_secs,
+            dedupe_window,
+            max_window,
+            max_streams,
+            max_connections,
+            idle_timeout_secs,
+            max_batch,
+            shards,
+            udp_buffer,
+            shutdown_timeout_secs
+        );
+        self
+    }
+
+    /// Every setting filled in: the given ones, and the defaults for the rest.
+    pub fn effective(&self) -> Self {
+        let d = RelayLimits::default();
+        Self {
+            listen: Some(
+                self.listen
+                    .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("literal")),
+            ),
+            admin: Some(
+                self.admin
+                    .unwrap_or_else(|| DEFAULT_ADMIN.parse().expect("literal")),
+            ),
+            data_dir: Some(
+                self.data_dir
+                    .clone()
+                    .unwrap_or_else(|| "sealpost-data".into()),
+            ),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            store: Some(self.store.unwrap_or(StoreChoice::Disk)),
+            master_key_file: self.master_key_file.clone(),
+            log_format: Some(self.log_format.unwrap_or(LogFormat::Human)),
+            log_sensitive_debug: Some(self.log_sensitive_debug.unwrap_or(false)),
+            sizes: Some(
+                self.sizes
+                    .clone()
+                    .unwrap_or_else(|| d.sizes.as_slice().to_vec()),
+            ),
+            max_envelopes: Some(self.max_envelopes.unwrap_or(d.max_envelopes)),
+            max_bytes: Some(self.max_bytes.unwrap_or(d.max_bytes)),
+            max_mailboxes: Some(self.max_mailboxes.unwrap_or(d.max_mailboxes)),
+            retention_secs: Some(self.retention_secs.unwrap_or(d.retention.as_secs())),
+            expire_interval_secs: Some(
+                self.expire_interval_secs
+                    .unwrap_or(d.expire_interval.as_secs()),
+            ),
+            dedupe_window: Some(self.dedupe_window.unwrap_or(d.dedupe_window)),
+            max_window: Some(self.max_window.unwrap_or(d.max_window)),
+            max_streams: Some(self.max_streams.unwrap_or(d.max_streams)),
+            max_connections: Some(self.max_connections.unwrap_or(d.max_connections)),
+            idle_timeout_secs: Some(self.idle_timeout_secs.unwrap_or(d.idle_timeout.as_secs())),
+            max_batch: Some(self.max_batch.unwrap_or(d.max_batch)),
+            shards: Some(self.shards.unwrap_or(d.shards)),
+            udp_buffer: Some(self.udp_buffer.unwrap_or(d.udp_buffer)),
+            shutdown_timeout_secs: Some(self.shutdown_timeout_secs.unwrap_or(10)),
+        }
+    }
+
+    /// Checks every value and builds the relay configuration.
+    pub fn validate(&self) -> Result<Validated, SettingsError> {
+        let e = self.effective();
+        let get = |v: Option<u64>| v.unwrap_or_default();
+        let invalid = |key: &'static str, value: String, allowed: &str| SettingsError::Invalid {
+            key,
+            value,
+            allowed: allowed.to_owned(),
+        };
+        let listen = e.listen.expect("filled in");
+        let admin = e.admin.expect("filled in");
+        let same_port = admin.port() != 0 && admin.port() == listen.port();
+        if same_port
+            && (admin.ip() == listen.ip()
+                || admin.ip().is_unspecified()
+                || listen.ip().is_unspecified())
+        {
+            return Err(invalid(
+                "admin",
+                admin.to_string(),
+                "must not be the QUIC listen address",
+            ));
+        }
+        let sizes_v = e.sizes.clone().unwrap_or_default();
+        let sizes = SizeClasses::new(sizes_v.clone())
+            .map_err(|err| invalid("sizes", format!("{sizes_v:?}"), &err.to_string()))?;
+        match (&e.cert, &e.key) {
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(invalid(
+                    if e.cert.is_some() { "cert" } else { "key" },
+                    "(only one given)".into(),
+                    "cert and key go together",
+                ));
+            }
+            _ => {}
+        }
+        let positive = |key: &'static str, v: u64| {
+            if v == 0 {
+                Err(invalid(key, "0".into(), "must be at least 1"))
+            } else {
+                Ok(v)
+            }
+        };
+        positive("max_envelopes", get(e.max_envelopes.map(u64::from)))?;
+        positive("max_bytes", get(e.max_bytes))?;
+        positive("max_mailboxes", get(e.max_mailboxes))?;
+        positive("retention_secs", get(e.retention_secs))?;
+        positive("expire_interval_secs", get(e.expire_interval_secs))?;
+        positive("max_window", get(e.max_window.map(u64::from)))?;
+        positive("max_streams", get(e.max_streams.map(u64::from)))?;
+        positive("max_connections", get(e.max_connections.map(|v| v as u64)))?;
+        positive("shutdown_timeout_secs", get(e.shutdown_timeout_secs))?;
+        let idle = get(e.idle_timeout_secs);
+        if !(1..=600).contains(&idle) {
+            return Err(invalid(
+                "idle_timeout_secs",
+                idle.to_string(),
+                "must be between 1 and 600",
+            ));
+        }
+        let batch = e.max_batch.unwrap_or_default();
+        if !(1..=u16::MAX as usize).contains(&batch) {
+            return Err(invalid(
+                "max_batch",
+                batch.to_string(),
+                "must be between 1 and 65535",
+            ));
+        }
+        let shards = e.shards.unwrap_or_default();
+        if shards > 1024 {
+            return Err(invalid(
+                "shards",
+                shards.to_string(),
+                "must be between 0 (one per core) and 1024",
+            ));
+        }
+        let limits = RelayLimits {
+            sizes,
+            max_envelopes: e.max_envelopes.unwrap_or_default(),
+            max_bytes: get(e.max_bytes),
+            retention: Duration::from_secs(get(e.retention_secs)),
+            expire_interval: Duration::from_secs(get(e.expire_interval_secs)),
+            dedupe_window: e.dedupe_window.unwrap_or_default(),
+            max_window: e.max_window.unwrap_or_default(),
+            max_mailboxes: get(e.max_mailboxes),
+            max_streams: e.max_streams.unwrap_or_default(),
+            max_connections: e.max_connections.unwrap_or_default(),
+            idle_timeout: Duration::from_secs(idle),
+            max_batch: batch,
+            shards,
+            udp_buffer: e.udp_buffer.unwrap_or_default(),
+            ..RelayLimits::default()
+        };
+        let data_dir = e.data_dir.clone().expect("filled in");
+        Ok(Validated {
+            relay: RelayConfig {
+                listen,
+                data_dir,
+                cert: e.cert.clone(),
+                key: e.key.clone(),
+                limits,
+                log_sensitive: e.log_sensitive_debug.unwrap_or(false),
+            },
+            admin,
+            store: e.store.expect("filled in"),
+            master_key_file: e.master_key_file.clone(),
+            log_format: e.log_format.expect("filled in"),
+            log_sensitive_debug: e.log_sensitive_debug.unwrap_or(false),
+            shutdown_timeout: Duration::from_secs(get(e.shutdown_timeout_secs)),
+            effective: e,
+        })
+    }
+}
+
+/// Settings that passed [`Settings::validate`].
+#[derive(Debug, Clone)]
+pub struct Validated {
+    /// What the relay starts with.
+    pub relay: RelayConfig,
+    /// Admin listener.
+    pub admin: SocketAddr,
+    /// Store choice.
+    pub store: StoreChoice,
+    /// Master key file.
+    pub master_key_file: Option<PathBuf>,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Sensitive fields in logs (debugging only).
+    pub log_sensitive_debug: bool,
+    /// Bound on a graceful shutdown.
+    pub shutdown_timeout: Duration,
+    /// Every setting, defaults filled in.
+    pub effective: Settings,
+}
+
+impl Validated {
+    /// The effective settings as TOML, secrets redacted (a master key given through
+    /// SEALPOST_MASTER_KEY shows as `master_key = "<redacted>"`).
+    pub fn to_toml(&self, master_key_in_env: bool) -> String {
+        let mut out = toml::to_string(&self.effective).unwrap_or_else(|e| format!("# {e}\n"));
+        if master_key_in_env {
+            out.push_str("# from SEALPOST_MASTER_KEY:\n# master_key = \"<redacted>\"\n");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = Settings::from_toml("listen = \"127.0.0.1:1\"\nmax_envelopess = 3\n").unwrap_err();
+        assert!(e.contains("max_envelopess"), "{e}");
+    }
+
+    #[test]
+    fn bad_types_are_named() {
+        let e = Settings::from_toml("max_streams = \"many\"\n").unwrap_err();
+        assert!(e.contains("max_streams"), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_values_say_what_is_allowed() {
+        let s = Settings::from_toml("max_batch = 0\n").unwrap();
+        let e = s.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("max_batch") && e.contains("between 1 and 65535"),
+            "{e}"
+        );
+        let s = Settings::from_toml("sizes = []\n").unwrap();
+        assert!(s.validate().unwrap_err().to_string().contains("sizes"));
+        let s = Settings::from_toml("admin = \"127.0.0.1:4433\"\n").unwrap();
+        assert!(s.validate().unwrap_err().to_string().contains("admin"));
+    }
+
+    #[test]
+    fn later_layers_win() {
+        let file = Settings::from_toml("max_streams = 10\nmax_window = 20\n").unwrap();
+        let flags = Settings {
+            max_streams: Some(99),
+            ..Settings::default()
+        };
+        let v = file.overlaid(&flags).validate().unwrap();
+        assert_eq!(v.relay.limits.max_streams, 99);
+        assert_eq!(v.relay.limits.max_window, 20);
+        assert_eq!(
+            v.relay.limits.max_envelopes,
+            RelayLimits::default().max_envelopes
+        );
+    }
+
+    #[test]
+    fn effective_settings_round_trip_through_toml() {
+        let v = Settings::default().validate().unwrap();
+        let text = v.to_toml(false);
+        let again = Settings::from_toml(&text).unwrap().validate().unwrap();
+        assert_eq!(again.relay.listen, v.relay.listen);
+        assert_eq!(again.admin, v.admin);
+    }
+}

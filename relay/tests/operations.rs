@@ -1,0 +1,255 @@
+//! What operators rely on: the admin listener, settings files, graceful shutdown on SIGTERM
+//! and certificate reload on SIGHUP, all against the real binary.
+
+mod common;
+
+use common::process::{Serve, cli};
+use sealpost_core::Suite;
+use sealpost_core::status::DepositStatus;
+use sealpost_relay::client::Client;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (code, body)
+}
+
+fn signal(serve: &Serve, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &serve.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_listener_serves_health_readiness_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path(), &["--store", "memory"], "warn");
+    assert_eq!(http_get(&serve.admin, "/healthz").0, 200);
+    assert_eq!(http_get(&serve.admin, "/readyz").0, 200);
+    let pin = sealpost_relay::tls::parse_pin(&serve.pin).unwrap();
+    let c = Client::connect_pinned(&serve.addr, pin).await.unwrap();
+    let mb = c.create(Suite::ChaCha20Poly1305).await.unwrap();
+    let env = sealpost_core::e2e::seal_for_invitation(&mb.invitation(), &mb.sizes, b"hi").unwrap();
+    assert_eq!(c.deposit(env).await.unwrap(), DepositStatus::Ok);
+    // Gauges are sampled once a second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (code, body) = http_get(&serve.admin, "/metrics");
+    assert_eq!(code, 200);
+    for want in [
+        "sealpost_deposits_total{status=\"ok\"} 1",
+        "sealpost_connections_accepted_total",
+        "sealpost_mailboxes 1",
+        "sealpost_batch_verify_seconds_bucket",
+        "sealpost_store_commit_seconds_bucket",
+        "sealpost_build_info{",
+        "sealpost_ready 1",
+    ] {
+        assert!(body.contains(want), "{want} missing from /metrics:\n{body}");
+    }
+    // Nothing in the output identifies a mailbox.
+    assert!(!body.contains(&hex::encode(mb.deposit_id)));
+    assert_eq!(http_get(&serve.admin, "/nope").0, 404);
+    serve.stop();
+}
+
+#[test]
+fn check_config_names_bad_keys_and_prints_the_effective_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "max_streams = 128\nstore = \"memory\"\n").unwrap();
+    let out = cli()
+        .args(["check-config"])
+        .arg(&good)
+        .env("SEALPOST_MAX_WINDOW", "77")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("max_streams = 128"), "{text}");
+    assert!(
+        text.contains("max_window = 77"),
+        "environment over file: {text}"
+    );
+    assert!(
+        text.contains("listen = \"127.0.0.1:4433\""),
+        "defaults filled in: {text}"
+    );
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "max_strems = 128\n").unwrap();
+    let out = cli().args(["check-config"]).arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_strems"), "{err}");
+
+    std::fs::write(&bad, "idle_timeout_secs = 0\n").unwrap();
+    let out = cli().args(["check-config"]).arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("idle_timeout_secs") && err.contains("between 1 and 600"),
+        "{err}"
+    );
+
+    // Flags win over the file.
+    let out = cli()
+        .args(["check-config", "--max-streams", "9"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("max_streams = 9"));
+}
+
+#[test]
+fn the_example_config_in_deploy_is_valid() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/sealpost.toml");
+    let out = cli().args(["check-config", example]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// SIGTERM under load: every deposit the relay answered OK is there after a restart, the
+/// client sees a shutdown it can tell apart, reconnects, and the process exits in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_answers_what_it_read_flushes_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path(), &["--store", "disk"], "warn");
+    let addr = serve.addr.clone();
+    let pin = sealpost_relay::tls::parse_pin(&serve.pin).unwrap();
+    let c = Client::connect_pinned(&addr, pin).await.unwrap();
+    let mb = c.create(Suite::ChaCha20Poly1305).await.unwrap();
+    let (mut tx, mut rx) = c.open_deposit().await.unwrap();
+    let sizes = mb.sizes.clone();
+    let inv = mb.invitation();
+    let sender = tokio::spawn(async move {
+        let mut sent = 0u64;
+        for i in 0..100_000u64 {
+            let env =
+                sealpost_core::e2e::seal_for_invitation(&inv, &sizes, &i.to_be_bytes()).unwrap();
+            if tx.send(&env).await.is_err() {
+                break;
+            }
+            sent += 1;
+        }
+        sent
+    });
+    let mut oks = 0u64;
+    let mut shutdown_seen = false;
+    let t0 = Instant::now();
+    let mut signalled = false;
+    let mut serve = Some(serve);
+    loop {
+        if !signalled && oks >= 200 {
+            signal(serve.as_ref().unwrap(), "-TERM");
+            signalled = true;
+        }
+        match tokio::time::timeout(Duration::from_secs(15), rx.next()).await {
+            Ok(Ok(Some(batch))) => oks += batch.iter().filter(|s| s.is_success()).count() as u64,
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => {
+                shutdown_seen = e.is_relay_shutdown();
+                break;
+            }
+            Err(_) => panic!("no answer within 15 s"),
+        }
+    }
+    assert!(signalled, "the relay answered fewer than 200 deposits");
+    assert!(shutdown_seen, "the client did not see a relay shutdown");
+    let _ = sender.await;
+    let mut s = serve.take().unwrap();
+    let status = loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "relay did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status:?}");
+
+    // Back on the same port and directory: everything answered OK is there.
+    let again = Serve::start_on(dir.path(), &addr, &["--store", "disk"], "warn");
+    let c2 = c.reconnect(Duration::from_secs(10)).await.unwrap();
+    let mut sub = c2.subscribe(&mb.access(), 1024).await.unwrap();
+    assert!(
+        sub.pending_at_start() >= oks,
+        "{} stored, {oks} acknowledged",
+        sub.pending_at_start()
+    );
+    let d = sub.next().await.unwrap().unwrap();
+    assert_eq!(&mb.open(&d).unwrap()[..], &0u64.to_be_bytes());
+    again.stop();
+}
+
+fn write_cert(dir: &std::path::Path, name: &str) -> [u8; 32] {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(dir.join(format!("{name}.pem")), ck.cert.pem()).unwrap();
+    std::fs::write(dir.join(format!("{name}.key")), ck.key_pair.serialize_pem()).unwrap();
+    sealpost_relay::tls::pin_of(ck.cert.der())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificate_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = write_cert(dir.path(), "a");
+    std::fs::copy(dir.path().join("a.pem"), dir.path().join("cert.pem")).unwrap();
+    std::fs::copy(dir.path().join("a.key"), dir.path().join("key.pem")).unwrap();
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    let serve = Serve::start(
+        dir.path(),
+        &[
+            "--store",
+            "memory",
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
+        "info",
+    );
+    let old = Client::connect_pinned(&serve.addr, first).await.unwrap();
+    let second = write_cert(dir.path(), "b");
+    std::fs::copy(dir.path().join("b.pem"), &cert).unwrap();
+    std::fs::copy(dir.path().join("b.key"), &key).unwrap();
+    signal(&serve, "-HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if Client::connect_pinned(&serve.addr, second).await.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "new certificate not in use");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(Client::connect_pinned(&serve.addr, first).await.is_err());
+    // The connection made before the reload keeps working.
+    old.info().await.unwrap();
+    serve.stop();
+}
