@@ -300,8 +300,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
     if opts.backlog && opts.target_is_baseline() {
         bail!("the baseline forwarder has no store, so it cannot hold a backlog");
     }
-    // Every mailbox's subscription is a stream on its connection, besides the deposit stream.
-    let streams = (opts.mailboxes.div_ceil(opts.connections) + 8).min(u32::MAX as usize) as u32;
+    // Every mailbox's subscription is a stream on its connection, besides the deposit stream
+    // and the CREATE streams before them. Exactly that many was not enough: with 100
+    // subscriptions per connection right after 100 creates, some connections never got the
+    // last stream credits back (seen with 20 connections; not understood yet), so leave room.
+    let streams =
+        (2 * opts.mailboxes.div_ceil(opts.connections) + 64).min(u32::MAX as usize) as u32;
     let spawned = match &opts.target {
         Target::Spawn => Some(spawn_relay(opts.window, opts.store, streams).await?),
         _ => None,
@@ -599,6 +603,7 @@ async fn sender(
         .open_deposit()
         .await
         .context("opening a deposit stream")?;
+    tracing::debug!(mailboxes = mine.len(), "deposit stream open");
     // One entry per unanswered deposit: its capacity is the pipeline depth.
     let (qtx, mut qrx) = mpsc::channel::<(u32, u64)>(depth);
     let rctx = ctx.clone();
@@ -698,6 +703,7 @@ async fn subscriber(
         .subscribe(&mailbox.access(), window)
         .await
         .with_context(|| format!("subscribing to mailbox {index}"))?;
+    tracing::debug!(index, "subscribed");
     loop {
         let d = tokio::select! {
             d = next_delivery(&mut sub, ctx.unsealed) => d,

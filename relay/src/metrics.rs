@@ -86,6 +86,26 @@ pub fn describe() {
     describe_gauge!(READY, "1 while accepting connections, 0 when shutting down");
 }
 
+/// Creates every counter and gauge at zero, so that dashboards and alerts see them before
+/// the first event (a counter that does not exist yet reads as "no data", not 0).
+pub fn register_all() {
+    for c in [
+        CONNECTIONS_ACCEPTED,
+        CONNECTIONS_REFUSED,
+        DELIVERIES,
+        ACKS,
+        BYTES_IN,
+        BYTES_OUT,
+        EXPIRED,
+    ] {
+        ::metrics::counter!(c).increment(0);
+    }
+    ::metrics::counter!(DEPOSITS, "status" => "ok").increment(0);
+    for g in [CONNECTIONS, MAILBOXES, ENVELOPES_STORED, BYTES_STORED] {
+        ::metrics::gauge!(g).set(0.0);
+    }
+}
+
 /// The label value of a deposit status.
 pub fn status_label(s: sealpost_core::status::DepositStatus) -> &'static str {
     use sealpost_core::status::DepositStatus as S;

@@ -253,3 +253,57 @@ async fn sighup_reloads_the_certificate_without_a_restart() {
     old.info().await.unwrap();
     serve.stop();
 }
+
+/// Every metric the Grafana dashboard and the alert rules query is one the relay exports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_and_alerts_query_only_exported_metrics() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
+    let dashboard =
+        std::fs::read_to_string(format!("{root}/grafana/dashboards/sealpost.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&dashboard).expect("dashboard is JSON");
+    let mut exprs = Vec::new();
+    for p in json["panels"].as_array().expect("panels") {
+        for t in p["targets"].as_array().expect("targets") {
+            exprs.push(t["expr"].as_str().expect("expr").to_owned());
+        }
+    }
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    exprs.push(std::fs::read_to_string(format!("{root}/prometheus/alerts.yml")).unwrap());
+    let mut names = std::collections::BTreeSet::new();
+    for e in &exprs {
+        let mut rest = e.as_str();
+        while let Some(i) = rest.find("sealpost_") {
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            names.insert(tail[..end].to_owned());
+            rest = &tail[end..];
+        }
+    }
+    // Traffic, so that histograms have samples.
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path(), &["--store", "memory"], "warn");
+    let pin = sealpost_relay::tls::parse_pin(&serve.pin).unwrap();
+    let c = Client::connect_pinned(&serve.addr, pin).await.unwrap();
+    let mb = c.create(Suite::ChaCha20Poly1305).await.unwrap();
+    let env = sealpost_core::e2e::seal_for_invitation(&mb.invitation(), &mb.sizes, b"m").unwrap();
+    assert_eq!(c.deposit(env).await.unwrap(), DepositStatus::Ok);
+    let mut sub = c.subscribe(&mb.access(), 4).await.unwrap();
+    let d = sub.next().await.unwrap().unwrap();
+    sub.ack(d.seq).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, body) = http_get(&serve.admin, "/metrics");
+    let exported: std::collections::BTreeSet<&str> = body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    for n in &names {
+        assert!(
+            exported.contains(n.as_str()),
+            "{n} is queried but not exported; exported: {exported:?}"
+        );
+    }
+    serve.stop();
+}

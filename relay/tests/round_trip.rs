@@ -278,3 +278,44 @@ async fn results_stay_in_order_across_shards() {
         }
     }
 }
+
+/// Request streams give their stream credit back: far more requests than `max_streams` on
+/// one connection, one after another and then many subscriptions, all go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_credit_is_returned_after_requests() {
+    let r = relay_with(RelayLimits {
+        max_streams: 16,
+        ..RelayLimits::default()
+    })
+    .await;
+    let c = r.client().await;
+    let c = std::sync::Arc::new(c);
+    let mut boxes = Vec::new();
+    for _ in 0..60 {
+        boxes.push(
+            timeout(T, c.create(Suite::ChaCha20Poly1305))
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    // Then many at once, as a load generator does.
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..60 {
+        let c = c.clone();
+        set.spawn(async move { c.create(Suite::ChaCha20Poly1305).await });
+    }
+    while let Some(r) = timeout(T, set.join_next()).await.unwrap() {
+        boxes.push(r.unwrap().unwrap());
+    }
+    let mut subs = Vec::new();
+    for mb in boxes.iter().take(15) {
+        subs.push(
+            timeout(T, c.subscribe(&mb.access(), 4))
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    timeout(T, c.open_deposit()).await.unwrap().unwrap();
+}

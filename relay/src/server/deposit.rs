@@ -149,11 +149,14 @@ async fn submit(shared: &Shared, batch: &mut Vec<Frame>) -> Answer {
                 g.1.push(i);
             }
             Err(e) => {
-                statuses[i] = match e.status_class() {
+                let s = match e.status_class() {
                     EnvelopeErrorClass::Malformed => DepositStatus::Malformed,
                     EnvelopeErrorClass::BadSize => DepositStatus::BadSize,
                     EnvelopeErrorClass::Unsupported => DepositStatus::Unsupported,
-                }
+                };
+                metrics::counter!(crate::metrics::DEPOSITS, "status" => crate::metrics::status_label(s))
+                    .increment(1);
+                statuses[i] = s;
             }
         }
     }

@@ -226,6 +226,7 @@ pub async fn start(config: RelayConfig, store: Arc<dyn Store>) -> Result<RelayHa
     });
     let accept = tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
     let expiry = tokio::spawn(expiry_loop(shared.clone()));
+    crate::metrics::register_all();
     let sampler = tokio::spawn(sample_gauges(shared.clone()));
     metrics::gauge!(
         crate::metrics::BUILD_INFO,
