@@ -357,7 +357,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
         );
     }
 
-    let mailboxes = create_mailboxes(&clients, opts.mailboxes).await?;
+    let progress = opts.progress && std::io::stderr().is_terminal();
+    let mailboxes = create_mailboxes(&clients, opts.mailboxes, progress).await?;
     let invitations: Vec<Invitation> = mailboxes.iter().map(|m| m.invitation()).collect();
     let fast_keys = match opts.e2e {
         E2eMode::Fast => (0..opts.mailboxes)
@@ -427,7 +428,6 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
             stop_send.clone(),
         ));
     }
-    let progress = opts.progress && std::io::stderr().is_terminal();
     let timeline = Arc::new(Mutex::new(Vec::new()));
     let ticker = tokio::spawn(tick(ctx.clone(), timeline.clone(), progress));
 
@@ -561,7 +561,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-async fn create_mailboxes(clients: &[Arc<Client>], n: usize) -> anyhow::Result<Vec<Arc<Mailbox>>> {
+async fn create_mailboxes(
+    clients: &[Arc<Client>],
+    n: usize,
+    progress: bool,
+) -> anyhow::Result<Vec<Arc<Mailbox>>> {
+    let t0 = Instant::now();
     let mut out: Vec<Option<Arc<Mailbox>>> = (0..n).map(|_| None).collect();
     let mut set = JoinSet::new();
     let mut next = 0usize;
@@ -579,6 +584,15 @@ async fn create_mailboxes(clients: &[Arc<Client>], n: usize) -> anyhow::Result<V
                 mb.with_context(|| format!("creating mailbox {i}"))?,
             ));
             done += 1;
+            if progress && (done % 1000 == 0 || done == n) {
+                eprint!(
+                    "\rcreating mailboxes: {done}/{n} ({:.0} s)   ",
+                    t0.elapsed().as_secs_f64()
+                );
+                if done == n {
+                    eprintln!();
+                }
+            }
         }
     }
     Ok(out

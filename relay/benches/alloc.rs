@@ -174,4 +174,7 @@ fn main() {
         drop(subs);
     });
     relay_rt.block_on(handle.shutdown());
+    // The store closes when the runtime drops its tasks; the directory must outlive it.
+    drop(relay_rt);
+    drop(dir);
 }

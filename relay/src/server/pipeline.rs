@@ -115,8 +115,17 @@ async fn shard(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Work>, max_batch: u
             envelopes.append(&mut w.envelopes);
         }
         let statuses = process(store.as_ref(), &envelopes).await;
+        // One metrics update per status per batch: a labelled key costs an allocation.
+        let mut by_status = [0u64; 10];
         for s in &statuses {
-            metrics::counter!(m::DEPOSITS, "status" => m::status_label(*s)).increment(1);
+            by_status[*s as usize] += 1;
+        }
+        for (code, &n) in by_status.iter().enumerate() {
+            if n > 0 {
+                if let Some(s) = DepositStatus::from_u8(code as u8) {
+                    metrics::counter!(m::DEPOSITS, "status" => m::status_label(s)).increment(n);
+                }
+            }
         }
         let mut statuses = statuses.into_iter();
         for (w, n) in works.drain(..).zip(counts) {

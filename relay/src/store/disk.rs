@@ -123,6 +123,9 @@ impl Db {
     }
 }
 
+/// How long closing the store waits for its memtables to reach tables.
+const CLOSE_FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Stops the background flusher and persists once more when the last handle goes.
 struct FlushGuard {
     db: Arc<Db>,
@@ -135,14 +138,25 @@ impl Drop for FlushGuard {
         let _ = self.db.flush_removals();
         let _ = self.db.db.persist(PersistMode::SyncAll);
         // A clean stop flushes the memtables into tables, so the next start reads tables
-        // instead of replaying the whole journal (much faster with many mailboxes).
-        for ks in [
-            &self.db.mailboxes,
-            &self.db.meta,
-            &self.db.envelopes,
-            &self.db.removed,
-        ] {
-            let _ = ks.rotate_memtable_and_wait();
+        // instead of replaying the whole journal (much faster with many mailboxes). fjall
+        // waits for that flush without a limit, and a flush that fails (disk full, directory
+        // gone) never ends, so wait on another thread and give up after a while: the journal
+        // is persisted above, and the next start replays it.
+        let db = self.db.clone();
+        let (done, wait) = std::sync::mpsc::channel();
+        let flusher = std::thread::Builder::new()
+            .name("sealpost-store-close".into())
+            .spawn(move || {
+                for ks in [&db.mailboxes, &db.meta, &db.envelopes, &db.removed] {
+                    let _ = ks.rotate_memtable_and_wait();
+                }
+                let _ = done.send(());
+            });
+        if flusher.is_ok() && wait.recv_timeout(CLOSE_FLUSH_LIMIT).is_err() {
+            tracing::warn!(
+                "store tables not flushed within {} s at close; the next start replays the journal",
+                CLOSE_FLUSH_LIMIT.as_secs()
+            );
         }
     }
 }
