@@ -172,6 +172,17 @@ impl Client {
         })
     }
 
+    /// Whether the relay closed this connection because it is shutting down or restarting
+    /// (close code [`crate::server::CLOSE_SHUTDOWN`]); a stream error seen then means
+    /// "reconnect", whatever the stream itself reported.
+    pub fn relay_shut_down(&self) -> bool {
+        matches!(
+            self.conn.close_reason(),
+            Some(quinn::ConnectionError::ApplicationClosed(c))
+                if c.error_code == quinn::VarInt::from_u32(crate::server::CLOSE_SHUTDOWN)
+        )
+    }
+
     /// A new connection to the same relay with the same trust, retried every 200 ms until it
     /// succeeds or `within` has passed (a restarting relay is back within seconds).
     pub async fn reconnect(&self, within: Duration) -> Result<Self, ClientError> {

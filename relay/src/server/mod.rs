@@ -122,7 +122,10 @@ impl RelayHandle {
         metrics::gauge!(crate::metrics::READY).set(0.0);
         self.accept.abort();
         let _ = self.shutdown.send(true);
-        // Deposit streams stop reading and drain their batches in flight.
+        // Deposit streams stop reading and drain their batches in flight; subscriptions send
+        // their ERROR SHUTTING_DOWN. Closing the connection discards what is unsent, so give
+        // those frames a moment to leave first.
+        tokio::time::sleep(Duration::from_millis(100).min(timeout)).await;
         while self.shared.depositing.load(Ordering::Relaxed) > 0
             && tokio::time::Instant::now() < deadline
         {
