@@ -17,6 +17,22 @@ yamllint -c .yamllint.yml .
 echo "== shellcheck"
 find .. -name '*.sh' -not -path '../target/*' -print0 | xargs -0 shellcheck
 shellcheck ../.ci/run
+if command -v kubectl >/dev/null; then
+    echo "== kubectl kustomize"
+    kubectl kustomize k8s > /dev/null
+fi
+if command -v systemd-analyze >/dev/null; then
+    echo "== systemd-analyze verify and security"
+    tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' EXIT
+    # The binary is not installed here; verify the unit with a stand-in for it.
+    sed 's|/usr/local/bin/sealpost-relay|/bin/true|' systemd/sealpost-relay.service \
+        > "$tmp/sealpost-relay.service"
+    systemd-analyze verify "$tmp/sealpost-relay.service"
+    # Exposure on systemd's 0-10 scale, times ten: fail above 2.0.
+    # --threshold is the exposure (0-10) times ten: fail above 2.0.
+    systemd-analyze security --offline=yes --threshold=20 "$tmp/sealpost-relay.service" | tail -1
+fi
 echo "== dashboard JSON"
 python3 -m json.tool grafana/dashboards/sealpost.json > /dev/null
 echo "deploy files: ok"

@@ -300,10 +300,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
     if opts.backlog && opts.target_is_baseline() {
         bail!("the baseline forwarder has no store, so it cannot hold a backlog");
     }
-    // Every mailbox's subscription is a stream on its connection, besides the deposit stream
-    // and the CREATE streams before them. Exactly that many was not enough: with 100
-    // subscriptions per connection right after 100 creates, some connections never got the
-    // last stream credits back (seen with 20 connections; not understood yet), so leave room.
+    // Every mailbox's subscription is a stream on its connection, besides the deposit stream.
+    // Exactly that many is not enough: after many concurrent CREATEs a connection sometimes
+    // ends up short of stream credit (seen: one stream short after 120 requests on a relay
+    // allowing 16, about one run in eight; not understood yet), so leave room.
     let streams =
         (2 * opts.mailboxes.div_ceil(opts.connections) + 64).min(u32::MAX as usize) as u32;
     let spawned = match &opts.target {
