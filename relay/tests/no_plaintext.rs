@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::process::{Serve, cli, files_containing};
+use common::process::{Serve, cli, create_mailbox, files_containing};
 
 #[test]
 fn canary_never_reaches_disk_or_logs() {
@@ -15,19 +15,7 @@ fn canary_never_reaches_disk_or_logs() {
     let serve = Serve::start(&data, &["--store", "disk"], "debug");
     let (addr, pin) = (serve.addr.clone(), serve.pin.clone());
     let mb = dir.path().join("mb.json");
-    let out = cli()
-        .args([
-            "mailbox", "create", "--relay", &addr, "--pin", &pin, "--out",
-        ])
-        .arg(&mb)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let inv = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let inv = create_mailbox(&addr, &pin, &mb);
     for i in 0..5 {
         let msg = format!("{canary} #{i}");
         let out = cli().args(["send", &inv, &msg]).output().unwrap();

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::process::{Serve, cli};
+use common::process::{Serve, cli, create_mailbox};
 use sealpost_core::Suite;
 use sealpost_core::status::DepositStatus;
 use sealpost_relay::client::Client;
@@ -343,19 +343,7 @@ fn recv_follow_reconnects_after_a_restart() {
     let serve = Serve::start(dir.path(), &["--store", "disk"], "warn");
     let addr = serve.addr.clone();
     let mb = dir.path().join("mb.json");
-    let out = cli()
-        .args([
-            "mailbox", "create", "--relay", &addr, "--pin", &serve.pin, "--out",
-        ])
-        .arg(&mb)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let invitation = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let invitation = create_mailbox(&addr, &serve.pin, &mb);
     let send = |msg: &str| {
         let out = cli().args(["send", &invitation, msg]).output().unwrap();
         assert!(

@@ -48,34 +48,14 @@ impl Serve {
             .unwrap();
         let mut stderr = BufReader::new(child.stderr.take().unwrap());
         let mut text = String::new();
-        let addr = loop {
-            let mut line = String::new();
-            assert!(
-                stderr.read_line(&mut line).unwrap() > 0,
-                "relay exited early: {text}"
-            );
-            text.push_str(&line);
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                break rest.split_whitespace().next().unwrap().to_owned();
-            }
-        };
+        let addr = word_after(&mut stderr, &mut text, "listening on ");
         let mut pin = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut pin)
             .unwrap();
         let pin = pin.trim().rsplit(' ').next().unwrap().to_owned();
         assert_eq!(pin.len(), 64, "{pin}");
-        let admin = loop {
-            let mut line = String::new();
-            assert!(
-                stderr.read_line(&mut line).unwrap() > 0,
-                "relay exited early: {text}"
-            );
-            text.push_str(&line);
-            if let Some(rest) = line.split("admin HTTP on http://").nth(1) {
-                break rest.split_whitespace().next().unwrap().to_owned();
-            }
-        };
+        let admin = word_after(&mut stderr, &mut text, "admin HTTP on http://");
         Self {
             child,
             addr,
@@ -93,6 +73,38 @@ impl Serve {
         self.stderr.read_to_string(&mut self.log).unwrap();
         self.log
     }
+}
+
+/// Reads the relay's standard error (keeping it in `text`) up to a line containing `marker`,
+/// and returns the word that follows the marker.
+fn word_after(stderr: &mut BufReader<ChildStderr>, text: &mut String, marker: &str) -> String {
+    loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "relay exited early: {text}"
+        );
+        text.push_str(&line);
+        if let Some(rest) = line.split(marker).nth(1) {
+            return rest.split_whitespace().next().unwrap().to_owned();
+        }
+    }
+}
+
+/// `mailbox create` through the CLI against `addr` with `pin`, writing the mailbox file to
+/// `out`; returns the invitation it printed.
+pub fn create_mailbox(addr: &str, pin: &str, out: &Path) -> String {
+    let done = cli()
+        .args(["mailbox", "create", "--relay", addr, "--pin", pin, "--out"])
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    String::from_utf8(done.stdout).unwrap().trim().to_owned()
 }
 
 /// Files under `dir` whose bytes contain `needle`.
