@@ -378,3 +378,44 @@ fn recv_follow_reconnects_after_a_restart() {
     let _ = recv.wait();
     again.stop();
 }
+
+/// `/readyz` answers 503 from the moment a shutdown begins, while the process still serves
+/// HTTP (so an orchestrator stops sending clients before connections close).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_turns_unavailable_when_shutdown_begins() {
+    let r = common::relay().await;
+    let prom = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .build_recorder()
+        .handle();
+    let (admin, _task) =
+        sealpost_relay::admin::serve("127.0.0.1:0".parse().unwrap(), prom, r.handle.ready())
+            .await
+            .unwrap();
+    let admin = admin.to_string();
+    let get = |path: &'static str| {
+        let admin = admin.clone();
+        tokio::task::spawn_blocking(move || http_get(&admin, path).0)
+    };
+    assert_eq!(get("/readyz").await.unwrap(), 200);
+    // A subscription keeps the relay busy for the shutdown's grace period.
+    let c = r.client().await;
+    let mb = c.create(Suite::ChaCha20Poly1305).await.unwrap();
+    let _sub = c.subscribe(&mb.access(), 4).await.unwrap();
+    let ready = r.handle.ready();
+    let stopping = tokio::spawn(r.handle.shutdown_within(Duration::from_secs(3)));
+    let t0 = Instant::now();
+    while ready.load(std::sync::atomic::Ordering::Relaxed) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "readiness never dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(get("/readyz").await.unwrap(), 503);
+    assert_eq!(
+        get("/healthz").await.unwrap(),
+        200,
+        "still alive while stopping"
+    );
+    stopping.await.unwrap();
+}
