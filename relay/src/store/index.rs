@@ -208,11 +208,29 @@ pub struct Index {
     /// Mailboxes by deposit id.
     mailboxes: HashMap<DepositId, Mailbox, IdHash>,
     prf: IdPrf,
+    totals: Totals,
+    /// The most bytes of envelope bodies kept in memory.
+    body_limit: u64,
+}
+
+/// What every mailbox holds, together.
+#[derive(Default)]
+struct Totals {
     envelopes: u64,
     bytes: u64,
-    /// Bytes of envelope bodies kept in memory, and the most that may be kept.
+    /// Bytes of envelope bodies kept in memory.
     body_bytes: u64,
-    body_limit: u64,
+}
+
+impl Totals {
+    /// Accounts for a held envelope leaving the index.
+    fn remove(&mut self, h: &Held) {
+        self.envelopes -= 1;
+        self.bytes -= h.len as u64;
+        if h.body.is_some() {
+            self.body_bytes -= h.len as u64;
+        }
+    }
 }
 
 /// An envelope newly stored by [`Index::append`], for the disk store to write.
@@ -254,9 +272,7 @@ impl Index {
         Self {
             mailboxes: HashMap::with_capacity_and_hasher(n, IdHash),
             prf,
-            envelopes: 0,
-            bytes: 0,
-            body_bytes: 0,
+            totals: Totals::default(),
             body_limit: u64::MAX,
         }
     }
@@ -270,7 +286,7 @@ impl Index {
 
     /// Bytes of envelope bodies kept in memory.
     pub fn body_bytes(&self) -> u64 {
-        self.body_bytes
+        self.totals.body_bytes
     }
 
     /// The deposit id a new mailbox with recipient id `rid` gets.
@@ -321,8 +337,8 @@ impl Index {
 
     /// Inserts a recovered mailbox.
     pub fn insert(&mut self, m: Mailbox) {
-        self.envelopes += m.held() as u64;
-        self.bytes += m.bytes();
+        self.totals.envelopes += m.held() as u64;
+        self.totals.bytes += m.bytes();
         self.mailboxes.insert(m.record.deposit_id, m);
     }
 
@@ -345,15 +361,8 @@ impl Index {
             return None;
         }
         let m = self.mailboxes.remove(&did)?;
-        self.envelopes -= m.held() as u64;
-        self.bytes -= m.bytes();
         if let Some(a) = &m.active {
-            self.body_bytes -= a
-                .queue
-                .iter()
-                .filter(|h| h.body.is_some())
-                .map(|h| h.len as u64)
-                .sum::<u64>();
+            a.queue.iter().for_each(|h| self.totals.remove(h));
         }
         Some(m)
     }
@@ -388,9 +397,9 @@ impl Index {
             }
             let seq = m.next_seq;
             m.next_seq += 1;
-            let keep = keep_bodies && self.body_bytes + len <= self.body_limit;
+            let keep = keep_bodies && self.totals.body_bytes + len <= self.body_limit;
             if keep {
-                self.body_bytes += len;
+                self.totals.body_bytes += len;
             }
             let act = m.active_mut();
             act.seen.insert(a.nonce);
@@ -403,8 +412,8 @@ impl Index {
                 body: keep.then(|| a.envelope.clone()),
                 durable,
             });
-            self.envelopes += 1;
-            self.bytes += len;
+            self.totals.envelopes += 1;
+            self.totals.bytes += len;
             let rid = m.record.recipient_id;
             stored.push(Stored {
                 recipient_id: rid,
@@ -487,11 +496,7 @@ impl Index {
                     seq: h.seq,
                     nonce: h.nonce,
                 });
-                self.envelopes -= 1;
-                self.bytes -= h.len as u64;
-                if h.body.is_some() {
-                    self.body_bytes -= h.len as u64;
-                }
+                self.totals.remove(&h);
             }
         }
         r
@@ -509,11 +514,7 @@ impl Index {
                         seq: h.seq,
                         nonce: h.nonce,
                     });
-                    self.envelopes -= 1;
-                    self.bytes -= h.len as u64;
-                    if h.body.is_some() {
-                        self.body_bytes -= h.len as u64;
-                    }
+                    self.totals.remove(&h);
                 }
             }
         }
@@ -544,8 +545,8 @@ impl Index {
     pub fn stats(&self) -> StoreStats {
         StoreStats {
             mailboxes: self.mailboxes.len() as u64,
-            envelopes: self.envelopes,
-            bytes: self.bytes,
+            envelopes: self.totals.envelopes,
+            bytes: self.totals.bytes,
         }
     }
 }
