@@ -550,3 +550,56 @@ impl Index {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sealpost_core::Suite;
+    use sealpost_core::keys::RecipientSecret;
+
+    #[test]
+    fn the_body_tail_stays_within_its_limit_and_empties_on_ack() {
+        let prf = IdPrf::new([7; 16]);
+        let mut index = Index::new(prf.clone(), 1);
+        let quotas = Quotas {
+            max_envelopes: 100,
+            max_bytes: 1 << 20,
+            max_mailboxes: 10,
+            dedupe_window: 16,
+        };
+        let rid = [1u8; 16];
+        let did = prf.deposit_id(&rid);
+        let rec = MailboxRecord::new(
+            rid,
+            did,
+            Suite::ChaCha20Poly1305,
+            [2; 32],
+            RecipientSecret([3; 32]),
+        );
+        index.create(rec, &quotas).unwrap();
+        index.set_body_limit(250);
+        let batch: Vec<Append> = (0..3u8)
+            .map(|i| Append {
+                deposit_id: did,
+                nonce: [i; 12],
+                envelope: Bytes::from(vec![i; 100]),
+            })
+            .collect();
+        let (_, stored) = index.append(&batch, &quotas, true, false);
+        assert_eq!(stored.len(), 3);
+        // Two bodies fit under 250 bytes; the third is left to the store's disk.
+        assert_eq!(index.body_bytes(), 200);
+        index.mark_durable(&stored);
+        let kept: Vec<bool> = index
+            .pending_after(&rid, 0, 10)
+            .iter()
+            .map(|(_, b)| b.is_some())
+            .collect();
+        assert_eq!(kept, [true, true, false]);
+        index.ack(&rid, 2, 16);
+        assert_eq!(index.body_bytes(), 0);
+        assert_eq!(index.stats().envelopes, 1);
+        index.delete(&rid).unwrap();
+        assert_eq!((index.stats().envelopes, index.body_bytes()), (0, 0));
+    }
+}
