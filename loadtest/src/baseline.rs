@@ -284,6 +284,7 @@ impl Forwarder {
         let mut sent = 0u64;
         let mut acked = 0u64;
         let mut chunks: Vec<Bytes> = Vec::with_capacity(3 * MAX_BATCH);
+        let mut batch: Vec<Bytes> = Vec::with_capacity(MAX_BATCH);
         loop {
             if sent - acked >= window {
                 match acks.recv().await {
@@ -295,26 +296,32 @@ impl Forwarder {
             tokio::select! {
                 e = queue.recv() => {
                     let Some(e) = e else { return };
-                    chunks.clear();
-                    let mut push = |e: Bytes, sent: &mut u64| {
-                        *sent += 1;
-                        let mut head = BytesMut::with_capacity(HEADER_LEN + DELIVER_PREFIX);
-                        head.extend_from_slice(&frame::header(
+                    // Like the relay: every DELIVER head of a batch in one buffer.
+                    batch.clear();
+                    batch.push(e);
+                    while sent + (batch.len() as u64) - acked < window {
+                        match queue.try_recv() {
+                            Ok(e) => batch.push(e),
+                            Err(_) => break,
+                        }
+                    }
+                    let head_len = HEADER_LEN + DELIVER_PREFIX;
+                    let mut heads = BytesMut::with_capacity(head_len * batch.len());
+                    for e in &batch {
+                        sent += 1;
+                        heads.extend_from_slice(&frame::header(
                             FrameType::Deliver,
                             DELIVER_PREFIX + e.len() + TAG_LEN,
                         ));
-                        head.extend_from_slice(&sent.to_be_bytes());
-                        head.extend_from_slice(&[0u8; 12]);
-                        chunks.push(head.freeze());
+                        heads.extend_from_slice(&sent.to_be_bytes());
+                        heads.extend_from_slice(&[0u8; 12]);
+                    }
+                    let mut heads = heads.freeze();
+                    chunks.clear();
+                    for e in batch.drain(..) {
+                        chunks.push(heads.split_to(head_len));
                         chunks.push(e);
                         chunks.push(tag.clone());
-                    };
-                    push(e, &mut sent);
-                    while sent - acked < window {
-                        match queue.try_recv() {
-                            Ok(e) => push(e, &mut sent),
-                            Err(_) => break,
-                        }
                     }
                     if send.write_all_chunks(&mut chunks).await.is_err() {
                         return;
