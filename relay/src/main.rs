@@ -153,16 +153,24 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let format = match &cli.cmd {
+    // `serve`'s settings are read once, before logging starts, since they choose its format.
+    let serve_settings = match &cli.cmd {
         Cmd::Serve(a) => match load_settings(a.config.as_ref(), &a.settings) {
-            Ok(v) => v.log_format,
+            Ok(v) => Some(v),
             Err(e) => return fail(e),
         },
-        _ => LogFormat::Human,
+        _ => None,
     };
-    init_logging(format);
+    init_logging(
+        serve_settings
+            .as_ref()
+            .map_or(LogFormat::Human, |v| v.log_format),
+    );
     let r = match cli.cmd {
-        Cmd::Serve(a) => serve(a).await,
+        Cmd::Serve(_) => match serve_settings {
+            Some(v) => serve(v).await,
+            None => unreachable!("read above for serve"),
+        },
         Cmd::Mailbox(MailboxCmd::Create { relay, suite, out }) => create(relay, suite, out).await,
         Cmd::Mailbox(MailboxCmd::Delete { mailbox_file }) => delete(mailbox_file).await,
         Cmd::Send {
@@ -198,10 +206,9 @@ fn check_config(file: PathBuf, given: Settings) -> CmdResult {
     Ok(())
 }
 
-async fn serve(a: ServeArgs) -> CmdResult {
+async fn serve(v: Validated) -> CmdResult {
     // A bad SEALPOST_BACKEND is an operator error: say so instead of silently falling back.
     sealpost_core::engine::backend_from_env().map_err(|e| format!("SEALPOST_BACKEND: {e}"))?;
-    let v = load_settings(a.config.as_ref(), &a.settings)?;
     let config = v.relay.clone();
     let quotas = config.limits.quotas();
     let data_dir = config.data_dir.clone();
