@@ -7,20 +7,14 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_spawned_run_loses_nothing() {
     let report = run(RunOptions {
-        target: Target::Spawn,
         mailboxes: 12,
         connections: 3,
         size: 256,
-        duration: Duration::from_millis(1500),
-        rate: None,
         warmup: Duration::ZERO,
         depth: 32,
         window: 16,
-        drain_timeout: Duration::from_secs(10),
-        progress: false,
-        store: sealpost_loadtest::run::StoreKind::Memory,
-        backlog: false,
         e2e: sealpost_loadtest::run::E2eMode::Hpke,
+        ..options(Target::Spawn)
     })
     .await
     .expect("run completes");
@@ -62,20 +56,16 @@ async fn short_spawned_run_loses_nothing() {
 #[tokio::test]
 async fn a_size_the_relay_does_not_allow_is_a_clear_error() {
     let err = run(RunOptions {
-        target: Target::Spawn,
         mailboxes: 1,
         connections: 1,
         size: 1000,
         duration: Duration::from_millis(100),
-        rate: None,
         warmup: Duration::ZERO,
         depth: 4,
         window: 4,
         drain_timeout: Duration::from_secs(1),
-        progress: false,
-        store: sealpost_loadtest::run::StoreKind::Memory,
-        backlog: false,
         e2e: sealpost_loadtest::run::E2eMode::Hpke,
+        ..options(Target::Spawn)
     })
     .await
     .unwrap_err();
@@ -86,20 +76,14 @@ async fn a_size_the_relay_does_not_allow_is_a_clear_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_run_on_the_disk_store_loses_nothing_and_reports_writes() {
     let report = run(RunOptions {
-        target: Target::Spawn,
         mailboxes: 6,
-        connections: 2,
-        size: 1024,
         duration: Duration::from_millis(1200),
-        rate: None,
         warmup: Duration::ZERO,
         depth: 32,
         window: 16,
-        drain_timeout: Duration::from_secs(10),
-        progress: false,
         store: sealpost_loadtest::run::StoreKind::Disk,
         backlog: true,
-        e2e: sealpost_loadtest::run::E2eMode::Fast,
+        ..options(Target::Spawn)
     })
     .await
     .expect("run completes");
