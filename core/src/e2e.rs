@@ -208,8 +208,10 @@ pub fn open_body(
 }
 
 /// One call for senders: pads and seals `content` for the invitation's recipient and wraps it
-/// in a tagged envelope, choosing the smallest allowed body size that fits.
+/// in a tagged envelope (its deposit tag computed on `engine`), choosing the smallest allowed
+/// body size that fits.
 pub fn seal_for_invitation(
+    engine: &crate::engine::Engine,
     invitation: &Invitation,
     sizes: &SizeClasses,
     content: &[u8],
@@ -223,6 +225,7 @@ pub fn seal_for_invitation(
     )?;
     let nonce = crate::random::array().map_err(|_| E2eError::Rng)?;
     Ok(envelope::build(
+        engine,
         &invitation.deposit_key,
         &invitation.deposit_id,
         &nonce,

@@ -12,6 +12,7 @@
 //! ```
 
 use crate::batch::VerifyJob;
+use crate::engine::Engine;
 use crate::padding::{MAX_BODY, SizeClasses};
 use crate::suite::{AeadKey, NONCE_LEN, Suite, TAG_LEN};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -176,7 +177,7 @@ impl Envelope {
         self.bytes
     }
 
-    /// The tag check for this envelope under `key`, for [`crate::batch::verify_batch`].
+    /// The tag check for this envelope under `key`, for [`Engine::verify`].
     pub fn verify_job<'a>(&'a self, key: &'a AeadKey) -> VerifyJob<'a> {
         VerifyJob {
             key,
@@ -188,8 +189,9 @@ impl Envelope {
 }
 
 /// Builds an envelope around an already-sealed `body`, computing the deposit tag with
-/// `deposit_key` (whose suite goes in the header).
+/// `deposit_key` (whose suite goes in the header) on `engine`.
 pub fn build(
+    engine: &Engine,
     deposit_key: &AeadKey,
     deposit_id: &DepositId,
     nonce: &[u8; NONCE_LEN],
@@ -211,7 +213,9 @@ pub fn build(
         plaintext: &[],
         out: &mut tag,
     }];
-    crate::batch::seal_batch(&mut jobs).expect("buffer shapes are fixed here");
+    engine
+        .seal(&mut jobs)
+        .expect("buffer shapes are fixed here");
     out.put_slice(&tag);
     out.freeze()
 }
@@ -219,12 +223,17 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::verify_batch;
     use proptest::prelude::*;
 
     fn sample(suite: Suite, body_len: usize) -> (AeadKey, Bytes) {
         let key = AeadKey::new(suite, [7; 32]);
-        let env = build(&key, &[3; 16], &[5; 12], &vec![0xAB; body_len]);
+        let env = build(
+            &Engine::detect(),
+            &key,
+            &[3; 16],
+            &[5; 12],
+            &vec![0xAB; body_len],
+        );
         (key, env)
     }
 
@@ -243,10 +252,14 @@ mod tests {
                 "parse must not copy"
             );
             let mut ok = [false];
-            verify_batch(&[env.verify_job(&key)], &mut ok).unwrap();
+            Engine::detect()
+                .verify(&[env.verify_job(&key)], &mut ok)
+                .unwrap();
             assert!(ok[0]);
             let other = AeadKey::new(suite, [8; 32]);
-            verify_batch(&[env.verify_job(&other)], &mut ok).unwrap();
+            Engine::detect()
+                .verify(&[env.verify_job(&other)], &mut ok)
+                .unwrap();
             assert!(!ok[0]);
         }
     }
@@ -298,7 +311,7 @@ mod tests {
             b[pos] ^= 1 << bit;
             if let Ok(env) = Envelope::parse(Bytes::from(b), &sizes) {
                 let mut ok = [true];
-                verify_batch(&[env.verify_job(&key)], &mut ok).unwrap();
+                Engine::detect().verify(&[env.verify_job(&key)], &mut ok).unwrap();
                 prop_assert!(!ok[0]);
             }
         }

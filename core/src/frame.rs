@@ -159,10 +159,10 @@ impl FrameDecoder {
                 max: self.max_frame,
             });
         }
-        if let Some(b) = ty {
-            if FrameType::from_u8(b).is_none() {
-                return Err(FrameError::UnknownType(b));
-            }
+        if let Some(b) = ty
+            && FrameType::from_u8(b).is_none()
+        {
+            return Err(FrameError::UnknownType(b));
         }
         Ok(())
     }

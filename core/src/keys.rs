@@ -179,8 +179,9 @@ pub enum DeliveryError {
     BadTag(u64),
 }
 
-/// Opens one delivery (recipient side): returns the stored envelope bytes.
+/// Opens one delivery (recipient side) on `engine`: returns the stored envelope bytes.
 pub fn open_delivery(
+    engine: &crate::engine::Engine,
     key: &AeadKey,
     recipient_id: &RecipientId,
     seq: u64,
@@ -200,7 +201,7 @@ pub fn open_delivery(
         ciphertext: sealed,
         out: &mut out,
     }];
-    crate::batch::open_batch(&mut jobs, &mut ok).expect("shapes fixed above");
+    engine.open(&mut jobs, &mut ok).expect("shapes fixed above");
     if ok[0] {
         Ok(out)
     } else {

@@ -4,7 +4,8 @@
 //! classes; the batch-shaped AEAD API the relay calls per batch; mailbox key derivation and
 //! connection-bound proofs; the end-to-end HPKE layer for clients; invitations. Nothing here
 //! does I/O or depends on an async runtime, so every piece is deterministic and testable alone.
-// unsafe is confined to the SIMD backends (engine::avx2), each block with a SAFETY comment.
+// unsafe is confined to the SIMD backends (engine::avx2, engine::avx512) and the CPU detection
+// (engine::cpu), each block with a SAFETY comment.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

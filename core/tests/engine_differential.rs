@@ -10,11 +10,20 @@ use sealpost_core::batch::{OpenInPlaceJob, OpenJob, SealInPlaceJob, SealJob, Ver
 use sealpost_core::engine::{Backend, Engine};
 use sealpost_core::{AeadKey, Suite};
 
+/// Every backend this machine runs, with a line saying which of the SIMD ones run natively.
 fn engines() -> Vec<Engine> {
-    Backend::supported()
-        .into_iter()
-        .map(|b| Engine::new(b).unwrap())
-        .collect()
+    let b = Backend::supported();
+    assert!(b.contains(&Backend::Portable) && b.contains(&Backend::Avx512Emulated));
+    let names =
+        |v: &mut dyn Iterator<Item = Backend>| v.map(|b| b.name()).collect::<Vec<_>>().join(", ");
+    eprintln!(
+        "backends under test: {}; SIMD natively on this CPU: [{}]; not on this CPU: [{}] (the \
+         AVX-512 algorithms run on their emulation, avx512-emulated, everywhere)",
+        names(&mut b.iter().copied()),
+        names(&mut b.iter().copied().filter(|b| b.is_simd())),
+        names(&mut Backend::ALL.into_iter().filter(|x| !b.contains(x))),
+    );
+    b.into_iter().map(|b| Engine::new(b).unwrap()).collect()
 }
 
 fn ring_seal(key: &[u8; 32], nonce: [u8; 12], aad: &[u8], pt: &[u8]) -> Vec<u8> {
@@ -296,7 +305,7 @@ fn mixed_suites_in_one_batch() {
     let aes = AeadKey::new(Suite::Aes256Gcm, rng.random());
     let msgs: Vec<Vec<u8>> = (0..50).map(|i| vec![i as u8; i * 31]).collect();
     for e in engines() {
-        let keys = |i: usize| if i % 3 == 0 { &aes } else { &chacha };
+        let keys = |i: usize| if i.is_multiple_of(3) { &aes } else { &chacha };
         let mut outs: Vec<Vec<u8>> = msgs.iter().map(|m| vec![0; m.len() + 16]).collect();
         let mut jobs: Vec<SealJob> = msgs
             .iter()

@@ -278,7 +278,12 @@ async fn deposit(
                 },
                 content_len,
             );
-            let env = e2e::seal_for_invitation(&invitations[mb as usize], &sizes, &content)?;
+            let env = e2e::seal_for_invitation(
+                &sealpost_core::engine::Engine::ring(),
+                &invitations[mb as usize],
+                &sizes,
+                &content,
+            )?;
             {
                 let mut s = lock(&state);
                 s.sent.insert((mb, id), env.clone());

@@ -4,6 +4,7 @@
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use sealpost_core::Suite;
+use sealpost_core::engine::{Backend, Engine};
 use sealpost_loadtest::run::{RunOptions, Target, run};
 use sealpost_loadtest::speed::{self, Op, SpeedOptions};
 use std::path::PathBuf;
@@ -110,7 +111,11 @@ struct SpeedArgs {
         default_value = "chacha20poly1305,aes256gcm"
     )]
     suites: Vec<Suite>,
-    /// Write the rows as JSON to this file.
+    /// Backends of ours to measure, comma-separated (avx512, avx2, portable, avx512-emulated);
+    /// default: SEALPOST_BACKEND if set, else every one this CPU runs natively.
+    #[arg(long, value_delimiter = ',')]
+    backends: Vec<Backend>,
+    /// Write the report (machine, clock, kernel floors, rows) as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
 }
@@ -371,16 +376,30 @@ fn speed_cmd(a: SpeedArgs) -> anyhow::Result<ExitCode> {
     if a.batch == 0 || a.sizes.is_empty() || a.seconds <= 0.0 {
         anyhow::bail!("--batch, --sizes and --seconds must be positive");
     }
-    let env_backend = sealpost_core::engine::backend_from_env()?;
-    let backends = sealpost_core::engine::Backend::supported();
+    // --backends, else SEALPOST_BACKEND (one backend), else every native backend of ours.
+    let engines = if !a.backends.is_empty() {
+        a.backends
+            .iter()
+            .map(|b| Engine::new(*b))
+            .collect::<Result<Vec<_>, _>>()?
+    } else if std::env::var(sealpost_core::engine::BACKEND_ENV).is_ok_and(|v| !v.trim().is_empty())
+    {
+        vec![sealpost_loadtest::engine_from_env()?]
+    } else {
+        speed::default_engines()
+    };
     println!(
-        "backends on this machine: {} (SEALPOST_BACKEND: {})",
-        backends
+        "backends on this machine: {}; measuring: {}",
+        Backend::supported()
             .iter()
             .map(|b| b.name())
             .collect::<Vec<_>>()
             .join(", "),
-        env_backend.map_or("unset".to_owned(), |b| b.name().to_owned())
+        engines
+            .iter()
+            .map(|e| e.describe())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let opts = SpeedOptions {
         sizes: a.sizes,
@@ -388,11 +407,27 @@ fn speed_cmd(a: SpeedArgs) -> anyhow::Result<ExitCode> {
         seconds: a.seconds,
         ops: a.ops,
         suites: a.suites,
+        engines,
     };
+    println!(
+        "ratio: ours / the faster of ring and aws-lc-rs; c/B: core cycles per byte (ours, ring); c/env: ours per envelope; floor: fraction of the kernels-alone cost reached"
+    );
     speed::print_header();
-    let rows = speed::run(&opts, speed::print_row);
+    let report = speed::run(&opts, speed::print_row);
+    if let Some(c) = report.core_cycles_per_tsc_tick {
+        println!("core cycles per TSC tick: {c:.3}");
+    }
+    for k in &report.kernels {
+        let f = |c: Option<f64>| c.map_or("-".to_owned(), |c| format!("{c:.3}"));
+        println!(
+            "kernels alone, {}: ChaCha20 {} c/B, Poly1305 {} c/B",
+            k.backend,
+            f(k.chacha_core_cycles_per_byte),
+            f(k.poly_core_cycles_per_byte)
+        );
+    }
     if let Some(path) = a.json {
-        std::fs::write(&path, serde_json::to_string_pretty(&rows)? + "\n")
+        std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(ExitCode::SUCCESS)

@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
 use sealpost_core::Suite;
 use sealpost_core::e2e;
+use sealpost_core::engine::Engine;
 use sealpost_core::invitation::Invitation;
 use sealpost_core::padding::SizeClasses;
 use sealpost_relay::client::{Client, Mailbox};
@@ -132,6 +133,7 @@ pub async fn spawn_relay(
         dir.path().to_owned(),
     );
     cfg.limits = limits;
+    cfg.engine = crate::engine_from_env()?;
     let mut disk_handle = None;
     let store: Arc<dyn Store> = match store {
         StoreKind::Memory => Arc::new(MemoryStore::new(quotas)),
@@ -292,10 +294,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
     if opts.depth == 0 || opts.window == 0 {
         bail!("--depth and --window must be at least 1");
     }
-    if let Some(r) = opts.rate {
-        if !(r.is_finite() && r > 0.0) {
-            bail!("--rate must be a positive number of envelopes per second");
-        }
+    if let Some(r) = opts.rate
+        && !(r.is_finite() && r > 0.0)
+    {
+        bail!("--rate must be a positive number of envelopes per second");
     }
     if opts.backlog && opts.target_is_baseline() {
         bail!("the baseline forwarder has no store, so it cannot hold a backlog");
@@ -584,7 +586,7 @@ async fn create_mailboxes(
                 mb.with_context(|| format!("creating mailbox {i}"))?,
             ));
             done += 1;
-            if progress && (done % 1000 == 0 || done == n) {
+            if progress && (done.is_multiple_of(1000) || done == n) {
                 eprint!(
                     "\rcreating mailboxes: {done}/{n} ({:.0} s)   ",
                     t0.elapsed().as_secs_f64()
@@ -678,8 +680,10 @@ async fn sender(
             let content = message::build(ctx.run_id, stamp, ctx.content_len);
             let inv = &invitations[mb as usize];
             let env = match ctx.mode {
-                E2eMode::Hpke => e2e::seal_for_invitation(inv, &ctx.sizes, &content)
-                    .context("sealing a message")?,
+                E2eMode::Hpke => {
+                    e2e::seal_for_invitation(&Engine::ring(), inv, &ctx.sizes, &content)
+                        .context("sealing a message")?
+                }
                 E2eMode::Fast => {
                     let mut rng = rand::rng();
                     let body = ctx.fast_keys[mb as usize].seal(
@@ -690,7 +694,13 @@ async fn sender(
                     )?;
                     let mut nonce = [0u8; 12];
                     rand::RngCore::fill_bytes(&mut rng, &mut nonce);
-                    sealpost_core::envelope::build(&inv.deposit_key, &inv.deposit_id, &nonce, &body)
+                    sealpost_core::envelope::build(
+                        &Engine::ring(),
+                        &inv.deposit_key,
+                        &inv.deposit_id,
+                        &nonce,
+                        &body,
+                    )
                 }
             };
             if qtx.send((mb, seq)).await.is_err() {

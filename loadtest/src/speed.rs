@@ -1,15 +1,19 @@
-//! `speed`: the crypto engine against ring, same work, same run, interleaved, like
-//! `openssl speed`. For each operation, suite, size and backend it reports bytes/s and
-//! envelopes/s for both, the ratio, and TSC cycles per byte.
+//! `speed`: the crypto engine against ring and aws-lc-rs, same work, same run, interleaved,
+//! like `openssl speed`. For each operation, suite, size and backend it reports bytes/s and
+//! envelopes/s for all three, the ratio against the faster reference, TSC and core cycles per
+//! byte, and how close the operation comes to its backend's kernels alone (the kernel floor).
 
+use crate::report::Machine;
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey};
 use sealpost_core::batch::{OpenJob, SealJob, VerifyJob};
-use sealpost_core::engine::{Backend, Engine, tsc_now};
+use sealpost_core::engine::{Backend, Engine, KernelCost, core_cycles_per_tsc_tick, tsc_now};
 use sealpost_core::{AeadKey, Suite};
 use serde::Serialize;
 use std::time::{Duration, Instant};
+
+/// AAD bytes of a seal or open job: the delivery layer's `recipient_id ‖ seq`.
+pub const DELIVERY_AAD: usize = 24;
 
 /// Options of a speed run.
 #[derive(Debug, Clone)]
@@ -24,6 +28,8 @@ pub struct SpeedOptions {
     pub ops: Vec<Op>,
     /// Suites to run.
     pub suites: Vec<Suite>,
+    /// Our engines to measure (ChaCha20-Poly1305; AES-256-GCM always goes through ring).
+    pub engines: Vec<Engine>,
 }
 
 /// An engine operation.
@@ -50,6 +56,20 @@ impl std::str::FromStr for Op {
     }
 }
 
+impl Op {
+    /// ChaCha20 blocks and Poly1305 blocks one job of `size` bytes takes: the kernel work the
+    /// floor is made of.
+    fn blocks(self, size: usize) -> (usize, usize) {
+        match self {
+            Op::Verify => (1, size.div_ceil(16) + 1),
+            Op::Seal | Op::Open => (
+                1 + size.div_ceil(64),
+                DELIVERY_AAD.div_ceil(16) + size.div_ceil(16) + 1,
+            ),
+        }
+    }
+}
+
 /// One measured cell.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
@@ -61,28 +81,84 @@ pub struct Row {
     pub size: usize,
     /// Envelopes per batch.
     pub batch: usize,
-    /// Our backend (`ring-per-envelope` for AES-256-GCM, which the engine hands to ring;
-    /// `avx2+ring` for the tuned engine the relay uses).
+    /// Our backend (`ring-per-envelope` for AES-256-GCM, which the engine hands to ring).
     pub backend: String,
     /// Ours.
     pub bytes_per_s: f64,
     /// ring, same work.
     pub ring_bytes_per_s: f64,
-    /// bytes_per_s / ring_bytes_per_s.
+    /// aws-lc-rs, same work.
+    pub aws_lc_bytes_per_s: f64,
+    /// bytes_per_s / the faster of ring and aws-lc-rs.
     pub ratio: f64,
+    /// bytes_per_s / ring_bytes_per_s.
+    pub ratio_ring: f64,
+    /// bytes_per_s / aws_lc_bytes_per_s.
+    pub ratio_aws_lc: f64,
     /// Ours.
     pub envelopes_per_s: f64,
     /// ring.
     pub ring_envelopes_per_s: f64,
-    /// Ours, TSC cycles per byte (the TSC ticks at a fixed rate, not the core clock).
+    /// aws-lc-rs.
+    pub aws_lc_envelopes_per_s: f64,
+    /// Ours, TSC ticks per byte (the TSC ticks at a fixed rate, not the core clock).
     pub tsc_cycles_per_byte: Option<f64>,
-    /// ring, TSC cycles per byte.
+    /// ring, TSC ticks per byte.
     pub ring_tsc_cycles_per_byte: Option<f64>,
+    /// aws-lc-rs, TSC ticks per byte.
+    pub aws_lc_tsc_cycles_per_byte: Option<f64>,
+    /// Ours, core cycles per byte (TSC ticks times the measured core cycles per tick).
+    pub core_cycles_per_byte: Option<f64>,
+    /// ring, core cycles per byte.
+    pub ring_core_cycles_per_byte: Option<f64>,
+    /// aws-lc-rs, core cycles per byte.
+    pub aws_lc_core_cycles_per_byte: Option<f64>,
+    /// Ours, core cycles per envelope.
+    pub core_cycles_per_envelope: Option<f64>,
+    /// What this backend's kernels alone take for one envelope's blocks, in core cycles.
+    pub floor_core_cycles_per_envelope: Option<f64>,
+    /// floor / ours: the fraction of the kernel floor reached (1 = nothing but kernels).
+    pub floor_fraction: Option<f64>,
+    /// Ours minus the floor: core cycles per envelope spent outside the kernels.
+    pub overhead_core_cycles_per_envelope: Option<f64>,
+}
+
+/// A backend's kernel floor as measured in this run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Kernels {
+    /// The backend.
+    pub backend: &'static str,
+    /// Core cycles per 64-byte ChaCha20 block per lane (transposed and XORed in place).
+    pub chacha_core_cycles_per_block: Option<f64>,
+    /// Core cycles per 16-byte Poly1305 block per lane.
+    pub poly_core_cycles_per_block: Option<f64>,
+    /// The same two as core cycles per byte.
+    pub chacha_core_cycles_per_byte: Option<f64>,
+    /// Poly1305, core cycles per byte.
+    pub poly_core_cycles_per_byte: Option<f64>,
+}
+
+/// A whole run: the machine, its clock, the kernels, and every cell.
+#[derive(Debug, Clone, Serialize)]
+pub struct SpeedReport {
+    /// Where it ran.
+    pub machine: Machine,
+    /// CPU flags that decide the backends.
+    pub cpu_flags: Vec<String>,
+    /// Core clock cycles per TSC tick (median of repeated measurements at the start).
+    pub core_cycles_per_tsc_tick: Option<f64>,
+    /// Seconds since the Unix epoch when the run began.
+    pub started_unix: u64,
+    /// The kernel floors.
+    pub kernels: Vec<Kernels>,
+    /// The cells.
+    pub rows: Vec<Row>,
 }
 
 struct Data {
     keys: Vec<AeadKey>,
-    ring_keys: Vec<LessSafeKey>,
+    ring_keys: Vec<ring::aead::LessSafeKey>,
+    aws_keys: Vec<aws_lc_rs::aead::LessSafeKey>,
     nonces: Vec<[u8; 12]>,
     aads: Vec<Vec<u8>>,
     msgs: Vec<Vec<u8>>,
@@ -90,39 +166,43 @@ struct Data {
     sealed: Vec<Vec<u8>>,
 }
 
-fn ring_alg(s: Suite) -> &'static ring::aead::Algorithm {
-    match s {
-        Suite::ChaCha20Poly1305 => &ring::aead::CHACHA20_POLY1305,
-        Suite::Aes256Gcm => &ring::aead::AES_256_GCM,
-    }
-}
-
 fn make_data(op: Op, suite: Suite, size: usize, batch: usize, rng: &mut StdRng) -> Data {
     let mut d = Data {
         keys: Vec::new(),
         ring_keys: Vec::new(),
+        aws_keys: Vec::new(),
         nonces: Vec::new(),
         aads: Vec::new(),
         msgs: Vec::new(),
         tags: Vec::new(),
         sealed: Vec::new(),
     };
+    let (ring_alg, aws_alg) = match suite {
+        Suite::ChaCha20Poly1305 => (
+            &ring::aead::CHACHA20_POLY1305,
+            &aws_lc_rs::aead::CHACHA20_POLY1305,
+        ),
+        Suite::Aes256Gcm => (&ring::aead::AES_256_GCM, &aws_lc_rs::aead::AES_256_GCM),
+    };
     for _ in 0..batch {
         let k: [u8; 32] = rng.random();
-        let rk = LessSafeKey::new(UnboundKey::new(ring_alg(suite), &k).expect("32-byte key"));
+        let rk = ring::aead::LessSafeKey::new(
+            ring::aead::UnboundKey::new(ring_alg, &k).expect("32-byte key"),
+        );
+        let ak = aws_lc_rs::aead::LessSafeKey::new(
+            aws_lc_rs::aead::UnboundKey::new(aws_alg, &k).expect("32-byte key"),
+        );
         let nonce: [u8; 12] = rng.random();
-        let (aad, msg) = match op {
+        let (mut aad, mut msg) = match op {
             Op::Verify => (vec![0u8; size], Vec::new()),
-            Op::Seal | Op::Open => (vec![0u8; 24], vec![0u8; size]),
+            Op::Seal | Op::Open => (vec![0u8; DELIVERY_AAD], vec![0u8; size]),
         };
-        let mut aad = aad;
         rng.fill_bytes(&mut aad);
-        let mut msg = msg;
         rng.fill_bytes(&mut msg);
         let mut sealed = msg.clone();
         rk.seal_in_place_append_tag(
-            Nonce::assume_unique_for_key(nonce),
-            Aad::from(&aad),
+            ring::aead::Nonce::assume_unique_for_key(nonce),
+            ring::aead::Aad::from(&aad),
             &mut sealed,
         )
         .expect("seal");
@@ -130,6 +210,7 @@ fn make_data(op: Op, suite: Suite, size: usize, batch: usize, rng: &mut StdRng) 
         tag.copy_from_slice(&sealed[sealed.len() - 16..]);
         d.keys.push(AeadKey::new(suite, k));
         d.ring_keys.push(rk);
+        d.aws_keys.push(ak);
         d.nonces.push(nonce);
         d.aads.push(aad);
         d.msgs.push(msg);
@@ -137,18 +218,6 @@ fn make_data(op: Op, suite: Suite, size: usize, batch: usize, rng: &mut StdRng) 
         d.sealed.push(sealed);
     }
     d
-}
-
-/// Runs `f` repeatedly for about `slice`, returning (calls, elapsed, tsc ticks).
-fn time_slice(slice: Duration, mut f: impl FnMut()) -> (u64, Duration, u64) {
-    let t0 = Instant::now();
-    let c0 = tsc_now().unwrap_or(0);
-    let mut n = 0;
-    while t0.elapsed() < slice {
-        f();
-        n += 1;
-    }
-    (n, t0.elapsed(), tsc_now().unwrap_or(0).wrapping_sub(c0))
 }
 
 fn ours(engine: &Engine, op: Op, d: &Data, outs: &mut [Vec<u8>], results: &mut [bool]) {
@@ -195,77 +264,152 @@ fn ours(engine: &Engine, op: Op, d: &Data, outs: &mut [Vec<u8>], results: &mut [
     }
 }
 
-fn theirs(op: Op, d: &Data, outs: &mut [Vec<u8>], results: &mut [bool]) {
-    for i in 0..d.keys.len() {
-        let nonce = Nonce::assume_unique_for_key(d.nonces[i]);
-        let k = &d.ring_keys[i];
-        match op {
-            Op::Verify => {
-                let mut tag = d.tags[i];
-                results[i] = k
-                    .open_in_place(nonce, Aad::from(&d.aads[i]), &mut tag)
-                    .is_ok();
-            }
-            Op::Seal => {
-                let n = d.msgs[i].len();
-                let (body, tag_out) = outs[i].split_at_mut(n);
-                body.copy_from_slice(&d.msgs[i]);
-                let tag = k
-                    .seal_in_place_separate_tag(nonce, Aad::from(&d.aads[i]), body)
-                    .expect("seal");
-                tag_out.copy_from_slice(tag.as_ref());
-            }
-            Op::Open => {
-                let n = d.msgs[i].len();
-                let body = &mut outs[i][..n];
-                body.copy_from_slice(&d.sealed[i][..n]);
-                let tag = ring::aead::Tag::try_from(&d.sealed[i][n..]).expect("16 bytes");
-                results[i] = k
-                    .open_in_place_separate_tag(nonce, Aad::from(&d.aads[i]), tag, body, 0..)
-                    .is_ok();
+/// The same work through ring or aws-lc-rs, whose AEAD APIs are the same shape.
+macro_rules! reference {
+    ($name:ident, $m:ident, $keys:ident, $open:expr) => {
+        fn $name(op: Op, d: &Data, outs: &mut [Vec<u8>], results: &mut [bool]) {
+            use $m::aead::{Aad, Nonce};
+            for i in 0..d.keys.len() {
+                let nonce = Nonce::assume_unique_for_key(d.nonces[i]);
+                let k = &d.$keys[i];
+                match op {
+                    Op::Verify => {
+                        let mut tag = d.tags[i];
+                        results[i] = k
+                            .open_in_place(nonce, Aad::from(&d.aads[i]), &mut tag)
+                            .is_ok();
+                    }
+                    Op::Seal => {
+                        let n = d.msgs[i].len();
+                        let (body, tag_out) = outs[i].split_at_mut(n);
+                        body.copy_from_slice(&d.msgs[i]);
+                        let tag = k
+                            .seal_in_place_separate_tag(nonce, Aad::from(&d.aads[i]), body)
+                            .expect("seal");
+                        tag_out.copy_from_slice(tag.as_ref());
+                    }
+                    Op::Open => {
+                        let n = d.msgs[i].len();
+                        let body = &mut outs[i][..n];
+                        body.copy_from_slice(&d.sealed[i][..n]);
+                        let tag = &d.sealed[i][n..];
+                        results[i] = $open(k, nonce, Aad::from(&d.aads[i][..]), tag, body);
+                    }
+                }
             }
         }
+    };
+}
+
+reference!(
+    ring_side,
+    ring,
+    ring_keys,
+    |k: &ring::aead::LessSafeKey, nonce, aad, tag: &[u8], body: &mut [u8]| {
+        let tag = ring::aead::Tag::try_from(tag).expect("16 bytes");
+        k.open_in_place_separate_tag(nonce, aad, tag, body, 0..)
+            .is_ok()
+    }
+);
+reference!(
+    aws_lc_side,
+    aws_lc_rs,
+    aws_keys,
+    |k: &aws_lc_rs::aead::LessSafeKey, nonce, aad, tag: &[u8], body: &mut [u8]| {
+        k.open_in_place_separate_tag(nonce, aad, tag, body).is_ok()
+    }
+);
+
+/// Calls, elapsed time and TSC ticks accumulated for one side of a cell.
+#[derive(Default, Clone, Copy)]
+struct Tally {
+    calls: u64,
+    time: Duration,
+    tsc: u64,
+}
+
+impl Tally {
+    /// Runs `f` repeatedly for about `slice`.
+    fn slice(&mut self, slice: Duration, mut f: impl FnMut()) {
+        let t0 = Instant::now();
+        let c0 = tsc_now().unwrap_or(0);
+        let mut n = 0;
+        while n == 0 || t0.elapsed() < slice {
+            f();
+            n += 1;
+        }
+        self.calls += n;
+        self.time += t0.elapsed();
+        self.tsc += tsc_now().unwrap_or(0).wrapping_sub(c0);
+    }
+
+    fn bytes_per_s(&self, per_call: f64) -> f64 {
+        self.calls as f64 * per_call / self.time.as_secs_f64()
+    }
+
+    fn tsc_per_byte(&self, per_call: f64) -> Option<f64> {
+        tsc_now().map(|_| self.tsc as f64 / (self.calls as f64 * per_call))
     }
 }
 
-/// Measures one cell: ours and ring alternate in short slices until each has `seconds`.
+/// Measures one cell: ours, ring and aws-lc-rs take turns in short slices until each has had
+/// `seconds`.
 fn measure(
-    engine: Option<&Engine>,
+    engine: &Engine,
     op: Op,
     suite: Suite,
     size: usize,
     opts: &SpeedOptions,
+    (clock, floor): (Option<f64>, Option<KernelCost>),
     rng: &mut StdRng,
 ) -> Row {
     let d = make_data(op, suite, size, opts.batch, rng);
     let mut outs: Vec<Vec<u8>> = d.msgs.iter().map(|m| vec![0u8; m.len() + 16]).collect();
     let mut results = vec![false; opts.batch];
-    let fallback = Engine::active();
-    let engine = engine.unwrap_or(&fallback);
-    // Correctness before speed: both sides must accept everything.
-    ours(engine, op, &d, &mut outs, &mut results);
-    assert!(
-        op == Op::Seal || results.iter().all(|r| *r),
-        "engine rejected a valid envelope"
-    );
+    // Correctness before speed: every side must accept everything and agree on the output.
+    for side in 0..3 {
+        results.fill(false);
+        match side {
+            0 => ours(engine, op, &d, &mut outs, &mut results),
+            1 => ring_side(op, &d, &mut outs, &mut results),
+            _ => aws_lc_side(op, &d, &mut outs, &mut results),
+        }
+        assert!(
+            op == Op::Seal || results.iter().all(|r| *r),
+            "side {side} rejected a valid envelope"
+        );
+        if op == Op::Seal {
+            assert!(
+                outs.iter().zip(&d.sealed).all(|(o, s)| o == s),
+                "side {side} sealed differently"
+            );
+        }
+    }
     let slice = Duration::from_millis(20);
     let target = Duration::from_secs_f64(opts.seconds);
-    let (mut a_calls, mut a_time, mut a_tsc) = (0u64, Duration::ZERO, 0u64);
-    let (mut b_calls, mut b_time, mut b_tsc) = (0u64, Duration::ZERO, 0u64);
-    while a_time < target || b_time < target {
-        let (n, t, c) = time_slice(slice, || ours(engine, op, &d, &mut outs, &mut results));
-        a_calls += n;
-        a_time += t;
-        a_tsc += c;
-        let (n, t, c) = time_slice(slice, || theirs(op, &d, &mut outs, &mut results));
-        b_calls += n;
-        b_time += t;
-        b_tsc += c;
+    let (mut a, mut r, mut w) = (Tally::default(), Tally::default(), Tally::default());
+    while a.time < target || r.time < target || w.time < target {
+        a.slice(slice, || ours(engine, op, &d, &mut outs, &mut results));
+        r.slice(slice, || ring_side(op, &d, &mut outs, &mut results));
+        w.slice(slice, || aws_lc_side(op, &d, &mut outs, &mut results));
     }
     let per_call = (size * opts.batch) as f64;
-    let bps = a_calls as f64 * per_call / a_time.as_secs_f64();
-    let rbps = b_calls as f64 * per_call / b_time.as_secs_f64();
-    let has_tsc = tsc_now().is_some();
+    let (bps, rbps, wbps) = (
+        a.bytes_per_s(per_call),
+        r.bytes_per_s(per_call),
+        w.bytes_per_s(per_call),
+    );
+    let core = |t: Option<f64>| t.zip(clock).map(|(t, c)| t * c);
+    let tsc = a.tsc_per_byte(per_call);
+    let core_per_env = core(tsc).map(|c| c * size as f64);
+    let floor = floor
+        .filter(|_| suite == Suite::ChaCha20Poly1305)
+        .and_then(|k| {
+            let (cb, pb) = op.blocks(size);
+            core(Some(
+                cb as f64 * k.chacha_tsc_per_block + pb as f64 * k.poly_tsc_per_block,
+            ))
+        });
     Row {
         op,
         suite: suite.name(),
@@ -274,73 +418,155 @@ fn measure(
         backend: if suite == Suite::Aes256Gcm {
             "ring-per-envelope".to_owned()
         } else {
-            engine.describe()
+            engine.describe().to_owned()
         },
         bytes_per_s: bps,
         ring_bytes_per_s: rbps,
-        ratio: bps / rbps,
+        aws_lc_bytes_per_s: wbps,
+        ratio: bps / rbps.max(wbps),
+        ratio_ring: bps / rbps,
+        ratio_aws_lc: bps / wbps,
         envelopes_per_s: bps / size.max(1) as f64,
         ring_envelopes_per_s: rbps / size.max(1) as f64,
-        tsc_cycles_per_byte: has_tsc.then(|| a_tsc as f64 / (a_calls as f64 * per_call)),
-        ring_tsc_cycles_per_byte: has_tsc.then(|| b_tsc as f64 / (b_calls as f64 * per_call)),
+        aws_lc_envelopes_per_s: wbps / size.max(1) as f64,
+        tsc_cycles_per_byte: tsc,
+        ring_tsc_cycles_per_byte: r.tsc_per_byte(per_call),
+        aws_lc_tsc_cycles_per_byte: w.tsc_per_byte(per_call),
+        core_cycles_per_byte: core(tsc),
+        ring_core_cycles_per_byte: core(r.tsc_per_byte(per_call)),
+        aws_lc_core_cycles_per_byte: core(w.tsc_per_byte(per_call)),
+        core_cycles_per_envelope: core_per_env,
+        floor_core_cycles_per_envelope: floor,
+        floor_fraction: floor.zip(core_per_env).map(|(f, c)| f / c),
+        overhead_core_cycles_per_envelope: floor.zip(core_per_env).map(|(f, c)| c - f),
     }
 }
 
-/// Runs the whole matrix, calling `each` with every row as it is measured.
-pub fn run(opts: &SpeedOptions, mut each: impl FnMut(&Row)) -> Vec<Row> {
-    let mut rng = StdRng::seed_from_u64(0x5ea1_905d);
-    let mut rows = Vec::new();
-    // SEALPOST_BACKEND narrows the run to one backend; otherwise every supported one runs.
-    let chosen = match sealpost_core::engine::backend_from_env() {
-        Ok(Some(b)) => vec![b],
-        _ => Backend::supported(),
-    };
-    let mut backends: Vec<Engine> = chosen.iter().filter_map(|b| Engine::new(*b).ok()).collect();
-    // Also the tuned engine the relay runs with (the best backend plus ring where ring wins).
-    if let Ok(t) = Engine::tuned(Backend::best()) {
-        if t.uses_ring() && chosen.contains(&Backend::best()) {
-            backends.push(t);
-        }
+/// Core cycles per TSC tick: the median of seven measurements.
+pub fn clock_ratio() -> Option<f64> {
+    let mut v: Vec<f64> = (0..7).filter_map(|_| core_cycles_per_tsc_tick()).collect();
+    if v.is_empty() {
+        return None;
     }
+    v.sort_by(f64::total_cmp);
+    Some(v[v.len() / 2])
+}
+
+/// The CPU flags that decide which backends run.
+pub fn cpu_flags() -> Vec<String> {
+    let mut flags: Vec<String> = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("flags"))
+                .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        })
+        .unwrap_or_default();
+    flags.retain(|f| f.starts_with("avx") || f == "vaes" || f == "vpclmulqdq");
+    flags.sort();
+    flags
+}
+
+/// Runs the whole matrix, calling `each` with every row as it is measured.
+pub fn run(opts: &SpeedOptions, mut each: impl FnMut(&Row)) -> SpeedReport {
+    let mut rng = StdRng::seed_from_u64(0x5ea1_905d);
+    let started_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let clock = clock_ratio();
+    let floors: Vec<(Engine, Option<KernelCost>)> = opts
+        .engines
+        .iter()
+        .map(|e| (*e, e.kernel_cost(Duration::from_millis(200))))
+        .collect();
+    let kernels = floors
+        .iter()
+        .map(|(e, k)| {
+            let c = |t: Option<f64>| t.zip(clock).map(|(t, c)| t * c);
+            let chacha = c(k.map(|k| k.chacha_tsc_per_block));
+            let poly = c(k.map(|k| k.poly_tsc_per_block));
+            Kernels {
+                backend: e.describe(),
+                chacha_core_cycles_per_block: chacha,
+                poly_core_cycles_per_block: poly,
+                chacha_core_cycles_per_byte: chacha.map(|x| x / 64.0),
+                poly_core_cycles_per_byte: poly.map(|x| x / 16.0),
+            }
+        })
+        .collect();
+    let mut rows = Vec::new();
     for &op in &opts.ops {
         for &suite in &opts.suites {
             for &size in &opts.sizes {
-                let engines: Vec<Option<&Engine>> = match suite {
-                    Suite::ChaCha20Poly1305 => backends.iter().map(Some).collect(),
-                    Suite::Aes256Gcm => vec![None],
+                let engines: Vec<(Engine, Option<KernelCost>)> = match suite {
+                    Suite::ChaCha20Poly1305 => floors.clone(),
+                    // AES-256-GCM always goes to ring, whatever the backend: one row.
+                    Suite::Aes256Gcm => vec![(Engine::ring(), None)],
                 };
-                for e in engines {
-                    let row = measure(e, op, suite, size, opts, &mut rng);
+                for (e, floor) in engines {
+                    let row = measure(&e, op, suite, size, opts, (clock, floor), &mut rng);
                     each(&row);
                     rows.push(row);
                 }
             }
         }
     }
-    rows
+    SpeedReport {
+        machine: Machine::this(),
+        cpu_flags: cpu_flags(),
+        core_cycles_per_tsc_tick: clock,
+        started_unix,
+        kernels,
+        rows,
+    }
+}
+
+/// The engines `speed` measures by default: every backend of ours this machine runs natively,
+/// best first (not ring, which is the reference, nor the AVX-512 emulation, which is for tests).
+pub fn default_engines() -> Vec<Engine> {
+    let mut v: Vec<Engine> = [Backend::Avx512, Backend::Avx2, Backend::Portable]
+        .into_iter()
+        .filter_map(|b| Engine::new(b).ok())
+        .collect();
+    v.dedup();
+    v
 }
 
 /// Prints the table header.
 pub fn print_header() {
     println!(
-        "{:<6} {:<16} {:>6} {:<18} {:>11} {:>11} {:>7} {:>9} {:>9}",
-        "op", "suite", "size", "backend", "ours MB/s", "ring MB/s", "ratio", "ours c/B", "ring c/B"
+        "{:<6} {:<16} {:>6} {:<16} {:>10} {:>10} {:>10} {:>6} {:>6} {:>6} {:>7} {:>6}",
+        "op",
+        "suite",
+        "size",
+        "backend",
+        "ours MB/s",
+        "ring MB/s",
+        "awslc MB/s",
+        "ratio",
+        "c/B",
+        "ring",
+        "c/env",
+        "floor"
     );
 }
 
 /// Prints one row.
 pub fn print_row(r: &Row) {
-    let cpb = |c: Option<f64>| c.map_or("-".to_owned(), |c| format!("{c:.3}"));
+    let f = |c: Option<f64>, p: usize| c.map_or("-".to_owned(), |c| format!("{c:.p$}"));
     println!(
-        "{:<6} {:<16} {:>6} {:<18} {:>11.1} {:>11.1} {:>7.2} {:>9} {:>9}",
+        "{:<6} {:<16} {:>6} {:<16} {:>10.1} {:>10.1} {:>10.1} {:>6.2} {:>6} {:>6} {:>7} {:>6}",
         format!("{:?}", r.op).to_lowercase(),
         r.suite,
         r.size,
         r.backend,
         r.bytes_per_s / 1e6,
         r.ring_bytes_per_s / 1e6,
+        r.aws_lc_bytes_per_s / 1e6,
         r.ratio,
-        cpb(r.tsc_cycles_per_byte),
-        cpb(r.ring_tsc_cycles_per_byte)
+        f(r.core_cycles_per_byte, 3),
+        f(r.ring_core_cycles_per_byte, 3),
+        f(r.core_cycles_per_envelope, 0),
+        f(r.floor_fraction, 2),
     );
 }

@@ -135,7 +135,7 @@ fn main() {
                 let mb = &boxes[i % MAILBOXES];
                 let body = vec![(i % 251) as u8; SIZE as usize];
                 let nonce: [u8; 12] = sealpost_core::random::array().expect("random");
-                sealpost_core::envelope::build(&mb.deposit_key, &mb.deposit_id, &nonce, &body)
+                sealpost_core::envelope::build(&sealpost_core::engine::Engine::ring(), &mb.deposit_key, &mb.deposit_id, &nonce, &body)
             })
             .collect();
         let (mut tx, mut rx) = c.open_deposit().await.expect("deposit stream");

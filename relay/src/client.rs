@@ -6,6 +6,7 @@ use crate::tls::{self, TlsError, Trust};
 use bytes::Bytes;
 use quinn::{Connection, Endpoint, SendStream};
 use sealpost_core::e2e::{self, E2eError, E2eSecretKey};
+use sealpost_core::engine::Engine;
 use sealpost_core::envelope::{Envelope, EnvelopeError};
 use sealpost_core::frame::{self, Frame, FrameType};
 use sealpost_core::invitation::Invitation;
@@ -465,7 +466,9 @@ impl Subscription {
         let Some(d) = self.next_unopened().await? else {
             return Ok(None);
         };
+        // One delivery at a time: ring's single-message code is the fastest engine for that.
         let plain = open_delivery(
+            &Engine::ring(),
             &self.access.keys.deliver,
             &self.access.recipient_id,
             d.seq,

@@ -1,6 +1,7 @@
 //! Relay settings and the limits they impose.
 
 use sealpost_core::Suite;
+use sealpost_core::engine::Engine;
 use sealpost_core::envelope::OVERHEAD;
 use sealpost_core::msg::Limits;
 use sealpost_core::padding::SizeClasses;
@@ -23,6 +24,8 @@ pub struct RelayConfig {
     pub limits: RelayLimits,
     /// Put client addresses in log lines (debugging only; off by default).
     pub log_sensitive: bool,
+    /// The crypto engine for deposit-tag verification and delivery sealing.
+    pub engine: Engine,
 }
 
 /// Limits the relay enforces. Every queue and buffer in the relay is bounded by one of these.
@@ -132,6 +135,7 @@ impl RelayConfig {
             key: None,
             limits: RelayLimits::default(),
             log_sensitive: false,
+            engine: Engine::detect(),
         }
     }
 }

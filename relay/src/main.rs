@@ -5,6 +5,7 @@
 use clap::{Args, Parser, Subcommand};
 use sealpost_core::Suite;
 use sealpost_core::e2e;
+use sealpost_core::engine::Engine;
 use sealpost_core::invitation::Invitation;
 use sealpost_relay::client::Client;
 use sealpost_relay::settings::{LogFormat, Settings, StoreChoice, Validated};
@@ -207,8 +208,6 @@ fn check_config(file: PathBuf, given: Settings) -> CmdResult {
 }
 
 async fn serve(v: Validated) -> CmdResult {
-    // A bad SEALPOST_BACKEND is an operator error: say so instead of silently falling back.
-    sealpost_core::engine::backend_from_env().map_err(|e| format!("SEALPOST_BACKEND: {e}"))?;
     let config = v.relay.clone();
     let quotas = config.limits.quotas();
     let data_dir = config.data_dir.clone();
@@ -264,7 +263,7 @@ async fn serve(v: Validated) -> CmdResult {
     }
     eprintln!(
         "crypto engine: {} (ChaCha20-Poly1305; AES-256-GCM through ring)",
-        sealpost_core::engine::Engine::active().describe()
+        v.relay.engine.describe()
     );
     eprintln!(
         "sealpost relay listening on {} (QUIC, ALPN sealpost/1)",
@@ -379,8 +378,8 @@ async fn send(invitation: String, message: String) -> CmdResult {
         .await
         .map_err(|e| e.to_string())?;
     let info = client.info().await.map_err(|e| e.to_string())?;
-    let envelope =
-        e2e::seal_for_invitation(&inv, &info.limits.sizes, &content).map_err(|e| e.to_string())?;
+    let envelope = e2e::seal_for_invitation(&Engine::ring(), &inv, &info.limits.sizes, &content)
+        .map_err(|e| e.to_string())?;
     let status = client.deposit(envelope).await.map_err(|e| e.to_string())?;
     client.close().await;
     if status.is_success() {

@@ -5,6 +5,7 @@
 //! does nothing is worse than an error). `check-config` prints the effective settings.
 
 use crate::config::{RelayConfig, RelayLimits};
+use sealpost_core::engine::{Engine, EngineError};
 use sealpost_core::padding::SizeClasses;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -140,6 +141,10 @@ pub struct Settings {
     /// Seconds a shutdown may take before connections are cut [default: 10].
     #[arg(long, env = "SEALPOST_SHUTDOWN_TIMEOUT_SECS")]
     pub shutdown_timeout_secs: Option<u64>,
+    /// Crypto engine for deposit tags and delivery sealing: `auto` (the fastest this CPU runs),
+    /// `avx512`, `avx2`, `ring` or `portable` [default: auto].
+    #[arg(long, env = "SEALPOST_BACKEND")]
+    pub backend: Option<String>,
 }
 
 /// The default admin address.
@@ -199,7 +204,8 @@ impl Settings {
             max_batch,
             shards,
             udp_buffer,
-            shutdown_timeout_secs
+            shutdown_timeout_secs,
+            backend
         );
         self
     }
@@ -249,6 +255,7 @@ impl Settings {
             shards: Some(self.shards.unwrap_or(d.shards)),
             udp_buffer: Some(self.udp_buffer.unwrap_or(d.udp_buffer)),
             shutdown_timeout_secs: Some(self.shutdown_timeout_secs.unwrap_or(10)),
+            backend: Some(self.backend.clone().unwrap_or_else(|| "auto".into())),
         }
     }
 
@@ -328,6 +335,22 @@ impl Settings {
                 "must be between 0 (one per core) and 1024",
             ));
         }
+        let backend = e.backend.clone().unwrap_or_default();
+        let engine = if backend.trim().eq_ignore_ascii_case("auto") {
+            Engine::detect()
+        } else {
+            // Said with every way the value may have come in, SEALPOST_BACKEND most of all.
+            let why = |err: EngineError| {
+                invalid(
+                    "backend",
+                    backend.clone(),
+                    &format!(
+                        "{err} (set by --backend, SEALPOST_BACKEND or the file; `auto` picks the fastest)"
+                    ),
+                )
+            };
+            Engine::new(backend.parse().map_err(why)?).map_err(why)?
+        };
         let limits = RelayLimits {
             sizes,
             max_envelopes: e.max_envelopes.unwrap_or_default(),
@@ -354,6 +377,7 @@ impl Settings {
                 key: e.key.clone(),
                 limits,
                 log_sensitive: e.log_sensitive_debug.unwrap_or(false),
+                engine,
             },
             admin,
             store: e.store.expect("filled in"),

@@ -5,6 +5,7 @@ mod common;
 
 use bytes::BytesMut;
 use common::*;
+use sealpost_core::engine::Engine;
 use sealpost_core::envelope;
 use sealpost_core::frame::FrameType;
 use sealpost_core::keys::{EXPORTER_LABEL, ProofPurpose};
@@ -25,7 +26,7 @@ async fn forged_tag_is_bad_tag() {
     assert_eq!(c.deposit(env.into()).await.unwrap(), DepositStatus::BadTag);
     // A forgery with the wrong key entirely.
     let wrong = AeadKey::new(Suite::ChaCha20Poly1305, [9; 32]);
-    let forged = envelope::build(&wrong, &mb.deposit_id, &[1; 12], &[0; 256]);
+    let forged = envelope::build(&Engine::ring(), &wrong, &mb.deposit_id, &[1; 12], &[0; 256]);
     assert_eq!(c.deposit(forged).await.unwrap(), DepositStatus::BadTag);
     r.assert_serves().await;
 }
@@ -35,7 +36,13 @@ async fn wrong_body_size_is_bad_size() {
     let r = relay().await;
     let c = r.client().await;
     let mb = c.create(Suite::ChaCha20Poly1305).await.unwrap();
-    let env = envelope::build(&mb.deposit_key, &mb.deposit_id, &[1; 12], &[0; 300]);
+    let env = envelope::build(
+        &Engine::ring(),
+        &mb.deposit_key,
+        &mb.deposit_id,
+        &[1; 12],
+        &[0; 300],
+    );
     assert_eq!(c.deposit(env).await.unwrap(), DepositStatus::BadSize);
     r.assert_serves().await;
 }
@@ -45,7 +52,7 @@ async fn unknown_mailbox_is_reported() {
     let r = relay().await;
     let c = r.client().await;
     let key = AeadKey::new(Suite::ChaCha20Poly1305, [3; 32]);
-    let env = envelope::build(&key, &[0xEE; 16], &[1; 12], &[0; 256]);
+    let env = envelope::build(&Engine::ring(), &key, &[0xEE; 16], &[1; 12], &[0; 256]);
     assert_eq!(c.deposit(env).await.unwrap(), DepositStatus::UnknownMailbox);
     r.assert_serves().await;
 }

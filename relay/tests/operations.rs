@@ -50,7 +50,13 @@ async fn admin_listener_serves_health_readiness_and_metrics() {
     let pin = sealpost_relay::tls::parse_pin(&serve.pin).unwrap();
     let c = Client::connect_pinned(&serve.addr, pin).await.unwrap();
     let mb = c.create(Suite::ChaCha20Poly1305).await.unwrap();
-    let env = sealpost_core::e2e::seal_for_invitation(&mb.invitation(), &mb.sizes, b"hi").unwrap();
+    let env = sealpost_core::e2e::seal_for_invitation(
+        &sealpost_core::engine::Engine::ring(),
+        &mb.invitation(),
+        &mb.sizes,
+        b"hi",
+    )
+    .unwrap();
     assert_eq!(c.deposit(env).await.unwrap(), DepositStatus::Ok);
     // Gauges are sampled once a second.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -152,8 +158,13 @@ async fn sigterm_answers_what_it_read_flushes_and_exits() {
     let sender = tokio::spawn(async move {
         let mut sent = 0u64;
         for i in 0..100_000u64 {
-            let env =
-                sealpost_core::e2e::seal_for_invitation(&inv, &sizes, &i.to_be_bytes()).unwrap();
+            let env = sealpost_core::e2e::seal_for_invitation(
+                &sealpost_core::engine::Engine::ring(),
+                &inv,
+                &sizes,
+                &i.to_be_bytes(),
+            )
+            .unwrap();
             if tx.send(&env).await.is_err() {
                 break;
             }
@@ -287,7 +298,13 @@ async fn dashboard_and_alerts_query_only_exported_metrics() {
     let pin = sealpost_relay::tls::parse_pin(&serve.pin).unwrap();
     let c = Client::connect_pinned(&serve.addr, pin).await.unwrap();
     let mb = c.create(Suite::ChaCha20Poly1305).await.unwrap();
-    let env = sealpost_core::e2e::seal_for_invitation(&mb.invitation(), &mb.sizes, b"m").unwrap();
+    let env = sealpost_core::e2e::seal_for_invitation(
+        &sealpost_core::engine::Engine::ring(),
+        &mb.invitation(),
+        &mb.sizes,
+        b"m",
+    )
+    .unwrap();
     assert_eq!(c.deposit(env).await.unwrap(), DepositStatus::Ok);
     let mut sub = c.subscribe(&mb.access(), 4).await.unwrap();
     let d = sub.next().await.unwrap().unwrap();

@@ -1,29 +1,85 @@
-//! The AVX2 backend: ChaCha20 on 8 blocks at once (one block per 32-bit lane, each lane its own
-//! key, nonce and counter) and Poly1305 on 8 messages at once (two interleaved groups of four
-//! 64-bit lanes with 26-bit limbs, so the multiply latency of one group hides behind the other).
+//! The AVX2 backend: eight jobs per wave. ChaCha20 runs one job per 32-bit lane of a ymm
+//! register (column-wise state, 8×8 transposes in and out); Poly1305 runs on two groups of four
+//! 64-bit lanes with 26-bit limbs (`vpmuludq`), the groups interleaved so that one's multiply
+//! latency hides behind the other's. Keys go from the ChaCha20 block into Poly1305 limbs, and
+//! tags are finished and compared, without leaving vector registers.
 //!
-//! Constant time: the code uses only vector adds, XORs, shifts, shuffles and 32×32→64
-//! multiplies, whose timing does not depend on their operands; no branch or address depends on
-//! key, data or tag bytes. Lane assignment depends only on message lengths.
+//! Constant time: only vector adds, XORs, shifts, shuffles, compares used as masks and
+//! 32×32→64 multiplies touch secret values; no branch or address depends on a key, data or a
+//! tag. Which lanes a step masks depends only on lengths.
 #![allow(unsafe_code)]
 
-use super::{BLOCK, Kernel, PolyLanes};
+use super::cpu::Avx2;
+use super::wave::{Kernel, Lanes, Work, lane_keys};
+use crate::suite::TAG_LEN;
 use core::arch::x86_64::*;
+use zeroize::Zeroize;
 
-/// The AVX2 kernel. The engine only selects it after `is_x86_feature_detected!("avx2")`.
-pub(crate) struct Avx2Kernel;
+/// The AVX2 kernel. Made only from an [`Avx2`] token.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Avx2Kernel(pub(crate) Avx2);
+
+const M26: u64 = (1 << 26) - 1;
+
+/// Poly1305 state of a wave of eight: per group (lanes 0-3, lanes 4-7) five 26-bit limbs of
+/// the accumulator, of `r` and of `5·r`, and `s` as low and high 64 bits.
+pub(crate) struct Mac {
+    h: [[__m256i; 5]; 2],
+    r: [[__m256i; 5]; 2],
+    r5: [[__m256i; 5]; 2],
+    s: [[__m256i; 2]; 2],
+}
+
+impl Drop for Mac {
+    fn drop(&mut self) {
+        self.h.zeroize();
+        self.r.zeroize();
+        self.r5.zeroize();
+        self.s.zeroize();
+    }
+}
 
 impl Kernel for Avx2Kernel {
-    type Lanes = Avx2Lanes;
-    const CHACHA_LANES: usize = 8;
+    const LANES: usize = 8;
+    type Mac = Mac;
 
-    fn chacha_blocks(states: &[[u32; 16]], out: &mut [[u8; BLOCK]]) {
-        assert!(states.len() <= 8 && out.len() == states.len());
-        debug_assert!(std::arch::is_x86_feature_detected!("avx2"));
-        // SAFETY: an `Engine` on the avx2 backend exists only after the CPU was checked for
-        // AVX2 (`Backend::check`), and that is the only way this kernel is reached. The slice
-        // lengths were checked just above.
-        unsafe { chacha8(states, out) }
+    fn new_mac(self) -> Mac {
+        // SAFETY: `self.0` proves AVX2.
+        let z = unsafe { _mm256_setzero_si256() };
+        Mac {
+            h: [[z; 5]; 2],
+            r: [[z; 5]; 2],
+            r5: [[z; 5]; 2],
+            s: [[z; 2]; 2],
+        }
+    }
+
+    fn mac_init(self, mac: &mut Mac, keys: &Lanes<&[u8; 32]>, nonces: &Lanes<&[u8; 12]>) {
+        // SAFETY: `self.0` is an `Avx2` token, made only after the CPU was found to have AVX2.
+        unsafe { mac_init(mac, keys, nonces) }
+    }
+
+    fn mac_blocks(self, mac: &mut Mac, n: usize, inputs: &Lanes<&[u8]>, active: u32) {
+        for i in &inputs[..8] {
+            assert!(i.len() >= 16 * n, "every lane has n blocks");
+        }
+        // SAFETY: AVX2 as above; every lane's input holds 16·n bytes (asserted just above).
+        unsafe { mac_blocks(mac, n, inputs, active) }
+    }
+
+    fn mac_verify(self, mac: &mut Mac, expected: &Lanes<&[u8; TAG_LEN]>) -> u32 {
+        // SAFETY: AVX2 as above.
+        unsafe { mac_verify(mac, expected) }
+    }
+
+    fn mac_tags(self, mac: &mut Mac, out: &mut Lanes<[u8; TAG_LEN]>) {
+        // SAFETY: AVX2 as above.
+        unsafe { mac_tags(mac, out) }
+    }
+
+    fn xor(self, jobs: &mut [Work<'_>]) {
+        // SAFETY: AVX2 as above.
+        unsafe { xor(jobs) }
     }
 }
 
@@ -58,25 +114,52 @@ fn transpose8(r: [__m256i; 8]) -> [__m256i; 8] {
     ]
 }
 
-/// Computes `states.len()` (at most 8) ChaCha20 blocks.
-///
-/// # Safety
-/// The CPU must support AVX2.
+/// The sixteen column-wise state vectors of lanes 0..8, block counter `counter` in each.
 #[target_feature(enable = "avx2")]
-unsafe fn chacha8(states: &[[u32; 16]], out: &mut [[u8; BLOCK]]) {
-    // Unused lanes repeat lane 0; their output is discarded.
-    let lane = |i: usize| &states[if i < states.len() { i } else { 0 }];
-    let mut v = [_mm256_setzero_si256(); 16];
-    for half in 0..2 {
-        let mut rows = [_mm256_setzero_si256(); 8];
-        for (i, row) in rows.iter_mut().enumerate() {
-            // SAFETY: each state is 16 u32s; this reads words 8*half .. 8*half+8 of one.
-            *row = unsafe { _mm256_loadu_si256(lane(i)[8 * half..].as_ptr().cast()) };
-        }
-        let cols = transpose8(rows);
-        v[8 * half..8 * half + 8].copy_from_slice(&cols);
+fn state(keys: &Lanes<&[u8; 32]>, nonces: &Lanes<&[u8; 12]>, counter: u32) -> [__m256i; 16] {
+    // SAFETY: each key is 32 readable bytes.
+    let mut rows = [_mm256_setzero_si256(); 8];
+    for (row, key) in rows.iter_mut().zip(keys) {
+        *row = unsafe { _mm256_loadu_si256(key.as_ptr().cast()) };
     }
-    let orig = v;
+    let k = transpose8(rows);
+    // Nonces: three masked 32-bit loads each (nothing past the 12 bytes is read), two lanes
+    // per vector, then a 4×4 transpose inside each 128-bit half.
+    let mask = _mm_setr_epi32(-1, -1, -1, 0);
+    // SAFETY: the mask enables exactly the nonce's three words; masked-off words are not read.
+    let ld = |l: usize| unsafe { _mm_maskload_epi32(nonces[l].as_ptr().cast(), mask) };
+    let mut n = [_mm256_setzero_si256(); 4];
+    for (j, v) in n.iter_mut().enumerate() {
+        *v = _mm256_set_m128i(ld(j + 4), ld(j));
+    }
+    let lo01 = _mm256_unpacklo_epi32(n[0], n[1]);
+    let lo23 = _mm256_unpacklo_epi32(n[2], n[3]);
+    let hi01 = _mm256_unpackhi_epi32(n[0], n[1]);
+    let hi23 = _mm256_unpackhi_epi32(n[2], n[3]);
+    [
+        _mm256_set1_epi32(0x6170_7865),
+        _mm256_set1_epi32(0x3320_646e),
+        _mm256_set1_epi32(0x7962_2d32),
+        _mm256_set1_epi32(0x6b20_6574),
+        k[0],
+        k[1],
+        k[2],
+        k[3],
+        k[4],
+        k[5],
+        k[6],
+        k[7],
+        _mm256_set1_epi32(counter as i32),
+        _mm256_unpacklo_epi64(lo01, lo23),
+        _mm256_unpackhi_epi64(lo01, lo23),
+        _mm256_unpacklo_epi64(hi01, hi23),
+    ]
+}
+
+/// Twenty rounds and the final addition on eight column-wise blocks.
+#[target_feature(enable = "avx2")]
+fn block(s: &[__m256i; 16]) -> [__m256i; 16] {
+    let mut v = *s;
     let rot16 = _mm256_setr_epi8(
         2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9,
         14, 15, 12, 13,
@@ -110,163 +193,114 @@ unsafe fn chacha8(states: &[[u32; 16]], out: &mut [[u8; BLOCK]]) {
         qr!(3, 4, 9, 14);
     }
     for i in 0..16 {
-        v[i] = _mm256_add_epi32(v[i], orig[i]);
+        v[i] = _mm256_add_epi32(v[i], s[i]);
     }
-    for half in 0..2 {
-        let mut cols = [_mm256_setzero_si256(); 8];
-        cols.copy_from_slice(&v[8 * half..8 * half + 8]);
-        let rows = transpose8(cols);
-        for (i, row) in rows.iter().enumerate().take(out.len()) {
-            // SAFETY: out[i] is 64 bytes; this writes bytes 32*half .. 32*half+32 of it.
-            unsafe { _mm256_storeu_si256(out[i][32 * half..].as_mut_ptr().cast(), *row) };
-        }
+    v
+}
+
+/// Zero-extends 32-bit lanes 0-3 (`half` 0) or 4-7 (`half` 1) to 64 bits.
+#[target_feature(enable = "avx2")]
+fn widen(v: __m256i, half: usize) -> __m256i {
+    if half == 0 {
+        _mm256_cvtepu32_epi64(_mm256_castsi256_si128(v))
+    } else {
+        _mm256_cvtepu32_epi64(_mm256_extracti128_si256::<1>(v))
     }
 }
 
-const M26: u64 = (1 << 26) - 1;
-
-/// Eight Poly1305 states in 26-bit limbs, stored limb-major: `h[limb][lane]`.
-#[derive(Default)]
-pub(crate) struct Avx2Lanes {
-    h: [[u64; 8]; 5],
-    r: [[u64; 8]; 5],
-    /// 5·r for limbs 1..4 (index 0 unused), for the reduction modulo 2^130 - 5.
-    r5: [[u64; 8]; 5],
-    s: [[u64; 2]; 8],
-}
-
-impl Drop for Avx2Lanes {
-    fn drop(&mut self) {
-        use zeroize::Zeroize;
-        self.h.zeroize();
-        self.r.zeroize();
-        self.r5.zeroize();
-        self.s.zeroize();
-    }
-}
-
-impl PolyLanes for Avx2Lanes {
-    const LANES: usize = 8;
-
-    fn set_lane(&mut self, lane: usize, key: &[u8; 32]) {
-        let lo = u64::from_le_bytes(key[0..8].try_into().expect("8 bytes")) & 0x0fff_fffc_0fff_ffff;
-        let hi =
-            u64::from_le_bytes(key[8..16].try_into().expect("8 bytes")) & 0x0fff_fffc_0fff_fffc;
-        let limbs = [
-            lo & M26,
-            (lo >> 26) & M26,
-            ((lo >> 52) | (hi << 12)) & M26,
-            (hi >> 14) & M26,
-            hi >> 40,
-        ];
-        for (k, l) in limbs.iter().enumerate() {
-            self.r[k][lane] = *l;
-            self.r5[k][lane] = l * 5;
-            self.h[k][lane] = 0;
-        }
-        self.s[lane] = [
-            u64::from_le_bytes(key[16..24].try_into().expect("8 bytes")),
-            u64::from_le_bytes(key[24..32].try_into().expect("8 bytes")),
-        ];
-    }
-
-    fn blocks(&mut self, n: usize, inputs: &[&[u8]]) {
-        assert!(inputs.len() == 8 && inputs.iter().all(|i| i.len() >= 16 * n));
-        debug_assert!(std::arch::is_x86_feature_detected!("avx2"));
-        // SAFETY: reached only through an `Engine` whose avx2 backend passed the CPU check;
-        // every input has at least 16·n bytes (asserted above), which is all `poly8` reads.
-        unsafe { poly8(self, n, inputs) }
-    }
-
-    fn finish_lane(&mut self, lane: usize) -> [u8; 16] {
-        let mut h = [0u64; 5];
-        for (k, limb) in h.iter_mut().enumerate() {
-            *limb = self.h[k][lane];
-        }
-        finish(h, self.s[lane])
-    }
-}
-
-/// Full reduction of a lane modulo 2^130 - 5 and addition of `s`, branch-free.
-fn finish(mut h: [u64; 5], s: [u64; 2]) -> [u8; 16] {
-    for _ in 0..2 {
-        for k in 0..4 {
-            h[k + 1] += h[k] >> 26;
-            h[k] &= M26;
-        }
-        h[0] += (h[4] >> 26) * 5;
-        h[4] &= M26;
-    }
-    h[1] += h[0] >> 26;
-    h[0] &= M26;
-    // t = h + 5 - 2^130; use it when that does not go negative, i.e. when h ≥ p.
-    let mut t = [0u64; 5];
-    let mut carry = 5u64;
-    for k in 0..4 {
-        let x = h[k] + carry;
-        t[k] = x & M26;
-        carry = x >> 26;
-    }
-    let top = (h[4] + carry).wrapping_sub(1 << 26);
-    let keep_g = (top >> 63).wrapping_sub(1); // all ones when h + 5 ≥ 2^130
-    let sel = |a: u64, b: u64| (a & !keep_g) | (b & keep_g);
-    let f = [
-        sel(h[0], t[0]),
-        sel(h[1], t[1]),
-        sel(h[2], t[2]),
-        sel(h[3], t[3]),
-        sel(h[4], top),
+/// ChaCha20 block 0 becomes each lane's `r` (clamped, in 26-bit limbs) and `s`.
+#[target_feature(enable = "avx2")]
+fn mac_init(mac: &mut Mac, keys: &Lanes<&[u8; 32]>, nonces: &Lanes<&[u8; 12]>) {
+    let x = block(&state(keys, nonces, 0));
+    let m = |v, c: u32| _mm256_and_si256(v, _mm256_set1_epi32(c as i32));
+    let w0 = m(x[0], 0x0fff_ffff);
+    let w1 = m(x[1], 0x0fff_fffc);
+    let w2 = m(x[2], 0x0fff_fffc);
+    let w3 = m(x[3], 0x0fff_fffc);
+    let m26 = |v| m(v, M26 as u32);
+    let or = _mm256_or_si256;
+    // The 130-bit r = w0 + w1·2^32 + w2·2^64 + w3·2^96 in five 26-bit limbs, in 32-bit lanes.
+    let limbs = [
+        m26(w0),
+        m26(or(_mm256_srli_epi32(w0, 26), _mm256_slli_epi32(w1, 6))),
+        m26(or(_mm256_srli_epi32(w1, 20), _mm256_slli_epi32(w2, 12))),
+        m26(or(_mm256_srli_epi32(w2, 14), _mm256_slli_epi32(w3, 18))),
+        _mm256_srli_epi32(w3, 8),
     ];
-    // Sum rather than OR the limbs, so a limb that is not fully canonical still adds up right;
-    // everything is modulo 2^128 from here on.
-    let v = f.iter().enumerate().fold(0u128, |acc, (k, l)| {
-        acc.wrapping_add((*l as u128) << (26 * k))
-    });
-    let v = v.wrapping_add(s[0] as u128 | ((s[1] as u128) << 64));
-    v.to_le_bytes()
+    let five = |v| _mm256_add_epi32(v, _mm256_slli_epi32(v, 2));
+    for g in 0..2 {
+        for (k, limb) in limbs.iter().enumerate() {
+            mac.r[g][k] = widen(*limb, g);
+            mac.r5[g][k] = widen(five(*limb), g);
+        }
+        mac.h[g] = [_mm256_setzero_si256(); 5];
+        let word64 = |lo, hi| or(widen(lo, g), _mm256_slli_epi64(widen(hi, g), 32));
+        mac.s[g] = [word64(x[4], x[5]), word64(x[6], x[7])];
+    }
 }
 
-/// Absorbs `n` blocks into all eight lanes.
+/// One 16-byte block of lanes 4g..4g+4 as (low 64 bits, high 64 bits) vectors.
 ///
 /// # Safety
-/// The CPU must support AVX2, and every `inputs[l]` must hold at least `16 * n` bytes.
+/// Every pointer must have 16 readable bytes.
 #[target_feature(enable = "avx2")]
-unsafe fn poly8(st: &mut Avx2Lanes, n: usize, inputs: &[&[u8]]) {
-    // SAFETY (for every load/store of the state below): each array row is 8 u64s, and the two
-    // groups read lanes 0..4 and 4..8 of it.
-    let ld = |a: &[u64; 8], g: usize| unsafe { _mm256_loadu_si256(a[4 * g..].as_ptr().cast()) };
+unsafe fn load_group(p: [*const u8; 4]) -> (__m256i, __m256i) {
+    // SAFETY: the caller guarantees 16 readable bytes behind each pointer.
+    let (a, b, c, d) = unsafe {
+        (
+            _mm_loadu_si128(p[0].cast()),
+            _mm_loadu_si128(p[1].cast()),
+            _mm_loadu_si128(p[2].cast()),
+            _mm_loadu_si128(p[3].cast()),
+        )
+    };
+    let ac = _mm256_set_m128i(c, a);
+    let bd = _mm256_set_m128i(d, b);
+    (_mm256_unpacklo_epi64(ac, bd), _mm256_unpackhi_epi64(ac, bd))
+}
+
+/// Absorbs `n` blocks into the lanes set in `active`.
+///
+/// # Safety
+/// Every `inputs[l]`, l < 8, must hold at least `16 * n` bytes.
+#[target_feature(enable = "avx2")]
+unsafe fn mac_blocks(mac: &mut Mac, n: usize, inputs: &Lanes<&[u8]>, active: u32) {
     let mask = _mm256_set1_epi64x(M26 as i64);
     let hibit = _mm256_set1_epi64x(1 << 24);
-    let mut h = [[_mm256_setzero_si256(); 5]; 2];
-    let mut r = [[_mm256_setzero_si256(); 5]; 2];
-    let mut r5 = [[_mm256_setzero_si256(); 5]; 2];
-    for g in 0..2 {
-        for k in 0..5 {
-            h[g][k] = ld(&st.h[k], g);
-            r[g][k] = ld(&st.r[k], g);
-            r5[g][k] = ld(&st.r5[k], g);
-        }
+    let bits = _mm256_setr_epi64x(1, 2, 4, 8);
+    let lane_bits = |g: usize| _mm256_set1_epi64x(((active >> (4 * g)) & 0xf) as i64);
+    let keep = [
+        _mm256_cmpeq_epi64(_mm256_and_si256(lane_bits(0), bits), bits),
+        _mm256_cmpeq_epi64(_mm256_and_si256(lane_bits(1), bits), bits),
+    ];
+    let masked = active & 0xff != 0xff;
+    let mut ptrs = [core::ptr::null::<u8>(); 8];
+    for (p, input) in ptrs.iter_mut().zip(inputs) {
+        *p = input.as_ptr();
     }
-    let [ra, rb] = r;
-    let [sa, sb] = r5;
-    let [mut ha, mut hb] = h;
-    let ptrs: [*const u8; 8] = core::array::from_fn(|l| inputs[l].as_ptr());
-    // One block of four lanes: load and split into 26-bit limbs, add, multiply by r, carry.
-    // Written as a macro and applied to the two groups with separate variables, so the
-    // compiler interleaves two independent dependency chains instead of running them in turn.
+    let [ra, rb] = mac.r;
+    let [sa, sb] = mac.r5;
+    let [mut ha, mut hb] = mac.h;
+    // One block of four lanes: split into 26-bit limbs, add, multiply by r, carry. A macro
+    // applied to the two groups with separate variables, so that the compiler interleaves two
+    // independent dependency chains.
     macro_rules! group_step {
         ($h:ident, $r:ident, $s:ident, $g:expr, $b:expr) => {{
-            let p = |l: usize| {
-                // SAFETY: block b of input 4g+l lies within its first 16·n bytes.
-                unsafe { _mm_loadu_si128(ptrs[4 * $g + l].add(16 * $b).cast()) }
+            // SAFETY: block b of each lane lies within its first 16·n bytes.
+            let (lo, hi) = unsafe {
+                load_group([
+                    ptrs[4 * $g].add(16 * $b),
+                    ptrs[4 * $g + 1].add(16 * $b),
+                    ptrs[4 * $g + 2].add(16 * $b),
+                    ptrs[4 * $g + 3].add(16 * $b),
+                ])
             };
-            let a = _mm256_inserti128_si256(_mm256_castsi128_si256(p(0)), p(2), 1);
-            let c = _mm256_inserti128_si256(_mm256_castsi128_si256(p(1)), p(3), 1);
-            let lo = _mm256_unpacklo_epi64(a, c);
-            let hi = _mm256_unpackhi_epi64(a, c);
             let m0 = _mm256_and_si256(lo, mask);
             let m1 = _mm256_and_si256(_mm256_srli_epi64(lo, 26), mask);
-            let m2 = _mm256_and_si256(_mm256_or_si256(_mm256_srli_epi64(lo, 52), _mm256_slli_epi64(hi, 12)), mask);
+            let m2 = _mm256_and_si256(
+                _mm256_or_si256(_mm256_srli_epi64(lo, 52), _mm256_slli_epi64(hi, 12)),
+                mask,
+            );
             let m3 = _mm256_and_si256(_mm256_srli_epi64(hi, 14), mask);
             let m4 = _mm256_or_si256(_mm256_srli_epi64(hi, 40), hibit);
             let x0 = _mm256_add_epi64($h[0], m0);
@@ -277,11 +311,26 @@ unsafe fn poly8(st: &mut Avx2Lanes, n: usize, inputs: &[&[u8]]) {
             let (r, s) = (&$r, &$s);
             let mul = |a, b| _mm256_mul_epu32(a, b);
             let add = |a, b| _mm256_add_epi64(a, b);
-            let d0 = add(add(mul(x0, r[0]), mul(x1, s[4])), add(add(mul(x2, s[3]), mul(x3, s[2])), mul(x4, s[1])));
-            let d1 = add(add(mul(x0, r[1]), mul(x1, r[0])), add(add(mul(x2, s[4]), mul(x3, s[3])), mul(x4, s[2])));
-            let d2 = add(add(mul(x0, r[2]), mul(x1, r[1])), add(add(mul(x2, r[0]), mul(x3, s[4])), mul(x4, s[3])));
-            let d3 = add(add(mul(x0, r[3]), mul(x1, r[2])), add(add(mul(x2, r[1]), mul(x3, r[0])), mul(x4, s[4])));
-            let d4 = add(add(mul(x0, r[4]), mul(x1, r[3])), add(add(mul(x2, r[2]), mul(x3, r[1])), mul(x4, r[0])));
+            let d0 = add(
+                add(mul(x0, r[0]), mul(x1, s[4])),
+                add(add(mul(x2, s[3]), mul(x3, s[2])), mul(x4, s[1])),
+            );
+            let d1 = add(
+                add(mul(x0, r[1]), mul(x1, r[0])),
+                add(add(mul(x2, s[4]), mul(x3, s[3])), mul(x4, s[2])),
+            );
+            let d2 = add(
+                add(mul(x0, r[2]), mul(x1, r[1])),
+                add(add(mul(x2, r[0]), mul(x3, s[4])), mul(x4, s[3])),
+            );
+            let d3 = add(
+                add(mul(x0, r[3]), mul(x1, r[2])),
+                add(add(mul(x2, r[1]), mul(x3, r[0])), mul(x4, s[4])),
+            );
+            let d4 = add(
+                add(mul(x0, r[4]), mul(x1, r[3])),
+                add(add(mul(x2, r[2]), mul(x3, r[1])), mul(x4, r[0])),
+            );
             // Two carry chains in parallel (0→1→2→3 and 3→4→0→1), leaving every limb within
             // a few bits of 26, so the next block's products stay below 2^64.
             let c = _mm256_srli_epi64(d0, 26);
@@ -305,24 +354,166 @@ unsafe fn poly8(st: &mut Avx2Lanes, n: usize, inputs: &[&[u8]]) {
             let c = _mm256_srli_epi64(h3, 26);
             let h3 = _mm256_and_si256(h3, mask);
             let h4 = add(h4, c);
-            $h = [h0, h1, h2, h3, h4];
+            let new = [h0, h1, h2, h3, h4];
+            if masked {
+                for k in 0..5 {
+                    $h[k] = _mm256_blendv_epi8($h[k], new[k], keep[$g]);
+                }
+            } else {
+                $h = new;
+            }
         }};
     }
     for b in 0..n {
         group_step!(ha, ra, sa, 0, b);
         group_step!(hb, rb, sb, 1, b);
     }
-    let h = [ha, hb];
-    for (g, hg) in h.iter().enumerate() {
-        for (k, limb) in hg.iter().enumerate() {
-            // SAFETY: as for the loads above.
-            unsafe { _mm256_storeu_si256(st.h[k][4 * g..].as_mut_ptr().cast(), *limb) };
+    mac.h = [ha, hb];
+}
+
+/// The finished tags of group `g` as (low 64 bits, high 64 bits).
+#[target_feature(enable = "avx2")]
+fn finish(mac: &Mac, g: usize) -> (__m256i, __m256i) {
+    let mask = _mm256_set1_epi64x(M26 as i64);
+    let add = _mm256_add_epi64;
+    let and = _mm256_and_si256;
+    let mut h = mac.h[g];
+    for _ in 0..2 {
+        for k in 0..4 {
+            h[k + 1] = add(h[k + 1], _mm256_srli_epi64(h[k], 26));
+            h[k] = and(h[k], mask);
         }
+        let c = _mm256_srli_epi64(h[4], 26);
+        h[0] = add(h[0], add(c, _mm256_slli_epi64(c, 2)));
+        h[4] = and(h[4], mask);
+    }
+    h[1] = add(h[1], _mm256_srli_epi64(h[0], 26));
+    h[0] = and(h[0], mask);
+    // t = h + 5 - 2^130; use it where it does not go negative (h ≥ p), chosen by mask.
+    let mut t = [_mm256_setzero_si256(); 5];
+    let mut carry = _mm256_set1_epi64x(5);
+    for k in 0..4 {
+        let x = add(h[k], carry);
+        t[k] = and(x, mask);
+        carry = _mm256_srli_epi64(x, 26);
+    }
+    let top = _mm256_sub_epi64(add(h[4], carry), _mm256_set1_epi64x(1 << 26));
+    let use_t = _mm256_sub_epi64(_mm256_srli_epi64(top, 63), _mm256_set1_epi64x(1));
+    t[4] = top;
+    let mut f = h;
+    for k in 0..5 {
+        f[k] = _mm256_blendv_epi8(h[k], t[k], use_t);
+    }
+    // Sum rather than OR the limbs, so a limb that is not fully canonical still adds up.
+    let lo = add(
+        add(f[0], _mm256_slli_epi64(f[1], 26)),
+        _mm256_slli_epi64(f[2], 52),
+    );
+    let hi = add(
+        add(_mm256_srli_epi64(f[2], 12), _mm256_slli_epi64(f[3], 14)),
+        _mm256_slli_epi64(f[4], 40),
+    );
+    // hi also takes the carry out of lo = f0 + f1·2^26 + f2·2^52 (below 2^64 + 2^52 at most).
+    let lo_parts = add(f[0], _mm256_slli_epi64(f[1], 26));
+    let sign = _mm256_set1_epi64x(i64::MIN);
+    let below = |a, b| _mm256_cmpgt_epi64(_mm256_xor_si256(b, sign), _mm256_xor_si256(a, sign));
+    let hi = _mm256_sub_epi64(hi, below(lo, lo_parts));
+    // + s, modulo 2^128.
+    let [slo, shi] = mac.s[g];
+    let lo2 = add(lo, slo);
+    let hi2 = _mm256_sub_epi64(add(hi, shi), below(lo2, slo));
+    (lo2, hi2)
+}
+
+/// Bit `l` set where lane `l`'s tag equals `expected[l]`.
+#[target_feature(enable = "avx2")]
+fn mac_verify(mac: &Mac, expected: &Lanes<&[u8; TAG_LEN]>) -> u32 {
+    let mut ok = 0u32;
+    for g in 0..2 {
+        let (lo, hi) = finish(mac, g);
+        // SAFETY: each expected tag is 16 readable bytes.
+        let e = |l: usize| expected[4 * g + l].as_ptr();
+        // SAFETY: each expected tag is 16 readable bytes.
+        let (elo, ehi) = unsafe { load_group([e(0), e(1), e(2), e(3)]) };
+        let eq = _mm256_and_si256(_mm256_cmpeq_epi64(lo, elo), _mm256_cmpeq_epi64(hi, ehi));
+        ok |= (_mm256_movemask_pd(_mm256_castsi256_pd(eq)) as u32) << (4 * g);
+    }
+    ok
+}
+
+/// Every lane's tag.
+#[target_feature(enable = "avx2")]
+fn mac_tags(mac: &Mac, out: &mut Lanes<[u8; TAG_LEN]>) {
+    for g in 0..2 {
+        let (lo, hi) = finish(mac, g);
+        let even = _mm256_unpacklo_epi64(lo, hi); // lanes 4g and 4g+2
+        let odd = _mm256_unpackhi_epi64(lo, hi); // lanes 4g+1 and 4g+3
+        let st = |v: __m128i, o: &mut [u8; 16]| {
+            // SAFETY: `o` is 16 writable bytes.
+            unsafe { _mm_storeu_si128(o.as_mut_ptr().cast(), v) }
+        };
+        st(_mm256_castsi256_si128(even), &mut out[4 * g]);
+        st(_mm256_extracti128_si256::<1>(even), &mut out[4 * g + 2]);
+        st(_mm256_castsi256_si128(odd), &mut out[4 * g + 1]);
+        st(_mm256_extracti128_si256::<1>(odd), &mut out[4 * g + 3]);
     }
 }
 
-/// The time-stamp counter, for cycles-per-byte figures.
-pub(crate) fn tsc() -> u64 {
-    // SAFETY: RDTSC exists on every x86_64 CPU and only reads a counter.
-    unsafe { _rdtsc() }
+/// XORs keystream blocks 1, 2, ... into every job's data.
+#[target_feature(enable = "avx2")]
+fn xor(jobs: &mut [Work<'_>]) {
+    let n = jobs.len();
+    if n == 0 {
+        return;
+    }
+    let (keys, nonces) = lane_keys(jobs);
+    let blocks = jobs
+        .iter()
+        .map(|j| j.data.len().div_ceil(64))
+        .max()
+        .unwrap_or(0);
+    let mut s = state(&keys, &nonces, 1);
+    let one = _mm256_set1_epi32(1);
+    for b in 0..blocks {
+        let x = block(&s);
+        let lo = transpose8([x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7]]);
+        let hi = transpose8([x[8], x[9], x[10], x[11], x[12], x[13], x[14], x[15]]);
+        for (l, job) in jobs.iter_mut().enumerate() {
+            let Some((src, dst)) = job.data.window(b) else {
+                continue;
+            };
+            let whole = dst.len() == 64;
+            let mut buf = [0u8; 64];
+            let from: *const u8 = match src {
+                Some(s) if whole => s.as_ptr(),
+                None if whole => dst.as_ptr(),
+                _ => {
+                    let input: &[u8] = src.unwrap_or(&*dst);
+                    buf[..input.len()].copy_from_slice(input);
+                    buf.as_ptr()
+                }
+            };
+            let to: *mut u8 = if whole {
+                dst.as_mut_ptr()
+            } else {
+                buf.as_mut_ptr()
+            };
+            // SAFETY: `from` and `to` each point at 64 bytes: the whole-block window of the
+            // job's data (readable, and writable for `to`), or `buf`. Both loads happen before
+            // either store, so an in-place window is read before it is written.
+            unsafe {
+                let a = _mm256_loadu_si256(from.cast());
+                let c = _mm256_loadu_si256(from.add(32).cast());
+                _mm256_storeu_si256(to.cast(), _mm256_xor_si256(a, lo[l]));
+                _mm256_storeu_si256(to.add(32).cast(), _mm256_xor_si256(c, hi[l]));
+            }
+            if !whole {
+                let len = dst.len();
+                dst.copy_from_slice(&buf[..len]);
+                buf.zeroize();
+            }
+        }
+        // Messages are bounded to 2^32 - 1 blocks, so the counter does not wrap.
+        s[12] = _mm256_add_epi32(s[12], one);
+    }
 }

@@ -1,85 +1,103 @@
-//! The batch ChaCha20-Poly1305 engine: many independent envelopes per call, one envelope per
-//! SIMD lane.
+//! The batch AEAD engine: many independent envelopes per call, one envelope per SIMD lane.
 //!
-//! A batch is split into two kinds of work, each spread over the lanes of the backend:
-//! ChaCha20 blocks (the one-time Poly1305 keys, then the keystream for seal and open) are a flat
-//! list of (envelope, counter) pairs, so every lane is busy whatever the envelopes' lengths;
-//! Poly1305 runs one envelope per lane, and a lane whose envelope is finished is refilled with
-//! the next one. Scheduling depends only on lengths, never on keys or data.
+//! An [`Engine`] is a value, chosen once by the program and handed to whatever does crypto
+//! (the relay's pipeline, the client), the way rustls takes a `CryptoProvider`: nothing in this
+//! library reads the environment. [`Engine::detect`] picks the fastest backend this CPU runs;
+//! [`Engine::new`] builds one for a named [`Backend`] if the CPU runs it.
 //!
-//! Backends, one module each: `portable` (safe scalar code, every CPU) and `avx2` (8 ChaCha20
-//! lanes, 8 Poly1305 lanes in two interleaved groups of four with 26-bit limbs). The CPU is
-//! detected once; [`Engine::new`] or the `SEALPOST_BACKEND` environment variable forces one.
+//! Backends, one module each, all behind the wave driver in `wave.rs`:
+//! - `avx512`: sixteen jobs per wave; ChaCha20 with `vprold`, Poly1305 with IFMA (radix 2^44).
+//!   Its kernels are written over a small lane-vector instruction set and also run on a
+//!   plain-Rust emulation of it ([`Backend::Avx512Emulated`]), so they are tested on every CPU.
+//! - `avx2`: eight jobs per wave; Poly1305 in 26-bit limbs with `vpmuludq`.
+//! - `portable`: safe scalar code, one job per wave; the reference.
+//! - `ring`: ring's ChaCha20-Poly1305, one job at a time, for CPUs without AVX2.
+//!
+//! AES-256-GCM jobs always go to ring, one at a time. SIMD kernels can only be reached through
+//! a CPU token from `cpu.rs` ([`cpu::Avx2`], [`cpu::Avx512`]), which only the detection makes.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
-pub(crate) mod driver;
+mod avx512;
+pub mod cpu;
+mod floor;
+mod ops;
 mod portable;
+mod ring;
+mod wave;
 
-pub use driver::MAX_MESSAGE;
-
-use std::sync::OnceLock;
+pub use crate::batch::MAX_MESSAGE;
+pub use cpu::{core_cycles_per_tsc_tick, tsc_now};
+pub use floor::KernelCost;
 
 /// Bytes of one ChaCha20 block.
 pub const BLOCK: usize = 64;
 
+/// The environment variable sealpost's programs read to force a backend. The library itself
+/// never reads it: programs parse it with [`Backend::from_str`](std::str::FromStr) and pass the
+/// resulting [`Engine`] along.
+pub const BACKEND_ENV: &str = "SEALPOST_BACKEND";
+
 /// A backend of the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Backend {
-    /// Safe scalar code; every CPU.
+    /// ring's ChaCha20-Poly1305, one envelope at a time: the choice on CPUs without AVX2.
+    Ring,
+    /// Safe scalar code, one envelope at a time; every CPU. The reference implementation.
     Portable,
-    /// AVX2: 8 envelopes per instruction.
+    /// AVX2: 8 envelopes per wave.
     Avx2,
-    /// AVX-512 with IFMA. Not built in this version (see docs/CRYPTO.md): selecting it is an
-    /// error that says so.
+    /// AVX-512 F/VL/BW with IFMA: 16 envelopes per wave.
     Avx512,
+    /// The AVX-512 backend's algorithms on a plain-Rust emulation of its instructions: every
+    /// CPU, very slow. For testing those algorithms on machines without AVX-512.
+    Avx512Emulated,
 }
 
-/// Why a backend cannot be used.
+/// Why an engine cannot be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EngineError {
     /// The CPU lacks the instructions the backend needs.
     #[error("backend {0} needs CPU features this machine does not have (supported here: {1})")]
     Unsupported(&'static str, String),
-    /// The backend is not part of this build.
-    #[error(
-        "backend avx512 is not built in this version: it could not be tested on the development machines, which have no AVX-512 (use avx2 or portable)"
-    )]
-    NotBuilt,
     /// A name that is no backend.
-    #[error("unknown backend {0:?}: expected portable, avx2 or avx512")]
+    #[error("unknown backend {0:?}: expected ring, portable, avx2, avx512 or avx512-emulated")]
     Unknown(String),
 }
 
 impl Backend {
-    /// Every backend, slowest first.
-    pub const ALL: [Backend; 3] = [Backend::Portable, Backend::Avx2, Backend::Avx512];
+    /// Every backend.
+    pub const ALL: [Backend; 5] = [
+        Backend::Ring,
+        Backend::Portable,
+        Backend::Avx2,
+        Backend::Avx512,
+        Backend::Avx512Emulated,
+    ];
 
     /// The lowercase name used by `SEALPOST_BACKEND` and in reports.
     pub fn name(self) -> &'static str {
         match self {
+            Self::Ring => "ring",
             Self::Portable => "portable",
             Self::Avx2 => "avx2",
             Self::Avx512 => "avx512",
+            Self::Avx512Emulated => "avx512-emulated",
         }
     }
 
-    /// Whether this build can run the backend on this CPU.
+    /// Whether this CPU runs the backend.
     pub fn check(self) -> Result<(), EngineError> {
-        match self {
-            Self::Portable => Ok(()),
-            Self::Avx2 => {
-                #[cfg(target_arch = "x86_64")]
-                if std::arch::is_x86_feature_detected!("avx2") {
-                    return Ok(());
-                }
-                Err(EngineError::Unsupported("avx2", supported_names()))
-            }
-            Self::Avx512 => Err(EngineError::NotBuilt),
-        }
+        Engine::new(self).map(|_| ())
     }
 
-    /// The backends this machine can run, slowest first.
+    /// Whether the backend runs on this CPU's own SIMD instructions (as opposed to scalar code,
+    /// ring, or the emulation).
+    pub fn is_simd(self) -> bool {
+        matches!(self, Self::Avx2 | Self::Avx512)
+    }
+
+    /// The backends this machine can run, in [`Backend::ALL`] order.
     pub fn supported() -> Vec<Backend> {
         Self::ALL
             .into_iter()
@@ -87,11 +105,12 @@ impl Backend {
             .collect()
     }
 
-    /// The fastest backend this machine can run.
+    /// The fastest backend this machine runs: AVX-512, else AVX2, else ring.
     pub fn best() -> Backend {
-        *Self::supported()
-            .last()
-            .expect("portable is always supported")
+        [Self::Avx512, Self::Avx2]
+            .into_iter()
+            .find(|b| b.check().is_ok())
+            .unwrap_or(Self::Ring)
     }
 }
 
@@ -113,131 +132,112 @@ impl std::str::FromStr for Backend {
     type Err = EngineError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim().to_ascii_lowercase().as_str() {
+            "ring" => Ok(Self::Ring),
             "portable" => Ok(Self::Portable),
             "avx2" => Ok(Self::Avx2),
             "avx512" => Ok(Self::Avx512),
+            "avx512-emulated" | "avx512-emu" => Ok(Self::Avx512Emulated),
             _ => Err(EngineError::Unknown(s.to_owned())),
         }
     }
 }
 
-/// The environment variable that forces a backend.
-pub const BACKEND_ENV: &str = "SEALPOST_BACKEND";
-
-/// The backend `SEALPOST_BACKEND` asks for, checked; `Ok(None)` when it is unset. Programs call
-/// this at start-up to report a bad value; [`Engine::active`] falls back to the best backend
-/// when the variable is invalid.
-pub fn backend_from_env() -> Result<Option<Backend>, EngineError> {
-    match std::env::var(BACKEND_ENV) {
-        Ok(v) if !v.trim().is_empty() => {
-            let b: Backend = v.parse()?;
-            b.check()?;
-            Ok(Some(b))
-        }
-        _ => Ok(None),
-    }
+/// What an engine runs on: the backend, with the CPU token the SIMD ones need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Imp {
+    Ring,
+    Portable,
+    #[cfg(target_arch = "x86_64")]
+    Avx2(cpu::Avx2),
+    #[cfg(target_arch = "x86_64")]
+    Avx512(cpu::Avx512),
+    Avx512Emulated,
 }
 
-/// A checked backend choice. It can only be built for a backend the CPU supports, which is what
-/// makes calling the SIMD code sound.
-///
-/// An engine may also hand some ChaCha20-Poly1305 jobs to ring, by operation and size, where
-/// ring is measurably faster on this class of machine (see [`Engine::tuned`]); an engine made
-/// with [`Engine::new`] never does, so tests and benchmarks see the pure backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The crypto engine: a checked backend choice. It can only be built for a backend this CPU
+/// runs, which is what makes calling the SIMD code sound. Cheap to copy; share it freely.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Engine {
-    backend: Backend,
-    /// Jobs whose message is at least this long go to ring: `[verify (AAD), seal, open]`.
-    ring_from: [usize; 3],
-}
-
-static ACTIVE: OnceLock<Engine> = OnceLock::new();
-
-/// Which operation a job belongs to, for the ring crossover.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum OpKind {
-    Verify = 0,
-    Seal = 1,
-    Open = 2,
+    imp: Imp,
 }
 
 impl Engine {
-    /// An engine on `backend` alone, if this machine can run it.
+    /// An engine on `backend`, if this machine runs it.
     pub fn new(backend: Backend) -> Result<Self, EngineError> {
-        backend.check()?;
-        Ok(Self {
-            backend,
-            ring_from: [usize::MAX; 3],
-        })
-    }
-
-    /// `backend` plus ring where ring is faster, from `sealpost-loadtest speed` on the
-    /// development machine (docs/BENCHMARKS.md): with AVX2, deposit-tag verification is ours at
-    /// every size, while ring's stitched single-message ChaCha20-Poly1305 (its scalar Poly1305
-    /// runs on the integer units while its vector ChaCha20 runs on the vector units) seals and
-    /// opens messages of 96 bytes and more faster than our 8-lane ChaCha20 plus vector
-    /// Poly1305 do. Without AVX2, ring (which has its own SIMD code) beats the portable backend
-    /// everywhere, so every job goes to ring.
-    pub fn tuned(backend: Backend) -> Result<Self, EngineError> {
-        let mut e = Self::new(backend)?;
-        e.ring_from = match backend {
-            Backend::Portable => [0; 3],
-            Backend::Avx2 => [usize::MAX, 96, 96],
-            Backend::Avx512 => [usize::MAX; 3],
+        let imp = match backend {
+            Backend::Ring => Imp::Ring,
+            Backend::Portable => Imp::Portable,
+            Backend::Avx512Emulated => Imp::Avx512Emulated,
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2 => match cpu::Avx2::detect() {
+                Some(t) => Imp::Avx2(t),
+                None => return Err(EngineError::Unsupported("avx2", supported_names())),
+            },
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512 => match cpu::Avx512::detect() {
+                Some(t) => Imp::Avx512(t),
+                None => {
+                    return Err(EngineError::Unsupported(
+                        "avx512 (F, VL, BW and IFMA)",
+                        supported_names(),
+                    ));
+                }
+            },
+            #[cfg(not(target_arch = "x86_64"))]
+            Backend::Avx2 | Backend::Avx512 => {
+                return Err(EngineError::Unsupported(backend.name(), supported_names()));
+            }
         };
-        Ok(e)
+        Ok(Self { imp })
     }
 
-    /// The process-wide engine: the pure backend `SEALPOST_BACKEND` names, if set and usable;
-    /// otherwise the best backend, tuned (see [`Engine::tuned`]). Decided once, on first use.
-    pub fn active() -> Self {
-        *ACTIVE.get_or_init(|| match backend_from_env().ok().flatten() {
-            Some(b) => Self::new(b).unwrap_or_else(|_| Self::fallback()),
-            None => Self::tuned(Backend::best()).unwrap_or_else(|_| Self::fallback()),
-        })
+    /// ring, one job at a time: the right engine for code that seals or opens one envelope at a
+    /// time (a client), where a wave of SIMD lanes would carry one job. Every CPU runs it.
+    pub const fn ring() -> Self {
+        Self { imp: Imp::Ring }
     }
 
-    fn fallback() -> Self {
-        Self {
-            backend: Backend::Portable,
-            ring_from: [usize::MAX; 3],
-        }
+    /// The fastest engine this CPU runs ([`Backend::best`]).
+    pub fn detect() -> Self {
+        Self::new(Backend::best()).unwrap_or(Self { imp: Imp::Ring })
     }
 
     /// The backend in use.
     pub fn backend(&self) -> Backend {
-        self.backend
-    }
-
-    /// Whether some jobs go to ring (a tuned engine).
-    pub fn uses_ring(&self) -> bool {
-        self.ring_from.iter().any(|&t| t != usize::MAX)
-    }
-
-    /// A short description: the backend, and `+ring` when tuned.
-    pub fn describe(&self) -> String {
-        if self.uses_ring() {
-            format!("{}+ring", self.backend)
-        } else {
-            self.backend.name().to_owned()
+        match self.imp {
+            Imp::Ring => Backend::Ring,
+            Imp::Portable => Backend::Portable,
+            #[cfg(target_arch = "x86_64")]
+            Imp::Avx2(_) => Backend::Avx2,
+            #[cfg(target_arch = "x86_64")]
+            Imp::Avx512(_) => Backend::Avx512,
+            Imp::Avx512Emulated => Backend::Avx512Emulated,
         }
     }
 
-    /// Whether a ChaCha20-Poly1305 job of this operation and message length goes to ring.
-    pub(crate) fn goes_to_ring(&self, op: OpKind, len: usize) -> bool {
-        len >= self.ring_from[op as usize]
+    /// The backend's name.
+    pub fn describe(&self) -> &'static str {
+        self.backend().name()
+    }
+
+    /// Envelopes per wave: how many jobs the backend processes side by side.
+    pub fn lanes(&self) -> usize {
+        use wave::Kernel;
+        match self.imp {
+            Imp::Ring | Imp::Portable => 1,
+            #[cfg(target_arch = "x86_64")]
+            Imp::Avx2(_) => avx2::Avx2Kernel::LANES,
+            #[cfg(target_arch = "x86_64")]
+            Imp::Avx512(_) => avx512::NativeKernel::LANES,
+            Imp::Avx512Emulated => avx512::EmuKernel::LANES,
+        }
     }
 }
 
-/// The CPU's time-stamp counter (x86_64), for reporting TSC cycles per byte; `None` elsewhere.
-pub fn tsc_now() -> Option<u64> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        Some(avx2::tsc())
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        None
+impl Default for Engine {
+    /// [`Engine::detect`].
+    fn default() -> Self {
+        Self::detect()
     }
 }
 
@@ -257,74 +257,4 @@ pub(crate) fn chacha_state(key: &[u8; 32], nonce: &[u8; 12], counter: u32) -> [u
         s[13 + i] = w(&nonce[4 * i..]);
     }
     s
-}
-
-/// A backend's Poly1305: `LANES` independent MACs advanced together.
-pub(crate) trait PolyLanes: Default {
-    /// Lanes.
-    const LANES: usize;
-    /// Starts lane `lane` afresh with one-time key `r || s` (all zeros parks the lane).
-    fn set_lane(&mut self, lane: usize, key: &[u8; 32]);
-    /// Absorbs `n` whole blocks into every lane; `inputs[l]` has at least `16 * n` bytes.
-    fn blocks(&mut self, n: usize, inputs: &[&[u8]]);
-    /// The tag of lane `lane`.
-    fn finish_lane(&mut self, lane: usize) -> [u8; 16];
-}
-
-/// A backend: its ChaCha20 block function and its Poly1305 lanes.
-pub(crate) trait Kernel {
-    /// Poly1305 lanes.
-    type Lanes: PolyLanes;
-    /// Blocks computed per `chacha_blocks` call at most.
-    const CHACHA_LANES: usize;
-    /// One block per state; `states.len() <= CHACHA_LANES` and `out.len() == states.len()`.
-    fn chacha_blocks(states: &[[u32; 16]], out: &mut [[u8; BLOCK]]);
-}
-
-struct PortableKernel;
-
-impl Kernel for PortableKernel {
-    type Lanes = portable::PortableLanes;
-    const CHACHA_LANES: usize = 8;
-    fn chacha_blocks(states: &[[u32; 16]], out: &mut [[u8; BLOCK]]) {
-        portable::chacha_blocks(states, out);
-    }
-}
-
-/// Runs `$body` with `K` bound to the engine's kernel type.
-macro_rules! with_kernel {
-    ($engine:expr, $k:ident => $body:expr) => {
-        match $engine.backend {
-            #[cfg(target_arch = "x86_64")]
-            Backend::Avx2 => {
-                type $k = avx2::Avx2Kernel;
-                $body
-            }
-            _ => {
-                type $k = PortableKernel;
-                $body
-            }
-        }
-    };
-}
-
-impl Engine {
-    /// Deposit-tag style verification of ChaCha20-Poly1305 jobs (empty plaintext).
-    pub(crate) fn chacha_verify(
-        &self,
-        jobs: &[&crate::batch::VerifyJob<'_>],
-        results: &mut [bool],
-    ) {
-        with_kernel!(self, K => driver::verify::<K>(jobs, results))
-    }
-
-    /// Seals ChaCha20-Poly1305 work items.
-    pub(crate) fn chacha_seal(&self, works: Vec<driver::SealWork<'_>>) {
-        with_kernel!(self, K => driver::seal::<K>(works))
-    }
-
-    /// Opens ChaCha20-Poly1305 work items.
-    pub(crate) fn chacha_open(&self, works: Vec<driver::OpenWork<'_>>, results: &mut [bool]) {
-        with_kernel!(self, K => driver::open::<K>(works, results))
-    }
 }

@@ -4,7 +4,10 @@
 //! Constant time: only additions, XORs, rotations and full-width multiplications on secret
 //! data; the final reduction selects with masks, never with branches.
 
-use super::{BLOCK, PolyLanes};
+use super::wave::{Kernel, Lanes, Work};
+use super::{BLOCK, chacha_state};
+use crate::suite::TAG_LEN;
+use zeroize::Zeroizing;
 
 /// One ChaCha20 block (RFC 8439 §2.3) for `state`, as bytes.
 pub fn chacha_block(state: &[u32; 16], out: &mut [u8; BLOCK]) {
@@ -32,13 +35,6 @@ pub fn chacha_block(state: &[u32; 16], out: &mut [u8; BLOCK]) {
     }
     for (i, w) in x.iter().enumerate() {
         out[4 * i..4 * i + 4].copy_from_slice(&w.wrapping_add(state[i]).to_le_bytes());
-    }
-}
-
-/// Computes `states.len()` blocks, one per state.
-pub fn chacha_blocks(states: &[[u32; 16]], out: &mut [[u8; BLOCK]]) {
-    for (s, o) in states.iter().zip(out.iter_mut()) {
-        chacha_block(s, o);
     }
 }
 
@@ -121,32 +117,75 @@ impl Drop for Poly {
     }
 }
 
-/// One lane at a time: the portable backend's [`PolyLanes`].
-#[derive(Default)]
-pub struct PortableLanes {
-    lane: Poly,
+/// The portable kernel: waves of one job.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PortableKernel;
+
+impl Kernel for PortableKernel {
+    const LANES: usize = 1;
+    type Mac = Poly;
+
+    fn new_mac(self) -> Poly {
+        Poly::default()
+    }
+
+    fn mac_init(self, mac: &mut Poly, keys: &Lanes<&[u8; 32]>, nonces: &Lanes<&[u8; 12]>) {
+        let mut block = Zeroizing::new([0u8; BLOCK]);
+        chacha_block(&chacha_state(keys[0], nonces[0], 0), &mut block);
+        *mac = Poly::new(block[..32].try_into().expect("32 bytes"));
+    }
+
+    fn mac_blocks(self, mac: &mut Poly, n: usize, inputs: &Lanes<&[u8]>, active: u32) {
+        if active & 1 == 1 {
+            mac.blocks(&inputs[0][..16 * n]);
+        }
+    }
+
+    fn mac_verify(self, mac: &mut Poly, expected: &Lanes<&[u8; TAG_LEN]>) -> u32 {
+        tags_equal(&mac.finish(), expected[0]) as u32
+    }
+
+    fn mac_tags(self, mac: &mut Poly, out: &mut Lanes<[u8; TAG_LEN]>) {
+        out[0] = mac.finish();
+    }
+
+    fn xor(self, jobs: &mut [Work<'_>]) {
+        let mut ks = Zeroizing::new([0u8; BLOCK]);
+        for job in jobs {
+            let mut state = Zeroizing::new(chacha_state(job.key, job.nonce, 1));
+            for b in 0..job.data.len().div_ceil(BLOCK) {
+                chacha_block(&state, &mut ks);
+                if let Some((src, dst)) = job.data.window(b) {
+                    match src {
+                        Some(src) => {
+                            for ((d, s), k) in dst.iter_mut().zip(src).zip(ks.iter()) {
+                                *d = s ^ k;
+                            }
+                        }
+                        None => {
+                            for (d, k) in dst.iter_mut().zip(ks.iter()) {
+                                *d ^= k;
+                            }
+                        }
+                    }
+                }
+                // Messages are bounded to 2^32 - 1 blocks, so the counter does not wrap.
+                state[12] = state[12].wrapping_add(1);
+            }
+        }
+    }
 }
 
-impl PolyLanes for PortableLanes {
-    const LANES: usize = 1;
-
-    fn set_lane(&mut self, _lane: usize, key: &[u8; 32]) {
-        self.lane = Poly::new(key);
-    }
-
-    fn blocks(&mut self, n: usize, inputs: &[&[u8]]) {
-        self.lane.blocks(&inputs[0][..16 * n]);
-    }
-
-    fn finish_lane(&mut self, _lane: usize) -> [u8; 16] {
-        self.lane.finish()
-    }
+/// Compares tags without an early exit: every byte is XORed and ORed in, and only the final
+/// (public) verdict is branched on.
+pub(crate) fn tags_equal(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::chacha_state;
 
     fn h(s: &str) -> Vec<u8> {
         hex::decode(s).unwrap()

@@ -85,17 +85,18 @@ pub(super) async fn run(
             in_flight.push_back((submit(shared, &mut batch).await, bytes));
             continue;
         }
-        if in_flight.is_empty() && batch.is_empty() {
-            if let Some(end) = end {
-                match end {
-                    End::Finish => {
-                        let _ = send.finish();
-                    }
-                    End::Refuse(code, msg) => refuse(&mut send, Some(&mut reader), code, msg).await,
-                    End::Dead => {}
+        if in_flight.is_empty()
+            && batch.is_empty()
+            && let Some(end) = end
+        {
+            match end {
+                End::Finish => {
+                    let _ = send.finish();
                 }
-                return;
+                End::Refuse(code, msg) => refuse(&mut send, Some(&mut reader), code, msg).await,
+                End::Dead => {}
             }
+            return;
         }
         // Read more only while there is room to submit it.
         let can_read = end.is_none() && batch.is_empty() && room;

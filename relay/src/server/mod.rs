@@ -57,6 +57,8 @@ pub(crate) struct Shared {
     pub subscribers: registry::Registry,
     pub connections: AtomicUsize,
     pub shutdown: watch::Receiver<bool>,
+    /// Verifies deposit tags and seals deliveries.
+    pub engine: sealpost_core::engine::Engine,
 }
 
 /// A running relay.
@@ -216,7 +218,12 @@ pub async fn start(config: RelayConfig, store: Arc<dyn Store>) -> Result<RelayHa
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let pipeline = pipeline::Pipeline::start(store.clone(), shards, config.limits.max_batch);
+    let pipeline = pipeline::Pipeline::start(
+        store.clone(),
+        shards,
+        config.limits.max_batch,
+        config.engine,
+    );
     let shared = Arc::new(Shared {
         depositing: AtomicUsize::new(0),
         log_sensitive: config.log_sensitive,
@@ -226,6 +233,7 @@ pub async fn start(config: RelayConfig, store: Arc<dyn Store>) -> Result<RelayHa
         subscribers: registry::Registry::default(),
         connections: AtomicUsize::new(0),
         shutdown: rx,
+        engine: config.engine,
     });
     let accept = tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
     let expiry = tokio::spawn(expiry_loop(shared.clone()));
@@ -234,7 +242,7 @@ pub async fn start(config: RelayConfig, store: Arc<dyn Store>) -> Result<RelayHa
     metrics::gauge!(
         crate::metrics::BUILD_INFO,
         "version" => env!("CARGO_PKG_VERSION"),
-        "backend" => sealpost_core::engine::Engine::active().describe()
+        "backend" => config.engine.describe()
     )
     .set(1.0);
     metrics::gauge!(crate::metrics::READY).set(1.0);

@@ -15,7 +15,7 @@
 
 use crate::metrics as m;
 use crate::store::{Append, AppendOutcome, MailboxRecord, Store};
-use sealpost_core::batch::verify_batch;
+use sealpost_core::engine::Engine;
 use sealpost_core::envelope::Envelope;
 use sealpost_core::status::DepositStatus;
 use std::sync::Arc;
@@ -53,11 +53,16 @@ impl Pending {
 
 impl Pipeline {
     /// Starts `shards` shard tasks over `store`, each batching up to `max_batch` envelopes.
-    pub(crate) fn start(store: Arc<dyn Store>, shards: usize, max_batch: usize) -> Self {
+    pub(crate) fn start(
+        store: Arc<dyn Store>,
+        shards: usize,
+        max_batch: usize,
+        engine: Engine,
+    ) -> Self {
         let shards = (0..shards.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::channel(SHARD_QUEUE);
-                tokio::spawn(shard(store.clone(), rx, max_batch));
+                tokio::spawn(shard(store.clone(), rx, max_batch, engine));
                 tx
             })
             .collect();
@@ -92,7 +97,12 @@ impl Pipeline {
     }
 }
 
-async fn shard(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Work>, max_batch: usize) {
+async fn shard(
+    store: Arc<dyn Store>,
+    mut rx: mpsc::Receiver<Work>,
+    max_batch: usize,
+    engine: Engine,
+) {
     let mut works: Vec<Work> = Vec::with_capacity(SHARD_QUEUE);
     let mut envelopes: Vec<Envelope> = Vec::with_capacity(max_batch);
     while let Some(first) = rx.recv().await {
@@ -114,17 +124,17 @@ async fn shard(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Work>, max_batch: u
             counts.push(w.envelopes.len());
             envelopes.append(&mut w.envelopes);
         }
-        let statuses = process(store.as_ref(), &envelopes).await;
+        let statuses = process(store.as_ref(), engine, &envelopes).await;
         // One metrics update per status per batch: a labelled key costs an allocation.
         let mut by_status = [0u64; 10];
         for s in &statuses {
             by_status[*s as usize] += 1;
         }
         for (code, &n) in by_status.iter().enumerate() {
-            if n > 0 {
-                if let Some(s) = DepositStatus::from_u8(code as u8) {
-                    metrics::counter!(m::DEPOSITS, "status" => m::status_label(s)).increment(n);
-                }
+            if n > 0
+                && let Some(s) = DepositStatus::from_u8(code as u8)
+            {
+                metrics::counter!(m::DEPOSITS, "status" => m::status_label(s)).increment(n);
             }
         }
         let mut statuses = statuses.into_iter();
@@ -137,7 +147,7 @@ async fn shard(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Work>, max_batch: u
 }
 
 /// Verifies and stores a batch of parsed envelopes; the status of each, in order.
-async fn process(store: &dyn Store, envelopes: &[Envelope]) -> Vec<DepositStatus> {
+async fn process(store: &dyn Store, engine: Engine, envelopes: &[Envelope]) -> Vec<DepositStatus> {
     let mut statuses = vec![DepositStatus::Ok; envelopes.len()];
     if envelopes.is_empty() {
         return statuses;
@@ -169,7 +179,7 @@ async fn process(store: &dyn Store, envelopes: &[Envelope]) -> Vec<DepositStatus
         .collect();
     let mut ok = vec![false; jobs.len()];
     let t0 = std::time::Instant::now();
-    let verified = verify_batch(&jobs, &mut ok);
+    let verified = engine.verify(&jobs, &mut ok);
     metrics::histogram!(m::BATCH_VERIFY).record(t0.elapsed().as_secs_f64());
     if verified.is_err() {
         // Shapes are built right above; treat an impossible mismatch as a relay fault.

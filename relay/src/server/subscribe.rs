@@ -11,7 +11,8 @@ use crate::stream::{FrameReader, ReadError, frame_error_reply, refuse};
 use bytes::{Bytes, BytesMut};
 use quinn::{Connection, SendStream};
 use rand::{RngCore, SeedableRng, rngs::StdRng};
-use sealpost_core::batch::{SealJob, seal_batch};
+use sealpost_core::batch::SealJob;
+use sealpost_core::engine::Engine;
 use sealpost_core::frame::{self, Frame, FrameType, HEADER_LEN};
 use sealpost_core::keys::{
     DELIVERY_AAD_LEN, EXPORTER_LABEL, EXPORTER_LEN, ProofPurpose, delivery_aad,
@@ -175,7 +176,13 @@ pub(super) async fn run(
             stalled = false;
             let last = batch[batch.len() - 1].seq;
             let t0 = std::time::Instant::now();
-            let mut frames = seal_deliveries(&req.recipient_id, &keys.deliver, &batch, &mut rng);
+            let mut frames = seal_deliveries(
+                &shared.engine,
+                &req.recipient_id,
+                &keys.deliver,
+                &batch,
+                &mut rng,
+            );
             metrics::histogram!(crate::metrics::BATCH_SEAL).record(t0.elapsed().as_secs_f64());
             metrics::counter!(crate::metrics::DELIVERIES).increment(batch.len() as u64);
             metrics::counter!(crate::metrics::BYTES_OUT)
@@ -278,6 +285,7 @@ async fn read_acks(mut reader: FrameReader, tx: mpsc::Sender<FromPeer>) {
 
 /// Seals a batch of stored envelopes into DELIVER frames, all in one allocation.
 fn seal_deliveries(
+    engine: &Engine,
     recipient_id: &sealpost_core::RecipientId,
     deliver: &sealpost_core::AeadKey,
     batch: &[StoredEnvelope],
@@ -313,7 +321,9 @@ fn seal_deliveries(
                 out,
             });
         }
-        seal_batch(&mut jobs).expect("output buffers are sized from their plaintexts");
+        engine
+            .seal(&mut jobs)
+            .expect("output buffers are sized from their plaintexts");
     }
     let mut all = buf.freeze();
     batch.iter().map(|e| all.split_to(frame_len(e))).collect()

@@ -432,10 +432,10 @@ impl Index {
         for s in stored {
             if let Some(m) = self.get_mut(&s.recipient_id) {
                 // Recent appends sit at the back of the queue.
-                if let Some(a) = m.active.as_mut() {
-                    if let Some(h) = a.queue.iter_mut().rev().find(|h| h.seq == s.seq) {
-                        h.durable = true;
-                    }
+                if let Some(a) = m.active.as_mut()
+                    && let Some(h) = a.queue.iter_mut().rev().find(|h| h.seq == s.seq)
+                {
+                    h.durable = true;
                 }
             }
         }
@@ -449,10 +449,10 @@ impl Index {
                 continue;
             }
             last = Some(s.recipient_id);
-            if let Some(m) = self.get(&s.recipient_id) {
-                if let Some(n) = m.active.as_ref().and_then(|a| a.notify.as_ref()) {
-                    n.send_replace(m.next_seq - 1);
-                }
+            if let Some(m) = self.get(&s.recipient_id)
+                && let Some(n) = m.active.as_ref().and_then(|a| a.notify.as_ref())
+            {
+                n.send_replace(m.next_seq - 1);
             }
         }
     }

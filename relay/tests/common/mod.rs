@@ -69,7 +69,13 @@ impl TestRelay {
 
 pub async fn seal(c: &Client, mb: &Mailbox, content: &[u8]) -> Bytes {
     let _ = c;
-    e2e::seal_for_invitation(&mb.invitation(), &mb.sizes, content).expect("seal")
+    e2e::seal_for_invitation(
+        &sealpost_core::engine::Engine::ring(),
+        &mb.invitation(),
+        &mb.sizes,
+        content,
+    )
+    .expect("seal")
 }
 
 /// Opens a raw stream, writes `bytes`, optionally finishes, and returns the frames the relay
