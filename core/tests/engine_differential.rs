@@ -338,3 +338,25 @@ fn mixed_suites_in_one_batch() {
         }
     }
 }
+
+/// Batches whose jobs all have one shape (the relay's case, which the wave driver runs without
+/// masking): every plaintext length 0..=300 with the delivery layer's 24-byte AAD, and every
+/// AAD length 0..=300 with no plaintext (the deposit-tag shape), 21 jobs each (a full wave of
+/// sixteen and a partial one, or several of eight), with a few corrupted.
+#[test]
+fn batches_of_one_shape_at_every_length() {
+    let mut rng = StdRng::seed_from_u64(5);
+    let keys: Vec<[u8; 32]> = (0..21).map(|_| rng.random()).collect();
+    for len in 0..=300 {
+        let sealed: Vec<Job> = (0..21)
+            .map(|_| random_job(&mut rng, &keys, len, 24))
+            .collect();
+        let tagged: Vec<Job> = (0..21)
+            .map(|_| random_job(&mut rng, &keys, 0, len))
+            .collect();
+        for e in engines() {
+            check_batch(&e, &sealed, &mut rng, 3);
+            check_batch(&e, &tagged, &mut rng, 3);
+        }
+    }
+}

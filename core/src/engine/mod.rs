@@ -91,6 +91,16 @@ impl Backend {
         Engine::new(self).map(|_| ())
     }
 
+    /// Whether this CPU runs the backend, asked of the detection directly (so that building
+    /// an error message, which lists these, never recurses into [`Engine::new`]).
+    fn available(self) -> bool {
+        match self {
+            Self::Ring | Self::Portable | Self::Avx512Emulated => true,
+            Self::Avx2 => cpu::Avx2::detect().is_some(),
+            Self::Avx512 => cpu::Avx512::detect().is_some(),
+        }
+    }
+
     /// Whether the backend runs on this CPU's own SIMD instructions (as opposed to scalar code,
     /// ring, or the emulation).
     pub fn is_simd(self) -> bool {
@@ -99,17 +109,14 @@ impl Backend {
 
     /// The backends this machine can run, in [`Backend::ALL`] order.
     pub fn supported() -> Vec<Backend> {
-        Self::ALL
-            .into_iter()
-            .filter(|b| b.check().is_ok())
-            .collect()
+        Self::ALL.into_iter().filter(|b| b.available()).collect()
     }
 
     /// The fastest backend this machine runs: AVX-512, else AVX2, else ring.
     pub fn best() -> Backend {
         [Self::Avx512, Self::Avx2]
             .into_iter()
-            .find(|b| b.check().is_ok())
+            .find(|b| b.available())
             .unwrap_or(Self::Ring)
     }
 }

@@ -1,7 +1,7 @@
 //! The engine's operations: shape checks, then ChaCha20-Poly1305 jobs to the backend's wave
 //! driver and everything else (AES-256-GCM, or every job on the ring backend) to ring.
 
-use super::wave::{self, Data, MacJob, Tag, Work};
+use super::wave::{self, Data, Tag, Work};
 use super::{Engine, Imp, ring::KeyCache};
 use crate::batch::{
     BatchError, OpenInPlaceJob, OpenJob, SealInPlaceJob, SealJob, VerifyJob, check_len,
@@ -45,22 +45,8 @@ impl Engine {
     /// Checks every job's tag; `results[i]` is set to whether job `i` is authentic.
     pub fn verify(&self, jobs: &[VerifyJob<'_>], results: &mut [bool]) -> Result<(), BatchError> {
         check_results(jobs.len(), results.len())?;
-        let mine = jobs
-            .iter()
-            .enumerate()
-            .filter(|(_, j)| self.ours(j.key))
-            .map(|(i, j)| {
-                (
-                    i,
-                    MacJob {
-                        key: j.key.expose(),
-                        nonce: j.nonce,
-                        aad: j.aad,
-                        tag: j.tag,
-                    },
-                )
-            });
-        with_kernel!(self, k => wave::verify(k, mine, results), ring => ());
+        let mine = |j: &VerifyJob<'_>| self.ours(j.key);
+        with_kernel!(self, k => wave::verify(k, jobs, mine, results), ring => ());
         let mut ring = KeyCache::new();
         for (job, ok) in jobs.iter().zip(results.iter_mut()) {
             if !self.ours(job.key) {

@@ -19,6 +19,7 @@
 //! data or tags.
 
 use super::BLOCK;
+use crate::batch::VerifyJob;
 use crate::suite::TAG_LEN;
 use arrayvec::ArrayVec;
 
@@ -134,15 +135,6 @@ pub(crate) fn lane_keys<'a>(jobs: &[Work<'a>]) -> (Lanes<&'a [u8; 32]>, Lanes<&'
     (keys, nonces)
 }
 
-/// One verification: a tag over `aad` with an empty message.
-#[derive(Clone, Copy)]
-pub(crate) struct MacJob<'a> {
-    pub key: &'a [u8; 32],
-    pub nonce: &'a [u8; 12],
-    pub aad: &'a [u8],
-    pub tag: &'a [u8; TAG_LEN],
-}
-
 /// The tag of a seal (written) or an open (checked).
 pub(crate) enum Tag<'a> {
     Out(&'a mut [u8]),
@@ -158,25 +150,22 @@ pub(crate) struct Work<'a> {
     pub tag: Tag<'a>,
 }
 
-/// The blocks a lane absorbs that are not whole blocks of a caller's buffer: the padded tails
-/// of its AAD and ciphertext and its length block. Written once per wave, before the whole
-/// blocks are absorbed, so that the stores have long left the store buffer when they are read.
-#[repr(C, align(64))]
-struct Tails {
-    aad: Lanes<[u8; 16]>,
-    ct: Lanes<[u8; 16]>,
-    lens: Lanes<[u8; 16]>,
+/// The blocks of a lane's Poly1305 input that are not whole blocks of a caller's buffer,
+/// assembled as whole blocks: `head` holds a short AAD entirely (up to 32 bytes) or the padded
+/// tail of a longer one when a ciphertext follows; `end` holds the last partial block (of the
+/// ciphertext, or of a long AAD when there is no ciphertext) followed by the length block.
+/// With them, every lane's input is at most four runs of whole blocks, in order:
+/// `aad[..] ‖ head ‖ ct[..] ‖ end`. Written once per wave, before the whole blocks are absorbed,
+/// so the stores have long left the store buffer when the kernel reads them.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+struct Scratch {
+    head: [u8; 32],
+    end: [u8; 32],
 }
 
-impl Tails {
-    fn new() -> Self {
-        Self {
-            aad: [[0; 16]; MAX_LANES],
-            ct: [[0; 16]; MAX_LANES],
-            lens: [[0; 16]; MAX_LANES],
-        }
-    }
-}
+/// Copied AADs up to this size go wholly into the scratch head (seal and open use 24 bytes).
+const SHORT_AAD: usize = 32;
 
 /// The last `len % 16` bytes of `seg`, zero-padded to a block.
 #[inline(always)]
@@ -199,15 +188,63 @@ fn pad_tail(seg: &[u8]) -> [u8; 16] {
     }
 }
 
-/// A mask with the low `n` bits set.
+/// Up to 16 bytes, zero-padded to a block.
 #[inline(always)]
-fn low_bits(n: usize) -> u32 {
-    if n >= 32 { u32::MAX } else { (1u32 << n) - 1 }
+fn pad_block(seg: &[u8]) -> [u8; 16] {
+    match <[u8; 16]>::try_from(seg) {
+        Ok(whole) => whole,
+        Err(_) => pad_tail(seg),
+    }
 }
 
-/// Absorbs the whole blocks of `segs[l]` into every lane, in as few calls as the lengths allow.
+/// Fills `s` for a lane with this AAD and ciphertext and returns the four runs of whole
+/// blocks the lane absorbs.
 #[inline(always)]
-fn absorb_whole<K: Kernel>(k: K, mac: &mut K::Mac, segs: &Lanes<&[u8]>) {
+fn runs<'a>(s: &'a mut Scratch, aad: &'a [u8], ct: &'a [u8]) -> [&'a [u8]; 4] {
+    let (a, c) = (aad.len(), ct.len());
+    let lens = (a as u128 | ((c as u128) << 64)).to_le_bytes();
+    let short = a <= SHORT_AAD;
+    let head_len = if short {
+        let (first, second) = aad.split_at(a.min(16));
+        s.head[..16].copy_from_slice(&pad_block(first));
+        s.head[16..].copy_from_slice(&pad_block(second));
+        a.div_ceil(16) * 16
+    } else if c > 0 && a % 16 != 0 {
+        s.head[..16].copy_from_slice(&pad_tail(aad));
+        16
+    } else {
+        0
+    };
+    // The partial block before the lengths: the ciphertext's, or a long AAD's without one.
+    let last = if c > 0 {
+        ct
+    } else if short {
+        &[]
+    } else {
+        aad
+    };
+    let end_len = if last.len() % 16 != 0 {
+        s.end[..16].copy_from_slice(&pad_tail(last));
+        s.end[16..].copy_from_slice(&lens);
+        32
+    } else {
+        s.end[..16].copy_from_slice(&lens);
+        16
+    };
+    let whole_aad = if short { &aad[..0] } else { &aad[..a - a % 16] };
+    [
+        whole_aad,
+        &s.head[..head_len],
+        &ct[..c - c % 16],
+        &s.end[..end_len],
+    ]
+}
+
+/// Absorbs `segs[l]` (whole blocks) into every lane, in as few kernel calls as the lengths
+/// allow: one when every lane has as many blocks (the common case), else one per distinct
+/// count, with the lanes that are done masked.
+#[inline(always)]
+fn absorb_run<K: Kernel>(k: K, mac: &mut K::Mac, segs: &Lanes<&[u8]>) {
     let mut off = [0usize; MAX_LANES];
     loop {
         let mut n = usize::MAX;
@@ -225,14 +262,11 @@ fn absorb_whole<K: Kernel>(k: K, mac: &mut K::Mac, segs: &Lanes<&[u8]>) {
             return;
         }
         // Masked lanes read the first active lane's blocks (any readable bytes will do).
-        let fill = &segs[first][16 * off[first]..16 * (off[first] + n)];
-        let inputs: Lanes<&[u8]> = core::array::from_fn(|l| {
-            if l < K::LANES && active >> l & 1 == 1 {
-                &segs[l][16 * off[l]..16 * (off[l] + n)]
-            } else {
-                fill
-            }
-        });
+        let mut inputs: Lanes<&[u8]> = [&[]; MAX_LANES];
+        for (l, input) in inputs.iter_mut().enumerate().take(K::LANES) {
+            let src = if active >> l & 1 == 1 { l } else { first };
+            *input = &segs[src][16 * off[src]..];
+        }
         k.mac_blocks(mac, n, &inputs, active);
         for (l, o) in off.iter_mut().enumerate().take(K::LANES) {
             if active >> l & 1 == 1 {
@@ -242,103 +276,256 @@ fn absorb_whole<K: Kernel>(k: K, mac: &mut K::Mac, segs: &Lanes<&[u8]>) {
     }
 }
 
-/// Absorbs one block per lane from `blocks` for the lanes whose segment has a partial tail.
-#[inline(always)]
-fn absorb_tails<K: Kernel>(k: K, mac: &mut K::Mac, segs: &Lanes<&[u8]>, blocks: &Lanes<[u8; 16]>) {
-    let mut active = 0u32;
-    for (l, s) in segs.iter().enumerate().take(K::LANES) {
-        if s.len() % 16 != 0 {
-            active |= 1 << l;
-        }
-    }
-    if active != 0 {
-        let inputs: Lanes<&[u8]> = core::array::from_fn(|l| &blocks[l][..]);
-        k.mac_blocks(mac, 1, &inputs, active);
-    }
-}
-
 /// Poly1305 over `aad ‖ pad ‖ ct ‖ pad ‖ le64(|aad|) ‖ le64(|ct|)` for every lane, after
 /// `mac_init`.
 #[inline(always)]
 fn absorb<K: Kernel>(
     k: K,
     mac: &mut K::Mac,
-    tails: &mut Tails,
+    scratch: &mut Lanes<Scratch>,
     aad: &Lanes<&[u8]>,
     ct: &Lanes<&[u8]>,
 ) {
-    for l in 0..K::LANES {
-        tails.aad[l] = pad_tail(aad[l]);
-        tails.ct[l] = pad_tail(ct[l]);
-        let lens = aad[l].len() as u128 | ((ct[l].len() as u128) << 64);
-        tails.lens[l] = lens.to_le_bytes();
+    let (a, c) = (aad[0].len(), ct[0].len());
+    let mut uniform = true;
+    for l in 1..K::LANES {
+        uniform &= aad[l].len() == a && ct[l].len() == c;
     }
-    absorb_whole(k, mac, aad);
-    absorb_tails(k, mac, aad, &tails.aad);
-    absorb_whole(k, mac, ct);
-    absorb_tails(k, mac, ct, &tails.ct);
-    let lens: Lanes<&[u8]> = core::array::from_fn(|l| &tails.lens[l][..]);
-    k.mac_blocks(mac, 1, &lens, low_bits(K::LANES));
+    if uniform {
+        absorb_uniform(k, mac, scratch, aad, ct);
+        return;
+    }
+    let mut run: [Lanes<&[u8]>; 4] = [[&[]; MAX_LANES]; 4];
+    for (l, s) in scratch.iter_mut().enumerate().take(K::LANES) {
+        let r = runs(s, aad[l], ct[l]);
+        for (i, seg) in r.into_iter().enumerate() {
+            run[i][l] = seg;
+        }
+    }
+    for segs in &run {
+        absorb_run(k, mac, segs);
+    }
 }
 
-/// Lane `l`'s job index in a wave of `n` jobs: idle lanes repeat job 0.
+/// [`absorb`] when every lane has the same AAD and ciphertext lengths (a relay's batches of
+/// one size class): one kernel call per run for all lanes, straight from the callers' buffers,
+/// and per-lane scratch only for the partial blocks there are.
 #[inline(always)]
-fn lane(l: usize, n: usize) -> usize {
-    if l < n { l } else { 0 }
+fn absorb_uniform<K: Kernel>(
+    k: K,
+    mac: &mut K::Mac,
+    scratch: &mut Lanes<Scratch>,
+    aad: &Lanes<&[u8]>,
+    ct: &Lanes<&[u8]>,
+) {
+    let (a, c) = (aad[0].len(), ct[0].len());
+    let all = if K::LANES >= 32 {
+        u32::MAX
+    } else {
+        (1u32 << K::LANES) - 1
+    };
+    let short = a <= SHORT_AAD;
+    if !short && a >= 16 {
+        k.mac_blocks(mac, a / 16, aad, all);
+    }
+    // The head: a short AAD whole, or a long one's tail when a ciphertext follows.
+    let head_blocks = if short {
+        a.div_ceil(16)
+    } else {
+        usize::from(c > 0 && a % 16 != 0)
+    };
+    if head_blocks > 0 {
+        let mut heads: Lanes<&[u8]> = [&[]; MAX_LANES];
+        for ((h, s), x) in heads
+            .iter_mut()
+            .zip(scratch.iter_mut())
+            .zip(aad)
+            .take(K::LANES)
+        {
+            if short {
+                let (first, second) = x.split_at(a.min(16));
+                s.head[..16].copy_from_slice(&pad_block(first));
+                s.head[16..].copy_from_slice(&pad_block(second));
+            } else {
+                s.head[..16].copy_from_slice(&pad_tail(x));
+            }
+            *h = &s.head;
+        }
+        k.mac_blocks(mac, head_blocks, &heads, all);
+    }
+    if c >= 16 {
+        k.mac_blocks(mac, c / 16, ct, all);
+    }
+    // The end: the last partial block (the ciphertext's, or a long AAD's without one), then
+    // the lengths, which every lane shares.
+    let lens = (a as u128 | ((c as u128) << 64)).to_le_bytes();
+    let last = if c > 0 {
+        Some(ct)
+    } else if !short {
+        Some(aad)
+    } else {
+        None
+    };
+    match last {
+        Some(segs) if segs[0].len() % 16 != 0 => {
+            let mut ends: Lanes<&[u8]> = [&[]; MAX_LANES];
+            for ((e, s), x) in ends
+                .iter_mut()
+                .zip(scratch.iter_mut())
+                .zip(segs)
+                .take(K::LANES)
+            {
+                s.end[..16].copy_from_slice(&pad_tail(x));
+                s.end[16..].copy_from_slice(&lens);
+                *e = &s.end;
+            }
+            k.mac_blocks(mac, 2, &ends, all);
+        }
+        _ => k.mac_blocks(mac, 1, &[&lens[..]; MAX_LANES], all),
+    }
 }
 
-/// Verifies every job; `results[i]` gets the verdict of the job given with index `i`.
-pub(crate) fn verify<'a, K: Kernel>(
+/// What the MAC of one job reads.
+trait MacSide<'a> {
+    fn key(&self) -> &'a [u8; 32];
+    fn nonce(&self) -> &'a [u8; 12];
+    fn aad(&self) -> &'a [u8];
+    /// The ciphertext the tag covers.
+    fn ct(&self) -> &[u8];
+    /// The tag to check (zeros where there is none).
+    fn expected(&self) -> &[u8; TAG_LEN];
+}
+
+impl<'a> MacSide<'a> for &VerifyJob<'a> {
+    fn key(&self) -> &'a [u8; 32] {
+        self.key.expose()
+    }
+    fn nonce(&self) -> &'a [u8; 12] {
+        self.nonce
+    }
+    fn aad(&self) -> &'a [u8] {
+        self.aad
+    }
+    fn ct(&self) -> &[u8] {
+        &[]
+    }
+    fn expected(&self) -> &[u8; TAG_LEN] {
+        self.tag
+    }
+}
+
+impl<'a> MacSide<'a> for Work<'a> {
+    fn key(&self) -> &'a [u8; 32] {
+        self.key
+    }
+    fn nonce(&self) -> &'a [u8; 12] {
+        self.nonce
+    }
+    fn aad(&self) -> &'a [u8] {
+        self.aad
+    }
+    fn ct(&self) -> &[u8] {
+        // A seal's tag covers its output; an open's its input.
+        match self.tag {
+            Tag::Out(_) => self.data.output(),
+            Tag::In(_) => self.data.input(),
+        }
+    }
+    fn expected(&self) -> &[u8; TAG_LEN] {
+        match self.tag {
+            Tag::In(t) => t.try_into().unwrap_or(&[0; TAG_LEN]),
+            Tag::Out(_) => &[0; TAG_LEN],
+        }
+    }
+}
+
+/// Runs ChaCha20 block 0 and Poly1305 for a wave (lanes past its end repeat its first job) and
+/// returns the lane mask of tags equal to the expected ones, or writes the tags to `tags`.
+#[inline(always)]
+fn mac_wave<'a, K: Kernel, J: MacSide<'a>>(
     k: K,
-    jobs: impl Iterator<Item = (usize, MacJob<'a>)>,
+    mac: &mut K::Mac,
+    scratch: &mut Lanes<Scratch>,
+    wave: &[J],
+    tags: Option<&mut Lanes<[u8; TAG_LEN]>>,
+) -> u32 {
+    let first = &wave[0];
+    let mut keys = [first.key(); MAX_LANES];
+    let mut nonces = [first.nonce(); MAX_LANES];
+    let mut aad = [first.aad(); MAX_LANES];
+    let mut ct = [first.ct(); MAX_LANES];
+    let mut expected = [first.expected(); MAX_LANES];
+    for (l, job) in wave.iter().enumerate().skip(1) {
+        keys[l] = job.key();
+        nonces[l] = job.nonce();
+        aad[l] = job.aad();
+        ct[l] = job.ct();
+        expected[l] = job.expected();
+    }
+    k.mac_init(mac, &keys, &nonces);
+    absorb(k, mac, scratch, &aad, &ct);
+    match tags {
+        Some(out) => {
+            k.mac_tags(mac, out);
+            0
+        }
+        None => k.mac_verify(mac, &expected),
+    }
+}
+
+/// Fresh scratch for a call.
+fn new_scratch() -> Lanes<Scratch> {
+    [Scratch {
+        head: [0; 32],
+        end: [0; 32],
+    }; MAX_LANES]
+}
+
+/// Verifies the jobs `mine` picks; `results[i]` gets job `i`'s verdict (the others' are left).
+pub(crate) fn verify<K: Kernel>(
+    k: K,
+    jobs: &[VerifyJob<'_>],
+    mine: impl Fn(&VerifyJob<'_>) -> bool,
     results: &mut [bool],
 ) {
     let mut mac = k.new_mac();
-    let mut tails = Tails::new();
-    let mut wave: ArrayVec<(usize, MacJob<'a>), MAX_LANES> = ArrayVec::new();
-    let mut run = |wave: &mut ArrayVec<(usize, MacJob<'a>), MAX_LANES>| {
-        let n = wave.len();
-        let job = |l: usize| &wave[lane(l, n)].1;
-        let keys = core::array::from_fn(|l| job(l).key);
-        let nonces = core::array::from_fn(|l| job(l).nonce);
-        k.mac_init(&mut mac, &keys, &nonces);
-        let aad = core::array::from_fn(|l| job(l).aad);
-        absorb(k, &mut mac, &mut tails, &aad, &[&[]; MAX_LANES]);
-        let expected = core::array::from_fn(|l| job(l).tag);
-        let ok = k.mac_verify(&mut mac, &expected);
-        for (l, (i, _)) in wave.iter().enumerate() {
+    let mut scratch = new_scratch();
+    let mut index = [0usize; MAX_LANES];
+    let mut n = 0;
+    let mut run = |index: &[usize]| {
+        let mut wave: [&VerifyJob<'_>; MAX_LANES] = [&jobs[index[0]]; MAX_LANES];
+        for (w, i) in wave.iter_mut().zip(index) {
+            *w = &jobs[*i];
+        }
+        let ok = mac_wave(k, &mut mac, &mut scratch, &wave[..index.len()], None);
+        for (l, i) in index.iter().enumerate() {
             results[*i] = ok >> l & 1 == 1;
         }
-        wave.clear();
     };
-    for job in jobs {
-        wave.push(job);
-        if wave.len() == K::LANES {
-            run(&mut wave);
+    for (i, job) in jobs.iter().enumerate() {
+        if mine(job) {
+            index[n] = i;
+            n += 1;
+            if n == K::LANES {
+                run(&index[..n]);
+                n = 0;
+            }
         }
     }
-    if !wave.is_empty() {
-        run(&mut wave);
+    if n > 0 {
+        run(&index[..n]);
     }
 }
 
 /// Seals every work item: keystream into its data, then its tag.
 pub(crate) fn seal<'a, K: Kernel>(k: K, works: impl Iterator<Item = Work<'a>>) {
     let mut mac = k.new_mac();
-    let mut tails = Tails::new();
+    let mut scratch = new_scratch();
     let mut tags = [[0u8; TAG_LEN]; MAX_LANES];
     let mut wave: ArrayVec<Work<'a>, MAX_LANES> = ArrayVec::new();
     let mut run = |wave: &mut ArrayVec<Work<'a>, MAX_LANES>| {
         k.xor(wave);
-        let n = wave.len();
-        let job = |l: usize| &wave[lane(l, n)];
-        let keys = core::array::from_fn(|l| job(l).key);
-        let nonces = core::array::from_fn(|l| job(l).nonce);
-        k.mac_init(&mut mac, &keys, &nonces);
-        let aad = core::array::from_fn(|l| job(l).aad);
-        let ct = core::array::from_fn(|l| job(l).data.output());
-        absorb(k, &mut mac, &mut tails, &aad, &ct);
-        k.mac_tags(&mut mac, &mut tags);
+        mac_wave(k, &mut mac, &mut scratch, wave, Some(&mut tags));
         for (w, t) in wave.iter_mut().zip(&tags) {
             if let Tag::Out(out) = &mut w.tag {
                 out.copy_from_slice(t);
@@ -365,26 +552,12 @@ pub(crate) fn open<'a, K: Kernel>(
     results: &mut [bool],
 ) {
     let mut mac = k.new_mac();
-    let mut tails = Tails::new();
+    let mut scratch = new_scratch();
     let mut wave: ArrayVec<Work<'a>, MAX_LANES> = ArrayVec::new();
     let mut index: ArrayVec<usize, MAX_LANES> = ArrayVec::new();
     let mut run = |wave: &mut ArrayVec<Work<'a>, MAX_LANES>,
                    index: &mut ArrayVec<usize, MAX_LANES>| {
-        let n = wave.len();
-        let ok = {
-            let job = |l: usize| &wave[lane(l, n)];
-            let keys = core::array::from_fn(|l| job(l).key);
-            let nonces = core::array::from_fn(|l| job(l).nonce);
-            k.mac_init(&mut mac, &keys, &nonces);
-            let aad = core::array::from_fn(|l| job(l).aad);
-            let ct = core::array::from_fn(|l| job(l).data.input());
-            absorb(k, &mut mac, &mut tails, &aad, &ct);
-            let expected: Lanes<&[u8; TAG_LEN]> = core::array::from_fn(|l| match &job(l).tag {
-                Tag::In(t) => <&[u8; TAG_LEN]>::try_from(*t).unwrap_or(&[0; TAG_LEN]),
-                Tag::Out(_) => &[0; TAG_LEN],
-            });
-            k.mac_verify(&mut mac, &expected)
-        };
+        let ok = mac_wave(k, &mut mac, &mut scratch, wave, None);
         // Whether a tag verified is public (it is the result), so skipping the keystream of
         // forgeries leaks nothing and spares the work an attacker could otherwise make us do.
         let mut any = false;
