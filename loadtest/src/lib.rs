@@ -11,6 +11,7 @@ pub mod ctcheck;
 pub mod fast;
 pub mod many;
 pub mod message;
+pub mod overhead;
 pub mod report;
 pub mod run;
 pub mod speed;

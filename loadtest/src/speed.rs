@@ -57,15 +57,11 @@ impl std::str::FromStr for Op {
 }
 
 impl Op {
-    /// ChaCha20 blocks and Poly1305 blocks one job of `size` bytes takes: the kernel work the
-    /// floor is made of.
-    fn blocks(self, size: usize) -> (usize, usize) {
+    /// The AAD and message lengths of one job of `size` bytes.
+    pub fn shape(self, size: usize) -> (usize, usize) {
         match self {
-            Op::Verify => (1, size.div_ceil(16) + 1),
-            Op::Seal | Op::Open => (
-                1 + size.div_ceil(64),
-                DELIVERY_AAD.div_ceil(16) + size.div_ceil(16) + 1,
-            ),
+            Op::Verify => (size, 0),
+            Op::Seal | Op::Open => (DELIVERY_AAD, size),
         }
     }
 }
@@ -132,10 +128,32 @@ pub struct Kernels {
     pub chacha_core_cycles_per_block: Option<f64>,
     /// Core cycles per 16-byte Poly1305 block per lane.
     pub poly_core_cycles_per_block: Option<f64>,
+    /// Core cycles per lane for ChaCha20 block 0 made into the Poly1305 key.
+    pub key_core_cycles_per_lane: Option<f64>,
+    /// Core cycles per lane for finishing and comparing a tag.
+    pub finish_core_cycles_per_lane: Option<f64>,
     /// The same two as core cycles per byte.
     pub chacha_core_cycles_per_byte: Option<f64>,
     /// Poly1305, core cycles per byte.
     pub poly_core_cycles_per_byte: Option<f64>,
+}
+
+impl Kernels {
+    /// `engine`'s kernel costs in core cycles, from TSC ticks and the core cycles per tick.
+    pub fn new(engine: &Engine, cost: Option<KernelCost>, clock: Option<f64>) -> Self {
+        let c = |t: Option<f64>| t.zip(clock).map(|(t, c)| t * c);
+        let chacha = c(cost.map(|k| k.chacha_tsc_per_block));
+        let poly = c(cost.map(|k| k.poly_tsc_per_block));
+        Kernels {
+            backend: engine.describe(),
+            chacha_core_cycles_per_block: chacha,
+            poly_core_cycles_per_block: poly,
+            key_core_cycles_per_lane: c(cost.map(|k| k.key_tsc_per_lane)),
+            finish_core_cycles_per_lane: c(cost.map(|k| k.finish_tsc_per_lane)),
+            chacha_core_cycles_per_byte: chacha.map(|x| x / 64.0),
+            poly_core_cycles_per_byte: poly.map(|x| x / 16.0),
+        }
+    }
 }
 
 /// A whole run: the machine, its clock, the kernels, and every cell.
@@ -155,18 +173,21 @@ pub struct SpeedReport {
     pub rows: Vec<Row>,
 }
 
-struct Data {
-    keys: Vec<AeadKey>,
+/// The inputs of one cell, owned (jobs borrow from them): per envelope a random key (also
+/// prepared for ring and aws-lc-rs), nonce, AAD and message, and ring's tag and sealed output.
+pub(crate) struct Data {
+    pub(crate) keys: Vec<AeadKey>,
     ring_keys: Vec<ring::aead::LessSafeKey>,
     aws_keys: Vec<aws_lc_rs::aead::LessSafeKey>,
-    nonces: Vec<[u8; 12]>,
-    aads: Vec<Vec<u8>>,
-    msgs: Vec<Vec<u8>>,
-    tags: Vec<[u8; 16]>,
-    sealed: Vec<Vec<u8>>,
+    pub(crate) nonces: Vec<[u8; 12]>,
+    pub(crate) aads: Vec<Vec<u8>>,
+    pub(crate) msgs: Vec<Vec<u8>>,
+    pub(crate) tags: Vec<[u8; 16]>,
+    /// Ciphertext followed by the tag.
+    pub(crate) sealed: Vec<Vec<u8>>,
 }
 
-fn make_data(op: Op, suite: Suite, size: usize, batch: usize, rng: &mut StdRng) -> Data {
+pub(crate) fn make_data(op: Op, suite: Suite, size: usize, batch: usize, rng: &mut StdRng) -> Data {
     let mut d = Data {
         keys: Vec::new(),
         ring_keys: Vec::new(),
@@ -405,10 +426,8 @@ fn measure(
     let floor = floor
         .filter(|_| suite == Suite::ChaCha20Poly1305)
         .and_then(|k| {
-            let (cb, pb) = op.blocks(size);
-            core(Some(
-                cb as f64 * k.chacha_tsc_per_block + pb as f64 * k.poly_tsc_per_block,
-            ))
+            let (aad, ct) = op.shape(size);
+            core(Some(k.job_tsc(aad, ct)))
         });
     Row {
         op,
@@ -481,18 +500,7 @@ pub fn run(opts: &SpeedOptions, mut each: impl FnMut(&Row)) -> SpeedReport {
         .collect();
     let kernels = floors
         .iter()
-        .map(|(e, k)| {
-            let c = |t: Option<f64>| t.zip(clock).map(|(t, c)| t * c);
-            let chacha = c(k.map(|k| k.chacha_tsc_per_block));
-            let poly = c(k.map(|k| k.poly_tsc_per_block));
-            Kernels {
-                backend: e.describe(),
-                chacha_core_cycles_per_block: chacha,
-                poly_core_cycles_per_block: poly,
-                chacha_core_cycles_per_byte: chacha.map(|x| x / 64.0),
-                poly_core_cycles_per_byte: poly.map(|x| x / 16.0),
-            }
-        })
+        .map(|(e, k)| Kernels::new(e, *k, clock))
         .collect();
     let mut rows = Vec::new();
     for &op in &opts.ops {

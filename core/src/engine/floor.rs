@@ -6,13 +6,29 @@ use super::wave::{Data, Kernel, Lanes, MAX_LANES, Tag, Work};
 use super::{Engine, Imp, tsc_now};
 use std::time::{Duration, Instant};
 
-/// A backend's kernel costs, in TSC ticks per block per lane.
+/// A backend's kernel costs, in TSC ticks per lane.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct KernelCost {
     /// One 64-byte ChaCha20 keystream block, transposed and XORed into data in place.
     pub chacha_tsc_per_block: f64,
+    /// ChaCha20 block 0 turned into the lane's Poly1305 key (`mac_init`), per lane.
+    pub key_tsc_per_lane: f64,
     /// One 16-byte Poly1305 block.
     pub poly_tsc_per_block: f64,
+    /// Finishing a tag and comparing it (`mac_verify`), per lane.
+    pub finish_tsc_per_lane: f64,
+}
+
+impl KernelCost {
+    /// What the kernels alone take for one job with `aad` bytes of AAD and `ct` bytes of
+    /// message: its key block, its keystream, its Poly1305 blocks and its tag.
+    pub fn job_tsc(&self, aad: usize, ct: usize) -> f64 {
+        let poly_blocks = aad.div_ceil(16) + ct.div_ceil(16) + 1;
+        self.key_tsc_per_lane
+            + ct.div_ceil(64) as f64 * self.chacha_tsc_per_block
+            + poly_blocks as f64 * self.poly_tsc_per_block
+            + self.finish_tsc_per_lane
+    }
 }
 
 /// Bytes per lane the kernels are timed on: small enough that every lane's data stays in L1.
@@ -84,9 +100,16 @@ fn measure<K: Kernel>(k: K, budget: Duration) -> KernelCost {
     let poly = ticks_per_call(budget, || {
         k.mac_blocks(&mut mac, LANE_BYTES / 16, &inputs, all);
     });
+    let key = ticks_per_call(budget / 2, || k.mac_init(&mut mac, &keys, &nonces));
+    let tags: Lanes<&[u8; 16]> = [&[0; 16]; MAX_LANES];
+    let finish = ticks_per_call(budget / 2, || {
+        std::hint::black_box(k.mac_verify(&mut mac, &tags));
+    });
     let lanes = K::LANES as f64;
     KernelCost {
         chacha_tsc_per_block: chacha / (lanes * (LANE_BYTES / 64) as f64),
+        key_tsc_per_lane: key / lanes,
         poly_tsc_per_block: poly / (lanes * (LANE_BYTES / 16) as f64),
+        finish_tsc_per_lane: finish / lanes,
     }
 }
