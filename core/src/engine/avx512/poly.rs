@@ -23,6 +23,9 @@ use zeroize::Zeroize;
 const M44: u64 = (1 << 44) - 1;
 const M42: u64 = (1 << 42) - 1;
 
+/// Runs of at least this many blocks go two blocks per step ([`blocks_paired`]).
+pub(super) const PAIRS_FROM: usize = 8;
+
 /// The Poly1305 state of a wave.
 pub(crate) struct Mac<V: Copy + Zeroize> {
     /// Accumulator limbs, per group.
@@ -237,7 +240,19 @@ pub(super) fn init<I: Isa>(
     }
 }
 
-/// Absorbs `n` blocks of `inputs[l]` into every lane set in `active`.
+/// Every lane's `n` blocks as 16-byte arrays (each input has at least `16·n` bytes).
+#[inline(always)]
+fn chunks<'a>(n: usize, inputs: &Lanes<&'a [u8]>) -> Lanes<&'a [[u8; 16]]> {
+    let mut chunks: Lanes<&[[u8; 16]]> = [&[]; MAX_LANES];
+    for (c, input) in chunks.iter_mut().zip(inputs) {
+        *c = &input.as_chunks::<16>().0[..n];
+    }
+    chunks
+}
+
+/// Absorbs `n` blocks of `inputs[l]` into every lane set in `active`, one block per step.
+/// Short runs (a deposit tag's few blocks, tails, the length block) take this path: it keeps
+/// only `r` in registers.
 #[inline(always)]
 pub(super) fn blocks<I: Isa>(
     isa: I,
@@ -246,33 +261,13 @@ pub(super) fn blocks<I: Isa>(
     inputs: &Lanes<&[u8]>,
     active: u32,
 ) {
-    let mut chunks: Lanes<&[[u8; 16]]> = [&[]; MAX_LANES];
-    for (c, input) in chunks.iter_mut().zip(inputs) {
-        *c = &input.as_chunks::<16>().0[..n];
-    }
+    let chunks = chunks(n, inputs);
     let masks = [group_mask(active, 0), group_mask(active, 1)];
     let z = isa.zero();
     let mut h = mac.h;
-    let (r, r20, rr, rr20) = (mac.r, mac.r20, mac.rr, mac.rr20);
-    // Two blocks per step: h = (h + m1)·r^2 + m2·r, one carry pass for both. The m2·r products
-    // do not depend on h, so they start the step while the previous one finishes.
-    let mut b = 0;
-    while b + 1 < n {
-        for g in 0..2 {
-            let m1 = limbs(isa, load_group(isa, g, |l| &chunks[l][b]));
-            let m2 = limbs(isa, load_group(isa, g, |l| &chunks[l][b + 1]));
-            let acc = products(isa, ([z; 3], [z; 3]), m2, r[g], r20[g]);
-            let x = [
-                isa.add64(h[g][0], m1[0]),
-                isa.add64(h[g][1], m1[1]),
-                isa.add64(h[g][2], m1[2]),
-            ];
-            let new = reduce(isa, products(isa, acc, x, rr[g], rr20[g]));
-            h[g] = keep(isa, h[g], new, masks[g]);
-        }
-        b += 2;
-    }
-    if b < n {
+    let (r, r20) = (mac.r, mac.r20);
+    #[allow(clippy::needless_range_loop)] // b indexes every lane's blocks at once
+    for b in 0..n {
         for g in 0..2 {
             let m = limbs(isa, load_group(isa, g, |l| &chunks[l][b]));
             let x = [
@@ -285,6 +280,43 @@ pub(super) fn blocks<I: Isa>(
         }
     }
     mac.h = h;
+}
+
+/// [`blocks`] two blocks per step, `h = (h + m1)·r^2 + m2·r`, for runs of [`PAIRS_FROM`]
+/// blocks or more: one carry pass per two blocks, and the `m2·r` products do not depend on
+/// `h`, so they start while the previous step finishes. An odd last block goes alone.
+#[inline(always)]
+pub(super) fn blocks_paired<I: Isa>(
+    isa: I,
+    mac: &mut Mac<I::V>,
+    n: usize,
+    inputs: &Lanes<&[u8]>,
+    active: u32,
+) {
+    let chunks = chunks(n, inputs);
+    let masks = [group_mask(active, 0), group_mask(active, 1)];
+    let z = isa.zero();
+    let mut h = mac.h;
+    let (r, r20, rr, rr20) = (mac.r, mac.r20, mac.rr, mac.rr20);
+    for b in (0..n - n % 2).step_by(2) {
+        for g in 0..2 {
+            let m1 = limbs(isa, load_group(isa, g, |l| &chunks[l][b]));
+            let m2 = limbs(isa, load_group(isa, g, |l| &chunks[l][b + 1]));
+            let acc = products(isa, ([z; 3], [z; 3]), m2, r[g], r20[g]);
+            let x = [
+                isa.add64(h[g][0], m1[0]),
+                isa.add64(h[g][1], m1[1]),
+                isa.add64(h[g][2], m1[2]),
+            ];
+            let new = reduce(isa, products(isa, acc, x, rr[g], rr20[g]));
+            h[g] = keep(isa, h[g], new, masks[g]);
+        }
+    }
+    mac.h = h;
+    if n % 2 == 1 {
+        let last: Lanes<&[u8]> = core::array::from_fn(|l| &inputs[l][16 * (n - 1)..]);
+        blocks(isa, mac, 1, &last, active);
+    }
 }
 
 /// The finished tags of group `g` as (low 64 bits, high 64 bits): `(h mod p) + s mod 2^128`.
