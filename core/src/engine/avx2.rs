@@ -209,7 +209,7 @@ fn block(s: &[__m256i; 16]) -> [__m256i; 16] {
 }
 
 /// Two independent sets of eight blocks, their quarter rounds interleaved: a vector op's
-/// result takes two cycles to reach the next on Zen 4, so one set's chains leave the pipes
+/// result takes two cycles to reach the next on the Zen 5 development CPU, so one set's chains leave the pipes
 /// half idle, and the second set's spills (AVX2 has sixteen registers) cost less than that.
 #[target_feature(enable = "avx2")]
 fn block2(s: &[__m256i; 16], t: &[__m256i; 16]) -> ([__m256i; 16], [__m256i; 16]) {

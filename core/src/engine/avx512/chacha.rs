@@ -101,7 +101,7 @@ pub(super) fn block<I: Isa>(isa: I, s: &[I::V; 16]) -> [I::V; 16] {
 }
 
 /// Two independent sets of sixteen blocks, their quarter rounds interleaved. A vector op's
-/// result takes two cycles to reach the next on Zen 4, so one set's quarter-round chains leave
+/// result takes two cycles to reach the next on the Zen 5 development CPU, so one set's quarter-round chains leave
 /// the vector pipes half idle; a second set fills them (BENCHMARKS.md: 0.59 → 0.46 c/B).
 #[inline(always)]
 pub(super) fn block2<I: Isa>(isa: I, s: &[I::V; 16], t: &[I::V; 16]) -> ([I::V; 16], [I::V; 16]) {
