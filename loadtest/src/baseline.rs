@@ -65,7 +65,8 @@ impl Baseline {
         let crypto = sealpost_relay::tls::server_crypto(identity)?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         let mut t = quinn::TransportConfig::default();
-        t.max_concurrent_bidi_streams(max_streams.into());
+        // As the relay does, so that both can hold the same number of streams.
+        t.max_concurrent_bidi_streams(sealpost_relay::stream_credit(max_streams).into());
         t.max_concurrent_uni_streams(0u32.into());
         server.transport_config(Arc::new(t));
         let endpoint = Endpoint::server(server, "127.0.0.1:0".parse().expect("literal address"))

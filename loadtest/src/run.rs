@@ -302,12 +302,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
     if opts.backlog && opts.target_is_baseline() {
         bail!("the baseline forwarder has no store, so it cannot hold a backlog");
     }
-    // Every mailbox's subscription is a stream on its connection, besides the deposit stream.
-    // Exactly that many is not enough: after many concurrent CREATEs a connection sometimes
-    // ends up short of stream credit (seen: one stream short after 120 requests on a relay
-    // allowing 16, about one run in eight; not understood yet), so leave room.
-    let streams =
-        (2 * opts.mailboxes.div_ceil(opts.connections) + 64).min(u32::MAX as usize) as u32;
+    // Every mailbox's subscription is a stream on its connection, besides the deposit stream
+    // and one request at a time (set-up CREATEs beyond it wait for credit, as QUIC intends).
+    let streams = (opts.mailboxes.div_ceil(opts.connections) + 2).min(u32::MAX as usize) as u32;
     let spawned = match &opts.target {
         Target::Spawn => Some(spawn_relay(opts.window, opts.store, streams).await?),
         _ => None,

@@ -50,7 +50,8 @@ pub struct RelayLimits {
     pub max_window: u32,
     /// Mailboxes the relay will create.
     pub max_mailboxes: u64,
-    /// Concurrent bidirectional streams a connection may open.
+    /// Concurrent bidirectional streams a connection can always hold. The QUIC limit granted is
+    /// [`stream_credit`]`(max_streams)`, a little more (see there).
     pub max_streams: u32,
     /// Concurrent connections.
     pub max_connections: usize,
@@ -123,6 +124,20 @@ impl RelayLimits {
             sizes: self.sizes.clone(),
         }
     }
+}
+
+/// The QUIC stream limit (`initial_max_streams_bidi`) to grant so that a client can always hold
+/// `max_streams` concurrent streams: `max_streams + ⌈max_streams / 7⌉`.
+///
+/// quinn-proto 0.11 returns stream credit in batches: as streams close it raises its limit at
+/// once but sends MAX_STREAMS only when the unannounced part exceeds 1/8 of the limit
+/// (`StreamsState::queue_max_stream_id`). A client whose short requests freed fewer streams
+/// than that, and which then holds long-lived ones (subscriptions, which close none), waits
+/// for credit forever: with a limit of 16, one finished request leaves it able to open 15.
+/// Granting `L` with `L - ⌊L/8⌋ ≥ max_streams` covers the withheld part whatever the history;
+/// docs/QUINN-STREAM-CREDIT.md has the analysis and the reproduction.
+pub fn stream_credit(max_streams: u32) -> u32 {
+    max_streams.saturating_add(max_streams.div_ceil(7))
 }
 
 impl RelayConfig {

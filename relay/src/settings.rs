@@ -120,7 +120,7 @@ pub struct Settings {
     /// Largest subscribe window honoured [default: 1024].
     #[arg(long, env = "SEALPOST_MAX_WINDOW")]
     pub max_window: Option<u32>,
-    /// Concurrent streams per connection [default: 64].
+    /// Concurrent streams a connection can always hold [default: 64].
     #[arg(long, env = "SEALPOST_MAX_STREAMS")]
     pub max_streams: Option<u32>,
     /// Concurrent connections [default: 100000].

@@ -158,7 +158,9 @@ impl RelayHandle {
 
 fn transport(limits: &RelayLimits) -> Result<quinn::TransportConfig, RelayError> {
     let mut t = quinn::TransportConfig::default();
-    t.max_concurrent_bidi_streams(limits.max_streams.into());
+    // More than max_streams, so that quinn's batched credit updates never leave a client
+    // short of max_streams (see `stream_credit`).
+    t.max_concurrent_bidi_streams(crate::config::stream_credit(limits.max_streams).into());
     t.max_concurrent_uni_streams(0u32.into());
     let idle = quinn::IdleTimeout::try_from(limits.idle_timeout).map_err(|_| {
         RelayError::Config(format!(
