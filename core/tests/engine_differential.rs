@@ -3,28 +3,15 @@
 //! batches of 1..300 mixing lengths and keys; corrupted tags, ciphertexts and AADs at random
 //! positions. Accept/reject and every output byte must match ring's.
 
+mod common;
+use common::engines;
+
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use sealpost_core::batch::{OpenInPlaceJob, OpenJob, SealInPlaceJob, SealJob, VerifyJob};
-use sealpost_core::engine::{Backend, Engine};
+use sealpost_core::engine::Engine;
 use sealpost_core::{AeadKey, Suite};
-
-/// Every backend this machine runs, with a line saying which of the SIMD ones run natively.
-fn engines() -> Vec<Engine> {
-    let b = Backend::supported();
-    assert!(b.contains(&Backend::Portable) && b.contains(&Backend::Avx512Emulated));
-    let names =
-        |v: &mut dyn Iterator<Item = Backend>| v.map(|b| b.name()).collect::<Vec<_>>().join(", ");
-    eprintln!(
-        "backends under test: {}; SIMD natively on this CPU: [{}]; not on this CPU: [{}] (the \
-         AVX-512 algorithms run on their emulation, avx512-emulated, everywhere)",
-        names(&mut b.iter().copied()),
-        names(&mut b.iter().copied().filter(|b| b.is_simd())),
-        names(&mut Backend::ALL.into_iter().filter(|x| !b.contains(x))),
-    );
-    b.into_iter().map(|b| Engine::new(b).unwrap()).collect()
-}
 
 fn ring_seal(key: &[u8; 32], nonce: [u8; 12], aad: &[u8], pt: &[u8]) -> Vec<u8> {
     let k = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, key).unwrap());

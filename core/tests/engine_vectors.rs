@@ -2,30 +2,17 @@
 //! AEAD vector and all of Project Wycheproof's ChaCha20-Poly1305 and AES-256-GCM (12-byte nonce)
 //! vectors, one at a time and all in one mixed batch.
 
+mod common;
+use common::engines;
+
 use sealpost_core::batch::{OpenJob, SealJob, VerifyJob};
-use sealpost_core::engine::{Backend, Engine};
+use sealpost_core::engine::Engine;
 use sealpost_core::{AeadKey, Suite};
 use wycheproof::TestResult;
 use wycheproof::aead::{TestName, TestSet};
 
 fn h(s: &str) -> Vec<u8> {
     hex::decode(s).unwrap()
-}
-
-/// Every backend this machine runs, with a line saying which of the SIMD ones run natively.
-fn engines() -> Vec<Engine> {
-    let b = Backend::supported();
-    assert!(b.contains(&Backend::Portable) && b.contains(&Backend::Avx512Emulated));
-    let names =
-        |v: &mut dyn Iterator<Item = Backend>| v.map(|b| b.name()).collect::<Vec<_>>().join(", ");
-    eprintln!(
-        "backends under test: {}; SIMD natively on this CPU: [{}]; not on this CPU: [{}] (the \
-         AVX-512 algorithms run on their emulation, avx512-emulated, everywhere)",
-        names(&mut b.iter().copied()),
-        names(&mut b.iter().copied().filter(|b| b.is_simd())),
-        names(&mut Backend::ALL.into_iter().filter(|x| !b.contains(x))),
-    );
-    b.into_iter().map(|b| Engine::new(b).unwrap()).collect()
 }
 
 #[test]

@@ -540,35 +540,38 @@ fn apply(jobs: &mut [Work<'_>], b: usize, x: &[__m256i; 16]) {
         let Some((src, dst)) = job.data.window(b) else {
             continue;
         };
-        let whole = dst.len() == 64;
-        let mut buf = [0u8; 64];
-        let from: *const u8 = match src {
-            Some(s) if whole => s.as_ptr(),
-            None if whole => dst.as_ptr(),
-            _ => {
-                let input: &[u8] = src.unwrap_or(&*dst);
-                buf[..input.len()].copy_from_slice(input);
-                buf.as_ptr()
-            }
-        };
-        let to: *mut u8 = if whole {
-            dst.as_mut_ptr()
+        if dst.len() == 64 {
+            let from: *const u8 = src.map_or(dst.as_ptr(), <[u8]>::as_ptr);
+            // SAFETY: `from` and `dst` point at 64 bytes of the job's data (readable, and
+            // writable for `dst`). Both loads happen before either store, so an in-place
+            // window is read before it is written.
+            unsafe { xor64(from, dst.as_mut_ptr(), lo[l], hi[l]) };
         } else {
-            buf.as_mut_ptr()
-        };
-        // SAFETY: `from` and `to` each point at 64 bytes: the whole-block window of the job's
-        // data (readable, and writable for `to`), or `buf`. Both loads happen before either
-        // store, so an in-place window is read before it is written.
-        unsafe {
-            let a = _mm256_loadu_si256(from.cast());
-            let c = _mm256_loadu_si256(from.add(32).cast());
-            _mm256_storeu_si256(to.cast(), _mm256_xor_si256(a, lo[l]));
-            _mm256_storeu_si256(to.add(32).cast(), _mm256_xor_si256(c, hi[l]));
-        }
-        if !whole {
+            // A last partial block goes through a stack copy.
+            let mut buf = [0u8; 64];
+            let input: &[u8] = src.unwrap_or(&*dst);
+            buf[..input.len()].copy_from_slice(input);
+            let p = buf.as_mut_ptr();
+            // SAFETY: `buf` is 64 readable and writable bytes.
+            unsafe { xor64(p, p, lo[l], hi[l]) };
             let len = dst.len();
             dst.copy_from_slice(&buf[..len]);
             buf.zeroize();
         }
+    }
+}
+
+/// `to[..64] = from[..64] ^ (lo ‖ hi)`.
+///
+/// # Safety
+/// `from` must be 64 readable bytes and `to` 64 writable bytes (they may be the same).
+#[target_feature(enable = "avx2")]
+unsafe fn xor64(from: *const u8, to: *mut u8, lo: __m256i, hi: __m256i) {
+    // SAFETY: the caller guarantees both 64-byte ranges; both loads precede the stores.
+    unsafe {
+        let a = _mm256_loadu_si256(from.cast());
+        let c = _mm256_loadu_si256(from.add(32).cast());
+        _mm256_storeu_si256(to.cast(), _mm256_xor_si256(a, lo));
+        _mm256_storeu_si256(to.add(32).cast(), _mm256_xor_si256(c, hi));
     }
 }

@@ -87,15 +87,7 @@ impl Engine {
     /// and ends up holding the ciphertext followed by the tag.
     pub fn seal_in_place(&self, jobs: &mut [SealInPlaceJob<'_>]) -> Result<(), BatchError> {
         for (index, job) in jobs.iter().enumerate() {
-            if job.buf.len() < TAG_LEN {
-                return Err(BatchError::OutLen {
-                    index,
-                    got: job.buf.len(),
-                    expected: TAG_LEN,
-                });
-            }
-            let n = job.buf.len() - TAG_LEN;
-            check_len(index, n, n, n)?;
+            check_in_place(index, job.buf.len())?;
         }
         let mine = jobs.iter_mut().filter(|j| self.ours(j.key)).map(|job| {
             let n = job.buf.len() - TAG_LEN;
@@ -168,15 +160,7 @@ impl Engine {
     ) -> Result<(), BatchError> {
         check_results(jobs.len(), results.len())?;
         for (index, job) in jobs.iter().enumerate() {
-            if job.buf.len() < TAG_LEN {
-                return Err(BatchError::OutLen {
-                    index,
-                    got: job.buf.len(),
-                    expected: TAG_LEN,
-                });
-            }
-            let n = job.buf.len() - TAG_LEN;
-            check_len(index, n, n, n)?;
+            check_in_place(index, job.buf.len())?;
         }
         let mine = jobs
             .iter_mut()
@@ -203,6 +187,18 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// An in-place job's buffer must hold at least a tag, and its message must fit the counter.
+fn check_in_place(index: usize, buf_len: usize) -> Result<(), BatchError> {
+    let Some(n) = buf_len.checked_sub(TAG_LEN) else {
+        return Err(BatchError::OutLen {
+            index,
+            got: buf_len,
+            expected: TAG_LEN,
+        });
+    };
+    check_len(index, n, n, n)
 }
 
 #[cfg(test)]

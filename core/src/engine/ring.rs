@@ -41,65 +41,37 @@ impl<'k> KeyCache<'k> {
             .is_ok()
     }
 
-    pub(crate) fn seal(&mut self, job: &mut SealJob<'k>) {
-        let n = job.plaintext.len();
-        let (body, tag_out) = job.out.split_at_mut(n);
-        body.copy_from_slice(job.plaintext);
+    /// Seals `body` in place and writes its tag to `tag_out`.
+    fn seal_body(
+        &mut self,
+        key: &'k AeadKey,
+        nonce: [u8; 12],
+        aad: &[u8],
+        body: &mut [u8],
+        tag_out: &mut [u8],
+    ) {
         let tag = self
-            .get(job.key)
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(job.nonce),
-                Aad::from(job.aad),
-                body,
-            )
+            .get(key)
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), body)
             .expect("ring seals any length sealpost produces");
         tag_out.copy_from_slice(tag.as_ref());
     }
 
-    pub(crate) fn seal_in_place(&mut self, job: &mut SealInPlaceJob<'k>) {
-        let n = job.buf.len() - crate::suite::TAG_LEN;
-        let (body, tag_out) = job.buf.split_at_mut(n);
-        let tag = self
-            .get(job.key)
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(job.nonce),
-                Aad::from(job.aad),
-                body,
-            )
-            .expect("ring seals any length sealpost produces");
-        tag_out.copy_from_slice(tag.as_ref());
-    }
-
-    pub(crate) fn open(&mut self, job: &mut OpenJob<'k>) -> bool {
-        let n = job.out.len();
-        let (ct, tag) = job.ciphertext.split_at(n);
-        job.out.copy_from_slice(ct);
-        let tag = Tag::try_from(tag).expect("split at TAG_LEN from the end");
+    /// Opens `body` in place against `tag`; a body that fails is zeroed.
+    fn open_body(
+        &mut self,
+        key: &'k AeadKey,
+        nonce: [u8; 12],
+        aad: &[u8],
+        body: &mut [u8],
+        tag: &[u8],
+    ) -> bool {
+        let tag = Tag::try_from(tag).expect("TAG_LEN bytes");
         let ok = self
-            .get(job.key)
+            .get(key)
             .open_in_place_separate_tag(
-                Nonce::assume_unique_for_key(job.nonce),
-                Aad::from(job.aad),
-                tag,
-                job.out,
-                0..,
-            )
-            .is_ok();
-        if !ok {
-            job.out.fill(0);
-        }
-        ok
-    }
-
-    pub(crate) fn open_in_place(&mut self, job: &mut OpenInPlaceJob<'k>) -> bool {
-        let n = job.buf.len() - crate::suite::TAG_LEN;
-        let (body, tag) = job.buf.split_at_mut(n);
-        let tag = Tag::try_from(&tag[..]).expect("TAG_LEN bytes");
-        let ok = self
-            .get(job.key)
-            .open_in_place_separate_tag(
-                Nonce::assume_unique_for_key(job.nonce),
-                Aad::from(job.aad),
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
                 tag,
                 body,
                 0..,
@@ -109,5 +81,27 @@ impl<'k> KeyCache<'k> {
             body.fill(0);
         }
         ok
+    }
+
+    pub(crate) fn seal(&mut self, job: &mut SealJob<'k>) {
+        let (body, tag_out) = job.out.split_at_mut(job.plaintext.len());
+        body.copy_from_slice(job.plaintext);
+        self.seal_body(job.key, job.nonce, job.aad, body, tag_out);
+    }
+
+    pub(crate) fn seal_in_place(&mut self, job: &mut SealInPlaceJob<'k>) {
+        let (body, tag_out) = job.buf.split_at_mut(job.buf.len() - crate::suite::TAG_LEN);
+        self.seal_body(job.key, job.nonce, job.aad, body, tag_out);
+    }
+
+    pub(crate) fn open(&mut self, job: &mut OpenJob<'k>) -> bool {
+        let (ct, tag) = job.ciphertext.split_at(job.out.len());
+        job.out.copy_from_slice(ct);
+        self.open_body(job.key, job.nonce, job.aad, job.out, tag)
+    }
+
+    pub(crate) fn open_in_place(&mut self, job: &mut OpenInPlaceJob<'k>) -> bool {
+        let (body, tag) = job.buf.split_at_mut(job.buf.len() - crate::suite::TAG_LEN);
+        self.open_body(job.key, job.nonce, job.aad, body, tag)
     }
 }
