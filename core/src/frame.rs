@@ -93,6 +93,13 @@ pub enum FrameError {
     /// The type byte names no frame.
     #[error("unknown frame type 0x{0:02x}")]
     UnknownType(u8),
+    /// A frame that had begun did not arrive in full within the receiver's time limit (a
+    /// sender trickling bytes to hold the receiver's buffers).
+    #[error("a frame did not arrive in full within {secs} s")]
+    TimedOut {
+        /// The limit, in seconds.
+        secs: u64,
+    },
     /// The stream ended inside a frame.
     #[error("stream ended inside a frame ({buffered} bytes of an unfinished frame)")]
     Truncated {
@@ -201,7 +208,9 @@ impl FrameDecoder {
                 frame.advance(LEN_PREFIX);
                 return Ok(Some(Self::finish_frame(frame)));
             }
-            self.partial.reserve(total);
+            // Not `reserve(total)`: a sender could announce a maximum-size frame with five
+            // bytes and make the receiver hold the whole frame's memory. The buffer grows
+            // with what arrives (doubling, so a large frame costs a few copies at most).
             self.partial.extend_from_slice(&self.chunk);
             self.chunk = Bytes::new();
             return Ok(None);
@@ -230,7 +239,6 @@ impl FrameDecoder {
             .copied();
         self.check_header(len, ty)?;
         let total = LEN_PREFIX + len as usize;
-        self.partial.reserve(total - self.partial.len());
         let take = (total - self.partial.len()).min(self.chunk.len());
         self.partial.extend_from_slice(&self.chunk.split_to(take));
         if self.partial.len() < total {
@@ -297,6 +305,26 @@ mod tests {
         }
         dec.finish()?;
         Ok(out)
+    }
+
+    #[test]
+    fn an_announced_frame_costs_only_the_bytes_that_arrived() {
+        // A header announcing the largest frame, then a trickle: the decoder must not hold
+        // the announced size (a few bytes per stream would otherwise pin 64 KiB each).
+        let mut dec = FrameDecoder::new(70_000);
+        let mut head = Vec::from(65_000u32.to_be_bytes());
+        head.push(FrameType::Deposit as u8);
+        dec.push(Bytes::from(head));
+        assert!(dec.next_frame().unwrap().is_none());
+        for _ in 0..100 {
+            dec.push(Bytes::from_static(&[0]));
+            assert!(dec.next_frame().unwrap().is_none());
+        }
+        assert!(
+            dec.partial.capacity() < 1024,
+            "{} bytes held for 105 received",
+            dec.partial.capacity()
+        );
     }
 
     #[test]

@@ -213,25 +213,50 @@ impl Created {
     }
 }
 
-/// Encodes a DEPOSIT_RESULT payload: `count: u16 | status[count]`.
-pub fn encode_deposit_result(statuses: &[DepositStatus], out: &mut BytesMut) {
+/// A DEPOSIT_RESULT: one status per envelope, and how long to wait before retrying the
+/// envelopes answered `RATE_LIMITED`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DepositResult {
+    /// The statuses, in the order the envelopes were sent.
+    pub statuses: Vec<DepositStatus>,
+    /// Milliseconds after which the `RATE_LIMITED` envelopes may be sent again; present
+    /// exactly when one of `statuses` is `RATE_LIMITED`.
+    pub retry_after_ms: Option<u32>,
+}
+
+/// Encodes a DEPOSIT_RESULT payload: `count: u16 | status[count] | [retry_after_ms: u32]`,
+/// the last field present exactly when a status is `RATE_LIMITED` (a missing hint is sent
+/// as 0, "retry when you like"; a hint without such a status is dropped).
+pub fn encode_deposit_result(
+    statuses: &[DepositStatus],
+    retry_after_ms: Option<u32>,
+    out: &mut BytesMut,
+) {
     debug_assert!(statuses.len() <= u16::MAX as usize);
+    out.reserve(2 + statuses.len() + 4);
     out.put_u16(statuses.len() as u16);
+    let mut limited = false;
     for s in statuses {
+        limited |= *s == DepositStatus::RateLimited;
         out.put_u8(*s as u8);
+    }
+    if limited {
+        out.put_u32(retry_after_ms.unwrap_or(0));
     }
 }
 
 /// Decodes a DEPOSIT_RESULT payload.
-pub fn decode_deposit_result(mut p: &[u8]) -> Result<Vec<DepositStatus>, MsgError> {
+pub fn decode_deposit_result(mut p: &[u8]) -> Result<DepositResult, MsgError> {
     at_least(FrameType::DepositResult, p, 2)?;
     let n = p.get_u16() as usize;
-    exact(FrameType::DepositResult, p, n).map_err(|_| MsgError::Length {
-        frame: FrameType::DepositResult,
-        expected: 2 + n,
-        got: 2 + p.len(),
-    })?;
-    p.iter()
+    let statuses = p
+        .get(..n)
+        .ok_or(MsgError::Length {
+            frame: FrameType::DepositResult,
+            expected: 2 + n,
+            got: 2 + p.len(),
+        })?
+        .iter()
         .map(|&b| {
             DepositStatus::from_u8(b).ok_or_else(|| MsgError::Field {
                 frame: FrameType::DepositResult,
@@ -239,7 +264,22 @@ pub fn decode_deposit_result(mut p: &[u8]) -> Result<Vec<DepositStatus>, MsgErro
                 problem: format!("{b} is not a status code"),
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    p.advance(n);
+    let limited = statuses.contains(&DepositStatus::RateLimited);
+    let want = if limited { 4 } else { 0 };
+    if p.len() != want {
+        return Err(MsgError::Length {
+            frame: FrameType::DepositResult,
+            expected: 2 + n + want,
+            got: 2 + n + p.len(),
+        });
+    }
+    let retry_after_ms = limited.then(|| p.get_u32());
+    Ok(DepositResult {
+        statuses,
+        retry_after_ms,
+    })
 }
 
 /// SUBSCRIBE: receive a mailbox's envelopes on this stream.
@@ -560,8 +600,23 @@ mod tests {
             DepositStatus::Duplicate,
         ];
         let mut b = BytesMut::new();
-        encode_deposit_result(&st, &mut b);
-        assert_eq!(decode_deposit_result(&b).unwrap(), st);
+        encode_deposit_result(&st, Some(5), &mut b);
+        assert_eq!(b.len(), 2 + 3, "no hint without RATE_LIMITED");
+        let r = decode_deposit_result(&b).unwrap();
+        assert_eq!((r.statuses.as_slice(), r.retry_after_ms), (&st[..], None));
+
+        let st = [DepositStatus::Ok, DepositStatus::RateLimited];
+        let mut b = BytesMut::new();
+        encode_deposit_result(&st, Some(250), &mut b);
+        assert_eq!(b.len(), 2 + 2 + 4);
+        let r = decode_deposit_result(&b).unwrap();
+        assert_eq!(
+            (r.statuses.as_slice(), r.retry_after_ms),
+            (&st[..], Some(250))
+        );
+        // The hint is required with RATE_LIMITED and refused without it.
+        assert!(decode_deposit_result(&b[..4]).is_err());
+        assert!(decode_deposit_result(&[0, 1, 0, 0, 0, 0, 1]).is_err());
 
         let e = ErrorMsg::new(ErrorCode::BadProof, "nope");
         let mut b = BytesMut::new();

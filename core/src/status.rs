@@ -110,6 +110,11 @@ pub enum ErrorCode {
     BadAck = 12,
     /// The relay is shutting down; reconnect.
     ShuttingDown = 13,
+    /// The peer is sending requests faster than the relay allows (for example, opening
+    /// streams); the message says when to retry.
+    RateLimited = 14,
+    /// A request or a frame did not arrive in full within the relay's time limit.
+    Timeout = 15,
 }
 
 impl ErrorCode {
@@ -129,6 +134,8 @@ impl ErrorCode {
             11 => Self::LimitReached,
             12 => Self::BadAck,
             13 => Self::ShuttingDown,
+            14 => Self::RateLimited,
+            15 => Self::Timeout,
             _ => return None,
         })
     }
@@ -149,6 +156,8 @@ impl ErrorCode {
             Self::LimitReached => "LIMIT_REACHED",
             Self::BadAck => "BAD_ACK",
             Self::ShuttingDown => "SHUTTING_DOWN",
+            Self::RateLimited => "RATE_LIMITED",
+            Self::Timeout => "TIMEOUT",
         }
     }
 }
@@ -167,6 +176,7 @@ impl From<&crate::frame::FrameError> for ErrorCode {
             FrameError::Empty => Self::MalformedFrame,
             FrameError::UnknownType(_) => Self::UnknownFrameType,
             FrameError::Truncated { .. } => Self::Truncated,
+            FrameError::TimedOut { .. } => Self::Timeout,
         }
     }
 }

@@ -214,7 +214,7 @@ impl Forwarder {
             }
             if !statuses.is_empty() {
                 let frame = frame_with(FrameType::DepositResult, |b| {
-                    encode_deposit_result(&statuses, b)
+                    encode_deposit_result(&statuses, None, b)
                 });
                 if send.write_all(&frame).await.is_err() {
                     return;

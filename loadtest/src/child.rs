@@ -26,6 +26,16 @@ pub fn start(bin: &Path, addr: &str, dir: &Path) -> anyhow::Result<RelayProcess>
             "127.0.0.1:0",
             "--listen",
             addr,
+            // A few mailboxes take the load of many and all connections come from one
+            // address: the abuse limits are off, as in the in-process relay of `run`.
+            "--mailbox-deposits-per-sec",
+            "0",
+            "--source-connections-per-sec",
+            "0",
+            "--max-connections-per-source",
+            "0",
+            "--connection-streams-per-sec",
+            "0",
             "--data-dir",
         ])
         .arg(dir)

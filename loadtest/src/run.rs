@@ -118,6 +118,13 @@ pub async fn spawn_relay(
         max_bytes: 8 << 30,
         max_window: window.max(1024),
         max_streams: max_streams.max(RelayLimits::default().max_streams),
+        // One load generator stands for many clients: from one address, with few mailboxes
+        // taking the load of many. The abuse limits would measure themselves, not the relay
+        // (`sealpost-loadtest abuse` is where they are tested).
+        max_connections_per_source: 0,
+        source_connection_rate: sealpost_relay::Rate::UNLIMITED,
+        mailbox_deposit_rate: sealpost_relay::Rate::UNLIMITED,
+        connection_stream_rate: sealpost_relay::Rate::UNLIMITED,
         // As large as this kernel allows, so the relay does not warn on every spawn.
         udp_buffer: std::fs::read_to_string("/proc/sys/net/core/rmem_max")
             .ok()

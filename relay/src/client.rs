@@ -123,6 +123,16 @@ pub struct Client {
 impl Client {
     /// Connects to `addr` (`host:port`), trusting the relay as `trust` says.
     pub async fn connect(addr: &str, trust: Trust) -> Result<Self, ClientError> {
+        Self::connect_from(addr, trust, None).await
+    }
+
+    /// [`Client::connect`] from a chosen local address (for example a second loopback
+    /// address, 127.0.0.2, to appear as another source); `None` lets the system choose.
+    pub async fn connect_from(
+        addr: &str,
+        trust: Trust,
+        local: Option<SocketAddr>,
+    ) -> Result<Self, ClientError> {
         let resolved: SocketAddr = tokio::net::lookup_host(addr)
             .await
             .map_err(|e| ClientError::Address {
@@ -134,13 +144,11 @@ impl Client {
                 addr: addr.to_owned(),
                 why: "no addresses".into(),
             })?;
-        let bind: SocketAddr = if resolved.is_ipv6() {
-            "[::]:0"
-        } else {
-            "0.0.0.0:0"
-        }
-        .parse()
-        .expect("literal socket address");
+        let bind: SocketAddr = match local {
+            Some(l) => l,
+            None if resolved.is_ipv6() => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+            None => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        };
         let mut endpoint = Endpoint::client(bind).map_err(ClientError::Socket)?;
         let mut cfg = quinn::ClientConfig::new(Arc::new(tls::client_crypto(&trust)?));
         let trust_kept = trust.clone();
@@ -293,23 +301,61 @@ impl Client {
             DepositSender { send },
             DepositResults {
                 reader: FrameReader::new(recv, CLIENT_MAX_FRAME),
+                retry_after: None,
             },
         ))
     }
 
     /// Deposits one envelope on its own stream and waits for its status.
     pub async fn deposit(&self, envelope: Bytes) -> Result<DepositStatus, ClientError> {
+        Ok(self.deposit_once(&envelope).await?.0)
+    }
+
+    /// The status of one envelope and, when it is `RATE_LIMITED`, the relay's retry hint.
+    async fn deposit_once(
+        &self,
+        envelope: &Bytes,
+    ) -> Result<(DepositStatus, Option<Duration>), ClientError> {
         let (mut tx, mut rx) = self.open_deposit().await?;
-        tx.send(&envelope).await?;
+        tx.send(envelope).await?;
         tx.finish();
         let statuses = rx
             .next()
             .await?
             .ok_or_else(|| ClientError::Protocol("deposit stream ended without a result".into()))?;
-        statuses
+        let status = statuses
             .first()
             .copied()
-            .ok_or_else(|| ClientError::Protocol("empty DEPOSIT_RESULT".into()))
+            .ok_or_else(|| ClientError::Protocol("empty DEPOSIT_RESULT".into()))?;
+        Ok((status, rx.retry_after()))
+    }
+
+    /// [`Client::deposit`], sending the envelope again while the relay answers
+    /// `RATE_LIMITED`, after the wait it names, for at most `patience` in all. Resending is
+    /// safe: an envelope stored meanwhile comes back `DUPLICATE`. Returns the last status
+    /// and how many times the envelope was sent.
+    pub async fn deposit_patiently(
+        &self,
+        envelope: Bytes,
+        patience: Duration,
+    ) -> Result<(DepositStatus, u32), ClientError> {
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut sent = 0;
+        loop {
+            let (status, hint) = self.deposit_once(&envelope).await?;
+            sent += 1;
+            if status != DepositStatus::RateLimited {
+                return Ok((status, sent));
+            }
+            // A relay that sends no hint gets a modest pause rather than a busy loop.
+            let wait = hint
+                .unwrap_or(Duration::from_millis(100))
+                .max(Duration::from_millis(1));
+            if tokio::time::Instant::now() + wait > deadline {
+                return Ok((status, sent));
+            }
+            tokio::time::sleep(wait).await;
+        }
     }
 
     /// Subscribes to a mailbox; at most `window` deliveries are unacknowledged at a time.
@@ -407,6 +453,7 @@ impl DepositSender {
 /// The receiving half of a deposit stream.
 pub struct DepositResults {
     reader: FrameReader,
+    retry_after: Option<std::time::Duration>,
 }
 
 impl DepositResults {
@@ -417,7 +464,17 @@ impl DepositResults {
             return Ok(None);
         };
         let f = expect_frame(f, FrameType::DepositResult)?;
-        Ok(Some(decode_deposit_result(&f.payload)?))
+        let r = decode_deposit_result(&f.payload)?;
+        self.retry_after = r
+            .retry_after_ms
+            .map(|ms| std::time::Duration::from_millis(ms.into()));
+        Ok(Some(r.statuses))
+    }
+
+    /// For the statuses [`next`](Self::next) returned last: how long to wait before sending
+    /// the `RATE_LIMITED` ones again (`None` when none was rate-limited).
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        self.retry_after
     }
 }
 

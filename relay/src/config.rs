@@ -69,6 +69,81 @@ pub struct RelayLimits {
     pub udp_buffer: usize,
     /// Largest frame length prefix accepted; `None` derives it from the largest body size.
     pub max_frame: Option<u32>,
+    /// Open connections one source (an IPv4 address or an IPv6 /64) may hold; 0: no limit.
+    pub max_connections_per_source: usize,
+    /// How fast one source may open new connections.
+    pub source_connection_rate: Rate,
+    /// When a new connection must first prove its address with a QUIC Retry.
+    pub retry: RetryPolicy,
+    /// Handshakes in progress from which [`RetryPolicy::Auto`] demands a Retry.
+    pub retry_above_handshakes: usize,
+    /// Deposits per second one mailbox accepts (verified envelopes; excess gets
+    /// `RATE_LIMITED` with a retry hint).
+    pub mailbox_deposit_rate: Rate,
+    /// Request streams per second one connection may open (excess gets `ERROR RATE_LIMITED`).
+    pub connection_stream_rate: Rate,
+    /// A frame that has begun must be complete within this time (slow senders holding
+    /// partial frames are cut off).
+    pub frame_timeout: Duration,
+    /// QUIC flow-control window per stream: bytes a client may send ahead of what the relay
+    /// has read.
+    pub stream_receive_window: u32,
+    /// QUIC flow-control window per connection, over all its streams.
+    pub connection_receive_window: u32,
+    /// Bytes the relay buffers for sending per connection (deliveries wait beyond it).
+    pub connection_send_window: u32,
+}
+
+/// A rate with a burst: `per_sec` events a second on average, up to `burst` at once after a
+/// quiet spell. A `per_sec` of 0 means no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// Sustained events per second; 0 turns the limit off.
+    pub per_sec: u32,
+    /// Events allowed at once (taken as at least 1 when the limit is on).
+    pub burst: u32,
+}
+
+impl Rate {
+    /// No limit.
+    pub const UNLIMITED: Rate = Rate {
+        per_sec: 0,
+        burst: 0,
+    };
+
+    /// `per_sec` a second with bursts of `burst`.
+    pub const fn new(per_sec: u32, burst: u32) -> Self {
+        Self { per_sec, burst }
+    }
+
+    /// Whether this rate limits anything.
+    pub fn is_limited(self) -> bool {
+        self.per_sec > 0
+    }
+}
+
+/// When the relay asks a new connection to prove that it can receive at its source address
+/// (a QUIC Retry: one extra round trip, and no handshake state kept for spoofed sources).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum RetryPolicy {
+    /// Only while many handshakes are in progress (see `retry_above_handshakes`).
+    #[default]
+    Auto,
+    /// For every new connection.
+    Always,
+    /// Never.
+    Never,
 }
 
 impl Default for RelayLimits {
@@ -91,6 +166,16 @@ impl Default for RelayLimits {
             shards: 0,
             udp_buffer: 8 << 20,
             max_frame: None,
+            max_connections_per_source: 512,
+            source_connection_rate: Rate::new(50, 200),
+            retry: RetryPolicy::Auto,
+            retry_above_handshakes: 64,
+            mailbox_deposit_rate: Rate::new(1000, 5000),
+            connection_stream_rate: Rate::new(200, 400),
+            frame_timeout: Duration::from_secs(30),
+            stream_receive_window: 1 << 20,
+            connection_receive_window: 4 << 20,
+            connection_send_window: 4 << 20,
         }
     }
 }

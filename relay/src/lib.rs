@@ -15,5 +15,5 @@ pub mod stream;
 pub mod tls;
 pub mod udp;
 
-pub use config::{RelayConfig, RelayLimits, stream_credit};
+pub use config::{Rate, RelayConfig, RelayLimits, RetryPolicy, stream_credit};
 pub use server::{RelayHandle, start};

@@ -7,6 +7,7 @@ use sealpost_core::Suite;
 use sealpost_core::e2e;
 use sealpost_core::engine::Engine;
 use sealpost_core::invitation::Invitation;
+use sealpost_core::status::DepositStatus;
 use sealpost_relay::client::Client;
 use sealpost_relay::settings::{LogFormat, Settings, StoreChoice, Validated};
 use sealpost_relay::store::Store;
@@ -380,11 +381,21 @@ async fn send(invitation: String, message: String) -> CmdResult {
     let info = client.info().await.map_err(|e| e.to_string())?;
     let envelope = e2e::seal_for_invitation(&Engine::ring(), &inv, &info.limits.sizes, &content)
         .map_err(|e| e.to_string())?;
-    let status = client.deposit(envelope).await.map_err(|e| e.to_string())?;
+    // A mailbox over its deposit rate says when to come back; a person running `send`
+    // would rather wait a few seconds than retry by hand.
+    let (status, tries) = client
+        .deposit_patiently(envelope, Duration::from_secs(10))
+        .await
+        .map_err(|e| e.to_string())?;
     client.close().await;
     if status.is_success() {
         eprintln!("deposited: {status}");
         Ok(())
+    } else if status == DepositStatus::RateLimited {
+        Err(format!(
+            "relay answered RATE_LIMITED {tries} times in 10 s: the mailbox receives more than \
+             the relay allows; try again later"
+        ))
     } else {
         Err(format!("relay answered {status}"))
     }

@@ -9,8 +9,19 @@ use ::metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 pub const CONNECTIONS: &str = "sealpost_connections";
 /// Connections accepted.
 pub const CONNECTIONS_ACCEPTED: &str = "sealpost_connections_accepted_total";
-/// Connections refused (at the connection limit, or during shutdown).
+/// Connections refused before their handshake, labelled by `reason`: `connection_limit`
+/// (the relay's), `source_connections` or `source_rate` (one source address's).
 pub const CONNECTIONS_REFUSED: &str = "sealpost_connections_refused_total";
+/// Handshakes in progress.
+pub const HANDSHAKES: &str = "sealpost_handshakes_in_progress";
+/// QUIC Retry packets sent (address validation demanded of a new connection).
+pub const RETRIES: &str = "sealpost_retries_sent_total";
+/// Source addresses the connection limits are tracking (open connections or recent ones).
+pub const SOURCES: &str = "sealpost_sources_tracked";
+/// Request streams refused with `ERROR RATE_LIMITED` (the connection opens them too fast).
+pub const STREAMS_RATE_LIMITED: &str = "sealpost_streams_rate_limited_total";
+/// Streams cut off because a frame did not arrive in full within the frame timeout.
+pub const FRAME_TIMEOUTS: &str = "sealpost_frame_timeouts_total";
 /// Deposits answered, labelled by `status`.
 pub const DEPOSITS: &str = "sealpost_deposits_total";
 /// Envelopes delivered (re-sealed and written to a subscriber).
@@ -50,7 +61,24 @@ pub fn describe() {
     describe_counter!(CONNECTIONS_ACCEPTED, "QUIC connections accepted");
     describe_counter!(
         CONNECTIONS_REFUSED,
-        "QUIC connections refused (connection limit or shutting down)"
+        "QUIC connections refused before the handshake, by reason (connection_limit, source_connections, source_rate)"
+    );
+    describe_gauge!(HANDSHAKES, "QUIC handshakes in progress");
+    describe_counter!(
+        RETRIES,
+        "QUIC Retry packets sent to validate a new connection's address"
+    );
+    describe_gauge!(
+        SOURCES,
+        "source addresses tracked by the per-source connection limits"
+    );
+    describe_counter!(
+        STREAMS_RATE_LIMITED,
+        "request streams refused because their connection opened them too fast"
+    );
+    describe_counter!(
+        FRAME_TIMEOUTS,
+        "streams cut off because a frame did not arrive in full within the frame timeout"
     );
     describe_counter!(DEPOSITS, "deposits answered, by status");
     describe_counter!(DELIVERIES, "envelopes re-sealed and delivered");
@@ -91,7 +119,9 @@ pub fn describe() {
 pub fn register_all() {
     for c in [
         CONNECTIONS_ACCEPTED,
-        CONNECTIONS_REFUSED,
+        RETRIES,
+        STREAMS_RATE_LIMITED,
+        FRAME_TIMEOUTS,
         DELIVERIES,
         ACKS,
         BYTES_IN,
@@ -101,7 +131,18 @@ pub fn register_all() {
         ::metrics::counter!(c).increment(0);
     }
     ::metrics::counter!(DEPOSITS, "status" => "ok").increment(0);
-    for g in [CONNECTIONS, MAILBOXES, ENVELOPES_STORED, BYTES_STORED] {
+    ::metrics::counter!(DEPOSITS, "status" => "rate_limited").increment(0);
+    for reason in ["connection_limit", "source_connections", "source_rate"] {
+        ::metrics::counter!(CONNECTIONS_REFUSED, "reason" => reason).increment(0);
+    }
+    for g in [
+        CONNECTIONS,
+        HANDSHAKES,
+        SOURCES,
+        MAILBOXES,
+        ENVELOPES_STORED,
+        BYTES_STORED,
+    ] {
         ::metrics::gauge!(g).set(0.0);
     }
 }

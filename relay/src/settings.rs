@@ -4,7 +4,7 @@
 //! Every key is optional in the file; unknown keys are refused (a misspelt key that silently
 //! does nothing is worse than an error). `check-config` prints the effective settings.
 
-use crate::config::{RelayConfig, RelayLimits};
+use crate::config::{Rate, RelayConfig, RelayLimits, RetryPolicy};
 use sealpost_core::engine::{Engine, EngineError};
 use sealpost_core::padding::SizeClasses;
 use serde::{Deserialize, Serialize};
@@ -141,6 +141,47 @@ pub struct Settings {
     /// Seconds a shutdown may take before connections are cut [default: 10].
     #[arg(long, env = "SEALPOST_SHUTDOWN_TIMEOUT_SECS")]
     pub shutdown_timeout_secs: Option<u64>,
+    /// Open connections one source address (IPv4 address, IPv6 /64) may hold; 0 = no
+    /// limit [default: 512].
+    #[arg(long, env = "SEALPOST_MAX_CONNECTIONS_PER_SOURCE")]
+    pub max_connections_per_source: Option<usize>,
+    /// New connections per second one source may open; 0 = no limit [default: 50].
+    #[arg(long, env = "SEALPOST_SOURCE_CONNECTIONS_PER_SEC")]
+    pub source_connections_per_sec: Option<u32>,
+    /// New connections one source may open at once after a quiet spell [default: 200].
+    #[arg(long, env = "SEALPOST_SOURCE_CONNECTION_BURST")]
+    pub source_connection_burst: Option<u32>,
+    /// QUIC address validation (Retry) for new connections: `auto` (while many handshakes
+    /// are in progress), `always` or `never` [default: auto].
+    #[arg(long, env = "SEALPOST_RETRY")]
+    pub retry: Option<RetryPolicy>,
+    /// Handshakes in progress from which `retry = "auto"` validates addresses [default: 64].
+    #[arg(long, env = "SEALPOST_RETRY_ABOVE_HANDSHAKES")]
+    pub retry_above_handshakes: Option<usize>,
+    /// Deposits per second one mailbox accepts; 0 = no limit [default: 1000].
+    #[arg(long, env = "SEALPOST_MAILBOX_DEPOSITS_PER_SEC")]
+    pub mailbox_deposits_per_sec: Option<u32>,
+    /// Deposits one mailbox accepts at once after a quiet spell [default: 5000].
+    #[arg(long, env = "SEALPOST_MAILBOX_DEPOSIT_BURST")]
+    pub mailbox_deposit_burst: Option<u32>,
+    /// Request streams per second one connection may open; 0 = no limit [default: 200].
+    #[arg(long, env = "SEALPOST_CONNECTION_STREAMS_PER_SEC")]
+    pub connection_streams_per_sec: Option<u32>,
+    /// Request streams one connection may open at once after a quiet spell [default: 400].
+    #[arg(long, env = "SEALPOST_CONNECTION_STREAM_BURST")]
+    pub connection_stream_burst: Option<u32>,
+    /// Seconds a frame that has begun may take to arrive in full [default: 30].
+    #[arg(long, env = "SEALPOST_FRAME_TIMEOUT_SECS")]
+    pub frame_timeout_secs: Option<u64>,
+    /// QUIC flow-control window per stream, bytes [default: 1048576].
+    #[arg(long, env = "SEALPOST_STREAM_RECEIVE_WINDOW")]
+    pub stream_receive_window: Option<u32>,
+    /// QUIC flow-control window per connection, bytes [default: 4194304].
+    #[arg(long, env = "SEALPOST_CONNECTION_RECEIVE_WINDOW")]
+    pub connection_receive_window: Option<u32>,
+    /// Bytes buffered for sending per connection [default: 4194304].
+    #[arg(long, env = "SEALPOST_CONNECTION_SEND_WINDOW")]
+    pub connection_send_window: Option<u32>,
     /// Crypto engine for deposit tags and delivery sealing: `auto` (the fastest this CPU runs),
     /// `avx512`, `avx2`, `ring` or `portable` [default: auto].
     #[arg(long, env = "SEALPOST_BACKEND")]
@@ -205,6 +246,19 @@ impl Settings {
             shards,
             udp_buffer,
             shutdown_timeout_secs,
+            max_connections_per_source,
+            source_connections_per_sec,
+            source_connection_burst,
+            retry,
+            retry_above_handshakes,
+            mailbox_deposits_per_sec,
+            mailbox_deposit_burst,
+            connection_streams_per_sec,
+            connection_stream_burst,
+            frame_timeout_secs,
+            stream_receive_window,
+            connection_receive_window,
+            connection_send_window,
             backend
         );
         self
@@ -255,6 +309,52 @@ impl Settings {
             shards: Some(self.shards.unwrap_or(d.shards)),
             udp_buffer: Some(self.udp_buffer.unwrap_or(d.udp_buffer)),
             shutdown_timeout_secs: Some(self.shutdown_timeout_secs.unwrap_or(10)),
+            max_connections_per_source: Some(
+                self.max_connections_per_source
+                    .unwrap_or(d.max_connections_per_source),
+            ),
+            source_connections_per_sec: Some(
+                self.source_connections_per_sec
+                    .unwrap_or(d.source_connection_rate.per_sec),
+            ),
+            source_connection_burst: Some(
+                self.source_connection_burst
+                    .unwrap_or(d.source_connection_rate.burst),
+            ),
+            retry: Some(self.retry.unwrap_or(d.retry)),
+            retry_above_handshakes: Some(
+                self.retry_above_handshakes
+                    .unwrap_or(d.retry_above_handshakes),
+            ),
+            mailbox_deposits_per_sec: Some(
+                self.mailbox_deposits_per_sec
+                    .unwrap_or(d.mailbox_deposit_rate.per_sec),
+            ),
+            mailbox_deposit_burst: Some(
+                self.mailbox_deposit_burst
+                    .unwrap_or(d.mailbox_deposit_rate.burst),
+            ),
+            connection_streams_per_sec: Some(
+                self.connection_streams_per_sec
+                    .unwrap_or(d.connection_stream_rate.per_sec),
+            ),
+            connection_stream_burst: Some(
+                self.connection_stream_burst
+                    .unwrap_or(d.connection_stream_rate.burst),
+            ),
+            frame_timeout_secs: Some(self.frame_timeout_secs.unwrap_or(d.frame_timeout.as_secs())),
+            stream_receive_window: Some(
+                self.stream_receive_window
+                    .unwrap_or(d.stream_receive_window),
+            ),
+            connection_receive_window: Some(
+                self.connection_receive_window
+                    .unwrap_or(d.connection_receive_window),
+            ),
+            connection_send_window: Some(
+                self.connection_send_window
+                    .unwrap_or(d.connection_send_window),
+            ),
             backend: Some(self.backend.clone().unwrap_or_else(|| "auto".into())),
         }
     }
@@ -335,6 +435,73 @@ impl Settings {
                 "must be between 0 (one per core) and 1024",
             ));
         }
+        let frame_timeout = get(e.frame_timeout_secs);
+        if !(1..=3600).contains(&frame_timeout) {
+            return Err(invalid(
+                "frame_timeout_secs",
+                frame_timeout.to_string(),
+                "must be between 1 and 3600",
+            ));
+        }
+        // A rate whose burst is 0 would refuse everything; say so rather than start a relay
+        // that cannot be used.
+        let rate = |key: &'static str, per_sec: Option<u32>, burst: Option<u32>| {
+            let (per_sec, burst) = (per_sec.unwrap_or_default(), burst.unwrap_or_default());
+            if per_sec > 0 && burst == 0 {
+                Err(invalid(
+                    key,
+                    "0".into(),
+                    "must be at least 1 while the rate it goes with is on",
+                ))
+            } else {
+                Ok(Rate::new(per_sec, burst))
+            }
+        };
+        let source_connection_rate = rate(
+            "source_connection_burst",
+            e.source_connections_per_sec,
+            e.source_connection_burst,
+        )?;
+        let mailbox_deposit_rate = rate(
+            "mailbox_deposit_burst",
+            e.mailbox_deposits_per_sec,
+            e.mailbox_deposit_burst,
+        )?;
+        let connection_stream_rate = rate(
+            "connection_stream_burst",
+            e.connection_streams_per_sec,
+            e.connection_stream_burst,
+        )?;
+        let frame_limit = 1 + sealpost_core::envelope::OVERHEAD as u64 + u64::from(sizes.max());
+        let window = |key: &'static str, v: Option<u32>, least: u64| {
+            let v = v.unwrap_or_default();
+            if u64::from(v) < least {
+                Err(invalid(
+                    key,
+                    v.to_string(),
+                    &format!(
+                        "must be at least {least} (a whole frame of the largest size class, with its header)"
+                    ),
+                ))
+            } else {
+                Ok(v)
+            }
+        };
+        let stream_receive_window = window(
+            "stream_receive_window",
+            e.stream_receive_window,
+            frame_limit + 4,
+        )?;
+        let connection_receive_window = window(
+            "connection_receive_window",
+            e.connection_receive_window,
+            u64::from(stream_receive_window),
+        )?;
+        let connection_send_window = window(
+            "connection_send_window",
+            e.connection_send_window,
+            frame_limit + 4,
+        )?;
         let backend = e.backend.clone().unwrap_or_default();
         let engine = if backend.trim().eq_ignore_ascii_case("auto") {
             Engine::detect()
@@ -366,6 +533,16 @@ impl Settings {
             max_batch: batch,
             shards,
             udp_buffer: e.udp_buffer.unwrap_or_default(),
+            max_connections_per_source: e.max_connections_per_source.unwrap_or_default(),
+            source_connection_rate,
+            retry: e.retry.unwrap_or_default(),
+            retry_above_handshakes: e.retry_above_handshakes.unwrap_or_default(),
+            mailbox_deposit_rate,
+            connection_stream_rate,
+            frame_timeout: Duration::from_secs(frame_timeout),
+            stream_receive_window,
+            connection_receive_window,
+            connection_send_window,
             ..RelayLimits::default()
         };
         let data_dir = e.data_dir.clone().expect("filled in");
@@ -451,6 +628,40 @@ mod tests {
         assert!(s.validate().unwrap_err().to_string().contains("sizes"));
         let s = Settings::from_toml("admin = \"127.0.0.1:4433\"\n").unwrap();
         assert!(s.validate().unwrap_err().to_string().contains("admin"));
+    }
+
+    #[test]
+    fn abuse_limits_are_read_and_checked() {
+        let s = Settings::from_toml(
+            "retry = \"always\"\nmailbox_deposits_per_sec = 7\nmailbox_deposit_burst = 9\n\
+             max_connections_per_source = 3\nconnection_streams_per_sec = 0\n",
+        )
+        .unwrap();
+        let l = s.validate().unwrap().relay.limits;
+        assert_eq!(l.retry, RetryPolicy::Always);
+        assert_eq!(l.mailbox_deposit_rate, Rate::new(7, 9));
+        assert_eq!(l.max_connections_per_source, 3);
+        assert!(!l.connection_stream_rate.is_limited());
+        let e = Settings::from_toml("retry = \"sometimes\"\n").unwrap_err();
+        assert!(e.contains("retry"), "{e}");
+        let s =
+            Settings::from_toml("source_connections_per_sec = 5\nsource_connection_burst = 0\n")
+                .unwrap();
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("source_connection_burst"), "{e}");
+        let s = Settings::from_toml("stream_receive_window = 1000\n").unwrap();
+        let e = s.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("stream_receive_window") && e.contains("65593"),
+            "{e}"
+        );
+        let s = Settings::from_toml("frame_timeout_secs = 0\n").unwrap();
+        assert!(
+            s.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("frame_timeout_secs")
+        );
     }
 
     #[test]

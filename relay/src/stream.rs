@@ -33,6 +33,10 @@ pub struct FrameReader {
     /// A framing fault found after the frames in `ready`.
     fault: Option<FrameError>,
     chunks: Vec<Bytes>,
+    /// How long a begun frame may take to arrive in full (`None`: as long as it likes).
+    frame_timeout: Option<std::time::Duration>,
+    /// When the frame now half-read began arriving.
+    partial_since: Option<tokio::time::Instant>,
 }
 
 impl FrameReader {
@@ -44,7 +48,17 @@ impl FrameReader {
             ready: VecDeque::new(),
             fault: None,
             chunks: vec![Bytes::new(); CHUNKS_PER_READ],
+            frame_timeout: None,
+            partial_since: None,
         }
+    }
+
+    /// Limits how long a frame that has begun may take to arrive in full; past that the
+    /// reader reports [`FrameError::TimedOut`]. A peer trickling a large frame a byte at a
+    /// time would otherwise hold its buffer for as long as the connection lives.
+    pub fn with_frame_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.frame_timeout = Some(timeout);
+        self
     }
 
     /// The next frame already received, without waiting for the network.
@@ -77,7 +91,40 @@ impl FrameReader {
         if self.fault.is_some() {
             return Ok(true);
         }
-        match self.recv.read_chunks(&mut self.chunks).await {
+        let read = self.recv.read_chunks(&mut self.chunks);
+        let got = match (self.frame_timeout, self.partial_since) {
+            // A timer only while a frame is half-read: the common case (whole frames per
+            // read) pays nothing for it.
+            (Some(limit), Some(since)) => {
+                match tokio::time::timeout_at(since + limit, read).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        ::metrics::counter!(crate::metrics::FRAME_TIMEOUTS).increment(1);
+                        self.fault = Some(FrameError::TimedOut {
+                            secs: limit.as_secs(),
+                        });
+                        return Ok(true);
+                    }
+                }
+            }
+            _ => read.await,
+        };
+        let r = self.take_chunks(got);
+        if self.frame_timeout.is_some() {
+            self.partial_since = match (self.decoder.is_idle(), self.partial_since) {
+                (true, _) => None,
+                (false, Some(t)) => Some(t),
+                (false, None) => Some(tokio::time::Instant::now()),
+            };
+        }
+        r
+    }
+
+    fn take_chunks(
+        &mut self,
+        got: Result<Option<usize>, quinn::ReadError>,
+    ) -> Result<bool, ReadError> {
+        match got {
             Ok(Some(n)) => {
                 for c in self.chunks.iter_mut().take(n) {
                     self.decoder.push(std::mem::take(c));

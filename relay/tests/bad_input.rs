@@ -149,7 +149,7 @@ async fn truncated_frame_after_good_deposits_answers_those_first() {
     assert_eq!(frames.len(), 2);
     assert_eq!(frames[0].ty, FrameType::DepositResult);
     assert_eq!(
-        decode_deposit_result(&frames[0].payload).unwrap(),
+        decode_deposit_result(&frames[0].payload).unwrap().statuses,
         vec![DepositStatus::Ok]
     );
     assert_eq!(error_code(&frames[1]), ErrorCode::Truncated);
@@ -177,7 +177,7 @@ async fn oversized_length_prefix_is_refused_without_allocation() {
     let frames = raw_exchange(&c, &raw, false).await;
     assert_eq!(frames.len(), 2);
     assert_eq!(
-        decode_deposit_result(&frames[0].payload).unwrap(),
+        decode_deposit_result(&frames[0].payload).unwrap().statuses,
         vec![DepositStatus::Ok]
     );
     assert_eq!(error_code(&frames[1]), ErrorCode::FrameTooLarge);
@@ -208,7 +208,7 @@ async fn known_frame_in_the_wrong_place_is_unexpected() {
     raw.extend_from_slice(&frame(FrameType::Info, &[]));
     let frames = raw_exchange(&c, &raw, true).await;
     assert_eq!(
-        decode_deposit_result(&frames[0].payload).unwrap(),
+        decode_deposit_result(&frames[0].payload).unwrap().statuses,
         vec![DepositStatus::Ok]
     );
     assert_eq!(error_code(&frames[1]), ErrorCode::UnexpectedFrame);

@@ -3,34 +3,12 @@
 
 mod common;
 
-use common::process::{Serve, cli, create_mailbox};
+use common::process::{Serve, cli, create_mailbox, http_get};
 use sealpost_core::Suite;
 use sealpost_core::status::DepositStatus;
 use sealpost_relay::client::Client;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::time::{Duration, Instant};
-
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_owned();
-    (code, body)
-}
 
 fn signal(serve: &Serve, sig: &str) {
     let ok = std::process::Command::new("kill")

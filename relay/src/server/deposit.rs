@@ -6,6 +6,7 @@
 //! control holds back the sender.
 
 use super::Shared;
+use super::pipeline::Answered;
 use crate::stream::{FrameReader, ReadError, frame_error_reply, refuse};
 use quinn::SendStream;
 use sealpost_core::envelope::{Envelope, EnvelopeErrorClass};
@@ -25,7 +26,7 @@ const MAX_IN_FLIGHT: usize = 64;
 const MAX_IN_FLIGHT_BYTES: usize = 2 << 20;
 
 /// One batch's statuses, once every shard involved has answered.
-type Answer = Pin<Box<dyn Future<Output = Vec<DepositStatus>> + Send>>;
+type Answer = Pin<Box<dyn Future<Output = Answered> + Send>>;
 
 /// How the stream ends once the answers in flight are sent.
 enum End {
@@ -102,14 +103,14 @@ pub(super) async fn run(
         let can_read = end.is_none() && batch.is_empty() && room;
         tokio::select! {
             biased;
-            statuses = async { in_flight.front_mut().expect("checked non-empty").0.as_mut().await },
+            answered = async { in_flight.front_mut().expect("checked non-empty").0.as_mut().await },
                 if !in_flight.is_empty() =>
             {
                 if let Some((_, bytes)) = in_flight.pop_front() {
                     in_flight_bytes -= bytes;
                 }
                 let frame = frame_with(FrameType::DepositResult, |b| {
-                    encode_deposit_result(&statuses, b)
+                    encode_deposit_result(&answered.statuses, answered.retry_after_ms, b)
                 });
                 if send.write_all(&frame).await.is_err() {
                     return;
@@ -168,12 +169,17 @@ async fn submit(shared: &Shared, batch: &mut Vec<Frame>) -> Answer {
         }
     }
     Box::pin(async move {
+        let mut retry_after_ms = None;
         for (pending, slots) in parts {
             let answered = pending.statuses(slots.len()).await;
-            for (i, s) in slots.into_iter().zip(answered) {
+            retry_after_ms = retry_after_ms.max(answered.retry_after_ms);
+            for (i, s) in slots.into_iter().zip(answered.statuses) {
                 statuses[i] = s;
             }
         }
-        statuses
+        Answered {
+            statuses,
+            retry_after_ms,
+        }
     })
 }

@@ -3,11 +3,12 @@
 
 mod control;
 mod deposit;
+pub mod limits;
 mod pipeline;
 mod registry;
 mod subscribe;
 
-use crate::config::{RelayConfig, RelayLimits};
+use crate::config::{RelayConfig, RelayLimits, RetryPolicy};
 use crate::store::Store;
 use crate::stream::{FrameReader, ReadError, frame_error_reply, refuse};
 use crate::tls::{self, TlsError};
@@ -56,6 +57,10 @@ pub(crate) struct Shared {
     pub limits: RelayLimits,
     pub subscribers: registry::Registry,
     pub connections: AtomicUsize,
+    /// Handshakes in progress (for `RetryPolicy::Auto`).
+    pub handshakes: AtomicUsize,
+    /// Open and recent connections per source address.
+    pub sources: Arc<limits::SourceTable>,
     pub shutdown: watch::Receiver<bool>,
     /// Verifies deposit tags and seals deliveries.
     pub engine: sealpost_core::engine::Engine,
@@ -169,6 +174,12 @@ fn transport(limits: &RelayLimits) -> Result<quinn::TransportConfig, RelayError>
         ))
     })?;
     t.max_idle_timeout(Some(idle));
+    // Bounded flow-control windows: what a client may send ahead of what the relay has read,
+    // and what the relay queues for it, are the relay's memory. quinn's defaults leave the
+    // connection window unbounded.
+    t.stream_receive_window(limits.stream_receive_window.into());
+    t.receive_window(limits.connection_receive_window.into());
+    t.send_window(u64::from(limits.connection_send_window));
     Ok(t)
 }
 
@@ -225,6 +236,11 @@ pub async fn start(config: RelayConfig, store: Arc<dyn Store>) -> Result<RelayHa
         shards,
         config.limits.max_batch,
         config.engine,
+        config.limits.mailbox_deposit_rate,
+    );
+    let sources = limits::SourceTable::new(
+        config.limits.max_connections_per_source,
+        config.limits.source_connection_rate,
     );
     let shared = Arc::new(Shared {
         depositing: AtomicUsize::new(0),
@@ -234,6 +250,8 @@ pub async fn start(config: RelayConfig, store: Arc<dyn Store>) -> Result<RelayHa
         limits: config.limits,
         subscribers: registry::Registry::default(),
         connections: AtomicUsize::new(0),
+        handshakes: AtomicUsize::new(0),
+        sources,
         shutdown: rx,
         engine: config.engine,
     });
@@ -275,6 +293,7 @@ async fn sample_gauges(shared: Arc<Shared>) {
         metrics::gauge!(crate::metrics::MAILBOXES).set(s.mailboxes as f64);
         metrics::gauge!(crate::metrics::ENVELOPES_STORED).set(s.envelopes as f64);
         metrics::gauge!(crate::metrics::BYTES_STORED).set(s.bytes as f64);
+        metrics::gauge!(crate::metrics::SOURCES).set(shared.sources.sources() as f64);
         for (i, d) in shared.pipeline.queue_depths().enumerate() {
             metrics::gauge!(crate::metrics::SHARD_QUEUE, "shard" => i.to_string()).set(d as f64);
         }
@@ -306,14 +325,49 @@ async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
             i = endpoint.accept() => match i { Some(i) => i, None => return },
             _ = shutdown.changed() => return,
         };
+        // Everything here runs before any cryptography: refusing costs one small packet.
         if shared.connections.load(Ordering::Relaxed) >= shared.limits.max_connections {
-            metrics::counter!(crate::metrics::CONNECTIONS_REFUSED).increment(1);
+            refused("connection_limit");
             incoming.refuse();
             continue;
         }
+        if !incoming.remote_address_validated() && incoming.may_retry() {
+            let busy =
+                shared.handshakes.load(Ordering::Relaxed) >= shared.limits.retry_above_handshakes;
+            let retry = match shared.limits.retry {
+                RetryPolicy::Always => true,
+                RetryPolicy::Auto => busy,
+                RetryPolicy::Never => false,
+            };
+            if retry {
+                // The client comes back with a token proving it receives at its address;
+                // until then the relay keeps no state for it.
+                match incoming.retry() {
+                    Ok(()) => metrics::counter!(crate::metrics::RETRIES).increment(1),
+                    Err(e) => e.into_incoming().ignore(),
+                }
+                continue;
+            }
+        }
+        let source = match shared
+            .sources
+            .admit(incoming.remote_address().ip(), std::time::Instant::now())
+        {
+            Ok(g) => g,
+            Err(why) => {
+                refused(why.label());
+                incoming.refuse();
+                continue;
+            }
+        };
         let shared = shared.clone();
+        let now = shared.handshakes.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::gauge!(crate::metrics::HANDSHAKES).set(now as f64);
         tokio::spawn(async move {
-            let conn = match incoming.await {
+            let conn = incoming.await;
+            let now = shared.handshakes.fetch_sub(1, Ordering::Relaxed) - 1;
+            metrics::gauge!(crate::metrics::HANDSHAKES).set(now as f64);
+            let conn = match conn {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::debug!(error = %e, "handshake failed");
@@ -329,16 +383,44 @@ async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
             serve_connection(conn, &shared).await;
             let now = shared.connections.fetch_sub(1, Ordering::Relaxed) - 1;
             metrics::gauge!(crate::metrics::CONNECTIONS).set(now as f64);
+            drop(source);
         });
     }
 }
 
+fn refused(reason: &'static str) {
+    metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "reason" => reason).increment(1);
+}
+
 async fn serve_connection(conn: Connection, shared: &Arc<Shared>) {
+    let rate = shared.limits.connection_stream_rate;
+    let mut streams = limits::TokenBucket::new(rate, std::time::Instant::now());
     loop {
-        let (send, recv) = match conn.accept_bi().await {
+        let (mut send, recv) = match conn.accept_bi().await {
             Ok(s) => s,
             Err(_) => return,
         };
+        if let Err(wait) = streams.try_take(rate, std::time::Instant::now()) {
+            // Answered, not dropped: the client learns why and when to come back. The
+            // stream is not read; at most the QUIC stream limit of these run at once.
+            metrics::counter!(crate::metrics::STREAMS_RATE_LIMITED).increment(1);
+            let ms = wait.as_millis().max(1);
+            tokio::spawn(async move {
+                let mut recv = recv;
+                let _ = recv.stop(0u32.into());
+                refuse(
+                    &mut send,
+                    None,
+                    ErrorCode::RateLimited,
+                    format!(
+                        "this connection opens request streams faster than {} a second; retry in {ms} ms",
+                        rate.per_sec
+                    ),
+                )
+                .await;
+            });
+            continue;
+        }
         let shared = shared.clone();
         let conn = conn.clone();
         tokio::spawn(async move { serve_stream(shared, conn, send, recv).await });
@@ -351,15 +433,20 @@ async fn serve_stream(
     mut send: SendStream,
     recv: RecvStream,
 ) {
-    let mut reader = FrameReader::new(recv, shared.limits.frame_limit());
+    let mut reader = FrameReader::new(recv, shared.limits.frame_limit())
+        .with_frame_timeout(shared.limits.frame_timeout);
     let first =
         match tokio::time::timeout(shared.limits.first_frame_timeout, reader.next_frame()).await {
             Err(_) => {
+                metrics::counter!(crate::metrics::FRAME_TIMEOUTS).increment(1);
                 refuse(
                     &mut send,
                     Some(&mut reader),
-                    ErrorCode::MalformedFrame,
-                    "no request frame within the time limit",
+                    ErrorCode::Timeout,
+                    format!(
+                        "no request frame within {} s",
+                        shared.limits.first_frame_timeout.as_secs()
+                    ),
                 )
                 .await;
                 return;

@@ -13,12 +13,15 @@
 //! A mailbox always maps to the same shard, so one stream's envelopes for a mailbox are
 //! stored in the order they were sent.
 
+use super::limits::{Buckets, Rate};
 use crate::metrics as m;
 use crate::store::{Append, AppendOutcome, MailboxRecord, Store};
+use sealpost_core::DepositId;
 use sealpost_core::engine::Engine;
 use sealpost_core::envelope::Envelope;
 use sealpost_core::status::DepositStatus;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 /// Work items queued per shard (each is one stream's envelopes for that shard).
@@ -27,7 +30,27 @@ pub(crate) const SHARD_QUEUE: usize = 64;
 /// One stream batch's envelopes for one shard and where their statuses go.
 struct Work {
     envelopes: Vec<Envelope>,
-    reply: oneshot::Sender<Vec<DepositStatus>>,
+    reply: oneshot::Sender<Answered>,
+}
+
+/// The statuses of some envelopes, in the order they were submitted, and for those that
+/// are `RATE_LIMITED`, the longest of their waits.
+#[derive(Debug, Default)]
+pub(crate) struct Answered {
+    /// One per envelope.
+    pub statuses: Vec<DepositStatus>,
+    /// Milliseconds until every rate-limited envelope here would be accepted.
+    pub retry_after_ms: Option<u32>,
+}
+
+impl Answered {
+    /// The same status for `n` envelopes.
+    pub(crate) fn all(status: DepositStatus, n: usize) -> Self {
+        Self {
+            statuses: vec![status; n],
+            retry_after_ms: None,
+        }
+    }
 }
 
 /// The shards' queues.
@@ -36,33 +59,35 @@ pub(crate) struct Pipeline {
 }
 
 /// The statuses of one submitted piece of work, when the shard has them.
-pub(crate) struct Pending(Option<oneshot::Receiver<Vec<DepositStatus>>>);
+pub(crate) struct Pending(Option<oneshot::Receiver<Answered>>);
 
 impl Pending {
     /// The statuses, in the order the envelopes were submitted; `UNAVAILABLE` for all `n`
     /// if the shard is gone.
-    pub(crate) async fn statuses(self, n: usize) -> Vec<DepositStatus> {
+    pub(crate) async fn statuses(self, n: usize) -> Answered {
         match self.0 {
             Some(rx) => rx
                 .await
-                .unwrap_or_else(|_| vec![DepositStatus::Unavailable; n]),
-            None => vec![DepositStatus::Unavailable; n],
+                .unwrap_or_else(|_| Answered::all(DepositStatus::Unavailable, n)),
+            None => Answered::all(DepositStatus::Unavailable, n),
         }
     }
 }
 
 impl Pipeline {
-    /// Starts `shards` shard tasks over `store`, each batching up to `max_batch` envelopes.
+    /// Starts `shards` shard tasks over `store`, each batching up to `max_batch` envelopes
+    /// and accepting verified deposits at `rate` per mailbox.
     pub(crate) fn start(
         store: Arc<dyn Store>,
         shards: usize,
         max_batch: usize,
         engine: Engine,
+        rate: Rate,
     ) -> Self {
         let shards = (0..shards.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::channel(SHARD_QUEUE);
-                tokio::spawn(shard(store.clone(), rx, max_batch, engine));
+                tokio::spawn(shard(store.clone(), rx, max_batch, engine, rate));
                 tx
             })
             .collect();
@@ -102,7 +127,10 @@ async fn shard(
     mut rx: mpsc::Receiver<Work>,
     max_batch: usize,
     engine: Engine,
+    rate: Rate,
 ) {
+    // Each shard owns its mailboxes, so their buckets need no lock.
+    let mut buckets: Buckets<DepositId> = Buckets::new(rate);
     let mut works: Vec<Work> = Vec::with_capacity(SHARD_QUEUE);
     let mut envelopes: Vec<Envelope> = Vec::with_capacity(max_batch);
     while let Some(first) = rx.recv().await {
@@ -124,7 +152,7 @@ async fn shard(
             counts.push(w.envelopes.len());
             envelopes.append(&mut w.envelopes);
         }
-        let statuses = process(store.as_ref(), engine, &envelopes).await;
+        let (statuses, waits) = process(store.as_ref(), engine, &mut buckets, &envelopes).await;
         // One metrics update per status per batch: a labelled key costs an allocation.
         let mut by_status = [0u64; 10];
         for s in &statuses {
@@ -138,19 +166,41 @@ async fn shard(
             }
         }
         let mut statuses = statuses.into_iter();
+        let mut at = 0;
         for (w, n) in works.drain(..).zip(counts) {
             let mine: Vec<DepositStatus> = statuses.by_ref().take(n).collect();
+            // Only batches with a rate-limited envelope carry waits at all.
+            let retry_after_ms = waits
+                .get(at..at + n)
+                .and_then(|w| w.iter().copied().flatten().max());
+            at += n;
             // A stream that went away no longer wants its answer; the envelopes stay stored.
-            let _ = w.reply.send(mine);
+            let _ = w.reply.send(Answered {
+                statuses: mine,
+                retry_after_ms,
+            });
         }
     }
 }
 
-/// Verifies and stores a batch of parsed envelopes; the status of each, in order.
-async fn process(store: &dyn Store, engine: Engine, envelopes: &[Envelope]) -> Vec<DepositStatus> {
+/// The wait a rate-limited envelope is told, in whole milliseconds (rounded up, so that a
+/// client retrying at once after it finds a token).
+fn wait_ms(wait: std::time::Duration) -> u32 {
+    u32::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(u32::MAX)
+}
+
+/// Verifies and stores a batch of parsed envelopes; the status of each, in order, and
+/// (empty unless some envelope was rate-limited) the wait for each rate-limited one.
+async fn process(
+    store: &dyn Store,
+    engine: Engine,
+    buckets: &mut Buckets<DepositId>,
+    envelopes: &[Envelope],
+) -> (Vec<DepositStatus>, Vec<Option<u32>>) {
     let mut statuses = vec![DepositStatus::Ok; envelopes.len()];
+    let mut waits: Vec<Option<u32>> = Vec::new();
     if envelopes.is_empty() {
-        return statuses;
+        return (statuses, waits);
     }
     metrics::histogram!(m::BATCH_SIZE).record(envelopes.len() as f64);
     metrics::counter!(m::BYTES_IN)
@@ -160,7 +210,7 @@ async fn process(store: &dyn Store, engine: Engine, envelopes: &[Envelope]) -> V
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, "mailbox lookup failed");
-            return vec![DepositStatus::Unavailable; envelopes.len()];
+            return (vec![DepositStatus::Unavailable; envelopes.len()], waits);
         }
     };
     // Keep the envelopes whose mailbox exists and uses the envelope's suite.
@@ -186,12 +236,21 @@ async fn process(store: &dyn Store, engine: Engine, envelopes: &[Envelope]) -> V
         for (i, _, _) in &candidates {
             statuses[*i] = DepositStatus::Unavailable;
         }
-        return statuses;
+        return (statuses, waits);
     }
     let mut appends = Vec::with_capacity(candidates.len());
     let mut slots = Vec::with_capacity(candidates.len());
+    let now = Instant::now();
     for ((i, env, _), good) in candidates.iter().zip(ok) {
-        if good {
+        // Only envelopes with a valid tag spend the mailbox's rate: a forger cannot use up
+        // a mailbox's allowance by sending garbage under its deposit id.
+        if good && let Err(wait) = buckets.try_take(*env.deposit_id(), now) {
+            statuses[*i] = DepositStatus::RateLimited;
+            if waits.is_empty() {
+                waits = vec![None; envelopes.len()];
+            }
+            waits[*i] = Some(wait_ms(wait));
+        } else if good {
             appends.push(Append {
                 deposit_id: *env.deposit_id(),
                 nonce: *env.nonce(),
@@ -203,7 +262,7 @@ async fn process(store: &dyn Store, engine: Engine, envelopes: &[Envelope]) -> V
         }
     }
     if appends.is_empty() {
-        return statuses;
+        return (statuses, waits);
     }
     let t0 = std::time::Instant::now();
     let appended = store.append_batch(&appends).await;
@@ -226,5 +285,5 @@ async fn process(store: &dyn Store, engine: Engine, envelopes: &[Envelope]) -> V
             }
         }
     }
-    statuses
+    (statuses, waits)
 }

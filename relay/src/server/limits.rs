@@ -1,0 +1,353 @@
+//! Abuse limits: token buckets, and the table of connections per source address.
+//!
+//! Everything here takes the time as an argument instead of reading a clock, so the tests
+//! drive it with made-up instants and nothing sleeps.
+
+pub use crate::config::Rate;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A token bucket. It starts full; each event takes one token; tokens come back at the rate.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket for `rate` at `now`.
+    pub fn new(rate: Rate, now: Instant) -> Self {
+        Self {
+            tokens: f64::from(rate.burst.max(1)),
+            last: now,
+        }
+    }
+
+    fn refill(&mut self, rate: Rate, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = self.last.max(now);
+        self.tokens =
+            (self.tokens + elapsed * f64::from(rate.per_sec)).min(f64::from(rate.burst.max(1)));
+    }
+
+    /// Takes a token, or says how long until one is there.
+    pub fn try_take(&mut self, rate: Rate, now: Instant) -> Result<(), Duration> {
+        if !rate.is_limited() {
+            return Ok(());
+        }
+        self.refill(rate, now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            let missing = 1.0 - self.tokens;
+            Err(Duration::from_secs_f64(missing / f64::from(rate.per_sec)))
+        }
+    }
+
+    /// Whether the bucket has refilled completely (it then behaves as a new one and need not
+    /// be kept).
+    pub fn is_full(&self, rate: Rate, now: Instant) -> bool {
+        let mut probe = self.clone();
+        probe.refill(rate, now);
+        probe.tokens >= f64::from(rate.burst.max(1))
+    }
+}
+
+/// Token buckets by key, for keys that come and go (mailboxes, sources). Buckets that have
+/// refilled are forgotten, since a new bucket is full too, so the table holds only keys that
+/// were busy within the last `burst / per_sec` seconds.
+#[derive(Debug)]
+pub struct Buckets<K> {
+    rate: Rate,
+    map: HashMap<K, TokenBucket>,
+    /// Sweep for full buckets when the table reaches this size.
+    sweep_at: usize,
+}
+
+impl<K: std::hash::Hash + Eq + Copy> Buckets<K> {
+    /// An empty table for `rate`.
+    pub fn new(rate: Rate) -> Self {
+        Self {
+            rate,
+            map: HashMap::new(),
+            sweep_at: 1024,
+        }
+    }
+
+    /// Takes a token from `key`'s bucket, or says how long until one is there.
+    pub fn try_take(&mut self, key: K, now: Instant) -> Result<(), Duration> {
+        if !self.rate.is_limited() {
+            return Ok(());
+        }
+        if self.map.len() >= self.sweep_at {
+            let rate = self.rate;
+            self.map.retain(|_, b| !b.is_full(rate, now));
+            // Sweep again only once the table has doubled: amortised O(1) per event.
+            self.sweep_at = (self.map.len() * 2).max(1024);
+        }
+        let rate = self.rate;
+        self.map
+            .entry(key)
+            .or_insert_with(|| TokenBucket::new(rate, now))
+            .try_take(rate, now)
+    }
+
+    /// Keys with a bucket (busy recently).
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether no key has a bucket.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// The key connections are counted under: an IPv4 address, or an IPv6 /64 (one host
+/// usually has a whole /64, so counting single IPv6 addresses would limit nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SourceKey {
+    /// One IPv4 address (IPv4-mapped IPv6 addresses count as IPv4).
+    V4(u32),
+    /// The upper 64 bits of an IPv6 address.
+    V6(u64),
+}
+
+impl SourceKey {
+    /// The key of a peer address.
+    pub fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => Self::V4(u32::from(v4)),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Self::V4(u32::from(v4)),
+                None => Self::V6((u128::from(v6) >> 64) as u64),
+            },
+        }
+    }
+}
+
+/// Why a connection from a source was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceRefusal {
+    /// The source holds as many connections as it may.
+    TooMany,
+    /// The source opens connections faster than it may.
+    TooFast,
+}
+
+impl SourceRefusal {
+    /// The label in `/metrics`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::TooMany => "source_connections",
+            Self::TooFast => "source_rate",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct SourceEntry {
+    live: usize,
+    bucket: TokenBucket,
+}
+
+#[derive(Debug)]
+struct SourceState {
+    map: HashMap<SourceKey, SourceEntry>,
+    sweep_at: usize,
+}
+
+/// Connections per source: how many are open and how fast new ones come.
+#[derive(Debug)]
+pub struct SourceTable {
+    max_live: usize,
+    rate: Rate,
+    state: Mutex<SourceState>,
+}
+
+/// Holds one connection's place in its source's count; dropping it gives the place back.
+#[derive(Debug)]
+pub struct SourceGuard {
+    table: Arc<SourceTable>,
+    key: SourceKey,
+}
+
+impl SourceTable {
+    /// A table allowing `max_live` open connections per source (0: any number) and new ones
+    /// at `rate`.
+    pub fn new(max_live: usize, rate: Rate) -> Arc<Self> {
+        Arc::new(Self {
+            max_live,
+            rate,
+            state: Mutex::new(SourceState {
+                map: HashMap::new(),
+                sweep_at: 1024,
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SourceState> {
+        // Nothing here panics while holding the lock; if something did, the counts are
+        // still usable, so carry on rather than refuse every connection from now on.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts a new connection from `ip`, or refuses it.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<SourceGuard, SourceRefusal> {
+        let key = SourceKey::of(ip);
+        let rate = self.rate;
+        let mut st = self.lock();
+        if st.map.len() >= st.sweep_at {
+            st.map
+                .retain(|_, e| e.live > 0 || !e.bucket.is_full(rate, now));
+            st.sweep_at = (st.map.len() * 2).max(1024);
+        }
+        let entry = st.map.entry(key).or_insert_with(|| SourceEntry {
+            live: 0,
+            bucket: TokenBucket::new(rate, now),
+        });
+        if self.max_live > 0 && entry.live >= self.max_live {
+            return Err(SourceRefusal::TooMany);
+        }
+        if entry.bucket.try_take(rate, now).is_err() {
+            return Err(SourceRefusal::TooFast);
+        }
+        entry.live += 1;
+        Ok(SourceGuard {
+            table: self.clone(),
+            key,
+        })
+    }
+
+    /// Sources the table remembers (with open connections or recent new ones).
+    pub fn sources(&self) -> usize {
+        self.lock().map.len()
+    }
+
+    /// Open connections counted for `ip`'s source.
+    pub fn live(&self, ip: IpAddr) -> usize {
+        self.lock()
+            .map
+            .get(&SourceKey::of(ip))
+            .map_or(0, |e| e.live)
+    }
+}
+
+impl Drop for SourceGuard {
+    fn drop(&mut self) {
+        let mut st = self.table.lock();
+        if let Some(e) = st.map.get_mut(&self.key) {
+            e.live = e.live.saturating_sub(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const R: Rate = Rate {
+        per_sec: 10,
+        burst: 3,
+    };
+
+    #[test]
+    fn bucket_allows_the_burst_then_the_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(R, t0);
+        for _ in 0..3 {
+            assert!(b.try_take(R, t0).is_ok());
+        }
+        let wait = b.try_take(R, t0).unwrap_err();
+        assert!(wait > Duration::from_millis(99) && wait <= Duration::from_millis(100));
+        // Half a token later: still refused, and the wait is shorter.
+        let w2 = b.try_take(R, t0 + Duration::from_millis(50)).unwrap_err();
+        assert!(w2 < wait);
+        assert!(b.try_take(R, t0 + Duration::from_millis(100)).is_ok());
+        assert!(b.try_take(R, t0 + Duration::from_millis(100)).is_err());
+        // A long pause refills only up to the burst.
+        let later = t0 + Duration::from_secs(60);
+        assert!(b.is_full(R, later));
+        for _ in 0..3 {
+            assert!(b.try_take(R, later).is_ok());
+        }
+        assert!(b.try_take(R, later).is_err());
+    }
+
+    #[test]
+    fn unlimited_never_refuses() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(Rate::UNLIMITED, t0);
+        for _ in 0..10_000 {
+            assert!(b.try_take(Rate::UNLIMITED, t0).is_ok());
+        }
+        let mut m = Buckets::new(Rate::UNLIMITED);
+        assert!(m.try_take(1u32, t0).is_ok());
+        assert!(m.is_empty(), "no state kept without a limit");
+    }
+
+    #[test]
+    fn buckets_are_per_key_and_forgotten_once_full() {
+        let t0 = Instant::now();
+        let mut m = Buckets::new(R);
+        for _ in 0..3 {
+            assert!(m.try_take(1u32, t0).is_ok());
+        }
+        assert!(m.try_take(1u32, t0).is_err());
+        assert!(
+            m.try_take(2u32, t0).is_ok(),
+            "another key has its own bucket"
+        );
+        // Thousands of keys busy once, long ago, are swept when the table grows.
+        for k in 3..2000u32 {
+            m.try_take(k, t0).unwrap();
+        }
+        let later = t0 + Duration::from_secs(10);
+        for k in 10_000..10_100u32 {
+            m.try_take(k, later).unwrap();
+        }
+        assert!(m.len() <= 100, "full buckets are forgotten: {}", m.len());
+    }
+
+    #[test]
+    fn source_table_counts_live_connections_and_new_ones() {
+        let t0 = Instant::now();
+        let table = SourceTable::new(
+            2,
+            Rate {
+                per_sec: 1,
+                burst: 3,
+            },
+        );
+        let a: IpAddr = "127.0.0.2".parse().unwrap();
+        let b: IpAddr = "127.0.0.3".parse().unwrap();
+        let g1 = table.admit(a, t0).unwrap();
+        let g2 = table.admit(a, t0).unwrap();
+        assert_eq!(table.admit(a, t0).unwrap_err(), SourceRefusal::TooMany);
+        let _gb = table.admit(b, t0).unwrap();
+        assert_eq!(table.live(a), 2);
+        drop(g1);
+        assert_eq!(table.live(a), 1);
+        // A place is free, but the burst of 3 is spent (the refused attempt took no token).
+        let g3 = table.admit(a, t0).unwrap();
+        drop(g3);
+        assert_eq!(table.admit(a, t0).unwrap_err(), SourceRefusal::TooFast);
+        assert!(table.admit(a, t0 + Duration::from_secs(1)).is_ok());
+        drop(g2);
+    }
+
+    #[test]
+    fn ipv6_sources_count_per_64() {
+        let x = SourceKey::of("2001:db8:1:2:aaaa::1".parse().unwrap());
+        let y = SourceKey::of("2001:db8:1:2:bbbb::7".parse().unwrap());
+        let z = SourceKey::of("2001:db8:1:3::1".parse().unwrap());
+        assert_eq!(x, y);
+        assert_ne!(x, z);
+        let v4 = SourceKey::of("192.0.2.1".parse().unwrap());
+        let mapped = SourceKey::of("::ffff:192.0.2.1".parse().unwrap());
+        assert_eq!(v4, mapped);
+    }
+}

@@ -1,0 +1,308 @@
+//! The abuse limits, each against a relay configured tightly enough to reach it: connections
+//! per source address and per second, QUIC Retry, deposits per mailbox (RATE_LIMITED with a
+//! retry hint), request streams per connection, and the deadline on a begun frame.
+
+mod common;
+
+use common::process::{Serve, http_get};
+use common::{error_code, frame, raw_exchange, relay_with, seal};
+use sealpost_core::Suite;
+use sealpost_core::frame::FrameType;
+use sealpost_core::msg::ErrorMsg;
+use sealpost_core::status::{DepositStatus, ErrorCode};
+use sealpost_relay::client::{Client, ClientError};
+use sealpost_relay::tls::Trust;
+use sealpost_relay::{Rate, RelayLimits, RetryPolicy};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+fn from(ip: &str) -> Option<SocketAddr> {
+    Some(SocketAddr::new(ip.parse().unwrap(), 0))
+}
+
+async fn connect_from(addr: &str, pin: [u8; 32], ip: &str) -> Result<Client, ClientError> {
+    Client::connect_from(addr, Trust::Pin(pin), from(ip)).await
+}
+
+#[tokio::test]
+async fn one_source_holds_at_most_its_share_of_connections() {
+    let r = relay_with(RelayLimits {
+        max_connections_per_source: 2,
+        ..RelayLimits::default()
+    })
+    .await;
+    let pin = r.handle.pin();
+    let a1 = connect_from(&r.addr, pin, "127.0.0.1")
+        .await
+        .expect("first");
+    let _a2 = connect_from(&r.addr, pin, "127.0.0.1")
+        .await
+        .expect("second");
+    let third = connect_from(&r.addr, pin, "127.0.0.1").await;
+    assert!(
+        matches!(&third, Err(ClientError::Connect(m)) if m.to_lowercase().contains("refused")),
+        "a third connection from the same address is refused: {:?}",
+        third.err().map(|e| e.to_string())
+    );
+    // Another source is not affected.
+    let b = connect_from(&r.addr, pin, "127.0.0.2")
+        .await
+        .expect("another source connects");
+    b.info().await.expect("and is served");
+    // A closed connection gives its place back.
+    a1.close().await;
+    let mut again = None;
+    for _ in 0..50 {
+        if let Ok(c) = connect_from(&r.addr, pin, "127.0.0.1").await {
+            again = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    again.expect("the place is free again once a connection closed");
+}
+
+#[tokio::test]
+async fn one_source_opens_connections_at_most_at_its_rate() {
+    let r = relay_with(RelayLimits {
+        source_connection_rate: Rate::new(1, 2),
+        ..RelayLimits::default()
+    })
+    .await;
+    let pin = r.handle.pin();
+    for i in 0..2 {
+        let c = connect_from(&r.addr, pin, "127.0.0.3")
+            .await
+            .unwrap_or_else(|e| panic!("connection {i} within the burst: {e}"));
+        c.close().await;
+    }
+    let refused = connect_from(&r.addr, pin, "127.0.0.3").await;
+    assert!(refused.is_err(), "the burst is spent");
+    connect_from(&r.addr, pin, "127.0.0.4")
+        .await
+        .expect("another source has its own rate");
+}
+
+#[tokio::test]
+async fn retry_always_validates_and_still_serves() {
+    let r = relay_with(RelayLimits {
+        retry: RetryPolicy::Always,
+        ..RelayLimits::default()
+    })
+    .await;
+    // quinn's client answers the Retry by itself: the connection costs a round trip more.
+    r.assert_serves().await;
+}
+
+#[tokio::test]
+async fn a_mailbox_over_its_deposit_rate_gets_rate_limited_with_a_hint() {
+    let r = relay_with(RelayLimits {
+        mailbox_deposit_rate: Rate::new(10, 5),
+        ..RelayLimits::default()
+    })
+    .await;
+    let c = r.client().await;
+    let mb = c.create(Suite::ChaCha20Poly1305).await.expect("create");
+    let other = c.create(Suite::ChaCha20Poly1305).await.expect("create");
+
+    // Forgeries under the mailbox's deposit id do not spend its allowance.
+    let (mut tx, mut rx) = c.open_deposit().await.expect("deposit stream");
+    for i in 0..20u8 {
+        let mut env = seal(&c, &mb, &[i]).await.to_vec();
+        let last = env.len() - 1;
+        env[last] ^= 1;
+        tx.send(&env.into()).await.expect("send");
+    }
+    tx.finish();
+    let mut n = 0;
+    while let Some(st) = rx.next().await.expect("results") {
+        assert!(st.iter().all(|s| *s == DepositStatus::BadTag), "{st:?}");
+        n += st.len();
+    }
+    assert_eq!(n, 20);
+
+    // Twelve genuine envelopes at once: the burst of five is stored, the rest refused, with
+    // a wait of about one token (100 ms at 10/s).
+    let (mut tx, mut rx) = c.open_deposit().await.expect("deposit stream");
+    for i in 0..12u8 {
+        tx.send(&seal(&c, &mb, &[i]).await).await.expect("send");
+    }
+    tx.finish();
+    let mut statuses = Vec::new();
+    let mut hint = None;
+    while let Some(st) = rx.next().await.expect("results") {
+        if st.contains(&DepositStatus::RateLimited) {
+            let h = rx
+                .retry_after()
+                .expect("a retry hint comes with RATE_LIMITED");
+            hint = hint.max(Some(h));
+        } else {
+            assert_eq!(rx.retry_after(), None, "no hint without RATE_LIMITED");
+        }
+        statuses.extend(st);
+    }
+    let ok = statuses.iter().filter(|s| **s == DepositStatus::Ok).count();
+    let limited = statuses
+        .iter()
+        .filter(|s| **s == DepositStatus::RateLimited)
+        .count();
+    assert_eq!((ok, limited), (5, 7), "{statuses:?}");
+    let hint = hint.expect("hint");
+    assert!(
+        hint > Duration::ZERO && hint <= Duration::from_millis(101),
+        "{hint:?}"
+    );
+    assert!(DepositStatus::RateLimited.is_retryable());
+
+    // Another mailbox has its own bucket.
+    assert_eq!(
+        c.deposit(seal(&c, &other, b"x").await).await.unwrap(),
+        DepositStatus::Ok
+    );
+    // The client library waits as hinted and sends again until it is accepted.
+    let (status, tries) = c
+        .deposit_patiently(seal(&c, &mb, b"later").await, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(status, DepositStatus::Ok, "after {tries} tries");
+}
+
+#[tokio::test]
+async fn a_connection_opening_streams_too_fast_gets_rate_limited() {
+    let r = relay_with(RelayLimits {
+        connection_stream_rate: Rate::new(1, 3),
+        ..RelayLimits::default()
+    })
+    .await;
+    let c = r.client().await;
+    for _ in 0..3 {
+        c.info().await.expect("within the burst");
+    }
+    let frames = raw_exchange(&c, &frame(FrameType::Info, &[]), true).await;
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(error_code(&frames[0]), ErrorCode::RateLimited);
+    let msg = ErrorMsg::decode(&frames[0].payload).unwrap().message;
+    assert!(msg.contains("retry in"), "{msg}");
+    // Other connections are not affected.
+    r.client().await.info().await.expect("another connection");
+}
+
+#[tokio::test]
+async fn a_frame_trickled_past_the_deadline_is_cut_off() {
+    let r = relay_with(RelayLimits {
+        frame_timeout: Duration::from_secs(1),
+        ..RelayLimits::default()
+    })
+    .await;
+    let c = r.client().await;
+    // A deposit stream that announces a large frame and then sends almost nothing.
+    let (mut send, mut recv) = c.connection().open_bi().await.unwrap();
+    let full = frame(FrameType::Deposit, &vec![0u8; 60_000]);
+    send.write_all(&full[..5]).await.unwrap();
+    let t0 = std::time::Instant::now();
+    let mut got = Vec::new();
+    let read = async {
+        loop {
+            // A byte every 200 ms keeps the connection busy but never finishes the frame.
+            tokio::select! {
+                chunk = recv.read_chunk(usize::MAX, true) => match chunk {
+                    Ok(Some(ch)) => got.extend_from_slice(&ch.bytes),
+                    _ => break,
+                },
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                    let _ = send.write_all(&[0]).await;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("the relay ends the stream");
+    let elapsed = t0.elapsed();
+    let mut dec = sealpost_core::frame::FrameDecoder::new(1 << 16);
+    dec.push(got.into());
+    let f = dec.next_frame().unwrap().expect("an ERROR frame");
+    assert_eq!(error_code(&f), ErrorCode::Timeout);
+    assert!(elapsed >= Duration::from_millis(900), "{elapsed:?}");
+    r.assert_serves().await;
+}
+
+/// The same limits set from the command line of the real binary, each counted in /metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_limit_is_counted_in_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(
+        dir.path(),
+        &[
+            "--store",
+            "memory",
+            "--retry",
+            "always",
+            "--max-connections-per-source",
+            "1",
+            "--mailbox-deposits-per-sec",
+            "1",
+            "--mailbox-deposit-burst",
+            "1",
+            "--connection-streams-per-sec",
+            "1",
+            "--connection-stream-burst",
+            "2",
+        ],
+        "warn",
+    );
+    let pin = sealpost_relay::tls::parse_pin(&serve.pin).unwrap();
+    let c = connect_from(&serve.addr, pin, "127.0.0.1").await.unwrap();
+    assert!(
+        connect_from(&serve.addr, pin, "127.0.0.1").await.is_err(),
+        "a second connection from the source is refused"
+    );
+    let mb = c.create(Suite::ChaCha20Poly1305).await.unwrap();
+    let (mut tx, mut rx) = c.open_deposit().await.unwrap();
+    for i in 0..2u8 {
+        tx.send(&seal(&c, &mb, &[i]).await).await.unwrap();
+    }
+    tx.finish();
+    let mut statuses = Vec::new();
+    while let Some(st) = rx.next().await.unwrap() {
+        statuses.extend(st);
+    }
+    assert_eq!(
+        statuses,
+        [DepositStatus::Ok, DepositStatus::RateLimited],
+        "burst of one"
+    );
+    let third = c
+        .info()
+        .await
+        .expect_err("the third stream is over the burst");
+    assert!(
+        matches!(&third, ClientError::Relay(m) if m.known_code() == Some(ErrorCode::RateLimited)),
+        "{third}"
+    );
+    let admin = serve.admin.clone();
+    let (code, body) = tokio::task::spawn_blocking(move || http_get(&admin, "/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    let value = |series: &str| -> f64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing from /metrics:\n{body}"))
+    };
+    assert!(
+        value("sealpost_retries_sent_total") >= 2.0,
+        "both connections were validated"
+    );
+    assert_eq!(
+        value("sealpost_connections_refused_total{reason=\"source_connections\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("sealpost_deposits_total{status=\"rate_limited\"}"),
+        1.0
+    );
+    assert_eq!(value("sealpost_streams_rate_limited_total"), 1.0);
+    assert_eq!(value("sealpost_frame_timeouts_total"), 0.0);
+    serve.stop();
+}
