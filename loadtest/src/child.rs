@@ -36,6 +36,8 @@ pub fn start(bin: &Path, addr: &str, dir: &Path) -> anyhow::Result<RelayProcess>
             "0",
             "--connection-streams-per-sec",
             "0",
+            "--source-creates-per-sec",
+            "0",
             "--data-dir",
         ])
         .arg(dir)

@@ -77,6 +77,9 @@ pub struct RelayLimits {
     pub retry: RetryPolicy,
     /// Handshakes in progress from which [`RetryPolicy::Auto`] demands a Retry.
     pub retry_above_handshakes: usize,
+    /// Mailboxes one source may create per second (excess gets `ERROR RATE_LIMITED`): each
+    /// costs the store a record for as long as the retention keeps it.
+    pub source_create_rate: Rate,
     /// Deposits per second one mailbox accepts (verified envelopes; excess gets
     /// `RATE_LIMITED` with a retry hint).
     pub mailbox_deposit_rate: Rate,
@@ -170,6 +173,7 @@ impl Default for RelayLimits {
             source_connection_rate: Rate::new(50, 200),
             retry: RetryPolicy::Auto,
             retry_above_handshakes: 64,
+            source_create_rate: Rate::new(10, 50),
             mailbox_deposit_rate: Rate::new(1000, 5000),
             connection_stream_rate: Rate::new(200, 400),
             frame_timeout: Duration::from_secs(30),

@@ -20,6 +20,8 @@ pub const RETRIES: &str = "sealpost_retries_sent_total";
 pub const SOURCES: &str = "sealpost_sources_tracked";
 /// Request streams refused with `ERROR RATE_LIMITED` (the connection opens them too fast).
 pub const STREAMS_RATE_LIMITED: &str = "sealpost_streams_rate_limited_total";
+/// CREATE requests answered `ERROR RATE_LIMITED` (their source creates mailboxes too fast).
+pub const CREATES_RATE_LIMITED: &str = "sealpost_creates_rate_limited_total";
 /// Streams cut off because a frame did not arrive in full within the frame timeout.
 pub const FRAME_TIMEOUTS: &str = "sealpost_frame_timeouts_total";
 /// Deposits answered, labelled by `status`.
@@ -77,6 +79,10 @@ pub fn describe() {
         "request streams refused because their connection opened them too fast"
     );
     describe_counter!(
+        CREATES_RATE_LIMITED,
+        "mailbox creations refused because their source address creates them too fast"
+    );
+    describe_counter!(
         FRAME_TIMEOUTS,
         "streams cut off because a frame did not arrive in full within the frame timeout"
     );
@@ -121,6 +127,7 @@ pub fn register_all() {
         CONNECTIONS_ACCEPTED,
         RETRIES,
         STREAMS_RATE_LIMITED,
+        CREATES_RATE_LIMITED,
         FRAME_TIMEOUTS,
         DELIVERIES,
         ACKS,

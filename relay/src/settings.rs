@@ -158,6 +158,12 @@ pub struct Settings {
     /// Handshakes in progress from which `retry = "auto"` validates addresses [default: 64].
     #[arg(long, env = "SEALPOST_RETRY_ABOVE_HANDSHAKES")]
     pub retry_above_handshakes: Option<usize>,
+    /// Mailboxes one source may create per second; 0 = no limit [default: 10].
+    #[arg(long, env = "SEALPOST_SOURCE_CREATES_PER_SEC")]
+    pub source_creates_per_sec: Option<u32>,
+    /// Mailboxes one source may create at once after a quiet spell [default: 50].
+    #[arg(long, env = "SEALPOST_SOURCE_CREATE_BURST")]
+    pub source_create_burst: Option<u32>,
     /// Deposits per second one mailbox accepts; 0 = no limit [default: 1000].
     #[arg(long, env = "SEALPOST_MAILBOX_DEPOSITS_PER_SEC")]
     pub mailbox_deposits_per_sec: Option<u32>,
@@ -251,6 +257,8 @@ impl Settings {
             source_connection_burst,
             retry,
             retry_above_handshakes,
+            source_creates_per_sec,
+            source_create_burst,
             mailbox_deposits_per_sec,
             mailbox_deposit_burst,
             connection_streams_per_sec,
@@ -325,6 +333,14 @@ impl Settings {
             retry_above_handshakes: Some(
                 self.retry_above_handshakes
                     .unwrap_or(d.retry_above_handshakes),
+            ),
+            source_creates_per_sec: Some(
+                self.source_creates_per_sec
+                    .unwrap_or(d.source_create_rate.per_sec),
+            ),
+            source_create_burst: Some(
+                self.source_create_burst
+                    .unwrap_or(d.source_create_rate.burst),
             ),
             mailbox_deposits_per_sec: Some(
                 self.mailbox_deposits_per_sec
@@ -462,6 +478,11 @@ impl Settings {
             e.source_connections_per_sec,
             e.source_connection_burst,
         )?;
+        let source_create_rate = rate(
+            "source_create_burst",
+            e.source_creates_per_sec,
+            e.source_create_burst,
+        )?;
         let mailbox_deposit_rate = rate(
             "mailbox_deposit_burst",
             e.mailbox_deposits_per_sec,
@@ -537,6 +558,7 @@ impl Settings {
             source_connection_rate,
             retry: e.retry.unwrap_or_default(),
             retry_above_handshakes: e.retry_above_handshakes.unwrap_or_default(),
+            source_create_rate,
             mailbox_deposit_rate,
             connection_stream_rate,
             frame_timeout: Duration::from_secs(frame_timeout),

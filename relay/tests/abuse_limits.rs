@@ -188,6 +188,36 @@ async fn a_connection_opening_streams_too_fast_gets_rate_limited() {
 }
 
 #[tokio::test]
+async fn one_source_creates_mailboxes_at_most_at_its_rate() {
+    let r = relay_with(RelayLimits {
+        source_create_rate: Rate::new(1, 2),
+        ..RelayLimits::default()
+    })
+    .await;
+    let pin = r.handle.pin();
+    let a = connect_from(&r.addr, pin, "127.0.0.5").await.unwrap();
+    a.create(Suite::ChaCha20Poly1305).await.expect("first");
+    a.create(Suite::ChaCha20Poly1305).await.expect("second");
+    // A new connection from the same address shares the allowance.
+    let a2 = connect_from(&r.addr, pin, "127.0.0.5").await.unwrap();
+    let e = a2
+        .create(Suite::ChaCha20Poly1305)
+        .await
+        .expect_err("the burst of two is spent");
+    assert!(
+        matches!(&e, ClientError::Relay(m) if m.known_code() == Some(ErrorCode::RateLimited)
+            && m.message.contains("retry in")),
+        "{e}"
+    );
+    connect_from(&r.addr, pin, "127.0.0.6")
+        .await
+        .unwrap()
+        .create(Suite::ChaCha20Poly1305)
+        .await
+        .expect("another source has its own allowance");
+}
+
+#[tokio::test]
 async fn a_frame_trickled_past_the_deadline_is_cut_off() {
     let r = relay_with(RelayLimits {
         frame_timeout: Duration::from_secs(1),
@@ -248,6 +278,10 @@ async fn every_limit_is_counted_in_metrics() {
             "1",
             "--connection-stream-burst",
             "2",
+            "--source-creates-per-sec",
+            "1",
+            "--source-create-burst",
+            "1",
         ],
         "warn",
     );
@@ -304,5 +338,26 @@ async fn every_limit_is_counted_in_metrics() {
     );
     assert_eq!(value("sealpost_streams_rate_limited_total"), 1.0);
     assert_eq!(value("sealpost_frame_timeouts_total"), 0.0);
+    // The stream allowance is spent; a second connection (after the first closes, since one
+    // is allowed per source) tries a second mailbox.
+    c.close().await;
+    let mut c2 = None;
+    for _ in 0..50 {
+        if let Ok(c) = connect_from(&serve.addr, pin, "127.0.0.1").await {
+            c2 = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let c2 = c2.expect("the source's place is free again");
+    assert!(c2.create(Suite::ChaCha20Poly1305).await.is_err());
+    let admin = serve.admin.clone();
+    let (_, body) = tokio::task::spawn_blocking(move || http_get(&admin, "/metrics"))
+        .await
+        .unwrap();
+    assert!(
+        body.contains("sealpost_creates_rate_limited_total 1"),
+        "{body}"
+    );
     serve.stop();
 }

@@ -1,6 +1,7 @@
 //! One-shot request streams: CREATE, DELETE and INFO. Each gets one reply and the stream ends.
 
 use super::Shared;
+use super::limits::SourceKey;
 use super::subscribe::authorize;
 use crate::store::{MailboxRecord, StoreError};
 use crate::stream::{FrameReader, refuse};
@@ -22,6 +23,7 @@ async fn reply(send: &mut SendStream, frame: bytes::Bytes) {
 
 pub(super) async fn create(
     shared: &Arc<Shared>,
+    source: std::net::IpAddr,
     first: Frame,
     mut reader: FrameReader,
     mut send: SendStream,
@@ -38,6 +40,19 @@ pub(super) async fn create(
             .await;
         }
     };
+    let allowed = {
+        let mut creates = shared.creates.lock().unwrap_or_else(|p| p.into_inner());
+        creates.try_take(SourceKey::of(source), std::time::Instant::now())
+    };
+    if let Err(wait) = allowed {
+        metrics::counter!(crate::metrics::CREATES_RATE_LIMITED).increment(1);
+        let msg = format!(
+            "this address creates mailboxes faster than {} a second; retry in {} ms",
+            shared.limits.source_create_rate.per_sec,
+            wait.as_millis().max(1)
+        );
+        return refuse(&mut send, Some(&mut reader), ErrorCode::RateLimited, msg).await;
+    }
     if !shared.limits.suites.contains(&req.suite) {
         let msg = format!(
             "this relay does not accept suite {} for new mailboxes",

@@ -61,6 +61,8 @@ pub(crate) struct Shared {
     pub handshakes: AtomicUsize,
     /// Open and recent connections per source address.
     pub sources: Arc<limits::SourceTable>,
+    /// Mailbox creations per source address.
+    pub creates: std::sync::Mutex<limits::Buckets<limits::SourceKey>>,
     pub shutdown: watch::Receiver<bool>,
     /// Verifies deposit tags and seals deliveries.
     pub engine: sealpost_core::engine::Engine,
@@ -242,6 +244,7 @@ pub async fn start(config: RelayConfig, store: Arc<dyn Store>) -> Result<RelayHa
         config.limits.max_connections_per_source,
         config.limits.source_connection_rate,
     );
+    let creates = std::sync::Mutex::new(limits::Buckets::new(config.limits.source_create_rate));
     let shared = Arc::new(Shared {
         depositing: AtomicUsize::new(0),
         log_sensitive: config.log_sensitive,
@@ -252,6 +255,7 @@ pub async fn start(config: RelayConfig, store: Arc<dyn Store>) -> Result<RelayHa
         connections: AtomicUsize::new(0),
         handshakes: AtomicUsize::new(0),
         sources,
+        creates,
         shutdown: rx,
         engine: config.engine,
     });
@@ -470,7 +474,9 @@ async fn serve_stream(
             shared.depositing.fetch_sub(1, Ordering::Relaxed);
         }
         FrameType::Subscribe => subscribe::run(&shared, &conn, first, reader, send).await,
-        FrameType::Create => control::create(&shared, first, reader, send).await,
+        FrameType::Create => {
+            control::create(&shared, conn.remote_address().ip(), first, reader, send).await
+        }
         FrameType::Delete => control::delete(&shared, &conn, first, reader, send).await,
         FrameType::Info => control::info(&shared, first, reader, send).await,
         other => refuse(
