@@ -88,6 +88,9 @@ pub struct RelayLimits {
     /// A frame that has begun must be complete within this time (slow senders holding
     /// partial frames are cut off).
     pub frame_timeout: Duration,
+    /// Envelope bytes queued at or being processed by the deposit shards, relay-wide; deposit
+    /// streams wait (and stop reading) beyond it.
+    pub deposit_buffer_bytes: usize,
     /// QUIC flow-control window per stream: bytes a client may send ahead of what the relay
     /// has read.
     pub stream_receive_window: u32,
@@ -177,6 +180,7 @@ impl Default for RelayLimits {
             mailbox_deposit_rate: Rate::new(1000, 5000),
             connection_stream_rate: Rate::new(200, 400),
             frame_timeout: Duration::from_secs(30),
+            deposit_buffer_bytes: 64 << 20,
             stream_receive_window: 1 << 20,
             connection_receive_window: 4 << 20,
             connection_send_window: 4 << 20,

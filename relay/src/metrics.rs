@@ -22,6 +22,9 @@ pub const SOURCES: &str = "sealpost_sources_tracked";
 pub const STREAMS_RATE_LIMITED: &str = "sealpost_streams_rate_limited_total";
 /// CREATE requests answered `ERROR RATE_LIMITED` (their source creates mailboxes too fast).
 pub const CREATES_RATE_LIMITED: &str = "sealpost_creates_rate_limited_total";
+/// Envelope bytes queued at or being processed by the deposit shards (at most
+/// `deposit_buffer_bytes`).
+pub const DEPOSIT_BYTES_QUEUED: &str = "sealpost_deposit_bytes_queued";
 /// Streams cut off because a frame did not arrive in full within the frame timeout.
 pub const FRAME_TIMEOUTS: &str = "sealpost_frame_timeouts_total";
 /// Deposits answered, labelled by `status`.
@@ -81,6 +84,11 @@ pub fn describe() {
     describe_counter!(
         CREATES_RATE_LIMITED,
         "mailbox creations refused because their source address creates them too fast"
+    );
+    describe_gauge!(
+        DEPOSIT_BYTES_QUEUED,
+        Unit::Bytes,
+        "envelope bytes queued at or being processed by the deposit shards"
     );
     describe_counter!(
         FRAME_TIMEOUTS,
@@ -146,6 +154,7 @@ pub fn register_all() {
         CONNECTIONS,
         HANDSHAKES,
         SOURCES,
+        DEPOSIT_BYTES_QUEUED,
         MAILBOXES,
         ENVELOPES_STORED,
         BYTES_STORED,

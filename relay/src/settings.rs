@@ -179,6 +179,9 @@ pub struct Settings {
     /// Seconds a frame that has begun may take to arrive in full [default: 30].
     #[arg(long, env = "SEALPOST_FRAME_TIMEOUT_SECS")]
     pub frame_timeout_secs: Option<u64>,
+    /// Envelope bytes queued for the deposit shards, relay-wide [default: 67108864].
+    #[arg(long, env = "SEALPOST_DEPOSIT_BUFFER_BYTES")]
+    pub deposit_buffer_bytes: Option<usize>,
     /// QUIC flow-control window per stream, bytes [default: 1048576].
     #[arg(long, env = "SEALPOST_STREAM_RECEIVE_WINDOW")]
     pub stream_receive_window: Option<u32>,
@@ -264,6 +267,7 @@ impl Settings {
             connection_streams_per_sec,
             connection_stream_burst,
             frame_timeout_secs,
+            deposit_buffer_bytes,
             stream_receive_window,
             connection_receive_window,
             connection_send_window,
@@ -359,6 +363,7 @@ impl Settings {
                     .unwrap_or(d.connection_stream_rate.burst),
             ),
             frame_timeout_secs: Some(self.frame_timeout_secs.unwrap_or(d.frame_timeout.as_secs())),
+            deposit_buffer_bytes: Some(self.deposit_buffer_bytes.unwrap_or(d.deposit_buffer_bytes)),
             stream_receive_window: Some(
                 self.stream_receive_window
                     .unwrap_or(d.stream_receive_window),
@@ -523,6 +528,14 @@ impl Settings {
             e.connection_send_window,
             frame_limit + 4,
         )?;
+        let deposit_buffer_bytes = e.deposit_buffer_bytes.unwrap_or_default();
+        if (deposit_buffer_bytes as u64) < frame_limit {
+            return Err(invalid(
+                "deposit_buffer_bytes",
+                deposit_buffer_bytes.to_string(),
+                &format!("must be at least {frame_limit} (one envelope of the largest size class)"),
+            ));
+        }
         let backend = e.backend.clone().unwrap_or_default();
         let engine = if backend.trim().eq_ignore_ascii_case("auto") {
             Engine::detect()
@@ -562,6 +575,7 @@ impl Settings {
             mailbox_deposit_rate,
             connection_stream_rate,
             frame_timeout: Duration::from_secs(frame_timeout),
+            deposit_buffer_bytes,
             stream_receive_window,
             connection_receive_window,
             connection_send_window,

@@ -239,6 +239,7 @@ pub async fn start(config: RelayConfig, store: Arc<dyn Store>) -> Result<RelayHa
         config.limits.max_batch,
         config.engine,
         config.limits.mailbox_deposit_rate,
+        config.limits.deposit_buffer_bytes,
     );
     let sources = limits::SourceTable::new(
         config.limits.max_connections_per_source,
@@ -298,6 +299,8 @@ async fn sample_gauges(shared: Arc<Shared>) {
         metrics::gauge!(crate::metrics::ENVELOPES_STORED).set(s.envelopes as f64);
         metrics::gauge!(crate::metrics::BYTES_STORED).set(s.bytes as f64);
         metrics::gauge!(crate::metrics::SOURCES).set(shared.sources.sources() as f64);
+        metrics::gauge!(crate::metrics::DEPOSIT_BYTES_QUEUED)
+            .set(shared.pipeline.queued_bytes() as f64);
         for (i, d) in shared.pipeline.queue_depths().enumerate() {
             metrics::gauge!(crate::metrics::SHARD_QUEUE, "shard" => i.to_string()).set(d as f64);
         }

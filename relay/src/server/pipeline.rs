@@ -31,6 +31,9 @@ pub(crate) const SHARD_QUEUE: usize = 64;
 struct Work {
     envelopes: Vec<Envelope>,
     reply: oneshot::Sender<Answered>,
+    /// This work's share of the relay-wide byte budget, given back when the shard is done
+    /// with it (the store keeps what it keeps under its own quotas).
+    _budget: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// The statuses of some envelopes, in the order they were submitted, and for those that
@@ -56,6 +59,11 @@ impl Answered {
 /// The shards' queues.
 pub(crate) struct Pipeline {
     shards: Vec<mpsc::Sender<Work>>,
+    /// Envelope bytes queued at or being processed by the shards, relay-wide. The queues
+    /// are bounded in work items; this bounds them in bytes, whatever the envelope sizes and
+    /// however many streams are depositing.
+    budget: Arc<tokio::sync::Semaphore>,
+    budget_bytes: usize,
 }
 
 /// The statuses of one submitted piece of work, when the shard has them.
@@ -76,13 +84,15 @@ impl Pending {
 
 impl Pipeline {
     /// Starts `shards` shard tasks over `store`, each batching up to `max_batch` envelopes
-    /// and accepting verified deposits at `rate` per mailbox.
+    /// and accepting verified deposits at `rate` per mailbox, with at most `budget_bytes` of
+    /// envelopes queued over all shards.
     pub(crate) fn start(
         store: Arc<dyn Store>,
         shards: usize,
         max_batch: usize,
         engine: Engine,
         rate: Rate,
+        budget_bytes: usize,
     ) -> Self {
         let shards = (0..shards.max(1))
             .map(|_| {
@@ -91,7 +101,17 @@ impl Pipeline {
                 tx
             })
             .collect();
-        Self { shards }
+        let budget_bytes = budget_bytes.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        Self {
+            shards,
+            budget: Arc::new(tokio::sync::Semaphore::new(budget_bytes)),
+            budget_bytes,
+        }
+    }
+
+    /// Envelope bytes queued at or being processed by the shards now.
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.budget_bytes - self.budget.available_permits()
     }
 
     /// Work items waiting in each shard's queue.
@@ -114,8 +134,18 @@ impl Pipeline {
 
     /// Queues envelopes (all owned by `shard`), waiting while the shard's queue is full.
     pub(crate) async fn submit(&self, shard: usize, envelopes: Vec<Envelope>) -> Pending {
+        // Waiting here stops the stream reading, so QUIC flow control holds back its sender.
+        // A batch larger than the whole budget takes all of it (and runs alone).
+        let bytes: usize = envelopes.iter().map(|e| e.as_bytes().len()).sum();
+        let want = u32::try_from(bytes.clamp(1, self.budget_bytes)).unwrap_or(u32::MAX);
+        let budget = self.budget.clone().acquire_many_owned(want).await.ok();
         let (reply, rx) = oneshot::channel();
-        match self.shards[shard].send(Work { envelopes, reply }).await {
+        let work = Work {
+            envelopes,
+            reply,
+            _budget: budget,
+        };
+        match self.shards[shard].send(work).await {
             Ok(()) => Pending(Some(rx)),
             Err(_) => Pending(None),
         }
