@@ -4,6 +4,7 @@
 mod control;
 mod deposit;
 mod pipeline;
+pub(crate) mod proto;
 mod registry;
 mod subscribe;
 
