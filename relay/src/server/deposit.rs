@@ -72,7 +72,8 @@ pub(super) async fn run(
             }
         }
         match ds.poll_action() {
-            Some(DepositAction::Submit { id, .. }) => {
+            Some(DepositAction::Submit { id, frames }) => {
+                debug_assert_eq!(frames, batch.len());
                 in_flight.push_back((id, submit(shared, &mut batch).await));
                 continue;
             }

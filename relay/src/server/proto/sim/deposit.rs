@@ -43,6 +43,11 @@ pub struct DepositPair {
     shards: Vec<(BatchId, Vec<u32>)>,
     /// The last batch id submitted.
     last_id: Option<BatchId>,
+    /// The bytes of each batch submitted and not yet answered to the sender, oldest first:
+    /// counted here rather than asked of the state machine.
+    unanswered: VecDeque<usize>,
+    /// The payload length of each frame in the batch being collected.
+    batch_bytes: usize,
     /// DEPOSIT frames sent, taken into batches, and answered to the sender.
     sent: u32,
     taken: u32,
@@ -67,6 +72,8 @@ impl DepositPair {
             batch: Vec::new(),
             shards: Vec::new(),
             last_id: None,
+            unanswered: VecDeque::new(),
+            batch_bytes: 0,
             sent: 0,
             taken: 0,
             answered: 0,
@@ -145,6 +152,7 @@ impl DepositPair {
                     assert_eq!(i, self.taken, "frames are taken in order");
                     assert!(self.ds.on_frame(len).is_ok());
                     self.batch.push(i);
+                    self.batch_bytes += len;
                     self.taken += 1;
                 }
                 Wire::Unexpected => self
@@ -169,19 +177,23 @@ impl DepositPair {
                 assert!(self.last_id.is_none_or(|l| id > l), "batch ids ascend");
                 self.last_id = Some(id);
                 self.shards.push((id, std::mem::take(&mut self.batch)));
-                assert!(self.ds.in_flight() <= limits.max_in_flight);
+                self.unanswered
+                    .push_back(std::mem::take(&mut self.batch_bytes));
+                let bytes: usize = self.unanswered.iter().sum();
+                assert!(self.unanswered.len() <= limits.max_in_flight);
                 assert!(
-                    self.ds.in_flight_bytes()
-                        < limits.max_in_flight_bytes + limits.max_batch * self.max_len.max(1),
-                    "{} bytes in flight",
-                    self.ds.in_flight_bytes()
+                    bytes < limits.max_in_flight_bytes + limits.max_batch * self.max_len.max(1),
+                    "{bytes} bytes in flight"
                 );
+                assert_eq!(self.ds.in_flight(), self.unanswered.len());
+                assert_eq!(self.ds.in_flight_bytes(), bytes);
             }
             DepositAction::SendResult(frames) => {
                 let want: Vec<u32> = (self.answered..self.answered + frames.len() as u32).collect();
                 assert_eq!(frames, want, "results cover the deposits in the order sent");
                 assert!(!frames.is_empty());
                 self.answered += frames.len() as u32;
+                self.unanswered.pop_front();
             }
             DepositAction::End(ending) => {
                 assert!(self.batch.is_empty() && self.shards.is_empty());

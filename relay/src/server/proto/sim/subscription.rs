@@ -193,6 +193,9 @@ pub struct SubscriptionPair {
     /// Per stream: the highest delivery the relay sent, the highest ACK it accepted.
     sent: u64,
     acked: u64,
+    /// Per stream, counted here rather than asked of the state machine: deliveries sent
+    /// and not yet deleted, whose number the window bounds.
+    outstanding: VecDeque<u64>,
     /// An ACK beyond the last delivery reached a live subscription: BAD_ACK must follow.
     expect_bad_ack: bool,
     /// Store operations complete as soon as they are issued.
@@ -216,6 +219,7 @@ impl SubscriptionPair {
             fetch_max: 0,
             sent: 0,
             acked: 0,
+            outstanding: VecDeque::new(),
             expect_bad_ack: false,
             instant_store: true,
         }
@@ -236,6 +240,7 @@ impl SubscriptionPair {
         self.subscriptions += 1;
         self.sent = 0;
         self.acked = 0;
+        self.outstanding.clear();
         self.expect_bad_ack = false;
         self.peer.last = 0;
         self.peer.unacked = 0;
@@ -304,7 +309,14 @@ impl SubscriptionPair {
                     self.sent = seq;
                     self.store.mark_delivered(seq);
                     self.down.push_back(Down::Deliver(seq));
+                    self.outstanding.push_back(seq);
                 }
+                assert!(
+                    self.outstanding.len() <= self.sub.window(),
+                    "{} delivered and unacknowledged, window {}",
+                    self.outstanding.len(),
+                    self.sub.window()
+                );
                 assert_eq!(self.sub.delivered_upto(), self.sent);
             }
             SubAction::End(ending) => {
@@ -344,6 +356,10 @@ impl SubscriptionPair {
             SubAction::DeleteUpTo(upto) => {
                 self.store.delete_upto(upto);
                 self.sub.on_deleted(upto);
+                while self.outstanding.front().is_some_and(|s| *s <= upto) {
+                    self.outstanding.pop_front();
+                }
+                assert_eq!(self.sub.in_flight(), self.outstanding.len());
             }
             SubAction::Deliver { .. } | SubAction::End(_) => {
                 unreachable!("not store operations")
