@@ -15,5 +15,19 @@ pub mod stream;
 pub mod tls;
 pub mod udp;
 
+/// Entry points for fuzzers: [`fuzzing::fuzz_subscription`] and [`fuzzing::fuzz_deposit`]
+/// read arbitrary bytes as a sequence of stream events, drive the relay's stream state
+/// machines through the simulated harness, and panic when a protocol invariant breaks. The
+/// harness itself is here too, for scenarios of a fuzzer's own. Not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::server::proto::sim::{
+        AckPolicy, Clock, DepositPair, SubscriptionPair, fuzz_deposit, fuzz_subscription,
+    };
+    pub use crate::server::proto::{
+        BatchId, DepositAction, DepositLimits, DepositStream, Ending, SubAction, Subscription,
+    };
+}
+
 pub use config::{Rate, RelayConfig, RelayLimits, RetryPolicy, stream_credit};
 pub use server::{RelayHandle, start};

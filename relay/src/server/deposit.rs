@@ -4,9 +4,14 @@
 //! batches of one stream may be with the shards at once, so the stream keeps reading while
 //! the store commits; how many is bounded ([`MAX_IN_FLIGHT`]), and beyond that QUIC flow
 //! control holds back the sender.
+//!
+//! This is the async shell: batching, the in-flight bounds, answer order and the stream's
+//! ending are decided by the sans-IO [`DepositStream`]; this file reads frames, submits
+//! batches to the shards, writes the answers and feeds it what happens.
 
 use super::Shared;
 use super::pipeline::Answered;
+use super::proto::{BatchId, DepositAction, DepositLimits, DepositStream, Ending};
 use crate::stream::{FrameReader, ReadError, frame_error_reply, refuse};
 use quinn::SendStream;
 use sealpost_core::envelope::{Envelope, EnvelopeErrorClass};
@@ -28,16 +33,6 @@ const MAX_IN_FLIGHT_BYTES: usize = 2 << 20;
 /// One batch's statuses, once every shard involved has answered.
 type Answer = Pin<Box<dyn Future<Output = Answered> + Send>>;
 
-/// How the stream ends once the answers in flight are sent.
-enum End {
-    /// The sender finished the stream.
-    Finish,
-    /// A fault to report with an ERROR.
-    Refuse(ErrorCode, String),
-    /// The stream or connection is gone.
-    Dead,
-}
-
 pub(super) async fn run(
     shared: &Arc<Shared>,
     first: Frame,
@@ -45,95 +40,98 @@ pub(super) async fn run(
     mut send: SendStream,
 ) {
     let max_batch = shared.limits.max_batch;
+    let mut ds: DepositStream<Answered> = DepositStream::new(DepositLimits {
+        max_batch,
+        max_in_flight: MAX_IN_FLIGHT,
+        max_in_flight_bytes: MAX_IN_FLIGHT_BYTES,
+    });
+    // The frames of the batch being collected; the state machine counts them.
     let mut batch: Vec<Frame> = Vec::with_capacity(max_batch);
-    batch.push(first);
-    let mut in_flight: VecDeque<(Answer, usize)> = VecDeque::with_capacity(MAX_IN_FLIGHT);
-    let mut in_flight_bytes = 0usize;
-    let mut end: Option<End> = None;
+    take_frame(&mut ds, &mut batch, first);
+    // The answers of submitted batches, oldest first.
+    let mut in_flight: VecDeque<(BatchId, Answer)> = VecDeque::with_capacity(MAX_IN_FLIGHT);
     let mut shutdown = shared.shutdown.clone();
     loop {
-        if end.is_none() {
-            // Take what is already decoded, without waiting.
-            while batch.len() < max_batch {
-                match reader.buffered_frame() {
-                    Ok(Some(f)) if f.ty == FrameType::Deposit => batch.push(f),
-                    Ok(Some(f)) => {
-                        // The deposits before it are answered, then the stream ends.
-                        let msg = format!(
-                            "only DEPOSIT frames may follow on a deposit stream, got {:?}",
-                            f.ty
-                        );
-                        end = Some(End::Refuse(ErrorCode::UnexpectedFrame, msg));
-                        break;
-                    }
-                    Ok(None) => break,
-                    Err(ReadError::Frame(e)) => {
-                        let (code, msg) = frame_error_reply(&e);
-                        end = Some(End::Refuse(code, msg));
-                        break;
-                    }
-                    Err(ReadError::Stream) => {
-                        end = Some(End::Dead);
-                        break;
-                    }
+        // Take what is already decoded, without waiting.
+        while ds.frames_wanted() > 0 {
+            match reader.buffered_frame() {
+                Ok(Some(f)) if f.ty == FrameType::Deposit => take_frame(&mut ds, &mut batch, f),
+                Ok(Some(f)) => {
+                    // The deposits before it are answered, then the stream ends.
+                    let msg = format!(
+                        "only DEPOSIT frames may follow on a deposit stream, got {:?}",
+                        f.ty
+                    );
+                    ds.on_peer_error(ErrorCode::UnexpectedFrame, msg);
                 }
+                Ok(None) => break,
+                Err(ReadError::Frame(e)) => {
+                    let (code, msg) = frame_error_reply(&e);
+                    ds.on_peer_error(code, msg);
+                }
+                Err(ReadError::Stream) => ds.on_stream_failed(),
             }
         }
-        let room = in_flight.len() < MAX_IN_FLIGHT && in_flight_bytes < MAX_IN_FLIGHT_BYTES;
-        if !batch.is_empty() && room {
-            let bytes = batch.iter().map(|f| f.payload.len()).sum::<usize>();
-            in_flight_bytes += bytes;
-            in_flight.push_back((submit(shared, &mut batch).await, bytes));
-            continue;
-        }
-        if in_flight.is_empty()
-            && batch.is_empty()
-            && let Some(end) = end
-        {
-            match end {
-                End::Finish => {
-                    let _ = send.finish();
-                }
-                End::Refuse(code, msg) => refuse(&mut send, Some(&mut reader), code, msg).await,
-                End::Dead => {}
+        match ds.poll_action() {
+            Some(DepositAction::Submit { id, frames }) => {
+                debug_assert_eq!(frames, batch.len());
+                in_flight.push_back((id, submit(shared, &mut batch).await));
+                continue;
             }
-            return;
-        }
-        // Read more only while there is room to submit it.
-        let can_read = end.is_none() && batch.is_empty() && room;
-        tokio::select! {
-            biased;
-            answered = async { in_flight.front_mut().expect("checked non-empty").0.as_mut().await },
-                if !in_flight.is_empty() =>
-            {
-                if let Some((_, bytes)) = in_flight.pop_front() {
-                    in_flight_bytes -= bytes;
-                }
+            Some(DepositAction::SendResult(answered)) => {
                 let frame = frame_with(FrameType::DepositResult, |b| {
                     encode_deposit_result(&answered.statuses, answered.retry_after_ms, b)
                 });
                 if send.write_all(&frame).await.is_err() {
                     return;
                 }
+                continue;
+            }
+            Some(DepositAction::End(ending)) => {
+                match ending {
+                    Ending::Finish => {
+                        let _ = send.finish();
+                    }
+                    Ending::Error(code, msg) => {
+                        refuse(&mut send, Some(&mut reader), code, msg).await
+                    }
+                    Ending::Abandon => {}
+                }
+                return;
+            }
+            None => {}
+        }
+        let can_read = ds.wants_read();
+        tokio::select! {
+            biased;
+            statuses = async { in_flight.front_mut().expect("checked non-empty").1.as_mut().await },
+                if !in_flight.is_empty() =>
+            {
+                if let Some((id, _)) = in_flight.pop_front() {
+                    ds.on_answer(id, statuses);
+                }
             }
             more = reader.fill(), if can_read => match more {
                 Ok(true) => {}
-                Ok(false) => end = Some(End::Finish),
+                Ok(false) => ds.on_peer_finished(),
                 Err(ReadError::Frame(e)) => {
                     let (code, msg) = frame_error_reply(&e);
-                    end = Some(End::Refuse(code, msg));
+                    ds.on_peer_error(code, msg);
                 }
-                Err(ReadError::Stream) => end = Some(End::Dead),
+                Err(ReadError::Stream) => ds.on_stream_failed(),
             },
             // Stop reading; what was read is still answered before the ERROR.
-            _ = shutdown.changed(), if end.is_none() => {
-                end = Some(End::Refuse(
-                    ErrorCode::ShuttingDown,
-                    "relay shutting down; reconnect and resend what was not answered".into(),
-                ));
-            }
+            _ = shutdown.changed(), if !ds.is_ending() => ds.on_shutdown(),
         }
     }
+}
+
+/// Adds a DEPOSIT frame to the batch being collected. Only called while the state machine
+/// wants frames, so it is never refused; were it refused, dropping the frame unanswered
+/// would break the in-order results, so it is kept and submitted with the batch instead.
+fn take_frame(ds: &mut DepositStream<Answered>, batch: &mut Vec<Frame>, f: Frame) {
+    let _ = ds.on_frame(f.payload.len());
+    batch.push(f);
 }
 
 /// Parses a batch, hands its envelopes to their shards and returns the future of its

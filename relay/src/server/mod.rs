@@ -5,6 +5,7 @@ mod control;
 mod deposit;
 pub mod limits;
 mod pipeline;
+pub(crate) mod proto;
 mod registry;
 mod subscribe;
 

@@ -3,8 +3,13 @@
 //! unacknowledged, each re-sealed under the mailbox's delivery key with a fresh random nonce.
 //! Cumulative ACKs delete what they cover. Whatever is unacknowledged when the stream ends is
 //! delivered again on the next subscription.
+//!
+//! This is the async shell: the rules (window, ACKs, when to fetch, how the stream ends) are
+//! in the sans-IO [`Subscription`]; this file carries out its actions against the store and
+//! the stream and feeds it what happens.
 
 use super::Shared;
+use super::proto::{Ending, SubAction, Subscription};
 use super::registry::Kick;
 use crate::store::StoredEnvelope;
 use crate::stream::{FrameReader, ReadError, frame_error_reply, refuse};
@@ -20,7 +25,6 @@ use sealpost_core::keys::{
 use sealpost_core::msg::{DELIVER_PREFIX, Subscribe, Subscribed, decode_ack, frame_with};
 use sealpost_core::status::ErrorCode;
 use sealpost_core::suite::TAG_LEN;
-use std::collections::VecDeque;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -130,125 +134,118 @@ pub(super) async fn run(
     let ack_reader = tokio::spawn(read_acks(reader, tx));
     let mut shutdown = shared.shutdown.clone();
     let mut rng = StdRng::from_os_rng();
-    let mut sent_upto = 0u64; // highest seq sent on this stream
-    let mut stalled = false;
-    let mut acked_upto = 0u64; // highest seq acknowledged on this stream
-    // Sequence numbers delivered on this stream and not yet acknowledged, ascending.
-    let mut in_flight: VecDeque<u64> = VecDeque::with_capacity(window as usize);
-    // A non-ACK message found while draining queued ACKs, handled on the next turn.
-    let mut pending_msg: Option<FromPeer> = None;
-    let outcome: Option<(ErrorCode, String)> = 'serve: loop {
-        match pending_msg.take() {
-            Some(FromPeer::Refuse(code, msg)) => break 'serve Some((code, msg)),
-            Some(FromPeer::Closed) => break 'serve None,
-            Some(FromPeer::Ack(_)) | None => {}
-        }
-        // Mark the signal seen before fetching, so an append racing with the fetch still wakes us.
-        wake.borrow_and_update();
-        if in_flight.len() >= window as usize {
-            // A full window waits for ACKs, not for the store.
-            stalled = false;
-        }
-        while in_flight.len() < window as usize {
-            let room = window as usize - in_flight.len();
-            let batch = match shared
-                .store
-                .fetch(
-                    &req.recipient_id,
-                    sent_upto,
-                    room.min(shared.limits.max_batch),
-                )
-                .await
-            {
-                Ok(b) => b,
-                Err(e) => {
-                    break 'serve Some((ErrorCode::Unavailable, format!("store unavailable: {e}")));
+    let mut sub = Subscription::new(window, shared.limits.max_batch);
+    // The last fetch; `Deliver` sends a prefix of it.
+    let mut batch: Vec<StoredEnvelope> = Vec::new();
+    let ending = 'serve: loop {
+        // Carry out what the state machine asks, one store operation at a time.
+        while let Some(action) = sub.poll_action() {
+            match action {
+                SubAction::Fetch { after, max } => {
+                    // Mark the signal seen before fetching, so an append racing with the
+                    // fetch still wakes us.
+                    wake.borrow_and_update();
+                    match shared.store.fetch(&req.recipient_id, after, max).await {
+                        Ok(b) => {
+                            batch = b;
+                            sub.on_fetched(batch.iter().map(|e| e.seq));
+                        }
+                        Err(e) => sub.on_store_failed(e),
+                    }
                 }
-            };
-            if batch.is_empty() {
-                // Held envelopes beyond what this stream delivered, yet none came back: they are
-                // not durable or not readable yet. Look again shortly, in case the write that
-                // completes them wakes only other mailboxes.
-                let held = shared.store.pending(&req.recipient_id).await.unwrap_or(0);
-                stalled = held > in_flight.len() as u64;
-                break;
+                SubAction::CountHeld => {
+                    let held = shared.store.pending(&req.recipient_id).await.unwrap_or(0);
+                    sub.on_held(held, std::time::Instant::now());
+                }
+                SubAction::Deliver { count } => {
+                    let batch = &batch[..count];
+                    let t0 = std::time::Instant::now();
+                    let mut frames = seal_deliveries(
+                        &shared.engine,
+                        &req.recipient_id,
+                        &keys.deliver,
+                        batch,
+                        &mut rng,
+                    );
+                    metrics::histogram!(crate::metrics::BATCH_SEAL)
+                        .record(t0.elapsed().as_secs_f64());
+                    metrics::counter!(crate::metrics::DELIVERIES).increment(batch.len() as u64);
+                    metrics::counter!(crate::metrics::BYTES_OUT)
+                        .increment(frames.iter().map(|f| f.len() as u64).sum());
+                    if send.write_all_chunks(&mut frames).await.is_err() {
+                        sub.on_stream_closed();
+                    }
+                }
+                SubAction::DeleteUpTo(seq) => {
+                    match shared.store.ack(&req.recipient_id, seq).await {
+                        Ok(_) => {
+                            metrics::counter!(crate::metrics::ACKS).increment(1);
+                            sub.on_deleted(seq);
+                        }
+                        Err(e) => sub.on_store_failed(e),
+                    }
+                }
+                SubAction::End(ending) => break 'serve ending,
             }
-            stalled = false;
-            let last = batch[batch.len() - 1].seq;
-            let t0 = std::time::Instant::now();
-            let mut frames = seal_deliveries(
-                &shared.engine,
-                &req.recipient_id,
-                &keys.deliver,
-                &batch,
-                &mut rng,
-            );
-            metrics::histogram!(crate::metrics::BATCH_SEAL).record(t0.elapsed().as_secs_f64());
-            metrics::counter!(crate::metrics::DELIVERIES).increment(batch.len() as u64);
-            metrics::counter!(crate::metrics::BYTES_OUT)
-                .increment(frames.iter().map(|f| f.len() as u64).sum());
-            if send.write_all_chunks(&mut frames).await.is_err() {
-                break 'serve None;
-            }
-            in_flight.extend(batch.iter().map(|e| e.seq));
-            sent_upto = last;
         }
+        let stall = sub.poll_timeout();
         tokio::select! {
-            _ = tokio::time::sleep(std::time::Duration::from_millis(20)), if stalled => {}
+            _ = sleep_until(stall), if stall.is_some() => {
+                sub.handle_timeout(std::time::Instant::now());
+            }
             msg = rx.recv() => match msg {
-                Some(FromPeer::Ack(mut seq)) => {
-                    // ACKs are cumulative: take every one already queued and apply only the
-                    // highest, one store write for many ACK frames.
-                    let mut after = None;
+                Some(FromPeer::Ack(seq)) => {
+                    sub.on_ack(seq);
+                    // ACKs are cumulative: take every one already queued before acting, one
+                    // store write for many ACK frames.
                     while let Ok(next) = rx.try_recv() {
                         match next {
-                            FromPeer::Ack(s) => seq = seq.max(s),
+                            FromPeer::Ack(s) => sub.on_ack(s),
                             other => {
-                                after = Some(other);
+                                from_peer_end(&mut sub, other);
                                 break;
                             }
                         }
                     }
-                    if let Some(other) = after {
-                        pending_msg = Some(other);
-                    }
-                    if seq > sent_upto {
-                        break 'serve Some((ErrorCode::BadAck, format!("ACK {seq} is beyond the last delivered seq {sent_upto}")));
-                    }
-                    if seq > acked_upto {
-                        if let Err(e) = shared.store.ack(&req.recipient_id, seq).await {
-                            break 'serve Some((ErrorCode::Unavailable, format!("store unavailable: {e}")));
-                        }
-                        acked_upto = seq;
-                        metrics::counter!(crate::metrics::ACKS).increment(1);
-                        while in_flight.front().is_some_and(|s| *s <= seq) {
-                            in_flight.pop_front();
-                        }
-                    }
                 }
-                Some(FromPeer::Refuse(code, msg)) => break 'serve Some((code, msg)),
-                Some(FromPeer::Closed) | None => break 'serve None,
+                Some(other) => from_peer_end(&mut sub, other),
+                None => sub.on_stream_closed(),
             },
-            changed = wake.changed() => {
-                if changed.is_err() {
-                    break 'serve Some((ErrorCode::UnknownMailbox, "mailbox was deleted".into()));
-                }
-            }
-            k = &mut kicked => {
-                break 'serve Some(match k {
-                    Ok(Kick::Deleted) => (ErrorCode::UnknownMailbox, "mailbox was deleted".into()),
-                    _ => (ErrorCode::Replaced, "a newer subscription for this mailbox took over".into()),
-                });
-            }
-            _ = shutdown.changed() => break 'serve Some((ErrorCode::ShuttingDown, "relay shutting down; reconnect".into())),
+            changed = wake.changed() => match changed {
+                Ok(()) => sub.on_wake(),
+                Err(_) => sub.on_mailbox_deleted(),
+            },
+            k = &mut kicked => match k {
+                Ok(Kick::Deleted) => sub.on_mailbox_deleted(),
+                _ => sub.on_replaced(),
+            },
+            _ = shutdown.changed() => sub.on_shutdown(),
         }
     };
     ack_reader.abort();
-    match outcome {
-        Some((code, msg)) => refuse(&mut send, None, code, msg).await,
-        None => {
+    match ending {
+        Ending::Error(code, msg) => refuse(&mut send, None, code, msg).await,
+        Ending::Finish => {
             let _ = send.finish();
         }
+        Ending::Abandon => {}
+    }
+}
+
+/// Sleeps until `deadline`; only polled when there is one.
+async fn sleep_until(deadline: Option<std::time::Instant>) {
+    if let Some(d) = deadline {
+        tokio::time::sleep_until(d.into()).await;
+    }
+}
+
+/// A message from the ACK reader that ends the subscription.
+fn from_peer_end(sub: &mut Subscription, msg: FromPeer) {
+    match msg {
+        FromPeer::Refuse(code, msg) => sub.on_peer_error(code, msg),
+        FromPeer::Closed => sub.on_stream_closed(),
+        // Not an ending; the caller handles ACKs.
+        FromPeer::Ack(seq) => sub.on_ack(seq),
     }
 }
 

@@ -10,7 +10,7 @@ use sealpost_core::e2e;
 use sealpost_core::frame::{Frame, FrameDecoder, FrameType};
 use sealpost_core::msg::ErrorMsg;
 use sealpost_core::status::ErrorCode;
-use sealpost_relay::client::{Client, ClientError, Mailbox};
+use sealpost_relay::client::{Client, ClientError, Mailbox, Subscription};
 use sealpost_relay::store::memory::MemoryStore;
 use sealpost_relay::{RelayConfig, RelayHandle, RelayLimits};
 use std::sync::Arc;
@@ -76,6 +76,22 @@ pub async fn seal(c: &Client, mb: &Mailbox, content: &[u8]) -> Bytes {
         content,
     )
     .expect("seal")
+}
+
+/// Finishes a subscription from the client side and reads until the relay ends its side.
+/// The relay applies every ACK it read before the FIN, then finishes: once this returns, the
+/// acknowledged envelopes are deleted, with no sleep to guess how long that takes.
+/// Deliveries still arriving are read and dropped.
+pub async fn end_subscription(sub: &mut Subscription) {
+    sub.finish();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), sub.next()).await {
+            Ok(Ok(Some(_))) => {}
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => panic!("subscription ended with {e}"),
+            Err(_) => panic!("relay did not end the subscription in time"),
+        }
+    }
 }
 
 /// Opens a raw stream, writes `bytes`, optionally finishes, and returns the frames the relay
