@@ -181,9 +181,12 @@ impl Default for RelayLimits {
             connection_stream_rate: Rate::new(200, 400),
             frame_timeout: Duration::from_secs(30),
             deposit_buffer_bytes: 64 << 20,
-            stream_receive_window: 1 << 20,
-            connection_receive_window: 4 << 20,
-            connection_send_window: 4 << 20,
+            // quinn's defaults are 1.25 MB, unbounded and 10 MB. Halving and quartering them
+            // made no difference above the noise in `run` at 1 KiB and 16 KiB on loopback
+            // (docs/BENCHMARKS.md, "Abuse"), and they are per connection.
+            stream_receive_window: 512 << 10,
+            connection_receive_window: 2 << 20,
+            connection_send_window: 2 << 20,
         }
     }
 }

@@ -182,13 +182,13 @@ pub struct Settings {
     /// Envelope bytes queued for the deposit shards, relay-wide [default: 67108864].
     #[arg(long, env = "SEALPOST_DEPOSIT_BUFFER_BYTES")]
     pub deposit_buffer_bytes: Option<usize>,
-    /// QUIC flow-control window per stream, bytes [default: 1048576].
+    /// QUIC flow-control window per stream, bytes [default: 524288].
     #[arg(long, env = "SEALPOST_STREAM_RECEIVE_WINDOW")]
     pub stream_receive_window: Option<u32>,
-    /// QUIC flow-control window per connection, bytes [default: 4194304].
+    /// QUIC flow-control window per connection, bytes [default: 2097152].
     #[arg(long, env = "SEALPOST_CONNECTION_RECEIVE_WINDOW")]
     pub connection_receive_window: Option<u32>,
-    /// Bytes buffered for sending per connection [default: 4194304].
+    /// Bytes buffered for sending per connection [default: 2097152].
     #[arg(long, env = "SEALPOST_CONNECTION_SEND_WINDOW")]
     pub connection_send_window: Option<u32>,
     /// Crypto engine for deposit tags and delivery sealing: `auto` (the fastest this CPU runs),
