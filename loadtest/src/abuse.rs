@@ -1227,7 +1227,7 @@ async fn well_behaved(
     };
     let r = tokio::select! {
         r = crate::run::run(ro) => r.map_err(|e| format!("{e:#}")),
-        _ = abort.wait_for(|a| *a) => Err("the run was aborted".to_owned()),
+        _ = aborted(abort) => Err("the run was aborted".to_owned()),
     };
     match r {
         Ok(run) => {
@@ -1251,11 +1251,18 @@ async fn well_behaved(
     }
 }
 
+/// Resolves once the run aborts; never if it cannot (no sampler, so no sender).
+async fn aborted(abort: &mut watch::Receiver<bool>) {
+    if abort.wait_for(|a| *a).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Sleeps `d` unless the run aborts first.
 async fn wait_or_abort(d: Duration, abort: &mut watch::Receiver<bool>) {
     tokio::select! {
         _ = tokio::time::sleep(d) => {}
-        _ = abort.wait_for(|a| *a) => {}
+        _ = aborted(abort) => {}
     }
 }
 
