@@ -1,7 +1,8 @@
 //! The real `sealpost-relay serve` as a child process, for the runs that must kill or
-//! measure the relay from outside (chaos, many mailboxes).
+//! measure the relay from outside (chaos, many mailboxes, abuse).
 
 use anyhow::Context;
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -17,33 +18,43 @@ pub struct RelayProcess {
 /// Starts `bin serve` on the disk store at `dir`, listening on `addr`, and waits until it
 /// prints its pin (it does so once it accepts connections).
 pub fn start(bin: &Path, addr: &str, dir: &Path) -> anyhow::Result<RelayProcess> {
+    let mut args: Vec<OsString> = [
+        "--store",
+        "disk",
+        "--admin",
+        "127.0.0.1:0",
+        "--listen",
+        addr,
+        // A few mailboxes take the load of many and all connections come from one
+        // address: the abuse limits are off, as in the in-process relay of `run`.
+        "--mailbox-deposits-per-sec",
+        "0",
+        "--source-connections-per-sec",
+        "0",
+        "--max-connections-per-source",
+        "0",
+        "--connection-streams-per-sec",
+        "0",
+        "--source-creates-per-sec",
+        "0",
+        "--data-dir",
+    ]
+    .into_iter()
+    .map(OsString::from)
+    .collect();
+    args.push(dir.into());
+    start_serve(bin, &args, Stdio::null())
+}
+
+/// Starts `bin serve ARGS…` with its log at `warn` going to `stderr`, and waits until it prints
+/// its pin.
+pub fn start_serve(bin: &Path, args: &[OsString], stderr: Stdio) -> anyhow::Result<RelayProcess> {
     let mut child = Command::new(bin)
-        .args([
-            "serve",
-            "--store",
-            "disk",
-            "--admin",
-            "127.0.0.1:0",
-            "--listen",
-            addr,
-            // A few mailboxes take the load of many and all connections come from one
-            // address: the abuse limits are off, as in the in-process relay of `run`.
-            "--mailbox-deposits-per-sec",
-            "0",
-            "--source-connections-per-sec",
-            "0",
-            "--max-connections-per-source",
-            "0",
-            "--connection-streams-per-sec",
-            "0",
-            "--source-creates-per-sec",
-            "0",
-            "--data-dir",
-        ])
-        .arg(dir)
+        .arg("serve")
+        .args(args)
         .env("SEALPOST_LOG", "warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
     let stdout = child.stdout.take().context("relay stdout")?;

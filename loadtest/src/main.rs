@@ -78,6 +78,11 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Bounded memory under attack: a well-behaved client alone, then again while hostile
+    /// connections from several loopback addresses attack the relay (half-open streams,
+    /// slowloris, trickled maximum-size frames, subscribe churn, bad-tag floods); compares the
+    /// p99 latencies and the relay's peak RSS with their targets; exits 2 on FAIL.
+    Abuse(Box<AbuseArgs>),
     /// dudect-style constant-time check of the engine (fixed vs random inputs, Welch's t-test).
     CtCheck {
         /// Timed batches per class.
@@ -87,6 +92,104 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+}
+
+#[derive(Args)]
+struct AbuseArgs {
+    /// The sealpost-relay binary to start (default: next to this one).
+    #[arg(long)]
+    relay_bin: Option<PathBuf>,
+    /// Store of the started relay: memory or disk.
+    #[arg(long, default_value = "memory")]
+    store: sealpost_loadtest::run::StoreKind,
+    /// A further `sealpost-relay serve` option for the started relay, KEY=VALUE (passed as
+    /// --KEY=VALUE; repeatable), e.g. --relay-arg max-streams=100.
+    #[arg(long = "relay-arg", value_name = "KEY=VALUE")]
+    relay_args: Vec<String>,
+    /// Attack a relay already running at this loopback address instead of starting one (its
+    /// RSS is not measured, so the memory target is not checked).
+    #[arg(long, requires = "pin", conflicts_with_all = ["relay_bin", "relay_args"])]
+    target: Option<std::net::SocketAddr>,
+    /// The --target relay's certificate pin (64 hex digits).
+    #[arg(long, requires = "target")]
+    pin: Option<String>,
+    /// The --target relay's admin address, for its /metrics.
+    #[arg(long, requires = "target")]
+    admin: Option<std::net::SocketAddr>,
+    /// Hostile connections, divided evenly among the attacks.
+    #[arg(long, default_value_t = 1000)]
+    hostile: usize,
+    /// Loopback source addresses for them: 127.0.0.2 up to 127.0.0.(1 + N).
+    #[arg(long, default_value_t = 8)]
+    sources: u8,
+    /// Attacks, comma-separated: half-open, slowloris, trickle, churn, badtag-flood.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "half-open,slowloris,trickle,churn,badtag-flood"
+    )]
+    attacks: Vec<sealpost_loadtest::abuse::Attack>,
+    /// The well-behaved client's open-loop rate, envelopes per second.
+    #[arg(long, default_value_t = 2000.0)]
+    rate: f64,
+    /// Its envelope body size.
+    #[arg(long, default_value_t = 1024)]
+    size: u32,
+    /// Its mailboxes.
+    #[arg(long, default_value_t = 4)]
+    mailboxes: usize,
+    /// Its connections.
+    #[arg(long, default_value_t = 2)]
+    connections: usize,
+    /// Seconds of measured load in each phase (baseline, attack).
+    #[arg(long, default_value_t = 20.0)]
+    phase_secs: f64,
+    /// Seconds of unmeasured load at the start of each phase.
+    #[arg(long, default_value_t = 2.0)]
+    warmup_secs: f64,
+    /// Seconds the attack runs before the attack phase starts (connections open over the first
+    /// half).
+    #[arg(long, default_value_t = 10.0)]
+    ramp_secs: f64,
+    /// Seconds RSS is still sampled after the attack stops.
+    #[arg(long, default_value_t = 3.0)]
+    recovery_secs: f64,
+    /// The relay's resident memory must stay under this, MiB.
+    #[arg(long, default_value_t = 512)]
+    memory_budget_mib: u64,
+    /// Kill the relay and stop if its resident memory exceeds this, MiB.
+    #[arg(long, default_value_t = 4096)]
+    abort_rss_mib: u64,
+    /// Largest allowed attack p99 / baseline p99.
+    #[arg(long, default_value_t = 2.0)]
+    p99_ratio: f64,
+    /// Worker threads of the attacker's own runtime.
+    #[arg(long, default_value_t = 1)]
+    attack_threads: usize,
+    /// Most streams one hostile connection holds (the relay may grant fewer).
+    #[arg(long, default_value_t = 256)]
+    max_streams_per_conn: usize,
+    /// Milliseconds between two bytes of a slowloris stream.
+    #[arg(long, default_value_t = 1000)]
+    slow_pause_ms: u64,
+    /// Bytes a trickle stream sends at a time.
+    #[arg(long, default_value_t = 1)]
+    trickle_bytes: usize,
+    /// Milliseconds between two trickle chunks.
+    #[arg(long, default_value_t = 1000)]
+    trickle_interval_ms: u64,
+    /// Body size of the bad-tag flood's envelopes.
+    #[arg(long, default_value_t = 1024)]
+    flood_size: u32,
+    /// Mailboxes the attacker creates for churn and flood.
+    #[arg(long, default_value_t = 64)]
+    attack_mailboxes: usize,
+    /// Write the report (with the RSS timeline) as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// No progress line.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Args)]
@@ -272,6 +375,7 @@ impl LoadArgs {
             store: sealpost_loadtest::run::StoreKind::Memory,
             backlog: false,
             e2e,
+            live_delivered: None,
         })
     }
 }
@@ -293,6 +397,7 @@ async fn main() -> ExitCode {
         Cmd::Speed(a) => speed_cmd(a),
         Cmd::Overhead(a) => overhead_cmd(a),
         Cmd::CtCheck { samples, json } => ct_cmd(samples, json),
+        Cmd::Abuse(a) => abuse_cmd(*a).await,
         Cmd::Mailboxes {
             count,
             active,
@@ -662,4 +767,61 @@ async fn many_cmd(
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn abuse_cmd(a: AbuseArgs) -> anyhow::Result<ExitCode> {
+    use sealpost_loadtest::abuse::{self, AbuseOptions, RelaySource};
+    let relay = match a.target {
+        Some(addr) => RelaySource::External {
+            addr,
+            pin: sealpost_relay::tls::parse_pin(a.pin.as_deref().context("--target needs --pin")?)?,
+            admin: a.admin,
+        },
+        None => RelaySource::Spawn {
+            bin: sealpost_loadtest::child::relay_bin(a.relay_bin)?,
+            store: a.store,
+            args: a.relay_args,
+        },
+    };
+    let ms = Duration::from_millis;
+    let opts = AbuseOptions {
+        hostile: a.hostile,
+        sources: a.sources,
+        attacks: a.attacks,
+        rate: a.rate,
+        size: a.size,
+        mailboxes: a.mailboxes,
+        connections: a.connections,
+        phase: secs("phase-secs", a.phase_secs)?,
+        warmup: secs("warmup-secs", a.warmup_secs)?,
+        ramp: secs("ramp-secs", a.ramp_secs)?,
+        recovery: secs("recovery-secs", a.recovery_secs)?,
+        memory_budget_mib: a.memory_budget_mib,
+        abort_rss_mib: a.abort_rss_mib,
+        p99_ratio_target: a.p99_ratio,
+        attack_threads: a.attack_threads,
+        max_streams_per_conn: a.max_streams_per_conn,
+        slow_pause: ms(a.slow_pause_ms),
+        trickle_bytes: a.trickle_bytes,
+        trickle_interval: ms(a.trickle_interval_ms),
+        flood_size: a.flood_size,
+        attack_mailboxes: a.attack_mailboxes,
+        progress: !a.quiet,
+        ..AbuseOptions::new(relay)
+    };
+    // On Ctrl-C the run is dropped, which kills the relay child.
+    let report = tokio::select! {
+        r = abuse::run(opts) => r?,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+    };
+    report.print();
+    if let Some(path) = a.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(if report.verdict.pass {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
 }

@@ -37,14 +37,7 @@ pub struct ManyReport {
 }
 
 fn rss_of(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .context("reading /proc/<pid>/status")?;
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS in /proc/<pid>/status")?;
-    Ok(kb * 1024)
+    crate::abuse::proc_status_bytes(pid, "VmRSS").context("no VmRSS in /proc/<pid>/status")
 }
 
 /// Starts the relay on `dir`, waits for ready, returns (seconds to ready, RSS once ready).

@@ -73,6 +73,9 @@ pub struct RunOptions {
     pub backlog: bool,
     /// End-to-end sealing in the generator.
     pub e2e: E2eMode,
+    /// A counter the run also adds each distinct verified delivery to, for a caller that
+    /// shows its own progress (`abuse` runs this load inside its phases).
+    pub live_delivered: Option<Arc<AtomicU64>>,
 }
 
 /// A relay started for the run; shut down when the run ends.
@@ -276,6 +279,7 @@ struct Ctx {
     sizes: SizeClasses,
     counters: Counters,
     tracks: Vec<Mutex<Track>>,
+    live_delivered: Option<Arc<AtomicU64>>,
 }
 
 impl RunOptions {
@@ -391,6 +395,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
         tracks: (0..opts.mailboxes)
             .map(|_| Mutex::new(Track::default()))
             .collect(),
+        live_delivered: opts.live_delivered.clone(),
     });
 
     // Subscribers first, so deliveries flow from the first deposit (unless recipients are
@@ -767,6 +772,9 @@ async fn subscriber(
                     ctx.counters.duplicated.fetch_add(1, Ordering::Relaxed);
                 } else {
                     ctx.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                    if let Some(live) = &ctx.live_delivered {
+                        live.fetch_add(1, Ordering::Relaxed);
+                    }
                     let latency = now.saturating_sub(s.sent_us).max(1);
                     let mut l = ctx.latencies.lock().unwrap_or_else(|p| p.into_inner());
                     l.second.saturating_record(latency);

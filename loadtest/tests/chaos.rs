@@ -2,28 +2,11 @@
 //! times, and restarted on the same data directory; nothing it acknowledged may be lost,
 //! corrupted or stored twice.
 
-use sealpost_loadtest::chaos::{ChaosOptions, run};
-use std::path::PathBuf;
-use std::time::Duration;
+mod common;
 
-/// The relay binary cargo built for this workspace (tests run from target/<profile>/deps).
-fn relay_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>");
-    let bin = profile_dir.join(format!("sealpost-relay{}", std::env::consts::EXE_SUFFIX));
-    if !bin.exists() {
-        // Running this crate's tests alone: build the relay first (same target directory).
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "-p", "sealpost-relay", "--bin", "sealpost-relay"])
-            .status()
-            .expect("running cargo build");
-        assert!(status.success(), "building sealpost-relay failed");
-    }
-    bin
-}
+use common::relay_bin;
+use sealpost_loadtest::chaos::{ChaosOptions, run};
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_sigkills_lose_nothing_acknowledged() {

@@ -122,6 +122,7 @@ fn options(target: Target) -> RunOptions {
         store: sealpost_loadtest::run::StoreKind::Memory,
         backlog: false,
         e2e: sealpost_loadtest::run::E2eMode::Fast,
+        live_delivered: None,
     }
 }
 
