@@ -210,9 +210,9 @@ impl FrameDecoder {
             }
             // Not `reserve(total)`: a sender could announce a maximum-size frame with five
             // bytes and make the receiver hold the whole frame's memory. The buffer grows
-            // with what arrives (doubling, so a large frame costs a few copies at most).
-            self.partial.extend_from_slice(&self.chunk);
-            self.chunk = Bytes::new();
+            // with what arrives (see `append`).
+            let chunk = std::mem::take(&mut self.chunk);
+            Self::append(&mut self.partial, &chunk, total);
             return Ok(None);
         }
 
@@ -240,13 +240,33 @@ impl FrameDecoder {
         self.check_header(len, ty)?;
         let total = LEN_PREFIX + len as usize;
         let take = (total - self.partial.len()).min(self.chunk.len());
-        self.partial.extend_from_slice(&self.chunk.split_to(take));
+        let more = self.chunk.split_to(take);
+        Self::append(&mut self.partial, &more, total);
         if self.partial.len() < total {
             return Ok(None);
         }
         let mut frame = self.partial.split().freeze();
         frame.advance(LEN_PREFIX);
         Ok(Some(Self::finish_frame(frame)))
+    }
+
+    /// Appends part of a frame of `total` bytes (prefix included). The buffer doubles while
+    /// less than half the frame is there, so its memory follows what arrived; from half-way
+    /// on it is sized to the frame exactly, so that it never holds more than the frame.
+    fn append(partial: &mut BytesMut, bytes: &[u8], total: usize) {
+        let want = partial.len() + bytes.len();
+        if want > partial.capacity() && want.saturating_mul(2) >= total {
+            let mut exact = BytesMut::with_capacity(total.max(want));
+            exact.extend_from_slice(partial);
+            *partial = exact;
+        }
+        partial.extend_from_slice(bytes);
+    }
+
+    /// Bytes of memory the decoder holds for a frame not yet complete (a receiver adds them
+    /// up to bound what half-received frames cost it).
+    pub fn held_bytes(&self) -> usize {
+        self.partial.capacity() + self.chunk.len()
     }
 
     /// `frame` starts at the type byte, which `check_header` has already validated.
@@ -321,10 +341,29 @@ mod tests {
             assert!(dec.next_frame().unwrap().is_none());
         }
         assert!(
-            dec.partial.capacity() < 1024,
+            dec.held_bytes() < 1024,
             "{} bytes held for 105 received",
-            dec.partial.capacity()
+            dec.held_bytes()
         );
+    }
+
+    #[test]
+    fn a_frame_arriving_a_byte_at_a_time_never_costs_more_than_itself() {
+        let mut buf = BytesMut::new();
+        encode(FrameType::Deposit, &[7u8; 5000], &mut buf);
+        let total = buf.len();
+        let mut dec = FrameDecoder::new(70_000);
+        let mut most = 0;
+        for (i, b) in buf.iter().enumerate() {
+            dec.push(Bytes::copy_from_slice(&[*b]));
+            let f = dec.next_frame().unwrap();
+            most = most.max(dec.held_bytes());
+            assert_eq!(f.is_some(), i + 1 == total);
+            if let Some(f) = f {
+                assert_eq!(&f.payload[..], &[7u8; 5000][..]);
+            }
+        }
+        assert!(most <= total, "held {most} for a frame of {total}");
     }
 
     #[test]

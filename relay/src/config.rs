@@ -88,6 +88,9 @@ pub struct RelayLimits {
     /// A frame that has begun must be complete within this time (slow senders holding
     /// partial frames are cut off).
     pub frame_timeout: Duration,
+    /// Bytes half-received frames may hold relay-wide before begun frames get only a second
+    /// to finish (instead of `frame_timeout`).
+    pub partial_frame_budget_bytes: usize,
     /// Envelope bytes queued at or being processed by the deposit shards, relay-wide; deposit
     /// streams wait (and stop reading) beyond it.
     pub deposit_buffer_bytes: usize,
@@ -180,6 +183,7 @@ impl Default for RelayLimits {
             mailbox_deposit_rate: Rate::new(1000, 5000),
             connection_stream_rate: Rate::new(200, 400),
             frame_timeout: Duration::from_secs(30),
+            partial_frame_budget_bytes: 64 << 20,
             deposit_buffer_bytes: 64 << 20,
             // quinn's defaults are 1.25 MB, unbounded and 10 MB. Halving and quartering them
             // made no difference above the noise in `run` at 1 KiB and 16 KiB on loopback

@@ -25,6 +25,9 @@ pub const CREATES_RATE_LIMITED: &str = "sealpost_creates_rate_limited_total";
 /// Envelope bytes queued at or being processed by the deposit shards (at most
 /// `deposit_buffer_bytes`).
 pub const DEPOSIT_BYTES_QUEUED: &str = "sealpost_deposit_bytes_queued";
+/// Bytes held by half-received frames, relay-wide (above `partial_frame_budget_bytes`,
+/// begun frames get 1 s instead of `frame_timeout_secs`).
+pub const PARTIAL_FRAME_BYTES: &str = "sealpost_partial_frame_bytes";
 /// Streams cut off because a frame did not arrive in full within the frame timeout.
 pub const FRAME_TIMEOUTS: &str = "sealpost_frame_timeouts_total";
 /// Deposits answered, labelled by `status`.
@@ -89,6 +92,11 @@ pub fn describe() {
         DEPOSIT_BYTES_QUEUED,
         Unit::Bytes,
         "envelope bytes queued at or being processed by the deposit shards"
+    );
+    describe_gauge!(
+        PARTIAL_FRAME_BYTES,
+        Unit::Bytes,
+        "bytes held by half-received frames"
     );
     describe_counter!(
         FRAME_TIMEOUTS,
@@ -155,6 +163,7 @@ pub fn register_all() {
         HANDSHAKES,
         SOURCES,
         DEPOSIT_BYTES_QUEUED,
+        PARTIAL_FRAME_BYTES,
         MAILBOXES,
         ENVELOPES_STORED,
         BYTES_STORED,

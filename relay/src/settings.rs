@@ -179,6 +179,10 @@ pub struct Settings {
     /// Seconds a frame that has begun may take to arrive in full [default: 30].
     #[arg(long, env = "SEALPOST_FRAME_TIMEOUT_SECS")]
     pub frame_timeout_secs: Option<u64>,
+    /// Bytes half-received frames may hold relay-wide before begun frames get 1 s instead of
+    /// frame_timeout_secs [default: 67108864].
+    #[arg(long, env = "SEALPOST_PARTIAL_FRAME_BUDGET_BYTES")]
+    pub partial_frame_budget_bytes: Option<usize>,
     /// Envelope bytes queued for the deposit shards, relay-wide [default: 67108864].
     #[arg(long, env = "SEALPOST_DEPOSIT_BUFFER_BYTES")]
     pub deposit_buffer_bytes: Option<usize>,
@@ -267,6 +271,7 @@ impl Settings {
             connection_streams_per_sec,
             connection_stream_burst,
             frame_timeout_secs,
+            partial_frame_budget_bytes,
             deposit_buffer_bytes,
             stream_receive_window,
             connection_receive_window,
@@ -363,6 +368,10 @@ impl Settings {
                     .unwrap_or(d.connection_stream_rate.burst),
             ),
             frame_timeout_secs: Some(self.frame_timeout_secs.unwrap_or(d.frame_timeout.as_secs())),
+            partial_frame_budget_bytes: Some(
+                self.partial_frame_budget_bytes
+                    .unwrap_or(d.partial_frame_budget_bytes),
+            ),
             deposit_buffer_bytes: Some(self.deposit_buffer_bytes.unwrap_or(d.deposit_buffer_bytes)),
             stream_receive_window: Some(
                 self.stream_receive_window
@@ -575,6 +584,7 @@ impl Settings {
             mailbox_deposit_rate,
             connection_stream_rate,
             frame_timeout: Duration::from_secs(frame_timeout),
+            partial_frame_budget_bytes: e.partial_frame_budget_bytes.unwrap_or_default(),
             deposit_buffer_bytes,
             stream_receive_window,
             connection_receive_window,

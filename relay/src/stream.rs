@@ -7,6 +7,9 @@ use sealpost_core::frame::{Frame, FrameDecoder, FrameError, FrameType};
 use sealpost_core::msg::{ErrorMsg, frame_with};
 use sealpost_core::status::ErrorCode;
 use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 /// Why reading the next frame stopped.
 #[derive(Debug)]
@@ -15,6 +18,45 @@ pub enum ReadError {
     Frame(FrameError),
     /// The stream or connection failed; nobody to answer.
     Stream,
+}
+
+/// The relay's policy for half-received frames, shared by all its streams: how long a begun
+/// frame may take, and how many bytes half-received frames may hold before that time is cut.
+#[derive(Debug)]
+pub struct FrameDeadline {
+    timeout: Duration,
+    /// Above `budget` bytes held, frames get this much time instead (senders trickling
+    /// frames to hold the relay's memory are cut off quickly; a frame sent at any useful
+    /// speed still arrives).
+    pressure_timeout: Duration,
+    budget: usize,
+    held: AtomicUsize,
+}
+
+impl FrameDeadline {
+    /// Frames get `timeout`, or `pressure_timeout` while half-received frames hold more
+    /// than `budget` bytes relay-wide.
+    pub fn new(timeout: Duration, pressure_timeout: Duration, budget: usize) -> Arc<Self> {
+        Arc::new(Self {
+            timeout,
+            pressure_timeout: pressure_timeout.min(timeout),
+            budget,
+            held: AtomicUsize::new(0),
+        })
+    }
+
+    /// Bytes half-received frames hold now, over every stream.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    fn limit_now(&self) -> Duration {
+        if self.held() > self.budget {
+            self.pressure_timeout
+        } else {
+            self.timeout
+        }
+    }
 }
 
 /// Chunks taken from the QUIC stream per read.
@@ -33,10 +75,16 @@ pub struct FrameReader {
     /// A framing fault found after the frames in `ready`.
     fault: Option<FrameError>,
     chunks: Vec<Bytes>,
-    /// How long a begun frame may take to arrive in full (`None`: as long as it likes).
-    frame_timeout: Option<std::time::Duration>,
-    /// When the frame now half-read began arriving.
-    partial_since: Option<tokio::time::Instant>,
+    /// The deadline for begun frames and the relay-wide count of their bytes (`None`: no
+    /// deadline, nothing counted; clients).
+    deadline: Option<Arc<FrameDeadline>>,
+    /// How long this reader has waited on the peer for the frame now half-read. Only waiting
+    /// counts: time the relay spends not reading (its own back-pressure) is not the peer's.
+    waited: Duration,
+    /// This reader's share of `deadline.held`.
+    counted: usize,
+    /// Frames decoded so far (a read that completes one restarts the clock).
+    decoded: u64,
 }
 
 impl FrameReader {
@@ -48,16 +96,20 @@ impl FrameReader {
             ready: VecDeque::new(),
             fault: None,
             chunks: vec![Bytes::new(); CHUNKS_PER_READ],
-            frame_timeout: None,
-            partial_since: None,
+            deadline: None,
+            waited: Duration::ZERO,
+            counted: 0,
+            decoded: 0,
         }
     }
 
-    /// Limits how long a frame that has begun may take to arrive in full; past that the
-    /// reader reports [`FrameError::TimedOut`]. A peer trickling a large frame a byte at a
-    /// time would otherwise hold its buffer for as long as the connection lives.
-    pub fn with_frame_timeout(mut self, timeout: std::time::Duration) -> Self {
-        self.frame_timeout = Some(timeout);
+    /// Limits how long a frame that has begun may take to arrive in full (the time spent
+    /// waiting for its bytes); past that the reader reports [`FrameError::TimedOut`]. A peer
+    /// trickling a large frame a byte at a time would otherwise hold its buffer for as long
+    /// as the connection lives. The bytes of this reader's half-received frame count in
+    /// `deadline`'s relay-wide total.
+    pub fn with_deadline(mut self, deadline: Arc<FrameDeadline>) -> Self {
+        self.deadline = Some(deadline);
         self
     }
 
@@ -92,32 +144,65 @@ impl FrameReader {
             return Ok(true);
         }
         let read = self.recv.read_chunks(&mut self.chunks);
-        let got = match (self.frame_timeout, self.partial_since) {
+        let got = match &self.deadline {
             // A timer only while a frame is half-read: the common case (whole frames per
             // read) pays nothing for it.
-            (Some(limit), Some(since)) => {
-                match tokio::time::timeout_at(since + limit, read).await {
-                    Ok(r) => r,
+            Some(d) if !self.decoder.is_idle() => {
+                let limit = d.limit_now();
+                let started = tokio::time::Instant::now();
+                match tokio::time::timeout(limit.saturating_sub(self.waited), read).await {
+                    Ok(r) => {
+                        self.waited += started.elapsed();
+                        r
+                    }
                     Err(_) => {
                         ::metrics::counter!(crate::metrics::FRAME_TIMEOUTS).increment(1);
                         self.fault = Some(FrameError::TimedOut {
-                            secs: limit.as_secs(),
+                            secs: limit.as_secs().max(1),
                         });
+                        self.release();
                         return Ok(true);
                     }
                 }
             }
             _ => read.await,
         };
+        let before = self.decoded;
         let r = self.take_chunks(got);
-        if self.frame_timeout.is_some() {
-            self.partial_since = match (self.decoder.is_idle(), self.partial_since) {
-                (true, _) => None,
-                (false, Some(t)) => Some(t),
-                (false, None) => Some(tokio::time::Instant::now()),
-            };
+        if self.deadline.is_some() {
+            // Each frame has its own time: one completed in this read starts the clock again
+            // for the next.
+            if self.decoder.is_idle() || self.decoded != before {
+                self.waited = Duration::ZERO;
+            }
+            self.recount();
         }
         r
+    }
+
+    /// Brings this reader's share of the relay-wide count up to date.
+    fn recount(&mut self) {
+        if let Some(d) = &self.deadline {
+            let now = if self.fault.is_some() {
+                0
+            } else {
+                self.decoder.held_bytes()
+            };
+            if now >= self.counted {
+                d.held.fetch_add(now - self.counted, Ordering::Relaxed);
+            } else {
+                d.held.fetch_sub(self.counted - now, Ordering::Relaxed);
+            }
+            self.counted = now;
+        }
+    }
+
+    /// Gives up this reader's share of the relay-wide count (the stream is done with).
+    fn release(&mut self) {
+        if let Some(d) = &self.deadline {
+            d.held.fetch_sub(self.counted, Ordering::Relaxed);
+            self.counted = 0;
+        }
     }
 
     fn take_chunks(
@@ -130,7 +215,10 @@ impl FrameReader {
                     self.decoder.push(std::mem::take(c));
                     loop {
                         match self.decoder.next_frame() {
-                            Ok(Some(f)) => self.ready.push_back(f),
+                            Ok(Some(f)) => {
+                                self.decoded += 1;
+                                self.ready.push_back(f);
+                            }
                             Ok(None) => break,
                             Err(e) => {
                                 self.fault = Some(e);
@@ -155,6 +243,12 @@ impl FrameReader {
     /// Tells the peer to stop sending; used after refusing a stream.
     pub fn stop(&mut self) {
         let _ = self.recv.stop(0u32.into());
+    }
+}
+
+impl Drop for FrameReader {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 

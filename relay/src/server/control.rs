@@ -40,6 +40,14 @@ pub(super) async fn create(
             .await;
         }
     };
+    if !shared.limits.suites.contains(&req.suite) {
+        let msg = format!(
+            "this relay does not accept suite {} for new mailboxes",
+            req.suite
+        );
+        return refuse(&mut send, Some(&mut reader), ErrorCode::Unsupported, msg).await;
+    }
+    // Only a request the relay would carry out spends the source's allowance.
     let allowed = {
         let mut creates = shared.creates.lock().unwrap_or_else(|p| p.into_inner());
         creates.try_take(SourceKey::of(source), std::time::Instant::now())
@@ -52,13 +60,6 @@ pub(super) async fn create(
             wait.as_millis().max(1)
         );
         return refuse(&mut send, Some(&mut reader), ErrorCode::RateLimited, msg).await;
-    }
-    if !shared.limits.suites.contains(&req.suite) {
-        let msg = format!(
-            "this relay does not accept suite {} for new mailboxes",
-            req.suite
-        );
-        return refuse(&mut send, Some(&mut reader), ErrorCode::Unsupported, msg).await;
     }
     // The recipient id comes from the OS CSPRNG and the store derives the deposit id from it
     // (a keyed PRF); retry on the (astronomically unlikely) collision.

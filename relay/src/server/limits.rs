@@ -47,6 +47,18 @@ impl TokenBucket {
         }
     }
 
+    /// How long until the bucket holds `n` tokens (at most the burst: more never fit at
+    /// once).
+    pub fn wait_for(&self, rate: Rate, n: u32, now: Instant) -> Duration {
+        if !rate.is_limited() {
+            return Duration::ZERO;
+        }
+        let mut probe = self.clone();
+        probe.refill(rate, now);
+        let want = f64::from(n.min(rate.burst.max(1)));
+        Duration::from_secs_f64((want - probe.tokens).max(0.0) / f64::from(rate.per_sec))
+    }
+
     /// Whether the bucket has refilled completely (it then behaves as a new one and need not
     /// be kept).
     pub fn is_full(&self, rate: Rate, now: Instant) -> bool {
@@ -93,6 +105,14 @@ impl<K: std::hash::Hash + Eq + Copy> Buckets<K> {
             .entry(key)
             .or_insert_with(|| TokenBucket::new(rate, now))
             .try_take(rate, now)
+    }
+
+    /// How long until `key`'s bucket holds `n` tokens (at most the burst).
+    pub fn wait_for(&self, key: K, n: u32, now: Instant) -> Duration {
+        match self.map.get(&key) {
+            Some(b) => b.wait_for(self.rate, n, now),
+            None => Duration::ZERO,
+        }
     }
 
     /// Keys with a bucket (busy recently).
@@ -275,6 +295,23 @@ mod tests {
             assert!(b.try_take(R, later).is_ok());
         }
         assert!(b.try_take(R, later).is_err());
+    }
+
+    #[test]
+    fn wait_for_n_tokens_is_capped_at_the_burst() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(R, t0);
+        for _ in 0..3 {
+            b.try_take(R, t0).unwrap();
+        }
+        assert_eq!(b.wait_for(R, 1, t0), Duration::from_millis(100));
+        assert_eq!(b.wait_for(R, 2, t0), Duration::from_millis(200));
+        // Never more than the burst can be waited for.
+        assert_eq!(b.wait_for(R, 50, t0), Duration::from_millis(300));
+        assert_eq!(
+            b.wait_for(R, 1, t0 + Duration::from_millis(150)),
+            Duration::ZERO
+        );
     }
 
     #[test]

@@ -23,9 +23,15 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// The time a begun frame gets while half-received frames hold more than
+/// `partial_frame_budget_bytes`: enough for a maximum-size frame at any useful speed, too
+/// little for a trickle to hold memory.
+const PRESSURE_FRAME_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// QUIC application close code for a relay shutting down; clients reconnect after it.
 pub const CLOSE_SHUTDOWN: u32 = 1;
-/// QUIC application close code for a refused connection (relay at its connection limit).
+/// QUIC application close code reserved for "relay busy". Unused: a relay at a connection
+/// limit refuses before the handshake, with the transport error `CONNECTION_REFUSED`.
 pub const CLOSE_BUSY: u32 = 2;
 
 /// Failures starting the relay.
@@ -62,6 +68,8 @@ pub(crate) struct Shared {
     pub handshakes: AtomicUsize,
     /// Open and recent connections per source address.
     pub sources: Arc<limits::SourceTable>,
+    /// The deadline for begun frames, and what half-received frames hold relay-wide.
+    pub frames: Arc<crate::stream::FrameDeadline>,
     /// Mailbox creations per source address.
     pub creates: std::sync::Mutex<limits::Buckets<limits::SourceKey>>,
     pub shutdown: watch::Receiver<bool>,
@@ -247,6 +255,11 @@ pub async fn start(config: RelayConfig, store: Arc<dyn Store>) -> Result<RelayHa
         config.limits.source_connection_rate,
     );
     let creates = std::sync::Mutex::new(limits::Buckets::new(config.limits.source_create_rate));
+    let frames = crate::stream::FrameDeadline::new(
+        config.limits.frame_timeout,
+        PRESSURE_FRAME_TIMEOUT,
+        config.limits.partial_frame_budget_bytes,
+    );
     let shared = Arc::new(Shared {
         depositing: AtomicUsize::new(0),
         log_sensitive: config.log_sensitive,
@@ -258,6 +271,7 @@ pub async fn start(config: RelayConfig, store: Arc<dyn Store>) -> Result<RelayHa
         handshakes: AtomicUsize::new(0),
         sources,
         creates,
+        frames,
         shutdown: rx,
         engine: config.engine,
     });
@@ -300,6 +314,7 @@ async fn sample_gauges(shared: Arc<Shared>) {
         metrics::gauge!(crate::metrics::ENVELOPES_STORED).set(s.envelopes as f64);
         metrics::gauge!(crate::metrics::BYTES_STORED).set(s.bytes as f64);
         metrics::gauge!(crate::metrics::SOURCES).set(shared.sources.sources() as f64);
+        metrics::gauge!(crate::metrics::PARTIAL_FRAME_BYTES).set(shared.frames.held() as f64);
         metrics::gauge!(crate::metrics::DEPOSIT_BYTES_QUEUED)
             .set(shared.pipeline.queued_bytes() as f64);
         for (i, d) in shared.pipeline.queue_depths().enumerate() {
@@ -334,7 +349,10 @@ async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
             _ = shutdown.changed() => return,
         };
         // Everything here runs before any cryptography: refusing costs one small packet.
-        if shared.connections.load(Ordering::Relaxed) >= shared.limits.max_connections {
+        // Handshakes under way count: each becomes a connection.
+        let open =
+            shared.connections.load(Ordering::Relaxed) + shared.handshakes.load(Ordering::Relaxed);
+        if open >= shared.limits.max_connections {
             refused("connection_limit");
             incoming.refuse();
             continue;
@@ -363,8 +381,18 @@ async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
         {
             Ok(g) => g,
             Err(why) => {
-                refused(why.label());
-                incoming.refuse();
+                if !incoming.remote_address_validated() && incoming.may_retry() {
+                    // The address is not proven: it may be spoofed to use up a real
+                    // source's share. Ask for proof instead of refusing in its name; a real
+                    // client over the limit comes back validated and is refused then.
+                    match incoming.retry() {
+                        Ok(()) => metrics::counter!(crate::metrics::RETRIES).increment(1),
+                        Err(e) => e.into_incoming().ignore(),
+                    }
+                } else {
+                    refused(why.label());
+                    incoming.refuse();
+                }
                 continue;
             }
         };
@@ -441,8 +469,8 @@ async fn serve_stream(
     mut send: SendStream,
     recv: RecvStream,
 ) {
-    let mut reader = FrameReader::new(recv, shared.limits.frame_limit())
-        .with_frame_timeout(shared.limits.frame_timeout);
+    let mut reader =
+        FrameReader::new(recv, shared.limits.frame_limit()).with_deadline(shared.frames.clone());
     let first =
         match tokio::time::timeout(shared.limits.first_frame_timeout, reader.next_frame()).await {
             Err(_) => {

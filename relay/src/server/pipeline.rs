@@ -20,6 +20,7 @@ use sealpost_core::DepositId;
 use sealpost_core::engine::Engine;
 use sealpost_core::envelope::Envelope;
 use sealpost_core::status::DepositStatus;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
@@ -42,7 +43,8 @@ struct Work {
 pub(crate) struct Answered {
     /// One per envelope.
     pub statuses: Vec<DepositStatus>,
-    /// Milliseconds until every rate-limited envelope here would be accepted.
+    /// Milliseconds until every rate-limited envelope here would be accepted if sent at once
+    /// (for up to a burst's worth per mailbox; beyond that, senders must pace).
     pub retry_after_ms: Option<u32>,
 }
 
@@ -271,15 +273,21 @@ async fn process(
     let mut appends = Vec::with_capacity(candidates.len());
     let mut slots = Vec::with_capacity(candidates.len());
     let now = Instant::now();
+    // Envelopes refused so far in this batch, per mailbox: the k-th is told when k tokens
+    // will be there, so that a client resending all of them after the longest wait finds room
+    // for all (up to the burst), not for one at a time.
+    let mut refused: HashMap<DepositId, u32> = HashMap::new();
     for ((i, env, _), good) in candidates.iter().zip(ok) {
         // Only envelopes with a valid tag spend the mailbox's rate: a forger cannot use up
         // a mailbox's allowance by sending garbage under its deposit id.
-        if good && let Err(wait) = buckets.try_take(*env.deposit_id(), now) {
+        if good && buckets.try_take(*env.deposit_id(), now).is_err() {
             statuses[*i] = DepositStatus::RateLimited;
+            let k = refused.entry(*env.deposit_id()).or_insert(0);
+            *k += 1;
             if waits.is_empty() {
                 waits = vec![None; envelopes.len()];
             }
-            waits[*i] = Some(wait_ms(wait));
+            waits[*i] = Some(wait_ms(buckets.wait_for(*env.deposit_id(), *k, now)));
         } else if good {
             appends.push(Append {
                 deposit_id: *env.deposit_id(),
