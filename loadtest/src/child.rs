@@ -37,6 +37,10 @@ pub fn start(bin: &Path, addr: &str, dir: &Path) -> anyhow::Result<RelayProcess>
         "0",
         "--source-creates-per-sec",
         "0",
+        "--source-streams-per-sec",
+        "0",
+        "--source-rejected-deposits-per-sec",
+        "0",
         "--data-dir",
     ]
     .into_iter()

@@ -129,6 +129,8 @@ pub async fn spawn_relay(
         mailbox_deposit_rate: sealpost_relay::Rate::UNLIMITED,
         connection_stream_rate: sealpost_relay::Rate::UNLIMITED,
         source_create_rate: sealpost_relay::Rate::UNLIMITED,
+        source_stream_rate: sealpost_relay::Rate::UNLIMITED,
+        source_rejected_deposit_rate: sealpost_relay::Rate::UNLIMITED,
         // As large as this kernel allows, so the relay does not warn on every spawn.
         udp_buffer: std::fs::read_to_string("/proc/sys/net/core/rmem_max")
             .ok()

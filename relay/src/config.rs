@@ -73,6 +73,12 @@ pub struct RelayLimits {
     pub max_connections_per_source: usize,
     /// How fast one source may open new connections.
     pub source_connection_rate: Rate,
+    /// Request streams per second one source may open over all its connections.
+    pub source_stream_rate: Rate,
+    /// Rejected deposits (bad tag, unknown mailbox, malformed, bad size, unsupported) per
+    /// second one source may send; beyond it its connections are closed and it is refused
+    /// until the excess is paid back at this rate (at most ten bursts' worth).
+    pub source_rejected_deposit_rate: Rate,
     /// When a new connection must first prove its address with a QUIC Retry.
     pub retry: RetryPolicy,
     /// Handshakes in progress from which [`RetryPolicy::Auto`] demands a Retry.
@@ -177,6 +183,8 @@ impl Default for RelayLimits {
             max_frame: None,
             max_connections_per_source: 512,
             source_connection_rate: Rate::new(50, 200),
+            source_stream_rate: Rate::new(1000, 2000),
+            source_rejected_deposit_rate: Rate::new(100, 1000),
             retry: RetryPolicy::Auto,
             retry_above_handshakes: 64,
             source_create_rate: Rate::new(10, 50),

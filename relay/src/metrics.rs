@@ -28,6 +28,9 @@ pub const DEPOSIT_BYTES_QUEUED: &str = "sealpost_deposit_bytes_queued";
 /// Bytes held by half-received frames, relay-wide (above `partial_frame_budget_bytes`,
 /// begun frames get 1 s instead of `frame_timeout_secs`).
 pub const PARTIAL_FRAME_BYTES: &str = "sealpost_partial_frame_bytes";
+/// Connections closed because their source sent more rejected deposits than it may (the
+/// source is then refused until its penalty is over: `connections_refused{reason="source_penalty"}`).
+pub const ABUSE_CLOSES: &str = "sealpost_connections_closed_for_abuse_total";
 /// Streams cut off because a frame did not arrive in full within the frame timeout.
 pub const FRAME_TIMEOUTS: &str = "sealpost_frame_timeouts_total";
 /// Deposits answered, labelled by `status`.
@@ -99,6 +102,10 @@ pub fn describe() {
         "bytes held by half-received frames"
     );
     describe_counter!(
+        ABUSE_CLOSES,
+        "connections closed because their source sent too many rejected deposits"
+    );
+    describe_counter!(
         FRAME_TIMEOUTS,
         "streams cut off because a frame did not arrive in full within the frame timeout"
     );
@@ -144,6 +151,7 @@ pub fn register_all() {
         RETRIES,
         STREAMS_RATE_LIMITED,
         CREATES_RATE_LIMITED,
+        ABUSE_CLOSES,
         FRAME_TIMEOUTS,
         DELIVERIES,
         ACKS,
@@ -155,7 +163,12 @@ pub fn register_all() {
     }
     ::metrics::counter!(DEPOSITS, "status" => "ok").increment(0);
     ::metrics::counter!(DEPOSITS, "status" => "rate_limited").increment(0);
-    for reason in ["connection_limit", "source_connections", "source_rate"] {
+    for reason in [
+        "connection_limit",
+        "source_connections",
+        "source_rate",
+        "source_penalty",
+    ] {
         ::metrics::counter!(CONNECTIONS_REFUSED, "reason" => reason).increment(0);
     }
     for g in [

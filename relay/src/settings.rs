@@ -151,6 +151,21 @@ pub struct Settings {
     /// New connections one source may open at once after a quiet spell [default: 200].
     #[arg(long, env = "SEALPOST_SOURCE_CONNECTION_BURST")]
     pub source_connection_burst: Option<u32>,
+    /// Request streams per second one source may open over all its connections; 0 = no
+    /// limit [default: 1000].
+    #[arg(long, env = "SEALPOST_SOURCE_STREAMS_PER_SEC")]
+    pub source_streams_per_sec: Option<u32>,
+    /// Request streams one source may open at once after a quiet spell [default: 2000].
+    #[arg(long, env = "SEALPOST_SOURCE_STREAM_BURST")]
+    pub source_stream_burst: Option<u32>,
+    /// Rejected deposits (bad tag, unknown mailbox, malformed) per second one source may
+    /// send before its connections are closed and it is refused for a while; 0 = no limit
+    /// [default: 100].
+    #[arg(long, env = "SEALPOST_SOURCE_REJECTED_DEPOSITS_PER_SEC")]
+    pub source_rejected_deposits_per_sec: Option<u32>,
+    /// Rejected deposits one source may send at once [default: 1000].
+    #[arg(long, env = "SEALPOST_SOURCE_REJECTED_DEPOSIT_BURST")]
+    pub source_rejected_deposit_burst: Option<u32>,
     /// QUIC address validation (Retry) for new connections: `auto` (while many handshakes
     /// are in progress), `always` or `never` [default: auto].
     #[arg(long, env = "SEALPOST_RETRY")]
@@ -262,6 +277,10 @@ impl Settings {
             max_connections_per_source,
             source_connections_per_sec,
             source_connection_burst,
+            source_streams_per_sec,
+            source_stream_burst,
+            source_rejected_deposits_per_sec,
+            source_rejected_deposit_burst,
             retry,
             retry_above_handshakes,
             source_creates_per_sec,
@@ -337,6 +356,22 @@ impl Settings {
             source_connection_burst: Some(
                 self.source_connection_burst
                     .unwrap_or(d.source_connection_rate.burst),
+            ),
+            source_streams_per_sec: Some(
+                self.source_streams_per_sec
+                    .unwrap_or(d.source_stream_rate.per_sec),
+            ),
+            source_stream_burst: Some(
+                self.source_stream_burst
+                    .unwrap_or(d.source_stream_rate.burst),
+            ),
+            source_rejected_deposits_per_sec: Some(
+                self.source_rejected_deposits_per_sec
+                    .unwrap_or(d.source_rejected_deposit_rate.per_sec),
+            ),
+            source_rejected_deposit_burst: Some(
+                self.source_rejected_deposit_burst
+                    .unwrap_or(d.source_rejected_deposit_rate.burst),
             ),
             retry: Some(self.retry.unwrap_or(d.retry)),
             retry_above_handshakes: Some(
@@ -492,6 +527,16 @@ impl Settings {
             e.source_connections_per_sec,
             e.source_connection_burst,
         )?;
+        let source_stream_rate = rate(
+            "source_stream_burst",
+            e.source_streams_per_sec,
+            e.source_stream_burst,
+        )?;
+        let source_rejected_deposit_rate = rate(
+            "source_rejected_deposit_burst",
+            e.source_rejected_deposits_per_sec,
+            e.source_rejected_deposit_burst,
+        )?;
         let source_create_rate = rate(
             "source_create_burst",
             e.source_creates_per_sec,
@@ -578,6 +623,8 @@ impl Settings {
             udp_buffer: e.udp_buffer.unwrap_or_default(),
             max_connections_per_source: e.max_connections_per_source.unwrap_or_default(),
             source_connection_rate,
+            source_stream_rate,
+            source_rejected_deposit_rate,
             retry: e.retry.unwrap_or_default(),
             retry_above_handshakes: e.retry_above_handshakes.unwrap_or_default(),
             source_create_rate,

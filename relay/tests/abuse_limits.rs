@@ -473,3 +473,57 @@ async fn under_memory_pressure_a_trickled_frame_gets_a_second() {
     assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
     r.assert_serves().await;
 }
+
+#[tokio::test]
+async fn a_source_flooding_rejected_deposits_is_cut_off_and_refused_for_a_while() {
+    let r = relay_with(RelayLimits {
+        source_rejected_deposit_rate: Rate::new(2, 5),
+        ..RelayLimits::default()
+    })
+    .await;
+    let pin = r.handle.pin();
+    let victim_source = connect_from(&r.addr, pin, "127.0.0.1").await.unwrap();
+    let mb = victim_source.create(Suite::ChaCha20Poly1305).await.unwrap();
+    let c = connect_from(&r.addr, pin, "127.0.0.9").await.unwrap();
+    let (mut tx, mut rx) = c.open_deposit().await.unwrap();
+    for i in 0..40u8 {
+        let mut env = seal(&c, &mb, &[i]).await.to_vec();
+        env[20] ^= 1; // a forged tag, as a flood of guesses would have
+        if tx.send(&env.into()).await.is_err() {
+            break;
+        }
+    }
+    tx.finish();
+    let mut answered = 0;
+    loop {
+        match rx.next().await {
+            Ok(Some(st)) => {
+                assert!(st.iter().all(|s| *s == DepositStatus::BadTag), "{st:?}");
+                answered += st.len();
+            }
+            Ok(None) => panic!("the relay let the flood finish ({answered} answered)"),
+            Err(_) => break,
+        }
+    }
+    let reason = c.connection().close_reason();
+    assert!(
+        matches!(&reason, Some(quinn::ConnectionError::ApplicationClosed(a))
+            if a.error_code == quinn::VarInt::from_u32(sealpost_relay::server::CLOSE_ABUSE)),
+        "{reason:?}"
+    );
+    // (Answers written just before the close may be lost with it: they were rejections.)
+    assert!(answered <= 40);
+    // The source is refused while it pays back the excess; others are not affected.
+    assert!(connect_from(&r.addr, pin, "127.0.0.9").await.is_err());
+    victim_source
+        .info()
+        .await
+        .expect("another source is served");
+    assert_eq!(
+        victim_source
+            .deposit(seal(&victim_source, &mb, b"fine").await)
+            .await
+            .unwrap(),
+        DepositStatus::Ok
+    );
+}

@@ -9,9 +9,9 @@
 //! ending are decided by the sans-IO [`DepositStream`]; this file reads frames, submits
 //! batches to the shards, writes the answers and feeds it what happens.
 
-use super::Shared;
 use super::pipeline::Answered;
 use super::proto::{BatchId, DepositAction, DepositLimits, DepositStream, Ending};
+use super::{Peer, Shared};
 use crate::stream::{FrameReader, ReadError, frame_error_reply, refuse};
 use quinn::SendStream;
 use sealpost_core::envelope::{Envelope, EnvelopeErrorClass};
@@ -35,6 +35,7 @@ type Answer = Pin<Box<dyn Future<Output = Answered> + Send>>;
 
 pub(super) async fn run(
     shared: &Arc<Shared>,
+    peer: &Peer,
     first: Frame,
     mut reader: FrameReader,
     mut send: SendStream,
@@ -83,6 +84,16 @@ pub(super) async fn run(
                     encode_deposit_result(&answered.statuses, answered.retry_after_ms, b)
                 });
                 if send.write_all(&frame).await.is_err() {
+                    return;
+                }
+                let rejected = answered
+                    .statuses
+                    .iter()
+                    .filter(|s| is_rejection(**s))
+                    .count();
+                if !peer.charge_rejected(rejected, std::time::Instant::now()) {
+                    // The answers went out; the connection goes now, and its source waits
+                    // out the penalty before it may connect again.
                     return;
                 }
                 continue;
@@ -180,4 +191,18 @@ async fn submit(shared: &Shared, batch: &mut Vec<Frame>) -> Answer {
             retry_after_ms,
         }
     })
+}
+
+/// Whether a status rejects the envelope for what it is (not for the relay's state at the
+/// moment): what a flood of forgeries or garbage produces, and what a working client does
+/// not send in numbers.
+fn is_rejection(s: DepositStatus) -> bool {
+    matches!(
+        s,
+        DepositStatus::BadTag
+            | DepositStatus::UnknownMailbox
+            | DepositStatus::Malformed
+            | DepositStatus::BadSize
+            | DepositStatus::Unsupported
+    )
 }

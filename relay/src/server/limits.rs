@@ -59,6 +59,28 @@ impl TokenBucket {
         Duration::from_secs_f64((want - probe.tokens).max(0.0) / f64::from(rate.per_sec))
     }
 
+    /// Takes `n` tokens whether or not they are there, going into debt down to
+    /// `-max_debt`; true while the bucket is not in debt afterwards. A bucket in debt refills
+    /// to zero before it allows anything: a penalty that lasts as long as the excess was large.
+    pub fn charge(&mut self, rate: Rate, n: u32, max_debt: f64, now: Instant) -> bool {
+        if !rate.is_limited() {
+            return true;
+        }
+        self.refill(rate, now);
+        self.tokens = (self.tokens - f64::from(n)).max(-max_debt);
+        self.tokens >= 0.0
+    }
+
+    /// Whether the bucket is in debt (see [`TokenBucket::charge`]).
+    pub fn in_debt(&self, rate: Rate, now: Instant) -> bool {
+        if !rate.is_limited() {
+            return false;
+        }
+        let mut probe = self.clone();
+        probe.refill(rate, now);
+        probe.tokens < 0.0
+    }
+
     /// Whether the bucket has refilled completely (it then behaves as a new one and need not
     /// be kept).
     pub fn is_full(&self, rate: Rate, now: Instant) -> bool {
@@ -156,6 +178,8 @@ pub enum SourceRefusal {
     TooMany,
     /// The source opens connections faster than it may.
     TooFast,
+    /// The source sent more rejected deposits than it may and is waiting out the penalty.
+    Penalty,
 }
 
 impl SourceRefusal {
@@ -164,14 +188,46 @@ impl SourceRefusal {
         match self {
             Self::TooMany => "source_connections",
             Self::TooFast => "source_rate",
+            Self::Penalty => "source_penalty",
         }
     }
 }
+
+/// The rates a [`SourceTable`] applies to each source.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceRates {
+    /// Open connections a source may hold (0: any number).
+    pub max_live: usize,
+    /// New connections.
+    pub connections: Rate,
+    /// Request streams, over all the source's connections.
+    pub streams: Rate,
+    /// Rejected deposits (bad tag, unknown mailbox, malformed, ...). Beyond the burst the
+    /// source goes into debt (up to ten bursts) and its connections are closed and refused
+    /// until the debt is paid back at the rate.
+    pub rejected: Rate,
+}
+
+/// How many bursts of rejected deposits a source can owe: the longest penalty is this many
+/// times `burst / per_sec`.
+const MAX_DEBT_BURSTS: f64 = 10.0;
 
 #[derive(Debug)]
 struct SourceEntry {
     live: usize,
     bucket: TokenBucket,
+    streams: TokenBucket,
+    rejected: TokenBucket,
+}
+
+impl SourceEntry {
+    /// Whether nothing about this source needs remembering: a new entry would be the same.
+    fn is_idle(&self, rates: &SourceRates, now: Instant) -> bool {
+        self.live == 0
+            && self.bucket.is_full(rates.connections, now)
+            && self.streams.is_full(rates.streams, now)
+            && self.rejected.is_full(rates.rejected, now)
+    }
 }
 
 #[derive(Debug)]
@@ -180,11 +236,11 @@ struct SourceState {
     sweep_at: usize,
 }
 
-/// Connections per source: how many are open and how fast new ones come.
+/// Connections per source: how many are open and how fast new ones come, and what the
+/// source's connections together may do.
 #[derive(Debug)]
 pub struct SourceTable {
-    max_live: usize,
-    rate: Rate,
+    rates: SourceRates,
     state: Mutex<SourceState>,
 }
 
@@ -196,12 +252,10 @@ pub struct SourceGuard {
 }
 
 impl SourceTable {
-    /// A table allowing `max_live` open connections per source (0: any number) and new ones
-    /// at `rate`.
-    pub fn new(max_live: usize, rate: Rate) -> Arc<Self> {
+    /// A table applying `rates` to every source.
+    pub fn new(rates: SourceRates) -> Arc<Self> {
         Arc::new(Self {
-            max_live,
-            rate,
+            rates,
             state: Mutex::new(SourceState {
                 map: HashMap::new(),
                 sweep_at: 1024,
@@ -218,21 +272,25 @@ impl SourceTable {
     /// Counts a new connection from `ip`, or refuses it.
     pub fn admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<SourceGuard, SourceRefusal> {
         let key = SourceKey::of(ip);
-        let rate = self.rate;
+        let rates = self.rates;
         let mut st = self.lock();
         if st.map.len() >= st.sweep_at {
-            st.map
-                .retain(|_, e| e.live > 0 || !e.bucket.is_full(rate, now));
+            st.map.retain(|_, e| !e.is_idle(&rates, now));
             st.sweep_at = (st.map.len() * 2).max(1024);
         }
         let entry = st.map.entry(key).or_insert_with(|| SourceEntry {
             live: 0,
-            bucket: TokenBucket::new(rate, now),
+            bucket: TokenBucket::new(rates.connections, now),
+            streams: TokenBucket::new(rates.streams, now),
+            rejected: TokenBucket::new(rates.rejected, now),
         });
-        if self.max_live > 0 && entry.live >= self.max_live {
+        if entry.rejected.in_debt(rates.rejected, now) {
+            return Err(SourceRefusal::Penalty);
+        }
+        if rates.max_live > 0 && entry.live >= rates.max_live {
             return Err(SourceRefusal::TooMany);
         }
-        if entry.bucket.try_take(rate, now).is_err() {
+        if entry.bucket.try_take(rates.connections, now).is_err() {
             return Err(SourceRefusal::TooFast);
         }
         entry.live += 1;
@@ -253,6 +311,46 @@ impl SourceTable {
             .map
             .get(&SourceKey::of(ip))
             .map_or(0, |e| e.live)
+    }
+}
+
+impl SourceGuard {
+    /// Takes a request stream from the source's allowance, or says how long until one is
+    /// there.
+    pub fn take_stream(&self, now: Instant) -> Result<(), Duration> {
+        let rate = self.table.rates.streams;
+        if !rate.is_limited() {
+            return Ok(());
+        }
+        let mut st = self.table.lock();
+        match st.map.get_mut(&self.key) {
+            Some(e) => e.streams.try_take(rate, now),
+            None => Ok(()),
+        }
+    }
+
+    /// Counts `n` rejected deposits against the source; false once it is over its allowance
+    /// (its connections should then be closed: it is refused until the penalty is over).
+    pub fn charge_rejected(&self, n: u32, now: Instant) -> bool {
+        let rate = self.table.rates.rejected;
+        if n == 0 || !rate.is_limited() {
+            return true;
+        }
+        let max_debt = f64::from(rate.burst.max(1)) * MAX_DEBT_BURSTS;
+        let mut st = self.table.lock();
+        match st.map.get_mut(&self.key) {
+            Some(e) => e.rejected.charge(rate, n, max_debt, now),
+            None => true,
+        }
+    }
+
+    /// Whether the source is serving a penalty (checked by its other connections).
+    pub fn penalized(&self, now: Instant) -> bool {
+        let rate = self.table.rates.rejected;
+        let st = self.table.lock();
+        st.map
+            .get(&self.key)
+            .is_some_and(|e| e.rejected.in_debt(rate, now))
     }
 }
 
@@ -352,13 +450,12 @@ mod tests {
     #[test]
     fn source_table_counts_live_connections_and_new_ones() {
         let t0 = Instant::now();
-        let table = SourceTable::new(
-            2,
-            Rate {
-                per_sec: 1,
-                burst: 3,
-            },
-        );
+        let table = SourceTable::new(SourceRates {
+            max_live: 2,
+            connections: Rate::new(1, 3),
+            streams: Rate::UNLIMITED,
+            rejected: Rate::UNLIMITED,
+        });
         let a: IpAddr = "127.0.0.2".parse().unwrap();
         let b: IpAddr = "127.0.0.3".parse().unwrap();
         let g1 = table.admit(a, t0).unwrap();
@@ -374,6 +471,38 @@ mod tests {
         assert_eq!(table.admit(a, t0).unwrap_err(), SourceRefusal::TooFast);
         assert!(table.admit(a, t0 + Duration::from_secs(1)).is_ok());
         drop(g2);
+    }
+
+    #[test]
+    fn a_source_over_its_rejected_deposits_is_refused_until_it_has_paid() {
+        let t0 = Instant::now();
+        let table = SourceTable::new(SourceRates {
+            max_live: 0,
+            connections: Rate::UNLIMITED,
+            streams: Rate::new(10, 2),
+            rejected: Rate::new(10, 20),
+        });
+        let a: IpAddr = "127.0.0.7".parse().unwrap();
+        let g = table.admit(a, t0).unwrap();
+        // Streams are counted over the source, not per connection.
+        let g2 = table.admit(a, t0).unwrap();
+        assert!(g.take_stream(t0).is_ok());
+        assert!(g2.take_stream(t0).is_ok());
+        assert!(g.take_stream(t0).is_err());
+        // Twenty rejected deposits are within the allowance; thirty more are not.
+        assert!(g.charge_rejected(20, t0));
+        assert!(!g2.charge_rejected(30, t0));
+        assert!(g.penalized(t0));
+        assert_eq!(table.admit(a, t0).unwrap_err(), SourceRefusal::Penalty);
+        // The debt of 30 is paid back at 10 a second.
+        let t1 = t0 + Duration::from_millis(2900);
+        assert_eq!(table.admit(a, t1).unwrap_err(), SourceRefusal::Penalty);
+        assert!(table.admit(a, t0 + Duration::from_millis(3100)).is_ok());
+        // The debt is capped at ten bursts, so no penalty lasts longer than 20 s here.
+        assert!(!g.charge_rejected(1_000_000, t1));
+        assert!(table.admit(a, t1 + Duration::from_secs(21)).is_ok());
+        // Another source is not affected.
+        assert!(table.admit("127.0.0.8".parse().unwrap(), t1).is_ok());
     }
 
     #[test]

@@ -30,6 +30,10 @@ const PRESSURE_FRAME_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// QUIC application close code for a relay shutting down; clients reconnect after it.
 pub const CLOSE_SHUTDOWN: u32 = 1;
+/// QUIC application close code for a connection whose source sent more rejected deposits
+/// (bad tags, unknown mailboxes, malformed envelopes) than the relay allows; its new
+/// connections are refused for a while.
+pub const CLOSE_ABUSE: u32 = 3;
 /// QUIC application close code reserved for "relay busy". Unused: a relay at a connection
 /// limit refuses before the handshake, with the transport error `CONNECTION_REFUSED`.
 pub const CLOSE_BUSY: u32 = 2;
@@ -250,10 +254,12 @@ pub async fn start(config: RelayConfig, store: Arc<dyn Store>) -> Result<RelayHa
         config.limits.mailbox_deposit_rate,
         config.limits.deposit_buffer_bytes,
     );
-    let sources = limits::SourceTable::new(
-        config.limits.max_connections_per_source,
-        config.limits.source_connection_rate,
-    );
+    let sources = limits::SourceTable::new(limits::SourceRates {
+        max_live: config.limits.max_connections_per_source,
+        connections: config.limits.source_connection_rate,
+        streams: config.limits.source_stream_rate,
+        rejected: config.limits.source_rejected_deposit_rate,
+    });
     let creates = std::sync::Mutex::new(limits::Buckets::new(config.limits.source_create_rate));
     let frames = crate::stream::FrameDeadline::new(
         config.limits.frame_timeout,
@@ -416,10 +422,10 @@ async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
             metrics::counter!(crate::metrics::CONNECTIONS_ACCEPTED).increment(1);
             let now = shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
             metrics::gauge!(crate::metrics::CONNECTIONS).set(now as f64);
-            serve_connection(conn, &shared).await;
+            let peer = Arc::new(Peer { conn, source });
+            serve_connection(&peer, &shared).await;
             let now = shared.connections.fetch_sub(1, Ordering::Relaxed) - 1;
             metrics::gauge!(crate::metrics::CONNECTIONS).set(now as f64);
-            drop(source);
         });
     }
 }
@@ -428,15 +434,59 @@ fn refused(reason: &'static str) {
     metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "reason" => reason).increment(1);
 }
 
-async fn serve_connection(conn: Connection, shared: &Arc<Shared>) {
+/// One connection and its source's place in the limits, shared by the connection's streams.
+pub(crate) struct Peer {
+    pub conn: Connection,
+    /// Released when the connection and all its streams are gone.
+    pub source: limits::SourceGuard,
+}
+
+impl Peer {
+    /// Counts `n` rejected deposits against the source; once it is over its allowance,
+    /// closes the connection (its source is then refused for a while) and returns false.
+    pub(crate) fn charge_rejected(&self, n: usize, now: std::time::Instant) -> bool {
+        if self
+            .source
+            .charge_rejected(u32::try_from(n).unwrap_or(u32::MAX), now)
+        {
+            return true;
+        }
+        metrics::counter!(crate::metrics::ABUSE_CLOSES).increment(1);
+        self.conn.close(
+            CLOSE_ABUSE.into(),
+            b"too many rejected deposits from this address; wait before reconnecting",
+        );
+        false
+    }
+}
+
+async fn serve_connection(peer: &Arc<Peer>, shared: &Arc<Shared>) {
     let rate = shared.limits.connection_stream_rate;
     let mut streams = limits::TokenBucket::new(rate, std::time::Instant::now());
     loop {
-        let (mut send, recv) = match conn.accept_bi().await {
+        let (mut send, recv) = match peer.conn.accept_bi().await {
             Ok(s) => s,
             Err(_) => return,
         };
-        if let Err(wait) = streams.try_take(rate, std::time::Instant::now()) {
+        let now = std::time::Instant::now();
+        if peer.source.penalized(now) {
+            // Another connection of this source earned it a penalty.
+            metrics::counter!(crate::metrics::ABUSE_CLOSES).increment(1);
+            peer.conn.close(
+                CLOSE_ABUSE.into(),
+                b"too many rejected deposits from this address; wait before reconnecting",
+            );
+            return;
+        }
+        let over = match streams.try_take(rate, now) {
+            Err(wait) => Some((wait, "connection", rate.per_sec)),
+            Ok(()) => peer
+                .source
+                .take_stream(now)
+                .err()
+                .map(|wait| (wait, "address", shared.limits.source_stream_rate.per_sec)),
+        };
+        if let Some((wait, who, per_sec)) = over {
             // Answered, not dropped: the client learns why and when to come back. The
             // stream is not read; at most the QUIC stream limit of these run at once.
             metrics::counter!(crate::metrics::STREAMS_RATE_LIMITED).increment(1);
@@ -449,8 +499,7 @@ async fn serve_connection(conn: Connection, shared: &Arc<Shared>) {
                     None,
                     ErrorCode::RateLimited,
                     format!(
-                        "this connection opens request streams faster than {} a second; retry in {ms} ms",
-                        rate.per_sec
+                        "this {who} opens request streams faster than {per_sec} a second; retry in {ms} ms"
                     ),
                 )
                 .await;
@@ -458,17 +507,18 @@ async fn serve_connection(conn: Connection, shared: &Arc<Shared>) {
             continue;
         }
         let shared = shared.clone();
-        let conn = conn.clone();
-        tokio::spawn(async move { serve_stream(shared, conn, send, recv).await });
+        let peer = peer.clone();
+        tokio::spawn(async move { serve_stream(shared, peer, send, recv).await });
     }
 }
 
 async fn serve_stream(
     shared: Arc<Shared>,
-    conn: Connection,
+    peer: Arc<Peer>,
     mut send: SendStream,
     recv: RecvStream,
 ) {
+    let conn = &peer.conn;
     let mut reader =
         FrameReader::new(recv, shared.limits.frame_limit()).with_deadline(shared.frames.clone());
     let first =
@@ -499,18 +549,22 @@ async fn serve_stream(
             }
             Ok(Err(ReadError::Stream)) => return,
         };
+    // Each handler is boxed: the task of a stream still waiting for its first frame then
+    // stays small instead of being as large as the largest handler's state (thousands of
+    // half-open streams are what an attacker holds).
     match first.ty {
         FrameType::Deposit => {
             shared.depositing.fetch_add(1, Ordering::Relaxed);
-            deposit::run(&shared, first, reader, send).await;
+            Box::pin(deposit::run(&shared, &peer, first, reader, send)).await;
             shared.depositing.fetch_sub(1, Ordering::Relaxed);
         }
-        FrameType::Subscribe => subscribe::run(&shared, &conn, first, reader, send).await,
+        FrameType::Subscribe => Box::pin(subscribe::run(&shared, conn, first, reader, send)).await,
         FrameType::Create => {
-            control::create(&shared, conn.remote_address().ip(), first, reader, send).await
+            let source = conn.remote_address().ip();
+            Box::pin(control::create(&shared, source, first, reader, send)).await
         }
-        FrameType::Delete => control::delete(&shared, &conn, first, reader, send).await,
-        FrameType::Info => control::info(&shared, first, reader, send).await,
+        FrameType::Delete => Box::pin(control::delete(&shared, conn, first, reader, send)).await,
+        FrameType::Info => Box::pin(control::info(&shared, first, reader, send)).await,
         other => refuse(
             &mut send,
             Some(&mut reader),
