@@ -183,6 +183,9 @@ pub struct AbuseOptions {
     pub attack_mailboxes: usize,
     /// Print a progress line every second to standard error.
     pub progress: bool,
+    /// Keep the attacker on a CPU of its own and the relay and the well-behaved client on
+    /// the others, in both phases (see [`crate::cpus`]); off: all share every CPU.
+    pub split_cpus: bool,
 }
 
 impl AbuseOptions {
@@ -212,6 +215,7 @@ impl AbuseOptions {
             flood_size: 1024,
             attack_mailboxes: 64,
             progress: true,
+            split_cpus: true,
         }
     }
 }
@@ -444,6 +448,8 @@ pub struct Verdict {
 pub struct AbuseConfig {
     /// `spawned (memory store)` or the external relay's address.
     pub relay: String,
+    /// Which CPUs the attacker and the rest ran on.
+    pub cpus: String,
     /// Options passed to the spawned relay.
     pub relay_args: Vec<String>,
     /// Hostile connections.
@@ -858,10 +864,21 @@ struct Attacker {
 }
 
 impl Attacker {
-    fn start(opts: &AbuseOptions, ctx: Arc<AttackCtx>, pin: [u8; 32]) -> anyhow::Result<Self> {
+    fn start(
+        opts: &AbuseOptions,
+        ctx: Arc<AttackCtx>,
+        pin: [u8; 32],
+        cpus: Option<nix::sched::CpuSet>,
+    ) -> anyhow::Result<Self> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(opts.attack_threads.max(1))
             .thread_name("sealpost-abuse")
+            .on_thread_start(move || {
+                if let Some(c) = &cpus {
+                    // Best effort: without it the run still happens, on shared CPUs.
+                    let _ = crate::cpus::pin_this_thread(c);
+                }
+            })
             .enable_all()
             .build()
             .context("starting the attacker's runtime")?;
@@ -1360,6 +1377,24 @@ pub async fn run(opts: AbuseOptions) -> anyhow::Result<AbuseReport> {
             (None, *addr, *pin, *admin, addr.to_string(), Vec::new())
         }
     };
+    // The attacker gets a CPU of its own in both phases (the baseline then runs on the same
+    // CPUs as the attack phase).
+    let placement = if opts.split_cpus {
+        crate::cpus::Placement::split()?
+    } else {
+        None
+    };
+    let cpus_label = match &placement {
+        Some(p) => {
+            crate::cpus::pin_process(std::process::id(), &p.rest)
+                .context("placing this process's threads")?;
+            if let Some(r) = &relay {
+                crate::cpus::pin_process(r.pid, &p.rest).context("placing the relay's threads")?;
+            }
+            p.describe()
+        }
+        None => "shared: attacker, relay and well-behaved client on every CPU".to_owned(),
+    };
     let abort_bytes = opts.abort_rss_mib.saturating_mul(1 << 20);
     let sampler = relay
         .as_ref()
@@ -1384,8 +1419,9 @@ pub async fn run(opts: AbuseOptions) -> anyhow::Result<AbuseReport> {
     }
     let mut boxes = Vec::with_capacity(opts.attack_mailboxes);
     for _ in 0..opts.attack_mailboxes {
+        // The relay limits how fast one address creates mailboxes; the set-up waits its turn.
         let mb = setup
-            .create(Suite::ChaCha20Poly1305)
+            .create_patiently(Suite::ChaCha20Poly1305, Duration::from_secs(60))
             .await
             .context("creating the attacker's mailboxes")?;
         boxes.push(OwnBox {
@@ -1459,7 +1495,7 @@ pub async fn run(opts: AbuseOptions) -> anyhow::Result<AbuseReport> {
         )
     } else {
         phase.store(RAMP, Ordering::Relaxed);
-        let attacker = Attacker::start(&opts, ctx.clone(), pin)?;
+        let attacker = Attacker::start(&opts, ctx.clone(), pin, placement.map(|p| p.attacker))?;
         wait_or_abort(opts.ramp, &mut abort).await;
         phase.store(ATTACK, Ordering::Relaxed);
         let attack = well_behaved(&opts, addr, pin, live.clone(), &mut abort).await;
@@ -1520,6 +1556,7 @@ pub async fn run(opts: AbuseOptions) -> anyhow::Result<AbuseReport> {
     Ok(AbuseReport {
         config: AbuseConfig {
             relay: relay_label,
+            cpus: cpus_label,
             relay_args,
             hostile: opts.hostile,
             sources: (0..opts.sources)
@@ -1582,6 +1619,7 @@ impl AbuseReport {
             c.phase_s,
             c.warmup_s
         );
+        println!("cpus: {}", c.cpus);
         println!(
             "attack: {} hostile connections from {} source addresses ({} .. {}), {}",
             c.hostile,

@@ -39,7 +39,7 @@ pub fn start(bin: &Path, addr: &str, dir: &Path) -> anyhow::Result<RelayProcess>
         "0",
         "--source-streams-per-sec",
         "0",
-        "--source-rejected-deposits-per-sec",
+        "--source-faults-per-sec",
         "0",
         "--data-dir",
     ]

@@ -8,6 +8,7 @@ pub mod baseline;
 pub mod chaos;
 pub mod child;
 pub mod compare;
+pub mod cpus;
 pub mod ctcheck;
 pub mod fast;
 pub mod many;

@@ -166,6 +166,11 @@ struct AbuseArgs {
     /// Worker threads of the attacker's own runtime.
     #[arg(long, default_value_t = 1)]
     attack_threads: usize,
+    /// Let the attacker share every CPU with the relay and the well-behaved client (by
+    /// default it gets the last CPU to itself, and they the others, in both phases: on a real
+    /// network the attacker's CPU is not the relay's).
+    #[arg(long)]
+    share_cpus: bool,
     /// Most streams one hostile connection holds (the relay may grant fewer).
     #[arg(long, default_value_t = 256)]
     max_streams_per_conn: usize,
@@ -800,6 +805,7 @@ async fn abuse_cmd(a: AbuseArgs) -> anyhow::Result<ExitCode> {
         abort_rss_mib: a.abort_rss_mib,
         p99_ratio_target: a.p99_ratio,
         attack_threads: a.attack_threads,
+        split_cpus: !a.share_cpus,
         max_streams_per_conn: a.max_streams_per_conn,
         slow_pause: ms(a.slow_pause_ms),
         trickle_bytes: a.trickle_bytes,

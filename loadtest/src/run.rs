@@ -130,7 +130,7 @@ pub async fn spawn_relay(
         connection_stream_rate: sealpost_relay::Rate::UNLIMITED,
         source_create_rate: sealpost_relay::Rate::UNLIMITED,
         source_stream_rate: sealpost_relay::Rate::UNLIMITED,
-        source_rejected_deposit_rate: sealpost_relay::Rate::UNLIMITED,
+        source_fault_rate: sealpost_relay::Rate::UNLIMITED,
         // As large as this kernel allows, so the relay does not warn on every spawn.
         udp_buffer: std::fs::read_to_string("/proc/sys/net/core/rmem_max")
             .ok()
@@ -589,14 +589,22 @@ async fn create_mailboxes(
         while next < n && set.len() < 64 {
             let c = clients[next % clients.len()].clone();
             let i = next;
-            set.spawn(async move { (i, c.create(Suite::ChaCha20Poly1305).await) });
+            set.spawn(async move {
+                let mb = c
+                    .create_patiently(Suite::ChaCha20Poly1305, Duration::from_secs(30))
+                    .await;
+                (i, mb)
+            });
             next += 1;
         }
         if let Some(r) = set.join_next().await {
             let (i, mb) = r.context("create task panicked")?;
-            out[i] = Some(Arc::new(
-                mb.with_context(|| format!("creating mailbox {i}"))?,
-            ));
+            out[i] = Some(Arc::new(mb.with_context(|| {
+                format!(
+                    "creating mailbox {i} (a relay limits mailboxes created per address: \
+                         raise source_creates_per_sec on a relay under load test)"
+                )
+            })?));
             done += 1;
             if progress && (done.is_multiple_of(1000) || done == n) {
                 eprint!(

@@ -263,6 +263,28 @@ impl Client {
         Ok(InfoReply::decode(&f.payload)?)
     }
 
+    /// [`Client::create`], trying again every 100 ms while the relay answers
+    /// `ERROR RATE_LIMITED` (it limits how fast one address creates mailboxes), for at most
+    /// `patience`.
+    pub async fn create_patiently(
+        &self,
+        suite: Suite,
+        patience: Duration,
+    ) -> Result<Mailbox, ClientError> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            match self.create(suite).await {
+                Err(ClientError::Relay(m))
+                    if m.known_code() == Some(sealpost_core::status::ErrorCode::RateLimited)
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Creates a mailbox. The deposit key, the recipient secret and the end-to-end key pair are
     /// generated here; only the first two go to the relay.
     pub async fn create(&self, suite: Suite) -> Result<Mailbox, ClientError> {

@@ -75,10 +75,11 @@ pub struct RelayLimits {
     pub source_connection_rate: Rate,
     /// Request streams per second one source may open over all its connections.
     pub source_stream_rate: Rate,
-    /// Rejected deposits (bad tag, unknown mailbox, malformed, bad size, unsupported) per
-    /// second one source may send; beyond it its connections are closed and it is refused
-    /// until the excess is paid back at this rate (at most ten bursts' worth).
-    pub source_rejected_deposit_rate: Rate,
+    /// Faults per second one source may commit: rejected deposits (bad tag, unknown mailbox,
+    /// malformed, bad size, unsupported), malformed or timed-out frames, requests refused for
+    /// a rate limit. Beyond it its connections are closed and it is refused until the excess
+    /// is paid back at this rate (at least one burst's worth, at most ten).
+    pub source_fault_rate: Rate,
     /// When a new connection must first prove its address with a QUIC Retry.
     pub retry: RetryPolicy,
     /// Handshakes in progress from which [`RetryPolicy::Auto`] demands a Retry.
@@ -184,7 +185,7 @@ impl Default for RelayLimits {
             max_connections_per_source: 512,
             source_connection_rate: Rate::new(50, 200),
             source_stream_rate: Rate::new(1000, 2000),
-            source_rejected_deposit_rate: Rate::new(100, 1000),
+            source_fault_rate: Rate::new(100, 1000),
             retry: RetryPolicy::Auto,
             retry_above_handshakes: 64,
             source_create_rate: Rate::new(10, 50),

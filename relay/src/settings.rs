@@ -158,14 +158,14 @@ pub struct Settings {
     /// Request streams one source may open at once after a quiet spell [default: 2000].
     #[arg(long, env = "SEALPOST_SOURCE_STREAM_BURST")]
     pub source_stream_burst: Option<u32>,
-    /// Rejected deposits (bad tag, unknown mailbox, malformed) per second one source may
-    /// send before its connections are closed and it is refused for a while; 0 = no limit
-    /// [default: 100].
-    #[arg(long, env = "SEALPOST_SOURCE_REJECTED_DEPOSITS_PER_SEC")]
-    pub source_rejected_deposits_per_sec: Option<u32>,
-    /// Rejected deposits one source may send at once [default: 1000].
-    #[arg(long, env = "SEALPOST_SOURCE_REJECTED_DEPOSIT_BURST")]
-    pub source_rejected_deposit_burst: Option<u32>,
+    /// Faults per second one source may commit (rejected deposits, malformed or timed-out
+    /// frames, requests over a rate limit) before its connections are closed and it is
+    /// refused for a while; 0 = no limit [default: 100].
+    #[arg(long, env = "SEALPOST_SOURCE_FAULTS_PER_SEC")]
+    pub source_faults_per_sec: Option<u32>,
+    /// Faults one source may commit at once [default: 1000].
+    #[arg(long, env = "SEALPOST_SOURCE_FAULT_BURST")]
+    pub source_fault_burst: Option<u32>,
     /// QUIC address validation (Retry) for new connections: `auto` (while many handshakes
     /// are in progress), `always` or `never` [default: auto].
     #[arg(long, env = "SEALPOST_RETRY")]
@@ -279,8 +279,8 @@ impl Settings {
             source_connection_burst,
             source_streams_per_sec,
             source_stream_burst,
-            source_rejected_deposits_per_sec,
-            source_rejected_deposit_burst,
+            source_faults_per_sec,
+            source_fault_burst,
             retry,
             retry_above_handshakes,
             source_creates_per_sec,
@@ -365,14 +365,11 @@ impl Settings {
                 self.source_stream_burst
                     .unwrap_or(d.source_stream_rate.burst),
             ),
-            source_rejected_deposits_per_sec: Some(
-                self.source_rejected_deposits_per_sec
-                    .unwrap_or(d.source_rejected_deposit_rate.per_sec),
+            source_faults_per_sec: Some(
+                self.source_faults_per_sec
+                    .unwrap_or(d.source_fault_rate.per_sec),
             ),
-            source_rejected_deposit_burst: Some(
-                self.source_rejected_deposit_burst
-                    .unwrap_or(d.source_rejected_deposit_rate.burst),
-            ),
+            source_fault_burst: Some(self.source_fault_burst.unwrap_or(d.source_fault_rate.burst)),
             retry: Some(self.retry.unwrap_or(d.retry)),
             retry_above_handshakes: Some(
                 self.retry_above_handshakes
@@ -532,10 +529,10 @@ impl Settings {
             e.source_streams_per_sec,
             e.source_stream_burst,
         )?;
-        let source_rejected_deposit_rate = rate(
-            "source_rejected_deposit_burst",
-            e.source_rejected_deposits_per_sec,
-            e.source_rejected_deposit_burst,
+        let source_fault_rate = rate(
+            "source_fault_burst",
+            e.source_faults_per_sec,
+            e.source_fault_burst,
         )?;
         let source_create_rate = rate(
             "source_create_burst",
@@ -624,7 +621,7 @@ impl Settings {
             max_connections_per_source: e.max_connections_per_source.unwrap_or_default(),
             source_connection_rate,
             source_stream_rate,
-            source_rejected_deposit_rate,
+            source_fault_rate,
             retry: e.retry.unwrap_or_default(),
             retry_above_handshakes: e.retry_above_handshakes.unwrap_or_default(),
             source_create_rate,

@@ -61,6 +61,10 @@ impl FrameDeadline {
 
 /// Chunks taken from the QUIC stream per read.
 const CHUNKS_PER_READ: usize = 32;
+/// Chunk slots a new reader starts with: most streams carry one small request, and an
+/// attacker's thousands of idle streams should cost little. A read that fills every slot
+/// doubles them, up to [`CHUNKS_PER_READ`].
+const FIRST_CHUNKS: usize = 4;
 
 /// The receiving half of a stream with its frame decoder.
 ///
@@ -85,6 +89,8 @@ pub struct FrameReader {
     counted: usize,
     /// Frames decoded so far (a read that completes one restarts the clock).
     decoded: u64,
+    /// Where a framing fault or a timed-out frame is counted against the peer's source.
+    peer: Option<Arc<crate::server::Peer>>,
 }
 
 impl FrameReader {
@@ -95,11 +101,26 @@ impl FrameReader {
             decoder: FrameDecoder::new(max_frame),
             ready: VecDeque::new(),
             fault: None,
-            chunks: vec![Bytes::new(); CHUNKS_PER_READ],
+            chunks: vec![Bytes::new(); FIRST_CHUNKS],
             deadline: None,
             waited: Duration::ZERO,
             counted: 0,
             decoded: 0,
+            peer: None,
+        }
+    }
+
+    /// Counts this stream's framing faults and timed-out frames against `peer`'s source.
+    pub(crate) fn with_peer(mut self, peer: Arc<crate::server::Peer>) -> Self {
+        self.peer = Some(peer);
+        self
+    }
+
+    /// Records a fault found in what the peer sent.
+    fn set_fault(&mut self, e: FrameError) {
+        self.fault = Some(e);
+        if let Some(p) = &self.peer {
+            p.charge_faults(1, std::time::Instant::now());
         }
     }
 
@@ -157,7 +178,7 @@ impl FrameReader {
                     }
                     Err(_) => {
                         ::metrics::counter!(crate::metrics::FRAME_TIMEOUTS).increment(1);
-                        self.fault = Some(FrameError::TimedOut {
+                        self.set_fault(FrameError::TimedOut {
                             secs: limit.as_secs().max(1),
                         });
                         self.release();
@@ -211,6 +232,7 @@ impl FrameReader {
     ) -> Result<bool, ReadError> {
         match got {
             Ok(Some(n)) => {
+                let full = n == self.chunks.len();
                 for c in self.chunks.iter_mut().take(n) {
                     self.decoder.push(std::mem::take(c));
                     loop {
@@ -221,17 +243,21 @@ impl FrameReader {
                             }
                             Ok(None) => break,
                             Err(e) => {
-                                self.fault = Some(e);
+                                self.set_fault(e);
                                 return Ok(true);
                             }
                         }
                     }
                 }
+                if full && self.chunks.len() < CHUNKS_PER_READ {
+                    let more = (self.chunks.len() * 2).min(CHUNKS_PER_READ);
+                    self.chunks.resize(more, Bytes::new());
+                }
                 Ok(true)
             }
             Ok(None) => {
                 if let Err(e) = self.decoder.finish() {
-                    self.fault = Some(e);
+                    self.set_fault(e);
                     return Ok(true);
                 }
                 Ok(false)

@@ -477,7 +477,7 @@ async fn under_memory_pressure_a_trickled_frame_gets_a_second() {
 #[tokio::test]
 async fn a_source_flooding_rejected_deposits_is_cut_off_and_refused_for_a_while() {
     let r = relay_with(RelayLimits {
-        source_rejected_deposit_rate: Rate::new(2, 5),
+        source_fault_rate: Rate::new(2, 5),
         ..RelayLimits::default()
     })
     .await;
@@ -526,4 +526,35 @@ async fn a_source_flooding_rejected_deposits_is_cut_off_and_refused_for_a_while(
             .unwrap(),
         DepositStatus::Ok
     );
+}
+
+#[tokio::test]
+async fn a_source_holding_streams_that_never_speak_is_cut_off() {
+    // Streams that never send their first frame are faults once the relay gives up on them.
+    // Here the first-frame wait is the default 10 s; the frame deadline is what a slowloris
+    // meets after a first byte, so use that: one byte, then nothing.
+    let r = relay_with(RelayLimits {
+        frame_timeout: Duration::from_secs(1),
+        source_fault_rate: Rate::new(1, 3),
+        ..RelayLimits::default()
+    })
+    .await;
+    let pin = r.handle.pin();
+    let c = connect_from(&r.addr, pin, "127.0.0.10").await.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..6 {
+        let (mut send, recv) = c.connection().open_bi().await.unwrap();
+        send.write_all(&[0]).await.unwrap();
+        held.push((send, recv));
+    }
+    let closed = tokio::time::timeout(Duration::from_secs(10), c.connection().closed())
+        .await
+        .expect("the relay closes the connection once the source is over its faults");
+    assert!(
+        matches!(&closed, quinn::ConnectionError::ApplicationClosed(a)
+            if a.error_code == quinn::VarInt::from_u32(sealpost_relay::server::CLOSE_ABUSE)),
+        "{closed:?}"
+    );
+    assert!(connect_from(&r.addr, pin, "127.0.0.10").await.is_err());
+    r.assert_serves().await;
 }

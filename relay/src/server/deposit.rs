@@ -91,7 +91,7 @@ pub(super) async fn run(
                     .iter()
                     .filter(|s| is_rejection(**s))
                     .count();
-                if !peer.charge_rejected(rejected, std::time::Instant::now()) {
+                if !peer.charge_faults(rejected, std::time::Instant::now()) {
                     // The answers went out; the connection goes now, and its source waits
                     // out the penalty before it may connect again.
                     return;

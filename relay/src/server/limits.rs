@@ -59,15 +59,26 @@ impl TokenBucket {
         Duration::from_secs_f64((want - probe.tokens).max(0.0) / f64::from(rate.per_sec))
     }
 
-    /// Takes `n` tokens whether or not they are there, going into debt down to
-    /// `-max_debt`; true while the bucket is not in debt afterwards. A bucket in debt refills
-    /// to zero before it allows anything: a penalty that lasts as long as the excess was large.
-    pub fn charge(&mut self, rate: Rate, n: u32, max_debt: f64, now: Instant) -> bool {
+    /// Takes `n` tokens whether or not they are there, going into debt; true while the bucket
+    /// is not in debt afterwards. A bucket in debt refills to zero before it allows anything:
+    /// a penalty. Going into debt costs at least `min_debt` (so that the penalty is not over
+    /// in a moment and the offender back at once) and at most `max_debt`.
+    pub fn charge(
+        &mut self,
+        rate: Rate,
+        n: u32,
+        min_debt: f64,
+        max_debt: f64,
+        now: Instant,
+    ) -> bool {
         if !rate.is_limited() {
             return true;
         }
         self.refill(rate, now);
-        self.tokens = (self.tokens - f64::from(n)).max(-max_debt);
+        self.tokens -= f64::from(n);
+        if self.tokens < 0.0 {
+            self.tokens = self.tokens.min(-min_debt).max(-max_debt);
+        }
         self.tokens >= 0.0
     }
 
@@ -178,7 +189,7 @@ pub enum SourceRefusal {
     TooMany,
     /// The source opens connections faster than it may.
     TooFast,
-    /// The source sent more rejected deposits than it may and is waiting out the penalty.
+    /// The source committed more faults than it may and is waiting out the penalty.
     Penalty,
 }
 
@@ -202,22 +213,27 @@ pub struct SourceRates {
     pub connections: Rate,
     /// Request streams, over all the source's connections.
     pub streams: Rate,
-    /// Rejected deposits (bad tag, unknown mailbox, malformed, ...). Beyond the burst the
-    /// source goes into debt (up to ten bursts) and its connections are closed and refused
+    /// Faults: rejected deposits (bad tag, unknown mailbox, malformed, ...), malformed or
+    /// timed-out frames, requests over a rate limit. Beyond the burst the source goes into
+    /// debt (at least one burst, at most ten) and its connections are closed and refused
     /// until the debt is paid back at the rate.
-    pub rejected: Rate,
+    pub faults: Rate,
 }
 
-/// How many bursts of rejected deposits a source can owe: the longest penalty is this many
+/// How many bursts of faults a source can owe: the longest penalty is this many
 /// times `burst / per_sec`.
 const MAX_DEBT_BURSTS: f64 = 10.0;
+/// A source that goes over its allowance owes at least one burst: its penalty lasts at least
+/// `burst / per_sec` (10 s by default). A shorter one would let a flooder reconnect at once,
+/// and every reconnection is a handshake the relay pays for.
+const MIN_DEBT_BURSTS: f64 = 1.0;
 
 #[derive(Debug)]
 struct SourceEntry {
     live: usize,
     bucket: TokenBucket,
     streams: TokenBucket,
-    rejected: TokenBucket,
+    faults: TokenBucket,
 }
 
 impl SourceEntry {
@@ -226,7 +242,7 @@ impl SourceEntry {
         self.live == 0
             && self.bucket.is_full(rates.connections, now)
             && self.streams.is_full(rates.streams, now)
-            && self.rejected.is_full(rates.rejected, now)
+            && self.faults.is_full(rates.faults, now)
     }
 }
 
@@ -282,9 +298,9 @@ impl SourceTable {
             live: 0,
             bucket: TokenBucket::new(rates.connections, now),
             streams: TokenBucket::new(rates.streams, now),
-            rejected: TokenBucket::new(rates.rejected, now),
+            faults: TokenBucket::new(rates.faults, now),
         });
-        if entry.rejected.in_debt(rates.rejected, now) {
+        if entry.faults.in_debt(rates.faults, now) {
             return Err(SourceRefusal::Penalty);
         }
         if rates.max_live > 0 && entry.live >= rates.max_live {
@@ -329,28 +345,34 @@ impl SourceGuard {
         }
     }
 
-    /// Counts `n` rejected deposits against the source; false once it is over its allowance
+    /// Counts `n` faults against the source; false once it is over its allowance
     /// (its connections should then be closed: it is refused until the penalty is over).
-    pub fn charge_rejected(&self, n: u32, now: Instant) -> bool {
-        let rate = self.table.rates.rejected;
+    pub fn charge_faults(&self, n: u32, now: Instant) -> bool {
+        let rate = self.table.rates.faults;
         if n == 0 || !rate.is_limited() {
             return true;
         }
-        let max_debt = f64::from(rate.burst.max(1)) * MAX_DEBT_BURSTS;
+        let burst = f64::from(rate.burst.max(1));
         let mut st = self.table.lock();
         match st.map.get_mut(&self.key) {
-            Some(e) => e.rejected.charge(rate, n, max_debt, now),
+            Some(e) => e.faults.charge(
+                rate,
+                n,
+                burst * MIN_DEBT_BURSTS,
+                burst * MAX_DEBT_BURSTS,
+                now,
+            ),
             None => true,
         }
     }
 
     /// Whether the source is serving a penalty (checked by its other connections).
     pub fn penalized(&self, now: Instant) -> bool {
-        let rate = self.table.rates.rejected;
+        let rate = self.table.rates.faults;
         let st = self.table.lock();
         st.map
             .get(&self.key)
-            .is_some_and(|e| e.rejected.in_debt(rate, now))
+            .is_some_and(|e| e.faults.in_debt(rate, now))
     }
 }
 
@@ -454,7 +476,7 @@ mod tests {
             max_live: 2,
             connections: Rate::new(1, 3),
             streams: Rate::UNLIMITED,
-            rejected: Rate::UNLIMITED,
+            faults: Rate::UNLIMITED,
         });
         let a: IpAddr = "127.0.0.2".parse().unwrap();
         let b: IpAddr = "127.0.0.3".parse().unwrap();
@@ -474,13 +496,13 @@ mod tests {
     }
 
     #[test]
-    fn a_source_over_its_rejected_deposits_is_refused_until_it_has_paid() {
+    fn a_source_over_its_faults_is_refused_until_it_has_paid() {
         let t0 = Instant::now();
         let table = SourceTable::new(SourceRates {
             max_live: 0,
             connections: Rate::UNLIMITED,
             streams: Rate::new(10, 2),
-            rejected: Rate::new(10, 20),
+            faults: Rate::new(10, 20),
         });
         let a: IpAddr = "127.0.0.7".parse().unwrap();
         let g = table.admit(a, t0).unwrap();
@@ -489,18 +511,35 @@ mod tests {
         assert!(g.take_stream(t0).is_ok());
         assert!(g2.take_stream(t0).is_ok());
         assert!(g.take_stream(t0).is_err());
-        // Twenty rejected deposits are within the allowance; thirty more are not.
-        assert!(g.charge_rejected(20, t0));
-        assert!(!g2.charge_rejected(30, t0));
+        // Twenty faults are within the allowance; thirty more are not.
+        assert!(g.charge_faults(20, t0));
+        assert!(!g2.charge_faults(30, t0));
         assert!(g.penalized(t0));
         assert_eq!(table.admit(a, t0).unwrap_err(), SourceRefusal::Penalty);
         // The debt of 30 is paid back at 10 a second.
         let t1 = t0 + Duration::from_millis(2900);
         assert_eq!(table.admit(a, t1).unwrap_err(), SourceRefusal::Penalty);
         assert!(table.admit(a, t0 + Duration::from_millis(3100)).is_ok());
+        // One rejection too many still costs a whole burst: 2 s here.
+        let t2 = t0 + Duration::from_secs(10);
+        assert!(g.charge_faults(20, t2));
+        assert!(!g.charge_faults(1, t2));
+        assert_eq!(
+            table
+                .admit(a, t2 + Duration::from_millis(1900))
+                .unwrap_err(),
+            SourceRefusal::Penalty
+        );
+        assert!(table.admit(a, t2 + Duration::from_millis(2100)).is_ok());
         // The debt is capped at ten bursts, so no penalty lasts longer than 20 s here.
-        assert!(!g.charge_rejected(1_000_000, t1));
-        assert!(table.admit(a, t1 + Duration::from_secs(21)).is_ok());
+        let t3 = t2 + Duration::from_secs(3);
+        assert!(!g.charge_faults(1_000_000, t3));
+        assert_eq!(
+            table.admit(a, t3 + Duration::from_secs(19)).unwrap_err(),
+            SourceRefusal::Penalty
+        );
+        assert!(table.admit(a, t3 + Duration::from_secs(21)).is_ok());
+
         // Another source is not affected.
         assert!(table.admit("127.0.0.8".parse().unwrap(), t1).is_ok());
     }

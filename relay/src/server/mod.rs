@@ -30,10 +30,14 @@ const PRESSURE_FRAME_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// QUIC application close code for a relay shutting down; clients reconnect after it.
 pub const CLOSE_SHUTDOWN: u32 = 1;
-/// QUIC application close code for a connection whose source sent more rejected deposits
-/// (bad tags, unknown mailboxes, malformed envelopes) than the relay allows; its new
-/// connections are refused for a while.
+/// QUIC application close code for a connection whose source committed more faults (rejected
+/// deposits, malformed or timed-out frames, requests over a rate limit) than the relay
+/// allows; its new connections are refused for a while.
 pub const CLOSE_ABUSE: u32 = 3;
+/// The reason sent with [`CLOSE_ABUSE`].
+const ABUSE_REASON: &[u8] =
+    b"too many faults (rejected deposits, bad or slow frames, requests over a limit) from this address; wait before reconnecting";
+
 /// QUIC application close code reserved for "relay busy". Unused: a relay at a connection
 /// limit refuses before the handshake, with the transport error `CONNECTION_REFUSED`.
 pub const CLOSE_BUSY: u32 = 2;
@@ -258,7 +262,7 @@ pub async fn start(config: RelayConfig, store: Arc<dyn Store>) -> Result<RelayHa
         max_live: config.limits.max_connections_per_source,
         connections: config.limits.source_connection_rate,
         streams: config.limits.source_stream_rate,
-        rejected: config.limits.source_rejected_deposit_rate,
+        faults: config.limits.source_fault_rate,
     });
     let creates = std::sync::Mutex::new(limits::Buckets::new(config.limits.source_create_rate));
     let frames = crate::stream::FrameDeadline::new(
@@ -442,20 +446,17 @@ pub(crate) struct Peer {
 }
 
 impl Peer {
-    /// Counts `n` rejected deposits against the source; once it is over its allowance,
+    /// Counts `n` faults against the source; once it is over its allowance,
     /// closes the connection (its source is then refused for a while) and returns false.
-    pub(crate) fn charge_rejected(&self, n: usize, now: std::time::Instant) -> bool {
+    pub(crate) fn charge_faults(&self, n: usize, now: std::time::Instant) -> bool {
         if self
             .source
-            .charge_rejected(u32::try_from(n).unwrap_or(u32::MAX), now)
+            .charge_faults(u32::try_from(n).unwrap_or(u32::MAX), now)
         {
             return true;
         }
         metrics::counter!(crate::metrics::ABUSE_CLOSES).increment(1);
-        self.conn.close(
-            CLOSE_ABUSE.into(),
-            b"too many rejected deposits from this address; wait before reconnecting",
-        );
+        self.conn.close(CLOSE_ABUSE.into(), ABUSE_REASON);
         false
     }
 }
@@ -472,10 +473,7 @@ async fn serve_connection(peer: &Arc<Peer>, shared: &Arc<Shared>) {
         if peer.source.penalized(now) {
             // Another connection of this source earned it a penalty.
             metrics::counter!(crate::metrics::ABUSE_CLOSES).increment(1);
-            peer.conn.close(
-                CLOSE_ABUSE.into(),
-                b"too many rejected deposits from this address; wait before reconnecting",
-            );
+            peer.conn.close(CLOSE_ABUSE.into(), ABUSE_REASON);
             return;
         }
         let over = match streams.try_take(rate, now) {
@@ -487,6 +485,10 @@ async fn serve_connection(peer: &Arc<Peer>, shared: &Arc<Shared>) {
                 .map(|wait| (wait, "address", shared.limits.source_stream_rate.per_sec)),
         };
         if let Some((wait, who, per_sec)) = over {
+            // A client that keeps asking after being told to wait is at fault.
+            if !peer.charge_faults(1, now) {
+                return;
+            }
             // Answered, not dropped: the client learns why and when to come back. The
             // stream is not read; at most the QUIC stream limit of these run at once.
             metrics::counter!(crate::metrics::STREAMS_RATE_LIMITED).increment(1);
@@ -519,12 +521,14 @@ async fn serve_stream(
     recv: RecvStream,
 ) {
     let conn = &peer.conn;
-    let mut reader =
-        FrameReader::new(recv, shared.limits.frame_limit()).with_deadline(shared.frames.clone());
+    let mut reader = FrameReader::new(recv, shared.limits.frame_limit())
+        .with_deadline(shared.frames.clone())
+        .with_peer(peer.clone());
     let first =
         match tokio::time::timeout(shared.limits.first_frame_timeout, reader.next_frame()).await {
             Err(_) => {
                 metrics::counter!(crate::metrics::FRAME_TIMEOUTS).increment(1);
+                peer.charge_faults(1, std::time::Instant::now());
                 refuse(
                     &mut send,
                     Some(&mut reader),
@@ -565,7 +569,9 @@ async fn serve_stream(
         }
         FrameType::Delete => Box::pin(control::delete(&shared, conn, first, reader, send)).await,
         FrameType::Info => Box::pin(control::info(&shared, first, reader, send)).await,
-        other => refuse(
+        other => {
+            peer.charge_faults(1, std::time::Instant::now());
+            refuse(
             &mut send,
             Some(&mut reader),
             ErrorCode::UnexpectedFrame,
@@ -573,6 +579,7 @@ async fn serve_stream(
                 "a stream must begin with CREATE, DEPOSIT, SUBSCRIBE, DELETE or INFO, not {other:?}"
             ),
         )
-        .await,
+        .await
+        }
     }
 }
