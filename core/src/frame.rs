@@ -6,6 +6,7 @@
 //! without a copy; only frames that straddle chunks are assembled in a buffer, and that buffer is
 //! sized from a length prefix that has already been checked against the limit.
 
+use crate::wire_enum::wire_enum;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// Bytes of the length prefix.
@@ -13,57 +14,35 @@ pub const LEN_PREFIX: usize = 4;
 /// Bytes of the length prefix plus the type byte.
 pub const HEADER_LEN: usize = LEN_PREFIX + 1;
 
-/// The type byte of a frame. Values are fixed by docs/PROTOCOL.md.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum FrameType {
-    /// Client → relay: create a mailbox.
-    Create = 0x01,
-    /// Relay → client: the mailbox was created.
-    Created = 0x02,
-    /// Client → relay: one deposit envelope.
-    Deposit = 0x03,
-    /// Relay → client: statuses for the next deposits on this stream, in order.
-    DepositResult = 0x04,
-    /// Client → relay: subscribe to a mailbox.
-    Subscribe = 0x05,
-    /// Relay → client: the subscription is accepted.
-    Subscribed = 0x06,
-    /// Relay → client: one re-sealed envelope.
-    Deliver = 0x07,
-    /// Client → relay: cumulative acknowledgement.
-    Ack = 0x08,
-    /// Client → relay: delete a mailbox.
-    Delete = 0x09,
-    /// Relay → client: the mailbox was deleted.
-    Deleted = 0x0A,
-    /// Client → relay: ask for the relay's version and limits.
-    Info = 0x0B,
-    /// Relay → client: the relay's version and limits.
-    InfoReply = 0x0C,
-    /// Either direction: a request was refused; the stream ends after it.
-    Error = 0x0F,
-}
-
-impl FrameType {
-    /// Maps a type byte to a frame type, or `None` for a byte no frame uses.
-    pub fn from_u8(b: u8) -> Option<Self> {
-        Some(match b {
-            0x01 => Self::Create,
-            0x02 => Self::Created,
-            0x03 => Self::Deposit,
-            0x04 => Self::DepositResult,
-            0x05 => Self::Subscribe,
-            0x06 => Self::Subscribed,
-            0x07 => Self::Deliver,
-            0x08 => Self::Ack,
-            0x09 => Self::Delete,
-            0x0A => Self::Deleted,
-            0x0B => Self::Info,
-            0x0C => Self::InfoReply,
-            0x0F => Self::Error,
-            _ => return None,
-        })
+wire_enum! {
+    /// The type byte of a frame. Values and names are fixed by docs/PROTOCOL.md.
+    pub enum FrameType: u8 [from_u8, to_u8] {
+        /// Client → relay: create a mailbox.
+        Create = 0x01 => "CREATE",
+        /// Relay → client: the mailbox was created.
+        Created = 0x02 => "CREATED",
+        /// Client → relay: one deposit envelope.
+        Deposit = 0x03 => "DEPOSIT",
+        /// Relay → client: statuses for the next deposits on this stream, in order.
+        DepositResult = 0x04 => "DEPOSIT_RESULT",
+        /// Client → relay: subscribe to a mailbox.
+        Subscribe = 0x05 => "SUBSCRIBE",
+        /// Relay → client: the subscription is accepted.
+        Subscribed = 0x06 => "SUBSCRIBED",
+        /// Relay → client: one re-sealed envelope.
+        Deliver = 0x07 => "DELIVER",
+        /// Client → relay: cumulative acknowledgement.
+        Ack = 0x08 => "ACK",
+        /// Client → relay: delete a mailbox.
+        Delete = 0x09 => "DELETE",
+        /// Relay → client: the mailbox was deleted.
+        Deleted = 0x0A => "DELETED",
+        /// Client → relay: ask for the relay's version and limits.
+        Info = 0x0B => "INFO",
+        /// Relay → client: the relay's version and limits.
+        InfoReply = 0x0C => "INFO_REPLY",
+        /// Either direction: a request was refused; the stream ends after it.
+        Error = 0x0F => "ERROR",
     }
 }
 
@@ -452,31 +431,15 @@ mod tests {
         use super::*;
         use proptest::prelude::*;
 
-        const TYPES: [FrameType; 13] = [
-            FrameType::Create,
-            FrameType::Created,
-            FrameType::Deposit,
-            FrameType::DepositResult,
-            FrameType::Subscribe,
-            FrameType::Subscribed,
-            FrameType::Deliver,
-            FrameType::Ack,
-            FrameType::Delete,
-            FrameType::Deleted,
-            FrameType::Info,
-            FrameType::InfoReply,
-            FrameType::Error,
-        ];
-
         proptest! {
             #[test]
             fn round_trip_any_chunking(
-                frames in prop::collection::vec((0usize..13, prop::collection::vec(any::<u8>(), 0..300)), 0..20),
+                frames in prop::collection::vec((0..FrameType::ALL.len(), prop::collection::vec(any::<u8>(), 0..300)), 0..20),
                 cuts in prop::collection::vec(0usize..10_000, 0..30),
             ) {
                 let mut wire = BytesMut::new();
                 for (t, p) in &frames {
-                    encode(TYPES[*t], p, &mut wire);
+                    encode(FrameType::ALL[*t], p, &mut wire);
                 }
                 let wire = wire.freeze();
                 let mut points: Vec<usize> = cuts.iter().map(|c| c % (wire.len() + 1)).collect();
@@ -487,7 +450,7 @@ mod tests {
                 let got = decode_all(&mut FrameDecoder::new(400), &chunks).unwrap();
                 prop_assert_eq!(got.len(), frames.len());
                 for (g, (t, p)) in got.iter().zip(&frames) {
-                    prop_assert_eq!(g.ty, TYPES[*t]);
+                    prop_assert_eq!(g.ty, FrameType::ALL[*t]);
                     prop_assert_eq!(&g.payload[..], &p[..]);
                 }
             }

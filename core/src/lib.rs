@@ -21,6 +21,7 @@ pub mod padding;
 pub mod random;
 pub mod status;
 pub mod suite;
+mod wire_enum;
 
 pub use envelope::{DepositId, Envelope};
 pub use keys::RecipientId;

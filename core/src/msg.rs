@@ -64,6 +64,15 @@ fn take<const N: usize>(p: &mut &[u8]) -> [u8; N] {
     a
 }
 
+/// The longest prefix of `s` that has at most `max` bytes and ends on a character boundary.
+fn cut_at_char(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// CREATE: ask the relay for a new mailbox. Carries secrets, wiped on drop.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct Create {
@@ -440,9 +449,10 @@ pub struct InfoReply {
 
 impl InfoReply {
     /// Appends the payload: `version_len: u8 | version | n_suites: u8 | suites | limits`.
+    /// A version longer than 255 bytes is cut at a character boundary, so that the payload
+    /// stays decodable.
     pub fn encode(&self, out: &mut BytesMut) {
-        let v = self.version.as_bytes();
-        let v = &v[..v.len().min(255)];
+        let v = cut_at_char(&self.version, 255).as_bytes();
         out.put_u8(v.len() as u8);
         out.put_slice(v);
         out.put_u8(self.suites.len().min(255) as u8);
@@ -507,12 +517,8 @@ impl ErrorMsg {
 
     /// Appends the payload: `code: u16 | message (UTF-8, rest of the payload)`.
     pub fn encode(&self, out: &mut BytesMut) {
-        let mut end = self.message.len().min(MAX_ERROR_MESSAGE);
-        while !self.message.is_char_boundary(end) {
-            end -= 1;
-        }
         out.put_u16(self.code);
-        out.put_slice(&self.message.as_bytes()[..end]);
+        out.put_slice(cut_at_char(&self.message, MAX_ERROR_MESSAGE).as_bytes());
     }
 
     /// Decodes a payload; invalid UTF-8 in the message is replaced, not refused.
@@ -659,6 +665,22 @@ mod tests {
             decode_deposit_result(&[0, 3, 0]),
             Err(MsgError::Length { .. })
         ));
+    }
+
+    /// Found by the `control` fuzz target: a version of more than 255 bytes was cut in the
+    /// middle of a character, and the INFO_REPLY it produced did not decode.
+    #[test]
+    fn long_info_reply_version_is_cut_at_a_character() {
+        let ir = InfoReply {
+            version: format!("{}é and more", "v".repeat(254)),
+            suites: vec![Suite::ChaCha20Poly1305],
+            limits: limits(),
+        };
+        let mut b = BytesMut::new();
+        ir.encode(&mut b);
+        let back = InfoReply::decode(&b).unwrap();
+        assert_eq!(back.version, "v".repeat(254));
+        assert_eq!(back.limits, ir.limits);
     }
 
     proptest! {

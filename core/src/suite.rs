@@ -1,5 +1,6 @@
 //! AEAD suites and the key type that carries them.
 
+use crate::wire_enum::wire_enum;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 /// Bytes of every AEAD key sealpost uses.
@@ -9,45 +10,23 @@ pub const NONCE_LEN: usize = 12;
 /// Bytes of every AEAD tag sealpost uses.
 pub const TAG_LEN: usize = 16;
 
-/// An AEAD suite, as numbered on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum Suite {
-    /// ChaCha20-Poly1305 (RFC 8439).
-    ChaCha20Poly1305 = 1,
-    /// AES-256-GCM.
-    Aes256Gcm = 2,
+wire_enum! {
+    /// An AEAD suite, as numbered on the wire. Its name is the short lowercase one used on
+    /// the command line.
+    pub enum Suite: u8 [from_u8, to_u8] {
+        /// ChaCha20-Poly1305 (RFC 8439).
+        ChaCha20Poly1305 = 1 => "chacha20poly1305",
+        /// AES-256-GCM.
+        Aes256Gcm = 2 => "aes256gcm",
+    }
 }
 
 impl Suite {
-    /// The suite for a wire byte, or `None` if no suite has that number.
-    pub fn from_u8(b: u8) -> Option<Self> {
-        match b {
-            1 => Some(Self::ChaCha20Poly1305),
-            2 => Some(Self::Aes256Gcm),
-            _ => None,
-        }
-    }
-
-    /// A short lowercase name, as used on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::ChaCha20Poly1305 => "chacha20poly1305",
-            Self::Aes256Gcm => "aes256gcm",
-        }
-    }
-
     pub(crate) fn ring_alg(self) -> &'static ring::aead::Algorithm {
         match self {
             Self::ChaCha20Poly1305 => &ring::aead::CHACHA20_POLY1305,
             Self::Aes256Gcm => &ring::aead::AES_256_GCM,
         }
-    }
-}
-
-impl std::fmt::Display for Suite {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
     }
 }
 

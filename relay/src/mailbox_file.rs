@@ -60,18 +60,8 @@ fn hex_field<const N: usize>(name: &str, s: &str) -> Result<Zeroizing<[u8; N]>, 
     Ok(out)
 }
 
-/// Writes `mailbox` to `path` (mode 0600), refusing to overwrite an existing file.
-pub fn write(path: &Path, mailbox: &Mailbox) -> Result<(), MailboxFileError> {
-    let io = |source| MailboxFileError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    if path.exists() {
-        return Err(io(std::io::Error::new(
-            std::io::ErrorKind::AlreadyExists,
-            "file exists; choose another --out or remove it first",
-        )));
-    }
+/// The text of a mailbox file for `mailbox`: pretty-printed JSON that holds its secrets.
+pub fn to_json(mailbox: &Mailbox) -> Result<Zeroizing<String>, serde_json::Error> {
     let f = FileV1 {
         format: FORMAT.into(),
         relay: mailbox.relay.clone(),
@@ -84,13 +74,25 @@ pub fn write(path: &Path, mailbox: &Mailbox) -> Result<(), MailboxFileError> {
         e2e_secret: hex::encode(*mailbox.e2e_secret.to_bytes()),
         sizes: mailbox.sizes.as_slice().to_vec(),
     };
-    let json =
-        Zeroizing::new(
-            serde_json::to_string_pretty(&f).map_err(|e| MailboxFileError::Format {
-                path: path.to_owned(),
-                why: e.to_string(),
-            })?,
-        );
+    serde_json::to_string_pretty(&f).map(Zeroizing::new)
+}
+
+/// Writes `mailbox` to `path` (mode 0600), refusing to overwrite an existing file.
+pub fn write(path: &Path, mailbox: &Mailbox) -> Result<(), MailboxFileError> {
+    let io = |source| MailboxFileError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if path.exists() {
+        return Err(io(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "file exists; choose another --out or remove it first",
+        )));
+    }
+    let json = to_json(mailbox).map_err(|e| MailboxFileError::Format {
+        path: path.to_owned(),
+        why: e.to_string(),
+    })?;
     crate::tls::write_private(path, json.as_bytes()).map_err(|e| match e {
         crate::tls::TlsError::Io { source, .. } => io(source),
         other => MailboxFileError::Format {
@@ -106,11 +108,16 @@ pub fn read(path: &Path) -> Result<Mailbox, MailboxFileError> {
         path: path.to_owned(),
         source,
     })?);
+    parse(path, &data)
+}
+
+/// Parses the contents of a mailbox file; `path` only names the file in errors.
+pub fn parse(path: &Path, data: &[u8]) -> Result<Mailbox, MailboxFileError> {
     let fmt = |why: String| MailboxFileError::Format {
         path: path.to_owned(),
         why,
     };
-    let f: FileV1 = serde_json::from_slice(&data).map_err(|e| fmt(e.to_string()))?;
+    let f: FileV1 = serde_json::from_slice(data).map_err(|e| fmt(e.to_string()))?;
     if f.format != FORMAT {
         return Err(fmt(format!(
             "format is {:?}, expected {FORMAT:?}",

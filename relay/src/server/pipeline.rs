@@ -186,14 +186,18 @@ async fn shard(
         }
         let (statuses, waits) = process(store.as_ref(), engine, &mut buckets, &envelopes).await;
         // One metrics update per status per batch: a labelled key costs an allocation.
-        let mut by_status = [0u64; 10];
+        // Counted beside DepositStatus::ALL, so a new status needs no change here; no
+        // indexing and no allocation.
+        let mut by_status = [0u64; DepositStatus::ALL.len()];
         for s in &statuses {
-            by_status[*s as usize] += 1;
+            for (k, n) in DepositStatus::ALL.iter().zip(by_status.iter_mut()) {
+                if k == s {
+                    *n += 1;
+                }
+            }
         }
-        for (code, &n) in by_status.iter().enumerate() {
-            if n > 0
-                && let Some(s) = DepositStatus::from_u8(code as u8)
-            {
+        for (&s, &n) in DepositStatus::ALL.iter().zip(&by_status) {
+            if n > 0 {
                 metrics::counter!(m::DEPOSITS, "status" => m::status_label(s)).increment(n);
             }
         }
