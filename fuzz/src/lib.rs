@@ -55,7 +55,33 @@ pub const TARGETS: &[Target] = &[
         name: "mailbox_file",
         run: mailbox_file,
     },
+    Target {
+        name: "subscription",
+        run: subscription,
+    },
+    Target {
+        name: "deposit_stream",
+        run: deposit_stream,
+    },
 ];
+
+/// The relay's SUBSCRIBE state machine driven by `data` read as events (store appends, ACKs
+/// good and bad, wake-ups, clock ticks, replacement, shutdown, store failures) through the
+/// simulated harness, which checks on every step that nothing acknowledged is skipped,
+/// nothing is delivered out of order, the window is never exceeded and memory stays bounded,
+/// and at the end that the mailbox drains. Every input is a valid event sequence.
+pub fn subscription(data: &[u8]) -> bool {
+    sealpost_relay::fuzzing::fuzz_subscription(data);
+    true
+}
+
+/// The relay's DEPOSIT stream state machine driven by `data` read as events (deposits,
+/// shard answers in any order, reads, the sender's end or fault, shutdown), checking that
+/// answers go out in order, the in-flight bounds hold, and every deposit read is answered.
+pub fn deposit_stream(data: &[u8]) -> bool {
+    sealpost_relay::fuzzing::fuzz_deposit(data);
+    true
+}
 
 /// What a decoder made of a whole stream: its frames, and how the stream ended.
 #[derive(Debug, PartialEq, Eq)]

@@ -105,3 +105,13 @@ fn settings() {
 fn mailbox_file() {
     replay("mailbox_file");
 }
+
+#[test]
+fn subscription() {
+    replay("subscription");
+}
+
+#[test]
+fn deposit_stream() {
+    replay("deposit_stream");
+}
