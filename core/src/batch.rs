@@ -5,11 +5,24 @@
 //! by an [`Engine`](crate::engine::Engine) value (`engine.verify(&jobs, &mut results)`), which
 //! the program chooses once; this module only describes the work and checks its shape.
 
-use crate::suite::{AeadKey, NONCE_LEN, TAG_LEN};
+use crate::suite::{AeadKey, NONCE_LEN, Suite, TAG_LEN};
 
 /// The longest message one ChaCha20-Poly1305 job may carry: its 32-bit block counter starts
 /// at 1.
 pub const MAX_MESSAGE: usize = 64 * (u32::MAX as usize);
+
+/// The longest message one AES-256-GCM job may carry: GCM's 32-bit counter starts at 2 for
+/// the message, so `2^32 - 2` blocks of 16 bytes (`2^36 - 32`). ring refuses anything longer.
+pub const MAX_MESSAGE_AES_GCM: usize = 16 * (u32::MAX as usize - 1);
+
+/// The longest message a job of `suite` may carry; the engine refuses longer ones with
+/// [`BatchError::TooLong`] before any backend sees them.
+pub const fn max_message(suite: Suite) -> usize {
+    match suite {
+        Suite::ChaCha20Poly1305 => MAX_MESSAGE,
+        Suite::Aes256Gcm => MAX_MESSAGE_AES_GCM,
+    }
+}
 
 /// Verify a tag over `aad` with an empty plaintext (the deposit-tag check).
 #[derive(Debug, Clone, Copy)]
@@ -106,9 +119,21 @@ pub enum BatchError {
         /// The length it needs.
         expected: usize,
     },
-    /// A job's message is longer than ChaCha20's 32-bit block counter allows.
-    #[error("job {index}: {len} bytes exceed the 256 GiB a ChaCha20-Poly1305 message may have")]
+    /// A job's message is longer than its suite's counter allows ([`max_message`]).
+    #[error("job {index}: {len} bytes exceed the {max} bytes a {suite} message may have")]
     TooLong {
+        /// Which job.
+        index: usize,
+        /// The job's suite.
+        suite: Suite,
+        /// Its length.
+        len: usize,
+        /// The suite's limit.
+        max: usize,
+    },
+    /// An open job's ciphertext is too short to hold even the tag.
+    #[error("job {index}: the ciphertext is {len} bytes, shorter than the {TAG_LEN}-byte tag")]
+    ShortCiphertext {
         /// Which job.
         index: usize,
         /// Its length.
@@ -123,8 +148,11 @@ pub(crate) fn check_results(jobs: usize, results: usize) -> Result<(), BatchErro
     Ok(())
 }
 
+/// Checks one job's shape: its output buffer is `expected` bytes and its message fits the
+/// suite's counter.
 pub(crate) fn check_len(
     index: usize,
+    suite: Suite,
     message: usize,
     got: usize,
     expected: usize,
@@ -136,11 +164,45 @@ pub(crate) fn check_len(
             expected,
         });
     }
-    if message > MAX_MESSAGE {
+    let max = max_message(suite);
+    if message > max {
         return Err(BatchError::TooLong {
             index,
+            suite,
             len: message,
+            max,
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Buffers this long cannot be allocated in a test, so the limits are checked on the
+    // shape check itself, which every batch call runs before any backend.
+    #[test]
+    fn each_suite_has_its_own_limit() {
+        for suite in [Suite::ChaCha20Poly1305, Suite::Aes256Gcm] {
+            let max = max_message(suite);
+            assert_eq!(check_len(3, suite, max, 0, 0), Ok(()));
+            assert_eq!(
+                check_len(3, suite, max + 1, 0, 0),
+                Err(BatchError::TooLong {
+                    index: 3,
+                    suite,
+                    len: max + 1,
+                    max
+                })
+            );
+        }
+        assert_eq!(max_message(Suite::Aes256Gcm), (1 << 36) - 32);
+        assert_eq!(max_message(Suite::ChaCha20Poly1305), (1 << 38) - 64);
+        // An AES-GCM message between the two limits is refused, not handed to ring (whose
+        // refusal was an `expect` before).
+        let between = MAX_MESSAGE_AES_GCM + 1;
+        assert!(check_len(0, Suite::Aes256Gcm, between, 0, 0).is_err());
+        assert!(check_len(0, Suite::ChaCha20Poly1305, between, 0, 0).is_ok());
+    }
 }

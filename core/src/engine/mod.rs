@@ -26,7 +26,7 @@ mod portable;
 mod ring;
 mod wave;
 
-pub use crate::batch::MAX_MESSAGE;
+pub use crate::batch::{MAX_MESSAGE, MAX_MESSAGE_AES_GCM, max_message};
 pub use cpu::{core_cycles_per_tsc_tick, tsc_now};
 pub use floor::KernelCost;
 

@@ -60,7 +60,7 @@ impl Engine {
     pub fn seal(&self, jobs: &mut [SealJob<'_>]) -> Result<(), BatchError> {
         for (index, job) in jobs.iter().enumerate() {
             let n = job.plaintext.len();
-            check_len(index, n, job.out.len(), n + TAG_LEN)?;
+            check_len(index, job.key.suite(), n, job.out.len(), n + TAG_LEN)?;
         }
         let mine = jobs.iter_mut().filter(|j| self.ours(j.key)).map(|job| {
             let (ct, tag) = job.out.split_at_mut(job.plaintext.len());
@@ -87,7 +87,7 @@ impl Engine {
     /// and ends up holding the ciphertext followed by the tag.
     pub fn seal_in_place(&self, jobs: &mut [SealInPlaceJob<'_>]) -> Result<(), BatchError> {
         for (index, job) in jobs.iter().enumerate() {
-            check_in_place(index, job.buf.len())?;
+            check_in_place(index, job.key.suite(), job.buf.len())?;
         }
         let mine = jobs.iter_mut().filter(|j| self.ours(j.key)).map(|job| {
             let n = job.buf.len() - TAG_LEN;
@@ -113,15 +113,13 @@ impl Engine {
     pub fn open(&self, jobs: &mut [OpenJob<'_>], results: &mut [bool]) -> Result<(), BatchError> {
         check_results(jobs.len(), results.len())?;
         for (index, job) in jobs.iter().enumerate() {
-            if job.ciphertext.len() < TAG_LEN {
-                return Err(BatchError::OutLen {
+            let Some(n) = job.ciphertext.len().checked_sub(TAG_LEN) else {
+                return Err(BatchError::ShortCiphertext {
                     index,
-                    got: job.out.len(),
-                    expected: 0,
+                    len: job.ciphertext.len(),
                 });
-            }
-            let n = job.ciphertext.len() - TAG_LEN;
-            check_len(index, n, job.out.len(), n)?;
+            };
+            check_len(index, job.key.suite(), n, job.out.len(), n)?;
         }
         let mine = jobs
             .iter_mut()
@@ -160,7 +158,7 @@ impl Engine {
     ) -> Result<(), BatchError> {
         check_results(jobs.len(), results.len())?;
         for (index, job) in jobs.iter().enumerate() {
-            check_in_place(index, job.buf.len())?;
+            check_in_place(index, job.key.suite(), job.buf.len())?;
         }
         let mine = jobs
             .iter_mut()
@@ -190,7 +188,7 @@ impl Engine {
 }
 
 /// An in-place job's buffer must hold at least a tag, and its message must fit the counter.
-fn check_in_place(index: usize, buf_len: usize) -> Result<(), BatchError> {
+fn check_in_place(index: usize, suite: Suite, buf_len: usize) -> Result<(), BatchError> {
     let Some(n) = buf_len.checked_sub(TAG_LEN) else {
         return Err(BatchError::OutLen {
             index,
@@ -198,7 +196,7 @@ fn check_in_place(index: usize, buf_len: usize) -> Result<(), BatchError> {
             expected: TAG_LEN,
         });
     };
-    check_len(index, n, n, n)
+    check_len(index, suite, n, n, n)
 }
 
 #[cfg(test)]
@@ -268,6 +266,20 @@ mod tests {
             e.seal(&mut jobs),
             Err(BatchError::OutLen { index: 0, .. })
         ));
+        // A ciphertext shorter than a tag is named as such (not an output-length mismatch).
+        let mut none = [0u8; 0];
+        let mut opens = [OpenJob {
+            key: &k,
+            nonce: [0; 12],
+            aad: &[],
+            ciphertext: &[0; 15],
+            out: &mut none,
+        }];
+        let mut ok = [false];
+        assert_eq!(
+            e.open(&mut opens, &mut ok),
+            Err(BatchError::ShortCiphertext { index: 0, len: 15 })
+        );
         assert!(matches!(
             e.verify(&[], &mut [false]),
             Err(BatchError::ResultsLen {
