@@ -25,6 +25,9 @@ pub const HPKE_INFO: &[u8] = b"sealpost/1 message";
 pub const ENC_LEN: usize = 32;
 /// Body bytes besides the padded plaintext: enc and the HPKE tag.
 pub const BODY_OVERHEAD: usize = ENC_LEN + 16;
+/// The smallest body that can carry a sealed message: the overhead and the padded
+/// plaintext's length prefix (an empty message).
+pub const MIN_BODY: usize = BODY_OVERHEAD + crate::padding::PAD_PREFIX;
 /// Bytes of an end-to-end public or secret key.
 pub const E2E_KEY_LEN: usize = 32;
 

@@ -8,6 +8,7 @@ pub mod client;
 pub mod config;
 pub mod mailbox_file;
 pub mod metrics;
+pub mod provenance;
 pub mod server;
 pub mod settings;
 pub mod store;

@@ -2,13 +2,14 @@
 //! (`mailbox create`, `send`, `recv`, `info`, `mailbox delete`).
 #![forbid(unsafe_code)]
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use sealpost_core::Suite;
 use sealpost_core::e2e;
 use sealpost_core::engine::Engine;
 use sealpost_core::invitation::Invitation;
 use sealpost_core::status::DepositStatus;
 use sealpost_relay::client::Client;
+use sealpost_relay::provenance::Provenance;
 use sealpost_relay::settings::{LogFormat, Settings, StoreChoice, Validated};
 use sealpost_relay::store::Store;
 use sealpost_relay::store::disk::{DiskOptions, DiskStore};
@@ -112,12 +113,28 @@ struct ServeArgs {
 }
 
 /// Merges file, environment and flags; `None` file means defaults under env and flags.
-fn load_settings(file: Option<&PathBuf>, given: &Settings) -> Result<Validated, String> {
+/// `matches` are those of the subcommand `name`, to name a bad setting as it was written.
+fn load_settings(
+    file: Option<&PathBuf>,
+    given: &Settings,
+    name: &str,
+    matches: Option<&clap::ArgMatches>,
+) -> Result<Validated, String> {
+    let mut provenance = Provenance::new();
     let base = match file {
-        Some(f) => Settings::from_file(f).map_err(|e| e.to_string())?,
+        Some(f) => {
+            let s = Settings::from_file(f).map_err(|e| e.to_string())?;
+            provenance = provenance.file(f, &s);
+            s
+        }
         None => Settings::default(),
     };
-    base.overlaid(given).validate().map_err(|e| e.to_string())
+    if let (Some(cmd), Some(m)) = (Cli::command().find_subcommand(name), matches) {
+        provenance = provenance.clap(cmd, m);
+    }
+    base.overlaid(given)
+        .validate()
+        .map_err(|e| provenance.explain(e).to_string())
 }
 
 fn init_logging(format: LogFormat) {
@@ -154,10 +171,18 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Parsed in two steps to keep the matches: they say which settings came from flags and
+    // which from the environment.
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let sub = |name: &str| matches.subcommand_matches(name);
     // `serve`'s settings are read once, before logging starts, since they choose its format.
     let serve_settings = match &cli.cmd {
-        Cmd::Serve(a) => match load_settings(a.config.as_ref(), &a.settings) {
+        Cmd::Serve(a) => match load_settings(a.config.as_ref(), &a.settings, "serve", sub("serve"))
+        {
             Ok(v) => Some(v),
             Err(e) => return fail(e),
         },
@@ -185,7 +210,7 @@ async fn main() -> ExitCode {
             wait,
         } => recv(mailbox_file, follow, wait).await,
         Cmd::Info(relay) => info(relay).await,
-        Cmd::CheckConfig { file, settings } => check_config(file, settings),
+        Cmd::CheckConfig { file, settings } => check_config(file, settings, sub("check-config")),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -195,8 +220,8 @@ async fn main() -> ExitCode {
 
 type CmdResult = Result<(), String>;
 
-fn check_config(file: PathBuf, given: Settings) -> CmdResult {
-    let v = load_settings(Some(&file), &given)?;
+fn check_config(file: PathBuf, given: Settings, matches: Option<&clap::ArgMatches>) -> CmdResult {
+    let v = load_settings(Some(&file), &given, "check-config", matches)?;
     if let Some(f) = &v.master_key_file {
         master_key(Some(f))?;
     }

@@ -41,6 +41,16 @@ pub enum SettingsError {
         /// What is allowed.
         allowed: String,
     },
+    /// A value is out of range, named as the operator wrote it (see
+    /// [`Provenance::explain`](crate::provenance::Provenance::explain)).
+    #[error("{written}: {allowed}")]
+    InvalidAsWritten {
+        /// The setting and value as given: `--flag value`, `VAR=value` or `key = value` in a
+        /// file.
+        written: String,
+        /// What is allowed.
+        allowed: String,
+    },
 }
 
 /// Where mailboxes live.
@@ -93,7 +103,8 @@ pub struct Settings {
     /// `human` or `json` [default: human].
     #[arg(long, env = "SEALPOST_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
-    /// DEBUGGING ONLY: put client addresses and mailbox ids in log lines [default: false].
+    /// DEBUGGING ONLY: put client addresses in log lines (mailbox ids and keys are never
+    /// logged) [default: false].
     #[arg(long, env = "SEALPOST_LOG_SENSITIVE_DEBUG", num_args = 0..=1, default_missing_value = "true")]
     pub log_sensitive_debug: Option<bool>,
     /// Allowed body sizes, comma-separated [default: 256,1024,4096,16384,65536].
@@ -445,8 +456,35 @@ impl Settings {
             ));
         }
         let sizes_v = e.sizes.clone().unwrap_or_default();
+        let sizes_text = || {
+            let list: Vec<String> = sizes_v.iter().map(u32::to_string).collect();
+            list.join(",")
+        };
+        // Refused rather than normalised: a list out of order or with a class too small for
+        // any sealed message is a mistake the operator should see, not one the relay fixes.
+        if sizes_v.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(invalid(
+                "sizes",
+                sizes_text(),
+                "must be strictly ascending (each size larger than the one before)",
+            ));
+        }
+        if let Some(small) = sizes_v
+            .iter()
+            .find(|&&s| (s as usize) < sealpost_core::e2e::MIN_BODY)
+        {
+            return Err(invalid(
+                "sizes",
+                sizes_text(),
+                &format!(
+                    "each size must be at least {} bytes (the end-to-end header of a sealed \
+                     message); {small} is smaller",
+                    sealpost_core::e2e::MIN_BODY
+                ),
+            ));
+        }
         let sizes = SizeClasses::new(sizes_v.clone())
-            .map_err(|err| invalid("sizes", format!("{sizes_v:?}"), &err.to_string()))?;
+            .map_err(|err| invalid("sizes", sizes_text(), &err.to_string()))?;
         match (&e.cert, &e.key) {
             (Some(_), None) | (None, Some(_)) => {
                 return Err(invalid(
@@ -716,6 +754,16 @@ mod tests {
         );
         let s = Settings::from_toml("sizes = []\n").unwrap();
         assert!(s.validate().unwrap_err().to_string().contains("sizes"));
+        let s = Settings::from_toml("sizes = [1024, 256]\n").unwrap();
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("1024,256") && e.contains("ascending"), "{e}");
+        let s = Settings::from_toml("sizes = [256, 256]\n").unwrap();
+        assert!(s.validate().unwrap_err().to_string().contains("ascending"));
+        let s = Settings::from_toml("sizes = [51, 256]\n").unwrap();
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("at least 52") && e.contains("51"), "{e}");
+        let s = Settings::from_toml("sizes = [52, 256]\n").unwrap();
+        assert!(s.validate().is_ok());
         let s = Settings::from_toml("admin = \"127.0.0.1:4433\"\n").unwrap();
         assert!(s.validate().unwrap_err().to_string().contains("admin"));
     }
