@@ -41,6 +41,51 @@ impl DepositStatus {
             Self::RateLimited | Self::Unavailable | Self::MailboxFull
         )
     }
+
+    /// What the status means for the person who sent the envelope and what they can do, for
+    /// messages such as `relay refused the envelope: NAME: advice`. A status that is also an
+    /// ERROR code reads the same as [`ErrorCode::advice`].
+    pub fn advice(self) -> &'static str {
+        match self {
+            Self::Ok => "stored",
+            Self::Duplicate => {
+                "already stored (a retry of an envelope the relay has); nothing to do"
+            }
+            Self::UnknownMailbox => advice::UNKNOWN_MAILBOX,
+            Self::BadTag => {
+                "the deposit tag does not verify: the invitation is damaged or belongs to \
+                 another mailbox; ask the recipient for a new invitation"
+            }
+            Self::BadSize => {
+                "the relay does not accept this envelope's size: its size classes changed \
+                 since this client asked; try again"
+            }
+            Self::Malformed => advice::CLIENT_BUG,
+            Self::MailboxFull => {
+                "the mailbox is full: more fits once the recipient receives what is waiting; \
+                 try again later"
+            }
+            Self::RateLimited => {
+                "the mailbox receives more than the relay allows; try again in a few seconds"
+            }
+            Self::Unsupported => advice::UNSUPPORTED,
+            Self::Unavailable => advice::UNAVAILABLE,
+        }
+    }
+}
+
+/// Advice shared by a deposit status and an ERROR code of the same meaning, so both read
+/// alike wherever a person sees them.
+mod advice {
+    pub(super) const UNKNOWN_MAILBOX: &str = "the relay has no such mailbox: it was deleted, or \
+        the invitation or mailbox file is for another relay; the recipient can create a new \
+        mailbox and share its invitation";
+    pub(super) const UNSUPPORTED: &str = "the relay or the mailbox does not accept this \
+        version or suite; update this program, or ask the recipient for a new invitation";
+    pub(super) const UNAVAILABLE: &str = "the relay cannot do this just now (storage trouble \
+        or overload); try again later, and tell the relay's operator if it persists";
+    pub(super) const CLIENT_BUG: &str = "the relay could not read what this program sent: a \
+        bug or a version mismatch; update this program or report the bug";
 }
 
 wire_enum! {
@@ -80,6 +125,43 @@ wire_enum! {
     }
 }
 
+impl ErrorCode {
+    /// What the code means for a person and what they can do, for messages such as
+    /// `relay refused: NAME: the relay's message; advice`.
+    pub fn advice(self) -> &'static str {
+        match self {
+            Self::MalformedFrame
+            | Self::FrameTooLarge
+            | Self::UnknownFrameType
+            | Self::UnexpectedFrame
+            | Self::Truncated
+            | Self::BadAck => advice::CLIENT_BUG,
+            Self::BadProof => {
+                "the relay does not accept this mailbox file's proof: the file is damaged or \
+                 belongs to a mailbox of another relay"
+            }
+            Self::UnknownMailbox => advice::UNKNOWN_MAILBOX,
+            Self::Unsupported => advice::UNSUPPORTED,
+            Self::Replaced => {
+                "another client subscribed to this mailbox and took over: only one receives \
+                 at a time"
+            }
+            Self::Unavailable => advice::UNAVAILABLE,
+            Self::LimitReached => {
+                "the relay reached one of its limits (for example its number of mailboxes); \
+                 ask its operator"
+            }
+            Self::ShuttingDown => "the relay is restarting; try again in a moment",
+            Self::RateLimited => {
+                "this program sends requests faster than the relay allows; wait and try again"
+            }
+            Self::Timeout => {
+                "a request did not arrive in full in time (a slow or broken network); try again"
+            }
+        }
+    }
+}
+
 impl From<&crate::frame::FrameError> for ErrorCode {
     fn from(e: &crate::frame::FrameError) -> Self {
         use crate::frame::FrameError;
@@ -89,6 +171,27 @@ impl From<&crate::frame::FrameError> for ErrorCode {
             FrameError::UnknownType(_) => Self::UnknownFrameType,
             FrameError::Truncated { .. } => Self::Truncated,
             FrameError::TimedOut { .. } => Self::Timeout,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_refusal_reads_the_same_as_a_status_and_as_an_error() {
+        let pairs = [
+            (DepositStatus::UnknownMailbox, ErrorCode::UnknownMailbox),
+            (DepositStatus::Unsupported, ErrorCode::Unsupported),
+            (DepositStatus::Unavailable, ErrorCode::Unavailable),
+        ];
+        for (status, code) in pairs {
+            assert_eq!(status.to_string(), code.to_string());
+            assert_eq!(status.advice(), code.advice());
+        }
+        for status in DepositStatus::ALL {
+            assert!(!status.advice().is_empty());
         }
     }
 }

@@ -58,7 +58,7 @@ pub enum ClientError {
     #[error("stream closed by the relay or the network")]
     Stream,
     /// The relay refused with an ERROR frame.
-    #[error("relay refused: {0}")]
+    #[error("{}", refusal(.0))]
     Relay(ErrorMsg),
     /// The relay sent something the protocol does not allow here.
     #[error("protocol violation by the relay: {0}")]
@@ -78,6 +78,20 @@ pub enum ClientError {
     /// The operating system's random source failed.
     #[error("random source failed")]
     Rng,
+}
+
+/// An ERROR frame as a person reads it: `relay refused: CODE: advice (the relay said: ...)`,
+/// the same wording as a refused deposit's status (`send` prints those with
+/// [`DepositStatus::advice`](sealpost_core::status::DepositStatus::advice)).
+fn refusal(e: &ErrorMsg) -> String {
+    match e.known_code() {
+        Some(code) => format!(
+            "relay refused: {code}: {} (the relay said: {})",
+            code.advice(),
+            e.message
+        ),
+        None => format!("relay refused: {e}"),
+    }
 }
 
 impl ClientError {

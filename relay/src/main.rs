@@ -418,11 +418,11 @@ async fn send(invitation: String, message: String) -> CmdResult {
         Ok(())
     } else if status == DepositStatus::RateLimited {
         Err(format!(
-            "relay answered RATE_LIMITED {tries} times in 10 s: the mailbox receives more than \
-             the relay allows; try again later"
+            "relay refused: {status} ({tries} times in 10 s): {}",
+            status.advice()
         ))
     } else {
-        Err(format!("relay answered {status}"))
+        Err(format!("relay refused: {status}: {}", status.advice()))
     }
 }
 
