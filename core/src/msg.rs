@@ -33,6 +33,27 @@ pub enum MsgError {
         /// What is wrong with it.
         problem: String,
     },
+    /// A suite number this implementation does not know: answered UNSUPPORTED (as an
+    /// envelope's unknown suite is), not MALFORMED_FRAME, since a newer peer may know it.
+    #[error(
+        "{frame:?} field suite: {suite} is not a suite this relay knows (1 = ChaCha20-Poly1305, 2 = AES-256-GCM)"
+    )]
+    UnknownSuite {
+        /// The frame type.
+        frame: FrameType,
+        /// The number given.
+        suite: u8,
+    },
+}
+
+impl MsgError {
+    /// The ERROR code that answers this fault.
+    pub fn code(&self) -> crate::status::ErrorCode {
+        match self {
+            Self::Length { .. } | Self::Field { .. } => crate::status::ErrorCode::MalformedFrame,
+            Self::UnknownSuite { .. } => crate::status::ErrorCode::Unsupported,
+        }
+    }
 }
 
 fn exact(frame: FrameType, p: &[u8], n: usize) -> Result<(), MsgError> {
@@ -106,10 +127,9 @@ impl Create {
     pub fn decode(mut p: &[u8]) -> Result<Self, MsgError> {
         exact(FrameType::Create, p, Self::LEN)?;
         let s = p.get_u8();
-        let suite = Suite::from_u8(s).ok_or_else(|| MsgError::Field {
+        let suite = Suite::from_u8(s).ok_or(MsgError::UnknownSuite {
             frame: FrameType::Create,
-            field: "suite",
-            problem: format!("{s} is not a suite (1 = ChaCha20-Poly1305, 2 = AES-256-GCM)"),
+            suite: s,
         })?;
         Ok(Self {
             suite,
@@ -635,10 +655,15 @@ mod tests {
         let mut p = vec![9u8];
         p.extend_from_slice(&[0; 64]);
         let err = Create::decode(&p).unwrap_err();
-        assert!(
-            matches!(err, MsgError::Field { field: "suite", .. }),
-            "{err}"
+        assert_eq!(
+            err,
+            MsgError::UnknownSuite {
+                frame: FrameType::Create,
+                suite: 9
+            }
         );
+        assert!(err.to_string().contains("suite: 9"), "{err}");
+        assert_eq!(err.code(), crate::status::ErrorCode::Unsupported);
         let mut b = BytesMut::new();
         Subscribe {
             recipient_id: [0; 16],

@@ -30,15 +30,7 @@ pub(super) async fn create(
 ) {
     let req = match Create::decode(&first.payload) {
         Ok(r) => r,
-        Err(e) => {
-            return refuse(
-                &mut send,
-                Some(&mut reader),
-                ErrorCode::MalformedFrame,
-                e.to_string(),
-            )
-            .await;
-        }
+        Err(e) => return refuse(&mut send, Some(&mut reader), e.code(), e.to_string()).await,
     };
     if !shared.limits.suites.contains(&req.suite) {
         let msg = format!(
