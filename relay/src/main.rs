@@ -137,17 +137,48 @@ fn load_settings(
         .map_err(|e| provenance.explain(e).to_string())
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SEALPOST_LOG")
-        .unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into());
+/// The target of the lines `serve` always prints, whatever `SEALPOST_LOG` filters: what it
+/// listens on, its store, its pin, shutting down, stopped.
+const ANNOUNCE: &str = "sealpost_relay::announce";
+
+/// A line `serve` always prints (through the log, so that it is JSON when the log is).
+macro_rules! say {
+    ($($arg:tt)*) => { tracing::info!(target: "sealpost_relay::announce", $($arg)*) };
+}
+
+/// Starts logging to standard error in `format`: colour only on a terminal (and never with
+/// `NO_COLOR` set). An unreadable `SEALPOST_LOG` is reported, not ignored.
+fn init_logging(format: LogFormat) -> Result<(), String> {
+    use std::io::IsTerminal;
+    let (filter, bad_filter) = match std::env::var("SEALPOST_LOG") {
+        Ok(spec) => match tracing_subscriber::EnvFilter::try_new(&spec) {
+            Ok(f) => (f, None),
+            Err(e) => (
+                tracing_subscriber::EnvFilter::new(DEFAULT_LOG),
+                Some(format!("SEALPOST_LOG={spec:?} is not a log filter ({e})")),
+            ),
+        },
+        Err(_) => (tracing_subscriber::EnvFilter::new(DEFAULT_LOG), None),
+    };
+    let announce = format!("{ANNOUNCE}=info")
+        .parse()
+        .map_err(|e| format!("log directive: {e}"))?;
+    let ansi = format == LogFormat::Human
+        && std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none();
     let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(filter.add_directive(announce))
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => b.init(),
         LogFormat::Json => b.json().init(),
     }
+    bad_filter.map_or(Ok(()), Err)
 }
+
+/// The log filter without `SEALPOST_LOG`.
+const DEFAULT_LOG: &str = "info,fjall=warn,lsm_tree=warn";
 
 fn master_key(file: Option<&PathBuf>) -> Result<Option<zeroize::Zeroizing<[u8; 32]>>, String> {
     let text = match (file, std::env::var("SEALPOST_MASTER_KEY")) {
@@ -169,6 +200,13 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// `serve`'s last word on failure: through the log once it has started (a JSON line in JSON
+/// format), so that no plain line ends a JSON log.
+fn fail_logged(msg: impl std::fmt::Display) -> ExitCode {
+    tracing::error!(target: "sealpost_relay::announce", "stopped: {msg}");
+    ExitCode::FAILURE
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     // Parsed in two steps to keep the matches: they say which settings came from flags and
@@ -184,18 +222,34 @@ async fn main() -> ExitCode {
         Cmd::Serve(a) => match load_settings(a.config.as_ref(), &a.settings, "serve", sub("serve"))
         {
             Ok(v) => Some(v),
-            Err(e) => return fail(e),
+            Err(e) => {
+                // The format the flags or the environment asked for, if the settings that
+                // failed were not readable far enough to know the file's.
+                let format = a.settings.log_format.unwrap_or(LogFormat::Human);
+                if format == LogFormat::Json && init_logging(format).is_ok() {
+                    return fail_logged(e);
+                }
+                return fail(e);
+            }
         },
         _ => None,
     };
-    init_logging(
-        serve_settings
-            .as_ref()
-            .map_or(LogFormat::Human, |v| v.log_format),
-    );
+    let format = serve_settings
+        .as_ref()
+        .map_or(LogFormat::Human, |v| v.log_format);
+    if let Err(e) = init_logging(format) {
+        return if serve_settings.is_some() {
+            fail_logged(e)
+        } else {
+            fail(e)
+        };
+    }
     let r = match cli.cmd {
         Cmd::Serve(_) => match serve_settings {
-            Some(v) => serve(v).await,
+            Some(v) => match serve(v).await {
+                Ok(()) => return ExitCode::SUCCESS,
+                Err(e) => return fail_logged(e),
+            },
             None => unreachable!("read above for serve"),
         },
         Cmd::Mailbox(MailboxCmd::Create { relay, suite, out }) => create(relay, suite, out).await,
@@ -242,7 +296,7 @@ async fn serve(v: Validated) -> CmdResult {
     let prom = sealpost_relay::admin::install_recorder().map_err(|e| e.to_string())?;
     let mut disk_store = None;
     let store: Arc<dyn Store> = if v.store == StoreChoice::Memory {
-        eprintln!("store: memory (volatile: envelopes do not survive a restart)");
+        say!("store: memory (volatile: envelopes do not survive a restart)");
         Arc::new(MemoryStore::new(quotas))
     } else {
         let dir = data_dir.join("store");
@@ -262,7 +316,7 @@ async fn serve(v: Validated) -> CmdResult {
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
         let stats = disk.stats_now();
-        eprintln!(
+        say!(
             "store: disk at {} ({} mailboxes, {} envelopes recovered in {:.2} s)",
             disk.dir().display(),
             stats.mailboxes,
@@ -270,8 +324,9 @@ async fn serve(v: Validated) -> CmdResult {
             t0.elapsed().as_secs_f64()
         );
         if !encrypted {
-            eprintln!(
-                "warning: no master key: mailbox secrets (deposit keys, recipient secrets) are stored unencrypted in {}; give --master-key-file or SEALPOST_MASTER_KEY to encrypt them",
+            tracing::warn!(
+                target: "sealpost_relay::announce",
+                "no master key: mailbox secrets (deposit keys, recipient secrets) are stored unencrypted in {}; give --master-key-file or SEALPOST_MASTER_KEY to encrypt them",
                 disk.dir().display()
             );
         }
@@ -282,36 +337,42 @@ async fn serve(v: Validated) -> CmdResult {
         .await
         .map_err(|e| e.to_string())?;
     if handle.generated_cert() {
-        eprintln!(
+        say!(
             "generated a self-signed certificate in {}",
             data_dir.join("tls").display()
         );
     }
-    eprintln!(
+    say!(
         "crypto engine: {} (ChaCha20-Poly1305; AES-256-GCM through ring)",
         v.relay.engine.describe()
     );
-    eprintln!(
+    say!(
         "sealpost relay listening on {} (QUIC, ALPN sealpost/1)",
         handle.local_addr()
     );
-    println!("certificate pin (SHA-256): {}", hex::encode(handle.pin()));
+    let pin = hex::encode(handle.pin());
+    say!(pin = %pin, "certificate pin (SHA-256): {pin}");
+    // Standard output carries the pin alone for scripts, except in JSON format, where every
+    // line is JSON and the line above has it.
+    if v.log_format == LogFormat::Human {
+        println!("certificate pin (SHA-256): {pin}");
+    }
     let (admin_addr, _admin) = sealpost_relay::admin::serve(v.admin, prom, handle.ready())
         .await
         .map_err(|e| e.to_string())?;
-    eprintln!("admin HTTP on http://{admin_addr} (/metrics, /healthz, /readyz)");
+    say!("admin HTTP on http://{admin_addr} (/metrics, /healthz, /readyz)");
     wait_for_stop(&handle).await?;
-    eprintln!("shutting down (at most {} s)", v.shutdown_timeout.as_secs());
+    say!("shutting down (at most {} s)", v.shutdown_timeout.as_secs());
     handle.shutdown_within(v.shutdown_timeout).await;
     if let Some(d) = disk_store {
         let flushed = tokio::task::spawn_blocking(move || d.flush()).await;
         match flushed {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("warning: final store flush failed: {e}"),
-            Err(e) => eprintln!("warning: final store flush failed: {e}"),
+            Ok(Err(e)) => tracing::warn!("final store flush failed: {e}"),
+            Err(e) => tracing::warn!("final store flush failed: {e}"),
         }
     }
-    eprintln!("stopped");
+    say!("stopped");
     Ok(())
 }
 

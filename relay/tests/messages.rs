@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::process::{Serve, cli, create_mailbox};
+use common::process::{Serve, cli, create_mailbox, start_and_stop};
 
 /// Runs the CLI and returns its standard error, asserting that it failed.
 fn fails(cmd: &mut std::process::Command) -> String {
@@ -74,4 +74,62 @@ fn bad_settings_are_named_as_written() {
         e.contains(&format!("`max_window = 0` in {}", file.display())),
         "{e}"
     );
+}
+
+#[test]
+fn json_logs_are_json_on_every_line_and_nothing_is_coloured() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (out, err) = start_and_stop(&dir.path().join("data"), &["--log-format", "json"]);
+    let mut messages = Vec::new();
+    for line in out.lines().chain(err.lines()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
+        messages.push(
+            v["fields"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    // The start and stop lines are among them, the pin as a field of its own.
+    for wanted in [
+        "store: disk",
+        "listening on",
+        "certificate pin",
+        "shutting down",
+        "stopped",
+    ] {
+        assert!(
+            messages.iter().any(|m| m.contains(wanted)),
+            "no {wanted:?} in {messages:?}"
+        );
+    }
+    assert!(err.contains("\"pin\":\""), "{err}");
+    assert!(!err.contains('\u{1b}'), "colour codes in {err:?}");
+
+    // Human format, not on a terminal: no colour either, and the pin alone on stdout.
+    let (out, err) = start_and_stop(&dir.path().join("data"), &[]);
+    assert!(!err.contains('\u{1b}'), "colour codes in {err:?}");
+    assert!(out.starts_with("certificate pin (SHA-256): "), "{out}");
+}
+
+#[test]
+fn a_bad_log_filter_is_reported() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = cli()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data"))
+        .env("SEALPOST_LOG", "info,=[bad")
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("SEALPOST_LOG"), "{err}");
 }

@@ -306,27 +306,32 @@ async fn dashboard_and_alerts_query_only_exported_metrics() {
 #[test]
 fn json_logs_are_one_object_per_line() {
     let dir = tempfile::tempdir().unwrap();
-    let serve = Serve::start(
-        dir.path(),
-        &["--store", "memory", "--log-format", "json"],
-        "info",
-    );
-    let addr = serve.addr.clone();
-    let log = serve.stop();
-    let json_lines: Vec<serde_json::Value> = log
+    let (out, err) =
+        common::process::start_and_stop(dir.path(), &["--store", "memory", "--log-format", "json"]);
+    let lines: Vec<serde_json::Value> = out
         .lines()
-        .filter(|l| l.starts_with('{'))
+        .chain(err.lines())
         .map(|l| serde_json::from_str(l).expect("each log line is a JSON object"))
         .collect();
     assert!(
-        json_lines
+        lines
             .iter()
             .any(|v| v["fields"]["message"] == "UDP socket ready"),
-        "{log}"
+        "{err}"
     );
     // No client address or mailbox id without the debug option (nothing connected here, but
-    // the relay's own address is not repeated in structured lines either).
-    assert!(json_lines.iter().all(|v| !v.to_string().contains(&addr)));
+    // the relay's own address appears only in the start-up announcement).
+    let addr = err
+        .split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the listening line");
+    assert!(
+        lines
+            .iter()
+            .filter(|v| v["target"] != "sealpost_relay::announce")
+            .all(|v| !v.to_string().contains(addr))
+    );
 }
 
 /// `recv --follow` rides through a relay restart: it sees the shutdown close, reconnects to

@@ -156,3 +156,52 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
         .to_owned();
     (code, body)
 }
+
+/// Runs `serve` with `args` (and no SEALPOST_LOG or NO_COLOR) until it has started, stops it
+/// with SIGTERM, checks that it exited 0, and returns (standard output, standard error).
+pub fn start_and_stop(data: &std::path::Path, args: &[&str]) -> (String, String) {
+    use std::io::{BufRead, BufReader, Read};
+    let mut child = cli()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(data)
+        .args(args)
+        .env_remove("SEALPOST_LOG")
+        .env_remove("NO_COLOR")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn serve");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut err = String::new();
+    // The admin line is the last of start-up.
+    while !err.contains("admin HTTP on") {
+        let mut line = String::new();
+        let n = stderr.read_line(&mut line).expect("read stderr");
+        assert!(n > 0, "serve exited early: {err}");
+        err.push_str(&line);
+    }
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok);
+    stderr.read_to_string(&mut err).expect("read stderr");
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "serve failed: {err}");
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out)
+        .expect("read stdout");
+    (out, err)
+}
