@@ -200,6 +200,12 @@ fn check_config(file: PathBuf, given: Settings) -> CmdResult {
     if let Some(f) = &v.master_key_file {
         master_key(Some(f))?;
     }
+    // The certificate and key are checked as `serve` would load them: a pair that does not
+    // belong together would otherwise start a relay no client can connect to.
+    match sealpost_relay::server::check_tls(&v.relay).map_err(|e| e.to_string())? {
+        Some(pin) => eprintln!("certificate and key: ok (pin {})", hex::encode(pin)),
+        None => eprintln!("certificate: none yet; `serve` generates one at its first start"),
+    }
     print!(
         "{}",
         v.to_toml(std::env::var_os("SEALPOST_MASTER_KEY").is_some())

@@ -40,6 +40,20 @@ pub enum TlsError {
     /// A pin string is not 64 hex digits.
     #[error("certificate pin must be 64 hex digits (SHA-256), got {0:?}")]
     BadPin(String),
+    /// The private key is not the one the certificate was issued for: a relay serving this
+    /// pair would report ready and fail every handshake (clients see a bad signature).
+    #[error(
+        "{key} is not the private key of the certificate in {cert} ({why}); clients could not \
+         complete a handshake with this pair: give the key that was issued with this certificate"
+    )]
+    KeyMismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// What the check found.
+        why: String,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
@@ -70,12 +84,14 @@ pub fn parse_pin(s: &str) -> Result<[u8; 32], TlsError> {
     Ok(out)
 }
 
-/// A certificate chain and its private key.
+/// A certificate chain and its private key, checked to belong together.
 pub struct Identity {
     /// End-entity certificate first.
     pub chain: Vec<CertificateDer<'static>>,
     /// The private key.
     pub key: PrivateKeyDer<'static>,
+    /// The files it was read from, for error messages.
+    files: (PathBuf, PathBuf),
 }
 
 impl Identity {
@@ -115,12 +131,18 @@ fn read_pem_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         })
 }
 
-/// Loads the operator's certificate and key.
+/// Loads a certificate chain and its key, and checks that the key is the certificate's: the
+/// key's public half must equal the end-entity certificate's SubjectPublicKeyInfo. Serving,
+/// reloading and `check-config` all come through here, so a mismatched pair is refused at
+/// each of them instead of being served to clients that cannot verify it.
 pub fn load_identity(cert: &Path, key: &Path) -> Result<Identity, TlsError> {
-    Ok(Identity {
+    let identity = Identity {
         chain: read_pem_chain(cert)?,
         key: read_pem_key(key)?,
-    })
+        files: (cert.to_owned(), key.to_owned()),
+    };
+    certified(&identity)?;
+    Ok(identity)
 }
 
 /// Loads the self-signed identity kept in `dir`, generating it on first use.
@@ -128,8 +150,26 @@ pub fn load_identity(cert: &Path, key: &Path) -> Result<Identity, TlsError> {
 pub fn load_or_generate(dir: &Path) -> Result<(Identity, bool), TlsError> {
     let cert_path = dir.join("cert.pem");
     let key_path = dir.join("key.pem");
-    if cert_path.exists() && key_path.exists() {
-        return Ok((load_identity(&cert_path, &key_path)?, false));
+    match (cert_path.exists(), key_path.exists()) {
+        (true, true) => return Ok((load_identity(&cert_path, &key_path)?, false)),
+        (false, false) => {}
+        // Generating now would overwrite the half that is left, and with it the pin every
+        // invitation carries: refuse, and say what to do.
+        (cert, _) => {
+            let (missing, present) = if cert {
+                (&key_path, &cert_path)
+            } else {
+                (&cert_path, &key_path)
+            };
+            return Err(TlsError::Pem {
+                path: missing.clone(),
+                what: format!(
+                    "missing while {} exists; restore it, or remove both to have a new \
+                     certificate generated (which invalidates every invitation)",
+                    present.display()
+                ),
+            });
+        }
     }
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let ck = rcgen::generate_simple_self_signed(vec![
@@ -166,13 +206,14 @@ impl CertSlot {
     /// A slot holding `identity`.
     pub fn new(identity: Identity) -> Result<Arc<Self>, TlsError> {
         Ok(Arc::new(Self {
-            current: std::sync::RwLock::new(Arc::new(certified(identity)?)),
+            current: std::sync::RwLock::new(Arc::new(certified(&identity)?)),
         }))
     }
 
-    /// Replaces the certificate; an identity whose key does not load leaves the old one.
+    /// Replaces the certificate; an identity whose key does not load or does not belong to
+    /// the certificate leaves the old one in use.
     pub fn replace(&self, identity: Identity) -> Result<(), TlsError> {
-        let new = Arc::new(certified(identity)?);
+        let new = Arc::new(certified(&identity)?);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = new;
         Ok(())
     }
@@ -183,12 +224,38 @@ impl CertSlot {
     }
 }
 
-fn certified(identity: Identity) -> Result<rustls::sign::CertifiedKey, TlsError> {
-    let key = provider()
+/// The signing key for `identity`, refused unless it is the end-entity certificate's key.
+fn certified(identity: &Identity) -> Result<rustls::sign::CertifiedKey, TlsError> {
+    let (cert, key) = &identity.files;
+    let mismatch = |why: String| TlsError::KeyMismatch {
+        cert: cert.clone(),
+        key: key.clone(),
+        why,
+    };
+    let signer = provider()
         .key_provider
-        .load_private_key(identity.key)
-        .map_err(TlsError::from)?;
-    Ok(rustls::sign::CertifiedKey::new(identity.chain, key))
+        .load_private_key(identity.key.clone_key())
+        .map_err(|e| TlsError::Pem {
+            path: key.clone(),
+            what: format!("the private key does not load: {e}"),
+        })?;
+    let ck = rustls::sign::CertifiedKey::new(identity.chain.clone(), signer);
+    // rustls compares the key's SubjectPublicKeyInfo with the certificate's. "Unknown" (a key
+    // type that cannot state its public half) is refused too: ring's keys all can, and a
+    // pair that cannot be checked is not one to serve silently.
+    match ck.keys_match() {
+        Ok(()) => Ok(ck),
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => Err(
+            mismatch("the certificate names a different public key".into()),
+        ),
+        Err(rustls::Error::InconsistentKeys(_)) => Err(mismatch(
+            "the key's public half cannot be determined".into(),
+        )),
+        Err(e) => Err(TlsError::Pem {
+            path: cert.clone(),
+            what: format!("the first certificate does not parse: {e}"),
+        }),
+    }
 }
 
 impl rustls::server::ResolvesServerCert for CertSlot {

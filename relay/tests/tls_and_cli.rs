@@ -162,3 +162,146 @@ fn cli_create_send_recv() {
 
     serve.stop();
 }
+
+/// Writes a fresh self-signed pair as `NAME.pem` and `NAME.key` in `dir`; returns the
+/// certificate and its key as generated.
+fn write_pair(dir: &std::path::Path, name: &str) -> rcgen::CertifiedKey {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(dir.join(format!("{name}.pem")), ck.cert.pem()).unwrap();
+    std::fs::write(dir.join(format!("{name}.key")), ck.key_pair.serialize_pem()).unwrap();
+    ck
+}
+
+/// A certificate with another certificate's key: refused at start and at reload (which keeps
+/// the pair in use), with an error that names both files.
+#[tokio::test]
+async fn a_key_that_is_not_the_certificates_is_refused_at_start_and_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_pair(d, "a");
+    write_pair(d, "b");
+    let start = |cert: &str, key: &str| {
+        let mut cfg = RelayConfig::new("127.0.0.1:0".parse().unwrap(), d.join("data"));
+        cfg.cert = Some(d.join(cert));
+        cfg.key = Some(d.join(key));
+        let store = Arc::new(MemoryStore::new(quotas(&cfg.limits)));
+        sealpost_relay::start(cfg, store)
+    };
+    let err = start("a.pem", "b.key").await.err().unwrap();
+    let msg = err.to_string();
+    assert!(msg.contains("is not the private key"), "{msg}");
+    assert!(msg.contains("a.pem") && msg.contains("b.key"), "{msg}");
+
+    std::fs::copy(d.join("a.pem"), d.join("cert.pem")).unwrap();
+    std::fs::copy(d.join("a.key"), d.join("key.pem")).unwrap();
+    let handle = start("cert.pem", "key.pem").await.unwrap();
+    let pin = handle.pin();
+    // The operator renews the certificate but copies the wrong key.
+    std::fs::copy(d.join("b.pem"), d.join("cert.pem")).unwrap();
+    let err = handle.reload_certificate().unwrap_err();
+    assert!(
+        matches!(err, sealpost_relay::tls::TlsError::KeyMismatch { .. }),
+        "{err}"
+    );
+    let addr = handle.local_addr().to_string();
+    let c = Client::connect_pinned(&addr, pin)
+        .await
+        .expect("the old pair is still served");
+    c.info().await.unwrap();
+    handle.shutdown().await;
+}
+
+/// Waits for a child process to exit, for at most `within`; kills it and fails otherwise.
+fn exit_within(child: &mut std::process::Child, within: std::time::Duration) -> String {
+    use std::io::Read;
+    let deadline = std::time::Instant::now() + within;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("still running after {within:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(!status.success(), "exited successfully: {err}");
+    err
+}
+
+/// `check-config` and `serve` refuse a mismatched pair and name a missing file; a good pair
+/// passes `check-config`, which prints its pin.
+#[test]
+fn check_config_and_serve_refuse_a_mismatched_pair() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_pair(d, "a");
+    write_pair(d, "b");
+    let conf = d.join("relay.toml");
+    let check = |cert: &str, key: &str| {
+        std::fs::write(
+            &conf,
+            format!(
+                "cert = {:?}\nkey = {:?}\ndata_dir = {:?}\n",
+                d.join(cert),
+                d.join(key),
+                d.join("data")
+            ),
+        )
+        .unwrap();
+        cli().arg("check-config").arg(&conf).output().unwrap()
+    };
+    let out = check("a.pem", "a.key");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("certificate and key: ok"), "{err}");
+
+    let out = check("a.pem", "b.key");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("is not the private key"), "{err}");
+
+    let out = check("gone.pem", "a.key");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("gone.pem"), "{err}");
+
+    let mut serve = cli()
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args(["--store", "memory", "--data-dir"])
+        .arg(d.join("data"))
+        .arg("--cert")
+        .arg(d.join("a.pem"))
+        .arg("--key")
+        .arg(d.join("b.key"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = exit_within(&mut serve, std::time::Duration::from_secs(20));
+    assert!(err.contains("is not the private key"), "{err}");
+    assert!(!err.contains("listening on"), "{err}");
+}
+
+/// A generated pair with one half missing is not silently regenerated (which would change
+/// the pin): the relay refuses to start and names the missing file.
+#[tokio::test]
+async fn a_generated_pair_missing_a_half_is_not_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || RelayConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().to_owned());
+    let store = || Arc::new(MemoryStore::new(quotas(&RelayLimits::default())));
+    let first = sealpost_relay::start(cfg(), store()).await.unwrap();
+    first.shutdown().await;
+    let key = dir.path().join("tls/key.pem");
+    std::fs::remove_file(&key).unwrap();
+    let err = sealpost_relay::start(cfg(), store()).await.err().unwrap();
+    assert!(err.to_string().contains("key.pem"), "{err}");
+    assert!(!key.exists());
+}

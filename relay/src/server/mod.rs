@@ -17,6 +17,7 @@ use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use sealpost_core::frame::FrameType;
 use sealpost_core::status::ErrorCode;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
@@ -202,25 +203,43 @@ fn transport(limits: &RelayLimits) -> Result<quinn::TransportConfig, RelayError>
     Ok(t)
 }
 
+/// The certificate and key files a relay with `config` uses: the operator's, or the
+/// generated pair in `DATA_DIR/tls/`.
+fn tls_files(config: &RelayConfig) -> Result<(PathBuf, PathBuf), RelayError> {
+    match (&config.cert, &config.key) {
+        (Some(c), Some(k)) => Ok((c.clone(), k.clone())),
+        (None, None) => {
+            let dir = config.data_dir.join("tls");
+            Ok((dir.join("cert.pem"), dir.join("key.pem")))
+        }
+        _ => Err(RelayError::Config("--cert and --key go together".into())),
+    }
+}
+
+/// What `check-config` verifies of the TLS files without starting anything: the operator's
+/// certificate and key exist, load and belong together (or, without them, the generated pair
+/// in `DATA_DIR/tls/` does, when it exists). Returns the pin of the certificate the relay
+/// would serve, or `None` when it would generate one at its first start.
+pub fn check_tls(config: &RelayConfig) -> Result<Option<[u8; 32]>, RelayError> {
+    let (cert, key) = tls_files(config)?;
+    if config.cert.is_none() && !cert.exists() && !key.exists() {
+        return Ok(None);
+    }
+    Ok(Some(tls::load_identity(&cert, &key)?.pin()))
+}
+
 /// Starts a relay on `config.listen` over `store`.
 pub async fn start(config: RelayConfig, store: Arc<dyn Store>) -> Result<RelayHandle, RelayError> {
-    let (identity, generated) = match (&config.cert, &config.key) {
-        (Some(c), Some(k)) => (tls::load_identity(c, k)?, false),
-        (None, None) => tls::load_or_generate(&config.data_dir.join("tls"))?,
-        _ => return Err(RelayError::Config("--cert and --key go together".into())),
+    let cert_paths = tls_files(&config)?;
+    let (identity, generated) = match &config.cert {
+        Some(_) => (tls::load_identity(&cert_paths.0, &cert_paths.1)?, false),
+        None => tls::load_or_generate(&config.data_dir.join("tls"))?,
     };
     if config.limits.max_batch == 0 || config.limits.max_batch > u16::MAX as usize {
         return Err(RelayError::Config(
             "max batch must be between 1 and 65535".into(),
         ));
     }
-    let cert_paths = match (&config.cert, &config.key) {
-        (Some(c), Some(k)) => (c.clone(), k.clone()),
-        _ => {
-            let dir = config.data_dir.join("tls");
-            (dir.join("cert.pem"), dir.join("key.pem"))
-        }
-    };
     let pin = identity.pin();
     let certs = tls::CertSlot::new(identity)?;
     let crypto = tls::server_crypto_reloadable(certs.clone())?;
