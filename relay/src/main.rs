@@ -409,17 +409,19 @@ async fn send(invitation: String, message: String) -> CmdResult {
 
 async fn recv(path: PathBuf, follow: bool, wait: f64) -> CmdResult {
     let mailbox = mailbox_file::read(&path).map_err(|e| e.to_string())?;
-    let mut client = Client::connect_pinned(&mailbox.relay, mailbox.pin)
+    let client = Client::connect_pinned(&mailbox.relay, mailbox.pin)
         .await
         .map_err(|e| e.to_string())?;
+    // A relay restart is ridden through: the subscription reconnects and resumes from the
+    // acknowledged position, printing nothing twice. Following, wait longer for the relay.
+    let patience = Duration::from_secs(if follow { 60 } else { 10 });
     let mut sub = client
-        .subscribe(&mailbox.access(), 64)
+        .subscribe_resuming(&mailbox.access(), 64, patience)
         .await
         .map_err(|e| e.to_string())?;
     let mut left = sub.pending_at_start();
     let idle = Duration::from_secs_f64(wait.max(0.0));
     let mut count = 0u64;
-    let mut last_seq = 0u64;
     loop {
         let next = if follow || left > 0 {
             sub.next().await
@@ -429,32 +431,10 @@ async fn recv(path: PathBuf, follow: bool, wait: f64) -> CmdResult {
                 Err(_) => break,
             }
         };
-        let next = match next {
-            // A relay restart: with --follow, reconnect and carry on; an unacknowledged
-            // message comes again with the same seq and is skipped below.
-            Err(e) if follow && (e.is_relay_shutdown() || client.relay_shut_down()) => {
-                eprintln!("relay restarting; reconnecting");
-                client = client
-                    .reconnect(Duration::from_secs(60))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                sub = client
-                    .subscribe(&mailbox.access(), 64)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                continue;
-            }
-            other => other,
-        };
         let Some(d) = next.map_err(|e| e.to_string())? else {
             break;
         };
         left = left.saturating_sub(1);
-        if d.seq <= last_seq {
-            sub.ack(d.seq).await.map_err(|e| e.to_string())?;
-            continue;
-        }
-        last_seq = d.seq;
         match mailbox.open(&d) {
             Ok(content) => println!("{}", String::from_utf8_lossy(&content)),
             Err(e) => eprintln!("message {} could not be opened: {e}", d.seq),

@@ -3,21 +3,12 @@
 
 mod common;
 
-use common::process::{Serve, cli, create_mailbox, http_get};
+use common::process::{Serve, cli, create_mailbox, http_get, signal};
 use sealpost_core::Suite;
 use sealpost_core::status::DepositStatus;
 use sealpost_relay::client::Client;
 use std::io::Read;
 use std::time::{Duration, Instant};
-
-fn signal(serve: &Serve, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([sig, &serve.child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig}");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_listener_serves_health_readiness_and_metrics() {

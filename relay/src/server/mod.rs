@@ -7,6 +7,7 @@ pub mod limits;
 mod pipeline;
 pub(crate) mod proto;
 mod registry;
+pub mod reset_key;
 mod subscribe;
 
 use crate::config::{RelayConfig, RelayLimits, RetryPolicy};
@@ -60,6 +61,9 @@ pub enum RelayError {
     /// A setting is out of range.
     #[error("invalid setting: {0}")]
     Config(String),
+    /// The stateless-reset secret in the data directory could not be read or created.
+    #[error(transparent)]
+    ResetKey(#[from] reset_key::ResetKeyError),
 }
 
 /// State every connection and stream task shares.
@@ -194,6 +198,9 @@ fn transport(limits: &RelayLimits) -> Result<quinn::TransportConfig, RelayError>
         ))
     })?;
     t.max_idle_timeout(Some(idle));
+    // sealpost uses no QUIC datagrams; quinn would otherwise accept and queue up to 1.25 MB
+    // of them per connection that nothing reads.
+    t.datagram_receive_buffer_size(None);
     // Bounded flow-control windows: what a client may send ahead of what the relay has read,
     // and what the relay queues for it, are the relay's memory. quinn's defaults leave the
     // connection window unbounded.
@@ -253,13 +260,12 @@ pub async fn start(config: RelayConfig, store: Arc<dyn Store>) -> Result<RelayHa
         crate::udp::bind(config.listen, config.limits.udp_buffer).map_err(bind_err)?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| RelayError::Config("the relay needs a tokio runtime".into()))?;
-    let endpoint = Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(server),
-        socket,
-        runtime,
-    )
-    .map_err(bind_err)?;
+    // Keyed from a secret kept in the data directory: after a crash and restart, clients of
+    // the old process get a stateless reset at their next packet instead of waiting out the
+    // idle timeout.
+    let reset = reset_key::ResetSecret::load_or_create(&config.data_dir)?;
+    let endpoint =
+        Endpoint::new(reset.endpoint_config(), Some(server), socket, runtime).map_err(bind_err)?;
     let local_addr = endpoint.local_addr().map_err(|source| RelayError::Bind {
         addr: config.listen,
         source,

@@ -91,6 +91,16 @@ fn word_after(stderr: &mut BufReader<ChildStderr>, text: &mut String, marker: &s
     }
 }
 
+/// Sends `sig` (`-TERM`, `-HUP`, `-STOP`, `-KILL`, ...) to a running `serve`.
+pub fn signal(serve: &Serve, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &serve.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
 /// `mailbox create` through the CLI against `addr` with `pin`, writing the mailbox file to
 /// `out`; returns the invitation it printed.
 pub fn create_mailbox(addr: &str, pin: &str, out: &Path) -> String {
