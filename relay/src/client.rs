@@ -9,7 +9,7 @@ use sealpost_core::e2e::{self, E2eError, E2eSecretKey};
 use sealpost_core::engine::Engine;
 use sealpost_core::envelope::{Envelope, EnvelopeError};
 use sealpost_core::frame::{self, Frame, FrameType};
-use sealpost_core::invitation::Invitation;
+use sealpost_core::invitation::{Invitation, RelayTrust};
 use sealpost_core::keys::{
     DeliveryError, EXPORTER_LABEL, EXPORTER_LEN, MailboxKeys, ProofPurpose, RecipientSecret,
     open_delivery,
@@ -48,6 +48,20 @@ pub enum ClientError {
     /// Connecting failed.
     #[error("cannot connect to the relay: {0}")]
     Connect(String),
+    /// The relay's certificate does not match the pin the client was given: the relay's key
+    /// (or, for a pin of the whole certificate, its certificate) changed, or this is not the
+    /// relay the pin belongs to.
+    #[error(
+        "the relay at {addr} presents a different {} than the invitation pins; ask the relay's \
+         operator or the mailbox owner for a new invitation",
+        if *.key { "key" } else { "certificate" }
+    )]
+    PinMismatch {
+        /// The relay address.
+        addr: String,
+        /// Whether the pin was of the key (else of the whole certificate).
+        key: bool,
+    },
     /// No handshake completed in time: nothing answers at the address, or the network drops
     /// the packets.
     #[error("could not reach the relay at {addr} within {secs} s: is the relay running?")]
@@ -137,8 +151,10 @@ pub const RESUME_WITHIN: Duration = Duration::from_secs(10);
 struct Link {
     endpoint: Endpoint,
     conn: Connection,
-    /// The relay's pin as seen on this connection.
+    /// The relay's certificate pin as seen on this connection.
     pin: [u8; 32],
+    /// The relay's key pin as seen on this connection.
+    key_pin: [u8; 32],
     /// Counts reconnections, so that concurrent requests that lost the same connection
     /// reconnect once.
     generation: u64,
@@ -194,7 +210,8 @@ async fn open_link(
         None => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
     };
     let mut endpoint = Endpoint::client(bind).map_err(ClientError::Socket)?;
-    let mut cfg = quinn::ClientConfig::new(Arc::new(tls::client_crypto(trust)?));
+    let (crypto, pin_check) = tls::client_crypto_checked(trust)?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(KEEP_ALIVE));
     transport.max_concurrent_uni_streams(0u32.into());
@@ -213,20 +230,29 @@ async fn open_link(
                 secs: timeout.as_secs_f64(),
             });
         }
+        Ok(Err(_)) if pin_check.mismatched() => {
+            return Err(ClientError::PinMismatch {
+                addr: addr.to_owned(),
+                key: matches!(trust, Trust::KeyPin(_)),
+            });
+        }
         Ok(r) => r.map_err(|e| ClientError::Connect(e.to_string()))?,
     };
-    let pin = conn
+    let cert = conn
         .peer_identity()
         .and_then(|id| {
             id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
                 .ok()
         })
-        .and_then(|chain| chain.first().map(tls::pin_of))
+        .and_then(|chain| chain.first().cloned())
         .ok_or_else(|| ClientError::Protocol("relay presented no certificate".into()))?;
+    let key_pin = tls::key_pin_of(&cert)
+        .map_err(|e| ClientError::Protocol(format!("relay certificate does not parse: {e}")))?;
     Ok(Link {
         endpoint,
         conn,
-        pin,
+        pin: tls::pin_of(&cert),
+        key_pin,
         generation,
     })
 }
@@ -367,6 +393,18 @@ impl Client {
         Self::connect(addr, Trust::Pin(pin)).await
     }
 
+    /// Connects to a relay as an invitation or mailbox file says to trust it, with the
+    /// built-in CA roots ([`tls::default_roots`]) when it asks for CA trust.
+    pub async fn connect_trusting(addr: &str, trust: RelayTrust) -> Result<Self, ClientError> {
+        Self::connect(addr, Trust::from_relay_trust(trust, tls::default_roots)).await
+    }
+
+    /// The relay's key pin (SHA-256 of its certificate's SubjectPublicKeyInfo), as seen on
+    /// the connection in use.
+    pub fn key_pin(&self) -> [u8; 32] {
+        self.link().key_pin
+    }
+
     /// The QUIC connection in use (a new one after a reconnection).
     pub fn connection(&self) -> Connection {
         self.link().conn.clone()
@@ -464,9 +502,15 @@ impl Client {
             .await?;
         let created = Created::decode(&f.payload)?;
         let (e2e_secret, _) = e2e::generate_keypair();
+        // Invitations trust the relay as this client did, but pin the key rather than the
+        // certificate, so that they survive renewals.
+        let trust = match self.trust {
+            Trust::Roots(_) => RelayTrust::CaForHost,
+            Trust::Pin(_) | Trust::KeyPin(_) => RelayTrust::KeyPin(self.key_pin()),
+        };
         Ok(Mailbox {
             relay: self.addr.clone(),
-            pin: self.pin(),
+            trust,
             suite,
             recipient_id: created.recipient_id,
             deposit_id: created.deposit_id,
@@ -918,8 +962,8 @@ impl ResumingSubscription<'_> {
 pub struct Mailbox {
     /// The relay address.
     pub relay: String,
-    /// The relay's certificate pin.
-    pub pin: [u8; 32],
+    /// How to authenticate the relay.
+    pub trust: RelayTrust,
     /// The mailbox's suite.
     pub suite: Suite,
     /// The recipient id.
@@ -941,7 +985,7 @@ impl Mailbox {
     pub fn invitation(&self) -> Invitation {
         Invitation {
             relay: self.relay.clone(),
-            pin: self.pin,
+            trust: self.trust,
             deposit_id: self.deposit_id,
             deposit_key: self.deposit_key.clone(),
             e2e_public: self.e2e_secret.public_key(),

@@ -277,6 +277,14 @@ async fn serve(v: Validated) -> CmdResult {
         handle.local_addr()
     );
     println!("certificate pin (SHA-256): {}", hex::encode(handle.pin()));
+    // Invitations made from now on pin the key, which renewals with the same key keep.
+    match handle.key_pin() {
+        Ok(k) => eprintln!(
+            "key pin (SHA-256 of the SubjectPublicKeyInfo): {}",
+            hex::encode(k)
+        ),
+        Err(e) => eprintln!("warning: no key pin: {e}"),
+    }
     let (admin_addr, _admin) = sealpost_relay::admin::serve(v.admin, prom, handle.ready())
         .await
         .map_err(|e| e.to_string())?;
@@ -357,7 +365,7 @@ async fn create(r: RelayArgs, suite: Suite, out: PathBuf) -> CmdResult {
 
 async fn delete(path: PathBuf) -> CmdResult {
     let mailbox = mailbox_file::read(&path).map_err(|e| e.to_string())?;
-    let client = Client::connect_pinned(&mailbox.relay, mailbox.pin)
+    let client = Client::connect_trusting(&mailbox.relay, mailbox.trust)
         .await
         .map_err(|e| e.to_string())?;
     client
@@ -381,7 +389,7 @@ async fn send(invitation: String, message: String) -> CmdResult {
     } else {
         message.into_bytes()
     };
-    let client = Client::connect_pinned(&inv.relay, inv.pin)
+    let client = Client::connect_trusting(&inv.relay, inv.trust)
         .await
         .map_err(|e| e.to_string())?;
     let info = client.info().await.map_err(|e| e.to_string())?;
@@ -409,7 +417,7 @@ async fn send(invitation: String, message: String) -> CmdResult {
 
 async fn recv(path: PathBuf, follow: bool, wait: f64) -> CmdResult {
     let mailbox = mailbox_file::read(&path).map_err(|e| e.to_string())?;
-    let client = Client::connect_pinned(&mailbox.relay, mailbox.pin)
+    let client = Client::connect_trusting(&mailbox.relay, mailbox.trust)
         .await
         .map_err(|e| e.to_string())?;
     // A relay restart is ridden through: the subscription reconnects and resumes from the

@@ -1,11 +1,13 @@
 //! TLS for sealpost: TLS 1.3 only, ALPN `sealpost/1`, ring as the crypto provider; the relay's
-//! certificate (generated on first start or given by the operator) and the client's two ways
-//! to trust it: a pinned SHA-256 of the end-entity certificate, or CA roots.
+//! certificate (generated on first start or given by the operator) and the client's ways to
+//! trust it: a pinned SHA-256 of the certificate's public key (SubjectPublicKeyInfo), the
+//! older pin of the whole certificate, or CA roots.
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
+use sealpost_core::invitation::RelayTrust;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -68,12 +70,33 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// SHA-256 of a DER certificate: the pin clients check.
+/// SHA-256 of a whole DER certificate: the pin of version 1 invitations and of `--pin`.
 pub fn pin_of(cert: &CertificateDer<'_>) -> [u8; 32] {
-    let d = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
+    sha256(cert.as_ref())
+}
+
+/// SHA-256 of the certificate's DER SubjectPublicKeyInfo (the whole SEQUENCE, algorithm
+/// identifier included, as in the certificate): the key pin of version 2 invitations. A
+/// renewed certificate for the same key has the same key pin.
+pub fn key_pin_of(cert: &CertificateDer<'_>) -> Result<[u8; 32], rustls::Error> {
+    let parsed = rustls::server::ParsedCertificate::try_from(cert)?;
+    Ok(sha256(parsed.subject_public_key_info().as_ref()))
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, data);
     let mut out = [0u8; 32];
     out.copy_from_slice(d.as_ref());
     out
+}
+
+/// The CA roots a client trusts for invitations that ask for CA trust: Mozilla's, as compiled
+/// into this build by the `webpki-roots` crate (the same on every platform and container,
+/// with no dependence on the system's certificate store).
+pub fn default_roots() -> Arc<rustls::RootCertStore> {
+    Arc::new(rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    })
 }
 
 /// Parses a pin written as 64 hex digits (colons allowed between bytes).
@@ -95,9 +118,17 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// The pin of the end-entity certificate.
+    /// The pin of the whole end-entity certificate.
     pub fn pin(&self) -> [u8; 32] {
         pin_of(&self.chain[0])
+    }
+
+    /// The key pin of the end-entity certificate (it parsed when the identity was loaded).
+    pub fn key_pin(&self) -> Result<[u8; 32], TlsError> {
+        key_pin_of(&self.chain[0]).map_err(|e| TlsError::Pem {
+            path: self.files.0.clone(),
+            what: format!("the first certificate does not parse: {e}"),
+        })
     }
 }
 
@@ -222,6 +253,16 @@ impl CertSlot {
     pub fn pin(&self) -> [u8; 32] {
         pin_of(&self.current.read().unwrap_or_else(|p| p.into_inner()).cert[0])
     }
+
+    /// The key pin of the certificate in use.
+    pub fn key_pin(&self) -> Result<[u8; 32], TlsError> {
+        let current = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        key_pin_of(&current.cert[0]).map_err(TlsError::Config)
+    }
 }
 
 /// The signing key for `identity`, refused unless it is the end-entity certificate's key.
@@ -303,17 +344,52 @@ pub fn server_crypto(
 /// How a client decides to trust a relay.
 #[derive(Clone, Debug)]
 pub enum Trust {
-    /// Accept exactly the certificate whose SHA-256 is this.
+    /// Accept exactly the certificate whose SHA-256 is this (version 1 invitations, `--pin`).
     Pin([u8; 32]),
+    /// Accept any certificate whose SubjectPublicKeyInfo has this SHA-256 ([`key_pin_of`]).
+    KeyPin([u8; 32]),
     /// Accept certificates that chain to these roots and match the server name.
     Roots(Arc<rustls::RootCertStore>),
 }
 
-/// Accepts one end-entity certificate by its SHA-256, and checks the handshake signature made
-/// with it, so a pinned relay is as authenticated as a CA-verified one.
+impl Trust {
+    /// The trust an invitation or mailbox file asks for; `roots` are the CA roots used when
+    /// it asks for CA trust ([`default_roots`] outside tests).
+    pub fn from_relay_trust(
+        trust: RelayTrust,
+        roots: impl FnOnce() -> Arc<rustls::RootCertStore>,
+    ) -> Self {
+        match trust {
+            RelayTrust::CertificatePin(p) => Self::Pin(p),
+            RelayTrust::KeyPin(p) => Self::KeyPin(p),
+            RelayTrust::CaForHost => Self::Roots(roots()),
+        }
+    }
+}
+
+/// Whether a pin check failed during a handshake, so that the client can report a changed
+/// relay certificate as such rather than as a generic TLS failure (the handshake error that
+/// reaches the client is only a TLS alert).
+#[derive(Debug, Default)]
+pub struct PinCheck {
+    mismatch: std::sync::atomic::AtomicBool,
+}
+
+impl PinCheck {
+    /// True once the relay presented a certificate the pin does not match.
+    pub fn mismatched(&self) -> bool {
+        self.mismatch.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Accepts one end-entity certificate by its SHA-256 or its key's, and checks the handshake
+/// signature made with it, so a pinned relay is as authenticated as a CA-verified one.
 #[derive(Debug)]
 struct PinVerifier {
     pin: [u8; 32],
+    /// Pin the SubjectPublicKeyInfo rather than the whole certificate.
+    key: bool,
+    check: Arc<PinCheck>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -326,13 +402,21 @@ impl ServerCertVerifier for PinVerifier {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let got = pin_of(end_entity);
-        // The pin is a public value (a certificate hash), so a plain comparison is fine.
+        let got = if self.key {
+            key_pin_of(end_entity)?
+        } else {
+            pin_of(end_entity)
+        };
+        // The pin is a public value (a hash of public data), so a plain comparison is fine.
         if got == self.pin {
             Ok(ServerCertVerified::assertion())
         } else {
+            self.check
+                .mismatch
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             Err(rustls::Error::General(format!(
-                "relay certificate pin {} does not match the expected {}",
+                "relay {} pin {} does not match the expected {}",
+                if self.key { "key" } else { "certificate" },
                 hex::encode(got),
                 hex::encode(self.pin)
             )))
@@ -373,22 +457,40 @@ impl ServerCertVerifier for PinVerifier {
 
 /// The client side for `trust`.
 pub fn client_crypto(trust: &Trust) -> Result<quinn::crypto::rustls::QuicClientConfig, TlsError> {
+    Ok(client_crypto_checked(trust)?.0)
+}
+
+/// [`client_crypto`], and what its pin check found (never set for CA trust).
+pub fn client_crypto_checked(
+    trust: &Trust,
+) -> Result<(quinn::crypto::rustls::QuicClientConfig, Arc<PinCheck>), TlsError> {
     let provider = provider();
+    let check = Arc::new(PinCheck::default());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?;
+    let pinned = |pin: [u8; 32], key: bool| {
+        Arc::new(PinVerifier {
+            pin,
+            key,
+            check: check.clone(),
+            provider: provider.clone(),
+        })
+    };
     let mut cfg = match trust {
         Trust::Pin(pin) => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinVerifier {
-                pin: *pin,
-                provider,
-            }))
+            .with_custom_certificate_verifier(pinned(*pin, false))
+            .with_no_client_auth(),
+        Trust::KeyPin(pin) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(pinned(*pin, true))
             .with_no_client_auth(),
         Trust::Roots(roots) => builder
             .with_root_certificates(roots.clone())
             .with_no_client_auth(),
     };
     cfg.alpn_protocols = vec![sealpost_core::ALPN.to_vec()];
-    quinn::crypto::rustls::QuicClientConfig::try_from(cfg)
-        .map_err(|e| TlsError::Quic(e.to_string()))
+    let cfg = quinn::crypto::rustls::QuicClientConfig::try_from(cfg)
+        .map_err(|e| TlsError::Quic(e.to_string()))?;
+    Ok((cfg, check))
 }

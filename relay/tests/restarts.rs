@@ -178,7 +178,7 @@ async fn a_relay_that_is_not_running_is_reported_within_seconds() {
     drop(free);
     let inv = sealpost_core::invitation::Invitation {
         relay: addr.clone(),
-        pin: [7; 32],
+        trust: sealpost_core::invitation::RelayTrust::KeyPin([7; 32]),
         deposit_id: [1; 16],
         deposit_key: sealpost_core::AeadKey::new(Suite::ChaCha20Poly1305, [2; 32]),
         e2e_public: sealpost_core::e2e::generate_keypair().1,

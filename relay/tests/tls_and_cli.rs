@@ -4,6 +4,10 @@ mod common;
 
 use common::process::{Serve, cli};
 use sealpost_core::Suite;
+use sealpost_core::e2e::seal_for_invitation;
+use sealpost_core::engine::Engine;
+use sealpost_core::invitation::{Invitation, RelayTrust};
+use sealpost_core::status::DepositStatus;
 use sealpost_relay::client::{Client, ClientError};
 use sealpost_relay::store::Quotas;
 use sealpost_relay::store::memory::MemoryStore;
@@ -42,15 +46,19 @@ async fn operator_certificate_with_ca_roots() {
         .expect("CA-verified connection");
     assert_eq!(c.pin(), handle.pin());
     let mb = c.create(Suite::ChaCha20Poly1305).await.unwrap();
-    assert_eq!(mb.pin, handle.pin());
+    // Made over a CA-verified connection, its invitations ask for CA trust.
+    assert_eq!(mb.trust, RelayTrust::CaForHost);
 
     // A wrong pin is refused at the handshake, with a message that says so.
     let err = Client::connect_pinned(&format!("127.0.0.1:{port}"), [0u8; 32])
         .await
         .err()
         .unwrap();
-    assert!(matches!(err, ClientError::Connect(_)), "{err}");
-    assert!(err.to_string().contains("pin"), "{err}");
+    assert!(
+        matches!(err, ClientError::PinMismatch { key: false, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("different certificate"), "{err}");
     handle.shutdown().await;
 }
 
@@ -304,4 +312,146 @@ async fn a_generated_pair_missing_a_half_is_not_replaced() {
     let err = sealpost_relay::start(cfg(), store()).await.err().unwrap();
     assert!(err.to_string().contains("key.pem"), "{err}");
     assert!(!key.exists());
+}
+
+/// A self-signed certificate for `localhost` with `key`, numbered `serial` so that two of
+/// them for one key differ.
+fn self_signed(key: &rcgen::KeyPair, serial: u64) -> rcgen::Certificate {
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    params.serial_number = Some(rcgen::SerialNumber::from(serial));
+    params.self_signed(key).unwrap()
+}
+
+async fn relay_with_files(
+    dir: &std::path::Path,
+    cert: &str,
+    key: &str,
+) -> (sealpost_relay::RelayHandle, String) {
+    std::fs::write(dir.join("cert.pem"), cert).unwrap();
+    std::fs::write(dir.join("key.pem"), key).unwrap();
+    let mut cfg = RelayConfig::new("127.0.0.1:0".parse().unwrap(), dir.join("data"));
+    cfg.cert = Some(dir.join("cert.pem"));
+    cfg.key = Some(dir.join("key.pem"));
+    let store = Arc::new(MemoryStore::new(quotas(&cfg.limits)));
+    let handle = sealpost_relay::start(cfg, store).await.unwrap();
+    let addr = handle.local_addr().to_string();
+    (handle, addr)
+}
+
+async fn deposit_through(inv: &Invitation, trust: Trust) -> Result<DepositStatus, ClientError> {
+    let c = Client::connect(&inv.relay, trust).await?;
+    let info = c.info().await?;
+    let env = seal_for_invitation(&Engine::ring(), inv, &info.limits.sizes, b"hi").unwrap();
+    c.deposit(env).await
+}
+
+/// Key pins survive a renewal with the same key (the old whole-certificate pins do not,
+/// as before), and a new key is reported as such.
+#[tokio::test]
+async fn key_pinned_invitations_survive_renewals_with_the_same_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let first = self_signed(&key, 1);
+    let (handle, addr) = relay_with_files(d, &first.pem(), &key.serialize_pem()).await;
+    let owner = Client::connect_pinned(&addr, handle.pin()).await.unwrap();
+    let mb = owner.create(Suite::ChaCha20Poly1305).await.unwrap();
+    let key_pin = sealpost_relay::tls::key_pin_of(first.der()).unwrap();
+    assert_eq!(mb.trust, RelayTrust::KeyPin(key_pin));
+    assert_eq!(handle.key_pin().unwrap(), key_pin);
+    let text = mb.invitation().encode().unwrap();
+    let inv = Invitation::parse(&text).unwrap();
+    assert_eq!(inv.trust, RelayTrust::KeyPin(key_pin));
+    // A version 1 invitation, pinning the whole certificate, still parses and connects.
+    let mut old = mb.invitation();
+    old.trust = RelayTrust::CertificatePin(handle.pin());
+    let old = Invitation::parse(&old.encode().unwrap()).unwrap();
+    let as_is =
+        |i: &Invitation| Trust::from_relay_trust(i.trust, sealpost_relay::tls::default_roots);
+    assert_eq!(old.trust, RelayTrust::CertificatePin(handle.pin()));
+    assert!(
+        deposit_through(&old, as_is(&old))
+            .await
+            .unwrap()
+            .is_success()
+    );
+
+    // Renewed, same key: the key-pinned invitation still works.
+    let renewed = self_signed(&key, 2);
+    assert_ne!(renewed.der(), first.der());
+    std::fs::write(d.join("cert.pem"), renewed.pem()).unwrap();
+    handle.reload_certificate().unwrap();
+    assert!(
+        deposit_through(&inv, as_is(&inv))
+            .await
+            .unwrap()
+            .is_success()
+    );
+    // The whole-certificate pin is told apart: the certificate changed.
+    let err = deposit_through(&old, as_is(&old)).await.unwrap_err();
+    assert!(
+        matches!(err, ClientError::PinMismatch { key: false, .. }),
+        "{err}"
+    );
+
+    // A new key: the invitation is refused with what to do about it.
+    let other = rcgen::KeyPair::generate().unwrap();
+    std::fs::write(d.join("cert.pem"), self_signed(&other, 3).pem()).unwrap();
+    std::fs::write(d.join("key.pem"), other.serialize_pem()).unwrap();
+    handle.reload_certificate().unwrap();
+    let err = deposit_through(&inv, as_is(&inv)).await.unwrap_err();
+    assert!(
+        matches!(err, ClientError::PinMismatch { key: true, .. }),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("the relay at {addr} presents a different key"))
+            && msg.contains("ask the relay's operator or the mailbox owner for a new invitation"),
+        "{msg}"
+    );
+    handle.shutdown().await;
+}
+
+/// An invitation made over a CA-verified connection asks for CA trust, and works with a root
+/// store that holds the CA (the built-in roots do not know this test CA).
+#[tokio::test]
+async fn ca_trust_invitations_work_with_the_issuing_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .unwrap();
+    let chain = format!("{}{}", leaf.pem(), ca.pem());
+    let (handle, addr) = relay_with_files(dir.path(), &chain, &leaf_key.serialize_pem()).await;
+    let port = handle.local_addr().port();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).unwrap();
+    let roots = Arc::new(roots);
+    let owner = Client::connect(&format!("localhost:{port}"), Trust::Roots(roots.clone()))
+        .await
+        .unwrap();
+    let mb = owner.create(Suite::ChaCha20Poly1305).await.unwrap();
+    assert_eq!(mb.trust, RelayTrust::CaForHost);
+    let inv = Invitation::parse(&mb.invitation().encode().unwrap()).unwrap();
+    assert_eq!(inv.trust, RelayTrust::CaForHost);
+    let with_test_ca = Trust::from_relay_trust(inv.trust, || roots.clone());
+    assert!(
+        deposit_through(&inv, with_test_ca)
+            .await
+            .unwrap()
+            .is_success()
+    );
+    let builtin = Trust::from_relay_trust(inv.trust, sealpost_relay::tls::default_roots);
+    let err = deposit_through(&inv, builtin).await.unwrap_err();
+    assert!(matches!(err, ClientError::Connect(_)), "{err}");
+    // The relay's address by IP is not the certificate's name.
+    let by_ip = Trust::from_relay_trust(inv.trust, || roots.clone());
+    assert!(Client::connect(&addr, by_ip).await.is_err());
+    handle.shutdown().await;
 }

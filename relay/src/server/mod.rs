@@ -113,9 +113,15 @@ impl RelayHandle {
         self.local_addr
     }
 
-    /// The SHA-256 pin of the relay's certificate.
+    /// The SHA-256 pin of the relay's certificate (as it was at start).
     pub fn pin(&self) -> [u8; 32] {
         self.pin
+    }
+
+    /// The SHA-256 of the SubjectPublicKeyInfo of the certificate in use: the key pin new
+    /// invitations carry, unchanged by renewals that keep the key.
+    pub fn key_pin(&self) -> Result<[u8; 32], TlsError> {
+        self.certs.key_pin()
     }
 
     /// What the UDP socket got from the kernel (buffers, GSO, GRO).
