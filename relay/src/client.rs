@@ -337,6 +337,13 @@ impl Client {
                     tracing::debug!(error = %e, "relay not back yet");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
+                // Name the whole wait, not the last attempt's share of it.
+                Err(ClientError::Unreachable { addr, .. }) => {
+                    return Err(ClientError::Unreachable {
+                        addr,
+                        secs: (within.as_secs_f64() * 10.0).round() / 10.0,
+                    });
+                }
                 Err(e) => return Err(e),
             }
         }
