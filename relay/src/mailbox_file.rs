@@ -187,3 +187,40 @@ pub fn parse(path: &Path, data: &[u8]) -> Result<Mailbox, MailboxFileError> {
         sizes,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file of the previous format keeps its whole-certificate pin; written again, it
+    /// becomes a v2 file with the same trust.
+    #[test]
+    fn version_1_files_are_read_and_rewritten_as_version_2() {
+        let v1 = format!(
+            r#"{{"format":"sealpost-mailbox-v1","relay":"relay.example:4433","pin":"{}",
+            "suite":"aes256gcm","recipient_id":"{}","deposit_id":"{}","deposit_key":"{}",
+            "recipient_secret":"{}","e2e_secret":"{}","sizes":[256,1024]}}"#,
+            "01".repeat(32),
+            "03".repeat(16),
+            "04".repeat(16),
+            "05".repeat(32),
+            "06".repeat(32),
+            "42".repeat(32)
+        );
+        let m = parse(Path::new("v1.json"), v1.as_bytes()).unwrap();
+        assert_eq!(m.trust, RelayTrust::CertificatePin([1; 32]));
+        let json = to_json(&m).unwrap();
+        assert!(
+            json.contains("\"format\": \"sealpost-mailbox-v2\""),
+            "{}",
+            *json
+        );
+        assert!(json.contains(&format!("certificate-pin:{}", "01".repeat(32))));
+        let again = parse(Path::new("v2.json"), json.as_bytes()).unwrap();
+        assert_eq!(again.trust, m.trust);
+        // Both fields, or a v2 file with a pin, are refused.
+        let both = v1.replace("\"pin\"", "\"trust\":\"ca\",\"pin\"");
+        let err = parse(Path::new("x.json"), both.as_bytes()).err().unwrap();
+        assert!(err.to_string().contains("not both or neither"), "{err}");
+    }
+}
