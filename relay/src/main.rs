@@ -96,7 +96,11 @@ struct RelayArgs {
     /// certificate in --data-dir is used (for a relay on this machine).
     #[arg(long, env = "SEALPOST_PIN")]
     pin: Option<String>,
-    /// Data directory of a local relay, used to find its pin when --pin is absent.
+    /// SHA-256 pin of the relay's public key (its certificate's SubjectPublicKeyInfo; 64 hex
+    /// digits, printed by `serve`), which survives certificate renewals with the same key.
+    #[arg(long, env = "SEALPOST_KEY_PIN", conflicts_with = "pin")]
+    key_pin: Option<String>,
+    /// Data directory of a local relay, used to find its key when no pin is given.
     #[arg(long, default_value = "sealpost-data")]
     data_dir: PathBuf,
 }
@@ -322,25 +326,33 @@ async fn wait_for_stop(handle: &sealpost_relay::RelayHandle) -> CmdResult {
     }
 }
 
-fn resolve_pin(r: &RelayArgs) -> Result<[u8; 32], String> {
+/// How to trust the relay: `--key-pin`, `--pin`, or the key of the certificate in the local
+/// data directory.
+fn resolve_trust(r: &RelayArgs) -> Result<tls::Trust, String> {
+    if let Some(p) = &r.key_pin {
+        return Ok(tls::Trust::KeyPin(
+            tls::parse_pin(p).map_err(|e| e.to_string())?,
+        ));
+    }
     if let Some(p) = &r.pin {
-        return tls::parse_pin(p).map_err(|e| e.to_string());
+        return Ok(tls::Trust::Pin(
+            tls::parse_pin(p).map_err(|e| e.to_string())?,
+        ));
     }
     let dir = r.data_dir.join("tls");
     let cert = dir.join("cert.pem");
     if !cert.exists() {
         return Err(format!(
-            "no --pin given and no relay certificate at {}; pass the pin `serve` printed",
+            "no --key-pin or --pin given and no relay certificate at {}; pass a pin `serve` printed",
             cert.display()
         ));
     }
     let id = tls::load_identity(&cert, &dir.join("key.pem")).map_err(|e| e.to_string())?;
-    Ok(id.pin())
+    Ok(tls::Trust::KeyPin(id.key_pin().map_err(|e| e.to_string())?))
 }
 
 async fn connect(r: &RelayArgs) -> Result<Client, String> {
-    let pin = resolve_pin(r)?;
-    Client::connect_pinned(&r.relay, pin)
+    Client::connect(&r.relay, resolve_trust(r)?)
         .await
         .map_err(|e| e.to_string())
 }

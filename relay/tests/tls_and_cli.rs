@@ -151,6 +151,22 @@ fn cli_create_send_recv() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invitation"));
+    // The key pin works as well (and is what invitations carry).
+    let id =
+        sealpost_relay::tls::load_identity(&data.join("tls/cert.pem"), &data.join("tls/key.pem"))
+            .unwrap();
+    let key_pin = hex::encode(id.key_pin().unwrap());
+    let out = cli()
+        .args(["mailbox", "create", "--relay", &addr, "--key-pin", &key_pin])
+        .arg("--out")
+        .arg(dir.path().join("mb2.json"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = cli()
         .args(["mailbox", "create", "--relay", &addr, "--pin", "abc"])
         .output()
