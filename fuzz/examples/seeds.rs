@@ -10,7 +10,7 @@ use sealpost_core::e2e::{E2ePublicKey, E2eSecretKey};
 use sealpost_core::engine::Engine;
 use sealpost_core::envelope;
 use sealpost_core::frame::{self, FrameType};
-use sealpost_core::invitation::Invitation;
+use sealpost_core::invitation::{Invitation, RelayTrust};
 use sealpost_core::keys::RecipientSecret;
 use sealpost_core::msg::{self, Create, Created, Delete, ErrorMsg, InfoReply, Limits};
 use sealpost_core::msg::{Subscribe, Subscribed};
@@ -186,9 +186,9 @@ fn main() {
 
     // Invitations: mode 0 = the text, mode 1 = the decoded body before its checksum.
     let e2e = E2eSecretKey::from_bytes(&[0x42; 32]).expect("any 32 bytes are an X25519 key");
-    let inv = Invitation {
+    let mut inv = Invitation {
         relay: "relay.example:4433".into(),
-        pin: [1; 32],
+        trust: RelayTrust::CertificatePin([1; 32]),
         deposit_id: [2; 16],
         deposit_key: AeadKey::new(Suite::ChaCha20Poly1305, [3; 32]),
         e2e_public: e2e.public_key(),
@@ -204,6 +204,35 @@ fn main() {
     raw.push(addr.len() as u8);
     raw.extend_from_slice(addr);
     out("invitation", "body", &with(&[1], &raw));
+    // Version 2: a key pin, and CA trust for the host name (an IPv6 address here).
+    inv.trust = RelayTrust::KeyPin([5; 32]);
+    let text = inv.encode().expect("sample invitation encodes");
+    out(
+        "invitation",
+        "text-v2-key-pin",
+        &with(&[0], text.as_bytes()),
+    );
+    inv.trust = RelayTrust::CaForHost;
+    inv.relay = "[2001:db8::1]:4433".into();
+    let text = inv.encode().expect("sample invitation encodes");
+    out("invitation", "text-v2-ca", &with(&[0], text.as_bytes()));
+    let tail = |raw: &mut Vec<u8>| {
+        raw.extend_from_slice(&[2; 16]);
+        raw.extend_from_slice(&[3; 32]);
+        raw.extend_from_slice(&E2ePublicKey([4; 32]).0);
+        raw.push(addr.len() as u8);
+        raw.extend_from_slice(addr);
+    };
+    let mut raw = vec![2u8, Suite::ChaCha20Poly1305.to_u8(), 1];
+    raw.extend_from_slice(&[5; 32]);
+    tail(&mut raw);
+    out("invitation", "body-v2-key-pin", &with(&[1], &raw));
+    let mut raw = vec![2u8, Suite::Aes256Gcm.to_u8(), 2];
+    tail(&mut raw);
+    out("invitation", "body-v2-ca", &with(&[1], &raw));
+    let mut raw = vec![2u8, Suite::Aes256Gcm.to_u8(), 9];
+    tail(&mut raw);
+    out("invitation", "bad-v2-unknown-trust", &with(&[1], &raw));
 
     // Settings files: the shipped example, an empty file, and one of every other choice.
     let shipped =
@@ -223,7 +252,7 @@ fn main() {
     // Mailbox files, as `sealpost-relay create` writes them.
     let mailbox = Mailbox {
         relay: "relay.example:4433".into(),
-        pin: [1; 32],
+        trust: RelayTrust::KeyPin([1; 32]),
         suite: Suite::Aes256Gcm,
         recipient_id: [3; 16],
         deposit_id: [4; 16],
@@ -236,4 +265,14 @@ fn main() {
     out("mailbox_file", "aes", json.as_bytes());
     let compact: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
     out("mailbox_file", "compact", compact.to_string().as_bytes());
+    // The previous format, with the pin of the whole certificate, is still read.
+    let mut v1 = compact.clone();
+    let fields = v1.as_object_mut().expect("a JSON object");
+    fields.remove("trust");
+    fields.insert("format".into(), "sealpost-mailbox-v1".into());
+    fields.insert("pin".into(), "01".repeat(32).into());
+    out("mailbox_file", "v1", v1.to_string().as_bytes());
+    let mut ca = compact;
+    ca["trust"] = "ca".into();
+    out("mailbox_file", "v2-ca", ca.to_string().as_bytes());
 }

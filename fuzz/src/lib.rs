@@ -443,7 +443,7 @@ fn sample_limits() -> msg::Limits {
 /// Compares two invitations field by field (the type has no `PartialEq`: it holds a key).
 fn same_invitation(a: &Invitation, b: &Invitation) -> bool {
     a.relay == b.relay
-        && a.pin == b.pin
+        && a.trust == b.trust
         && a.deposit_id == b.deposit_id
         && a.suite() == b.suite()
         && a.deposit_key.expose() == b.deposit_key.expose()

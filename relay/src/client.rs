@@ -9,7 +9,7 @@ use sealpost_core::e2e::{self, E2eError, E2eSecretKey};
 use sealpost_core::engine::Engine;
 use sealpost_core::envelope::{Envelope, EnvelopeError};
 use sealpost_core::frame::{self, Frame, FrameType};
-use sealpost_core::invitation::Invitation;
+use sealpost_core::invitation::{Invitation, RelayTrust};
 use sealpost_core::keys::{
     DeliveryError, EXPORTER_LABEL, EXPORTER_LEN, MailboxKeys, ProofPurpose, RecipientSecret,
     open_delivery,
@@ -48,6 +48,29 @@ pub enum ClientError {
     /// Connecting failed.
     #[error("cannot connect to the relay: {0}")]
     Connect(String),
+    /// The relay's certificate does not match the pin the client was given: the relay's key
+    /// (or, for a pin of the whole certificate, its certificate) changed, or this is not the
+    /// relay the pin belongs to.
+    #[error(
+        "the relay at {addr} presents a different {} than the invitation pins; ask the relay's \
+         operator or the mailbox owner for a new invitation",
+        if *.key { "key" } else { "certificate" }
+    )]
+    PinMismatch {
+        /// The relay address.
+        addr: String,
+        /// Whether the pin was of the key (else of the whole certificate).
+        key: bool,
+    },
+    /// No handshake completed in time: nothing answers at the address, or the network drops
+    /// the packets.
+    #[error("could not reach the relay at {addr} within {secs} s: is the relay running?")]
+    Unreachable {
+        /// The address tried.
+        addr: String,
+        /// How long the attempt waited.
+        secs: f64,
+    },
     /// The connection failed or was closed.
     #[error("connection lost: {0}")]
     Connection(#[from] quinn::ConnectionError),
@@ -125,13 +148,139 @@ fn split_host(addr: &str) -> &str {
     host.trim_start_matches('[').trim_end_matches(']')
 }
 
-/// A connection to a relay.
-pub struct Client {
+/// How long a connection attempt may take before the relay counts as unreachable. Without it
+/// a handshake to an address where nothing listens waits for the whole QUIC idle timeout.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often an otherwise quiet connection sends a QUIC PING. A relay that restarted learns
+/// of a connection only when a packet of it arrives, and answers it with a stateless reset;
+/// so this bounds how long a client waiting for a reply takes to notice a restart.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
+
+/// How long [`Client::deposit`] and [`Client::info`] keep trying to reach a relay again after
+/// their connection was lost to a restart.
+pub const RESUME_WITHIN: Duration = Duration::from_secs(10);
+
+/// One QUIC connection and the endpoint it runs on.
+struct Link {
     endpoint: Endpoint,
     conn: Connection,
-    addr: String,
+    /// The relay's certificate pin as seen on this connection.
     pin: [u8; 32],
+    /// The relay's key pin as seen on this connection.
+    key_pin: [u8; 32],
+    /// Counts reconnections, so that concurrent requests that lost the same connection
+    /// reconnect once.
+    generation: u64,
+}
+
+impl Link {
+    /// Whether `err`, seen on this connection, means the connection is gone in a way a new
+    /// connection may cure: the relay closed it to restart, or it was reset (the relay
+    /// restarted and no longer knows it), or the relay fell silent for the idle timeout.
+    /// Not: a close for abuse, a TLS or protocol failure, or our own close.
+    fn lost_by(&self, err: &ClientError) -> bool {
+        if err.is_relay_shutdown() {
+            return true;
+        }
+        let reason = match err {
+            ClientError::Connection(e)
+            | ClientError::Write(quinn::WriteError::ConnectionLost(e)) => Some(e.clone()),
+            ClientError::Stream | ClientError::Write(_) => self.conn.close_reason(),
+            _ => None,
+        };
+        match reason {
+            Some(quinn::ConnectionError::Reset | quinn::ConnectionError::TimedOut) => true,
+            Some(quinn::ConnectionError::ApplicationClosed(c)) => {
+                c.error_code == quinn::VarInt::from_u32(crate::server::CLOSE_SHUTDOWN)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Opens an endpoint and connects it to `addr` within `timeout`.
+async fn open_link(
+    addr: &str,
+    trust: &Trust,
+    local: Option<SocketAddr>,
+    timeout: Duration,
+    generation: u64,
+) -> Result<Link, ClientError> {
+    let resolved: SocketAddr = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| ClientError::Address {
+            addr: addr.to_owned(),
+            why: e.to_string(),
+        })?
+        .next()
+        .ok_or_else(|| ClientError::Address {
+            addr: addr.to_owned(),
+            why: "no addresses".into(),
+        })?;
+    let bind: SocketAddr = match local {
+        Some(l) => l,
+        None if resolved.is_ipv6() => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+        None => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+    };
+    let mut endpoint = Endpoint::client(bind).map_err(ClientError::Socket)?;
+    let (crypto, pin_check) = tls::client_crypto_checked(trust)?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(KEEP_ALIVE));
+    transport.max_concurrent_uni_streams(0u32.into());
+    transport.datagram_receive_buffer_size(None);
+    cfg.transport_config(Arc::new(transport));
+    endpoint.set_default_client_config(cfg);
+    let host = split_host(addr);
+    let server_name = if host.is_empty() { "localhost" } else { host };
+    let connecting = endpoint
+        .connect(resolved, server_name)
+        .map_err(|e| ClientError::Connect(e.to_string()))?;
+    let conn = match tokio::time::timeout(timeout, connecting).await {
+        Err(_) => {
+            return Err(ClientError::Unreachable {
+                addr: addr.to_owned(),
+                secs: timeout.as_secs_f64(),
+            });
+        }
+        Ok(Err(_)) if pin_check.mismatched() => {
+            return Err(ClientError::PinMismatch {
+                addr: addr.to_owned(),
+                key: matches!(trust, Trust::KeyPin(_)),
+            });
+        }
+        Ok(r) => r.map_err(|e| ClientError::Connect(e.to_string()))?,
+    };
+    let cert = conn
+        .peer_identity()
+        .and_then(|id| {
+            id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .and_then(|chain| chain.first().cloned())
+        .ok_or_else(|| ClientError::Protocol("relay presented no certificate".into()))?;
+    let key_pin = tls::key_pin_of(&cert)
+        .map_err(|e| ClientError::Protocol(format!("relay certificate does not parse: {e}")))?;
+    Ok(Link {
+        endpoint,
+        conn,
+        pin: tls::pin_of(&cert),
+        key_pin,
+        generation,
+    })
+}
+
+/// A connection to a relay. After a relay restart, [`Client::deposit`], [`Client::info`] and
+/// a [`ResumingSubscription`] reconnect by themselves; the other requests report the loss.
+pub struct Client {
+    link: std::sync::Mutex<Arc<Link>>,
+    /// Held while reconnecting, so that one reconnection serves every request that lost the
+    /// connection.
+    renewing: tokio::sync::Mutex<()>,
+    addr: String,
     trust: Trust,
+    local: Option<SocketAddr>,
 }
 
 impl Client {
@@ -142,57 +291,98 @@ impl Client {
 
     /// [`Client::connect`] from a chosen local address (for example a second loopback
     /// address, 127.0.0.2, to appear as another source); `None` lets the system choose.
+    /// Fails with [`ClientError::Unreachable`] when no handshake completes within
+    /// [`CONNECT_TIMEOUT`].
     pub async fn connect_from(
         addr: &str,
         trust: Trust,
         local: Option<SocketAddr>,
     ) -> Result<Self, ClientError> {
-        let resolved: SocketAddr = tokio::net::lookup_host(addr)
-            .await
-            .map_err(|e| ClientError::Address {
-                addr: addr.to_owned(),
-                why: e.to_string(),
-            })?
-            .next()
-            .ok_or_else(|| ClientError::Address {
-                addr: addr.to_owned(),
-                why: "no addresses".into(),
-            })?;
-        let bind: SocketAddr = match local {
-            Some(l) => l,
-            None if resolved.is_ipv6() => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
-            None => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
-        };
-        let mut endpoint = Endpoint::client(bind).map_err(ClientError::Socket)?;
-        let mut cfg = quinn::ClientConfig::new(Arc::new(tls::client_crypto(&trust)?));
-        let trust_kept = trust.clone();
-        let mut transport = quinn::TransportConfig::default();
-        transport.keep_alive_interval(Some(Duration::from_secs(10)));
-        transport.max_concurrent_uni_streams(0u32.into());
-        cfg.transport_config(Arc::new(transport));
-        endpoint.set_default_client_config(cfg);
-        let host = split_host(addr);
-        let server_name = if host.is_empty() { "localhost" } else { host };
-        let conn = endpoint
-            .connect(resolved, server_name)
-            .map_err(|e| ClientError::Connect(e.to_string()))?
-            .await
-            .map_err(|e| ClientError::Connect(e.to_string()))?;
-        let pin = conn
-            .peer_identity()
-            .and_then(|id| {
-                id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-                    .ok()
-            })
-            .and_then(|chain| chain.first().map(tls::pin_of))
-            .ok_or_else(|| ClientError::Protocol("relay presented no certificate".into()))?;
+        let link = open_link(addr, &trust, local, CONNECT_TIMEOUT, 0).await?;
         Ok(Self {
-            endpoint,
-            conn,
+            link: std::sync::Mutex::new(Arc::new(link)),
+            renewing: tokio::sync::Mutex::new(()),
             addr: addr.to_owned(),
-            pin,
-            trust: trust_kept,
+            trust,
+            local,
         })
+    }
+
+    /// The connection in use.
+    fn link(&self) -> Arc<Link> {
+        self.link.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces `failed` by a new connection, trying for at most `within`; when another
+    /// request already replaced it, returns that one.
+    async fn renew(&self, failed: &Link, within: Duration) -> Result<Arc<Link>, ClientError> {
+        let _one = self.renewing.lock().await;
+        let current = self.link();
+        if current.generation != failed.generation {
+            return Ok(current);
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let timeout = left.clamp(Duration::from_millis(200), CONNECT_TIMEOUT);
+            let attempt = open_link(
+                &self.addr,
+                &self.trust,
+                self.local,
+                timeout,
+                failed.generation + 1,
+            )
+            .await;
+            match attempt {
+                Ok(link) => {
+                    let link = Arc::new(link);
+                    *self.link.lock().unwrap_or_else(|p| p.into_inner()) = link.clone();
+                    // (Closing a connection already closed would overwrite its reason.)
+                    if failed.conn.close_reason().is_none() {
+                        failed.conn.close(0u32.into(), b"replaced");
+                    }
+                    return Ok(link);
+                }
+                // A connection refused or unreachable may be a relay still starting; a
+                // certificate or address problem will not cure itself.
+                Err(e @ (ClientError::Connect(_) | ClientError::Unreachable { .. }))
+                    if tokio::time::Instant::now() + Duration::from_millis(100) < deadline =>
+                {
+                    tracing::debug!(error = %e, "relay not back yet");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                // Name the whole wait, not the last attempt's share of it.
+                Err(ClientError::Unreachable { addr, .. }) => {
+                    return Err(ClientError::Unreachable {
+                        addr,
+                        secs: (within.as_secs_f64() * 10.0).round() / 10.0,
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Runs `op` on the connection, and once more on a new one each time the connection is
+    /// lost to a relay restart, for at most [`RESUME_WITHIN`]. Only for requests that are safe
+    /// to send twice.
+    async fn retrying<'a, T, F, Fut>(&'a self, op: F) -> Result<T, ClientError>
+    where
+        F: Fn(Arc<Link>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>> + 'a,
+    {
+        let deadline = tokio::time::Instant::now() + RESUME_WITHIN;
+        let mut link = self.link();
+        loop {
+            match op(link.clone()).await {
+                Err(e) if link.lost_by(&e) && tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "connection lost; reconnecting");
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    link = self.renew(&link, left).await?;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Whether the relay closed this connection because it is shutting down or restarting
@@ -200,7 +390,7 @@ impl Client {
     /// "reconnect", whatever the stream itself reported.
     pub fn relay_shut_down(&self) -> bool {
         matches!(
-            self.conn.close_reason(),
+            self.link().conn.close_reason(),
             Some(quinn::ConnectionError::ApplicationClosed(c))
                 if c.error_code == quinn::VarInt::from_u32(crate::server::CLOSE_SHUTDOWN)
         )
@@ -211,7 +401,7 @@ impl Client {
     pub async fn reconnect(&self, within: Duration) -> Result<Self, ClientError> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            match Self::connect(&self.addr, self.trust.clone()).await {
+            match Self::connect_from(&self.addr, self.trust.clone(), self.local).await {
                 Ok(c) => return Ok(c),
                 Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
                 Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
@@ -224,14 +414,26 @@ impl Client {
         Self::connect(addr, Trust::Pin(pin)).await
     }
 
-    /// The underlying QUIC connection.
-    pub fn connection(&self) -> &Connection {
-        &self.conn
+    /// Connects to a relay as an invitation or mailbox file says to trust it, with the
+    /// built-in CA roots ([`tls::default_roots`]) when it asks for CA trust.
+    pub async fn connect_trusting(addr: &str, trust: RelayTrust) -> Result<Self, ClientError> {
+        Self::connect(addr, Trust::from_relay_trust(trust, tls::default_roots)).await
     }
 
-    /// The relay's certificate pin, as seen on this connection.
+    /// The relay's key pin (SHA-256 of its certificate's SubjectPublicKeyInfo), as seen on
+    /// the connection in use.
+    pub fn key_pin(&self) -> [u8; 32] {
+        self.link().key_pin
+    }
+
+    /// The QUIC connection in use (a new one after a reconnection).
+    pub fn connection(&self) -> Connection {
+        self.link().conn.clone()
+    }
+
+    /// The relay's certificate pin, as seen on the connection in use.
     pub fn pin(&self) -> [u8; 32] {
-        self.pin
+        self.link().pin
     }
 
     /// The address this client connected to.
@@ -241,21 +443,19 @@ impl Client {
 
     /// Closes the connection and waits briefly for the relay to learn of it.
     pub async fn close(self) {
-        self.conn.close(0u32.into(), b"done");
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        let link = self.link();
+        link.conn.close(0u32.into(), b"done");
+        let _ = tokio::time::timeout(Duration::from_secs(1), link.endpoint.wait_idle()).await;
     }
 
-    fn exporter(&self) -> Result<[u8; EXPORTER_LEN], ClientError> {
-        let mut out = [0u8; EXPORTER_LEN];
-        self.conn
-            .export_keying_material(&mut out, EXPORTER_LABEL, b"")
-            .map_err(|_| ClientError::Protocol("TLS exporter unavailable".into()))?;
-        Ok(out)
-    }
-
-    /// Opens a stream, sends `frame`, finishes, and returns the reply frame of type `expect`.
-    async fn request(&self, frame: Bytes, expect: FrameType) -> Result<Frame, ClientError> {
-        let (mut send, recv) = self.conn.open_bi().await?;
+    /// Opens a stream on `conn`, sends `frame`, finishes, and returns the reply frame of type
+    /// `expect`.
+    async fn request_on(
+        conn: &Connection,
+        frame: Bytes,
+        expect: FrameType,
+    ) -> Result<Frame, ClientError> {
+        let (mut send, recv) = conn.open_bi().await?;
         send.write_all(&frame).await?;
         let _ = send.finish();
         let mut reader = FrameReader::new(recv, CLIENT_MAX_FRAME);
@@ -266,13 +466,19 @@ impl Client {
         expect_frame(reply, expect)
     }
 
-    /// Asks for the relay's version and limits.
+    /// [`Client::request_on`] the connection in use.
+    async fn request(&self, frame: Bytes, expect: FrameType) -> Result<Frame, ClientError> {
+        Self::request_on(&self.link().conn, frame, expect).await
+    }
+
+    /// Asks for the relay's version and limits (again on a new connection if the relay
+    /// restarts meanwhile).
     pub async fn info(&self) -> Result<InfoReply, ClientError> {
         let f = self
-            .request(
-                frame::encode_to_bytes(FrameType::Info, &[]),
-                FrameType::InfoReply,
-            )
+            .retrying(|link| async move {
+                let req = frame::encode_to_bytes(FrameType::Info, &[]);
+                Self::request_on(&link.conn, req, FrameType::InfoReply).await
+            })
             .await?;
         Ok(InfoReply::decode(&f.payload)?)
     }
@@ -317,9 +523,15 @@ impl Client {
             .await?;
         let created = Created::decode(&f.payload)?;
         let (e2e_secret, _) = e2e::generate_keypair();
+        // Invitations trust the relay as this client did, but pin the key rather than the
+        // certificate, so that they survive renewals.
+        let trust = match self.trust {
+            Trust::Roots(_) => RelayTrust::CaForHost,
+            Trust::Pin(_) | Trust::KeyPin(_) => RelayTrust::KeyPin(self.key_pin()),
+        };
         Ok(Mailbox {
             relay: self.addr.clone(),
-            pin: self.pin,
+            trust,
             suite,
             recipient_id: created.recipient_id,
             deposit_id: created.deposit_id,
@@ -332,7 +544,13 @@ impl Client {
 
     /// Opens a deposit stream: send envelopes on one half, read results on the other.
     pub async fn open_deposit(&self) -> Result<(DepositSender, DepositResults), ClientError> {
-        let (send, recv) = self.conn.open_bi().await?;
+        Self::open_deposit_on(&self.link().conn).await
+    }
+
+    async fn open_deposit_on(
+        conn: &Connection,
+    ) -> Result<(DepositSender, DepositResults), ClientError> {
+        let (send, recv) = conn.open_bi().await?;
         Ok((
             DepositSender { send },
             DepositResults {
@@ -342,7 +560,10 @@ impl Client {
         ))
     }
 
-    /// Deposits one envelope on its own stream and waits for its status.
+    /// Deposits one envelope on its own stream and waits for its status. If the relay
+    /// restarts before answering, the envelope is sent again on a new connection (for at most
+    /// [`RESUME_WITHIN`]): safe, since an envelope the relay stored before comes back
+    /// `DUPLICATE`, which is a success.
     pub async fn deposit(&self, envelope: Bytes) -> Result<DepositStatus, ClientError> {
         Ok(self.deposit_once(&envelope).await?.0)
     }
@@ -352,7 +573,15 @@ impl Client {
         &self,
         envelope: &Bytes,
     ) -> Result<(DepositStatus, Option<Duration>), ClientError> {
-        let (mut tx, mut rx) = self.open_deposit().await?;
+        self.retrying(|link| async move { Self::deposit_on(&link.conn, envelope).await })
+            .await
+    }
+
+    async fn deposit_on(
+        conn: &Connection,
+        envelope: &Bytes,
+    ) -> Result<(DepositStatus, Option<Duration>), ClientError> {
+        let (mut tx, mut rx) = Self::open_deposit_on(conn).await?;
         tx.send(envelope).await?;
         tx.finish();
         let statuses = rx
@@ -395,12 +624,47 @@ impl Client {
     }
 
     /// Subscribes to a mailbox; at most `window` deliveries are unacknowledged at a time.
+    /// The subscription ends with the connection; [`Client::subscribe_resuming`] outlives
+    /// relay restarts.
     pub async fn subscribe(
         &self,
         access: &MailboxAccess,
         window: u32,
     ) -> Result<Subscription, ClientError> {
-        let exp = self.exporter()?;
+        Self::subscribe_on(&self.link().conn, access, window).await
+    }
+
+    /// A subscription that survives relay restarts: when the connection is lost to one, it
+    /// reconnects (trying for at most `patience` each time), subscribes again, and carries
+    /// on from the acknowledged position, passing on no delivery twice.
+    pub async fn subscribe_resuming(
+        &self,
+        access: &MailboxAccess,
+        window: u32,
+        patience: Duration,
+    ) -> Result<ResumingSubscription<'_>, ClientError> {
+        let link = self.link();
+        let inner = Self::subscribe_on(&link.conn, access, window).await?;
+        Ok(ResumingSubscription {
+            client: self,
+            link,
+            window,
+            patience,
+            pending: inner.pending_at_start(),
+            inner,
+            returned: 0,
+            acked: 0,
+            seen_here: 0,
+            acked_here: 0,
+        })
+    }
+
+    async fn subscribe_on(
+        conn: &Connection,
+        access: &MailboxAccess,
+        window: u32,
+    ) -> Result<Subscription, ClientError> {
+        let exp = exporter(conn)?;
         let proof = access
             .keys
             .auth
@@ -410,7 +674,7 @@ impl Client {
             proof,
             window,
         };
-        let (mut send, recv) = self.conn.open_bi().await?;
+        let (mut send, recv) = conn.open_bi().await?;
         send.write_all(&frame_with(FrameType::Subscribe, |b| req.encode(b)))
             .await?;
         let mut reader = FrameReader::new(recv, CLIENT_MAX_FRAME);
@@ -429,7 +693,8 @@ impl Client {
 
     /// Deletes a mailbox and everything in it.
     pub async fn delete(&self, access: &MailboxAccess) -> Result<(), ClientError> {
-        let exp = self.exporter()?;
+        let link = self.link();
+        let exp = exporter(&link.conn)?;
         let req = Delete {
             recipient_id: access.recipient_id,
             proof: access
@@ -437,13 +702,22 @@ impl Client {
                 .auth
                 .proof(ProofPurpose::Delete, &access.recipient_id, &exp),
         };
-        self.request(
+        Self::request_on(
+            &link.conn,
             frame_with(FrameType::Delete, |b| req.encode(b)),
             FrameType::Deleted,
         )
         .await?;
         Ok(())
     }
+}
+
+/// The TLS exporter value of `conn`, which proofs of mailbox ownership are bound to.
+fn exporter(conn: &Connection) -> Result<[u8; EXPORTER_LEN], ClientError> {
+    let mut out = [0u8; EXPORTER_LEN];
+    conn.export_keying_material(&mut out, EXPORTER_LABEL, b"")
+        .map_err(|_| ClientError::Protocol("TLS exporter unavailable".into()))?;
+    Ok(out)
 }
 
 fn expect_frame(f: Frame, expect: FrameType) -> Result<Frame, ClientError> {
@@ -599,13 +873,118 @@ impl Subscription {
     }
 }
 
+/// A subscription that reconnects and subscribes again when a relay restart ends its
+/// connection (see [`Client::subscribe_resuming`]).
+///
+/// Acknowledgements are cumulative and a restarted relay delivers again everything not
+/// acknowledged, with the same sequence numbers. So after resuming, deliveries up to the last
+/// one returned are not returned again: those already acknowledged are acknowledged once more
+/// (the acknowledgement may have been lost with the connection), the others wait for the
+/// caller's acknowledgement as before. An acknowledgement is only sent for sequence numbers
+/// delivered on the current stream (the relay refuses others), the rest is sent as they come.
+pub struct ResumingSubscription<'c> {
+    client: &'c Client,
+    link: Arc<Link>,
+    window: u32,
+    patience: Duration,
+    pending: u64,
+    inner: Subscription,
+    /// Highest sequence number returned to the caller.
+    returned: u64,
+    /// Highest sequence number the caller acknowledged.
+    acked: u64,
+    /// Highest sequence number delivered on the current stream.
+    seen_here: u64,
+    /// Highest acknowledgement sent on the current stream.
+    acked_here: u64,
+}
+
+impl ResumingSubscription<'_> {
+    /// Envelopes waiting when the subscription first started.
+    pub fn pending_at_start(&self) -> u64 {
+        self.pending
+    }
+
+    /// The next delivery; `None` when the relay ends the stream cleanly.
+    pub async fn next(&mut self) -> Result<Option<Delivery>, ClientError> {
+        let deadline = tokio::time::Instant::now() + self.patience;
+        loop {
+            let d = match self.inner.next().await {
+                Err(e) if self.link.lost_by(&e) && tokio::time::Instant::now() < deadline => {
+                    self.resume(deadline).await?;
+                    continue;
+                }
+                other => other?,
+            };
+            let Some(d) = d else { return Ok(None) };
+            self.seen_here = self.seen_here.max(d.seq);
+            if d.seq <= self.returned {
+                // Returned before the restart: the caller has it.
+                self.flush_ack().await?;
+                continue;
+            }
+            self.returned = d.seq;
+            return Ok(Some(d));
+        }
+    }
+
+    /// Acknowledges every delivery up to and including `seq`.
+    pub async fn ack(&mut self, seq: u64) -> Result<(), ClientError> {
+        self.acked = self.acked.max(seq);
+        self.flush_ack().await
+    }
+
+    /// Sends what the caller acknowledged and the current stream allows. A loss of the
+    /// connection is not an error here: the next [`next`](Self::next) resumes, and the
+    /// acknowledgement goes out on the new stream.
+    async fn flush_ack(&mut self) -> Result<(), ClientError> {
+        let seq = self.acked.min(self.seen_here);
+        if seq <= self.acked_here {
+            return Ok(());
+        }
+        match self.inner.ack(seq).await {
+            Ok(()) => {
+                self.acked_here = seq;
+                Ok(())
+            }
+            Err(e) if self.link.lost_by(&e) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A new connection and subscription after the old connection was lost.
+    async fn resume(&mut self, deadline: tokio::time::Instant) -> Result<(), ClientError> {
+        let access = self.inner.access.clone();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            self.link = self.client.renew(&self.link, left).await?;
+            match Client::subscribe_on(&self.link.conn, &access, self.window).await {
+                Ok(sub) => {
+                    tracing::debug!("subscription resumed after a lost connection");
+                    self.inner = sub;
+                    self.seen_here = 0;
+                    self.acked_here = 0;
+                    return Ok(());
+                }
+                Err(e) if self.link.lost_by(&e) && tokio::time::Instant::now() < deadline => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Ends the subscription from the client side.
+    pub fn finish(&mut self) {
+        self.inner.finish()
+    }
+}
+
 /// A recipient's complete mailbox credentials, as kept in its mailbox file.
 #[derive(Debug)]
 pub struct Mailbox {
     /// The relay address.
     pub relay: String,
-    /// The relay's certificate pin.
-    pub pin: [u8; 32],
+    /// How to authenticate the relay.
+    pub trust: RelayTrust,
     /// The mailbox's suite.
     pub suite: Suite,
     /// The recipient id.
@@ -627,7 +1006,7 @@ impl Mailbox {
     pub fn invitation(&self) -> Invitation {
         Invitation {
             relay: self.relay.clone(),
-            pin: self.pin,
+            trust: self.trust,
             deposit_id: self.deposit_id,
             deposit_key: self.deposit_key.clone(),
             e2e_public: self.e2e_secret.public_key(),

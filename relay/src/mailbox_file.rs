@@ -2,6 +2,7 @@
 
 use crate::client::Mailbox;
 use sealpost_core::e2e::E2eSecretKey;
+use sealpost_core::invitation::RelayTrust;
 use sealpost_core::keys::RecipientSecret;
 use sealpost_core::padding::SizeClasses;
 use sealpost_core::{AeadKey, Suite};
@@ -30,12 +31,17 @@ pub enum MailboxFileError {
     },
 }
 
+/// Both formats: `sealpost-mailbox-v1` has `pin` (of the whole certificate), `-v2` has
+/// `trust` instead ([`trust_text`]).
 #[derive(Serialize, Deserialize, Zeroize)]
 #[serde(deny_unknown_fields)]
 struct FileV1 {
     format: String,
     relay: String,
-    pin: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pin: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    trust: Option<String>,
     suite: String,
     recipient_id: String,
     deposit_id: String,
@@ -51,7 +57,34 @@ impl Drop for FileV1 {
     }
 }
 
-const FORMAT: &str = "sealpost-mailbox-v1";
+const FORMAT_V1: &str = "sealpost-mailbox-v1";
+const FORMAT: &str = "sealpost-mailbox-v2";
+
+/// How a v2 file writes the relay trust: `key-pin:HEX` (SHA-256 of the certificate's
+/// SubjectPublicKeyInfo), `certificate-pin:HEX` (of the whole certificate, from a v1 file),
+/// or `ca` (a CA-issued certificate for the relay's host name).
+fn trust_text(t: RelayTrust) -> String {
+    match t {
+        RelayTrust::KeyPin(p) => format!("key-pin:{}", hex::encode(p)),
+        RelayTrust::CertificatePin(p) => format!("certificate-pin:{}", hex::encode(p)),
+        RelayTrust::CaForHost => "ca".into(),
+    }
+}
+
+fn parse_trust(s: &str) -> Result<RelayTrust, String> {
+    if s == "ca" {
+        return Ok(RelayTrust::CaForHost);
+    }
+    if let Some(h) = s.strip_prefix("key-pin:") {
+        return Ok(RelayTrust::KeyPin(*hex_field::<32>("trust", h)?));
+    }
+    if let Some(h) = s.strip_prefix("certificate-pin:") {
+        return Ok(RelayTrust::CertificatePin(*hex_field::<32>("trust", h)?));
+    }
+    Err(format!(
+        "field trust is {s:?}; expected \"key-pin:HEX\", \"certificate-pin:HEX\" or \"ca\""
+    ))
+}
 
 fn hex_field<const N: usize>(name: &str, s: &str) -> Result<Zeroizing<[u8; N]>, String> {
     let mut out = Zeroizing::new([0u8; N]);
@@ -65,7 +98,8 @@ pub fn to_json(mailbox: &Mailbox) -> Result<Zeroizing<String>, serde_json::Error
     let f = FileV1 {
         format: FORMAT.into(),
         relay: mailbox.relay.clone(),
-        pin: hex::encode(mailbox.pin),
+        pin: None,
+        trust: Some(trust_text(mailbox.trust)),
         suite: mailbox.suite.name().into(),
         recipient_id: hex::encode(mailbox.recipient_id),
         deposit_id: hex::encode(mailbox.deposit_id),
@@ -118,14 +152,23 @@ pub fn parse(path: &Path, data: &[u8]) -> Result<Mailbox, MailboxFileError> {
         why,
     };
     let f: FileV1 = serde_json::from_slice(data).map_err(|e| fmt(e.to_string()))?;
-    if f.format != FORMAT {
-        return Err(fmt(format!(
-            "format is {:?}, expected {FORMAT:?}",
-            f.format
-        )));
-    }
+    let trust = match (f.format.as_str(), &f.pin, &f.trust) {
+        (FORMAT_V1, Some(pin), None) => {
+            RelayTrust::CertificatePin(*hex_field::<32>("pin", pin).map_err(fmt)?)
+        }
+        (FORMAT, None, Some(t)) => parse_trust(t).map_err(fmt)?,
+        (FORMAT_V1 | FORMAT, _, _) => {
+            return Err(fmt(format!(
+                "a {FORMAT_V1} file has `pin`, a {FORMAT} file `trust`, not both or neither"
+            )));
+        }
+        (other, _, _) => {
+            return Err(fmt(format!(
+                "format is {other:?}, expected {FORMAT:?} or {FORMAT_V1:?}"
+            )));
+        }
+    };
     let suite: Suite = f.suite.parse().map_err(fmt)?;
-    let pin = hex_field::<32>("pin", &f.pin).map_err(fmt)?;
     let recipient_id = hex_field::<16>("recipient_id", &f.recipient_id).map_err(fmt)?;
     let deposit_id = hex_field::<16>("deposit_id", &f.deposit_id).map_err(fmt)?;
     let deposit_key = hex_field::<32>("deposit_key", &f.deposit_key).map_err(fmt)?;
@@ -134,7 +177,7 @@ pub fn parse(path: &Path, data: &[u8]) -> Result<Mailbox, MailboxFileError> {
     let sizes = SizeClasses::new(f.sizes.clone()).map_err(|e| fmt(format!("sizes: {e}")))?;
     Ok(Mailbox {
         relay: f.relay.clone(),
-        pin: *pin,
+        trust,
         suite,
         recipient_id: *recipient_id,
         deposit_id: *deposit_id,
@@ -143,4 +186,41 @@ pub fn parse(path: &Path, data: &[u8]) -> Result<Mailbox, MailboxFileError> {
         e2e_secret: E2eSecretKey::from_bytes(&e2e).map_err(|e| fmt(e.to_string()))?,
         sizes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file of the previous format keeps its whole-certificate pin; written again, it
+    /// becomes a v2 file with the same trust.
+    #[test]
+    fn version_1_files_are_read_and_rewritten_as_version_2() {
+        let v1 = format!(
+            r#"{{"format":"sealpost-mailbox-v1","relay":"relay.example:4433","pin":"{}",
+            "suite":"aes256gcm","recipient_id":"{}","deposit_id":"{}","deposit_key":"{}",
+            "recipient_secret":"{}","e2e_secret":"{}","sizes":[256,1024]}}"#,
+            "01".repeat(32),
+            "03".repeat(16),
+            "04".repeat(16),
+            "05".repeat(32),
+            "06".repeat(32),
+            "42".repeat(32)
+        );
+        let m = parse(Path::new("v1.json"), v1.as_bytes()).unwrap();
+        assert_eq!(m.trust, RelayTrust::CertificatePin([1; 32]));
+        let json = to_json(&m).unwrap();
+        assert!(
+            json.contains("\"format\": \"sealpost-mailbox-v2\""),
+            "{}",
+            *json
+        );
+        assert!(json.contains(&format!("certificate-pin:{}", "01".repeat(32))));
+        let again = parse(Path::new("v2.json"), json.as_bytes()).unwrap();
+        assert_eq!(again.trust, m.trust);
+        // Both fields, or a v2 file with a pin, are refused.
+        let both = v1.replace("\"pin\"", "\"trust\":\"ca\",\"pin\"");
+        let err = parse(Path::new("x.json"), both.as_bytes()).err().unwrap();
+        assert!(err.to_string().contains("not both or neither"), "{err}");
+    }
 }

@@ -97,7 +97,11 @@ struct RelayArgs {
     /// certificate in --data-dir is used (for a relay on this machine).
     #[arg(long, env = "SEALPOST_PIN")]
     pin: Option<String>,
-    /// Data directory of a local relay, used to find its pin when --pin is absent.
+    /// SHA-256 pin of the relay's public key (its certificate's SubjectPublicKeyInfo; 64 hex
+    /// digits, printed by `serve`), which survives certificate renewals with the same key.
+    #[arg(long, env = "SEALPOST_KEY_PIN", conflicts_with = "pin")]
+    key_pin: Option<String>,
+    /// Data directory of a local relay, used to find its key when no pin is given.
     #[arg(long, default_value = "sealpost-data")]
     data_dir: PathBuf,
 }
@@ -279,6 +283,12 @@ fn check_config(file: PathBuf, given: Settings, matches: Option<&clap::ArgMatche
     if let Some(f) = &v.master_key_file {
         master_key(Some(f))?;
     }
+    // The certificate and key are checked as `serve` would load them: a pair that does not
+    // belong together would otherwise start a relay no client can connect to.
+    match sealpost_relay::server::check_tls(&v.relay).map_err(|e| e.to_string())? {
+        Some(pin) => eprintln!("certificate and key: ok (pin {})", hex::encode(pin)),
+        None => eprintln!("certificate: none yet; `serve` generates one at its first start"),
+    }
     print!(
         "{}",
         v.to_toml(std::env::var_os("SEALPOST_MASTER_KEY").is_some())
@@ -357,6 +367,14 @@ async fn serve(v: Validated) -> CmdResult {
     if v.log_format == LogFormat::Human {
         println!("certificate pin (SHA-256): {pin}");
     }
+    // Invitations made from now on pin the key, which renewals with the same key keep.
+    match handle.key_pin() {
+        Ok(k) => {
+            let key_pin = hex::encode(k);
+            say!(key_pin = %key_pin, "key pin (SHA-256 of the SubjectPublicKeyInfo): {key_pin}");
+        }
+        Err(e) => tracing::warn!(target: "sealpost_relay::announce", "no key pin: {e}"),
+    }
     let (admin_addr, _admin) = sealpost_relay::admin::serve(v.admin, prom, handle.ready())
         .await
         .map_err(|e| e.to_string())?;
@@ -394,25 +412,33 @@ async fn wait_for_stop(handle: &sealpost_relay::RelayHandle) -> CmdResult {
     }
 }
 
-fn resolve_pin(r: &RelayArgs) -> Result<[u8; 32], String> {
+/// How to trust the relay: `--key-pin`, `--pin`, or the key of the certificate in the local
+/// data directory.
+fn resolve_trust(r: &RelayArgs) -> Result<tls::Trust, String> {
+    if let Some(p) = &r.key_pin {
+        return Ok(tls::Trust::KeyPin(
+            tls::parse_pin(p).map_err(|e| e.to_string())?,
+        ));
+    }
     if let Some(p) = &r.pin {
-        return tls::parse_pin(p).map_err(|e| e.to_string());
+        return Ok(tls::Trust::Pin(
+            tls::parse_pin(p).map_err(|e| e.to_string())?,
+        ));
     }
     let dir = r.data_dir.join("tls");
     let cert = dir.join("cert.pem");
     if !cert.exists() {
         return Err(format!(
-            "no --pin given and no relay certificate at {}; pass the pin `serve` printed",
+            "no --key-pin or --pin given and no relay certificate at {}; pass a pin `serve` printed",
             cert.display()
         ));
     }
     let id = tls::load_identity(&cert, &dir.join("key.pem")).map_err(|e| e.to_string())?;
-    Ok(id.pin())
+    Ok(tls::Trust::KeyPin(id.key_pin().map_err(|e| e.to_string())?))
 }
 
 async fn connect(r: &RelayArgs) -> Result<Client, String> {
-    let pin = resolve_pin(r)?;
-    Client::connect_pinned(&r.relay, pin)
+    Client::connect(&r.relay, resolve_trust(r)?)
         .await
         .map_err(|e| e.to_string())
 }
@@ -437,7 +463,7 @@ async fn create(r: RelayArgs, suite: Suite, out: PathBuf) -> CmdResult {
 
 async fn delete(path: PathBuf) -> CmdResult {
     let mailbox = mailbox_file::read(&path).map_err(|e| e.to_string())?;
-    let client = Client::connect_pinned(&mailbox.relay, mailbox.pin)
+    let client = Client::connect_trusting(&mailbox.relay, mailbox.trust)
         .await
         .map_err(|e| e.to_string())?;
     client
@@ -461,7 +487,7 @@ async fn send(invitation: String, message: String) -> CmdResult {
     } else {
         message.into_bytes()
     };
-    let client = Client::connect_pinned(&inv.relay, inv.pin)
+    let client = Client::connect_trusting(&inv.relay, inv.trust)
         .await
         .map_err(|e| e.to_string())?;
     let info = client.info().await.map_err(|e| e.to_string())?;
@@ -489,17 +515,19 @@ async fn send(invitation: String, message: String) -> CmdResult {
 
 async fn recv(path: PathBuf, follow: bool, wait: f64) -> CmdResult {
     let mailbox = mailbox_file::read(&path).map_err(|e| e.to_string())?;
-    let mut client = Client::connect_pinned(&mailbox.relay, mailbox.pin)
+    let client = Client::connect_trusting(&mailbox.relay, mailbox.trust)
         .await
         .map_err(|e| e.to_string())?;
+    // A relay restart is ridden through: the subscription reconnects and resumes from the
+    // acknowledged position, printing nothing twice. Following, wait longer for the relay.
+    let patience = Duration::from_secs(if follow { 60 } else { 10 });
     let mut sub = client
-        .subscribe(&mailbox.access(), 64)
+        .subscribe_resuming(&mailbox.access(), 64, patience)
         .await
         .map_err(|e| e.to_string())?;
     let mut left = sub.pending_at_start();
     let idle = Duration::from_secs_f64(wait.max(0.0));
     let mut count = 0u64;
-    let mut last_seq = 0u64;
     loop {
         let next = if follow || left > 0 {
             sub.next().await
@@ -509,32 +537,10 @@ async fn recv(path: PathBuf, follow: bool, wait: f64) -> CmdResult {
                 Err(_) => break,
             }
         };
-        let next = match next {
-            // A relay restart: with --follow, reconnect and carry on; an unacknowledged
-            // message comes again with the same seq and is skipped below.
-            Err(e) if follow && (e.is_relay_shutdown() || client.relay_shut_down()) => {
-                eprintln!("relay restarting; reconnecting");
-                client = client
-                    .reconnect(Duration::from_secs(60))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                sub = client
-                    .subscribe(&mailbox.access(), 64)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                continue;
-            }
-            other => other,
-        };
         let Some(d) = next.map_err(|e| e.to_string())? else {
             break;
         };
         left = left.saturating_sub(1);
-        if d.seq <= last_seq {
-            sub.ack(d.seq).await.map_err(|e| e.to_string())?;
-            continue;
-        }
-        last_seq = d.seq;
         match mailbox.open(&d) {
             Ok(content) => println!("{}", String::from_utf8_lossy(&content)),
             Err(e) => eprintln!("message {} could not be opened: {e}", d.seq),

@@ -1,11 +1,13 @@
 //! TLS for sealpost: TLS 1.3 only, ALPN `sealpost/1`, ring as the crypto provider; the relay's
-//! certificate (generated on first start or given by the operator) and the client's two ways
-//! to trust it: a pinned SHA-256 of the end-entity certificate, or CA roots.
+//! certificate (generated on first start or given by the operator) and the client's ways to
+//! trust it: a pinned SHA-256 of the certificate's public key (SubjectPublicKeyInfo), the
+//! older pin of the whole certificate, or CA roots.
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
+use sealpost_core::invitation::RelayTrust;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -40,6 +42,20 @@ pub enum TlsError {
     /// A pin string is not 64 hex digits.
     #[error("certificate pin must be 64 hex digits (SHA-256), got {0:?}")]
     BadPin(String),
+    /// The private key is not the one the certificate was issued for: a relay serving this
+    /// pair would report ready and fail every handshake (clients see a bad signature).
+    #[error(
+        "{key} is not the private key of the certificate in {cert} ({why}); clients could not \
+         complete a handshake with this pair: give the key that was issued with this certificate"
+    )]
+    KeyMismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// What the check found.
+        why: String,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
@@ -54,12 +70,33 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// SHA-256 of a DER certificate: the pin clients check.
+/// SHA-256 of a whole DER certificate: the pin of version 1 invitations and of `--pin`.
 pub fn pin_of(cert: &CertificateDer<'_>) -> [u8; 32] {
-    let d = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
+    sha256(cert.as_ref())
+}
+
+/// SHA-256 of the certificate's DER SubjectPublicKeyInfo (the whole SEQUENCE, algorithm
+/// identifier included, as in the certificate): the key pin of version 2 invitations. A
+/// renewed certificate for the same key has the same key pin.
+pub fn key_pin_of(cert: &CertificateDer<'_>) -> Result<[u8; 32], rustls::Error> {
+    let parsed = rustls::server::ParsedCertificate::try_from(cert)?;
+    Ok(sha256(parsed.subject_public_key_info().as_ref()))
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, data);
     let mut out = [0u8; 32];
     out.copy_from_slice(d.as_ref());
     out
+}
+
+/// The CA roots a client trusts for invitations that ask for CA trust: Mozilla's, as compiled
+/// into this build by the `webpki-roots` crate (the same on every platform and container,
+/// with no dependence on the system's certificate store).
+pub fn default_roots() -> Arc<rustls::RootCertStore> {
+    Arc::new(rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    })
 }
 
 /// Parses a pin written as 64 hex digits (colons allowed between bytes).
@@ -70,18 +107,28 @@ pub fn parse_pin(s: &str) -> Result<[u8; 32], TlsError> {
     Ok(out)
 }
 
-/// A certificate chain and its private key.
+/// A certificate chain and its private key, checked to belong together.
 pub struct Identity {
     /// End-entity certificate first.
     pub chain: Vec<CertificateDer<'static>>,
     /// The private key.
     pub key: PrivateKeyDer<'static>,
+    /// The files it was read from, for error messages.
+    files: (PathBuf, PathBuf),
 }
 
 impl Identity {
-    /// The pin of the end-entity certificate.
+    /// The pin of the whole end-entity certificate.
     pub fn pin(&self) -> [u8; 32] {
         pin_of(&self.chain[0])
+    }
+
+    /// The key pin of the end-entity certificate (it parsed when the identity was loaded).
+    pub fn key_pin(&self) -> Result<[u8; 32], TlsError> {
+        key_pin_of(&self.chain[0]).map_err(|e| TlsError::Pem {
+            path: self.files.0.clone(),
+            what: format!("the first certificate does not parse: {e}"),
+        })
     }
 }
 
@@ -115,12 +162,18 @@ fn read_pem_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         })
 }
 
-/// Loads the operator's certificate and key.
+/// Loads a certificate chain and its key, and checks that the key is the certificate's: the
+/// key's public half must equal the end-entity certificate's SubjectPublicKeyInfo. Serving,
+/// reloading and `check-config` all come through here, so a mismatched pair is refused at
+/// each of them instead of being served to clients that cannot verify it.
 pub fn load_identity(cert: &Path, key: &Path) -> Result<Identity, TlsError> {
-    Ok(Identity {
+    let identity = Identity {
         chain: read_pem_chain(cert)?,
         key: read_pem_key(key)?,
-    })
+        files: (cert.to_owned(), key.to_owned()),
+    };
+    certified(&identity)?;
+    Ok(identity)
 }
 
 /// Loads the self-signed identity kept in `dir`, generating it on first use.
@@ -128,8 +181,26 @@ pub fn load_identity(cert: &Path, key: &Path) -> Result<Identity, TlsError> {
 pub fn load_or_generate(dir: &Path) -> Result<(Identity, bool), TlsError> {
     let cert_path = dir.join("cert.pem");
     let key_path = dir.join("key.pem");
-    if cert_path.exists() && key_path.exists() {
-        return Ok((load_identity(&cert_path, &key_path)?, false));
+    match (cert_path.exists(), key_path.exists()) {
+        (true, true) => return Ok((load_identity(&cert_path, &key_path)?, false)),
+        (false, false) => {}
+        // Generating now would overwrite the half that is left, and with it the pin every
+        // invitation carries: refuse, and say what to do.
+        (cert, _) => {
+            let (missing, present) = if cert {
+                (&key_path, &cert_path)
+            } else {
+                (&cert_path, &key_path)
+            };
+            return Err(TlsError::Pem {
+                path: missing.clone(),
+                what: format!(
+                    "missing while {} exists; restore it, or remove both to have a new \
+                     certificate generated (which invalidates every invitation)",
+                    present.display()
+                ),
+            });
+        }
     }
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let ck = rcgen::generate_simple_self_signed(vec![
@@ -166,13 +237,14 @@ impl CertSlot {
     /// A slot holding `identity`.
     pub fn new(identity: Identity) -> Result<Arc<Self>, TlsError> {
         Ok(Arc::new(Self {
-            current: std::sync::RwLock::new(Arc::new(certified(identity)?)),
+            current: std::sync::RwLock::new(Arc::new(certified(&identity)?)),
         }))
     }
 
-    /// Replaces the certificate; an identity whose key does not load leaves the old one.
+    /// Replaces the certificate; an identity whose key does not load or does not belong to
+    /// the certificate leaves the old one in use.
     pub fn replace(&self, identity: Identity) -> Result<(), TlsError> {
-        let new = Arc::new(certified(identity)?);
+        let new = Arc::new(certified(&identity)?);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = new;
         Ok(())
     }
@@ -181,14 +253,50 @@ impl CertSlot {
     pub fn pin(&self) -> [u8; 32] {
         pin_of(&self.current.read().unwrap_or_else(|p| p.into_inner()).cert[0])
     }
+
+    /// The key pin of the certificate in use.
+    pub fn key_pin(&self) -> Result<[u8; 32], TlsError> {
+        let current = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        key_pin_of(&current.cert[0]).map_err(TlsError::Config)
+    }
 }
 
-fn certified(identity: Identity) -> Result<rustls::sign::CertifiedKey, TlsError> {
-    let key = provider()
+/// The signing key for `identity`, refused unless it is the end-entity certificate's key.
+fn certified(identity: &Identity) -> Result<rustls::sign::CertifiedKey, TlsError> {
+    let (cert, key) = &identity.files;
+    let mismatch = |why: String| TlsError::KeyMismatch {
+        cert: cert.clone(),
+        key: key.clone(),
+        why,
+    };
+    let signer = provider()
         .key_provider
-        .load_private_key(identity.key)
-        .map_err(TlsError::from)?;
-    Ok(rustls::sign::CertifiedKey::new(identity.chain, key))
+        .load_private_key(identity.key.clone_key())
+        .map_err(|e| TlsError::Pem {
+            path: key.clone(),
+            what: format!("the private key does not load: {e}"),
+        })?;
+    let ck = rustls::sign::CertifiedKey::new(identity.chain.clone(), signer);
+    // rustls compares the key's SubjectPublicKeyInfo with the certificate's. "Unknown" (a key
+    // type that cannot state its public half) is refused too: ring's keys all can, and a
+    // pair that cannot be checked is not one to serve silently.
+    match ck.keys_match() {
+        Ok(()) => Ok(ck),
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => Err(
+            mismatch("the certificate names a different public key".into()),
+        ),
+        Err(rustls::Error::InconsistentKeys(_)) => Err(mismatch(
+            "the key's public half cannot be determined".into(),
+        )),
+        Err(e) => Err(TlsError::Pem {
+            path: cert.clone(),
+            what: format!("the first certificate does not parse: {e}"),
+        }),
+    }
 }
 
 impl rustls::server::ResolvesServerCert for CertSlot {
@@ -236,17 +344,52 @@ pub fn server_crypto(
 /// How a client decides to trust a relay.
 #[derive(Clone, Debug)]
 pub enum Trust {
-    /// Accept exactly the certificate whose SHA-256 is this.
+    /// Accept exactly the certificate whose SHA-256 is this (version 1 invitations, `--pin`).
     Pin([u8; 32]),
+    /// Accept any certificate whose SubjectPublicKeyInfo has this SHA-256 ([`key_pin_of`]).
+    KeyPin([u8; 32]),
     /// Accept certificates that chain to these roots and match the server name.
     Roots(Arc<rustls::RootCertStore>),
 }
 
-/// Accepts one end-entity certificate by its SHA-256, and checks the handshake signature made
-/// with it, so a pinned relay is as authenticated as a CA-verified one.
+impl Trust {
+    /// The trust an invitation or mailbox file asks for; `roots` are the CA roots used when
+    /// it asks for CA trust ([`default_roots`] outside tests).
+    pub fn from_relay_trust(
+        trust: RelayTrust,
+        roots: impl FnOnce() -> Arc<rustls::RootCertStore>,
+    ) -> Self {
+        match trust {
+            RelayTrust::CertificatePin(p) => Self::Pin(p),
+            RelayTrust::KeyPin(p) => Self::KeyPin(p),
+            RelayTrust::CaForHost => Self::Roots(roots()),
+        }
+    }
+}
+
+/// Whether a pin check failed during a handshake, so that the client can report a changed
+/// relay certificate as such rather than as a generic TLS failure (the handshake error that
+/// reaches the client is only a TLS alert).
+#[derive(Debug, Default)]
+pub struct PinCheck {
+    mismatch: std::sync::atomic::AtomicBool,
+}
+
+impl PinCheck {
+    /// True once the relay presented a certificate the pin does not match.
+    pub fn mismatched(&self) -> bool {
+        self.mismatch.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Accepts one end-entity certificate by its SHA-256 or its key's, and checks the handshake
+/// signature made with it, so a pinned relay is as authenticated as a CA-verified one.
 #[derive(Debug)]
 struct PinVerifier {
     pin: [u8; 32],
+    /// Pin the SubjectPublicKeyInfo rather than the whole certificate.
+    key: bool,
+    check: Arc<PinCheck>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -259,13 +402,21 @@ impl ServerCertVerifier for PinVerifier {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let got = pin_of(end_entity);
-        // The pin is a public value (a certificate hash), so a plain comparison is fine.
+        let got = if self.key {
+            key_pin_of(end_entity)?
+        } else {
+            pin_of(end_entity)
+        };
+        // The pin is a public value (a hash of public data), so a plain comparison is fine.
         if got == self.pin {
             Ok(ServerCertVerified::assertion())
         } else {
+            self.check
+                .mismatch
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             Err(rustls::Error::General(format!(
-                "relay certificate pin {} does not match the expected {}",
+                "relay {} pin {} does not match the expected {}",
+                if self.key { "key" } else { "certificate" },
                 hex::encode(got),
                 hex::encode(self.pin)
             )))
@@ -306,22 +457,40 @@ impl ServerCertVerifier for PinVerifier {
 
 /// The client side for `trust`.
 pub fn client_crypto(trust: &Trust) -> Result<quinn::crypto::rustls::QuicClientConfig, TlsError> {
+    Ok(client_crypto_checked(trust)?.0)
+}
+
+/// [`client_crypto`], and what its pin check found (never set for CA trust).
+pub fn client_crypto_checked(
+    trust: &Trust,
+) -> Result<(quinn::crypto::rustls::QuicClientConfig, Arc<PinCheck>), TlsError> {
     let provider = provider();
+    let check = Arc::new(PinCheck::default());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?;
+    let pinned = |pin: [u8; 32], key: bool| {
+        Arc::new(PinVerifier {
+            pin,
+            key,
+            check: check.clone(),
+            provider: provider.clone(),
+        })
+    };
     let mut cfg = match trust {
         Trust::Pin(pin) => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinVerifier {
-                pin: *pin,
-                provider,
-            }))
+            .with_custom_certificate_verifier(pinned(*pin, false))
+            .with_no_client_auth(),
+        Trust::KeyPin(pin) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(pinned(*pin, true))
             .with_no_client_auth(),
         Trust::Roots(roots) => builder
             .with_root_certificates(roots.clone())
             .with_no_client_auth(),
     };
     cfg.alpn_protocols = vec![sealpost_core::ALPN.to_vec()];
-    quinn::crypto::rustls::QuicClientConfig::try_from(cfg)
-        .map_err(|e| TlsError::Quic(e.to_string()))
+    let cfg = quinn::crypto::rustls::QuicClientConfig::try_from(cfg)
+        .map_err(|e| TlsError::Quic(e.to_string()))?;
+    Ok((cfg, check))
 }

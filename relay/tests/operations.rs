@@ -3,21 +3,12 @@
 
 mod common;
 
-use common::process::{Serve, cli, create_mailbox, http_get};
+use common::process::{Serve, cli, create_mailbox, http_get, signal};
 use sealpost_core::Suite;
 use sealpost_core::status::DepositStatus;
 use sealpost_relay::client::Client;
 use std::io::Read;
 use std::time::{Duration, Instant};
-
-fn signal(serve: &Serve, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([sig, &serve.child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig}");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_listener_serves_health_readiness_and_metrics() {
@@ -240,6 +231,16 @@ async fn sighup_reloads_the_certificate_without_a_restart() {
     assert!(Client::connect_pinned(&serve.addr, first).await.is_err());
     // The connection made before the reload keeps working.
     old.info().await.unwrap();
+
+    // A key that is not the certificate's: refused, logged, and the pair in use stays.
+    let mut serve = serve;
+    std::fs::copy(dir.path().join("a.pem"), &cert).unwrap();
+    signal(&serve, "-HUP");
+    let line = serve.wait_for_log("certificate reload failed", Duration::from_secs(20));
+    assert!(line.contains("is not the private key"), "{line}");
+    Client::connect_pinned(&serve.addr, second)
+        .await
+        .expect("the previous pair is still served");
     serve.stop();
 }
 

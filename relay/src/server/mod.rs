@@ -7,6 +7,7 @@ pub mod limits;
 mod pipeline;
 pub(crate) mod proto;
 mod registry;
+pub mod reset_key;
 mod subscribe;
 
 use crate::config::{RelayConfig, RelayLimits, RetryPolicy};
@@ -17,6 +18,7 @@ use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use sealpost_core::frame::FrameType;
 use sealpost_core::status::ErrorCode;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
@@ -59,6 +61,9 @@ pub enum RelayError {
     /// A setting is out of range.
     #[error("invalid setting: {0}")]
     Config(String),
+    /// The stateless-reset secret in the data directory could not be read or created.
+    #[error(transparent)]
+    ResetKey(#[from] reset_key::ResetKeyError),
 }
 
 /// State every connection and stream task shares.
@@ -108,9 +113,15 @@ impl RelayHandle {
         self.local_addr
     }
 
-    /// The SHA-256 pin of the relay's certificate.
+    /// The SHA-256 pin of the relay's certificate (as it was at start).
     pub fn pin(&self) -> [u8; 32] {
         self.pin
+    }
+
+    /// The SHA-256 of the SubjectPublicKeyInfo of the certificate in use: the key pin new
+    /// invitations carry, unchanged by renewals that keep the key.
+    pub fn key_pin(&self) -> Result<[u8; 32], TlsError> {
+        self.certs.key_pin()
     }
 
     /// What the UDP socket got from the kernel (buffers, GSO, GRO).
@@ -193,6 +204,9 @@ fn transport(limits: &RelayLimits) -> Result<quinn::TransportConfig, RelayError>
         ))
     })?;
     t.max_idle_timeout(Some(idle));
+    // sealpost uses no QUIC datagrams; quinn would otherwise accept and queue up to 1.25 MB
+    // of them per connection that nothing reads.
+    t.datagram_receive_buffer_size(None);
     // Bounded flow-control windows: what a client may send ahead of what the relay has read,
     // and what the relay queues for it, are the relay's memory. quinn's defaults leave the
     // connection window unbounded.
@@ -202,25 +216,43 @@ fn transport(limits: &RelayLimits) -> Result<quinn::TransportConfig, RelayError>
     Ok(t)
 }
 
+/// The certificate and key files a relay with `config` uses: the operator's, or the
+/// generated pair in `DATA_DIR/tls/`.
+fn tls_files(config: &RelayConfig) -> Result<(PathBuf, PathBuf), RelayError> {
+    match (&config.cert, &config.key) {
+        (Some(c), Some(k)) => Ok((c.clone(), k.clone())),
+        (None, None) => {
+            let dir = config.data_dir.join("tls");
+            Ok((dir.join("cert.pem"), dir.join("key.pem")))
+        }
+        _ => Err(RelayError::Config("--cert and --key go together".into())),
+    }
+}
+
+/// What `check-config` verifies of the TLS files without starting anything: the operator's
+/// certificate and key exist, load and belong together (or, without them, the generated pair
+/// in `DATA_DIR/tls/` does, when it exists). Returns the pin of the certificate the relay
+/// would serve, or `None` when it would generate one at its first start.
+pub fn check_tls(config: &RelayConfig) -> Result<Option<[u8; 32]>, RelayError> {
+    let (cert, key) = tls_files(config)?;
+    if config.cert.is_none() && !cert.exists() && !key.exists() {
+        return Ok(None);
+    }
+    Ok(Some(tls::load_identity(&cert, &key)?.pin()))
+}
+
 /// Starts a relay on `config.listen` over `store`.
 pub async fn start(config: RelayConfig, store: Arc<dyn Store>) -> Result<RelayHandle, RelayError> {
-    let (identity, generated) = match (&config.cert, &config.key) {
-        (Some(c), Some(k)) => (tls::load_identity(c, k)?, false),
-        (None, None) => tls::load_or_generate(&config.data_dir.join("tls"))?,
-        _ => return Err(RelayError::Config("--cert and --key go together".into())),
+    let cert_paths = tls_files(&config)?;
+    let (identity, generated) = match &config.cert {
+        Some(_) => (tls::load_identity(&cert_paths.0, &cert_paths.1)?, false),
+        None => tls::load_or_generate(&config.data_dir.join("tls"))?,
     };
     if config.limits.max_batch == 0 || config.limits.max_batch > u16::MAX as usize {
         return Err(RelayError::Config(
             "max batch must be between 1 and 65535".into(),
         ));
     }
-    let cert_paths = match (&config.cert, &config.key) {
-        (Some(c), Some(k)) => (c.clone(), k.clone()),
-        _ => {
-            let dir = config.data_dir.join("tls");
-            (dir.join("cert.pem"), dir.join("key.pem"))
-        }
-    };
     let pin = identity.pin();
     let certs = tls::CertSlot::new(identity)?;
     let crypto = tls::server_crypto_reloadable(certs.clone())?;
@@ -234,13 +266,12 @@ pub async fn start(config: RelayConfig, store: Arc<dyn Store>) -> Result<RelayHa
         crate::udp::bind(config.listen, config.limits.udp_buffer).map_err(bind_err)?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| RelayError::Config("the relay needs a tokio runtime".into()))?;
-    let endpoint = Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(server),
-        socket,
-        runtime,
-    )
-    .map_err(bind_err)?;
+    // Keyed from a secret kept in the data directory: after a crash and restart, clients of
+    // the old process get a stateless reset at their next packet instead of waiting out the
+    // idle timeout.
+    let reset = reset_key::ResetSecret::load_or_create(&config.data_dir)?;
+    let endpoint =
+        Endpoint::new(reset.endpoint_config(), Some(server), socket, runtime).map_err(bind_err)?;
     let local_addr = endpoint.local_addr().map_err(|source| RelayError::Bind {
         addr: config.listen,
         source,

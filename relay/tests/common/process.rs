@@ -66,6 +66,34 @@ impl Serve {
         }
     }
 
+    /// Reads the relay's standard error up to a line containing `marker` and returns that
+    /// line. A relay that has not written it within `within` is killed, which ends the read,
+    /// and the test fails.
+    pub fn wait_for_log(&mut self, marker: &str, within: std::time::Duration) -> String {
+        let pid = self.child.id().to_string();
+        let (found, wait) = std::sync::mpsc::channel::<()>();
+        let watchdog = std::thread::spawn(move || {
+            if wait.recv_timeout(within).is_err() {
+                let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            }
+        });
+        loop {
+            let mut line = String::new();
+            let n = self.stderr.read_line(&mut line).unwrap();
+            assert!(
+                n > 0,
+                "no log line with {marker:?} within {within:?}: {}",
+                self.log
+            );
+            self.log.push_str(&line);
+            if line.contains(marker) {
+                let _ = found.send(());
+                watchdog.join().unwrap();
+                return line;
+            }
+        }
+    }
+
     /// Kills the relay and returns everything it wrote on standard error.
     pub fn stop(mut self) -> String {
         self.child.kill().unwrap();
@@ -89,6 +117,16 @@ fn word_after(stderr: &mut BufReader<ChildStderr>, text: &mut String, marker: &s
             return rest.split_whitespace().next().unwrap().to_owned();
         }
     }
+}
+
+/// Sends `sig` (`-TERM`, `-HUP`, `-STOP`, `-KILL`, ...) to a running `serve`.
+pub fn signal(serve: &Serve, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &serve.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
 }
 
 /// `mailbox create` through the CLI against `addr` with `pin`, writing the mailbox file to
