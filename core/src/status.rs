@@ -25,6 +25,12 @@ wire_enum! {
         Unsupported = 8 => "UNSUPPORTED",
         /// The relay could not store the envelope now; retry later.
         Unavailable = 9 => "UNAVAILABLE",
+        /// The relay's disk is nearly full: it refuses new envelopes (and mailboxes) until an
+        /// operator frees space or recipients drain their mailboxes; retry later.
+        StorageFull = 10 => "STORAGE_FULL",
+        /// A different envelope was already deposited under the same (deposit_id, nonce): the
+        /// sender reused a nonce, so its random source is broken. Not stored.
+        IdReused = 11 => "ID_REUSED",
     }
 }
 
@@ -38,7 +44,7 @@ impl DepositStatus {
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
-            Self::RateLimited | Self::Unavailable | Self::MailboxFull
+            Self::RateLimited | Self::Unavailable | Self::MailboxFull | Self::StorageFull
         )
     }
 }
@@ -77,6 +83,8 @@ wire_enum! {
         RateLimited = 14 => "RATE_LIMITED",
         /// A request or a frame did not arrive in full within the relay's time limit.
         Timeout = 15 => "TIMEOUT",
+        /// The relay's disk is nearly full and it accepts no new mailboxes now; retry later.
+        StorageFull = 16 => "STORAGE_FULL",
     }
 }
 

@@ -10,6 +10,7 @@ pub mod mailbox_file;
 pub mod metrics;
 pub mod server;
 pub mod settings;
+pub mod shutdown;
 pub mod store;
 pub mod stream;
 pub mod tls;

@@ -223,12 +223,14 @@ async fn serve(v: Validated) -> CmdResult {
         let dir = data_dir.join("store");
         let t0 = std::time::Instant::now();
         let encrypted = key.is_some();
+        let min_free_bytes = v.min_free_disk_bytes;
         let disk = tokio::task::spawn_blocking(move || {
             DiskStore::open(
                 &dir,
                 quotas,
                 DiskOptions {
                     master_key: key,
+                    min_free_bytes,
                     ..DiskOptions::default()
                 },
             )
@@ -271,21 +273,16 @@ async fn serve(v: Validated) -> CmdResult {
         handle.local_addr()
     );
     println!("certificate pin (SHA-256): {}", hex::encode(handle.pin()));
-    let (admin_addr, _admin) = sealpost_relay::admin::serve(v.admin, prom, handle.ready())
+    let (admin_addr, _admin) = sealpost_relay::admin::serve(v.admin, prom, handle.readiness())
         .await
         .map_err(|e| e.to_string())?;
     eprintln!("admin HTTP on http://{admin_addr} (/metrics, /healthz, /readyz)");
-    wait_for_stop(&handle).await?;
+    let stop = wait_for_stop(&handle).await;
     eprintln!("shutting down (at most {} s)", v.shutdown_timeout.as_secs());
-    handle.shutdown_within(v.shutdown_timeout).await;
-    if let Some(d) = disk_store {
-        let flushed = tokio::task::spawn_blocking(move || d.flush()).await;
-        match flushed {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("warning: final store flush failed: {e}"),
-            Err(e) => eprintln!("warning: final store flush failed: {e}"),
-        }
-    }
+    // One budget for the connections' grace period and the store's final flush.
+    let stopped = sealpost_relay::shutdown::stop(handle, disk_store, v.shutdown_timeout).await;
+    stop?;
+    stopped.map_err(|e| e.to_string())?;
     eprintln!("stopped");
     Ok(())
 }
@@ -300,6 +297,10 @@ async fn wait_for_stop(handle: &sealpost_relay::RelayHandle) -> CmdResult {
         tokio::select! {
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
+            why = handle.store_failed() => return Err(format!(
+                "a write to the store failed ({why}); stopped so that the supervisor restarts the \
+                 relay, which recovers from disk"
+            )),
             _ = hup.recv() => match handle.reload_certificate() {
                 Ok(pin) => tracing::info!(pin = %hex::encode(pin), "certificate reloaded"),
                 Err(e) => tracing::warn!(error = %e, "certificate reload failed; keeping the old one"),
@@ -396,6 +397,12 @@ async fn send(invitation: String, message: String) -> CmdResult {
             "relay answered RATE_LIMITED {tries} times in 10 s: the mailbox receives more than \
              the relay allows; try again later"
         ))
+    } else if status == DepositStatus::StorageFull {
+        Err(
+            "relay answered STORAGE_FULL: the relay's disk is nearly full; it is refusing new \
+             envelopes, try later or tell the operator"
+                .into(),
+        )
     } else {
         Err(format!("relay answered {status}"))
     }

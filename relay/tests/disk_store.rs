@@ -1,5 +1,7 @@
 //! The disk store on its own: recovery after a restart, durable sequence numbers and dedupe
-//! window, secrets at rest, and clear errors for damaged stores.
+//! window, secrets at rest, clear errors for damaged stores; and store writes that fail: the
+//! totals count only what was committed, reads go on, the store reports itself failed, and a
+//! stop whose final flush fails is an error within its budget.
 
 mod common;
 
@@ -8,10 +10,12 @@ use common::process::files_containing;
 use sealpost_core::Suite;
 use sealpost_core::keys::RecipientSecret;
 use sealpost_relay::RelayLimits;
+use sealpost_relay::shutdown::{StopError, stop};
 use sealpost_relay::store::disk::{DiskOptions, DiskStore};
 use sealpost_relay::store::{Append, AppendOutcome, MailboxRecord, Store, StoreError};
 use std::path::Path;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
 
 fn quotas() -> sealpost_relay::store::Quotas {
@@ -211,4 +215,75 @@ fn a_damaged_store_is_a_clear_error_naming_it() {
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_is_not_counted_and_reads_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), None).unwrap();
+    s.create_mailbox(record(&s, 1)).await.unwrap();
+    assert_eq!(
+        s.append_batch(&[append(&s, 1, 1)]).await.unwrap(),
+        vec![AppendOutcome::Stored(1)]
+    );
+    let before = s.stats().await;
+    assert!(s.health().accepting().is_ok());
+    s.inject_write_failure();
+    assert!(
+        s.append_batch(&[append(&s, 1, 2), append(&s, 1, 3)])
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        s.stats().await,
+        before,
+        "failed appends must not be counted"
+    );
+    let health = s.health();
+    assert!(health.failed.is_some());
+    assert!(health.accepting().unwrap_err().contains("store failed"));
+    // What is stored can still be delivered and acknowledged until the restart.
+    let got = s.fetch(&[1; 16], 0, 10).await.unwrap();
+    assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), [1]);
+    assert_eq!(s.ack(&[1; 16], 1).await.unwrap(), 1);
+    assert_eq!(s.stats().await.envelopes, 0);
+    assert!(s.close(Duration::from_secs(2)).is_err());
+}
+
+async fn relay_over(store: &DiskStore, dir: &Path) -> sealpost_relay::RelayHandle {
+    let cfg = sealpost_relay::RelayConfig::new("127.0.0.1:0".parse().unwrap(), dir.to_owned());
+    sealpost_relay::start(cfg, Arc::new(store.clone()))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_whose_final_flush_fails_is_an_error_within_its_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("store"), None).unwrap();
+    let handle = relay_over(&store, dir.path()).await;
+    store.inject_write_failure();
+    let budget = Duration::from_secs(1);
+    let t0 = Instant::now();
+    let err = stop(handle, Some(store), budget).await.unwrap_err();
+    assert!(matches!(err, StopError::Flush(_)), "{err}");
+    assert!(
+        err.to_string().contains("final store flush failed"),
+        "{err}"
+    );
+    // A bound on the shutdown, not a performance figure: the budget plus scheduling slack.
+    assert!(
+        t0.elapsed() < budget + Duration::from_secs(2),
+        "{:?}",
+        t0.elapsed()
+    );
+
+    // A healthy store stops cleanly, and its data is there after the restart.
+    let store = open(&dir.path().join("store2"), None).unwrap();
+    store.create_mailbox(record(&store, 1)).await.unwrap();
+    store.append_batch(&[append(&store, 1, 1)]).await.unwrap();
+    let handle = relay_over(&store, dir.path()).await;
+    stop(handle, Some(store), budget).await.unwrap();
+    let again = open(&dir.path().join("store2"), None).unwrap();
+    assert_eq!(again.stats().await.envelopes, 1);
 }

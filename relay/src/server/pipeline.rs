@@ -15,7 +15,7 @@
 
 use super::limits::{Buckets, Rate};
 use crate::metrics as m;
-use crate::store::{Append, AppendOutcome, MailboxRecord, Store};
+use crate::store::{Append, AppendOutcome, MailboxRecord, Store, StoreError};
 use sealpost_core::DepositId;
 use sealpost_core::engine::Engine;
 use sealpost_core::envelope::Envelope;
@@ -318,6 +318,12 @@ async fn process(
                     AppendOutcome::UnknownMailbox => DepositStatus::UnknownMailbox,
                     AppendOutcome::MailboxFull => DepositStatus::MailboxFull,
                 };
+            }
+        }
+        // The store logs when it starts refusing for want of space; not once per batch.
+        Err(StoreError::StorageFull { .. }) => {
+            for i in slots {
+                statuses[i] = DepositStatus::StorageFull;
             }
         }
         Err(e) => {

@@ -26,8 +26,10 @@
 //! value, so a drained queue's space comes back.
 
 use super::index::{Held, IdPrf, Index, Mailbox, Removal};
+use super::space::{FreeSpace, SpaceGuard, Statvfs};
 use super::{
-    Append, AppendOutcome, MailboxRecord, Quotas, Store, StoreError, StoreStats, StoredEnvelope,
+    Append, AppendOutcome, MailboxRecord, Quotas, Store, StoreError, StoreHealth, StoreStats,
+    StoredEnvelope,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -38,7 +40,7 @@ use sealpost_core::keys::RecipientSecret;
 use sealpost_core::{AeadKey, DepositId, RecipientId, Suite};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use zeroize::Zeroizing;
@@ -56,16 +58,28 @@ pub struct DiskOptions {
     /// gets them without a read from disk (the common case: recipients online). Older
     /// envelopes, and everything after a restart, are read from disk.
     pub tail_bytes: u64,
+    /// Bytes kept free on the store's filesystem: below this, new envelopes and mailboxes
+    /// are refused with [`StoreError::StorageFull`] (0: no reserve).
+    pub min_free_bytes: u64,
+    /// Where the free space is measured; `None` measures the store's filesystem (`statvfs`).
+    /// Tests give their own to simulate a full disk.
+    pub free_space: Option<Arc<dyn FreeSpace>>,
 }
 
 /// Default for [`DiskOptions::tail_bytes`]: 64 MiB.
 pub const DEFAULT_TAIL_BYTES: u64 = 64 << 20;
+
+/// Default for [`DiskOptions::min_free_bytes`]: 256 MiB, room for the store to flush its
+/// memtables and compact (which is how acknowledged envelopes give their space back).
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 256 << 20;
 
 impl Default for DiskOptions {
     fn default() -> Self {
         Self {
             master_key: None,
             tail_bytes: DEFAULT_TAIL_BYTES,
+            min_free_bytes: DEFAULT_MIN_FREE_BYTES,
+            free_space: None,
         }
     }
 }
@@ -123,18 +137,24 @@ impl Db {
     }
 }
 
-/// How long closing the store waits for its memtables to reach tables.
+/// How long dropping a store that was not closed ([`DiskStore::close`]) waits for its
+/// memtables to reach tables.
 const CLOSE_FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Stops the background flusher and persists once more when the last handle goes.
 struct FlushGuard {
     db: Arc<Db>,
     stop: Arc<AtomicBool>,
+    /// Set by [`DiskStore::close`], which has done all of this within its own time limit.
+    closed: Arc<AtomicBool>,
 }
 
 impl Drop for FlushGuard {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        if self.closed.load(Ordering::Relaxed) {
+            return;
+        }
         let _ = self.db.flush_removals();
         let _ = self.db.db.persist(PersistMode::SyncAll);
         // A clean stop flushes the memtables into tables, so the next start reads tables
@@ -170,9 +190,17 @@ pub struct DiskStore {
     index: Arc<Mutex<Index>>,
     secrets_key: Option<AeadKey>,
     tail_bytes: u64,
-    /// Set after a write failed: from then on the store refuses everything (fail-stop), since
-    /// memory and disk may disagree. A restart recovers from disk.
-    failed: Arc<AtomicBool>,
+    /// Set, with the first failure, after a write failed: from then on the store refuses
+    /// writes (fail-stop), since fjall refuses them too ("poisoned") and memory and disk may
+    /// disagree; readiness reports it and the relay exits so that its supervisor restarts it,
+    /// and the restart recovers from disk. Reads go on meanwhile.
+    failed: Arc<OnceLock<String>>,
+    /// The free-space reserve.
+    space: SpaceGuard,
+    /// Test hook: makes every write fail as if the disk had.
+    write_fault: Arc<AtomicBool>,
+    /// Set once [`DiskStore::close`] ran.
+    closed: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     prf: IdPrf,
     _guard: Arc<FlushGuard>,
@@ -241,19 +269,29 @@ impl DiskStore {
         })?;
         let db = Arc::new(db);
         let stop = Arc::new(AtomicBool::new(false));
+        let closed = Arc::new(AtomicBool::new(false));
         let store = Self {
             dir: dir.to_owned(),
             quotas,
             _guard: Arc::new(FlushGuard {
                 db: db.clone(),
                 stop: stop.clone(),
+                closed: closed.clone(),
             }),
+            closed,
             db,
             index: Arc::new(Mutex::new(Index::new(prf.clone(), 0))),
             prf,
             secrets_key,
             tail_bytes: opts.tail_bytes,
-            failed: Arc::new(AtomicBool::new(false)),
+            failed: Arc::new(OnceLock::new()),
+            space: SpaceGuard::new(
+                opts.free_space
+                    .clone()
+                    .unwrap_or_else(|| Arc::new(Statvfs::new(dir))),
+                opts.min_free_bytes,
+            ),
+            write_fault: Arc::new(AtomicBool::new(false)),
             stop,
         };
         store.recover()?;
@@ -556,11 +594,11 @@ impl DiskStore {
                         Ok(false) => {}
                         Ok(true) => {
                             removals = true;
-                            if db.db.persist(PersistMode::SyncAll).is_err() {
-                                failed.store(true, Ordering::Relaxed);
+                            if let Err(e) = db.db.persist(PersistMode::SyncAll) {
+                                note_failure(&failed, &e);
                             }
                         }
-                        Err(_) => failed.store(true, Ordering::Relaxed),
+                        Err(e) => note_failure(&failed, &e),
                     }
                     since_compaction += 1;
                     // Every 30 s after removals: flush memtables (which frees the journals) and
@@ -578,8 +616,95 @@ impl DiskStore {
     /// Writes pending acknowledgements and persists the journal (a clean stop calls this so
     /// that nothing acknowledged is redelivered after the restart).
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_removals().map_err(backend)?;
-        self.db.db.persist(PersistMode::SyncAll).map_err(backend)
+        self.check()?;
+        self.fault()?;
+        self.db.flush_removals().map_err(|e| self.fail(e))?;
+        self.db
+            .db
+            .persist(PersistMode::SyncAll)
+            .map_err(|e| self.fail(e))
+    }
+
+    /// Closes the store within `within`: writes pending acknowledgements and persists the
+    /// journal, then flushes the memtables into tables (so that the next start need not
+    /// replay the journal) for as long as the time allows. An error if the final flush
+    /// failed or did not finish in time (acknowledgements since the last flush may then be
+    /// redelivered after the restart; stored envelopes are safe, each append batch was
+    /// persisted before it was acknowledged). Tables not flushed in time are only a warning:
+    /// the next start replays the journal. Runs the work on a thread of its own and waits
+    /// for it at most `within`, since a failing disk can block a flush indefinitely.
+    pub fn close(&self, within: Duration) -> Result<(), StoreError> {
+        let deadline = std::time::Instant::now() + within;
+        self.closed.store(true, Ordering::Relaxed);
+        self.stop.store(true, Ordering::Relaxed);
+        enum Step {
+            Flushed(Result<(), StoreError>),
+            Tables,
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name("sealpost-store-close".into())
+            .spawn(move || {
+                let flushed = me.flush();
+                let ok = flushed.is_ok();
+                let _ = tx.send(Step::Flushed(flushed));
+                if ok {
+                    for ks in [
+                        &me.db.mailboxes,
+                        &me.db.meta,
+                        &me.db.envelopes,
+                        &me.db.removed,
+                    ] {
+                        let _ = ks.rotate_memtable_and_wait();
+                    }
+                    let _ = tx.send(Step::Tables);
+                }
+            })
+            .map_err(|e| StoreError::Backend(format!("cannot start the closing thread: {e}")))?;
+        let left = || deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left()) {
+            Ok(Step::Flushed(r)) => r?,
+            Ok(Step::Tables) | Err(_) => {
+                return Err(StoreError::Backend(format!(
+                    "the final flush of {} did not finish within the shutdown timeout",
+                    self.dir.display()
+                )));
+            }
+        }
+        if rx.recv_timeout(left()).is_err() {
+            tracing::warn!(
+                "store tables not flushed within the shutdown timeout; the next start replays the journal"
+            );
+        }
+        Ok(())
+    }
+
+    /// Test hook: from now on every write fails as a failing disk's would (and the store
+    /// goes into its failed state at the first one).
+    #[doc(hidden)]
+    pub fn inject_write_failure(&self) {
+        self.write_fault.store(true, Ordering::Relaxed);
+    }
+
+    fn fault(&self) -> Result<(), StoreError> {
+        if self.write_fault.load(Ordering::Relaxed) {
+            return Err(self.fail("injected write failure (test hook)"));
+        }
+        Ok(())
+    }
+
+    /// Refuses new envelopes and mailboxes while the disk is below its reserve.
+    fn check_space(&self) -> Result<(), StoreError> {
+        let s = self.space.check();
+        if s.low() {
+            return Err(StoreError::StorageFull {
+                path: self.dir.clone(),
+                free: s.free.unwrap_or(0),
+                reserve: s.reserve,
+            });
+        }
+        Ok(())
     }
 
     /// Flushes memtables and compacts now, giving back the space of removed envelopes (the
@@ -593,18 +718,16 @@ impl DiskStore {
     }
 
     fn check(&self) -> Result<(), StoreError> {
-        if self.failed.load(Ordering::Relaxed) {
-            Err(StoreError::Backend(
-                "an earlier write to the store failed; restart the relay to recover from disk"
-                    .into(),
-            ))
-        } else {
-            Ok(())
+        match self.failed.get() {
+            Some(why) => Err(StoreError::Backend(format!(
+                "an earlier write to the store failed ({why}); the relay must restart to recover from disk"
+            ))),
+            None => Ok(()),
         }
     }
 
     fn fail(&self, e: impl std::fmt::Display) -> StoreError {
-        self.failed.store(true, Ordering::Relaxed);
+        note_failure(&self.failed, &e);
         StoreError::Backend(format!(
             "store write failed, refusing further writes until restart: {e}"
         ))
@@ -627,6 +750,7 @@ impl DiskStore {
 
     fn append_blocking(&self, batch: Vec<Append>) -> Result<Vec<AppendOutcome>, StoreError> {
         self.check()?;
+        self.check_space()?;
         let (out, stored) = self.lock().append(&batch, &self.quotas, true, false);
         if stored.is_empty() {
             return Ok(out);
@@ -647,10 +771,17 @@ impl DiskStore {
         for (rid, n) in &next {
             b.insert(&db.meta, rid.to_vec(), n.to_be_bytes().to_vec());
         }
-        b.commit().map_err(|e| self.fail(e))?;
-        db.db
-            .persist(PersistMode::SyncAll)
-            .map_err(|e| self.fail(e))?;
+        let written = self.fault().and_then(|()| {
+            b.commit().map_err(|e| self.fail(e))?;
+            db.db
+                .persist(PersistMode::SyncAll)
+                .map_err(|e| self.fail(e))
+        });
+        if let Err(e) = written {
+            // Not stored: the sender gets an error, so the index must not count them.
+            self.lock().unappend(&stored);
+            return Err(e);
+        }
         let mut g = self.lock();
         g.mark_durable(&stored);
         g.notify(&stored);
@@ -659,6 +790,7 @@ impl DiskStore {
 
     fn delete_blocking(&self, rid: RecipientId) -> Result<bool, StoreError> {
         self.check()?;
+        self.fault()?;
         let Some(_m) = self.lock().delete(&rid) else {
             return Ok(false);
         };
@@ -685,7 +817,6 @@ impl DiskStore {
         after: u64,
         max: usize,
     ) -> Result<Vec<StoredEnvelope>, StoreError> {
-        self.check()?;
         let seqs = self.lock().pending_after(&rid, after, max);
         let mut out = Vec::with_capacity(seqs.len());
         for (seq, body) in seqs {
@@ -731,6 +862,8 @@ async fn blocking<T: Send + 'static>(
 impl Store for DiskStore {
     async fn create_mailbox(&self, record: MailboxRecord) -> Result<(), StoreError> {
         self.check()?;
+        self.check_space()?;
+        self.fault()?;
         let value = self.encode_record(&record)?;
         let rid = record.recipient_id;
         self.lock().create(record, &self.quotas)?;
@@ -781,7 +914,6 @@ impl Store for DiskStore {
         // The in-memory tail usually has all of it: no disk read, no hand-off to a thread.
         let seqs = self.lock().pending_after(recipient_id, after, max);
         if seqs.iter().all(|(_, b)| b.is_some()) {
-            self.check()?;
             return Ok(seqs
                 .into_iter()
                 .filter_map(|(seq, body)| body.map(|envelope| StoredEnvelope { seq, envelope }))
@@ -792,7 +924,6 @@ impl Store for DiskStore {
     }
 
     async fn ack(&self, recipient_id: &RecipientId, upto: u64) -> Result<u64, StoreError> {
-        self.check()?;
         let r = self
             .lock()
             .ack(recipient_id, upto, self.quotas.dedupe_window);
@@ -819,5 +950,24 @@ impl Store for DiskStore {
 
     async fn stats(&self) -> StoreStats {
         self.lock().stats()
+    }
+
+    fn health(&self) -> StoreHealth {
+        StoreHealth {
+            space: Some(self.space.check()),
+            failed: self.failed.get().cloned(),
+        }
+    }
+}
+
+/// Records the first write failure (the store's failed state) and logs it once.
+fn note_failure(failed: &OnceLock<String>, e: &dyn std::fmt::Display) {
+    let why = e.to_string();
+    if failed.set(why.clone()).is_ok() {
+        tracing::error!(
+            error = %why,
+            "a write to the store failed: refusing further writes; the relay exits so that it \
+             restarts and recovers from disk"
+        );
     }
 }

@@ -441,6 +441,30 @@ impl Index {
         }
     }
 
+    /// Takes back envelopes [`Index::append`] added whose write then failed, so that the
+    /// totals (and the gauges drawn from them) count only what the store holds, the nonces
+    /// may be deposited again, and nothing undeliverable blocks the queue. Their sequence
+    /// numbers are not reused: a gap is harmless, a reused number is not.
+    pub fn unappend(&mut self, stored: &[Stored]) {
+        for s in stored {
+            let did = self.prf.deposit_id(&s.recipient_id);
+            let Some(m) = self.mailboxes.get_mut(&did) else {
+                continue;
+            };
+            let Some(a) = m.active.as_mut() else {
+                continue;
+            };
+            let Some(at) = a.queue.iter().rposition(|h| h.seq == s.seq && !h.durable) else {
+                continue;
+            };
+            if let Some(h) = a.queue.remove(at) {
+                a.bytes -= h.len as u64;
+                a.seen.remove(&h.nonce);
+                self.totals.remove(&h);
+            }
+        }
+    }
+
     /// Wakes the subscribers of the mailboxes in `stored`.
     pub fn notify(&self, stored: &[Stored]) {
         let mut last: Option<RecipientId> = None;

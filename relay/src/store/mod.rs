@@ -9,6 +9,7 @@
 pub mod disk;
 pub mod index;
 pub mod memory;
+pub mod space;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -152,9 +153,48 @@ pub enum StoreError {
         "the store at {0} keeps mailbox secrets encrypted: give the master key (--master-key-file or SEALPOST_MASTER_KEY)"
     )]
     MasterKeyRequired(std::path::PathBuf),
+    /// The disk holding the store is below its free-space reserve: new envelopes and
+    /// mailboxes are refused (STORAGE_FULL) until space is freed.
+    #[error(
+        "the disk holding {path} has {free} bytes free, below the reserve of {reserve} (min_free_disk_bytes): refusing new envelopes and mailboxes until space is freed"
+    )]
+    StorageFull {
+        /// The store directory.
+        path: std::path::PathBuf,
+        /// Bytes free.
+        free: u64,
+        /// The reserve.
+        reserve: u64,
+    },
     /// The master key does not decrypt the stored secrets.
     #[error("the master key does not decrypt the mailbox secrets in {0}: wrong key?")]
     WrongMasterKey(std::path::PathBuf),
+}
+
+/// Whether a store takes new envelopes and mailboxes, for readiness probes and gauges.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreHealth {
+    /// The free space against the reserve; `None` for a store without a disk.
+    pub space: Option<space::Space>,
+    /// Why the store refuses writes for good (until a restart), if it does.
+    pub failed: Option<String>,
+}
+
+impl StoreHealth {
+    /// `Ok` if the store takes deposits now; otherwise a sentence saying why not.
+    pub fn accepting(&self) -> Result<(), String> {
+        if let Some(why) = &self.failed {
+            return Err(format!("store failed: {why}"));
+        }
+        match self.space {
+            Some(s) if s.low() => Err(format!(
+                "disk nearly full: {} bytes free, below the reserve of {} (min_free_disk_bytes); refusing deposits",
+                s.free.unwrap_or(0),
+                s.reserve
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// A mailbox store.
@@ -208,4 +248,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Current totals.
     async fn stats(&self) -> StoreStats;
+
+    /// Whether the store takes new envelopes now (measured at the call). A store without a
+    /// disk and without failure modes of its own is always healthy.
+    fn health(&self) -> StoreHealth {
+        StoreHealth::default()
+    }
 }
