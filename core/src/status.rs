@@ -40,6 +40,31 @@ impl DepositStatus {
         matches!(self, Self::Ok | Self::Duplicate)
     }
 
+    /// What the status means for the person who sent the envelope, in a sentence (for
+    /// clients and CLIs to show beside the name).
+    pub fn explain(self) -> &'static str {
+        match self {
+            Self::Ok => "stored",
+            Self::Duplicate => "already stored (a retry of the same envelope)",
+            Self::UnknownMailbox => "no such mailbox: it was deleted, or the invitation is wrong",
+            Self::BadTag => {
+                "the relay could not verify the envelope: wrong deposit key or damaged envelope"
+            }
+            Self::BadSize => "the envelope's body size is not one the relay accepts",
+            Self::Malformed => "the envelope is malformed",
+            Self::MailboxFull => "the mailbox is full; try again once the recipient has read it",
+            Self::RateLimited => "the mailbox receives more than the relay allows; try again later",
+            Self::Unsupported => "the relay or the mailbox does not accept this version or suite",
+            Self::Unavailable => "the relay could not store it now; try again later",
+            Self::StorageFull => {
+                "the relay's disk is nearly full; it is refusing new envelopes, try later or tell the operator"
+            }
+            Self::IdReused => {
+                "the sender reused a deposit id and nonce with different content: its random number generator is broken; the envelope was not stored (fix or replace the sending software)"
+            }
+        }
+    }
+
     /// Whether retrying the same envelope later may succeed.
     pub fn is_retryable(self) -> bool {
         matches!(

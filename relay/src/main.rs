@@ -397,14 +397,8 @@ async fn send(invitation: String, message: String) -> CmdResult {
             "relay answered RATE_LIMITED {tries} times in 10 s: the mailbox receives more than \
              the relay allows; try again later"
         ))
-    } else if status == DepositStatus::StorageFull {
-        Err(
-            "relay answered STORAGE_FULL: the relay's disk is nearly full; it is refusing new \
-             envelopes, try later or tell the operator"
-                .into(),
-        )
     } else {
-        Err(format!("relay answered {status}"))
+        Err(format!("relay answered {status}: {}", status.explain()))
     }
 }
 

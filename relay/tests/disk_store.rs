@@ -284,6 +284,66 @@ async fn a_stop_whose_final_flush_fails_is_an_error_within_its_budget() {
     store.append_batch(&[append(&store, 1, 1)]).await.unwrap();
     let handle = relay_over(&store, dir.path()).await;
     stop(handle, Some(store), budget).await.unwrap();
-    let again = open(&dir.path().join("store2"), None).unwrap();
+    let again = open_when_free(&dir.path().join("store2")).await;
     assert_eq!(again.stats().await.envelopes, 1);
+}
+
+/// A different envelope under a (deposit_id, nonce) already seen is ID_REUSED, a byte-identical
+/// retry DUPLICATE: for held envelopes and for the dedupe window of removed ones, before and
+/// after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_nonce_with_other_content_is_refused_across_restarts() {
+    use AppendOutcome::*;
+    let dir = tempfile::tempdir().unwrap();
+    let held_other = |s: &DiskStore| Append {
+        envelope: Bytes::from(vec![0xEE; 300]),
+        ..append(s, 1, 1)
+    };
+    let removed_other = |s: &DiskStore| Append {
+        envelope: Bytes::from(vec![0xEF; 300]),
+        ..append(s, 1, 2)
+    };
+    {
+        let s = open(dir.path(), None).unwrap();
+        s.create_mailbox(record(&s, 1)).await.unwrap();
+        // Nonce 2 is stored and acknowledged (dedupe window), nonce 1 stays held.
+        s.append_batch(&[append(&s, 1, 2)]).await.unwrap();
+        assert_eq!(s.ack(&[1; 16], 1).await.unwrap(), 1);
+        assert_eq!(
+            s.append_batch(&[append(&s, 1, 1), held_other(&s), removed_other(&s)])
+                .await
+                .unwrap(),
+            vec![Stored(2), IdReused, IdReused]
+        );
+        s.close(Duration::from_secs(5)).unwrap();
+    }
+    let s = open_when_free(dir.path()).await;
+    assert_eq!(
+        s.append_batch(&[
+            held_other(&s),
+            append(&s, 1, 1),
+            removed_other(&s),
+            append(&s, 1, 2)
+        ])
+        .await
+        .unwrap(),
+        vec![IdReused, Duplicate, IdReused, Duplicate]
+    );
+    assert_eq!(s.stats().await.envelopes, 1);
+}
+
+/// Opens a store whose previous handle may still be going away (tasks of a stopped relay
+/// drop theirs asynchronously): retries while the directory is locked, up to a deadline.
+async fn open_when_free(dir: &Path) -> DiskStore {
+    let t0 = Instant::now();
+    loop {
+        match open(dir, None) {
+            Ok(s) => return s,
+            Err(e) if t0.elapsed() < Duration::from_secs(10) => {
+                assert!(e.to_string().contains("in use"), "{e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("store still locked after 10 s: {e}"),
+        }
+    }
 }

@@ -315,6 +315,7 @@ async fn process(
                 statuses[*i] = match o {
                     AppendOutcome::Stored(_) => DepositStatus::Ok,
                     AppendOutcome::Duplicate => DepositStatus::Duplicate,
+                    AppendOutcome::IdReused => DepositStatus::IdReused,
                     AppendOutcome::UnknownMailbox => DepositStatus::UnknownMailbox,
                     AppendOutcome::MailboxFull => DepositStatus::MailboxFull,
                 };

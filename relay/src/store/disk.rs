@@ -8,7 +8,7 @@
 //! | `meta`      | recipient_id          | next sequence number (u64), written with every append    |
 //! | `meta`      | `prf-key`             | the 16-byte key of the deposit-id PRF (see `IdPrf`)      |
 //! | `envelopes` | recipient_id ‖ seq    | stored_at (ms, u64) ‖ nonce (12) ‖ the envelope          |
-//! | `removed`   | recipient_id ‖ seq    | nonce (12): the dedupe window of removed envelopes       |
+//! | `removed`   | recipient_id ‖ seq    | nonce (12) ‖ digest (16): the dedupe window of removed envelopes (digest absent in stores written before it was kept) |
 //!
 //! A record is `version (1) | flags (1) | deposit_id (16) | suite (1) | created_at ms (8) |
 //! secrets`, where secrets is `deposit_key (32) ‖ recipient_secret (32)` in the clear (flags 0)
@@ -25,7 +25,7 @@
 //! envelopes are single-deleted (weak tombstones), which compaction drops together with the
 //! value, so a drained queue's space comes back.
 
-use super::index::{Held, IdPrf, Index, Mailbox, Removal};
+use super::index::{Digest, Held, IdPrf, Index, Mailbox, Removal, digest};
 use super::space::{FreeSpace, SpaceGuard, Statvfs};
 use super::{
     Append, AppendOutcome, MailboxRecord, Quotas, Store, StoreError, StoreHealth, StoreStats,
@@ -101,8 +101,8 @@ struct Db {
 /// per ACK.
 #[derive(Default)]
 struct PendingRemovals {
-    /// (envelope key, nonce), in removal order.
-    removed: Vec<([u8; 24], [u8; 12])>,
+    /// (envelope key, nonce ‖ digest), in removal order: the dedupe window's entry.
+    removed: Vec<([u8; 24], Vec<u8>)>,
     /// Dedupe-window keys that fell out of the window.
     evicted: Vec<[u8; 24]>,
 }
@@ -115,9 +115,9 @@ impl Db {
             return Ok(false);
         }
         let mut b = self.db.batch();
-        for (k, nonce) in &p.removed {
+        for (k, entry) in p.removed {
             b.remove_weak(&self.envelopes, k.to_vec());
-            b.insert(&self.removed, k.to_vec(), nonce.to_vec());
+            b.insert(&self.removed, k.to_vec(), entry);
         }
         for k in &p.evicted {
             b.remove_weak(&self.removed, k.to_vec());
@@ -526,33 +526,40 @@ impl DiskStore {
                 orphans.push(k);
                 continue;
             };
-            m.restore_held(Held {
-                seq,
-                nonce: v[8..20].try_into().expect("12 bytes"),
-                stored_at: UNIX_EPOCH
-                    + Duration::from_millis(u64::from_be_bytes(
-                        v[..8].try_into().expect("8 bytes"),
-                    )),
-                len: (v.len() - 20) as u32,
-                body: None,
-                durable: true,
-            });
+            // The digest is recomputed rather than stored: one SHA-256 pass over what
+            // recovery reads anyway, and no change to the envelope records.
+            m.restore_held(
+                Held {
+                    seq,
+                    nonce: v[8..20].try_into().expect("12 bytes"),
+                    stored_at: UNIX_EPOCH
+                        + Duration::from_millis(u64::from_be_bytes(
+                            v[..8].try_into().expect("8 bytes"),
+                        )),
+                    len: (v.len() - 20) as u32,
+                    body: None,
+                    durable: true,
+                },
+                digest(&v[20..]),
+            );
         }
         let mut evicted = Vec::new();
         for kv in db.removed.iter() {
             let (k, v) = kv
                 .into_inner()
                 .map_err(|e| self.corrupt(format!("reading removed: {e}")))?;
-            if k.len() != 24 || v.len() != 12 {
+            if k.len() != 24 || (v.len() != 12 && v.len() != 28) {
                 return Err(self.corrupt("removed keyspace: malformed entry"));
             }
+            let removed_digest: Option<Digest> = v.get(12..28).and_then(|d| d.try_into().ok());
             let rid: RecipientId = k[..16].try_into().expect("16 bytes");
             let seq = u64::from_be_bytes(k[16..24].try_into().expect("8 bytes"));
             match mailboxes.get_mut(&rid) {
                 Some(m) => {
                     for s in m.restore_removed(
                         seq,
-                        v[..].try_into().expect("12 bytes"),
+                        v[..12].try_into().expect("12 bytes"),
+                        removed_digest,
                         self.quotas.dedupe_window,
                     ) {
                         evicted.push(env_key(&rid, s));
@@ -738,11 +745,11 @@ impl DiskStore {
             return Ok(());
         }
         let mut p = self.db.pending.lock().unwrap_or_else(|e| e.into_inner());
-        p.removed.extend(
-            r.removed
-                .iter()
-                .map(|x| (env_key(&x.recipient_id, x.seq), x.nonce)),
-        );
+        p.removed.extend(r.removed.iter().map(|x| {
+            let mut entry = x.nonce.to_vec();
+            entry.extend_from_slice(x.digest.as_ref().map_or(&[][..], |d| &d[..]));
+            (env_key(&x.recipient_id, x.seq), entry)
+        }));
         p.evicted
             .extend(r.evicted.iter().map(|(rid, seq)| env_key(rid, *seq)));
         Ok(())
@@ -751,7 +758,10 @@ impl DiskStore {
     fn append_blocking(&self, batch: Vec<Append>) -> Result<Vec<AppendOutcome>, StoreError> {
         self.check()?;
         self.check_space()?;
-        let (out, stored) = self.lock().append(&batch, &self.quotas, true, false);
+        let digests: Vec<Digest> = batch.iter().map(|a| digest(&a.envelope)).collect();
+        let (out, stored) = self
+            .lock()
+            .append(&batch, &digests, &self.quotas, true, false);
         if stored.is_empty() {
             return Ok(out);
         }

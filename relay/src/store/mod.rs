@@ -79,8 +79,11 @@ pub struct Append {
 pub enum AppendOutcome {
     /// Stored under this sequence number.
     Stored(u64),
-    /// Already stored (or recently acknowledged) under the same nonce.
+    /// Already stored (or recently acknowledged) under the same nonce, byte for byte.
     Duplicate,
+    /// A different envelope is (or was recently) stored under the same nonce: the sender
+    /// reused a nonce. Not stored.
+    IdReused,
     /// The mailbox does not exist (deleted since verification).
     UnknownMailbox,
     /// The mailbox's envelope or byte quota is reached.
