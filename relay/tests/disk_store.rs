@@ -347,3 +347,72 @@ async fn open_when_free(dir: &Path) -> DiskStore {
         }
     }
 }
+
+/// A store with one mailbox and a few envelopes, closed; returns its directory.
+async fn filled_store() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), None).unwrap();
+    s.create_mailbox(record(&s, 1)).await.unwrap();
+    for n in 1..=20 {
+        s.append_batch(&[append(&s, 1, n)]).await.unwrap();
+    }
+    s.flush().unwrap();
+    dir
+}
+
+fn open_error(dir: &Path) -> String {
+    match open(dir, None) {
+        Ok(_) => panic!("a damaged store opened"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_version_marker_is_named_with_what_to_do() {
+    let dir = filled_store().await;
+    let marker = dir.path().join("version");
+    std::fs::write(&marker, b"").unwrap();
+    let msg = open_error(dir.path());
+    assert!(msg.contains(&marker.display().to_string()), "{msg}");
+    assert!(
+        msg.contains("Restore the data directory from a backup"),
+        "{msg}"
+    );
+    assert!(!msg.contains("FjallError"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_journal_is_named_with_what_to_do() {
+    let dir = filled_store().await;
+    let journal = dir.path().join("0.jnl");
+    // Flip one byte inside an envelope in the middle of the journal: the batch still parses,
+    // its checksum does not match (a torn tail would be dropped silently instead).
+    let mut bytes = std::fs::read(&journal).unwrap();
+    let at = bytes
+        .windows(300)
+        .position(|w| w.iter().all(|&b| b == 7))
+        .expect("envelope 7 is in the journal");
+    bytes[at + 150] ^= 0xFF;
+    std::fs::write(&journal, &bytes).unwrap();
+    let msg = open_error(dir.path());
+    assert!(msg.contains("0.jnl"), "{msg}");
+    assert!(msg.contains("move"), "{msg}");
+    assert!(!msg.contains("FjallError"), "{msg}");
+}
+
+#[test]
+fn a_second_relay_on_the_same_directory_is_told_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = open(dir.path(), None).unwrap();
+    let err = open(dir.path(), None).err().expect("second open refused");
+    assert!(matches!(err, StoreError::InUse { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!(
+            "data directory {} is in use by another sealpost relay (pid {})",
+            dir.path().display(),
+            std::process::id()
+        )),
+        "{msg}"
+    );
+}

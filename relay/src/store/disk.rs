@@ -228,20 +228,19 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 impl DiskStore {
     /// Opens (or creates) the store in `dir` and recovers every mailbox and envelope.
     pub fn open(dir: &Path, quotas: Quotas, opts: DiskOptions) -> Result<Self, StoreError> {
-        let open_err = |e: fjall::Error| StoreError::Open {
-            path: dir.to_owned(),
-            why: e.to_string(),
-        };
+        let open_err = |e: fjall::Error| super::open_error::explain(dir, e);
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
             path: dir.to_owned(),
             why: e.to_string(),
         })?;
         let db = std::panic::catch_unwind(|| Database::builder(dir).open())
-            .map_err(|_| StoreError::Open {
-                path: dir.to_owned(),
-                why: "the store library panicked while opening it: the files are damaged".into(),
+            .map_err(|_| StoreError::Damaged {
+                store: dir.to_owned(),
+                file: dir.to_owned(),
+                what: "the storage library failed while reading its files".into(),
             })?
             .map_err(open_err)?;
+        super::open_error::note_owner(dir);
         let ks = |name: &str| {
             db.keyspace(name, KeyspaceCreateOptions::default)
                 .map_err(open_err)

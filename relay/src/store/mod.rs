@@ -9,6 +9,7 @@
 pub mod disk;
 pub mod index;
 pub mod memory;
+mod open_error;
 pub mod space;
 
 use async_trait::async_trait;
@@ -142,6 +143,29 @@ pub enum StoreError {
         path: std::path::PathBuf,
         /// Why.
         why: String,
+    },
+    /// Another process (another relay) has the store open.
+    #[error(
+        "data directory {path} is in use by another sealpost relay{}: stop that relay first, or give this one another data directory",
+        pid.map_or(String::new(), |p| format!(" (pid {p})"))
+    )]
+    InUse {
+        /// The store directory.
+        path: std::path::PathBuf,
+        /// The other relay's process id, if it recorded one.
+        pid: Option<u32>,
+    },
+    /// A file of the store is damaged, so the store cannot be opened.
+    #[error(
+        "the store in {store} is damaged: {what} ({file}). Restore the data directory from a backup (deploy/README.md, \"Backup and restore\"), or move {store} aside to start with an empty store (its mailboxes and envelopes are then lost)"
+    )]
+    Damaged {
+        /// The store directory.
+        store: std::path::PathBuf,
+        /// The damaged file (or the directory holding the damaged files).
+        file: std::path::PathBuf,
+        /// What is wrong.
+        what: String,
     },
     /// The store's contents are damaged.
     #[error("the store at {path} is corrupt: {what}; restore the data directory from a backup")]
