@@ -75,6 +75,9 @@ pub const STORE_RESERVE_BYTES: &str = "sealpost_store_reserve_bytes";
 pub const STORE_SPACE_LOW: &str = "sealpost_store_space_low";
 /// 1 once a write to the store failed (the relay then stops and must be restarted), else 0.
 pub const STORE_FAILED: &str = "sealpost_store_failed";
+/// Envelopes acknowledged to senders (by the store's checkpoint) that the store did not
+/// recover at start-up; 0 when all were recovered.
+pub const STORE_RECOVERY_SHORTFALL: &str = "sealpost_store_recovery_shortfall_envelopes";
 
 /// Registers every metric's help text and unit with the installed recorder.
 pub fn describe() {
@@ -167,6 +170,10 @@ pub fn describe() {
     describe_gauge!(
         STORE_SPACE_LOW,
         "1 while the store's disk is below its free-space reserve (deposits refused)"
+    );
+    describe_gauge!(
+        STORE_RECOVERY_SHORTFALL,
+        "envelopes acknowledged to senders that the store did not recover at start-up"
     );
     describe_gauge!(
         STORE_FAILED,

@@ -25,6 +25,7 @@
 //! envelopes are single-deleted (weak tombstones), which compaction drops together with the
 //! value, so a drained queue's space comes back.
 
+use super::checkpoint::{self, Shortfall};
 use super::index::{Digest, Held, IdPrf, Index, Mailbox, Removal, digest};
 use super::space::{FreeSpace, SpaceGuard, Statvfs};
 use super::{
@@ -201,6 +202,10 @@ pub struct DiskStore {
     write_fault: Arc<AtomicBool>,
     /// Set once [`DiskStore::close`] ran.
     closed: Arc<AtomicBool>,
+    /// Set when deposits or deletes changed the high-water marks since the last checkpoint.
+    checkpoint_dirty: Arc<AtomicBool>,
+    /// What recovery found missing compared with the checkpoint.
+    shortfall: Shortfall,
     stop: Arc<AtomicBool>,
     prf: IdPrf,
     _guard: Arc<FlushGuard>,
@@ -233,6 +238,15 @@ impl DiskStore {
             path: dir.to_owned(),
             why: e.to_string(),
         })?;
+        // A copy restored without fjall's empty `lock` file (some backup tools skip empty
+        // files) would fail to open with a bare "No such file"; the file only carries the lock.
+        let lock = dir.join("lock");
+        if dir.join("version").exists() && !lock.exists() {
+            std::fs::File::create(&lock).map_err(|e| StoreError::Open {
+                path: dir.to_owned(),
+                why: format!("cannot create {}: {e}", lock.display()),
+            })?;
+        }
         let db = std::panic::catch_unwind(|| Database::builder(dir).open())
             .map_err(|_| StoreError::Damaged {
                 store: dir.to_owned(),
@@ -291,9 +305,16 @@ impl DiskStore {
                 opts.min_free_bytes,
             ),
             write_fault: Arc::new(AtomicBool::new(false)),
+            checkpoint_dirty: Arc::new(AtomicBool::new(false)),
+            shortfall: Shortfall::default(),
             stop,
         };
-        store.recover()?;
+        let mut store = store;
+        store.shortfall = store.recover()?;
+        // From here on the checkpoint describes this store; a shortfall is reported once.
+        if let Err(e) = store.write_checkpoint() {
+            tracing::warn!(error = %e, "cannot write the store checkpoint");
+        }
         // What recovery replayed from the journal sits in memtables; flush it in the background
         // so that memory goes back and the next start is quick.
         for ks in [&store.db.mailboxes, &store.db.meta] {
@@ -479,7 +500,7 @@ impl DiskStore {
         Ok(prf)
     }
 
-    fn recover(&self) -> Result<(), StoreError> {
+    fn recover(&self) -> Result<Shortfall, StoreError> {
         let db = &self.db;
         let mut index = Index::new(self.prf.clone(), db.mailboxes.approximate_len());
         let mut mailboxes = std::collections::HashMap::new();
@@ -567,6 +588,10 @@ impl DiskStore {
                 None => evicted.push(env_key(&rid, seq)),
             }
         }
+        for m in mailboxes.values_mut() {
+            m.set_durable_high(m.next_seq - 1);
+        }
+        let shortfall = self.compare_with_checkpoint(&mailboxes);
         for (_, m) in mailboxes {
             index.insert(m);
         }
@@ -584,18 +609,86 @@ impl DiskStore {
         }
         index.set_body_limit(self.tail_bytes);
         *self.lock() = index;
-        Ok(())
+        Ok(shortfall)
+    }
+
+    /// Compares the recovered mailboxes with the checkpoint and reports a shortfall loudly
+    /// (log and `sealpost_store_recovery_shortfall_envelopes`).
+    fn compare_with_checkpoint(
+        &self,
+        mailboxes: &std::collections::HashMap<RecipientId, Mailbox>,
+    ) -> Shortfall {
+        metrics::gauge!(crate::metrics::STORE_RECOVERY_SHORTFALL).set(0.0);
+        let cp = match checkpoint::read(&self.dir) {
+            Ok(Some(cp)) => cp,
+            Ok(None) => return Shortfall::default(),
+            Err(e) => {
+                tracing::warn!(
+                    "{e}: cannot check whether the store recovered every acknowledged envelope"
+                );
+                return Shortfall::default();
+            }
+        };
+        let s = checkpoint::compare(&cp, |rid| mailboxes.get(rid).map(|m| m.next_seq - 1));
+        metrics::gauge!(crate::metrics::STORE_RECOVERY_SHORTFALL).set(s.envelopes as f64);
+        if s.envelopes > 0 {
+            tracing::error!(
+                missing_envelopes = s.envelopes,
+                mailboxes_affected = s.mailboxes,
+                store = %self.dir.display(),
+                "the store recovered fewer envelopes than it had acknowledged to senders: its \
+                 journal or tables lost data (a truncated or damaged file, a disk that lied about \
+                 a flush). Some of the missing envelopes may have been delivered before the loss. \
+                 Restore from a backup if you have a newer one; otherwise tell the affected \
+                 senders' users that messages may be lost"
+            );
+        }
+        if s.mailboxes_missing > 0 {
+            tracing::warn!(
+                mailboxes_missing = s.mailboxes_missing,
+                store = %self.dir.display(),
+                "mailboxes in the store checkpoint were not recovered: deleted in the last seconds \
+                 before the stop, or lost with the store's data"
+            );
+        }
+        s
+    }
+
+    /// What recovery found missing compared with the checkpoint of acknowledged deposits.
+    pub fn recovery_shortfall(&self) -> Shortfall {
+        self.shortfall
+    }
+
+    /// Writes the checkpoint of every mailbox's highest durable sequence number.
+    fn write_checkpoint(&self) -> std::io::Result<()> {
+        write_checkpoint(&self.dir, &self.index)
     }
 
     fn start_flusher(&self) {
         let (db, stop, failed) = (self.db.clone(), self.stop.clone(), self.failed.clone());
+        let (dir, index, dirty) = (
+            self.dir.clone(),
+            self.index.clone(),
+            self.checkpoint_dirty.clone(),
+        );
         std::thread::Builder::new()
             .name("sealpost-store-flush".into())
             .spawn(move || {
                 let mut since_compaction = 0u32;
                 let mut removals = false;
+                let mut tick = 0u32;
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(100));
+                    tick = tick.wrapping_add(1);
+                    // Every 5 s after deposits or deletes: the checkpoint of acknowledged
+                    // deposits (one snapshot of the index and one small file write).
+                    if tick.is_multiple_of(50)
+                        && dirty.swap(false, Ordering::Relaxed)
+                        && let Err(e) = write_checkpoint(&dir, &index)
+                    {
+                        dirty.store(true, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "cannot write the store checkpoint");
+                    }
                     match db.flush_removals() {
                         Ok(false) => {}
                         Ok(true) => {
@@ -652,7 +745,11 @@ impl DiskStore {
         std::thread::Builder::new()
             .name("sealpost-store-close".into())
             .spawn(move || {
-                let flushed = me.flush();
+                let flushed = me.flush().and_then(|()| {
+                    me.write_checkpoint().map_err(|e| {
+                        StoreError::Backend(format!("cannot write the store checkpoint: {e}"))
+                    })
+                });
                 let ok = flushed.is_ok();
                 let _ = tx.send(Step::Flushed(flushed));
                 if ok {
@@ -794,6 +891,7 @@ impl DiskStore {
         let mut g = self.lock();
         g.mark_durable(&stored);
         g.notify(&stored);
+        self.checkpoint_dirty.store(true, Ordering::Relaxed);
         Ok(out)
     }
 
@@ -817,6 +915,7 @@ impl DiskStore {
         db.db
             .persist(PersistMode::SyncAll)
             .map_err(|e| self.fail(e))?;
+        self.checkpoint_dirty.store(true, Ordering::Relaxed);
         Ok(true)
     }
 
@@ -967,6 +1066,15 @@ impl Store for DiskStore {
             failed: self.failed.get().cloned(),
         }
     }
+}
+
+/// Writes the checkpoint from a snapshot of the index's high-water marks.
+fn write_checkpoint(dir: &Path, index: &Mutex<Index>) -> std::io::Result<()> {
+    let marks = index
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .high_water_marks();
+    checkpoint::write(dir, &marks)
 }
 
 /// Records the first write failure (the store's failed state) and logs it once.

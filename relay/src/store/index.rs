@@ -68,6 +68,9 @@ struct Active {
     removed: VecDeque<(u64, Nonce)>,
     /// The wake-up signal, created on the first `watch`.
     notify: Option<watch::Sender<u64>>,
+    /// The highest sequence number made durable (acknowledged to its sender): what the disk
+    /// store's checkpoint records.
+    durable_high: u64,
 }
 
 impl Mailbox {
@@ -107,6 +110,14 @@ impl Mailbox {
     /// The digest remembered for a nonce.
     fn digest_of(&self, nonce: &Nonce) -> Option<Digest> {
         self.active.as_ref()?.seen.get(nonce).copied().flatten()
+    }
+
+    /// Records, after recovery, that everything up to `high` was durable.
+    pub fn set_durable_high(&mut self, high: u64) {
+        if high > 0 {
+            let a = self.active_mut();
+            a.durable_high = a.durable_high.max(high);
+        }
     }
 
     /// Restores a held envelope (recovery), in ascending order.
@@ -440,6 +451,10 @@ impl Index {
             }
             let seq = m.next_seq;
             m.next_seq += 1;
+            if durable {
+                let a = m.active_mut();
+                a.durable_high = a.durable_high.max(seq);
+            }
             let keep = keep_bodies && self.totals.body_bytes + len <= self.body_limit;
             if keep {
                 self.totals.body_bytes += len;
@@ -475,10 +490,11 @@ impl Index {
         for s in stored {
             if let Some(m) = self.get_mut(&s.recipient_id) {
                 // Recent appends sit at the back of the queue.
-                if let Some(a) = m.active.as_mut()
-                    && let Some(h) = a.queue.iter_mut().rev().find(|h| h.seq == s.seq)
-                {
-                    h.durable = true;
+                if let Some(a) = m.active.as_mut() {
+                    a.durable_high = a.durable_high.max(s.seq);
+                    if let Some(h) = a.queue.iter_mut().rev().find(|h| h.seq == s.seq) {
+                        h.durable = true;
+                    }
                 }
             }
         }
@@ -608,6 +624,18 @@ impl Index {
                 rx
             }
         })
+    }
+
+    /// Each mailbox's highest durable sequence number, for the mailboxes that have had any
+    /// (the disk store's checkpoint).
+    pub fn high_water_marks(&self) -> Vec<(RecipientId, u64)> {
+        self.mailboxes
+            .values()
+            .filter_map(|m| {
+                let high = m.active.as_ref()?.durable_high;
+                (high > 0).then_some((m.record.recipient_id, high))
+            })
+            .collect()
     }
 
     /// Totals.

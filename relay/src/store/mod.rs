@@ -6,6 +6,7 @@
 //! `append_batch` returns. The store owns the wake-up signal, because in a distributed
 //! deployment the subscriber may sit on another relay than the depositor.
 
+pub mod checkpoint;
 pub mod disk;
 pub mod index;
 pub mod memory;
