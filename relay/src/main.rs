@@ -57,6 +57,19 @@ enum Cmd {
     },
     /// Show a relay's version and limits.
     Info(RelayArgs),
+    /// Re-encrypt the mailbox secrets of a stopped relay's store under a new master key (the
+    /// relay must be stopped; start it with the new key afterwards).
+    RotateMasterKey {
+        /// The relay's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The current master key file; omit it if the secrets are not encrypted yet.
+        #[arg(long)]
+        old_key_file: Option<PathBuf>,
+        /// The new master key file (64 hex digits; `openssl rand -hex 32`).
+        #[arg(long)]
+        new_key_file: PathBuf,
+    },
     /// Validate a settings file (with the environment and flags over it) and print the
     /// effective settings, secrets redacted.
     CheckConfig {
@@ -186,6 +199,11 @@ async fn main() -> ExitCode {
         } => recv(mailbox_file, follow, wait).await,
         Cmd::Info(relay) => info(relay).await,
         Cmd::CheckConfig { file, settings } => check_config(file, settings),
+        Cmd::RotateMasterKey {
+            data_dir,
+            old_key_file,
+            new_key_file,
+        } => rotate_master_key(data_dir, old_key_file, new_key_file),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -205,6 +223,32 @@ fn check_config(file: PathBuf, given: Settings) -> CmdResult {
         v.to_toml(std::env::var_os("SEALPOST_MASTER_KEY").is_some())
     );
     eprintln!("{}: ok", file.display());
+    Ok(())
+}
+
+fn rotate_master_key(data_dir: PathBuf, old: Option<PathBuf>, new: PathBuf) -> CmdResult {
+    let dir = data_dir.join("store");
+    if !dir.join("version").exists() {
+        return Err(format!("no relay store in {}", dir.display()));
+    }
+    // Read from the files only: SEALPOST_MASTER_KEY must not stand in for either key here.
+    let old = old.map(|f| master_key(Some(&f))).transpose()?.flatten();
+    let new = master_key(Some(&new))?.ok_or("the new master key file is empty")?;
+    let store = DiskStore::open(
+        &dir,
+        sealpost_relay::RelayLimits::default().quotas(),
+        DiskOptions {
+            master_key: old,
+            min_free_bytes: 0,
+            ..DiskOptions::default()
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let n = store.rotate_master_key(&new).map_err(|e| e.to_string())?;
+    eprintln!(
+        "re-encrypted the secrets of {n} mailboxes in {} under the new master key; start the relay with it",
+        dir.display()
+    );
     Ok(())
 }
 

@@ -476,3 +476,113 @@ async fn a_store_that_recovers_fewer_envelopes_than_it_acknowledged_says_so() {
     let s = open_when_free(&older).await;
     assert_eq!(s.recovery_shortfall(), Shortfall::default());
 }
+
+/// A master key given to a store whose mailboxes were created without one seals their
+/// secrets at start-up and leaves none in the clear on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_key_given_later_encrypts_the_existing_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(dir.path(), None).unwrap();
+        s.create_mailbox(record(&s, 3)).await.unwrap();
+        s.close(Duration::from_secs(5)).unwrap();
+    }
+    let s = open_when_free(dir.path()).await;
+    drop(s);
+    assert!(
+        files_contain(dir.path(), &DEPOSIT_KEY),
+        "stored in the clear"
+    );
+    let key = [0x42u8; 32];
+    let s = open_with_key_when_free(dir.path(), key).await;
+    assert_eq!(
+        s.mailbox(&[3; 16])
+            .await
+            .unwrap()
+            .unwrap()
+            .deposit_key
+            .expose(),
+        &DEPOSIT_KEY
+    );
+    s.close(Duration::from_secs(5)).unwrap();
+    drop(s);
+    drop(open_with_key_when_free(dir.path(), key).await);
+    assert!(
+        !files_contain(dir.path(), &DEPOSIT_KEY),
+        "deposit key still in the clear: {:?}",
+        common::process::files_containing(dir.path(), &DEPOSIT_KEY)
+    );
+    assert!(
+        !files_contain(dir.path(), &[0x5E; 32]),
+        "recipient secret still in the clear"
+    );
+    assert!(matches!(
+        open(dir.path(), None),
+        Err(StoreError::MasterKeyRequired(_))
+    ));
+}
+
+async fn open_with_key_when_free(dir: &Path, key: [u8; 32]) -> DiskStore {
+    let t0 = Instant::now();
+    loop {
+        match open(dir, Some(key)) {
+            Err(StoreError::InUse { .. }) if t0.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            other => return other.unwrap(),
+        }
+    }
+}
+
+/// `rotate-master-key` re-encrypts a stopped relay's store: afterwards only the new key
+/// opens it, and the secrets are intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_master_key_can_be_rotated_from_the_command_line() {
+    let data = tempfile::tempdir().unwrap();
+    let store_dir = data.path().join("store");
+    let (old, new) = ([0x42u8; 32], [0x24u8; 32]);
+    {
+        let s = open(&store_dir, Some(old)).unwrap();
+        s.create_mailbox(record(&s, 3)).await.unwrap();
+        s.create_mailbox(record(&s, 4)).await.unwrap();
+        s.append_batch(&[append(&s, 4, 1), append(&s, 4, 2)])
+            .await
+            .unwrap();
+        assert_eq!(s.ack(&[4; 16], 1).await.unwrap(), 1);
+        s.close(Duration::from_secs(5)).unwrap();
+    }
+    drop(open_with_key_when_free(&store_dir, old).await);
+    let old_file = data.path().join("old.key");
+    let new_file = data.path().join("new.key");
+    std::fs::write(&old_file, hex::encode(old)).unwrap();
+    std::fs::write(&new_file, format!("{}\n", hex::encode(new))).unwrap();
+    let out = common::process::cli()
+        .args(["rotate-master-key", "--data-dir"])
+        .arg(data.path())
+        .arg("--old-key-file")
+        .arg(&old_file)
+        .arg("--new-key-file")
+        .arg(&new_file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("2 mailboxes"), "{stderr}");
+    assert!(matches!(
+        open(&store_dir, Some(old)),
+        Err(StoreError::WrongMasterKey(_))
+    ));
+    let s = open(&store_dir, Some(new)).unwrap();
+    let rec = s.mailbox(&[4; 16]).await.unwrap().unwrap();
+    assert_eq!(rec.deposit_key.expose(), &DEPOSIT_KEY);
+    assert_eq!(rec.recipient_secret.0, [0x5E; 32]);
+    // Envelopes, sequence numbers and the dedupe window come along.
+    let held = s.fetch(&[4; 16], 0, 10).await.unwrap();
+    assert_eq!(held.iter().map(|e| e.seq).collect::<Vec<_>>(), [2]);
+    assert_eq!(
+        s.append_batch(&[append(&s, 4, 1), append(&s, 4, 3)])
+            .await
+            .unwrap(),
+        vec![AppendOutcome::Duplicate, AppendOutcome::Stored(3)]
+    );
+}

@@ -234,6 +234,10 @@ impl DiskStore {
     /// Opens (or creates) the store in `dir` and recovers every mailbox and envelope.
     pub fn open(dir: &Path, quotas: Quotas, opts: DiskOptions) -> Result<Self, StoreError> {
         let open_err = |e: fjall::Error| super::open_error::explain(dir, e);
+        super::rekey::finish(dir).map_err(|e| StoreError::Open {
+            path: dir.to_owned(),
+            why: format!("cannot finish an interrupted master-key rewrite: {e}"),
+        })?;
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
             path: dir.to_owned(),
             why: e.to_string(),
@@ -267,15 +271,7 @@ impl DiskStore {
             pending: Mutex::new(PendingRemovals::default()),
             db,
         };
-        let secrets_key = opts.master_key.as_ref().map(|m| {
-            let prk =
-                ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"sealpost/1 store").extract(&m[..]);
-            let mut k = Zeroizing::new([0u8; 32]);
-            prk.expand(&[b"sealpost/1 store secrets"], ring::hkdf::HKDF_SHA256)
-                .and_then(|okm| okm.fill(&mut k[..]))
-                .expect("32 bytes is within HKDF-SHA256's output limit");
-            AeadKey::new(Suite::ChaCha20Poly1305, *k)
-        });
+        let secrets_key = opts.master_key.as_ref().map(|m| secrets_key(m));
         let prf = Self::load_prf(&db).map_err(|e| StoreError::Open {
             path: dir.to_owned(),
             why: e,
@@ -310,7 +306,20 @@ impl DiskStore {
             stop,
         };
         let mut store = store;
-        store.shortfall = store.recover()?;
+        let recovered = store.recover()?;
+        store.shortfall = recovered.shortfall;
+        if !recovered.clear.is_empty() {
+            // A master key given to a store whose mailboxes were created without one: seal
+            // their secrets now, in a fresh copy of the store (see `rekey`), and open that.
+            let clear = recovered.clear.len();
+            let key = store.secrets_key.clone();
+            store.rekey(key.as_ref())?;
+            tracing::info!(
+                records = clear,
+                "encrypted the mailbox secrets that were stored in the clear under the master key"
+            );
+            return Self::open(dir, quotas, opts);
+        }
         // From here on the checkpoint describes this store; a shortfall is reported once.
         if let Err(e) = store.write_checkpoint() {
             tracing::warn!(error = %e, "cannot write the store checkpoint");
@@ -370,20 +379,25 @@ impl DiskStore {
     }
 
     fn encode_record(&self, r: &MailboxRecord) -> Result<Vec<u8>, StoreError> {
+        self.encode_record_under(r, self.secrets_key.as_ref())
+    }
+
+    /// Encodes a record with its secrets sealed under `key`, or in the clear without one.
+    fn encode_record_under(
+        &self,
+        r: &MailboxRecord,
+        key: Option<&AeadKey>,
+    ) -> Result<Vec<u8>, StoreError> {
         let mut secrets = Zeroizing::new([0u8; SECRETS_LEN]);
         secrets[..32].copy_from_slice(r.deposit_key.expose());
         secrets[32..].copy_from_slice(&r.recipient_secret.0);
         let mut out = Vec::with_capacity(27 + 12 + SECRETS_LEN + 16);
         out.push(RECORD_VERSION);
-        out.push(if self.secrets_key.is_some() {
-            FLAG_SEALED
-        } else {
-            0
-        });
+        out.push(if key.is_some() { FLAG_SEALED } else { 0 });
         out.extend_from_slice(&r.deposit_id);
         out.push(r.suite as u8);
         out.extend_from_slice(&millis(r.created_at).to_be_bytes());
-        match &self.secrets_key {
+        match key {
             None => out.extend_from_slice(&secrets[..]),
             Some(k) => {
                 let nonce: [u8; 12] = sealpost_core::random::array().map_err(backend)?;
@@ -500,15 +514,19 @@ impl DiskStore {
         Ok(prf)
     }
 
-    fn recover(&self) -> Result<Shortfall, StoreError> {
+    fn recover(&self) -> Result<Recovered, StoreError> {
         let db = &self.db;
         let mut index = Index::new(self.prf.clone(), db.mailboxes.approximate_len());
         let mut mailboxes = std::collections::HashMap::new();
+        let mut clear = Vec::new();
         for kv in db.mailboxes.iter() {
             let (k, v) = kv
                 .into_inner()
                 .map_err(|e| self.corrupt(format!("reading mailboxes: {e}")))?;
             let rec = self.decode_record(&k, &v)?;
+            if self.secrets_key.is_some() && v.get(1).is_some_and(|f| f & FLAG_SEALED == 0) {
+                clear.push(rec.recipient_id);
+            }
             mailboxes.insert(rec.recipient_id, Mailbox::new(Arc::new(rec), 1));
         }
         for kv in db.meta.iter() {
@@ -609,7 +627,99 @@ impl DiskStore {
         }
         index.set_body_limit(self.tail_bytes);
         *self.lock() = index;
-        Ok(shortfall)
+        Ok(Recovered { shortfall, clear })
+    }
+
+    /// Re-encrypts every mailbox's secrets under a new master key and returns how many
+    /// records; afterwards only the new key opens the store. For the `rotate-master-key`
+    /// command, on a store no relay has open (the handle must be the only one: it is
+    /// consumed). The store is copied into a fresh database beside it and swapped in (see
+    /// `rekey`), so no copy under the old key is left in the store's files; this needs free
+    /// space for a copy of the store.
+    pub fn rotate_master_key(self, new: &Zeroizing<[u8; 32]>) -> Result<u64, StoreError> {
+        self.rekey(Some(&secrets_key(new)))
+    }
+
+    /// Copies the store into `rekey::new_dir` with every record's secrets under `key`,
+    /// closes this handle and swaps the copy in.
+    fn rekey(self, key: Option<&AeadKey>) -> Result<u64, StoreError> {
+        self.check()?;
+        let to = super::rekey::new_dir(&self.dir);
+        let io = |e: std::io::Error| StoreError::Backend(format!("rewriting the store: {e}"));
+        if to.exists() {
+            std::fs::remove_dir_all(&to).map_err(io)?;
+        }
+        let n = self.copy_into(&to, key)?;
+        if let Err(e) = std::fs::copy(self.dir.join(checkpoint::FILE), to.join(checkpoint::FILE))
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(io(e));
+        }
+        let dir = self.dir.clone();
+        self.closed.store(true, Ordering::Relaxed);
+        self.stop.store(true, Ordering::Relaxed);
+        // The only handle: dropping it closes the database and releases its lock.
+        drop(self);
+        super::rekey::swap_in(&dir).map_err(io)?;
+        Ok(n)
+    }
+
+    /// Writes a new database at `to` holding this store's contents, the mailbox records with
+    /// their secrets under `key`; returns how many records.
+    fn copy_into(&self, to: &Path, key: Option<&AeadKey>) -> Result<u64, StoreError> {
+        let err = |e: fjall::Error| StoreError::Backend(format!("writing {}: {e}", to.display()));
+        let new = Database::builder(to).open().map_err(err)?;
+        let ks = |name: &str| {
+            new.keyspace(name, KeyspaceCreateOptions::default)
+                .map_err(err)
+        };
+        let (mailboxes, meta, envelopes, removed) = (
+            ks("mailboxes")?,
+            ks("meta")?,
+            ks("envelopes")?,
+            ks("removed")?,
+        );
+        let rids = self.lock().recipient_ids();
+        let mut n = 0u64;
+        for chunk in rids.chunks(10_000) {
+            let mut b = new.batch();
+            for rid in chunk {
+                if let Some(rec) = self.lock().mailbox(rid) {
+                    b.insert(
+                        &mailboxes,
+                        rid.to_vec(),
+                        self.encode_record_under(&rec, key)?,
+                    );
+                    n += 1;
+                }
+            }
+            b.commit().map_err(err)?;
+        }
+        for (from, into) in [
+            (&self.db.meta, &meta),
+            (&self.db.envelopes, &envelopes),
+            (&self.db.removed, &removed),
+        ] {
+            let mut b = new.batch();
+            let mut bytes = 0usize;
+            for kv in from.iter() {
+                let (k, v) = kv.into_inner().map_err(backend)?;
+                bytes += k.len() + v.len();
+                b.insert(into, k, v);
+                // Bounded batches: a store may be far larger than memory.
+                if bytes > 16 << 20 {
+                    b.commit().map_err(err)?;
+                    b = new.batch();
+                    bytes = 0;
+                }
+            }
+            b.commit().map_err(err)?;
+        }
+        for k in [&mailboxes, &meta, &envelopes, &removed] {
+            k.rotate_memtable_and_wait().map_err(err)?;
+        }
+        new.persist(PersistMode::SyncAll).map_err(err)?;
+        Ok(n)
     }
 
     /// Compares the recovered mailboxes with the checkpoint and reports a shortfall loudly
@@ -1066,6 +1176,24 @@ impl Store for DiskStore {
             failed: self.failed.get().cloned(),
         }
     }
+}
+
+/// What recovery found besides the index.
+struct Recovered {
+    /// Compared with the checkpoint.
+    shortfall: Shortfall,
+    /// Mailboxes whose secrets are in the clear although a master key was given.
+    clear: Vec<RecipientId>,
+}
+
+/// The key that seals mailbox secrets, derived from the master key.
+fn secrets_key(master: &[u8; 32]) -> AeadKey {
+    let prk = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"sealpost/1 store").extract(master);
+    let mut k = Zeroizing::new([0u8; 32]);
+    prk.expand(&[b"sealpost/1 store secrets"], ring::hkdf::HKDF_SHA256)
+        .and_then(|okm| okm.fill(&mut k[..]))
+        .expect("32 bytes is within HKDF-SHA256's output limit");
+    AeadKey::new(Suite::ChaCha20Poly1305, *k)
 }
 
 /// Writes the checkpoint from a snapshot of the index's high-water marks.

@@ -360,6 +360,14 @@ impl Index {
             .filter(|m| m.record.recipient_id == *rid)
     }
 
+    /// Every mailbox's recipient id.
+    pub fn recipient_ids(&self) -> Vec<RecipientId> {
+        self.mailboxes
+            .values()
+            .map(|m| m.record.recipient_id)
+            .collect()
+    }
+
     /// Every mailbox's deposit id.
     pub fn deposit_ids(&self) -> Vec<DepositId> {
         self.mailboxes.keys().copied().collect()

@@ -11,6 +11,7 @@ pub mod disk;
 pub mod index;
 pub mod memory;
 mod open_error;
+mod rekey;
 pub mod space;
 
 use async_trait::async_trait;
