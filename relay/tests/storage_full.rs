@@ -1,8 +1,10 @@
 //! A disk store below its free-space reserve: deposits and CREATE are refused with the
 //! retryable STORAGE_FULL, readiness and the gauges say so, deliveries and ACKs go on, and
 //! everything comes back once there is space again. The free space is injected, so "the disk
-//! is nearly full" is simulated deterministically. (Alone in its test binary: it installs the
-//! process-wide metrics recorder and reads gauges another relay would also set.)
+//! is nearly full" is simulated deterministically; the real binary with a reserve larger than
+//! any disk shows what the CLI says. (In a test binary of its own: the in-process test
+//! installs the process-wide metrics recorder and reads gauges another in-process relay would
+//! also set.)
 
 mod common;
 
@@ -96,6 +98,8 @@ async fn below_the_reserve_deposits_wait_and_deliveries_go_on() {
             ("sealpost_store_space_low", 0.0),
             ("sealpost_store_free_bytes", PLENTY as f64),
             ("sealpost_store_reserve_bytes", RESERVE as f64),
+            ("sealpost_store_failed", 0.0),
+            ("sealpost_store_recovery_shortfall_envelopes", 0.0),
         ],
     )
     .await;
@@ -163,4 +167,58 @@ fn new_record(store: &DiskStore) -> sealpost_relay::store::MailboxRecord {
         [1; 32],
         sealpost_core::keys::RecipientSecret([2; 32]),
     )
+}
+
+/// The real binary with a reserve larger than any disk: not ready, and `send` and
+/// `mailbox create` tell the person what is going on.
+#[test]
+fn the_cli_says_the_relay_disk_is_nearly_full() {
+    use common::process::{Serve, cli, create_mailbox};
+    let data = tempfile::tempdir().unwrap();
+    // One address for both runs, since the invitation names it.
+    let listen = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let serve = Serve::start_on(data.path(), &listen, &[], "warn");
+    let invitation = create_mailbox(&serve.addr, &serve.pin, &data.path().join("mb.json"));
+    serve.stop();
+    let serve = Serve::start_on(
+        data.path(),
+        &listen,
+        &["--min-free-disk-bytes", "1000000000000000000"],
+        "warn",
+    );
+    let (code, body) = http_get(&serve.admin, "/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("disk nearly full"), "{body}");
+    let sent = cli().args(["send", &invitation, "hello"]).output().unwrap();
+    let err = String::from_utf8_lossy(&sent.stderr);
+    assert!(!sent.status.success());
+    assert!(
+        err.contains("STORAGE_FULL")
+            && err.contains("the relay's disk is nearly full; it is refusing new envelopes, try later or tell the operator"),
+        "{err}"
+    );
+    let created = cli()
+        .args([
+            "mailbox",
+            "create",
+            "--relay",
+            &serve.addr,
+            "--pin",
+            &serve.pin,
+            "--out",
+        ])
+        .arg(data.path().join("mb2.json"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&created.stderr);
+    assert!(!created.status.success());
+    assert!(
+        err.contains("STORAGE_FULL") && err.contains("disk is nearly full"),
+        "{err}"
+    );
+    serve.stop();
 }

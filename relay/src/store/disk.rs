@@ -723,12 +723,11 @@ impl DiskStore {
     }
 
     /// Compares the recovered mailboxes with the checkpoint and reports a shortfall loudly
-    /// (log and `sealpost_store_recovery_shortfall_envelopes`).
+    /// (here in the log; `health()` carries it to `sealpost_store_recovery_shortfall_envelopes`).
     fn compare_with_checkpoint(
         &self,
         mailboxes: &std::collections::HashMap<RecipientId, Mailbox>,
     ) -> Shortfall {
-        metrics::gauge!(crate::metrics::STORE_RECOVERY_SHORTFALL).set(0.0);
         let cp = match checkpoint::read(&self.dir) {
             Ok(Some(cp)) => cp,
             Ok(None) => return Shortfall::default(),
@@ -740,7 +739,6 @@ impl DiskStore {
             }
         };
         let s = checkpoint::compare(&cp, |rid| mailboxes.get(rid).map(|m| m.next_seq - 1));
-        metrics::gauge!(crate::metrics::STORE_RECOVERY_SHORTFALL).set(s.envelopes as f64);
         if s.envelopes > 0 {
             tracing::error!(
                 missing_envelopes = s.envelopes,
@@ -1174,6 +1172,7 @@ impl Store for DiskStore {
         StoreHealth {
             space: Some(self.space.check()),
             failed: self.failed.get().cloned(),
+            recovery_shortfall: self.shortfall.envelopes,
         }
     }
 }

@@ -207,6 +207,8 @@ pub struct StoreHealth {
     pub space: Option<space::Space>,
     /// Why the store refuses writes for good (until a restart), if it does.
     pub failed: Option<String>,
+    /// Envelopes acknowledged to senders that the store did not recover at start-up.
+    pub recovery_shortfall: u64,
 }
 
 impl StoreHealth {
