@@ -239,6 +239,7 @@ async fn a_failed_write_is_not_counted_and_reads_go_on() {
         before,
         "failed appends must not be counted"
     );
+
     let health = s.health();
     assert!(health.failed.is_some());
     assert!(health.accepting().unwrap_err().contains("store failed"));
@@ -248,6 +249,20 @@ async fn a_failed_write_is_not_counted_and_reads_go_on() {
     assert_eq!(s.ack(&[1; 16], 1).await.unwrap(), 1);
     assert_eq!(s.stats().await.envelopes, 0);
     assert!(s.close(Duration::from_secs(2)).is_err());
+
+    // The first failing write a creation (a failed store refuses later ones up front).
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), None).unwrap();
+    s.create_mailbox(record(&s, 1)).await.unwrap();
+    let before = s.stats().await;
+    s.inject_write_failure();
+    assert!(s.create_mailbox(record(&s, 2)).await.is_err());
+    assert_eq!(
+        s.stats().await,
+        before,
+        "a failed creation must not be counted"
+    );
+    assert!(s.mailbox(&[2; 16]).await.unwrap().is_none());
 }
 
 async fn relay_over(store: &DiskStore, dir: &Path) -> sealpost_relay::RelayHandle {

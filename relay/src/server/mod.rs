@@ -162,7 +162,7 @@ impl RelayHandle {
     /// every connection with [`CLOSE_SHUTDOWN`], on which clients reconnect.
     pub async fn shutdown_within(self, timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
-        self.ready.store(false, Ordering::Relaxed);
+        self.ready.store(false, Ordering::SeqCst);
         metrics::gauge!(crate::metrics::READY).set(0.0);
         self.accept.abort();
         let _ = self.shutdown.send(true);
@@ -338,8 +338,12 @@ async fn sample_gauges(shared: Arc<Shared>, ready: Arc<AtomicBool>) {
         tick.tick().await;
         let health = shared.store.health();
         // Never "ready" over a store that refuses deposits; the shutdown clears it for good.
-        let up = ready.load(Ordering::Relaxed) && health.accepting().is_ok();
+        let up = ready.load(Ordering::SeqCst) && health.accepting().is_ok();
         metrics::gauge!(crate::metrics::READY).set(if up { 1.0 } else { 0.0 });
+        // A shutdown that began meanwhile has set the gauge to 0 already; do not undo it.
+        if up && !ready.load(Ordering::SeqCst) {
+            metrics::gauge!(crate::metrics::READY).set(0.0);
+        }
         if let Some(space) = health.space {
             if let Some(free) = space.free {
                 metrics::gauge!(crate::metrics::STORE_FREE_BYTES).set(free as f64);

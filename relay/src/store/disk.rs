@@ -342,8 +342,10 @@ impl DiskStore {
     /// many-mailboxes benchmark). Stops at the first refusal; the ones before it are kept.
     pub fn create_many(&self, records: Vec<MailboxRecord>) -> Result<(), StoreError> {
         self.check()?;
+        self.check_space()?;
         let mut b = self.db.db.batch();
         let mut result = Ok(());
+        let mut created = Vec::new();
         for r in records {
             let value = self.encode_record(&r)?;
             let rid = r.recipient_id;
@@ -352,12 +354,23 @@ impl DiskStore {
                 break;
             }
             b.insert(&self.db.mailboxes, rid.to_vec(), value);
+            created.push(rid);
         }
-        b.commit().map_err(|e| self.fail(e))?;
-        self.db
-            .db
-            .persist(PersistMode::SyncAll)
-            .map_err(|e| self.fail(e))?;
+        let written = self.fault().and_then(|()| {
+            b.commit().map_err(|e| self.fail(e))?;
+            self.db
+                .db
+                .persist(PersistMode::SyncAll)
+                .map_err(|e| self.fail(e))
+        });
+        if let Err(e) = written {
+            // Not stored: the index (and the mailbox gauge) must not list them.
+            let mut g = self.lock();
+            for rid in &created {
+                g.delete(rid);
+            }
+            return Err(e);
+        }
         result
     }
 
@@ -658,7 +671,18 @@ impl DiskStore {
         let dir = self.dir.clone();
         self.closed.store(true, Ordering::Relaxed);
         self.stop.store(true, Ordering::Relaxed);
-        // The only handle: dropping it closes the database and releases its lock.
+        // Dropping the last handle closes the database; it must be closed before the swap, or
+        // its background work would write into the new copy's path. Wait for the background
+        // flusher (it stops within 100 ms) to let go; another handle is a caller's mistake.
+        let t0 = std::time::Instant::now();
+        while Arc::strong_count(&self._guard) > 1 || Arc::strong_count(&self.db) > 2 {
+            if t0.elapsed() > Duration::from_secs(10) {
+                return Err(StoreError::Backend(
+                    "the store is still in use elsewhere in this process; cannot swap in the rewritten copy".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         drop(self);
         super::rekey::swap_in(&dir).map_err(io)?;
         Ok(n)
@@ -1079,16 +1103,22 @@ impl Store for DiskStore {
     async fn create_mailbox(&self, record: MailboxRecord) -> Result<(), StoreError> {
         self.check()?;
         self.check_space()?;
-        self.fault()?;
         let value = self.encode_record(&record)?;
         let rid = record.recipient_id;
         self.lock().create(record, &self.quotas)?;
         let s = self.clone();
         blocking(move || {
-            s.db.mailboxes
-                .insert(rid.to_vec(), value)
-                .map_err(|e| s.fail(e))?;
-            s.db.db.persist(PersistMode::SyncAll).map_err(|e| s.fail(e))
+            let written = s.fault().and_then(|()| {
+                s.db.mailboxes
+                    .insert(rid.to_vec(), value)
+                    .map_err(|e| s.fail(e))?;
+                s.db.db.persist(PersistMode::SyncAll).map_err(|e| s.fail(e))
+            });
+            if written.is_err() {
+                // Not stored: the index (and the mailbox gauge) must not list it.
+                s.lock().delete(&rid);
+            }
+            written
         })
         .await
     }
