@@ -10,6 +10,10 @@
 //! | `envelopes` | recipient_id ‖ seq    | stored_at (ms, u64) ‖ nonce (12) ‖ the envelope          |
 //! | `removed`   | recipient_id ‖ seq    | nonce (12) ‖ digest (16): the dedupe window of removed envelopes (digest absent in stores written before it was kept) |
 //!
+//! Beside fjall's files the store directory holds `checkpoint` (each mailbox's highest durable
+//! sequence number, to detect a recovery shortfall: see `checkpoint`) and `owner.pid` (the
+//! process holding the store, for the "in use" error).
+//!
 //! A record is `version (1) | flags (1) | deposit_id (16) | suite (1) | created_at ms (8) |
 //! secrets`, where secrets is `deposit_key (32) ‖ recipient_secret (32)` in the clear (flags 0)
 //! or, with a master key (flags 1), `nonce (12) ‖ ChaCha20-Poly1305 ciphertext (64) ‖ tag (16)`

@@ -126,7 +126,8 @@ pub struct Quotas {
     pub dedupe_window: usize,
 }
 
-/// A store failure. The relay answers UNAVAILABLE and the client may retry.
+/// A store failure. The relay answers UNAVAILABLE (STORAGE_FULL for
+/// [`StoreError::StorageFull`]) and the client may retry.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A mailbox with this id exists already (an astronomically unlikely id collision).
