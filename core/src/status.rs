@@ -25,6 +25,12 @@ wire_enum! {
         Unsupported = 8 => "UNSUPPORTED",
         /// The relay could not store the envelope now; retry later.
         Unavailable = 9 => "UNAVAILABLE",
+        /// The relay's disk is nearly full: it refuses new envelopes (and mailboxes) until an
+        /// operator frees space or recipients drain their mailboxes; retry later.
+        StorageFull = 10 => "STORAGE_FULL",
+        /// A different envelope was already deposited under the same (deposit_id, nonce): the
+        /// sender reused a nonce, so its random source is broken. Not stored.
+        IdReused = 11 => "ID_REUSED",
     }
 }
 
@@ -38,7 +44,7 @@ impl DepositStatus {
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
-            Self::RateLimited | Self::Unavailable | Self::MailboxFull
+            Self::RateLimited | Self::Unavailable | Self::MailboxFull | Self::StorageFull
         )
     }
 
@@ -70,6 +76,12 @@ impl DepositStatus {
             }
             Self::Unsupported => advice::UNSUPPORTED,
             Self::Unavailable => advice::UNAVAILABLE,
+            Self::StorageFull => advice::STORAGE_FULL,
+            Self::IdReused => {
+                "the sender reused a deposit id and nonce with different content: its random \
+                 number generator is broken; the envelope was not stored (fix or replace the \
+                 sending software)"
+            }
         }
     }
 }
@@ -84,6 +96,9 @@ mod advice {
         version or suite; update this program, or ask the recipient for a new invitation";
     pub(super) const UNAVAILABLE: &str = "the relay cannot do this just now (storage trouble \
         or overload); try again later, and tell the relay's operator if it persists";
+    pub(super) const STORAGE_FULL: &str = "the relay's disk is nearly full: it refuses new \
+        envelopes and mailboxes until space is freed; try again later, or tell the relay's \
+        operator";
     pub(super) const CLIENT_BUG: &str = "the relay could not read what this program sent: a \
         bug or a version mismatch; update this program or report the bug";
 }
@@ -122,6 +137,8 @@ wire_enum! {
         RateLimited = 14 => "RATE_LIMITED",
         /// A request or a frame did not arrive in full within the relay's time limit.
         Timeout = 15 => "TIMEOUT",
+        /// The relay's disk is nearly full and it accepts no new mailboxes now; retry later.
+        StorageFull = 16 => "STORAGE_FULL",
     }
 }
 
@@ -158,6 +175,7 @@ impl ErrorCode {
             Self::Timeout => {
                 "a request did not arrive in full in time (a slow or broken network); try again"
             }
+            Self::StorageFull => advice::STORAGE_FULL,
         }
     }
 }
@@ -185,6 +203,7 @@ mod tests {
             (DepositStatus::UnknownMailbox, ErrorCode::UnknownMailbox),
             (DepositStatus::Unsupported, ErrorCode::Unsupported),
             (DepositStatus::Unavailable, ErrorCode::Unavailable),
+            (DepositStatus::StorageFull, ErrorCode::StorageFull),
         ];
         for (status, code) in pairs {
             assert_eq!(status.to_string(), code.to_string());

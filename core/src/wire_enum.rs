@@ -131,7 +131,7 @@ mod tests {
             DepositStatus::name,
             u8::MAX.into(),
         );
-        assert_eq!(DepositStatus::ALL.len(), 10);
+        assert_eq!(DepositStatus::ALL.len(), 12);
         assert_eq!(DepositStatus::Unavailable.to_u8(), 9);
         assert_eq!(DepositStatus::UnknownMailbox.name(), "UNKNOWN_MAILBOX");
     }

@@ -1,7 +1,10 @@
 //! The admin listener: plain HTTP on its own address (never the QUIC one), for Prometheus and
 //! orchestrators. `/metrics` (Prometheus text), `/healthz` (the process is up), `/readyz` (the
-//! store is open and the QUIC endpoint is accepting; 503 while starting or shutting down).
+//! store is open and takes deposits and the QUIC endpoint is accepting; 503 with the reason
+//! while starting or shutting down, while the store's disk is below its free-space reserve,
+//! or after a store write failed).
 
+use crate::store::Store;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -25,6 +28,29 @@ pub enum AdminError {
     /// The Prometheus recorder could not be installed.
     #[error("cannot install the metrics recorder: {0}")]
     Recorder(String),
+}
+
+/// What `/readyz` asks: whether the relay accepts connections, and whether its store takes
+/// deposits.
+#[derive(Clone)]
+pub struct Readiness {
+    accepting: Arc<AtomicBool>,
+    store: Arc<dyn Store>,
+}
+
+impl Readiness {
+    /// Ready while `accepting` is set and `store` is healthy.
+    pub fn new(accepting: Arc<AtomicBool>, store: Arc<dyn Store>) -> Self {
+        Self { accepting, store }
+    }
+
+    /// `Ok` when ready; otherwise why not, in a sentence.
+    pub fn check(&self) -> Result<(), String> {
+        if !self.accepting.load(Ordering::Relaxed) {
+            return Err("not accepting connections (starting or shutting down)".into());
+        }
+        self.store.health().accepting()
+    }
 }
 
 /// Installs the Prometheus recorder for this process (once) and describes the relay's
@@ -51,7 +77,7 @@ pub fn install_recorder() -> Result<PrometheusHandle, AdminError> {
 pub async fn serve(
     addr: SocketAddr,
     metrics: PrometheusHandle,
-    ready: Arc<AtomicBool>,
+    ready: Readiness,
 ) -> Result<(SocketAddr, JoinHandle<()>), AdminError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -68,11 +94,13 @@ pub async fn serve(
         .route(
             "/readyz",
             get(move || {
-                let up = ready.load(Ordering::Relaxed);
-                std::future::ready(if up {
-                    (StatusCode::OK, "ready\n")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                // A statvfs call at most: cheap enough to answer on the request's task.
+                std::future::ready(match ready.check() {
+                    Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+                    Err(why) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("not ready: {why}\n"),
+                    ),
                 })
             }),
         );

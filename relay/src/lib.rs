@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod provenance;
 pub mod server;
 pub mod settings;
+pub mod shutdown;
 pub mod store;
 pub mod stream;
 pub mod tls;

@@ -58,6 +58,19 @@ enum Cmd {
     },
     /// Show a relay's version and limits.
     Info(RelayArgs),
+    /// Re-encrypt the mailbox secrets of a stopped relay's store under a new master key (the
+    /// relay must be stopped; start it with the new key afterwards).
+    RotateMasterKey {
+        /// The relay's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The current master key file; omit it if the secrets are not encrypted yet.
+        #[arg(long)]
+        old_key_file: Option<PathBuf>,
+        /// The new master key file (64 hex digits; `openssl rand -hex 32`).
+        #[arg(long)]
+        new_key_file: PathBuf,
+    },
     /// Validate a settings file (with the environment and flags over it) and print the
     /// effective settings, secrets redacted.
     CheckConfig {
@@ -269,6 +282,11 @@ async fn main() -> ExitCode {
         } => recv(mailbox_file, follow, wait).await,
         Cmd::Info(relay) => info(relay).await,
         Cmd::CheckConfig { file, settings } => check_config(file, settings, sub("check-config")),
+        Cmd::RotateMasterKey {
+            data_dir,
+            old_key_file,
+            new_key_file,
+        } => rotate_master_key(data_dir, old_key_file, new_key_file),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -297,6 +315,32 @@ fn check_config(file: PathBuf, given: Settings, matches: Option<&clap::ArgMatche
     Ok(())
 }
 
+fn rotate_master_key(data_dir: PathBuf, old: Option<PathBuf>, new: PathBuf) -> CmdResult {
+    let dir = data_dir.join("store");
+    if !dir.join("version").exists() {
+        return Err(format!("no relay store in {}", dir.display()));
+    }
+    // Read from the files only: SEALPOST_MASTER_KEY must not stand in for either key here.
+    let old = old.map(|f| master_key(Some(&f))).transpose()?.flatten();
+    let new = master_key(Some(&new))?.ok_or("the new master key file is empty")?;
+    let store = DiskStore::open(
+        &dir,
+        sealpost_relay::RelayLimits::default().quotas(),
+        DiskOptions {
+            master_key: old,
+            min_free_bytes: 0,
+            ..DiskOptions::default()
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let n = store.rotate_master_key(&new).map_err(|e| e.to_string())?;
+    eprintln!(
+        "re-encrypted the secrets of {n} mailboxes in {} under the new master key; start the relay with it",
+        dir.display()
+    );
+    Ok(())
+}
+
 async fn serve(v: Validated) -> CmdResult {
     let config = v.relay.clone();
     let quotas = config.limits.quotas();
@@ -312,12 +356,14 @@ async fn serve(v: Validated) -> CmdResult {
         let dir = data_dir.join("store");
         let t0 = std::time::Instant::now();
         let encrypted = key.is_some();
+        let min_free_bytes = v.min_free_disk_bytes;
         let disk = tokio::task::spawn_blocking(move || {
             DiskStore::open(
                 &dir,
                 quotas,
                 DiskOptions {
                     master_key: key,
+                    min_free_bytes,
                     ..DiskOptions::default()
                 },
             )
@@ -375,21 +421,16 @@ async fn serve(v: Validated) -> CmdResult {
         }
         Err(e) => tracing::warn!(target: "sealpost_relay::announce", "no key pin: {e}"),
     }
-    let (admin_addr, _admin) = sealpost_relay::admin::serve(v.admin, prom, handle.ready())
+    let (admin_addr, _admin) = sealpost_relay::admin::serve(v.admin, prom, handle.readiness())
         .await
         .map_err(|e| e.to_string())?;
     say!("admin HTTP on http://{admin_addr} (/metrics, /healthz, /readyz)");
-    wait_for_stop(&handle).await?;
+    let stop = wait_for_stop(&handle).await;
     say!("shutting down (at most {} s)", v.shutdown_timeout.as_secs());
-    handle.shutdown_within(v.shutdown_timeout).await;
-    if let Some(d) = disk_store {
-        let flushed = tokio::task::spawn_blocking(move || d.flush()).await;
-        match flushed {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!("final store flush failed: {e}"),
-            Err(e) => tracing::warn!("final store flush failed: {e}"),
-        }
-    }
+    // One budget for the connections' grace period and the store's final flush.
+    let stopped = sealpost_relay::shutdown::stop(handle, disk_store, v.shutdown_timeout).await;
+    stop?;
+    stopped.map_err(|e| e.to_string())?;
     say!("stopped");
     Ok(())
 }
@@ -404,6 +445,10 @@ async fn wait_for_stop(handle: &sealpost_relay::RelayHandle) -> CmdResult {
         tokio::select! {
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
+            why = handle.store_failed() => return Err(format!(
+                "a write to the store failed ({why}); stopped so that the supervisor restarts the \
+                 relay, which recovers from disk"
+            )),
             _ = hup.recv() => match handle.reload_certificate() {
                 Ok(pin) => tracing::info!(pin = %hex::encode(pin), "certificate reloaded"),
                 Err(e) => tracing::warn!(error = %e, "certificate reload failed; keeping the old one"),

@@ -63,8 +63,21 @@ pub const SHARD_QUEUE: &str = "sealpost_shard_queue_depth";
 pub const EXPIRED: &str = "sealpost_expired_total";
 /// Always 1, labelled by the crypto `backend` in use and the `version`.
 pub const BUILD_INFO: &str = "sealpost_build_info";
-/// 1 while the relay accepts connections, 0 once it is shutting down.
+/// 1 while the relay accepts connections and deposits; 0 while shutting down, while the
+/// store's disk is below its free-space reserve, or after a store write failed.
 pub const READY: &str = "sealpost_ready";
+/// Bytes free on the disk store's filesystem (for unprivileged writers), sampled each second.
+pub const STORE_FREE_BYTES: &str = "sealpost_store_free_bytes";
+/// The free-space reserve (`min_free_disk_bytes`).
+pub const STORE_RESERVE_BYTES: &str = "sealpost_store_reserve_bytes";
+/// 1 while the disk store's free space is below its reserve (deposits and CREATE refused
+/// with STORAGE_FULL), else 0.
+pub const STORE_SPACE_LOW: &str = "sealpost_store_space_low";
+/// 1 once a write to the store failed (the relay then stops and must be restarted), else 0.
+pub const STORE_FAILED: &str = "sealpost_store_failed";
+/// Envelopes acknowledged to senders (by the store's checkpoint) that the store did not
+/// recover at start-up; 0 when all were recovered.
+pub const STORE_RECOVERY_SHORTFALL: &str = "sealpost_store_recovery_shortfall_envelopes";
 
 /// Registers every metric's help text and unit with the installed recorder.
 pub fn describe() {
@@ -140,7 +153,32 @@ pub fn describe() {
     describe_gauge!(SHARD_QUEUE, "work items waiting in a deposit shard's queue");
     describe_counter!(EXPIRED, "envelopes removed by retention expiry");
     describe_gauge!(BUILD_INFO, "always 1; labels: version, crypto backend");
-    describe_gauge!(READY, "1 while accepting connections, 0 when shutting down");
+    describe_gauge!(
+        READY,
+        "1 while accepting connections and deposits; 0 when shutting down, below the disk reserve or after a store failure"
+    );
+    describe_gauge!(
+        STORE_FREE_BYTES,
+        Unit::Bytes,
+        "bytes free on the disk store's filesystem"
+    );
+    describe_gauge!(
+        STORE_RESERVE_BYTES,
+        Unit::Bytes,
+        "free-space reserve below which deposits are refused (min_free_disk_bytes)"
+    );
+    describe_gauge!(
+        STORE_SPACE_LOW,
+        "1 while the store's disk is below its free-space reserve (deposits refused)"
+    );
+    describe_gauge!(
+        STORE_RECOVERY_SHORTFALL,
+        "envelopes acknowledged to senders that the store did not recover at start-up"
+    );
+    describe_gauge!(
+        STORE_FAILED,
+        "1 once a store write failed (the relay stops and must restart)"
+    );
 }
 
 /// Creates every counter and gauge at zero, so that dashboards and alerts see them before
@@ -180,6 +218,8 @@ pub fn register_all() {
         MAILBOXES,
         ENVELOPES_STORED,
         BYTES_STORED,
+        STORE_SPACE_LOW,
+        STORE_FAILED,
     ] {
         ::metrics::gauge!(g).set(0.0);
     }
@@ -199,5 +239,7 @@ pub fn status_label(s: sealpost_core::status::DepositStatus) -> &'static str {
         S::RateLimited => "rate_limited",
         S::Unsupported => "unsupported",
         S::Unavailable => "unavailable",
+        S::StorageFull => "storage_full",
+        S::IdReused => "id_reused",
     }
 }

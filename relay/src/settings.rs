@@ -100,6 +100,11 @@ pub struct Settings {
     /// at rest. (SEALPOST_MASTER_KEY may hold the key itself.)
     #[arg(long, env = "SEALPOST_MASTER_KEY_FILE")]
     pub master_key_file: Option<PathBuf>,
+    /// Bytes kept free on the disk store's filesystem: below this, deposits and CREATE are
+    /// refused (STORAGE_FULL) and /readyz reports not ready, while deliveries and ACKs go
+    /// on; 0 = no reserve [default: 268435456, 256 MiB].
+    #[arg(long, env = "SEALPOST_MIN_FREE_DISK_BYTES")]
+    pub min_free_disk_bytes: Option<u64>,
     /// `human` or `json` [default: human].
     #[arg(long, env = "SEALPOST_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -268,6 +273,7 @@ impl Settings {
             key,
             store,
             master_key_file,
+            min_free_disk_bytes,
             log_format,
             log_sensitive_debug,
             sizes,
@@ -332,6 +338,10 @@ impl Settings {
             key: self.key.clone(),
             store: Some(self.store.unwrap_or(StoreChoice::Disk)),
             master_key_file: self.master_key_file.clone(),
+            min_free_disk_bytes: Some(
+                self.min_free_disk_bytes
+                    .unwrap_or(crate::store::disk::DEFAULT_MIN_FREE_BYTES),
+            ),
             log_format: Some(self.log_format.unwrap_or(LogFormat::Human)),
             log_sensitive_debug: Some(self.log_sensitive_debug.unwrap_or(false)),
             sizes: Some(
@@ -687,6 +697,7 @@ impl Settings {
             admin,
             store: e.store.expect("filled in"),
             master_key_file: e.master_key_file.clone(),
+            min_free_disk_bytes: get(e.min_free_disk_bytes),
             log_format: e.log_format.expect("filled in"),
             log_sensitive_debug: e.log_sensitive_debug.unwrap_or(false),
             shutdown_timeout: Duration::from_secs(get(e.shutdown_timeout_secs)),
@@ -706,6 +717,8 @@ pub struct Validated {
     pub store: StoreChoice,
     /// Master key file.
     pub master_key_file: Option<PathBuf>,
+    /// The disk store's free-space reserve, bytes.
+    pub min_free_disk_bytes: u64,
     /// Log format.
     pub log_format: LogFormat,
     /// Sensitive fields in logs (debugging only).

@@ -389,7 +389,7 @@ async fn readyz_turns_unavailable_when_shutdown_begins() {
         .build_recorder()
         .handle();
     let (admin, _task) =
-        sealpost_relay::admin::serve("127.0.0.1:0".parse().unwrap(), prom, r.handle.ready())
+        sealpost_relay::admin::serve("127.0.0.1:0".parse().unwrap(), prom, r.handle.readiness())
             .await
             .unwrap();
     let admin = admin.to_string();

@@ -87,6 +87,15 @@ pub(super) async fn create(
                 .await;
             }
             Err(StoreError::Exists) => continue,
+            Err(StoreError::StorageFull { .. }) => {
+                return refuse(
+                    &mut send,
+                    Some(&mut reader),
+                    ErrorCode::StorageFull,
+                    "the relay's disk is nearly full: it accepts no new mailboxes now; retry later",
+                )
+                .await;
+            }
             Err(e @ StoreError::TooManyMailboxes(_)) => {
                 return refuse(
                     &mut send,

@@ -143,10 +143,28 @@ impl RelayHandle {
         Ok(self.certs.pin())
     }
 
-    /// True while the relay accepts connections (for a readiness probe): cleared when a
-    /// shutdown begins.
+    /// True while the relay accepts connections: cleared when a shutdown begins.
     pub fn ready(&self) -> Arc<AtomicBool> {
         self.ready.clone()
+    }
+
+    /// What a readiness probe asks: the relay accepts connections and its store takes
+    /// deposits (see [`crate::admin::Readiness`]).
+    pub fn readiness(&self) -> crate::admin::Readiness {
+        crate::admin::Readiness::new(self.ready.clone(), self.shared.store.clone())
+    }
+
+    /// Returns, with the reason, once the store has failed for good (a write failed: it
+    /// refuses writes until the relay restarts). The binary then stops with an error, so
+    /// that its supervisor restarts it and the restart recovers from disk.
+    pub async fn store_failed(&self) -> String {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tick.tick().await;
+            if let Some(why) = self.shared.store.health().failed {
+                return why;
+            }
+        }
     }
 
     /// Shuts down within about `timeout`: stops accepting connections, ends subscriptions
@@ -155,7 +173,7 @@ impl RelayHandle {
     /// every connection with [`CLOSE_SHUTDOWN`], on which clients reconnect.
     pub async fn shutdown_within(self, timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
-        self.ready.store(false, Ordering::Relaxed);
+        self.ready.store(false, Ordering::SeqCst);
         metrics::gauge!(crate::metrics::READY).set(0.0);
         self.accept.abort();
         let _ = self.shutdown.send(true);
@@ -319,15 +337,14 @@ pub async fn start(config: RelayConfig, store: Arc<dyn Store>) -> Result<RelayHa
     let accept = tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
     let expiry = tokio::spawn(expiry_loop(shared.clone()));
     crate::metrics::register_all();
-    let sampler = tokio::spawn(sample_gauges(shared.clone()));
+    let ready = Arc::new(AtomicBool::new(true));
+    let sampler = tokio::spawn(sample_gauges(shared.clone(), ready.clone()));
     metrics::gauge!(
         crate::metrics::BUILD_INFO,
         "version" => env!("CARGO_PKG_VERSION"),
         "backend" => config.engine.describe()
     )
     .set(1.0);
-    metrics::gauge!(crate::metrics::READY).set(1.0);
-    let ready = Arc::new(AtomicBool::new(true));
     Ok(RelayHandle {
         local_addr,
         pin,
@@ -346,10 +363,29 @@ pub async fn start(config: RelayConfig, store: Arc<dyn Store>) -> Result<RelayHa
 }
 
 /// Once a second, the gauges that are states rather than events.
-async fn sample_gauges(shared: Arc<Shared>) {
+async fn sample_gauges(shared: Arc<Shared>, ready: Arc<AtomicBool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
+        let health = shared.store.health();
+        // Never "ready" over a store that refuses deposits; the shutdown clears it for good.
+        let up = ready.load(Ordering::SeqCst) && health.accepting().is_ok();
+        metrics::gauge!(crate::metrics::READY).set(if up { 1.0 } else { 0.0 });
+        // A shutdown that began meanwhile has set the gauge to 0 already; do not undo it.
+        if up && !ready.load(Ordering::SeqCst) {
+            metrics::gauge!(crate::metrics::READY).set(0.0);
+        }
+        if let Some(space) = health.space {
+            if let Some(free) = space.free {
+                metrics::gauge!(crate::metrics::STORE_FREE_BYTES).set(free as f64);
+            }
+            metrics::gauge!(crate::metrics::STORE_RESERVE_BYTES).set(space.reserve as f64);
+            metrics::gauge!(crate::metrics::STORE_SPACE_LOW).set(f64::from(u8::from(space.low())));
+        }
+        metrics::gauge!(crate::metrics::STORE_FAILED)
+            .set(f64::from(u8::from(health.failed.is_some())));
+        metrics::gauge!(crate::metrics::STORE_RECOVERY_SHORTFALL)
+            .set(health.recovery_shortfall as f64);
         let s = shared.store.stats().await;
         metrics::gauge!(crate::metrics::MAILBOXES).set(s.mailboxes as f64);
         metrics::gauge!(crate::metrics::ENVELOPES_STORED).set(s.envelopes as f64);

@@ -15,7 +15,7 @@
 
 use super::limits::{Buckets, Rate};
 use crate::metrics as m;
-use crate::store::{Append, AppendOutcome, MailboxRecord, Store};
+use crate::store::{Append, AppendOutcome, MailboxRecord, Store, StoreError};
 use sealpost_core::DepositId;
 use sealpost_core::engine::Engine;
 use sealpost_core::envelope::Envelope;
@@ -315,9 +315,16 @@ async fn process(
                 statuses[*i] = match o {
                     AppendOutcome::Stored(_) => DepositStatus::Ok,
                     AppendOutcome::Duplicate => DepositStatus::Duplicate,
+                    AppendOutcome::IdReused => DepositStatus::IdReused,
                     AppendOutcome::UnknownMailbox => DepositStatus::UnknownMailbox,
                     AppendOutcome::MailboxFull => DepositStatus::MailboxFull,
                 };
+            }
+        }
+        // The store logs when it starts refusing for want of space; not once per batch.
+        Err(StoreError::StorageFull { .. }) => {
+            for i in slots {
+                statuses[i] = DepositStatus::StorageFull;
             }
         }
         Err(e) => {

@@ -8,7 +8,11 @@
 //! | `meta`      | recipient_id          | next sequence number (u64), written with every append    |
 //! | `meta`      | `prf-key`             | the 16-byte key of the deposit-id PRF (see `IdPrf`)      |
 //! | `envelopes` | recipient_id ‖ seq    | stored_at (ms, u64) ‖ nonce (12) ‖ the envelope          |
-//! | `removed`   | recipient_id ‖ seq    | nonce (12): the dedupe window of removed envelopes       |
+//! | `removed`   | recipient_id ‖ seq    | nonce (12) ‖ digest (16): the dedupe window of removed envelopes (digest absent in stores written before it was kept) |
+//!
+//! Beside fjall's files the store directory holds `checkpoint` (each mailbox's highest durable
+//! sequence number, to detect a recovery shortfall: see `checkpoint`) and `owner.pid` (the
+//! process holding the store, for the "in use" error).
 //!
 //! A record is `version (1) | flags (1) | deposit_id (16) | suite (1) | created_at ms (8) |
 //! secrets`, where secrets is `deposit_key (32) ‖ recipient_secret (32)` in the clear (flags 0)
@@ -25,9 +29,12 @@
 //! envelopes are single-deleted (weak tombstones), which compaction drops together with the
 //! value, so a drained queue's space comes back.
 
-use super::index::{Held, IdPrf, Index, Mailbox, Removal};
+use super::checkpoint::{self, Shortfall};
+use super::index::{Digest, Held, IdPrf, Index, Mailbox, Removal, digest};
+use super::space::{FreeSpace, SpaceGuard, Statvfs};
 use super::{
-    Append, AppendOutcome, MailboxRecord, Quotas, Store, StoreError, StoreStats, StoredEnvelope,
+    Append, AppendOutcome, MailboxRecord, Quotas, Store, StoreError, StoreHealth, StoreStats,
+    StoredEnvelope,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -38,7 +45,7 @@ use sealpost_core::keys::RecipientSecret;
 use sealpost_core::{AeadKey, DepositId, RecipientId, Suite};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use zeroize::Zeroizing;
@@ -56,16 +63,28 @@ pub struct DiskOptions {
     /// gets them without a read from disk (the common case: recipients online). Older
     /// envelopes, and everything after a restart, are read from disk.
     pub tail_bytes: u64,
+    /// Bytes kept free on the store's filesystem: below this, new envelopes and mailboxes
+    /// are refused with [`StoreError::StorageFull`] (0: no reserve).
+    pub min_free_bytes: u64,
+    /// Where the free space is measured; `None` measures the store's filesystem (`statvfs`).
+    /// Tests give their own to simulate a full disk.
+    pub free_space: Option<Arc<dyn FreeSpace>>,
 }
 
 /// Default for [`DiskOptions::tail_bytes`]: 64 MiB.
 pub const DEFAULT_TAIL_BYTES: u64 = 64 << 20;
+
+/// Default for [`DiskOptions::min_free_bytes`]: 256 MiB, room for the store to flush its
+/// memtables and compact (which is how acknowledged envelopes give their space back).
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 256 << 20;
 
 impl Default for DiskOptions {
     fn default() -> Self {
         Self {
             master_key: None,
             tail_bytes: DEFAULT_TAIL_BYTES,
+            min_free_bytes: DEFAULT_MIN_FREE_BYTES,
+            free_space: None,
         }
     }
 }
@@ -87,8 +106,8 @@ struct Db {
 /// per ACK.
 #[derive(Default)]
 struct PendingRemovals {
-    /// (envelope key, nonce), in removal order.
-    removed: Vec<([u8; 24], [u8; 12])>,
+    /// (envelope key, nonce ‖ digest), in removal order: the dedupe window's entry.
+    removed: Vec<([u8; 24], Vec<u8>)>,
     /// Dedupe-window keys that fell out of the window.
     evicted: Vec<[u8; 24]>,
 }
@@ -101,9 +120,9 @@ impl Db {
             return Ok(false);
         }
         let mut b = self.db.batch();
-        for (k, nonce) in &p.removed {
+        for (k, entry) in p.removed {
             b.remove_weak(&self.envelopes, k.to_vec());
-            b.insert(&self.removed, k.to_vec(), nonce.to_vec());
+            b.insert(&self.removed, k.to_vec(), entry);
         }
         for k in &p.evicted {
             b.remove_weak(&self.removed, k.to_vec());
@@ -123,18 +142,24 @@ impl Db {
     }
 }
 
-/// How long closing the store waits for its memtables to reach tables.
+/// How long dropping a store that was not closed ([`DiskStore::close`]) waits for its
+/// memtables to reach tables.
 const CLOSE_FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Stops the background flusher and persists once more when the last handle goes.
 struct FlushGuard {
     db: Arc<Db>,
     stop: Arc<AtomicBool>,
+    /// Set by [`DiskStore::close`], which has done all of this within its own time limit.
+    closed: Arc<AtomicBool>,
 }
 
 impl Drop for FlushGuard {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        if self.closed.load(Ordering::Relaxed) {
+            return;
+        }
         let _ = self.db.flush_removals();
         let _ = self.db.db.persist(PersistMode::SyncAll);
         // A clean stop flushes the memtables into tables, so the next start reads tables
@@ -170,9 +195,21 @@ pub struct DiskStore {
     index: Arc<Mutex<Index>>,
     secrets_key: Option<AeadKey>,
     tail_bytes: u64,
-    /// Set after a write failed: from then on the store refuses everything (fail-stop), since
-    /// memory and disk may disagree. A restart recovers from disk.
-    failed: Arc<AtomicBool>,
+    /// Set, with the first failure, after a write failed: from then on the store refuses
+    /// writes (fail-stop), since fjall refuses them too ("poisoned") and memory and disk may
+    /// disagree; readiness reports it and the relay exits so that its supervisor restarts it,
+    /// and the restart recovers from disk. Reads go on meanwhile.
+    failed: Arc<OnceLock<String>>,
+    /// The free-space reserve.
+    space: SpaceGuard,
+    /// Test hook: makes every write fail as if the disk had.
+    write_fault: Arc<AtomicBool>,
+    /// Set once [`DiskStore::close`] ran.
+    closed: Arc<AtomicBool>,
+    /// Set when deposits or deletes changed the high-water marks since the last checkpoint.
+    checkpoint_dirty: Arc<AtomicBool>,
+    /// What recovery found missing compared with the checkpoint.
+    shortfall: Shortfall,
     stop: Arc<AtomicBool>,
     prf: IdPrf,
     _guard: Arc<FlushGuard>,
@@ -200,20 +237,32 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 impl DiskStore {
     /// Opens (or creates) the store in `dir` and recovers every mailbox and envelope.
     pub fn open(dir: &Path, quotas: Quotas, opts: DiskOptions) -> Result<Self, StoreError> {
-        let open_err = |e: fjall::Error| StoreError::Open {
+        let open_err = |e: fjall::Error| super::open_error::explain(dir, e);
+        super::rekey::finish(dir).map_err(|e| StoreError::Open {
             path: dir.to_owned(),
-            why: e.to_string(),
-        };
+            why: format!("cannot finish an interrupted master-key rewrite: {e}"),
+        })?;
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
             path: dir.to_owned(),
             why: e.to_string(),
         })?;
-        let db = std::panic::catch_unwind(|| Database::builder(dir).open())
-            .map_err(|_| StoreError::Open {
+        // A copy restored without fjall's empty `lock` file (some backup tools skip empty
+        // files) would fail to open with a bare "No such file"; the file only carries the lock.
+        let lock = dir.join("lock");
+        if dir.join("version").exists() && !lock.exists() {
+            std::fs::File::create(&lock).map_err(|e| StoreError::Open {
                 path: dir.to_owned(),
-                why: "the store library panicked while opening it: the files are damaged".into(),
+                why: format!("cannot create {}: {e}", lock.display()),
+            })?;
+        }
+        let db = std::panic::catch_unwind(|| Database::builder(dir).open())
+            .map_err(|_| StoreError::Damaged {
+                store: dir.to_owned(),
+                file: dir.to_owned(),
+                what: "the storage library failed while reading its files".into(),
             })?
             .map_err(open_err)?;
+        super::open_error::note_owner(dir);
         let ks = |name: &str| {
             db.keyspace(name, KeyspaceCreateOptions::default)
                 .map_err(open_err)
@@ -226,37 +275,59 @@ impl DiskStore {
             pending: Mutex::new(PendingRemovals::default()),
             db,
         };
-        let secrets_key = opts.master_key.as_ref().map(|m| {
-            let prk =
-                ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"sealpost/1 store").extract(&m[..]);
-            let mut k = Zeroizing::new([0u8; 32]);
-            prk.expand(&[b"sealpost/1 store secrets"], ring::hkdf::HKDF_SHA256)
-                .and_then(|okm| okm.fill(&mut k[..]))
-                .expect("32 bytes is within HKDF-SHA256's output limit");
-            AeadKey::new(Suite::ChaCha20Poly1305, *k)
-        });
+        let secrets_key = opts.master_key.as_ref().map(|m| secrets_key(m));
         let prf = Self::load_prf(&db).map_err(|e| StoreError::Open {
             path: dir.to_owned(),
             why: e,
         })?;
         let db = Arc::new(db);
         let stop = Arc::new(AtomicBool::new(false));
+        let closed = Arc::new(AtomicBool::new(false));
         let store = Self {
             dir: dir.to_owned(),
             quotas,
             _guard: Arc::new(FlushGuard {
                 db: db.clone(),
                 stop: stop.clone(),
+                closed: closed.clone(),
             }),
+            closed,
             db,
             index: Arc::new(Mutex::new(Index::new(prf.clone(), 0))),
             prf,
             secrets_key,
             tail_bytes: opts.tail_bytes,
-            failed: Arc::new(AtomicBool::new(false)),
+            failed: Arc::new(OnceLock::new()),
+            space: SpaceGuard::new(
+                opts.free_space
+                    .clone()
+                    .unwrap_or_else(|| Arc::new(Statvfs::new(dir))),
+                opts.min_free_bytes,
+            ),
+            write_fault: Arc::new(AtomicBool::new(false)),
+            checkpoint_dirty: Arc::new(AtomicBool::new(false)),
+            shortfall: Shortfall::default(),
             stop,
         };
-        store.recover()?;
+        let mut store = store;
+        let recovered = store.recover()?;
+        store.shortfall = recovered.shortfall;
+        if !recovered.clear.is_empty() {
+            // A master key given to a store whose mailboxes were created without one: seal
+            // their secrets now, in a fresh copy of the store (see `rekey`), and open that.
+            let clear = recovered.clear.len();
+            let key = store.secrets_key.clone();
+            store.rekey(key.as_ref())?;
+            tracing::info!(
+                records = clear,
+                "encrypted the mailbox secrets that were stored in the clear under the master key"
+            );
+            return Self::open(dir, quotas, opts);
+        }
+        // From here on the checkpoint describes this store; a shortfall is reported once.
+        if let Err(e) = store.write_checkpoint() {
+            tracing::warn!(error = %e, "cannot write the store checkpoint");
+        }
         // What recovery replayed from the journal sits in memtables; flush it in the background
         // so that memory goes back and the next start is quick.
         for ks in [&store.db.mailboxes, &store.db.meta] {
@@ -275,8 +346,10 @@ impl DiskStore {
     /// many-mailboxes benchmark). Stops at the first refusal; the ones before it are kept.
     pub fn create_many(&self, records: Vec<MailboxRecord>) -> Result<(), StoreError> {
         self.check()?;
+        self.check_space()?;
         let mut b = self.db.db.batch();
         let mut result = Ok(());
+        let mut created = Vec::new();
         for r in records {
             let value = self.encode_record(&r)?;
             let rid = r.recipient_id;
@@ -285,12 +358,23 @@ impl DiskStore {
                 break;
             }
             b.insert(&self.db.mailboxes, rid.to_vec(), value);
+            created.push(rid);
         }
-        b.commit().map_err(|e| self.fail(e))?;
-        self.db
-            .db
-            .persist(PersistMode::SyncAll)
-            .map_err(|e| self.fail(e))?;
+        let written = self.fault().and_then(|()| {
+            b.commit().map_err(|e| self.fail(e))?;
+            self.db
+                .db
+                .persist(PersistMode::SyncAll)
+                .map_err(|e| self.fail(e))
+        });
+        if let Err(e) = written {
+            // Not stored: the index (and the mailbox gauge) must not list them.
+            let mut g = self.lock();
+            for rid in &created {
+                g.delete(rid);
+            }
+            return Err(e);
+        }
         result
     }
 
@@ -312,20 +396,25 @@ impl DiskStore {
     }
 
     fn encode_record(&self, r: &MailboxRecord) -> Result<Vec<u8>, StoreError> {
+        self.encode_record_under(r, self.secrets_key.as_ref())
+    }
+
+    /// Encodes a record with its secrets sealed under `key`, or in the clear without one.
+    fn encode_record_under(
+        &self,
+        r: &MailboxRecord,
+        key: Option<&AeadKey>,
+    ) -> Result<Vec<u8>, StoreError> {
         let mut secrets = Zeroizing::new([0u8; SECRETS_LEN]);
         secrets[..32].copy_from_slice(r.deposit_key.expose());
         secrets[32..].copy_from_slice(&r.recipient_secret.0);
         let mut out = Vec::with_capacity(27 + 12 + SECRETS_LEN + 16);
         out.push(RECORD_VERSION);
-        out.push(if self.secrets_key.is_some() {
-            FLAG_SEALED
-        } else {
-            0
-        });
+        out.push(if key.is_some() { FLAG_SEALED } else { 0 });
         out.extend_from_slice(&r.deposit_id);
         out.push(r.suite as u8);
         out.extend_from_slice(&millis(r.created_at).to_be_bytes());
-        match &self.secrets_key {
+        match key {
             None => out.extend_from_slice(&secrets[..]),
             Some(k) => {
                 let nonce: [u8; 12] = sealpost_core::random::array().map_err(backend)?;
@@ -442,15 +531,19 @@ impl DiskStore {
         Ok(prf)
     }
 
-    fn recover(&self) -> Result<(), StoreError> {
+    fn recover(&self) -> Result<Recovered, StoreError> {
         let db = &self.db;
         let mut index = Index::new(self.prf.clone(), db.mailboxes.approximate_len());
         let mut mailboxes = std::collections::HashMap::new();
+        let mut clear = Vec::new();
         for kv in db.mailboxes.iter() {
             let (k, v) = kv
                 .into_inner()
                 .map_err(|e| self.corrupt(format!("reading mailboxes: {e}")))?;
             let rec = self.decode_record(&k, &v)?;
+            if self.secrets_key.is_some() && v.get(1).is_some_and(|f| f & FLAG_SEALED == 0) {
+                clear.push(rec.recipient_id);
+            }
             mailboxes.insert(rec.recipient_id, Mailbox::new(Arc::new(rec), 1));
         }
         for kv in db.meta.iter() {
@@ -488,33 +581,40 @@ impl DiskStore {
                 orphans.push(k);
                 continue;
             };
-            m.restore_held(Held {
-                seq,
-                nonce: v[8..20].try_into().expect("12 bytes"),
-                stored_at: UNIX_EPOCH
-                    + Duration::from_millis(u64::from_be_bytes(
-                        v[..8].try_into().expect("8 bytes"),
-                    )),
-                len: (v.len() - 20) as u32,
-                body: None,
-                durable: true,
-            });
+            // The digest is recomputed rather than stored: one SHA-256 pass over what
+            // recovery reads anyway, and no change to the envelope records.
+            m.restore_held(
+                Held {
+                    seq,
+                    nonce: v[8..20].try_into().expect("12 bytes"),
+                    stored_at: UNIX_EPOCH
+                        + Duration::from_millis(u64::from_be_bytes(
+                            v[..8].try_into().expect("8 bytes"),
+                        )),
+                    len: (v.len() - 20) as u32,
+                    body: None,
+                    durable: true,
+                },
+                digest(&v[20..]),
+            );
         }
         let mut evicted = Vec::new();
         for kv in db.removed.iter() {
             let (k, v) = kv
                 .into_inner()
                 .map_err(|e| self.corrupt(format!("reading removed: {e}")))?;
-            if k.len() != 24 || v.len() != 12 {
+            if k.len() != 24 || (v.len() != 12 && v.len() != 28) {
                 return Err(self.corrupt("removed keyspace: malformed entry"));
             }
+            let removed_digest: Option<Digest> = v.get(12..28).and_then(|d| d.try_into().ok());
             let rid: RecipientId = k[..16].try_into().expect("16 bytes");
             let seq = u64::from_be_bytes(k[16..24].try_into().expect("8 bytes"));
             match mailboxes.get_mut(&rid) {
                 Some(m) => {
                     for s in m.restore_removed(
                         seq,
-                        v[..].try_into().expect("12 bytes"),
+                        v[..12].try_into().expect("12 bytes"),
+                        removed_digest,
                         self.quotas.dedupe_window,
                     ) {
                         evicted.push(env_key(&rid, s));
@@ -523,6 +623,10 @@ impl DiskStore {
                 None => evicted.push(env_key(&rid, seq)),
             }
         }
+        for m in mailboxes.values_mut() {
+            m.set_durable_high(m.next_seq - 1);
+        }
+        let shortfall = self.compare_with_checkpoint(&mailboxes);
         for (_, m) in mailboxes {
             index.insert(m);
         }
@@ -540,27 +644,196 @@ impl DiskStore {
         }
         index.set_body_limit(self.tail_bytes);
         *self.lock() = index;
-        Ok(())
+        Ok(Recovered { shortfall, clear })
+    }
+
+    /// Re-encrypts every mailbox's secrets under a new master key and returns how many
+    /// records; afterwards only the new key opens the store. For the `rotate-master-key`
+    /// command, on a store no relay has open (the handle must be the only one: it is
+    /// consumed). The store is copied into a fresh database beside it and swapped in (see
+    /// `rekey`), so no copy under the old key is left in the store's files; this needs free
+    /// space for a copy of the store.
+    pub fn rotate_master_key(self, new: &Zeroizing<[u8; 32]>) -> Result<u64, StoreError> {
+        self.rekey(Some(&secrets_key(new)))
+    }
+
+    /// Copies the store into `rekey::new_dir` with every record's secrets under `key`,
+    /// closes this handle and swaps the copy in.
+    fn rekey(self, key: Option<&AeadKey>) -> Result<u64, StoreError> {
+        self.check()?;
+        let to = super::rekey::new_dir(&self.dir);
+        let io = |e: std::io::Error| StoreError::Backend(format!("rewriting the store: {e}"));
+        if to.exists() {
+            std::fs::remove_dir_all(&to).map_err(io)?;
+        }
+        let n = self.copy_into(&to, key)?;
+        if let Err(e) = std::fs::copy(self.dir.join(checkpoint::FILE), to.join(checkpoint::FILE))
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(io(e));
+        }
+        let dir = self.dir.clone();
+        self.closed.store(true, Ordering::Relaxed);
+        self.stop.store(true, Ordering::Relaxed);
+        // Dropping the last handle closes the database; it must be closed before the swap, or
+        // its background work would write into the new copy's path. Wait for the background
+        // flusher (it stops within 100 ms) to let go; another handle is a caller's mistake.
+        let t0 = std::time::Instant::now();
+        while Arc::strong_count(&self._guard) > 1 || Arc::strong_count(&self.db) > 2 {
+            if t0.elapsed() > Duration::from_secs(10) {
+                return Err(StoreError::Backend(
+                    "the store is still in use elsewhere in this process; cannot swap in the rewritten copy".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        drop(self);
+        super::rekey::swap_in(&dir).map_err(io)?;
+        Ok(n)
+    }
+
+    /// Writes a new database at `to` holding this store's contents, the mailbox records with
+    /// their secrets under `key`; returns how many records.
+    fn copy_into(&self, to: &Path, key: Option<&AeadKey>) -> Result<u64, StoreError> {
+        let err = |e: fjall::Error| StoreError::Backend(format!("writing {}: {e}", to.display()));
+        let new = Database::builder(to).open().map_err(err)?;
+        let ks = |name: &str| {
+            new.keyspace(name, KeyspaceCreateOptions::default)
+                .map_err(err)
+        };
+        let (mailboxes, meta, envelopes, removed) = (
+            ks("mailboxes")?,
+            ks("meta")?,
+            ks("envelopes")?,
+            ks("removed")?,
+        );
+        let rids = self.lock().recipient_ids();
+        let mut n = 0u64;
+        for chunk in rids.chunks(10_000) {
+            let mut b = new.batch();
+            for rid in chunk {
+                if let Some(rec) = self.lock().mailbox(rid) {
+                    b.insert(
+                        &mailboxes,
+                        rid.to_vec(),
+                        self.encode_record_under(&rec, key)?,
+                    );
+                    n += 1;
+                }
+            }
+            b.commit().map_err(err)?;
+        }
+        for (from, into) in [
+            (&self.db.meta, &meta),
+            (&self.db.envelopes, &envelopes),
+            (&self.db.removed, &removed),
+        ] {
+            let mut b = new.batch();
+            let mut bytes = 0usize;
+            for kv in from.iter() {
+                let (k, v) = kv.into_inner().map_err(backend)?;
+                bytes += k.len() + v.len();
+                b.insert(into, k, v);
+                // Bounded batches: a store may be far larger than memory.
+                if bytes > 16 << 20 {
+                    b.commit().map_err(err)?;
+                    b = new.batch();
+                    bytes = 0;
+                }
+            }
+            b.commit().map_err(err)?;
+        }
+        for k in [&mailboxes, &meta, &envelopes, &removed] {
+            k.rotate_memtable_and_wait().map_err(err)?;
+        }
+        new.persist(PersistMode::SyncAll).map_err(err)?;
+        Ok(n)
+    }
+
+    /// Compares the recovered mailboxes with the checkpoint and reports a shortfall loudly
+    /// (here in the log; `health()` carries it to `sealpost_store_recovery_shortfall_envelopes`).
+    fn compare_with_checkpoint(
+        &self,
+        mailboxes: &std::collections::HashMap<RecipientId, Mailbox>,
+    ) -> Shortfall {
+        let cp = match checkpoint::read(&self.dir) {
+            Ok(Some(cp)) => cp,
+            Ok(None) => return Shortfall::default(),
+            Err(e) => {
+                tracing::warn!(
+                    "{e}: cannot check whether the store recovered every acknowledged envelope"
+                );
+                return Shortfall::default();
+            }
+        };
+        let s = checkpoint::compare(&cp, |rid| mailboxes.get(rid).map(|m| m.next_seq - 1));
+        if s.envelopes > 0 {
+            tracing::error!(
+                missing_envelopes = s.envelopes,
+                mailboxes_affected = s.mailboxes,
+                store = %self.dir.display(),
+                "the store recovered fewer envelopes than it had acknowledged to senders: its \
+                 journal or tables lost data (a truncated or damaged file, a disk that lied about \
+                 a flush). Some of the missing envelopes may have been delivered before the loss. \
+                 Restore from a backup if you have a newer one; otherwise tell the affected \
+                 senders' users that messages may be lost"
+            );
+        }
+        if s.mailboxes_missing > 0 {
+            tracing::warn!(
+                mailboxes_missing = s.mailboxes_missing,
+                store = %self.dir.display(),
+                "mailboxes in the store checkpoint were not recovered: deleted in the last seconds \
+                 before the stop, or lost with the store's data"
+            );
+        }
+        s
+    }
+
+    /// What recovery found missing compared with the checkpoint of acknowledged deposits.
+    pub fn recovery_shortfall(&self) -> Shortfall {
+        self.shortfall
+    }
+
+    /// Writes the checkpoint of every mailbox's highest durable sequence number.
+    fn write_checkpoint(&self) -> std::io::Result<()> {
+        write_checkpoint(&self.dir, &self.index)
     }
 
     fn start_flusher(&self) {
         let (db, stop, failed) = (self.db.clone(), self.stop.clone(), self.failed.clone());
+        let (dir, index, dirty) = (
+            self.dir.clone(),
+            self.index.clone(),
+            self.checkpoint_dirty.clone(),
+        );
         std::thread::Builder::new()
             .name("sealpost-store-flush".into())
             .spawn(move || {
                 let mut since_compaction = 0u32;
                 let mut removals = false;
+                let mut tick = 0u32;
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(100));
+                    tick = tick.wrapping_add(1);
+                    // Every 5 s after deposits or deletes: the checkpoint of acknowledged
+                    // deposits (one snapshot of the index and one small file write).
+                    if tick.is_multiple_of(50)
+                        && dirty.swap(false, Ordering::Relaxed)
+                        && let Err(e) = write_checkpoint(&dir, &index)
+                    {
+                        dirty.store(true, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "cannot write the store checkpoint");
+                    }
                     match db.flush_removals() {
                         Ok(false) => {}
                         Ok(true) => {
                             removals = true;
-                            if db.db.persist(PersistMode::SyncAll).is_err() {
-                                failed.store(true, Ordering::Relaxed);
+                            if let Err(e) = db.db.persist(PersistMode::SyncAll) {
+                                note_failure(&failed, &e);
                             }
                         }
-                        Err(_) => failed.store(true, Ordering::Relaxed),
+                        Err(e) => note_failure(&failed, &e),
                     }
                     since_compaction += 1;
                     // Every 30 s after removals: flush memtables (which frees the journals) and
@@ -578,8 +851,99 @@ impl DiskStore {
     /// Writes pending acknowledgements and persists the journal (a clean stop calls this so
     /// that nothing acknowledged is redelivered after the restart).
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_removals().map_err(backend)?;
-        self.db.db.persist(PersistMode::SyncAll).map_err(backend)
+        self.check()?;
+        self.fault()?;
+        self.db.flush_removals().map_err(|e| self.fail(e))?;
+        self.db
+            .db
+            .persist(PersistMode::SyncAll)
+            .map_err(|e| self.fail(e))
+    }
+
+    /// Closes the store within `within`: writes pending acknowledgements and persists the
+    /// journal, then flushes the memtables into tables (so that the next start need not
+    /// replay the journal) for as long as the time allows. An error if the final flush
+    /// failed or did not finish in time (acknowledgements since the last flush may then be
+    /// redelivered after the restart; stored envelopes are safe, each append batch was
+    /// persisted before it was acknowledged). Tables not flushed in time are only a warning:
+    /// the next start replays the journal. Runs the work on a thread of its own and waits
+    /// for it at most `within`, since a failing disk can block a flush indefinitely.
+    pub fn close(&self, within: Duration) -> Result<(), StoreError> {
+        let deadline = std::time::Instant::now() + within;
+        self.closed.store(true, Ordering::Relaxed);
+        self.stop.store(true, Ordering::Relaxed);
+        enum Step {
+            Flushed(Result<(), StoreError>),
+            Tables,
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name("sealpost-store-close".into())
+            .spawn(move || {
+                let flushed = me.flush().and_then(|()| {
+                    me.write_checkpoint().map_err(|e| {
+                        StoreError::Backend(format!("cannot write the store checkpoint: {e}"))
+                    })
+                });
+                let ok = flushed.is_ok();
+                let _ = tx.send(Step::Flushed(flushed));
+                if ok {
+                    for ks in [
+                        &me.db.mailboxes,
+                        &me.db.meta,
+                        &me.db.envelopes,
+                        &me.db.removed,
+                    ] {
+                        let _ = ks.rotate_memtable_and_wait();
+                    }
+                    let _ = tx.send(Step::Tables);
+                }
+            })
+            .map_err(|e| StoreError::Backend(format!("cannot start the closing thread: {e}")))?;
+        let left = || deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left()) {
+            Ok(Step::Flushed(r)) => r?,
+            Ok(Step::Tables) | Err(_) => {
+                return Err(StoreError::Backend(format!(
+                    "the final flush of {} did not finish within the shutdown timeout",
+                    self.dir.display()
+                )));
+            }
+        }
+        if rx.recv_timeout(left()).is_err() {
+            tracing::warn!(
+                "store tables not flushed within the shutdown timeout; the next start replays the journal"
+            );
+        }
+        Ok(())
+    }
+
+    /// Test hook: from now on every write fails as a failing disk's would (and the store
+    /// goes into its failed state at the first one).
+    #[doc(hidden)]
+    pub fn inject_write_failure(&self) {
+        self.write_fault.store(true, Ordering::Relaxed);
+    }
+
+    fn fault(&self) -> Result<(), StoreError> {
+        if self.write_fault.load(Ordering::Relaxed) {
+            return Err(self.fail("injected write failure (test hook)"));
+        }
+        Ok(())
+    }
+
+    /// Refuses new envelopes and mailboxes while the disk is below its reserve.
+    fn check_space(&self) -> Result<(), StoreError> {
+        let s = self.space.check();
+        if s.low() {
+            return Err(StoreError::StorageFull {
+                path: self.dir.clone(),
+                free: s.free.unwrap_or(0),
+                reserve: s.reserve,
+            });
+        }
+        Ok(())
     }
 
     /// Flushes memtables and compacts now, giving back the space of removed envelopes (the
@@ -593,18 +957,16 @@ impl DiskStore {
     }
 
     fn check(&self) -> Result<(), StoreError> {
-        if self.failed.load(Ordering::Relaxed) {
-            Err(StoreError::Backend(
-                "an earlier write to the store failed; restart the relay to recover from disk"
-                    .into(),
-            ))
-        } else {
-            Ok(())
+        match self.failed.get() {
+            Some(why) => Err(StoreError::Backend(format!(
+                "an earlier write to the store failed ({why}); the relay must restart to recover from disk"
+            ))),
+            None => Ok(()),
         }
     }
 
     fn fail(&self, e: impl std::fmt::Display) -> StoreError {
-        self.failed.store(true, Ordering::Relaxed);
+        note_failure(&self.failed, &e);
         StoreError::Backend(format!(
             "store write failed, refusing further writes until restart: {e}"
         ))
@@ -615,11 +977,11 @@ impl DiskStore {
             return Ok(());
         }
         let mut p = self.db.pending.lock().unwrap_or_else(|e| e.into_inner());
-        p.removed.extend(
-            r.removed
-                .iter()
-                .map(|x| (env_key(&x.recipient_id, x.seq), x.nonce)),
-        );
+        p.removed.extend(r.removed.iter().map(|x| {
+            let mut entry = x.nonce.to_vec();
+            entry.extend_from_slice(x.digest.as_ref().map_or(&[][..], |d| &d[..]));
+            (env_key(&x.recipient_id, x.seq), entry)
+        }));
         p.evicted
             .extend(r.evicted.iter().map(|(rid, seq)| env_key(rid, *seq)));
         Ok(())
@@ -627,7 +989,11 @@ impl DiskStore {
 
     fn append_blocking(&self, batch: Vec<Append>) -> Result<Vec<AppendOutcome>, StoreError> {
         self.check()?;
-        let (out, stored) = self.lock().append(&batch, &self.quotas, true, false);
+        self.check_space()?;
+        let digests: Vec<Digest> = batch.iter().map(|a| digest(&a.envelope)).collect();
+        let (out, stored) = self
+            .lock()
+            .append(&batch, &digests, &self.quotas, true, false);
         if stored.is_empty() {
             return Ok(out);
         }
@@ -647,18 +1013,27 @@ impl DiskStore {
         for (rid, n) in &next {
             b.insert(&db.meta, rid.to_vec(), n.to_be_bytes().to_vec());
         }
-        b.commit().map_err(|e| self.fail(e))?;
-        db.db
-            .persist(PersistMode::SyncAll)
-            .map_err(|e| self.fail(e))?;
+        let written = self.fault().and_then(|()| {
+            b.commit().map_err(|e| self.fail(e))?;
+            db.db
+                .persist(PersistMode::SyncAll)
+                .map_err(|e| self.fail(e))
+        });
+        if let Err(e) = written {
+            // Not stored: the sender gets an error, so the index must not count them.
+            self.lock().unappend(&stored);
+            return Err(e);
+        }
         let mut g = self.lock();
         g.mark_durable(&stored);
         g.notify(&stored);
+        self.checkpoint_dirty.store(true, Ordering::Relaxed);
         Ok(out)
     }
 
     fn delete_blocking(&self, rid: RecipientId) -> Result<bool, StoreError> {
         self.check()?;
+        self.fault()?;
         let Some(_m) = self.lock().delete(&rid) else {
             return Ok(false);
         };
@@ -676,6 +1051,7 @@ impl DiskStore {
         db.db
             .persist(PersistMode::SyncAll)
             .map_err(|e| self.fail(e))?;
+        self.checkpoint_dirty.store(true, Ordering::Relaxed);
         Ok(true)
     }
 
@@ -685,7 +1061,6 @@ impl DiskStore {
         after: u64,
         max: usize,
     ) -> Result<Vec<StoredEnvelope>, StoreError> {
-        self.check()?;
         let seqs = self.lock().pending_after(&rid, after, max);
         let mut out = Vec::with_capacity(seqs.len());
         for (seq, body) in seqs {
@@ -731,15 +1106,23 @@ async fn blocking<T: Send + 'static>(
 impl Store for DiskStore {
     async fn create_mailbox(&self, record: MailboxRecord) -> Result<(), StoreError> {
         self.check()?;
+        self.check_space()?;
         let value = self.encode_record(&record)?;
         let rid = record.recipient_id;
         self.lock().create(record, &self.quotas)?;
         let s = self.clone();
         blocking(move || {
-            s.db.mailboxes
-                .insert(rid.to_vec(), value)
-                .map_err(|e| s.fail(e))?;
-            s.db.db.persist(PersistMode::SyncAll).map_err(|e| s.fail(e))
+            let written = s.fault().and_then(|()| {
+                s.db.mailboxes
+                    .insert(rid.to_vec(), value)
+                    .map_err(|e| s.fail(e))?;
+                s.db.db.persist(PersistMode::SyncAll).map_err(|e| s.fail(e))
+            });
+            if written.is_err() {
+                // Not stored: the index (and the mailbox gauge) must not list it.
+                s.lock().delete(&rid);
+            }
+            written
         })
         .await
     }
@@ -781,7 +1164,6 @@ impl Store for DiskStore {
         // The in-memory tail usually has all of it: no disk read, no hand-off to a thread.
         let seqs = self.lock().pending_after(recipient_id, after, max);
         if seqs.iter().all(|(_, b)| b.is_some()) {
-            self.check()?;
             return Ok(seqs
                 .into_iter()
                 .filter_map(|(seq, body)| body.map(|envelope| StoredEnvelope { seq, envelope }))
@@ -792,7 +1174,6 @@ impl Store for DiskStore {
     }
 
     async fn ack(&self, recipient_id: &RecipientId, upto: u64) -> Result<u64, StoreError> {
-        self.check()?;
         let r = self
             .lock()
             .ack(recipient_id, upto, self.quotas.dedupe_window);
@@ -819,5 +1200,52 @@ impl Store for DiskStore {
 
     async fn stats(&self) -> StoreStats {
         self.lock().stats()
+    }
+
+    fn health(&self) -> StoreHealth {
+        StoreHealth {
+            space: Some(self.space.check()),
+            failed: self.failed.get().cloned(),
+            recovery_shortfall: self.shortfall.envelopes,
+        }
+    }
+}
+
+/// What recovery found besides the index.
+struct Recovered {
+    /// Compared with the checkpoint.
+    shortfall: Shortfall,
+    /// Mailboxes whose secrets are in the clear although a master key was given.
+    clear: Vec<RecipientId>,
+}
+
+/// The key that seals mailbox secrets, derived from the master key.
+fn secrets_key(master: &[u8; 32]) -> AeadKey {
+    let prk = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"sealpost/1 store").extract(master);
+    let mut k = Zeroizing::new([0u8; 32]);
+    prk.expand(&[b"sealpost/1 store secrets"], ring::hkdf::HKDF_SHA256)
+        .and_then(|okm| okm.fill(&mut k[..]))
+        .expect("32 bytes is within HKDF-SHA256's output limit");
+    AeadKey::new(Suite::ChaCha20Poly1305, *k)
+}
+
+/// Writes the checkpoint from a snapshot of the index's high-water marks.
+fn write_checkpoint(dir: &Path, index: &Mutex<Index>) -> std::io::Result<()> {
+    let marks = index
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .high_water_marks();
+    checkpoint::write(dir, &marks)
+}
+
+/// Records the first write failure (the store's failed state) and logs it once.
+fn note_failure(failed: &OnceLock<String>, e: &dyn std::fmt::Display) {
+    let why = e.to_string();
+    if failed.set(why.clone()).is_ok() {
+        tracing::error!(
+            error = %why,
+            "a write to the store failed: refusing further writes; the relay exits so that it \
+             restarts and recovers from disk"
+        );
     }
 }

@@ -6,13 +6,27 @@ use super::{Append, AppendOutcome, MailboxRecord, Quotas, StoreError, StoreStats
 use bytes::Bytes;
 use sealpost_core::suite::NONCE_LEN;
 use sealpost_core::{DepositId, RecipientId};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::sync::watch;
 
 /// A deposit nonce.
 pub type Nonce = [u8; NONCE_LEN];
+
+/// The first 16 bytes of an envelope's SHA-256: tells a byte-identical retry (DUPLICATE) from
+/// a different envelope under a reused (deposit_id, nonce) (ID_REUSED). 128 bits are far
+/// beyond what a sender could collide by accident, and a sender colliding on purpose only
+/// gets its own second envelope dropped.
+pub type Digest = [u8; 16];
+
+/// The [`Digest`] of an envelope.
+pub fn digest(envelope: &[u8]) -> Digest {
+    let d = ring::digest::digest(&ring::digest::SHA256, envelope);
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&d.as_ref()[..16]);
+    out
+}
 
 /// One held envelope.
 pub struct Held {
@@ -47,12 +61,16 @@ struct Active {
     queue: VecDeque<Held>,
     /// Bytes held.
     bytes: u64,
-    /// Nonces of held envelopes and of the most recently removed ones.
-    seen: HashSet<Nonce>,
+    /// Nonces of held envelopes and of the most recently removed ones, with their envelopes'
+    /// digests (`None` for entries recovered from a store written before digests were kept).
+    seen: HashMap<Nonce, Option<Digest>>,
     /// Removed envelopes' (seq, nonce), oldest first, at most the dedupe window.
     removed: VecDeque<(u64, Nonce)>,
     /// The wake-up signal, created on the first `watch`.
     notify: Option<watch::Sender<u64>>,
+    /// The highest sequence number made durable (acknowledged to its sender): what the disk
+    /// store's checkpoint records.
+    durable_high: u64,
 }
 
 impl Mailbox {
@@ -79,24 +97,49 @@ impl Mailbox {
         self.active.as_ref().map_or(0, |a| a.bytes)
     }
 
-    fn seen(&self, nonce: &Nonce) -> bool {
-        self.active.as_ref().is_some_and(|a| a.seen.contains(nonce))
+    /// What a new envelope under `nonce` with `digest` is: `None` if the nonce is new here,
+    /// else a duplicate (same envelope, or one whose digest is unknown) or a reused id.
+    fn seen(&self, nonce: &Nonce, digest: &Digest) -> Option<AppendOutcome> {
+        let known = self.active.as_ref()?.seen.get(nonce)?;
+        Some(match known {
+            Some(d) if d != digest => AppendOutcome::IdReused,
+            _ => AppendOutcome::Duplicate,
+        })
+    }
+
+    /// The digest remembered for a nonce.
+    fn digest_of(&self, nonce: &Nonce) -> Option<Digest> {
+        self.active.as_ref()?.seen.get(nonce).copied().flatten()
+    }
+
+    /// Records, after recovery, that everything up to `high` was durable.
+    pub fn set_durable_high(&mut self, high: u64) {
+        if high > 0 {
+            let a = self.active_mut();
+            a.durable_high = a.durable_high.max(high);
+        }
     }
 
     /// Restores a held envelope (recovery), in ascending order.
-    pub fn restore_held(&mut self, h: Held) {
+    pub fn restore_held(&mut self, h: Held, digest: Digest) {
         self.next_seq = self.next_seq.max(h.seq + 1);
         let a = self.active_mut();
         a.bytes += h.len as u64;
-        a.seen.insert(h.nonce);
+        a.seen.insert(h.nonce, Some(digest));
         a.queue.push_back(h);
     }
 
     /// Restores a removed nonce (recovery), oldest first; returns the sequence numbers that
     /// fell out of the window.
-    pub fn restore_removed(&mut self, seq: u64, nonce: Nonce, window: usize) -> Vec<u64> {
+    pub fn restore_removed(
+        &mut self,
+        seq: u64,
+        nonce: Nonce,
+        digest: Option<Digest>,
+        window: usize,
+    ) -> Vec<u64> {
         self.next_seq = self.next_seq.max(seq + 1);
-        self.active_mut().seen.insert(nonce);
+        self.active_mut().seen.insert(nonce, digest);
         self.forget(seq, nonce, window)
     }
 
@@ -119,17 +162,24 @@ impl Mailbox {
         self.active.as_ref().and_then(|a| a.queue.front())
     }
 
-    fn pop_front(&mut self, window: usize, evicted: &mut Vec<(RecipientId, u64)>) -> Option<Held> {
+    /// Removes the oldest held envelope; returns it with its digest (which the dedupe window
+    /// keeps).
+    fn pop_front(
+        &mut self,
+        window: usize,
+        evicted: &mut Vec<(RecipientId, u64)>,
+    ) -> Option<(Held, Option<Digest>)> {
         let a = self.active.as_mut()?;
         let h = a.queue.pop_front()?;
         a.bytes -= h.len as u64;
+        let digest = self.digest_of(&h.nonce);
         let rid = self.record.recipient_id;
         evicted.extend(
             self.forget(h.seq, h.nonce, window)
                 .into_iter()
                 .map(|s| (rid, s)),
         );
-        Some(h)
+        Some((h, digest))
     }
 }
 
@@ -264,6 +314,8 @@ pub struct Removed {
     pub seq: u64,
     /// Nonce (goes to the dedupe window).
     pub nonce: Nonce,
+    /// The envelope's digest (goes to the dedupe window with the nonce).
+    pub digest: Option<Digest>,
 }
 
 impl Index {
@@ -306,6 +358,14 @@ impl Index {
         self.mailboxes
             .get_mut(&did)
             .filter(|m| m.record.recipient_id == *rid)
+    }
+
+    /// Every mailbox's recipient id.
+    pub fn recipient_ids(&self) -> Vec<RecipientId> {
+        self.mailboxes
+            .values()
+            .map(|m| m.record.recipient_id)
+            .collect()
     }
 
     /// Every mailbox's deposit id.
@@ -367,12 +427,14 @@ impl Index {
         Some(m)
     }
 
-    /// Applies a batch: outcomes per item, and what was newly stored. `keep_bodies` keeps the
+    /// Applies a batch (`digests[i]` is `digest(&batch[i].envelope)`, computed by the caller
+    /// outside its lock): outcomes per item, and what was newly stored. `keep_bodies` keeps the
     /// envelopes in memory, up to the body limit. With `durable` they are deliverable at once (memory store);
     /// otherwise the caller calls [`Index::mark_durable`] once they are on disk.
     pub fn append(
         &mut self,
         batch: &[Append],
+        digests: &[Digest],
         quotas: &Quotas,
         keep_bodies: bool,
         durable: bool,
@@ -380,13 +442,13 @@ impl Index {
         let now = SystemTime::now();
         let mut out = Vec::with_capacity(batch.len());
         let mut stored = Vec::new();
-        for (item, a) in batch.iter().enumerate() {
+        for ((item, a), digest) in batch.iter().enumerate().zip(digests) {
             let Some(m) = self.mailboxes.get_mut(&a.deposit_id) else {
                 out.push(AppendOutcome::UnknownMailbox);
                 continue;
             };
-            if m.seen(&a.nonce) {
-                out.push(AppendOutcome::Duplicate);
+            if let Some(known) = m.seen(&a.nonce, digest) {
+                out.push(known);
                 continue;
             }
             let len = a.envelope.len() as u64;
@@ -397,12 +459,16 @@ impl Index {
             }
             let seq = m.next_seq;
             m.next_seq += 1;
+            if durable {
+                let a = m.active_mut();
+                a.durable_high = a.durable_high.max(seq);
+            }
             let keep = keep_bodies && self.totals.body_bytes + len <= self.body_limit;
             if keep {
                 self.totals.body_bytes += len;
             }
             let act = m.active_mut();
-            act.seen.insert(a.nonce);
+            act.seen.insert(a.nonce, Some(*digest));
             act.bytes += len;
             act.queue.push_back(Held {
                 seq,
@@ -432,11 +498,36 @@ impl Index {
         for s in stored {
             if let Some(m) = self.get_mut(&s.recipient_id) {
                 // Recent appends sit at the back of the queue.
-                if let Some(a) = m.active.as_mut()
-                    && let Some(h) = a.queue.iter_mut().rev().find(|h| h.seq == s.seq)
-                {
-                    h.durable = true;
+                if let Some(a) = m.active.as_mut() {
+                    a.durable_high = a.durable_high.max(s.seq);
+                    if let Some(h) = a.queue.iter_mut().rev().find(|h| h.seq == s.seq) {
+                        h.durable = true;
+                    }
                 }
+            }
+        }
+    }
+
+    /// Takes back envelopes [`Index::append`] added whose write then failed, so that the
+    /// totals (and the gauges drawn from them) count only what the store holds, the nonces
+    /// may be deposited again, and nothing undeliverable blocks the queue. Their sequence
+    /// numbers are not reused: a gap is harmless, a reused number is not.
+    pub fn unappend(&mut self, stored: &[Stored]) {
+        for s in stored {
+            let did = self.prf.deposit_id(&s.recipient_id);
+            let Some(m) = self.mailboxes.get_mut(&did) else {
+                continue;
+            };
+            let Some(a) = m.active.as_mut() else {
+                continue;
+            };
+            let Some(at) = a.queue.iter().rposition(|h| h.seq == s.seq && !h.durable) else {
+                continue;
+            };
+            if let Some(h) = a.queue.remove(at) {
+                a.bytes -= h.len as u64;
+                a.seen.remove(&h.nonce);
+                self.totals.remove(&h);
             }
         }
     }
@@ -490,11 +581,12 @@ impl Index {
             return r;
         };
         while m.front().is_some_and(|h| h.seq <= upto && h.durable) {
-            if let Some(h) = m.pop_front(window, &mut r.evicted) {
+            if let Some((h, digest)) = m.pop_front(window, &mut r.evicted) {
                 r.removed.push(Removed {
                     recipient_id: *recipient_id,
                     seq: h.seq,
                     nonce: h.nonce,
+                    digest,
                 });
                 self.totals.remove(&h);
             }
@@ -508,11 +600,12 @@ impl Index {
         for m in self.mailboxes.values_mut() {
             let rid = m.record.recipient_id;
             while m.front().is_some_and(|h| h.stored_at < cutoff && h.durable) {
-                if let Some(h) = m.pop_front(window, &mut r.evicted) {
+                if let Some((h, digest)) = m.pop_front(window, &mut r.evicted) {
                     r.removed.push(Removed {
                         recipient_id: rid,
                         seq: h.seq,
                         nonce: h.nonce,
+                        digest,
                     });
                     self.totals.remove(&h);
                 }
@@ -539,6 +632,18 @@ impl Index {
                 rx
             }
         })
+    }
+
+    /// Each mailbox's highest durable sequence number, for the mailboxes that have had any
+    /// (the disk store's checkpoint).
+    pub fn high_water_marks(&self) -> Vec<(RecipientId, u64)> {
+        self.mailboxes
+            .values()
+            .filter_map(|m| {
+                let high = m.active.as_ref()?.durable_high;
+                (high > 0).then_some((m.record.recipient_id, high))
+            })
+            .collect()
     }
 
     /// Totals.
@@ -585,7 +690,8 @@ mod tests {
                 envelope: Bytes::from(vec![i; 100]),
             })
             .collect();
-        let (_, stored) = index.append(&batch, &quotas, true, false);
+        let digests: Vec<Digest> = batch.iter().map(|a| digest(&a.envelope)).collect();
+        let (_, stored) = index.append(&batch, &digests, &quotas, true, false);
         assert_eq!(stored.len(), 3);
         // Two bodies fit under 250 bytes; the third is left to the store's disk.
         assert_eq!(index.body_bytes(), 200);

@@ -1,6 +1,6 @@
 //! A volatile store in memory, for tests and benchmarks. Nothing survives a restart.
 
-use super::index::{IdPrf, Index};
+use super::index::{IdPrf, Index, digest};
 use super::{
     Append, AppendOutcome, MailboxRecord, Quotas, Store, StoreError, StoreStats, StoredEnvelope,
 };
@@ -64,8 +64,9 @@ impl Store for MemoryStore {
     }
 
     async fn append_batch(&self, batch: &[Append]) -> Result<Vec<AppendOutcome>, StoreError> {
+        let digests: Vec<_> = batch.iter().map(|a| digest(&a.envelope)).collect();
         let mut g = self.lock();
-        let (out, stored) = g.append(batch, &self.quotas, true, true);
+        let (out, stored) = g.append(batch, &digests, &self.quotas, true, true);
         g.notify(&stored);
         Ok(out)
     }
@@ -208,6 +209,30 @@ mod tests {
             s.append_batch(&[app(&s, 1, 1, 10)]).await.unwrap(),
             vec![Stored(4)]
         );
+    }
+
+    #[tokio::test]
+    async fn a_reused_nonce_with_other_content_is_not_a_duplicate() {
+        use AppendOutcome::*;
+        let s = MemoryStore::new(quotas());
+        s.create_mailbox(rec(&s, 1)).await.unwrap();
+        let first = app(&s, 1, 1, 10);
+        let mut other = first.clone();
+        other.envelope = Bytes::from(vec![0xEE; 10]);
+        // Within one batch as well as across batches.
+        assert_eq!(
+            s.append_batch(&[first.clone(), other.clone(), first.clone()])
+                .await
+                .unwrap(),
+            vec![Stored(1), IdReused, Duplicate]
+        );
+        // After the ack the dedupe window still tells them apart.
+        assert_eq!(s.ack(&[1; 16], 1).await.unwrap(), 1);
+        assert_eq!(
+            s.append_batch(&[other, first]).await.unwrap(),
+            vec![IdReused, Duplicate]
+        );
+        assert_eq!(s.stats().await.envelopes, 0, "nothing stored twice");
     }
 
     #[tokio::test]

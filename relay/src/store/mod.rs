@@ -6,9 +6,13 @@
 //! `append_batch` returns. The store owns the wake-up signal, because in a distributed
 //! deployment the subscriber may sit on another relay than the depositor.
 
+pub mod checkpoint;
 pub mod disk;
 pub mod index;
 pub mod memory;
+mod open_error;
+mod rekey;
+pub mod space;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -78,8 +82,11 @@ pub struct Append {
 pub enum AppendOutcome {
     /// Stored under this sequence number.
     Stored(u64),
-    /// Already stored (or recently acknowledged) under the same nonce.
+    /// Already stored (or recently acknowledged) under the same nonce, byte for byte.
     Duplicate,
+    /// A different envelope is (or was recently) stored under the same nonce: the sender
+    /// reused a nonce. Not stored.
+    IdReused,
     /// The mailbox does not exist (deleted since verification).
     UnknownMailbox,
     /// The mailbox's envelope or byte quota is reached.
@@ -119,7 +126,8 @@ pub struct Quotas {
     pub dedupe_window: usize,
 }
 
-/// A store failure. The relay answers UNAVAILABLE and the client may retry.
+/// A store failure. The relay answers UNAVAILABLE (STORAGE_FULL for
+/// [`StoreError::StorageFull`]) and the client may retry.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A mailbox with this id exists already (an astronomically unlikely id collision).
@@ -139,6 +147,29 @@ pub enum StoreError {
         /// Why.
         why: String,
     },
+    /// Another process (another relay) has the store open.
+    #[error(
+        "data directory {path} is in use by another sealpost relay{}: stop that relay first, or give this one another data directory",
+        pid.map_or(String::new(), |p| format!(" (pid {p})"))
+    )]
+    InUse {
+        /// The store directory.
+        path: std::path::PathBuf,
+        /// The other relay's process id, if it recorded one.
+        pid: Option<u32>,
+    },
+    /// A file of the store is damaged, so the store cannot be opened.
+    #[error(
+        "the store in {store} is damaged: {what} ({file}). Restore the data directory from a backup (deploy/README.md, \"Backup and restore\"), or move {store} aside to start with an empty store (its mailboxes and envelopes are then lost)"
+    )]
+    Damaged {
+        /// The store directory.
+        store: std::path::PathBuf,
+        /// The damaged file (or the directory holding the damaged files).
+        file: std::path::PathBuf,
+        /// What is wrong.
+        what: String,
+    },
     /// The store's contents are damaged.
     #[error("the store at {path} is corrupt: {what}; restore the data directory from a backup")]
     Corrupt {
@@ -152,9 +183,50 @@ pub enum StoreError {
         "the store at {0} keeps mailbox secrets encrypted: give the master key (--master-key-file or SEALPOST_MASTER_KEY)"
     )]
     MasterKeyRequired(std::path::PathBuf),
+    /// The disk holding the store is below its free-space reserve: new envelopes and
+    /// mailboxes are refused (STORAGE_FULL) until space is freed.
+    #[error(
+        "the disk holding {path} has {free} bytes free, below the reserve of {reserve} (min_free_disk_bytes): refusing new envelopes and mailboxes until space is freed"
+    )]
+    StorageFull {
+        /// The store directory.
+        path: std::path::PathBuf,
+        /// Bytes free.
+        free: u64,
+        /// The reserve.
+        reserve: u64,
+    },
     /// The master key does not decrypt the stored secrets.
     #[error("the master key does not decrypt the mailbox secrets in {0}: wrong key?")]
     WrongMasterKey(std::path::PathBuf),
+}
+
+/// Whether a store takes new envelopes and mailboxes, for readiness probes and gauges.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreHealth {
+    /// The free space against the reserve; `None` for a store without a disk.
+    pub space: Option<space::Space>,
+    /// Why the store refuses writes for good (until a restart), if it does.
+    pub failed: Option<String>,
+    /// Envelopes acknowledged to senders that the store did not recover at start-up.
+    pub recovery_shortfall: u64,
+}
+
+impl StoreHealth {
+    /// `Ok` if the store takes deposits now; otherwise a sentence saying why not.
+    pub fn accepting(&self) -> Result<(), String> {
+        if let Some(why) = &self.failed {
+            return Err(format!("store failed: {why}"));
+        }
+        match self.space {
+            Some(s) if s.low() => Err(format!(
+                "disk nearly full: {} bytes free, below the reserve of {} (min_free_disk_bytes); refusing deposits",
+                s.free.unwrap_or(0),
+                s.reserve
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// A mailbox store.
@@ -208,4 +280,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Current totals.
     async fn stats(&self) -> StoreStats;
+
+    /// Whether the store takes new envelopes now (measured at the call). A store without a
+    /// disk and without failure modes of its own is always healthy.
+    fn health(&self) -> StoreHealth {
+        StoreHealth::default()
+    }
 }
