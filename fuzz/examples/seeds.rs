@@ -245,7 +245,7 @@ fn main() {
         "choices",
         b"listen = \"[::]:4433\"\nadmin = \"0.0.0.0:9464\"\nstore = \"memory\"\n\
           log_format = \"json\"\ncert = \"/etc/c.pem\"\nkey = \"/etc/k.pem\"\n\
-          master_key_file = \"/etc/m.key\"\nsizes = [4096, 256]\nbackend = \"portable\"\n\
+          master_key_file = \"/etc/m.key\"\nsizes = [256, 4096]\nbackend = \"portable\"\n\
           shards = 4\nmax_batch = 65535\nidle_timeout_secs = 600\n",
     );
 
