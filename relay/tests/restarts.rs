@@ -8,6 +8,7 @@ mod common;
 use common::process::{Serve, cli, signal};
 use sealpost_core::Suite;
 use sealpost_core::engine::Engine;
+use sealpost_core::status::DepositStatus;
 use sealpost_relay::client::{Client, ClientError, Delivery};
 use sealpost_relay::server::reset_key::FILE_NAME;
 use sealpost_relay::store::memory::MemoryStore;
@@ -334,5 +335,37 @@ async fn a_resuming_subscription_cancelled_mid_resume_carries_on() {
         "resumed after the cancelled call",
     )
     .await;
+    again.stop();
+}
+
+/// The relay stored a deposit and was killed and restarted; the same envelope sent again by
+/// the client (its first try on the old connection ends by the stateless reset, the resend
+/// goes out on a new one) comes back DUPLICATE, a success, and is stored once: what happens
+/// when a killed relay stored a deposit whose answer was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposit_resent_after_a_restart_is_a_duplicate_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (serve, client, mb) = relay_with_mailbox(dir.path()).await;
+    let env = seal(&mb, b"once");
+    assert_eq!(
+        client.deposit(env.clone()).await.unwrap(),
+        DepositStatus::Ok
+    );
+    let old = client.connection();
+    let again = kill_and_restart(serve, dir.path());
+    let status = tokio::time::timeout(IDLE_TIMEOUT, client.deposit(env))
+        .await
+        .expect("answered before the idle timeout")
+        .expect("resent on a new connection");
+    assert_eq!(status, DepositStatus::Duplicate);
+    assert!(
+        matches!(old.close_reason(), Some(quinn::ConnectionError::Reset)),
+        "the first try went to the old connection, reset by the restarted relay: {:?}",
+        old.close_reason()
+    );
+    let mut sub = client.subscribe(&mb.access(), 8).await.unwrap();
+    assert_eq!(sub.pending_at_start(), 1, "stored once");
+    let d = sub.next().await.unwrap().unwrap();
+    assert_eq!(&mb.open(&d).unwrap()[..], b"once");
     again.stop();
 }
