@@ -375,13 +375,14 @@ impl Client {
     async fn renew(&self, failed: &Link, within: Duration) -> Result<Arc<Link>, ClientError> {
         let deadline = tokio::time::Instant::now() + within;
         // Another request may be reconnecting with a longer time limit than ours.
-        let Ok(_one) = tokio::time::timeout_at(deadline, self.renewing.lock()).await else {
-            return Err(self.unreachable_for(within));
-        };
+        let one = tokio::time::timeout_at(deadline, self.renewing.lock()).await;
         let current = self.link();
         if current.generation != failed.generation {
             return Ok(current);
         }
+        let Ok(_one) = one else {
+            return Err(self.unreachable_for(within));
+        };
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let timeout = left.clamp(Duration::from_millis(200), CONNECT_TIMEOUT);
