@@ -161,6 +161,58 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// their connection was lost to a restart.
 pub const RESUME_WITHIN: Duration = Duration::from_secs(10);
 
+/// A loss noticed this soon after reconnecting continues the previous loss's time limit
+/// instead of starting a new one (see [`ResumeClock`]).
+const SETTLED_AFTER: Duration = Duration::from_secs(1);
+
+/// The time limit for reconnecting after a lost connection. It starts when the loss is
+/// noticed, not when the request or `next()` began: a request may wait for hours (a
+/// subscription on a quiet mailbox) or long on a stalled relay before its connection is lost.
+/// A loss noticed within [`SETTLED_AFTER`] of reconnecting belongs to the same outage, so a
+/// relay that takes connections and drops them at once is not tried forever; and a wait that
+/// is cancelled and taken up again keeps its limit.
+struct ResumeClock {
+    within: Duration,
+    /// When the outage being resumed from was noticed.
+    lost_at: Option<tokio::time::Instant>,
+    /// When a new connection last served again.
+    resumed_at: Option<tokio::time::Instant>,
+}
+
+impl ResumeClock {
+    fn new(within: Duration) -> Self {
+        Self {
+            within,
+            lost_at: None,
+            resumed_at: None,
+        }
+    }
+
+    /// A loss was noticed now: the moment to give up reconnecting by, or `None` when that
+    /// has passed.
+    fn lost(&mut self) -> Option<tokio::time::Instant> {
+        let now = tokio::time::Instant::now();
+        let new_outage = match (self.lost_at, self.resumed_at) {
+            (None, _) => true,
+            (Some(lost), Some(resumed)) => {
+                resumed > lost && now.duration_since(resumed) >= SETTLED_AFTER
+            }
+            (Some(_), None) => false,
+        };
+        if new_outage {
+            self.lost_at = Some(now);
+        }
+        self.lost_at
+            .map(|lost| lost + self.within)
+            .filter(|deadline| now < *deadline)
+    }
+
+    /// A new connection serves again.
+    fn resumed(&mut self) {
+        self.resumed_at = Some(tokio::time::Instant::now());
+    }
+}
+
 /// One QUIC connection and the endpoint it runs on.
 struct Link {
     endpoint: Endpoint,
@@ -313,15 +365,24 @@ impl Client {
         self.link.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Replaces `failed` by a new connection, trying for at most `within`; when another
-    /// request already replaced it, returns that one.
+    /// Replaces `failed` by a new connection, trying for at most `within` (the wait for
+    /// another request's reconnection included); when another request already replaced it,
+    /// returns that one.
+    ///
+    /// The replaced connection is not closed here: it may still be alive (a relay that
+    /// answered `SHUTTING_DOWN` on one stream drains the others), and requests still running
+    /// on it finish there. It closes when the last of them lets go of it.
     async fn renew(&self, failed: &Link, within: Duration) -> Result<Arc<Link>, ClientError> {
-        let _one = self.renewing.lock().await;
+        let deadline = tokio::time::Instant::now() + within;
+        // Another request may be reconnecting with a longer time limit than ours.
+        let one = tokio::time::timeout_at(deadline, self.renewing.lock()).await;
         let current = self.link();
         if current.generation != failed.generation {
             return Ok(current);
         }
-        let deadline = tokio::time::Instant::now() + within;
+        let Ok(_one) = one else {
+            return Err(self.unreachable_for(within));
+        };
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let timeout = left.clamp(Duration::from_millis(200), CONNECT_TIMEOUT);
@@ -337,10 +398,6 @@ impl Client {
                 Ok(link) => {
                     let link = Arc::new(link);
                     *self.link.lock().unwrap_or_else(|p| p.into_inner()) = link.clone();
-                    // (Closing a connection already closed would overwrite its reason.)
-                    if failed.conn.close_reason().is_none() {
-                        failed.conn.close(0u32.into(), b"replaced");
-                    }
                     return Ok(link);
                 }
                 // A connection refused or unreachable may be a relay still starting; a
@@ -352,33 +409,40 @@ impl Client {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 // Name the whole wait, not the last attempt's share of it.
-                Err(ClientError::Unreachable { addr, .. }) => {
-                    return Err(ClientError::Unreachable {
-                        addr,
-                        secs: (within.as_secs_f64() * 10.0).round() / 10.0,
-                    });
-                }
+                Err(ClientError::Unreachable { .. }) => return Err(self.unreachable_for(within)),
                 Err(e) => return Err(e),
             }
         }
     }
 
+    /// The relay could not be reached again within `within`.
+    fn unreachable_for(&self, within: Duration) -> ClientError {
+        ClientError::Unreachable {
+            addr: self.addr.clone(),
+            secs: (within.as_secs_f64() * 10.0).round() / 10.0,
+        }
+    }
+
     /// Runs `op` on the connection, and once more on a new one each time the connection is
-    /// lost to a relay restart, for at most [`RESUME_WITHIN`]. Only for requests that are safe
-    /// to send twice.
+    /// lost to a relay restart, for at most [`RESUME_WITHIN`] from when the loss is noticed
+    /// (see [`ResumeClock`]). Only for requests that are safe to send twice.
     async fn retrying<'a, T, F, Fut>(&'a self, op: F) -> Result<T, ClientError>
     where
         F: Fn(Arc<Link>) -> Fut,
         Fut: std::future::Future<Output = Result<T, ClientError>> + 'a,
     {
-        let deadline = tokio::time::Instant::now() + RESUME_WITHIN;
+        let mut clock = ResumeClock::new(RESUME_WITHIN);
         let mut link = self.link();
         loop {
             match op(link.clone()).await {
-                Err(e) if link.lost_by(&e) && tokio::time::Instant::now() < deadline => {
+                Err(e) if link.lost_by(&e) => {
+                    let Some(deadline) = clock.lost() else {
+                        return Err(e);
+                    };
                     tracing::debug!(error = %e, "connection lost; reconnecting");
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                     link = self.renew(&link, left).await?;
+                    clock.resumed();
                 }
                 other => return other,
             }
@@ -635,7 +699,8 @@ impl Client {
     }
 
     /// A subscription that survives relay restarts: when the connection is lost to one, it
-    /// reconnects (trying for at most `patience` each time), subscribes again, and carries
+    /// reconnects (trying for at most `patience` from when the loss is noticed, however long
+    /// [`ResumingSubscription::next`] had been waiting before), subscribes again, and carries
     /// on from the acknowledged position, passing on no delivery twice.
     pub async fn subscribe_resuming(
         &self,
@@ -649,7 +714,7 @@ impl Client {
             client: self,
             link,
             window,
-            patience,
+            clock: ResumeClock::new(patience),
             pending: inner.pending_at_start(),
             inner,
             returned: 0,
@@ -884,9 +949,12 @@ impl Subscription {
 /// delivered on the current stream (the relay refuses others), the rest is sent as they come.
 pub struct ResumingSubscription<'c> {
     client: &'c Client,
+    /// The connection `inner` runs on: the two change together, since a stream's error is
+    /// judged by its own connection.
     link: Arc<Link>,
     window: u32,
-    patience: Duration,
+    /// Counts the reconnection time limit from the loss.
+    clock: ResumeClock,
     pending: u64,
     inner: Subscription,
     /// Highest sequence number returned to the caller.
@@ -906,11 +974,17 @@ impl ResumingSubscription<'_> {
     }
 
     /// The next delivery; `None` when the relay ends the stream cleanly.
+    ///
+    /// Cancel-safe: a call cancelled while resuming (for example by a timeout) leaves the
+    /// subscription as it was or resumed, and the next call carries on, within the same time
+    /// limit.
     pub async fn next(&mut self) -> Result<Option<Delivery>, ClientError> {
-        let deadline = tokio::time::Instant::now() + self.patience;
         loop {
             let d = match self.inner.next().await {
-                Err(e) if self.link.lost_by(&e) && tokio::time::Instant::now() < deadline => {
+                Err(e) if self.link.lost_by(&e) => {
+                    let Some(deadline) = self.clock.lost() else {
+                        return Err(e);
+                    };
                     self.resume(deadline).await?;
                     continue;
                 }
@@ -953,20 +1027,27 @@ impl ResumingSubscription<'_> {
     }
 
     /// A new connection and subscription after the old connection was lost.
+    ///
+    /// Nothing in `self` changes before the new subscription is in hand, and then everything
+    /// at once (no await in between): cancelled at any await, the old stream and its
+    /// connection stay paired, and the next call notices the loss again.
     async fn resume(&mut self, deadline: tokio::time::Instant) -> Result<(), ClientError> {
         let access = self.inner.access.clone();
+        let mut link = self.link.clone();
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            self.link = self.client.renew(&self.link, left).await?;
-            match Client::subscribe_on(&self.link.conn, &access, self.window).await {
+            link = self.client.renew(&link, left).await?;
+            match Client::subscribe_on(&link.conn, &access, self.window).await {
                 Ok(sub) => {
                     tracing::debug!("subscription resumed after a lost connection");
+                    self.link = link;
                     self.inner = sub;
                     self.seen_here = 0;
                     self.acked_here = 0;
+                    self.clock.resumed();
                     return Ok(());
                 }
-                Err(e) if self.link.lost_by(&e) && tokio::time::Instant::now() < deadline => {}
+                Err(e) if link.lost_by(&e) && tokio::time::Instant::now() < deadline => {}
                 Err(e) => return Err(e),
             }
         }
@@ -1029,5 +1110,63 @@ impl Mailbox {
             &self.deposit_id,
             &delivery.envelope,
         )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+    use crate::{RelayConfig, RelayLimits};
+
+    /// An in-process relay on loopback and a client pinned to it.
+    async fn relay_and_client(dir: &std::path::Path) -> (crate::RelayHandle, Client) {
+        let cfg = RelayConfig::new("127.0.0.1:0".parse().unwrap(), dir.to_owned());
+        let store = Arc::new(MemoryStore::new(RelayLimits::default().quotas()));
+        let relay = crate::start(cfg, store).await.unwrap();
+        let addr = relay.local_addr().to_string();
+        let client = Client::connect_pinned(&addr, relay.pin()).await.unwrap();
+        (relay, client)
+    }
+
+    /// A request that needs a new connection while another request holds the reconnection
+    /// lock waits no longer than its own time limit.
+    #[tokio::test]
+    async fn waiting_for_another_reconnection_keeps_to_the_time_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (relay, client) = relay_and_client(dir.path()).await;
+        let failed = client.link();
+        let _held = client.renewing.lock().await;
+        let waited = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.renew(&failed, Duration::from_millis(100)),
+        )
+        .await
+        .expect("renew gave up at its own time limit");
+        assert!(
+            matches!(waited, Err(ClientError::Unreachable { .. })),
+            "{:?}",
+            waited.map(|l| l.generation)
+        );
+        relay.shutdown().await;
+    }
+
+    /// The connection a reconnection replaces stays open for the requests still on it.
+    #[tokio::test]
+    async fn a_replaced_connection_still_serves_its_requests() {
+        let dir = tempfile::tempdir().unwrap();
+        let (relay, client) = relay_and_client(dir.path()).await;
+        let old = client.link();
+        let new = client.renew(&old, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(new.generation, old.generation + 1);
+        assert!(
+            old.conn.close_reason().is_none(),
+            "not closed by the client"
+        );
+        let req = frame::encode_to_bytes(FrameType::Info, &[]);
+        Client::request_on(&old.conn, req, FrameType::InfoReply)
+            .await
+            .expect("the old connection still answers");
+        relay.shutdown().await;
     }
 }

@@ -114,7 +114,8 @@ struct RelayArgs {
     /// digits, printed by `serve`), which survives certificate renewals with the same key.
     #[arg(long, env = "SEALPOST_KEY_PIN", conflicts_with = "pin")]
     key_pin: Option<String>,
-    /// Data directory of a local relay, used to find its key when no pin is given.
+    /// Data directory of a local relay, whose certificate gives the key pin when no pin is
+    /// given (its private key is not read).
     #[arg(long, default_value = "sealpost-data")]
     data_dir: PathBuf,
 }
@@ -457,8 +458,8 @@ async fn wait_for_stop(handle: &sealpost_relay::RelayHandle) -> CmdResult {
     }
 }
 
-/// How to trust the relay: `--key-pin`, `--pin`, or the key of the certificate in the local
-/// data directory.
+/// How to trust the relay: `--key-pin`, `--pin`, or the key pin of the certificate in the
+/// local data directory (from the certificate alone: the private key is not read).
 fn resolve_trust(r: &RelayArgs) -> Result<tls::Trust, String> {
     if let Some(p) = &r.key_pin {
         return Ok(tls::Trust::KeyPin(
@@ -478,8 +479,9 @@ fn resolve_trust(r: &RelayArgs) -> Result<tls::Trust, String> {
             cert.display()
         ));
     }
-    let id = tls::load_identity(&cert, &dir.join("key.pem")).map_err(|e| e.to_string())?;
-    Ok(tls::Trust::KeyPin(id.key_pin().map_err(|e| e.to_string())?))
+    Ok(tls::Trust::KeyPin(
+        tls::key_pin_of_file(&cert).map_err(|e| e.to_string())?,
+    ))
 }
 
 async fn connect(r: &RelayArgs) -> Result<Client, String> {

@@ -125,11 +125,23 @@ impl Identity {
 
     /// The key pin of the end-entity certificate (it parsed when the identity was loaded).
     pub fn key_pin(&self) -> Result<[u8; 32], TlsError> {
-        key_pin_of(&self.chain[0]).map_err(|e| TlsError::Pem {
-            path: self.files.0.clone(),
-            what: format!("the first certificate does not parse: {e}"),
-        })
+        key_pin_from(&self.chain[0], &self.files.0)
     }
+}
+
+/// The key pin of the end-entity certificate in the PEM file `cert`, read without the
+/// private key: a client on the relay's machine pins the relay without reading its key file
+/// (owner-only, and not the client's to read).
+pub fn key_pin_of_file(cert: &Path) -> Result<[u8; 32], TlsError> {
+    key_pin_from(&read_pem_chain(cert)?[0], cert)
+}
+
+/// [`key_pin_of`], naming the file the certificate came from when it does not parse.
+fn key_pin_from(cert: &CertificateDer<'_>, file: &Path) -> Result<[u8; 32], TlsError> {
+    key_pin_of(cert).map_err(|e| TlsError::Pem {
+        path: file.to_owned(),
+        what: format!("the first certificate does not parse: {e}"),
+    })
 }
 
 fn read_pem_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {

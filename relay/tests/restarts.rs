@@ -8,11 +8,16 @@ mod common;
 use common::process::{Serve, cli, signal};
 use sealpost_core::Suite;
 use sealpost_core::engine::Engine;
-use sealpost_relay::client::{Client, ClientError};
+use sealpost_core::status::DepositStatus;
+use sealpost_relay::client::{Client, ClientError, Delivery};
 use sealpost_relay::server::reset_key::FILE_NAME;
 use sealpost_relay::store::memory::MemoryStore;
 use sealpost_relay::{RelayConfig, RelayLimits};
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 /// The relay's idle timeout by default: what a client waited before stateless resets.
@@ -46,6 +51,53 @@ async fn the_reset_secret_is_kept_across_restarts_and_private() {
         assert_eq!(mode & 0o777, 0o600, "{mode:o}");
     }
     b.shutdown().await;
+}
+
+/// Kills the relay (SIGKILL) and starts it again on the same address and data directory.
+fn kill_and_restart(serve: Serve, dir: &Path) -> Serve {
+    let addr = serve.addr.clone();
+    signal(&serve, "-KILL");
+    let mut child = serve.child;
+    child.wait().unwrap();
+    Serve::start_on(dir, &addr, &["--store", "disk"], "warn")
+}
+
+/// A relay with a disk store, a client pinned to it, and a mailbox on it.
+async fn relay_with_mailbox(dir: &Path) -> (Serve, Client, sealpost_relay::client::Mailbox) {
+    let serve = Serve::start(dir, &["--store", "disk"], "warn");
+    let pin = sealpost_relay::tls::parse_pin(&serve.pin).unwrap();
+    let client = Client::connect_pinned(&serve.addr, pin).await.unwrap();
+    let mb = client.create(Suite::ChaCha20Poly1305).await.unwrap();
+    (serve, client, mb)
+}
+
+/// `m` sealed for the mailbox.
+fn seal(mb: &sealpost_relay::client::Mailbox, m: &[u8]) -> bytes::Bytes {
+    sealpost_core::e2e::seal_for_invitation(&Engine::ring(), &mb.invitation(), &mb.sizes, m)
+        .unwrap()
+}
+
+/// Deposits `m` into the mailbox from a client of its own, not the one under test.
+async fn deposit_elsewhere(serve: &Serve, mb: &sealpost_relay::client::Mailbox, m: &[u8]) {
+    let pin = sealpost_relay::tls::parse_pin(&serve.pin).unwrap();
+    let sender = Client::connect_pinned(&serve.addr, pin).await.unwrap();
+    assert!(sender.deposit(seal(mb, m)).await.unwrap().is_success());
+}
+
+/// Awaits a resuming subscription's `next()` and checks that it resumed (before the idle
+/// timeout; `why` says what that shows) and brought `m`.
+async fn resumes_with(
+    next: impl Future<Output = Result<Option<Delivery>, ClientError>>,
+    mb: &sealpost_relay::client::Mailbox,
+    m: &[u8],
+    why: &str,
+) {
+    let d = tokio::time::timeout(IDLE_TIMEOUT, next)
+        .await
+        .expect("resumed before the idle timeout")
+        .expect(why)
+        .expect("a delivery, not the end of the stream");
+    assert_eq!(&mb.open(&d).unwrap()[..], m);
 }
 
 /// Polls `cond` every 10 ms until it holds; fails after `within`.
@@ -85,10 +137,7 @@ async fn a_deposit_in_flight_across_a_kill_and_restart_is_retried_and_stored_onc
         old.stats().frame_tx.stream > sent_before
     })
     .await;
-    signal(&serve, "-KILL");
-    let mut child = serve.child;
-    child.wait().unwrap();
-    let again = Serve::start_on(dir.path(), &addr, &["--store", "disk"], "warn");
+    let again = kill_and_restart(serve, dir.path());
 
     let status = tokio::time::timeout(IDLE_TIMEOUT, depositing)
         .await
@@ -139,10 +188,7 @@ async fn a_resuming_subscription_continues_after_a_kill_and_restart() {
     let two = sub.next().await.unwrap().unwrap();
     assert_eq!(&mb.open(&two).unwrap()[..], b"two");
 
-    signal(&serve, "-KILL");
-    let mut child = serve.child;
-    child.wait().unwrap();
-    let again = Serve::start_on(dir.path(), &addr, &["--store", "disk"], "warn");
+    let again = kill_and_restart(serve, dir.path());
     let sender = Client::connect_pinned(&addr, pin).await.unwrap();
     assert!(sender.deposit(seal(b"three")).await.unwrap().is_success());
 
@@ -207,4 +253,119 @@ async fn a_relay_that_is_not_running_is_reported_within_seconds() {
         err.contains(&format!("could not reach the relay at {addr}")),
         "{err}"
     );
+}
+
+/// The resume time limit counts from the loss, not from the call: a subscription that sat in
+/// `next()` on a quiet mailbox for longer than its patience still resumes after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_idle_longer_than_its_patience_still_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (serve, client, mb) = relay_with_mailbox(dir.path()).await;
+    let patience = Duration::from_secs(1);
+    let mut sub = client
+        .subscribe_resuming(&mb.access(), 8, patience)
+        .await
+        .unwrap();
+    let mut next = std::pin::pin!(sub.next());
+    // Waiting in `next()` (not cancelled) for twice the patience: that is the scenario.
+    assert!(
+        tokio::time::timeout(2 * patience, next.as_mut())
+            .await
+            .is_err(),
+        "nothing to deliver yet"
+    );
+    let again = kill_and_restart(serve, dir.path());
+    deposit_elsewhere(&again, &mb, b"late").await;
+    let why = "resumed although next() had waited longer than the patience";
+    resumes_with(next, &mb, b"late", why).await;
+    again.stop();
+}
+
+/// Polls `fut` once, and then waits until it is woken, without polling it again: lets a test
+/// look at the world between two polls of a future.
+struct PollOnce<'a, F: Future>(Pin<&'a mut F>, bool);
+
+impl<F: Future> Future for PollOnce<'_, F> {
+    type Output = Option<F::Output>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.1 {
+            return Poll::Ready(None);
+        }
+        self.1 = true;
+        match self.0.as_mut().poll(cx) {
+            Poll::Ready(v) => Poll::Ready(Some(v)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// `next()` cancelled while resuming, just after the new connection was made and before the
+/// new subscription answered (as `recv` does with a timeout around `next()`): the next call
+/// still resumes, instead of judging the old stream's error by the new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resuming_subscription_cancelled_mid_resume_carries_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (serve, client, mb) = relay_with_mailbox(dir.path()).await;
+    let mut sub = client
+        .subscribe_resuming(&mb.access(), 8, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let old = client.connection().stable_id();
+    let again = kill_and_restart(serve, dir.path());
+    {
+        let mut next = std::pin::pin!(sub.next());
+        let deadline = Instant::now() + IDLE_TIMEOUT;
+        // One poll at a time until the client has a new connection; then cancel.
+        while client.connection().stable_id() == old {
+            assert!(Instant::now() < deadline, "no new connection");
+            if let Some(r) = PollOnce(next.as_mut(), false).await {
+                panic!(
+                    "next() finished before resuming: {:?}",
+                    r.map(|d| d.map(|d| d.seq))
+                );
+            }
+        }
+    }
+    deposit_elsewhere(&again, &mb, b"after").await;
+    resumes_with(
+        sub.next(),
+        &mb,
+        b"after",
+        "resumed after the cancelled call",
+    )
+    .await;
+    again.stop();
+}
+
+/// The relay stored a deposit and was killed and restarted; the same envelope sent again by
+/// the client (its first try on the old connection ends by the stateless reset, the resend
+/// goes out on a new one) comes back DUPLICATE, a success, and is stored once: what happens
+/// when a killed relay stored a deposit whose answer was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposit_resent_after_a_restart_is_a_duplicate_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (serve, client, mb) = relay_with_mailbox(dir.path()).await;
+    let env = seal(&mb, b"once");
+    assert_eq!(
+        client.deposit(env.clone()).await.unwrap(),
+        DepositStatus::Ok
+    );
+    let old = client.connection();
+    let again = kill_and_restart(serve, dir.path());
+    let status = tokio::time::timeout(IDLE_TIMEOUT, client.deposit(env))
+        .await
+        .expect("answered before the idle timeout")
+        .expect("resent on a new connection");
+    assert_eq!(status, DepositStatus::Duplicate);
+    assert!(
+        matches!(old.close_reason(), Some(quinn::ConnectionError::Reset)),
+        "the first try went to the old connection, reset by the restarted relay: {:?}",
+        old.close_reason()
+    );
+    let mut sub = client.subscribe(&mb.access(), 8).await.unwrap();
+    assert_eq!(sub.pending_at_start(), 1, "stored once");
+    let d = sub.next().await.unwrap().unwrap();
+    assert_eq!(&mb.open(&d).unwrap()[..], b"once");
+    again.stop();
 }

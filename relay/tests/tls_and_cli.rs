@@ -471,3 +471,40 @@ async fn ca_trust_invitations_work_with_the_issuing_ca() {
     assert!(Client::connect(&addr, by_ip).await.is_err());
     handle.shutdown().await;
 }
+
+/// Without a pin, `info --data-dir` pins the relay by the key of the certificate in that
+/// directory, reading the certificate only: a data directory whose private key is absent
+/// (as it is, in effect, to a user who may not read the owner-only key.pem) still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_pin_comes_from_the_certificate_without_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = RelayConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().join("relay"));
+    let store = Arc::new(MemoryStore::new(quotas(&cfg.limits)));
+    let handle = sealpost_relay::start(cfg, store).await.unwrap();
+    let client_dir = dir.path().join("client");
+    std::fs::create_dir_all(client_dir.join("tls")).unwrap();
+    std::fs::copy(
+        dir.path().join("relay/tls/cert.pem"),
+        client_dir.join("tls/cert.pem"),
+    )
+    .unwrap();
+    let addr = handle.local_addr().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        cli()
+            .args(["info", "--relay", &addr, "--data-dir"])
+            .arg(&client_dir)
+            .env_remove("SEALPOST_PIN")
+            .env_remove("SEALPOST_KEY_PIN")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("version: "));
+    handle.shutdown().await;
+}
