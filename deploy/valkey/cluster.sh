@@ -245,7 +245,9 @@ up() {
         say "creating the cluster (3 primaries, 1 replica each)"
         local addrs=()
         for port in "${ports[@]}"; do addrs+=("127.0.0.1:$port"); done
-        valkey-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes >&2 ||
+        # Its colour codes are taken out: this output ends up in CI logs and test failures.
+        valkey-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes 2>&1 |
+            sed 's/\x1b\[[0-9;]*m//g' >&2 ||
             die "valkey-cli --cluster create failed (output above); run '$prog down --dir $dir --base-port $base', remove $dir and try again"
     elif [ "$fresh" -ne 0 ]; then
         die "$dir is inconsistent: $joined node(s) belong to a cluster and $fresh do not (a node directory was removed?); run '$prog down --dir $dir --base-port $base' and remove $dir for a fresh cluster"
