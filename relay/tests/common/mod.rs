@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod valkey;
 
 use bytes::{Bytes, BytesMut};
 use sealpost_core::Suite;

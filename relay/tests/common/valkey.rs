@@ -1,0 +1,169 @@
+//! A Valkey cluster for the cluster-store tests (issue 12), found or started the same way as
+//! everywhere else: by `deploy/valkey/cluster.sh`.
+//!
+//! [`cluster`] uses the cluster named by `SEALPOST_TEST_VALKEY_NODES` (CI starts one for the
+//! whole run); otherwise it starts a private one in a temporary directory on free ports and
+//! stops it when the handle is dropped. Without `valkey-server` the test fails under CI and,
+//! elsewhere, says loudly that it did not run.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The variable naming a running cluster's nodes, `HOST:PORT,...` (what `cluster.sh up` prints).
+pub const NODES_VAR: &str = "SEALPOST_TEST_VALKEY_NODES";
+
+/// Nodes in a `cluster.sh` cluster: 3 primaries and 3 replicas on consecutive ports.
+const NODES: u16 = 6;
+/// `cluster.sh` puts each node's cluster bus this far above its port.
+const BUS_OFFSET: u16 = 10_000;
+/// `cluster.sh up`'s exit status when one of its ports is taken.
+const EXIT_PORT_TAKEN: i32 = 3;
+
+/// A cluster's node addresses; a cluster this process started is stopped on drop.
+pub struct ValkeyCluster {
+    nodes: Vec<String>,
+    started: Option<Started>,
+}
+
+/// A cluster started here: its directory (removed after the nodes stop) and base port.
+struct Started {
+    dir: tempfile::TempDir,
+    base: u16,
+}
+
+impl ValkeyCluster {
+    /// The nodes' `HOST:PORT` addresses.
+    pub fn nodes(&self) -> &[String] {
+        &self.nodes
+    }
+}
+
+impl Drop for ValkeyCluster {
+    fn drop(&mut self) {
+        if let Some(started) = &self.started {
+            let out = script()
+                .arg("down")
+                .arg("--dir")
+                .arg(started.dir.path())
+                .args(["--base-port", &started.base.to_string()])
+                .output();
+            match out {
+                Ok(out) if out.status.success() => {}
+                Ok(out) => eprintln!(
+                    "cluster.sh down failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+                Err(e) => eprintln!("cluster.sh down could not run: {e}"),
+            }
+        }
+    }
+}
+
+/// The cluster for test `test`: `SEALPOST_TEST_VALKEY_NODES` if set, else a new one if
+/// `valkey-server` is installed. Without it: panics under CI (`CI=true`), and elsewhere prints
+/// past the test harness's capture that `test` did not run and how to install Valkey, and
+/// returns `None` (the caller returns early).
+pub fn cluster(test: &str) -> Option<ValkeyCluster> {
+    if let Ok(nodes) = std::env::var(NODES_VAR)
+        && !nodes.trim().is_empty()
+    {
+        let nodes = nodes.split(',').map(|n| n.trim().to_owned()).collect();
+        return Some(ValkeyCluster {
+            nodes,
+            started: None,
+        });
+    }
+    if Command::new("valkey-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!(
+                "valkey-server is required under CI (test {test}): install it with \
+                 deploy/valkey/install.sh, or set {NODES_VAR} to a running cluster"
+            );
+        }
+        // Written to the process's stderr directly: the harness captures eprintln! of passing
+        // tests, and a test that did not run must not look like one that passed.
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "\n********************************************************************\n\
+             * NOT RUN: {test}\n\
+             * needs valkey-server (Valkey 8), which is not on PATH.\n\
+             * Install it: deploy/valkey/install.sh (Debian 12, from bookworm-backports),\n\
+             * or set {NODES_VAR} to a running cluster (deploy/valkey/cluster.sh up).\n\
+             ********************************************************************"
+        );
+        return None;
+    }
+    Some(start())
+}
+
+/// `deploy/valkey/cluster.sh`.
+fn script() -> Command {
+    let path: PathBuf = [
+        env!("CARGO_MANIFEST_DIR"),
+        "..",
+        "deploy",
+        "valkey",
+        "cluster.sh",
+    ]
+    .iter()
+    .collect();
+    Command::new(path)
+}
+
+/// Starts a cluster in a new temporary directory on ports nothing listens on, trying other
+/// ports when another process takes one between the check and the start.
+fn start() -> ValkeyCluster {
+    const ATTEMPTS: usize = 10;
+    for _ in 0..ATTEMPTS {
+        let base = free_base_port();
+        let dir = tempfile::tempdir().expect("temporary directory for the Valkey cluster");
+        let out = script()
+            .arg("up")
+            .arg("--dir")
+            .arg(dir.path())
+            .args(["--base-port", &base.to_string()])
+            .output()
+            .expect("run deploy/valkey/cluster.sh");
+        // From here on the handle stops whatever the script started, even if `up` failed
+        // half-way through.
+        let mut cluster = ValkeyCluster {
+            nodes: Vec::new(),
+            started: Some(Started { dir, base }),
+        };
+        if out.status.code() == Some(EXIT_PORT_TAKEN) {
+            continue;
+        }
+        assert!(
+            out.status.success(),
+            "deploy/valkey/cluster.sh up failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        cluster.nodes = stdout.trim().split(',').map(str::to_owned).collect();
+        assert_eq!(cluster.nodes.len(), usize::from(NODES), "{stdout}");
+        return cluster;
+    }
+    panic!("no free ports for a Valkey cluster after {ATTEMPTS} attempts");
+}
+
+/// A base port whose node and bus ports are all free on loopback right now, below Linux's
+/// ephemeral range (32768 and up) so outgoing connections do not take them meanwhile.
+fn free_base_port() -> u16 {
+    loop {
+        let base = rand::random_range(10_000..(32_768 - BUS_OFFSET - NODES));
+        let free = (0..NODES)
+            .flat_map(|i| [base + i, base + i + BUS_OFFSET])
+            .all(|port| TcpListener::bind(("127.0.0.1", port)).is_ok());
+        if free {
+            return base;
+        }
+    }
+}
