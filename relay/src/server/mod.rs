@@ -253,7 +253,7 @@ fn tls_files(config: &RelayConfig) -> Result<(PathBuf, PathBuf), RelayError> {
 /// would serve, or `None` when it would generate one at its first start.
 pub fn check_tls(config: &RelayConfig) -> Result<Option<[u8; 32]>, RelayError> {
     let (cert, key) = tls_files(config)?;
-    if config.cert.is_none() && !cert.exists() && !key.exists() {
+    if config.cert.is_none() && !tls::generated_pair_present(&config.data_dir.join("tls"))? {
         return Ok(None);
     }
     Ok(Some(tls::load_identity(&cert, &key)?.pin()))
