@@ -666,6 +666,7 @@ impl DiskStore {
         if to.exists() {
             std::fs::remove_dir_all(&to).map_err(io)?;
         }
+        super::rekey::create_new_dir(&self.dir).map_err(io)?;
         let n = self.copy_into(&to, key)?;
         if let Err(e) = std::fs::copy(self.dir.join(checkpoint::FILE), to.join(checkpoint::FILE))
             && e.kind() != std::io::ErrorKind::NotFound
@@ -935,6 +936,10 @@ impl DiskStore {
 
     /// Refuses new envelopes and mailboxes while the disk is below its reserve.
     fn check_space(&self) -> Result<(), StoreError> {
+        if self.space.reserve() == 0 {
+            // No reserve: spare the deposit path the statvfs call.
+            return Ok(());
+        }
         let s = self.space.check();
         if s.low() {
             return Err(StoreError::StorageFull {
