@@ -134,23 +134,13 @@ impl ResetSecret {
     }
 }
 
-/// How temporary copies of the secret end; see [`remove_stale_temps`].
+/// How temporary copies of the secret end (as `atomic_file`'s do, which removes leftovers).
 const TMP_SUFFIX: &str = ".tmp";
 
 /// Removes temporary copies of the secret that a crash between writing and linking left
 /// behind: each holds an unused secret, and nothing else would ever remove them.
 fn remove_stale_temps(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let prefix = format!("{FILE_NAME}.");
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with(&prefix) && name.ends_with(TMP_SUFFIX) {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
+    crate::store::atomic_file::remove_leftovers(dir, FILE_NAME);
 }
 
 /// The permission bits of `mode` that let others than the owner at the secret, if any.
