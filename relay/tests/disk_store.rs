@@ -228,6 +228,11 @@ async fn a_failed_write_is_not_counted_and_reads_go_on() {
     );
     let before = s.stats().await;
     assert!(s.health().accepting().is_ok());
+    let probes = sealpost_relay::admin::Readiness::new(
+        Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        Arc::new(s.clone()),
+    );
+    assert_eq!(probes.serving(), Ok(()));
     s.inject_write_failure();
     assert!(
         s.append_batch(&[append(&s, 1, 2), append(&s, 1, 3)])
@@ -243,6 +248,9 @@ async fn a_failed_write_is_not_counted_and_reads_go_on() {
     let health = s.health();
     assert!(health.failed.is_some());
     assert!(health.accepting().unwrap_err().contains("store failed"));
+    // No longer serving (/servingz 503): the relay is about to exit and restart.
+    assert!(probes.serving().unwrap_err().contains("store failed"));
+    drop(probes);
     // What is stored can still be delivered and acknowledged until the restart.
     let got = s.fetch(&[1; 16], 0, 10).await.unwrap();
     assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), [1]);
