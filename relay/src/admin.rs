@@ -1,8 +1,17 @@
 //! The admin listener: plain HTTP on its own address (never the QUIC one), for Prometheus and
-//! orchestrators. `/metrics` (Prometheus text), `/healthz` (the process is up), `/readyz` (the
-//! store is open and takes deposits and the QUIC endpoint is accepting; 503 with the reason
-//! while starting or shutting down, while the store's disk is below its free-space reserve,
-//! or after a store write failed).
+//! orchestrators. It starts before the store opens, so that a long start (recovering a big
+//! store, sealing secrets into a fresh copy) answers `/healthz` instead of looking dead.
+//!
+//! - `/metrics`: Prometheus text.
+//! - `/healthz`: the process is up (200 from the start; for liveness and startup probes).
+//! - `/servingz`: the relay serves its clients: subscriptions, deliveries, ACKs, and deposits
+//!   unless the disk is below its reserve. 200 also below the reserve, since recipients
+//!   draining their mailboxes is what frees the space; 503 with the reason while starting,
+//!   once shutting down, and after a store write failed. For load-balancer readiness (a
+//!   Kubernetes readinessProbe).
+//! - `/readyz`: the relay takes deposits: as `/servingz`, and 503 with the reason while the
+//!   store's disk is below its free-space reserve. For people and alerts that ask whether
+//!   deposits work.
 
 use crate::store::Store;
 use axum::Router;
@@ -11,6 +20,7 @@ use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::task::JoinHandle;
 
@@ -30,26 +40,72 @@ pub enum AdminError {
     Recorder(String),
 }
 
-/// What `/readyz` asks: whether the relay accepts connections, and whether its store takes
-/// deposits.
-#[derive(Clone)]
+/// What `/servingz` and `/readyz` ask: whether the relay has started and accepts
+/// connections, and what its store takes. Clones share one state, so a listener started
+/// before the relay ([`Readiness::starting`]) follows it once it is up ([`Readiness::started`]).
+#[derive(Clone, Default)]
 pub struct Readiness {
+    relay: Arc<OnceLock<Started>>,
+}
+
+/// The parts of a started relay the probes look at.
+#[derive(Clone)]
+struct Started {
     accepting: Arc<AtomicBool>,
     store: Arc<dyn Store>,
 }
 
 impl Readiness {
-    /// Ready while `accepting` is set and `store` is healthy.
+    /// A started relay: serving while `accepting` is set and `store` has not failed, ready
+    /// while `store` takes deposits as well.
     pub fn new(accepting: Arc<AtomicBool>, store: Arc<dyn Store>) -> Self {
-        Self { accepting, store }
+        let me = Self::default();
+        let _ = me.relay.set(Started { accepting, store });
+        me
     }
 
-    /// `Ok` when ready; otherwise why not, in a sentence.
-    pub fn check(&self) -> Result<(), String> {
-        if !self.accepting.load(Ordering::Relaxed) {
-            return Err("not accepting connections (starting or shutting down)".into());
+    /// A relay still starting (opening its store): neither serving nor ready.
+    pub fn starting() -> Self {
+        Self::default()
+    }
+
+    /// From now on answers for `relay` (the first call counts; later ones are ignored).
+    pub fn started(&self, relay: &Readiness) {
+        if let Some(r) = relay.relay.get() {
+            let _ = self.relay.set(r.clone());
         }
-        self.store.health().accepting()
+    }
+
+    /// `Ok` while the relay serves its clients (also below the disk reserve); otherwise why
+    /// not, in a sentence.
+    pub fn serving(&self) -> Result<(), String> {
+        let Some(r) = self.relay.get() else {
+            return Err("starting (opening the store)".into());
+        };
+        if !r.accepting.load(Ordering::Relaxed) {
+            return Err("not accepting connections (shutting down)".into());
+        }
+        match r.store.health().failed {
+            Some(why) => Err(format!("store failed: {why}")),
+            None => Ok(()),
+        }
+    }
+
+    /// `Ok` when ready, that is serving and taking deposits; otherwise why not, in a sentence.
+    pub fn check(&self) -> Result<(), String> {
+        self.serving()?;
+        match self.relay.get() {
+            Some(r) => r.store.health().accepting(),
+            None => Err("starting (opening the store)".into()),
+        }
+    }
+}
+
+/// A probe's answer: 200 with `ok`, or 503 with the reason.
+fn answer(result: Result<(), String>, ok: &str, not: &str) -> (StatusCode, String) {
+    match result {
+        Ok(()) => (StatusCode::OK, format!("{ok}\n")),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{not}: {why}\n")),
     }
 }
 
@@ -85,24 +141,21 @@ pub async fn serve(
     let bound = listener
         .local_addr()
         .map_err(|source| AdminError::Bind { addr, source })?;
+    let serving = ready.clone();
     let app = Router::new()
         .route(
             "/metrics",
             get(move || std::future::ready(metrics.render())),
         )
         .route("/healthz", get(|| async { "ok\n" }))
+        // A statvfs call at most: cheap enough to answer on the request's task.
         .route(
             "/readyz",
-            get(move || {
-                // A statvfs call at most: cheap enough to answer on the request's task.
-                std::future::ready(match ready.check() {
-                    Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
-                    Err(why) => (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!("not ready: {why}\n"),
-                    ),
-                })
-            }),
+            get(move || std::future::ready(answer(ready.check(), "ready", "not ready"))),
+        )
+        .route(
+            "/servingz",
+            get(move || std::future::ready(answer(serving.serving(), "serving", "not serving"))),
         );
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {

@@ -349,6 +349,13 @@ async fn serve(v: Validated) -> CmdResult {
     let key = master_key(v.master_key_file.as_ref())?;
     // The recorder first, so that everything the relay records from its start is exported.
     let prom = sealpost_relay::admin::install_recorder().map_err(|e| e.to_string())?;
+    // Then the admin listener, before the store opens: a long start (a big store to recover,
+    // secrets to seal into a fresh copy) answers /healthz, so that a startup probe does not
+    // kill it half-way; /servingz and /readyz say "starting" until the relay is up.
+    let readiness = sealpost_relay::admin::Readiness::starting();
+    let (admin_addr, _admin) = sealpost_relay::admin::serve(v.admin, prom, readiness.clone())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut disk_store = None;
     let store: Arc<dyn Store> = if v.store == StoreChoice::Memory {
         say!("store: memory (volatile: envelopes do not survive a restart)");
@@ -422,10 +429,9 @@ async fn serve(v: Validated) -> CmdResult {
         }
         Err(e) => tracing::warn!(target: "sealpost_relay::announce", "no key pin: {e}"),
     }
-    let (admin_addr, _admin) = sealpost_relay::admin::serve(v.admin, prom, handle.readiness())
-        .await
-        .map_err(|e| e.to_string())?;
-    say!("admin HTTP on http://{admin_addr} (/metrics, /healthz, /readyz)");
+    readiness.started(&handle.readiness());
+    // Announced last (scripts and tests wait for this line), though it listens from the start.
+    say!("admin HTTP on http://{admin_addr} (/metrics, /healthz, /servingz, /readyz)");
     let stop = wait_for_stop(&handle).await;
     say!("shutting down (at most {} s)", v.shutdown_timeout.as_secs());
     // One budget for the connections' grace period and the store's final flush.

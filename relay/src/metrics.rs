@@ -78,6 +78,10 @@ pub const STORE_FAILED: &str = "sealpost_store_failed";
 /// Envelopes acknowledged to senders (by the store's checkpoint) that the store did not
 /// recover at start-up; 0 when all were recovered.
 pub const STORE_RECOVERY_SHORTFALL: &str = "sealpost_store_recovery_shortfall_envelopes";
+/// When (Unix seconds) a store failure stopped the previous run, from the marker that run
+/// left; 0 when it did not end so. Unlike [`STORE_FAILED`] a scrape gets to see it: the
+/// failing run exits at once.
+pub const STORE_PREVIOUS_FAILURE: &str = "sealpost_store_previous_failure_timestamp_seconds";
 
 /// Registers every metric's help text and unit with the installed recorder.
 pub fn describe() {
@@ -176,6 +180,10 @@ pub fn describe() {
         "envelopes acknowledged to senders that the store did not recover at start-up"
     );
     describe_gauge!(
+        STORE_PREVIOUS_FAILURE,
+        "when (Unix seconds) a store write failure stopped the previous run; 0 if none did"
+    );
+    describe_gauge!(
         STORE_FAILED,
         "1 once a store write failed (the relay stops and must restart)"
     );
@@ -220,6 +228,7 @@ pub fn register_all() {
         BYTES_STORED,
         STORE_SPACE_LOW,
         STORE_FAILED,
+        STORE_PREVIOUS_FAILURE,
     ] {
         ::metrics::gauge!(g).set(0.0);
     }

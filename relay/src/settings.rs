@@ -80,7 +80,7 @@ pub struct Settings {
     /// UDP address for QUIC [default: 127.0.0.1:4433].
     #[arg(long, env = "SEALPOST_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// HTTP address of the admin listener: /metrics, /healthz, /readyz [default:
+    /// HTTP address of the admin listener: /metrics, /healthz, /servingz, /readyz [default:
     /// 127.0.0.1:9464]. Never the QUIC address.
     #[arg(long, env = "SEALPOST_ADMIN")]
     pub admin: Option<SocketAddr>,

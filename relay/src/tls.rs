@@ -193,26 +193,8 @@ pub fn load_identity(cert: &Path, key: &Path) -> Result<Identity, TlsError> {
 pub fn load_or_generate(dir: &Path) -> Result<(Identity, bool), TlsError> {
     let cert_path = dir.join("cert.pem");
     let key_path = dir.join("key.pem");
-    match (cert_path.exists(), key_path.exists()) {
-        (true, true) => return Ok((load_identity(&cert_path, &key_path)?, false)),
-        (false, false) => {}
-        // Generating now would overwrite the half that is left, and with it the pin every
-        // invitation carries: refuse, and say what to do.
-        (cert, _) => {
-            let (missing, present) = if cert {
-                (&key_path, &cert_path)
-            } else {
-                (&cert_path, &key_path)
-            };
-            return Err(TlsError::Pem {
-                path: missing.clone(),
-                what: format!(
-                    "missing while {} exists; restore it, or remove both to have a new \
-                     certificate generated (which invalidates every invitation)",
-                    present.display()
-                ),
-            });
-        }
+    if generated_pair_present(dir)? {
+        return Ok((load_identity(&cert_path, &key_path)?, false));
     }
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let ck = rcgen::generate_simple_self_signed(vec![
@@ -223,6 +205,29 @@ pub fn load_or_generate(dir: &Path) -> Result<(Identity, bool), TlsError> {
     write_private(&key_path, ck.key_pair.serialize_pem().as_bytes())?;
     std::fs::write(&cert_path, ck.cert.pem()).map_err(io_err(&cert_path))?;
     Ok((load_identity(&cert_path, &key_path)?, true))
+}
+
+/// Whether the generated pair (`cert.pem` and `key.pem` in `dir`) is there: `true` if both
+/// are, `false` if neither is (the relay generates them), an error naming the missing half if
+/// only one is. Generating then would overwrite the half that is left, and with it the pin
+/// every invitation carries, so the start and `check-config` both refuse and say what to do.
+pub fn generated_pair_present(dir: &Path) -> Result<bool, TlsError> {
+    let cert_path = dir.join("cert.pem");
+    let key_path = dir.join("key.pem");
+    let (missing, present) = match (cert_path.exists(), key_path.exists()) {
+        (true, true) => return Ok(true),
+        (false, false) => return Ok(false),
+        (true, false) => (key_path, cert_path),
+        (false, true) => (cert_path, key_path),
+    };
+    Err(TlsError::Pem {
+        path: missing,
+        what: format!(
+            "missing while {} exists; restore it, or remove both to have a new \
+             certificate generated (which invalidates every invitation)",
+            present.display()
+        ),
+    })
 }
 
 /// Writes a file readable by its owner only.

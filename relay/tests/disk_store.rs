@@ -228,6 +228,11 @@ async fn a_failed_write_is_not_counted_and_reads_go_on() {
     );
     let before = s.stats().await;
     assert!(s.health().accepting().is_ok());
+    let probes = sealpost_relay::admin::Readiness::new(
+        Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        Arc::new(s.clone()),
+    );
+    assert_eq!(probes.serving(), Ok(()));
     s.inject_write_failure();
     assert!(
         s.append_batch(&[append(&s, 1, 2), append(&s, 1, 3)])
@@ -243,12 +248,37 @@ async fn a_failed_write_is_not_counted_and_reads_go_on() {
     let health = s.health();
     assert!(health.failed.is_some());
     assert!(health.accepting().unwrap_err().contains("store failed"));
+    // No longer serving (/servingz 503): the relay is about to exit and restart.
+    assert!(probes.serving().unwrap_err().contains("store failed"));
+    drop(probes);
     // What is stored can still be delivered and acknowledged until the restart.
     let got = s.fetch(&[1; 16], 0, 10).await.unwrap();
     assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), [1]);
     assert_eq!(s.ack(&[1; 16], 1).await.unwrap(), 1);
     assert_eq!(s.stats().await.envelopes, 0);
     assert!(s.close(Duration::from_secs(2)).is_err());
+    drop(s);
+    // The failure outlives the process that exits on it: the next start reports it once.
+    let marker = dir
+        .path()
+        .join(sealpost_relay::store::evidence::FAILED_FILE);
+    assert!(marker.exists());
+    let s = open_when_free(dir.path()).await;
+    let failed = s
+        .previous_failure()
+        .expect("the previous failure is reported");
+    assert!(
+        failed.reason.contains("injected write failure"),
+        "{failed:?}"
+    );
+    assert!(s.health().previous_failure_at.is_some_and(|t| t > 0));
+    assert!(!marker.exists());
+    s.close(Duration::from_secs(2)).unwrap();
+    drop(s);
+    let s = open_when_free(dir.path()).await;
+    assert!(s.previous_failure().is_none());
+    assert_eq!(s.health().previous_failure_at, None);
+    drop(s);
 
     // The first failing write a creation (a failed store refuses later ones up front).
     let dir = tempfile::tempdir().unwrap();
@@ -485,11 +515,34 @@ async fn a_store_that_recovers_fewer_envelopes_than_it_acknowledged_says_so() {
         }
     );
     assert_eq!(s.stats().await.envelopes, 52);
-    // Reported once: the checkpoint now describes the store as it is.
+    // Recorded, and reported at each start until the operator removes the record (the
+    // checkpoint itself now describes the store as it is, so it adds nothing more).
     s.close(Duration::from_secs(5)).unwrap();
     drop(s);
     let s = open_when_free(&older).await;
+    assert_eq!(s.recovery_shortfall().envelopes, 49);
+    assert_eq!(s.health().recovery_shortfall, 49);
+    s.close(Duration::from_secs(5)).unwrap();
+    drop(s);
+    std::fs::remove_file(older.join(sealpost_relay::store::evidence::SHORTFALL_FILE)).unwrap();
+    let s = open_when_free(&older).await;
     assert_eq!(s.recovery_shortfall(), Shortfall::default());
+}
+
+/// A checkpoint that cannot be written at close only weakens the next start's shortfall
+/// check: the close is clean all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_that_cannot_be_written_does_not_fail_the_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), None).unwrap();
+    s.create_mailbox(record(&s, 1)).await.unwrap();
+    s.append_batch(&[append(&s, 1, 1)]).await.unwrap();
+    // A directory where the checkpoint goes: renaming a file over it fails.
+    let cp = dir.path().join(sealpost_relay::store::checkpoint::FILE);
+    let _ = std::fs::remove_file(&cp);
+    std::fs::create_dir(&cp).unwrap();
+    std::fs::write(cp.join("x"), b"x").unwrap();
+    s.close(Duration::from_secs(5)).unwrap();
 }
 
 /// A master key given to a store whose mailboxes were created without one seals their

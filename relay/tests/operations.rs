@@ -380,16 +380,18 @@ fn recv_follow_reconnects_after_a_restart() {
     again.stop();
 }
 
-/// `/readyz` answers 503 from the moment a shutdown begins, while the process still serves
-/// HTTP (so an orchestrator stops sending clients before connections close).
+/// The admin listener answers `/healthz` while the relay starts (`/servingz` and `/readyz`
+/// 503 until it is up); `/servingz` and `/readyz` answer 503 from the moment a shutdown
+/// begins, while the process still serves HTTP (so an orchestrator stops sending clients
+/// before connections close).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readyz_turns_unavailable_when_shutdown_begins() {
-    let r = common::relay().await;
+async fn probes_follow_the_start_and_the_shutdown() {
     let prom = metrics_exporter_prometheus::PrometheusBuilder::new()
         .build_recorder()
         .handle();
+    let readiness = sealpost_relay::admin::Readiness::starting();
     let (admin, _task) =
-        sealpost_relay::admin::serve("127.0.0.1:0".parse().unwrap(), prom, r.handle.readiness())
+        sealpost_relay::admin::serve("127.0.0.1:0".parse().unwrap(), prom, readiness.clone())
             .await
             .unwrap();
     let admin = admin.to_string();
@@ -397,6 +399,12 @@ async fn readyz_turns_unavailable_when_shutdown_begins() {
         let admin = admin.clone();
         tokio::task::spawn_blocking(move || http_get(&admin, path).0)
     };
+    assert_eq!(get("/healthz").await.unwrap(), 200, "alive while starting");
+    assert_eq!(get("/servingz").await.unwrap(), 503);
+    assert_eq!(get("/readyz").await.unwrap(), 503);
+    let r = common::relay().await;
+    readiness.started(&r.handle.readiness());
+    assert_eq!(get("/servingz").await.unwrap(), 200);
     assert_eq!(get("/readyz").await.unwrap(), 200);
     // A subscription keeps the relay busy for the shutdown's grace period.
     let c = r.client().await;
@@ -413,6 +421,7 @@ async fn readyz_turns_unavailable_when_shutdown_begins() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(get("/readyz").await.unwrap(), 503);
+    assert_eq!(get("/servingz").await.unwrap(), 503);
     assert_eq!(
         get("/healthz").await.unwrap(),
         200,

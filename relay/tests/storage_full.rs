@@ -91,6 +91,7 @@ async fn below_the_reserve_deposits_wait_and_deliveries_go_on() {
         assert_eq!(c.deposit(env).await.unwrap(), DepositStatus::Ok);
     }
     assert_eq!(get(&admin, "/readyz").await.0, 200);
+    assert_eq!(get(&admin, "/servingz").await.0, 200);
     await_metrics(
         &admin,
         &[
@@ -120,6 +121,9 @@ async fn below_the_reserve_deposits_wait_and_deliveries_go_on() {
     assert_eq!(code, 503);
     assert!(body.contains("disk nearly full"), "{body}");
     assert_eq!(get(&admin, "/healthz").await.0, 200, "alive all the same");
+    // Still serving, so that load balancers keep sending the recipients who free the space.
+    let (code, body) = get(&admin, "/servingz").await;
+    assert_eq!(code, 200, "{body}");
     await_metrics(
         &admin,
         &[
@@ -193,6 +197,8 @@ fn the_cli_says_the_relay_disk_is_nearly_full() {
     let (code, body) = http_get(&serve.admin, "/readyz");
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("disk nearly full"), "{body}");
+    let (code, body) = http_get(&serve.admin, "/servingz");
+    assert_eq!(code, 200, "serving below the reserve: {body}");
     let sent = cli().args(["send", &invitation, "hello"]).output().unwrap();
     let err = String::from_utf8_lossy(&sent.stderr);
     assert!(!sent.status.success());

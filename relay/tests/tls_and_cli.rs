@@ -328,6 +328,10 @@ async fn a_generated_pair_missing_a_half_is_not_replaced() {
     let err = sealpost_relay::start(cfg(), store()).await.err().unwrap();
     assert!(err.to_string().contains("key.pem"), "{err}");
     assert!(!key.exists());
+    // `check-config` says the same as the start, not a bare "No such file".
+    let checked = sealpost_relay::server::check_tls(&cfg()).err().unwrap();
+    assert_eq!(checked.to_string(), err.to_string());
+    assert!(checked.to_string().contains("missing while"), "{checked}");
 }
 
 /// A self-signed certificate for `localhost` with `key`, numbered `serial` so that two of

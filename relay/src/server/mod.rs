@@ -253,7 +253,7 @@ fn tls_files(config: &RelayConfig) -> Result<(PathBuf, PathBuf), RelayError> {
 /// would serve, or `None` when it would generate one at its first start.
 pub fn check_tls(config: &RelayConfig) -> Result<Option<[u8; 32]>, RelayError> {
     let (cert, key) = tls_files(config)?;
-    if config.cert.is_none() && !cert.exists() && !key.exists() {
+    if config.cert.is_none() && !tls::generated_pair_present(&config.data_dir.join("tls"))? {
         return Ok(None);
     }
     Ok(Some(tls::load_identity(&cert, &key)?.pin()))
@@ -386,6 +386,8 @@ async fn sample_gauges(shared: Arc<Shared>, ready: Arc<AtomicBool>) {
             .set(f64::from(u8::from(health.failed.is_some())));
         metrics::gauge!(crate::metrics::STORE_RECOVERY_SHORTFALL)
             .set(health.recovery_shortfall as f64);
+        metrics::gauge!(crate::metrics::STORE_PREVIOUS_FAILURE)
+            .set(health.previous_failure_at.unwrap_or(0) as f64);
         let s = shared.store.stats().await;
         metrics::gauge!(crate::metrics::MAILBOXES).set(s.mailboxes as f64);
         metrics::gauge!(crate::metrics::ENVELOPES_STORED).set(s.envelopes as f64);

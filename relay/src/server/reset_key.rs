@@ -51,9 +51,10 @@ pub struct ResetSecret(Zeroizing<[u8; LEN]>);
 
 impl ResetSecret {
     /// Reads `dir/quic-reset.key`, creating it with a fresh random secret on first use. The
-    /// file appears complete or not at all: it is written under another name, synced, and
-    /// linked into place, so two relays starting at once on one directory agree on one
-    /// secret and a crash never leaves a short file.
+    /// file appears complete or not at all: it is written under another (random) name, synced,
+    /// and linked into place, so two relays starting at once on one directory agree on one
+    /// secret and a crash never leaves a short file; temporary files a crash left are removed.
+    /// Warns when the file is accessible to others than its owner.
     pub fn load_or_create(dir: &Path) -> Result<Self, ResetKeyError> {
         let path = dir.join(FILE_NAME);
         let io = |path: &Path| {
@@ -61,23 +62,33 @@ impl ResetSecret {
             move |source| ResetKeyError::Io { path, source }
         };
         match std::fs::read(&path) {
-            Ok(bytes) => return Self::from_file(&path, bytes),
+            Ok(bytes) => {
+                warn_if_loose(&path);
+                remove_stale_temps(dir);
+                return Self::from_file(&path, bytes);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io(&path)(e)),
         }
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let mut secret = Zeroizing::new([0u8; LEN]);
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret[..])
+        let mut suffix = [0u8; 8];
+        let rng = ring::rand::SystemRandom::new();
+        ring::rand::SecureRandom::fill(&rng, &mut secret[..])
+            .and_then(|()| ring::rand::SecureRandom::fill(&rng, &mut suffix))
             .map_err(|_| io(&path)(std::io::Error::other("the system random source failed")))?;
-        let tmp = dir.join(format!("{FILE_NAME}.{}.tmp", std::process::id()));
+        // A random name, not the process id: in a container that is the same number at every
+        // start, so a temporary file left by a crash would block every later start.
+        let tmp = dir.join(format!("{FILE_NAME}.{}{TMP_SUFFIX}", hex::encode(suffix)));
         let written = write_new_private(&tmp, &secret[..]).map_err(io(&tmp));
         let linked = written.and_then(|()| match std::fs::hard_link(&tmp, &path) {
             Ok(()) => Ok(true),
             // Another relay on this directory made one first: use that.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(_) if path.exists() => Ok(false),
             Err(e) => Err(io(&path)(e)),
         });
         let _ = std::fs::remove_file(&tmp);
+        remove_stale_temps(dir);
         if !linked? {
             let bytes = std::fs::read(&path).map_err(io(&path))?;
             return Self::from_file(&path, bytes);
@@ -123,6 +134,41 @@ impl ResetSecret {
     }
 }
 
+/// How temporary copies of the secret end (as `atomic_file`'s do, which removes leftovers).
+const TMP_SUFFIX: &str = ".tmp";
+
+/// Removes temporary copies of the secret that a crash between writing and linking left
+/// behind: each holds an unused secret, and nothing else would ever remove them.
+fn remove_stale_temps(dir: &Path) {
+    crate::store::atomic_file::remove_leftovers(dir, FILE_NAME);
+}
+
+/// The permission bits of `mode` that let others than the owner at the secret, if any.
+fn loose_bits(mode: u32) -> Option<u32> {
+    let loose = mode & 0o077;
+    (loose != 0).then_some(loose)
+}
+
+/// Warns when the secret's file is readable or writable by others than its owner (someone
+/// who reads it can end the relay's connections with forged stateless resets).
+fn warn_if_loose(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path)
+            && let Some(bits) = loose_bits(meta.permissions().mode())
+        {
+            tracing::warn!(
+                file = %path.display(),
+                mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                others = format!("{bits:o}"),
+                "the QUIC stateless-reset secret is accessible to others than its owner; \
+                 restrict it with chmod 600"
+            );
+        }
+    }
+}
+
 /// Creates `path` (it must not exist) readable by its owner only, writes `data` and syncs.
 fn write_new_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     #[cfg(unix)]
@@ -163,6 +209,32 @@ mod tests {
             &a.derive(b"two")[..],
             "keys for different purposes differ"
         );
+    }
+
+    /// A temporary file a crash left behind, under the name a pid-named one would have had
+    /// in a container (pid 1) or any other, neither blocks the start nor stays.
+    #[test]
+    fn a_leftover_temporary_file_neither_blocks_nor_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let stale = dir.path().join(format!("{FILE_NAME}.1{TMP_SUFFIX}"));
+        std::fs::write(&stale, [7u8; LEN]).unwrap();
+        let a = ResetSecret::load_or_create(dir.path()).unwrap();
+        assert_ne!(&a.0[..], &[7u8; LEN][..]);
+        assert!(!stale.exists());
+        // A leftover beside an existing secret goes at the next start as well.
+        std::fs::write(&stale, [7u8; LEN]).unwrap();
+        let b = ResetSecret::load_or_create(dir.path()).unwrap();
+        assert_eq!(&a.0[..], &b.0[..]);
+        assert!(!stale.exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn loose_modes_are_spotted() {
+        assert_eq!(loose_bits(0o100600), None);
+        assert_eq!(loose_bits(0o400), None);
+        assert_eq!(loose_bits(0o644), Some(0o044));
+        assert_eq!(loose_bits(0o602), Some(0o002));
     }
 
     #[test]

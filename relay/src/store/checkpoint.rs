@@ -11,7 +11,6 @@
 //! first 16 bytes of the SHA-256 of everything before them.
 
 use sealpost_core::RecipientId;
-use std::io::Write;
 use std::path::Path;
 
 /// The checkpoint's file name in the store directory.
@@ -26,7 +25,8 @@ fn check(body: &[u8]) -> [u8; 16] {
     out
 }
 
-/// Writes the checkpoint atomically.
+/// Writes the checkpoint atomically (see `atomic_file`: concurrent writers each leave a whole
+/// file).
 pub fn write(dir: &Path, entries: &[(RecipientId, u64)]) -> std::io::Result<()> {
     let mut body = Vec::with_capacity(16 + entries.len() * ENTRY + 16);
     body.extend_from_slice(MAGIC);
@@ -37,13 +37,7 @@ pub fn write(dir: &Path, entries: &[(RecipientId, u64)]) -> std::io::Result<()> 
     }
     let sum = check(&body);
     body.extend_from_slice(&sum);
-    let tmp = dir.join(format!("{FILE}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&body)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, dir.join(FILE))?;
-    std::fs::File::open(dir)?.sync_all()
+    super::atomic_file::write(dir, FILE, &body)
 }
 
 /// Reads the checkpoint: `Ok(None)` if there is none (a new store, or one written before

@@ -11,8 +11,9 @@
 //! | `removed`   | recipient_id ‖ seq    | nonce (12) ‖ digest (16): the dedupe window of removed envelopes (digest absent in stores written before it was kept) |
 //!
 //! Beside fjall's files the store directory holds `checkpoint` (each mailbox's highest durable
-//! sequence number, to detect a recovery shortfall: see `checkpoint`) and `owner.pid` (the
-//! process holding the store, for the "in use" error).
+//! sequence number, to detect a recovery shortfall: see `checkpoint`), `owner.pid` (the
+//! process holding the store, for the "in use" error), and the evidence one run leaves for the
+//! next (`failed`, `shortfall`: see `evidence`).
 //!
 //! A record is `version (1) | flags (1) | deposit_id (16) | suite (1) | created_at ms (8) |
 //! secrets`, where secrets is `deposit_key (32) ‖ recipient_secret (32)` in the clear (flags 0)
@@ -30,6 +31,7 @@
 //! value, so a drained queue's space comes back.
 
 use super::checkpoint::{self, Shortfall};
+use super::evidence;
 use super::index::{Digest, Held, IdPrf, Index, Mailbox, Removal, digest};
 use super::space::{FreeSpace, SpaceGuard, Statvfs};
 use super::{
@@ -202,14 +204,21 @@ pub struct DiskStore {
     failed: Arc<OnceLock<String>>,
     /// The free-space reserve.
     space: SpaceGuard,
-    /// Test hook: makes every write fail as if the disk had.
+    /// Set by the test hook `inject_write_failure` (feature `test-hooks`): makes every write
+    /// fail as if the disk had. Never set otherwise.
     write_fault: Arc<AtomicBool>,
     /// Set once [`DiskStore::close`] ran.
     closed: Arc<AtomicBool>,
     /// Set when deposits or deletes changed the high-water marks since the last checkpoint.
     checkpoint_dirty: Arc<AtomicBool>,
-    /// What recovery found missing compared with the checkpoint.
+    /// The acknowledged envelopes found missing at this start or recorded by earlier ones
+    /// (`evidence`), reported until an operator removes the record.
     shortfall: Shortfall,
+    /// The store failure that stopped the previous run, from its marker (`evidence`).
+    previous_failure: Option<evidence::PreviousFailure>,
+    /// Held while the checkpoint is written, so that the flusher and a close write one after
+    /// the other, each from a fresh snapshot of the index.
+    checkpoint_lock: Arc<Mutex<()>>,
     stop: Arc<AtomicBool>,
     prf: IdPrf,
     _guard: Arc<FlushGuard>,
@@ -307,11 +316,12 @@ impl DiskStore {
             write_fault: Arc::new(AtomicBool::new(false)),
             checkpoint_dirty: Arc::new(AtomicBool::new(false)),
             shortfall: Shortfall::default(),
+            previous_failure: None,
+            checkpoint_lock: Arc::new(Mutex::new(())),
             stop,
         };
         let mut store = store;
         let recovered = store.recover()?;
-        store.shortfall = recovered.shortfall;
         if !recovered.clear.is_empty() {
             // A master key given to a store whose mailboxes were created without one: seal
             // their secrets now, in a fresh copy of the store (see `rekey`), and open that.
@@ -324,8 +334,21 @@ impl DiskStore {
             );
             return Self::open(dir, quotas, opts);
         }
-        // From here on the checkpoint describes this store; a shortfall is reported once.
-        if let Err(e) = store.write_checkpoint() {
+        // Evidence for the operator, handled here (after a re-key's re-open) so that it is
+        // counted and reported once per start.
+        for name in [
+            checkpoint::FILE,
+            evidence::FAILED_FILE,
+            evidence::SHORTFALL_FILE,
+        ] {
+            super::atomic_file::remove_leftovers(dir, name);
+        }
+        let (shortfall, recorded) = store.record_shortfall(recovered.shortfall);
+        store.shortfall = shortfall;
+        store.previous_failure = take_previous_failure(dir);
+        // From here on the checkpoint describes this store, unless a shortfall it shows could
+        // not be recorded: then it stays, and the next start finds the shortfall again.
+        if recorded && let Err(e) = store.write_checkpoint() {
             tracing::warn!(error = %e, "cannot write the store checkpoint");
         }
         // What recovery replayed from the journal sits in memtables; flush it in the background
@@ -666,11 +689,19 @@ impl DiskStore {
         if to.exists() {
             std::fs::remove_dir_all(&to).map_err(io)?;
         }
+        super::rekey::create_new_dir(&self.dir).map_err(io)?;
         let n = self.copy_into(&to, key)?;
-        if let Err(e) = std::fs::copy(self.dir.join(checkpoint::FILE), to.join(checkpoint::FILE))
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            return Err(io(e));
+        // The store's own small files go along: the checkpoint and the evidence for the operator.
+        for name in [
+            checkpoint::FILE,
+            evidence::FAILED_FILE,
+            evidence::SHORTFALL_FILE,
+        ] {
+            if let Err(e) = std::fs::copy(self.dir.join(name), to.join(name))
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(io(e));
+            }
         }
         let dir = self.dir.clone();
         self.closed.store(true, Ordering::Relaxed);
@@ -790,22 +821,74 @@ impl DiskStore {
         s
     }
 
-    /// What recovery found missing compared with the checkpoint of acknowledged deposits.
+    /// The acknowledged envelopes found missing at start-up, at this start and at earlier
+    /// ones, until an operator removes the record (`DIR/shortfall`).
     pub fn recovery_shortfall(&self) -> Shortfall {
         self.shortfall
     }
 
+    /// The store failure that stopped the previous run (its marker is removed once read).
+    pub fn previous_failure(&self) -> Option<&evidence::PreviousFailure> {
+        self.previous_failure.as_ref()
+    }
+
+    /// Adds what this start found missing to the record of earlier starts and reports the
+    /// total; whether the record is up to date (if not, the checkpoint must stay as it is).
+    fn record_shortfall(&self, found: Shortfall) -> (Shortfall, bool) {
+        let record = self.dir.join(evidence::SHORTFALL_FILE);
+        if found.envelopes > 0 {
+            return match evidence::add_shortfall(&self.dir, found) {
+                Ok(total) => {
+                    tracing::error!(
+                        record = %record.display(),
+                        "the shortfall is recorded in the file named here; the relay reports \
+                         it at every start (log and sealpost_store_recovery_shortfall_envelopes) \
+                         until you remove that file"
+                    );
+                    (total, true)
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "{e}: the shortfall is not recorded; the store checkpoint is not \
+                         rewritten at this start, so that a restart before new deposits finds \
+                         it again"
+                    );
+                    (found, false)
+                }
+            };
+        }
+        match evidence::read_shortfall(&self.dir) {
+            Ok(Some(total)) if total.envelopes > 0 => {
+                tracing::error!(
+                    missing_envelopes = total.envelopes,
+                    mailboxes_affected = total.mailboxes,
+                    record = %record.display(),
+                    "an earlier start of this store recovered fewer envelopes than it had \
+                     acknowledged to senders (see the log of that start); remove the record \
+                     once dealt with to stop this report"
+                );
+                (total, true)
+            }
+            Ok(_) => (found, true),
+            Err(e) => {
+                tracing::warn!("{e}: cannot tell whether earlier starts found a shortfall");
+                (found, true)
+            }
+        }
+    }
+
     /// Writes the checkpoint of every mailbox's highest durable sequence number.
     fn write_checkpoint(&self) -> std::io::Result<()> {
-        write_checkpoint(&self.dir, &self.index)
+        write_checkpoint(&self.dir, &self.index, &self.checkpoint_lock)
     }
 
     fn start_flusher(&self) {
         let (db, stop, failed) = (self.db.clone(), self.stop.clone(), self.failed.clone());
-        let (dir, index, dirty) = (
+        let (dir, index, dirty, cp_lock) = (
             self.dir.clone(),
             self.index.clone(),
             self.checkpoint_dirty.clone(),
+            self.checkpoint_lock.clone(),
         );
         std::thread::Builder::new()
             .name("sealpost-store-flush".into())
@@ -820,7 +903,7 @@ impl DiskStore {
                     // deposits (one snapshot of the index and one small file write).
                     if tick.is_multiple_of(50)
                         && dirty.swap(false, Ordering::Relaxed)
-                        && let Err(e) = write_checkpoint(&dir, &index)
+                        && let Err(e) = write_checkpoint(&dir, &index, &cp_lock)
                     {
                         dirty.store(true, Ordering::Relaxed);
                         tracing::warn!(error = %e, "cannot write the store checkpoint");
@@ -830,10 +913,10 @@ impl DiskStore {
                         Ok(true) => {
                             removals = true;
                             if let Err(e) = db.db.persist(PersistMode::SyncAll) {
-                                note_failure(&failed, &e);
+                                note_failure(&failed, &dir, &e);
                             }
                         }
-                        Err(e) => note_failure(&failed, &e),
+                        Err(e) => note_failure(&failed, &dir, &e),
                     }
                     since_compaction += 1;
                     // Every 30 s after removals: flush memtables (which frees the journals) and
@@ -881,11 +964,19 @@ impl DiskStore {
         std::thread::Builder::new()
             .name("sealpost-store-close".into())
             .spawn(move || {
-                let flushed = me.flush().and_then(|()| {
-                    me.write_checkpoint().map_err(|e| {
-                        StoreError::Backend(format!("cannot write the store checkpoint: {e}"))
-                    })
-                });
+                let flushed = me.flush();
+                // The checkpoint only serves to detect a recovery shortfall at the next start:
+                // failing to write it loses nothing acknowledged, so it is no failed flush.
+                if flushed.is_ok()
+                    && let Err(e) = me.write_checkpoint()
+                {
+                    tracing::warn!(
+                        error = %e,
+                        "cannot write the store checkpoint at close: nothing is lost, but the \
+                         next start compares what it recovers with the previous checkpoint, so \
+                         it may miss a shortfall in the deposits of the last seconds"
+                    );
+                }
                 let ok = flushed.is_ok();
                 let _ = tx.send(Step::Flushed(flushed));
                 if ok {
@@ -919,9 +1010,10 @@ impl DiskStore {
         Ok(())
     }
 
-    /// Test hook: from now on every write fails as a failing disk's would (and the store
-    /// goes into its failed state at the first one).
-    #[doc(hidden)]
+    /// Test hook (cargo feature `test-hooks`, on only in the tests): from now on every write
+    /// fails as a failing disk's would (and the store goes into its failed state at the
+    /// first one).
+    #[cfg(feature = "test-hooks")]
     pub fn inject_write_failure(&self) {
         self.write_fault.store(true, Ordering::Relaxed);
     }
@@ -935,6 +1027,10 @@ impl DiskStore {
 
     /// Refuses new envelopes and mailboxes while the disk is below its reserve.
     fn check_space(&self) -> Result<(), StoreError> {
+        if self.space.reserve() == 0 {
+            // No reserve: spare the deposit path the statvfs call.
+            return Ok(());
+        }
         let s = self.space.check();
         if s.low() {
             return Err(StoreError::StorageFull {
@@ -966,7 +1062,7 @@ impl DiskStore {
     }
 
     fn fail(&self, e: impl std::fmt::Display) -> StoreError {
-        note_failure(&self.failed, &e);
+        note_failure(&self.failed, &self.dir, &e);
         StoreError::Backend(format!(
             "store write failed, refusing further writes until restart: {e}"
         ))
@@ -1207,6 +1303,7 @@ impl Store for DiskStore {
             space: Some(self.space.check()),
             failed: self.failed.get().cloned(),
             recovery_shortfall: self.shortfall.envelopes,
+            previous_failure_at: self.previous_failure.as_ref().map(|f| f.at_unix_secs),
         }
     }
 }
@@ -1229,8 +1326,10 @@ fn secrets_key(master: &[u8; 32]) -> AeadKey {
     AeadKey::new(Suite::ChaCha20Poly1305, *k)
 }
 
-/// Writes the checkpoint from a snapshot of the index's high-water marks.
-fn write_checkpoint(dir: &Path, index: &Mutex<Index>) -> std::io::Result<()> {
+/// Writes the checkpoint from a snapshot of the index's high-water marks, taken under `lock`
+/// so that of two writers the later one writes the newer snapshot.
+fn write_checkpoint(dir: &Path, index: &Mutex<Index>, lock: &Mutex<()>) -> std::io::Result<()> {
+    let _one_at_a_time = lock.lock().unwrap_or_else(|p| p.into_inner());
     let marks = index
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -1238,8 +1337,10 @@ fn write_checkpoint(dir: &Path, index: &Mutex<Index>) -> std::io::Result<()> {
     checkpoint::write(dir, &marks)
 }
 
-/// Records the first write failure (the store's failed state) and logs it once.
-fn note_failure(failed: &OnceLock<String>, e: &dyn std::fmt::Display) {
+/// Records the first write failure (the store's failed state), logs it once and leaves the
+/// marker for the next start (`evidence`): the relay exits at once, usually before a scrape
+/// would see the failed gauge.
+fn note_failure(failed: &OnceLock<String>, dir: &Path, e: &dyn std::fmt::Display) {
     let why = e.to_string();
     if failed.set(why.clone()).is_ok() {
         tracing::error!(
@@ -1247,5 +1348,28 @@ fn note_failure(failed: &OnceLock<String>, e: &dyn std::fmt::Display) {
             "a write to the store failed: refusing further writes; the relay exits so that it \
              restarts and recovers from disk"
         );
+        if let Err(e) = evidence::record_failure(dir, &why) {
+            tracing::warn!(
+                error = %e,
+                "cannot leave the store-failure marker for the next start (the disk may be \
+                 failing); sealpost_store_previous_failure_timestamp_seconds will not show this \
+                 failure"
+            );
+        }
     }
+}
+
+/// Reads, logs and removes the marker of a store failure that stopped the previous run.
+fn take_previous_failure(dir: &Path) -> Option<evidence::PreviousFailure> {
+    let f = evidence::read_failure(dir)?;
+    tracing::error!(
+        failed_at_unix_secs = f.at_unix_secs,
+        error = %f.reason,
+        "the previous run of this relay stopped because a store write failed; it recovered \
+         from disk now. Check the data volume (space, I/O errors) if it happens again"
+    );
+    if let Err(e) = evidence::clear_failure(dir) {
+        tracing::warn!(error = %e, "cannot remove the store-failure marker; the next start reports it again");
+    }
+    Some(f)
 }

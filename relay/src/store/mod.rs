@@ -6,8 +6,10 @@
 //! `append_batch` returns. The store owns the wake-up signal, because in a distributed
 //! deployment the subscriber may sit on another relay than the depositor.
 
+pub(crate) mod atomic_file;
 pub mod checkpoint;
 pub mod disk;
+pub mod evidence;
 pub mod index;
 pub mod memory;
 mod open_error;
@@ -208,8 +210,11 @@ pub struct StoreHealth {
     pub space: Option<space::Space>,
     /// Why the store refuses writes for good (until a restart), if it does.
     pub failed: Option<String>,
-    /// Envelopes acknowledged to senders that the store did not recover at start-up.
+    /// Envelopes acknowledged to senders that the store did not recover at start-up (this
+    /// start's and earlier ones', until an operator removes the record).
     pub recovery_shortfall: u64,
+    /// When (Unix seconds) a store failure stopped the previous run, if one did.
+    pub previous_failure_at: Option<u64>,
 }
 
 impl StoreHealth {

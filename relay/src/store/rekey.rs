@@ -23,6 +23,16 @@ pub(crate) fn new_dir(dir: &Path) -> PathBuf {
     sibling(dir, ".rekey")
 }
 
+/// Creates the (empty) directory for the new copy with the permissions of `dir`, so that a
+/// store directory an operator restricted (say to 0700) stays restricted after the swap
+/// instead of taking the process's umask.
+pub(crate) fn create_new_dir(dir: &Path) -> std::io::Result<PathBuf> {
+    let new = new_dir(dir);
+    std::fs::create_dir(&new)?;
+    std::fs::set_permissions(&new, std::fs::metadata(dir)?.permissions())?;
+    Ok(new)
+}
+
 /// Marks the new copy complete (durably), then swaps it in for `dir` and removes the old one.
 pub(crate) fn swap_in(dir: &Path) -> std::io::Result<()> {
     let new = new_dir(dir);
@@ -88,5 +98,22 @@ mod tests {
         assert!(!dir.join(COMPLETE).exists());
         assert!(!sibling(&dir, ".old").exists());
         assert!(!new_dir(&dir).exists());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_new_copy_keeps_the_directory_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("store");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let new = create_new_dir(&dir).unwrap();
+        let mode = std::fs::metadata(&new).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        std::fs::write(new.join("f"), b"new").unwrap();
+        swap_in(&dir).unwrap();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
     }
 }

@@ -75,8 +75,8 @@ pub struct SpaceGuard {
 }
 
 impl SpaceGuard {
-    /// Keeps `reserve` bytes free as `source` measures them; a reserve of 0 turns the check
-    /// off.
+    /// Keeps `reserve` bytes free as `source` measures them; with a reserve of 0 nothing is
+    /// refused, and the free space is still measured for the gauges.
     pub fn new(source: Arc<dyn FreeSpace>, reserve: u64) -> Self {
         Self {
             source,
@@ -85,14 +85,13 @@ impl SpaceGuard {
         }
     }
 
-    /// Measures now.
+    /// The reserve kept free (0: none).
+    pub fn reserve(&self) -> u64 {
+        self.reserve
+    }
+
+    /// Measures now, with or without a reserve (the free space is exported either way).
     pub fn check(&self) -> Space {
-        if self.reserve == 0 {
-            return Space {
-                free: None,
-                reserve: 0,
-            };
-        }
         let free = match self.source.free_bytes() {
             Ok(f) => Some(f),
             Err(e) => {
@@ -143,6 +142,7 @@ mod tests {
         assert!(!g.check().low());
         let off = SpaceGuard::new(Arc::new(|| Ok(0)), 0);
         assert!(!off.check().low());
+        assert_eq!(off.check().free, Some(0), "measured without a reserve too");
         let broken = SpaceGuard::new(Arc::new(|| Err(std::io::Error::other("gone"))), 10);
         assert!(!broken.check().low());
     }
