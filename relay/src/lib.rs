@@ -7,7 +7,9 @@ pub mod admin;
 pub mod client;
 pub mod config;
 pub mod mailbox_file;
+pub mod master_key;
 pub mod metrics;
+pub mod open;
 pub mod provenance;
 pub mod server;
 pub mod settings;
@@ -32,4 +34,5 @@ pub mod fuzzing {
 }
 
 pub use config::{Rate, RelayConfig, RelayLimits, RetryPolicy, stream_credit};
+pub use open::{OpenError, Relay, StoreOptions};
 pub use server::{RelayHandle, start};
