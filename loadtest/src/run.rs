@@ -5,12 +5,12 @@ use crate::message::{self, Stamp};
 use crate::report::{Latency, Report, RunConfig, Second};
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
+use sealpost_client::{Client, Mailbox};
 use sealpost_core::Suite;
 use sealpost_core::e2e;
 use sealpost_core::engine::Engine;
 use sealpost_core::invitation::Invitation;
 use sealpost_core::padding::SizeClasses;
-use sealpost_relay::client::{Client, Mailbox};
 use sealpost_relay::settings::StoreChoice;
 use sealpost_relay::{Relay, RelayConfig, RelayLimits, StoreOptions};
 use std::io::IsTerminal;
@@ -797,9 +797,9 @@ async fn subscriber(
 /// The next delivery, opened from the relay's delivery layer, or taken as it is from the
 /// baseline forwarder (envelope followed by a 16-byte placeholder tag).
 async fn next_delivery(
-    sub: &mut sealpost_relay::client::Subscription,
+    sub: &mut sealpost_client::Subscription,
     unsealed: bool,
-) -> Result<Option<sealpost_relay::client::Delivery>, sealpost_relay::client::ClientError> {
+) -> Result<Option<sealpost_client::Delivery>, sealpost_client::ClientError> {
     if !unsealed {
         return sub.next().await;
     }
@@ -808,7 +808,7 @@ async fn next_delivery(
     };
     let keep = d.sealed.len().saturating_sub(sealpost_core::suite::TAG_LEN);
     let envelope = sealpost_core::envelope::Envelope::parse_any_size(d.sealed.slice(..keep))?;
-    Ok(Some(sealpost_relay::client::Delivery {
+    Ok(Some(sealpost_client::Delivery {
         seq: d.seq,
         envelope,
     }))

@@ -6,8 +6,8 @@
 //! `cargo bench -p sealpost-relay --bench alloc` (add `-- disk` for the disk store).
 
 use bytes::Bytes;
+use sealpost_client::Client;
 use sealpost_core::Suite;
-use sealpost_relay::client::Client;
 use sealpost_relay::store::Store;
 use sealpost_relay::store::disk::{DiskOptions, DiskStore};
 use sealpost_relay::store::memory::MemoryStore;

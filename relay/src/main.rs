@@ -3,17 +3,16 @@
 #![forbid(unsafe_code)]
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use sealpost_client::{Client, mailbox_file, tls};
 use sealpost_core::Suite;
 use sealpost_core::e2e;
 use sealpost_core::engine::Engine;
 use sealpost_core::invitation::Invitation;
 use sealpost_core::status::DepositStatus;
 use sealpost_relay::Relay;
-use sealpost_relay::client::Client;
 use sealpost_relay::provenance::Provenance;
 use sealpost_relay::settings::{LogFormat, Settings, Validated};
 use sealpost_relay::store::disk::{DiskOptions, DiskStore};
-use sealpost_relay::{mailbox_file, tls};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;

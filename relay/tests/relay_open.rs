@@ -3,8 +3,8 @@
 
 mod common;
 
+use sealpost_client::Client;
 use sealpost_core::Suite;
-use sealpost_relay::client::Client;
 use sealpost_relay::settings::{Settings, Validated};
 use sealpost_relay::store::StoreError;
 use sealpost_relay::{OpenError, Relay};
