@@ -30,9 +30,6 @@ pub enum TlsError {
         /// What is missing or wrong.
         what: String,
     },
-    /// Certificate generation failed.
-    #[error("generating the self-signed certificate failed: {0}")]
-    Generate(String),
     /// rustls refused the configuration.
     #[error("TLS configuration rejected: {0}")]
     Config(#[from] rustls::Error),
@@ -42,20 +39,6 @@ pub enum TlsError {
     /// A pin string is not 64 hex digits.
     #[error("certificate pin must be 64 hex digits (SHA-256), got {0:?}")]
     BadPin(String),
-    /// The private key is not the one the certificate was issued for: a relay serving this
-    /// pair would report ready and fail every handshake (clients see a bad signature).
-    #[error(
-        "{key} is not the private key of the certificate in {cert} ({why}); clients could not \
-         complete a handshake with this pair: give the key that was issued with this certificate"
-    )]
-    KeyMismatch {
-        /// The certificate file.
-        cert: PathBuf,
-        /// The key file.
-        key: PathBuf,
-        /// What the check found.
-        why: String,
-    },
 }
 
 /// Maps an I/O error on `path` to [`TlsError::Io`].

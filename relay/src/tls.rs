@@ -10,6 +10,45 @@ use sealpost_client::tls::{
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// Failures with the relay's own certificate and key, each naming the file involved.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    /// Reading or parsing a file, or a configuration rustls or quinn refused.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// Certificate generation failed.
+    #[error("generating the self-signed certificate failed: {0}")]
+    Generate(String),
+    /// The private key is not the one the certificate was issued for: a relay serving this
+    /// pair would report ready and fail every handshake (clients see a bad signature).
+    #[error(
+        "{key} is not the private key of the certificate in {cert} ({why}); clients could not \
+         complete a handshake with this pair: give the key that was issued with this certificate"
+    )]
+    KeyMismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// What the check found.
+        why: String,
+    },
+}
+
+impl From<rustls::Error> for CertError {
+    fn from(e: rustls::Error) -> Self {
+        Self::Tls(TlsError::Config(e))
+    }
+}
+
+/// A PEM file that holds nothing usable.
+fn pem(path: &Path, what: String) -> CertError {
+    CertError::Tls(TlsError::Pem {
+        path: path.to_owned(),
+        what,
+    })
+}
+
 /// A certificate chain and its private key, checked to belong together.
 pub struct Identity {
     /// End-entity certificate first.
@@ -32,24 +71,18 @@ impl Identity {
     }
 }
 
-fn read_pem_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+fn read_pem_key(path: &Path) -> Result<PrivateKeyDer<'static>, CertError> {
     let data = std::fs::read(path).map_err(io_err(path))?;
     rustls_pemfile::private_key(&mut &data[..])
-        .map_err(|e| TlsError::Pem {
-            path: path.to_owned(),
-            what: format!("not a PEM key file: {e}"),
-        })?
-        .ok_or_else(|| TlsError::Pem {
-            path: path.to_owned(),
-            what: "no PRIVATE KEY block found".into(),
-        })
+        .map_err(|e| pem(path, format!("not a PEM key file: {e}")))?
+        .ok_or_else(|| pem(path, "no PRIVATE KEY block found".into()))
 }
 
 /// Loads a certificate chain and its key, and checks that the key is the certificate's: the
 /// key's public half must equal the end-entity certificate's SubjectPublicKeyInfo. Serving,
 /// reloading and `check-config` all come through here, so a mismatched pair is refused at
 /// each of them instead of being served to clients that cannot verify it.
-pub fn load_identity(cert: &Path, key: &Path) -> Result<Identity, TlsError> {
+pub fn load_identity(cert: &Path, key: &Path) -> Result<Identity, CertError> {
     let identity = Identity {
         chain: read_pem_chain(cert)?,
         key: read_pem_key(key)?,
@@ -61,7 +94,7 @@ pub fn load_identity(cert: &Path, key: &Path) -> Result<Identity, TlsError> {
 
 /// Loads the self-signed identity kept in `dir`, generating it on first use.
 /// Returns the identity and whether it was generated now.
-pub fn load_or_generate(dir: &Path) -> Result<(Identity, bool), TlsError> {
+pub fn load_or_generate(dir: &Path) -> Result<(Identity, bool), CertError> {
     let cert_path = dir.join("cert.pem");
     let key_path = dir.join("key.pem");
     if generated_pair_present(dir)? {
@@ -72,7 +105,7 @@ pub fn load_or_generate(dir: &Path) -> Result<(Identity, bool), TlsError> {
         "localhost".to_owned(),
         "sealpost-relay".to_owned(),
     ])
-    .map_err(|e| TlsError::Generate(e.to_string()))?;
+    .map_err(|e| CertError::Generate(e.to_string()))?;
     write_private(&key_path, ck.key_pair.serialize_pem().as_bytes())?;
     std::fs::write(&cert_path, ck.cert.pem()).map_err(io_err(&cert_path))?;
     Ok((load_identity(&cert_path, &key_path)?, true))
@@ -82,7 +115,7 @@ pub fn load_or_generate(dir: &Path) -> Result<(Identity, bool), TlsError> {
 /// are, `false` if neither is (the relay generates them), an error naming the missing half if
 /// only one is. Generating then would overwrite the half that is left, and with it the pin
 /// every invitation carries, so the start and `check-config` both refuse and say what to do.
-pub fn generated_pair_present(dir: &Path) -> Result<bool, TlsError> {
+pub fn generated_pair_present(dir: &Path) -> Result<bool, CertError> {
     let cert_path = dir.join("cert.pem");
     let key_path = dir.join("key.pem");
     let (missing, present) = match (cert_path.exists(), key_path.exists()) {
@@ -91,14 +124,14 @@ pub fn generated_pair_present(dir: &Path) -> Result<bool, TlsError> {
         (true, false) => (key_path, cert_path),
         (false, true) => (cert_path, key_path),
     };
-    Err(TlsError::Pem {
-        path: missing,
-        what: format!(
+    Err(pem(
+        &missing,
+        format!(
             "missing while {} exists; restore it, or remove both to have a new \
              certificate generated (which invalidates every invitation)",
             present.display()
         ),
-    })
+    ))
 }
 
 /// The server's certificate, replaceable while the relay runs (certificate rotation without
@@ -110,7 +143,7 @@ pub struct CertSlot {
 
 impl CertSlot {
     /// A slot holding `identity`.
-    pub fn new(identity: Identity) -> Result<Arc<Self>, TlsError> {
+    pub fn new(identity: Identity) -> Result<Arc<Self>, CertError> {
         Ok(Arc::new(Self {
             current: std::sync::RwLock::new(Arc::new(certified(&identity)?)),
         }))
@@ -118,7 +151,7 @@ impl CertSlot {
 
     /// Replaces the certificate; an identity whose key does not load or does not belong to
     /// the certificate leaves the old one in use.
-    pub fn replace(&self, identity: Identity) -> Result<(), TlsError> {
+    pub fn replace(&self, identity: Identity) -> Result<(), CertError> {
         let new = Arc::new(certified(&identity)?);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = new;
         Ok(())
@@ -141,9 +174,9 @@ impl CertSlot {
 }
 
 /// The signing key for `identity`, refused unless it is the end-entity certificate's key.
-fn certified(identity: &Identity) -> Result<rustls::sign::CertifiedKey, TlsError> {
+fn certified(identity: &Identity) -> Result<rustls::sign::CertifiedKey, CertError> {
     let (cert, key) = &identity.files;
-    let mismatch = |why: String| TlsError::KeyMismatch {
+    let mismatch = |why: String| CertError::KeyMismatch {
         cert: cert.clone(),
         key: key.clone(),
         why,
@@ -151,10 +184,7 @@ fn certified(identity: &Identity) -> Result<rustls::sign::CertifiedKey, TlsError
     let signer = provider()
         .key_provider
         .load_private_key(identity.key.clone_key())
-        .map_err(|e| TlsError::Pem {
-            path: key.clone(),
-            what: format!("the private key does not load: {e}"),
-        })?;
+        .map_err(|e| pem(key, format!("the private key does not load: {e}")))?;
     let ck = rustls::sign::CertifiedKey::new(identity.chain.clone(), signer);
     // rustls compares the key's SubjectPublicKeyInfo with the certificate's. "Unknown" (a key
     // type that cannot state its public half) is refused too: ring's keys all can, and a
@@ -167,10 +197,10 @@ fn certified(identity: &Identity) -> Result<rustls::sign::CertifiedKey, TlsError
         Err(rustls::Error::InconsistentKeys(_)) => Err(mismatch(
             "the key's public half cannot be determined".into(),
         )),
-        Err(e) => Err(TlsError::Pem {
-            path: cert.clone(),
-            what: format!("the first certificate does not parse: {e}"),
-        }),
+        Err(e) => Err(pem(
+            cert,
+            format!("the first certificate does not parse: {e}"),
+        )),
     }
 }
 
@@ -191,7 +221,7 @@ impl rustls::server::ResolvesServerCert for CertSlot {
 /// The server side: TLS 1.3 only, ALPN `sealpost/1`, the certificate from `slot`.
 pub fn server_crypto_reloadable(
     slot: Arc<CertSlot>,
-) -> Result<quinn::crypto::rustls::QuicServerConfig, TlsError> {
+) -> Result<quinn::crypto::rustls::QuicServerConfig, CertError> {
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
@@ -199,13 +229,13 @@ pub fn server_crypto_reloadable(
     cfg.alpn_protocols = vec![sealpost_core::ALPN.to_vec()];
     cfg.max_early_data_size = 0;
     quinn::crypto::rustls::QuicServerConfig::try_from(cfg)
-        .map_err(|e| TlsError::Quic(e.to_string()))
+        .map_err(|e| CertError::Tls(TlsError::Quic(e.to_string())))
 }
 
 /// The server side: TLS 1.3 only, ALPN `sealpost/1`.
 pub fn server_crypto(
     identity: Identity,
-) -> Result<quinn::crypto::rustls::QuicServerConfig, TlsError> {
+) -> Result<quinn::crypto::rustls::QuicServerConfig, CertError> {
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
@@ -213,5 +243,5 @@ pub fn server_crypto(
     cfg.alpn_protocols = vec![sealpost_core::ALPN.to_vec()];
     cfg.max_early_data_size = 0;
     quinn::crypto::rustls::QuicServerConfig::try_from(cfg)
-        .map_err(|e| TlsError::Quic(e.to_string()))
+        .map_err(|e| CertError::Tls(TlsError::Quic(e.to_string())))
 }

@@ -224,7 +224,7 @@ async fn a_key_that_is_not_the_certificates_is_refused_at_start_and_reload() {
     std::fs::copy(d.join("b.pem"), d.join("cert.pem")).unwrap();
     let err = handle.reload_certificate().unwrap_err();
     assert!(
-        matches!(err, sealpost_client::tls::TlsError::KeyMismatch { .. }),
+        matches!(err, sealpost_relay::tls::CertError::KeyMismatch { .. }),
         "{err}"
     );
     let addr = handle.local_addr().to_string();

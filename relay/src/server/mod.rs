@@ -51,6 +51,9 @@ pub enum RelayError {
     /// TLS set-up failed.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The relay's certificate or key could not be loaded or generated.
+    #[error(transparent)]
+    Cert(#[from] tls::CertError),
     /// The UDP socket could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -138,7 +141,7 @@ impl RelayHandle {
     /// Reads the certificate and key files again and uses them for new connections (the
     /// operator's files, or the generated ones in DATA_DIR/tls). Returns the new pin; on an
     /// error the old certificate stays in use.
-    pub fn reload_certificate(&self) -> Result<[u8; 32], TlsError> {
+    pub fn reload_certificate(&self) -> Result<[u8; 32], tls::CertError> {
         let id = tls::load_identity(&self.cert_paths.0, &self.cert_paths.1)?;
         self.certs.replace(id)?;
         Ok(self.certs.pin())
