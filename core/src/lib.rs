@@ -30,6 +30,9 @@ pub use suite::{AeadKey, Suite};
 /// The protocol's ALPN identifier.
 pub const ALPN: &[u8] = b"sealpost/1";
 
+/// QUIC application close code for a relay shutting down; clients reconnect after it.
+pub const CLOSE_SHUTDOWN: u32 = 1;
+
 /// A failure of the platform's cryptographic services.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CryptoError {

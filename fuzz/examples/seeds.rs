@@ -6,6 +6,8 @@
 //! the inputs the fuzzer found alone.
 
 use bytes::{Bytes, BytesMut};
+use sealpost_client::Mailbox;
+use sealpost_client::mailbox_file;
 use sealpost_core::e2e::{E2ePublicKey, E2eSecretKey};
 use sealpost_core::engine::Engine;
 use sealpost_core::envelope;
@@ -17,8 +19,6 @@ use sealpost_core::msg::{Subscribe, Subscribed};
 use sealpost_core::padding::SizeClasses;
 use sealpost_core::status::{DepositStatus, ErrorCode};
 use sealpost_core::{AeadKey, Suite};
-use sealpost_relay::client::Mailbox;
-use sealpost_relay::mailbox_file;
 use std::path::{Path, PathBuf};
 
 fn out(target: &str, name: &str, data: &[u8]) {

@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 use bytes::{Bytes, BytesMut};
+use sealpost_client::mailbox_file;
 use sealpost_core::envelope::{self, Envelope, OVERHEAD};
 use sealpost_core::frame::{self, Frame, FrameDecoder, FrameError, FrameType};
 use sealpost_core::invitation::{Invitation, PREFIX};
@@ -16,7 +17,6 @@ use sealpost_core::msg::{self, Create, Created, Delete, Deliver, ErrorMsg, InfoR
 use sealpost_core::msg::{Subscribe, Subscribed};
 use sealpost_core::padding::SizeClasses;
 use sealpost_core::suite::TAG_LEN;
-use sealpost_relay::mailbox_file;
 use sealpost_relay::settings::Settings;
 use std::path::Path;
 

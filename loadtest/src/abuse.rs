@@ -25,13 +25,13 @@ use anyhow::{Context, bail};
 use bytes::{BufMut, Bytes, BytesMut};
 use quinn::{ClientConfig, Connection, ConnectionError, Endpoint, RecvStream, SendStream};
 use rand::Rng;
+use sealpost_client::stream::FrameReader;
+use sealpost_client::{Client, MailboxAccess};
 use sealpost_core::engine::Engine;
 use sealpost_core::frame::{self, FrameType};
 use sealpost_core::keys::{EXPORTER_LABEL, EXPORTER_LEN, ProofPurpose};
 use sealpost_core::msg::{Subscribe, decode_deposit_result, frame_with};
 use sealpost_core::{AeadKey, Suite};
-use sealpost_relay::client::{Client, MailboxAccess};
-use sealpost_relay::stream::FrameReader;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -845,7 +845,7 @@ fn max_deposit(max_frame: u32, body: u32) -> Bytes {
 }
 
 fn hostile_client_config(pin: [u8; 32]) -> anyhow::Result<ClientConfig> {
-    let crypto = sealpost_relay::tls::client_crypto(&sealpost_relay::tls::Trust::Pin(pin))?;
+    let crypto = sealpost_client::tls::client_crypto(&sealpost_client::tls::Trust::Pin(pin))?;
     let mut cfg = ClientConfig::new(Arc::new(crypto));
     let mut t = quinn::TransportConfig::default();
     // Hold connections open even when a stream sends nothing.

@@ -13,6 +13,7 @@
 use anyhow::Context;
 use bytes::{Bytes, BytesMut};
 use quinn::{Endpoint, SendStream};
+use sealpost_client::stream::FrameReader;
 use sealpost_core::envelope::{DEPOSIT_ID_LEN, DepositId};
 use sealpost_core::frame::{self, FrameType, HEADER_LEN};
 use sealpost_core::msg::{
@@ -22,7 +23,7 @@ use sealpost_core::msg::{
 use sealpost_core::status::{DepositStatus, ErrorCode};
 use sealpost_core::suite::TAG_LEN;
 use sealpost_relay::RelayLimits;
-use sealpost_relay::stream::{FrameReader, refuse};
+use sealpost_relay::stream::refuse;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

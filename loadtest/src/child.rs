@@ -67,7 +67,7 @@ pub fn start_serve(bin: &Path, args: &[OsString], stderr: Stdio) -> anyhow::Resu
         .read_line(&mut line)
         .context("reading the relay's pin")?;
     let hex_pin = line.trim().rsplit(' ').next().unwrap_or_default();
-    match sealpost_relay::tls::parse_pin(hex_pin) {
+    match sealpost_client::tls::parse_pin(hex_pin) {
         Ok(pin) => Ok(RelayProcess { child, pin }),
         Err(_) => {
             let _ = child.kill();

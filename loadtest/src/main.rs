@@ -438,7 +438,7 @@ async fn run_cmd(a: RunArgs) -> anyhow::Result<ExitCode> {
         (true, _) => Target::Spawn,
         (false, Some(addr)) => {
             let pin = a.pin.as_deref().context("--relay needs --pin")?;
-            let pin = sealpost_relay::tls::parse_pin(pin)?;
+            let pin = sealpost_client::tls::parse_pin(pin)?;
             Target::Remote { addr, pin }
         }
         (false, None) => anyhow::bail!("give --spawn-relay or --relay ADDR --pin PIN"),
@@ -779,7 +779,9 @@ async fn abuse_cmd(a: AbuseArgs) -> anyhow::Result<ExitCode> {
     let relay = match a.target {
         Some(addr) => RelaySource::External {
             addr,
-            pin: sealpost_relay::tls::parse_pin(a.pin.as_deref().context("--target needs --pin")?)?,
+            pin: sealpost_client::tls::parse_pin(
+                a.pin.as_deref().context("--target needs --pin")?,
+            )?,
             admin: a.admin,
         },
         None => RelaySource::Spawn {

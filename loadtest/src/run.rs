@@ -5,16 +5,14 @@ use crate::message::{self, Stamp};
 use crate::report::{Latency, Report, RunConfig, Second};
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
+use sealpost_client::{Client, Mailbox};
 use sealpost_core::Suite;
 use sealpost_core::e2e;
 use sealpost_core::engine::Engine;
 use sealpost_core::invitation::Invitation;
 use sealpost_core::padding::SizeClasses;
-use sealpost_relay::client::{Client, Mailbox};
-use sealpost_relay::store::Store;
-use sealpost_relay::store::disk::{DiskOptions, DiskStore};
-use sealpost_relay::store::memory::MemoryStore;
-use sealpost_relay::{RelayConfig, RelayHandle, RelayLimits};
+use sealpost_relay::settings::StoreChoice;
+use sealpost_relay::{Relay, RelayConfig, RelayLimits, StoreOptions};
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -80,10 +78,8 @@ pub struct RunOptions {
 
 /// A relay started for the run; shut down when the run ends.
 pub struct SpawnedRelay {
-    /// The relay.
-    pub handle: RelayHandle,
-    /// Its disk store, if it has one.
-    pub disk: Option<DiskStore>,
+    /// The relay, with its store.
+    pub relay: Relay,
     _dir: tempfile::TempDir,
 }
 
@@ -140,35 +136,21 @@ pub async fn spawn_relay(
             }),
         ..RelayLimits::default()
     };
-    let quotas = limits.quotas();
     let mut cfg = RelayConfig::new(
         "127.0.0.1:0".parse().expect("literal address"),
         dir.path().to_owned(),
     );
     cfg.limits = limits;
     cfg.engine = crate::engine_from_env()?;
-    let mut disk_handle = None;
-    let store: Arc<dyn Store> = match store {
-        StoreKind::Memory => Arc::new(MemoryStore::new(quotas)),
-        StoreKind::Disk => {
-            let path = dir.path().join("store");
-            let disk = tokio::task::spawn_blocking(move || {
-                DiskStore::open(&path, quotas, DiskOptions::default())
-            })
-            .await
-            .context("opening the disk store")??;
-            disk_handle = Some(disk.clone());
-            Arc::new(disk)
-        }
+    let choice = match store {
+        StoreKind::Memory => StoreChoice::Memory,
+        StoreKind::Disk => StoreChoice::Disk,
     };
-    let handle = sealpost_relay::start(cfg, store)
+    // The disk store with its defaults, as `serve` would open it without a master key.
+    let relay = Relay::open_with(cfg, StoreOptions::new(choice))
         .await
         .context("starting the in-process relay")?;
-    Ok(SpawnedRelay {
-        handle,
-        disk: disk_handle,
-        _dir: dir,
-    })
+    Ok(SpawnedRelay { relay, _dir: dir })
 }
 
 #[cfg(unix)]
@@ -330,8 +312,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
     let (addr, pin, relay_label) = match (&opts.target, &spawned, &baseline) {
         (Target::Remote { addr, pin }, _, _) => (addr.clone(), *pin, addr.clone()),
         (Target::Spawn, Some(s), _) => (
-            s.handle.local_addr().to_string(),
-            s.handle.pin(),
+            s.relay.handle().local_addr().to_string(),
+            s.relay.handle().pin(),
             "spawned".to_owned(),
         ),
         (Target::Baseline, _, Some(b)) => {
@@ -500,7 +482,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
         Some(s) if opts.store == StoreKind::Disk => {
             tokio::time::sleep(Duration::from_millis(500)).await;
             let before = dir_size(s._dir.path());
-            let after = match &s.disk {
+            let after = match s.relay.disk_store() {
                 Some(d) => {
                     let d = d.clone();
                     tokio::task::spawn_blocking(move || d.reclaim_space())
@@ -567,7 +549,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
         }
     }
     if let Some(s) = spawned {
-        s.handle.shutdown().await;
+        // Clients are gone: the connections close at once, and the disk store's final flush
+        // has its share of the budget.
+        s.relay
+            .shutdown(Duration::from_secs(10))
+            .await
+            .context("stopping the in-process relay")?;
     }
     if let Some(b) = baseline {
         b.shutdown().await;
@@ -810,9 +797,9 @@ async fn subscriber(
 /// The next delivery, opened from the relay's delivery layer, or taken as it is from the
 /// baseline forwarder (envelope followed by a 16-byte placeholder tag).
 async fn next_delivery(
-    sub: &mut sealpost_relay::client::Subscription,
+    sub: &mut sealpost_client::Subscription,
     unsealed: bool,
-) -> Result<Option<sealpost_relay::client::Delivery>, sealpost_relay::client::ClientError> {
+) -> Result<Option<sealpost_client::Delivery>, sealpost_client::ClientError> {
     if !unsealed {
         return sub.next().await;
     }
@@ -821,7 +808,7 @@ async fn next_delivery(
     };
     let keep = d.sealed.len().saturating_sub(sealpost_core::suite::TAG_LEN);
     let envelope = sealpost_core::envelope::Envelope::parse_any_size(d.sealed.slice(..keep))?;
-    Ok(Some(sealpost_relay::client::Delivery {
+    Ok(Some(sealpost_client::Delivery {
         seq: d.seq,
         envelope,
     }))

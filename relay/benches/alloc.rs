@@ -6,12 +6,10 @@
 //! `cargo bench -p sealpost-relay --bench alloc` (add `-- disk` for the disk store).
 
 use bytes::Bytes;
+use sealpost_client::Client;
 use sealpost_core::Suite;
-use sealpost_relay::client::Client;
-use sealpost_relay::store::Store;
-use sealpost_relay::store::disk::{DiskOptions, DiskStore};
-use sealpost_relay::store::memory::MemoryStore;
-use sealpost_relay::{RelayConfig, RelayLimits};
+use sealpost_relay::settings::StoreChoice;
+use sealpost_relay::{Relay, RelayConfig, RelayLimits, StoreOptions};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::Arc;
@@ -85,28 +83,17 @@ fn main() {
         max_envelopes: 1_000_000,
         ..RelayLimits::default()
     };
-    let quotas = limits.quotas();
-    let store: Arc<dyn Store> = if disk {
-        let path = dir.path().join("store");
-        Arc::new(
-            relay_rt
-                .block_on(async {
-                    tokio::task::spawn_blocking(move || {
-                        DiskStore::open(&path, quotas, DiskOptions::default())
-                    })
-                    .await
-                })
-                .expect("open task")
-                .expect("disk store"),
-        )
-    } else {
-        Arc::new(MemoryStore::new(quotas))
-    };
     let mut cfg = RelayConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().to_owned());
     cfg.limits = limits;
-    let handle = relay_rt
-        .block_on(async { sealpost_relay::start(cfg, store).await })
+    let choice = if disk {
+        StoreChoice::Disk
+    } else {
+        StoreChoice::Memory
+    };
+    let relay = relay_rt
+        .block_on(Relay::open_with(cfg, StoreOptions::new(choice)))
         .expect("relay starts");
+    let handle = relay.handle();
     let addr = handle.local_addr().to_string();
     let pin = handle.pin();
 
@@ -173,8 +160,10 @@ fn main() {
         );
         drop(subs);
     });
-    relay_rt.block_on(handle.shutdown());
-    // The store closes when the runtime drops its tasks; the directory must outlive it.
+    relay_rt
+        .block_on(relay.shutdown(std::time::Duration::from_secs(5)))
+        .expect("relay stops");
+    // The directory must outlive the runtime's tasks.
     drop(relay_rt);
     drop(dir);
 }

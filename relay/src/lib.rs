@@ -1,13 +1,13 @@
-//! sealpost-relay: the QUIC relay server, its mailbox stores, and the async client library
-//! used by the CLI, the load generator and the tests.
+//! sealpost-relay: the QUIC relay server and its mailbox stores. The client library is the
+//! sealpost-client crate (the CLI's client commands use it).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod admin;
-pub mod client;
 pub mod config;
-pub mod mailbox_file;
+pub mod master_key;
 pub mod metrics;
+pub mod open;
 pub mod provenance;
 pub mod server;
 pub mod settings;
@@ -32,4 +32,5 @@ pub mod fuzzing {
 }
 
 pub use config::{Rate, RelayConfig, RelayLimits, RetryPolicy, stream_credit};
+pub use open::{OpenError, Relay, StoreOptions};
 pub use server::{RelayHandle, start};

@@ -3,21 +3,18 @@
 #![forbid(unsafe_code)]
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use sealpost_client::{Client, mailbox_file, tls};
 use sealpost_core::Suite;
 use sealpost_core::e2e;
 use sealpost_core::engine::Engine;
 use sealpost_core::invitation::Invitation;
 use sealpost_core::status::DepositStatus;
-use sealpost_relay::client::Client;
+use sealpost_relay::Relay;
 use sealpost_relay::provenance::Provenance;
-use sealpost_relay::settings::{LogFormat, Settings, StoreChoice, Validated};
-use sealpost_relay::store::Store;
+use sealpost_relay::settings::{LogFormat, Settings, Validated};
 use sealpost_relay::store::disk::{DiskOptions, DiskStore};
-use sealpost_relay::store::memory::MemoryStore;
-use sealpost_relay::{mailbox_file, tls};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -199,18 +196,7 @@ fn init_logging(format: LogFormat) -> Result<(), String> {
 const DEFAULT_LOG: &str = "info,fjall=warn,lsm_tree=warn";
 
 fn master_key(file: Option<&PathBuf>) -> Result<Option<zeroize::Zeroizing<[u8; 32]>>, String> {
-    let text = match (file, std::env::var("SEALPOST_MASTER_KEY")) {
-        (Some(f), _) => zeroize::Zeroizing::new(
-            std::fs::read_to_string(f)
-                .map_err(|e| format!("--master-key-file {}: {e}", f.display()))?,
-        ),
-        (None, Ok(v)) => zeroize::Zeroizing::new(v),
-        (None, Err(_)) => return Ok(None),
-    };
-    let mut key = zeroize::Zeroizing::new([0u8; 32]);
-    hex::decode_to_slice(text.trim(), &mut key[..])
-        .map_err(|_| "the master key must be 64 hex digits (32 bytes)".to_owned())?;
-    Ok(Some(key))
+    sealpost_relay::master_key::load(file.map(PathBuf::as_path)).map_err(|e| e.to_string())
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -343,10 +329,6 @@ fn rotate_master_key(data_dir: PathBuf, old: Option<PathBuf>, new: PathBuf) -> C
 }
 
 async fn serve(v: Validated) -> CmdResult {
-    let config = v.relay.clone();
-    let quotas = config.limits.quotas();
-    let data_dir = config.data_dir.clone();
-    let key = master_key(v.master_key_file.as_ref())?;
     // The recorder first, so that everything the relay records from its start is exported.
     let prom = sealpost_relay::admin::install_recorder().map_err(|e| e.to_string())?;
     // Then the admin listener, before the store opens: a long start (a big store to recover,
@@ -356,54 +338,20 @@ async fn serve(v: Validated) -> CmdResult {
     let (admin_addr, _admin) = sealpost_relay::admin::serve(v.admin, prom, readiness.clone())
         .await
         .map_err(|e| e.to_string())?;
-    let mut disk_store = None;
-    let store: Arc<dyn Store> = if v.store == StoreChoice::Memory {
-        say!("store: memory (volatile: envelopes do not survive a restart)");
-        Arc::new(MemoryStore::new(quotas))
-    } else {
-        let dir = data_dir.join("store");
-        let t0 = std::time::Instant::now();
-        let encrypted = key.is_some();
-        let min_free_bytes = v.min_free_disk_bytes;
-        let disk = tokio::task::spawn_blocking(move || {
-            DiskStore::open(
-                &dir,
-                quotas,
-                DiskOptions {
-                    master_key: key,
-                    min_free_bytes,
-                    ..DiskOptions::default()
-                },
-            )
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-        let stats = disk.stats_now();
-        say!(
-            "store: disk at {} ({} mailboxes, {} envelopes recovered in {:.2} s)",
-            disk.dir().display(),
-            stats.mailboxes,
-            stats.envelopes,
-            t0.elapsed().as_secs_f64()
+    let relay = Relay::open(&v).await.map_err(|e| e.to_string())?;
+    say!("{}", relay.store_announcement());
+    if let Some(dir) = relay.unencrypted_secrets() {
+        tracing::warn!(
+            target: "sealpost_relay::announce",
+            "no master key: mailbox secrets (deposit keys, recipient secrets) are stored unencrypted in {}; give --master-key-file or SEALPOST_MASTER_KEY to encrypt them",
+            dir.display()
         );
-        if !encrypted {
-            tracing::warn!(
-                target: "sealpost_relay::announce",
-                "no master key: mailbox secrets (deposit keys, recipient secrets) are stored unencrypted in {}; give --master-key-file or SEALPOST_MASTER_KEY to encrypt them",
-                disk.dir().display()
-            );
-        }
-        disk_store = Some(disk.clone());
-        Arc::new(disk)
-    };
-    let handle = sealpost_relay::start(config, store)
-        .await
-        .map_err(|e| e.to_string())?;
+    }
+    let handle = relay.handle();
     if handle.generated_cert() {
         say!(
             "generated a self-signed certificate in {}",
-            data_dir.join("tls").display()
+            v.relay.data_dir.join("tls").display()
         );
     }
     say!(
@@ -432,10 +380,10 @@ async fn serve(v: Validated) -> CmdResult {
     readiness.started(&handle.readiness());
     // Announced last (scripts and tests wait for this line), though it listens from the start.
     say!("admin HTTP on http://{admin_addr} (/metrics, /healthz, /servingz, /readyz)");
-    let stop = wait_for_stop(&handle).await;
+    let stop = wait_for_stop(handle).await;
     say!("shutting down (at most {} s)", v.shutdown_timeout.as_secs());
     // One budget for the connections' grace period and the store's final flush.
-    let stopped = sealpost_relay::shutdown::stop(handle, disk_store, v.shutdown_timeout).await;
+    let stopped = relay.shutdown(v.shutdown_timeout).await;
     stop?;
     stopped.map_err(|e| e.to_string())?;
     say!("stopped");

@@ -6,12 +6,12 @@ mod common;
 
 use common::process::{Serve, http_get};
 use common::{error_code, frame, raw_exchange, relay_with, seal};
+use sealpost_client::tls::Trust;
+use sealpost_client::{Client, ClientError};
 use sealpost_core::Suite;
 use sealpost_core::frame::FrameType;
 use sealpost_core::msg::ErrorMsg;
 use sealpost_core::status::{DepositStatus, ErrorCode};
-use sealpost_relay::client::{Client, ClientError};
-use sealpost_relay::tls::Trust;
 use sealpost_relay::{Rate, RelayLimits, RetryPolicy};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -290,7 +290,7 @@ async fn every_limit_is_counted_in_metrics() {
         ],
         "warn",
     );
-    let pin = sealpost_relay::tls::parse_pin(&serve.pin).unwrap();
+    let pin = sealpost_client::tls::parse_pin(&serve.pin).unwrap();
     let c = connect_from(&serve.addr, pin, "127.0.0.1").await.unwrap();
     assert!(
         connect_from(&serve.addr, pin, "127.0.0.1").await.is_err(),

@@ -4,9 +4,9 @@
 mod common;
 
 use common::process::{Serve, cli, create_mailbox, http_get, signal};
+use sealpost_client::Client;
 use sealpost_core::Suite;
 use sealpost_core::status::DepositStatus;
-use sealpost_relay::client::Client;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,7 @@ async fn admin_listener_serves_health_readiness_and_metrics() {
     let serve = Serve::start(dir.path(), &["--store", "memory"], "warn");
     assert_eq!(http_get(&serve.admin, "/healthz").0, 200);
     assert_eq!(http_get(&serve.admin, "/readyz").0, 200);
-    let pin = sealpost_relay::tls::parse_pin(&serve.pin).unwrap();
+    let pin = sealpost_client::tls::parse_pin(&serve.pin).unwrap();
     let c = Client::connect_pinned(&serve.addr, pin).await.unwrap();
     let mb = c.create(Suite::ChaCha20Poly1305).await.unwrap();
     let env = sealpost_core::e2e::seal_for_invitation(
@@ -118,7 +118,7 @@ async fn sigterm_answers_what_it_read_flushes_and_exits() {
     let dir = tempfile::tempdir().unwrap();
     let serve = Serve::start(dir.path(), &["--store", "disk"], "warn");
     let addr = serve.addr.clone();
-    let pin = sealpost_relay::tls::parse_pin(&serve.pin).unwrap();
+    let pin = sealpost_client::tls::parse_pin(&serve.pin).unwrap();
     let c = Client::connect_pinned(&addr, pin).await.unwrap();
     let mb = c.create(Suite::ChaCha20Poly1305).await.unwrap();
     let (mut tx, mut rx) = c.open_deposit().await.unwrap();
@@ -192,7 +192,7 @@ fn write_cert(dir: &std::path::Path, name: &str) -> [u8; 32] {
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     std::fs::write(dir.join(format!("{name}.pem")), ck.cert.pem()).unwrap();
     std::fs::write(dir.join(format!("{name}.key")), ck.key_pair.serialize_pem()).unwrap();
-    sealpost_relay::tls::pin_of(ck.cert.der())
+    sealpost_client::tls::pin_of(ck.cert.der())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,7 +274,7 @@ async fn dashboard_and_alerts_query_only_exported_metrics() {
     // Traffic, so that histograms have samples.
     let dir = tempfile::tempdir().unwrap();
     let serve = Serve::start(dir.path(), &["--store", "memory"], "warn");
-    let pin = sealpost_relay::tls::parse_pin(&serve.pin).unwrap();
+    let pin = sealpost_client::tls::parse_pin(&serve.pin).unwrap();
     let c = Client::connect_pinned(&serve.addr, pin).await.unwrap();
     let mb = c.create(Suite::ChaCha20Poly1305).await.unwrap();
     let env = sealpost_core::e2e::seal_for_invitation(

@@ -15,7 +15,7 @@ use std::time::Duration;
 /// Writes `bytes` on a new stream without finishing it, reads the relay's frames until it
 /// finishes its side, and returns them with the code of the relay's STOP_SENDING (if any).
 async fn exchange_unfinished(
-    c: &sealpost_relay::client::Client,
+    c: &sealpost_client::Client,
     bytes: &[u8],
 ) -> (Vec<sealpost_core::frame::Frame>, Option<u64>) {
     let (mut send, mut recv) = c.connection().open_bi().await.expect("open stream");

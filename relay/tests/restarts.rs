@@ -6,10 +6,10 @@
 mod common;
 
 use common::process::{Serve, cli, signal};
+use sealpost_client::{Client, ClientError, Delivery};
 use sealpost_core::Suite;
 use sealpost_core::engine::Engine;
 use sealpost_core::status::DepositStatus;
-use sealpost_relay::client::{Client, ClientError, Delivery};
 use sealpost_relay::server::reset_key::FILE_NAME;
 use sealpost_relay::store::memory::MemoryStore;
 use sealpost_relay::{RelayConfig, RelayLimits};
@@ -63,23 +63,23 @@ fn kill_and_restart(serve: Serve, dir: &Path) -> Serve {
 }
 
 /// A relay with a disk store, a client pinned to it, and a mailbox on it.
-async fn relay_with_mailbox(dir: &Path) -> (Serve, Client, sealpost_relay::client::Mailbox) {
+async fn relay_with_mailbox(dir: &Path) -> (Serve, Client, sealpost_client::Mailbox) {
     let serve = Serve::start(dir, &["--store", "disk"], "warn");
-    let pin = sealpost_relay::tls::parse_pin(&serve.pin).unwrap();
+    let pin = sealpost_client::tls::parse_pin(&serve.pin).unwrap();
     let client = Client::connect_pinned(&serve.addr, pin).await.unwrap();
     let mb = client.create(Suite::ChaCha20Poly1305).await.unwrap();
     (serve, client, mb)
 }
 
 /// `m` sealed for the mailbox.
-fn seal(mb: &sealpost_relay::client::Mailbox, m: &[u8]) -> bytes::Bytes {
+fn seal(mb: &sealpost_client::Mailbox, m: &[u8]) -> bytes::Bytes {
     sealpost_core::e2e::seal_for_invitation(&Engine::ring(), &mb.invitation(), &mb.sizes, m)
         .unwrap()
 }
 
 /// Deposits `m` into the mailbox from a client of its own, not the one under test.
-async fn deposit_elsewhere(serve: &Serve, mb: &sealpost_relay::client::Mailbox, m: &[u8]) {
-    let pin = sealpost_relay::tls::parse_pin(&serve.pin).unwrap();
+async fn deposit_elsewhere(serve: &Serve, mb: &sealpost_client::Mailbox, m: &[u8]) {
+    let pin = sealpost_client::tls::parse_pin(&serve.pin).unwrap();
     let sender = Client::connect_pinned(&serve.addr, pin).await.unwrap();
     assert!(sender.deposit(seal(mb, m)).await.unwrap().is_success());
 }
@@ -88,7 +88,7 @@ async fn deposit_elsewhere(serve: &Serve, mb: &sealpost_relay::client::Mailbox, 
 /// timeout; `why` says what that shows) and brought `m`.
 async fn resumes_with(
     next: impl Future<Output = Result<Option<Delivery>, ClientError>>,
-    mb: &sealpost_relay::client::Mailbox,
+    mb: &sealpost_client::Mailbox,
     m: &[u8],
     why: &str,
 ) {
@@ -117,7 +117,7 @@ async fn a_deposit_in_flight_across_a_kill_and_restart_is_retried_and_stored_onc
     let dir = tempfile::tempdir().unwrap();
     let serve = Serve::start(dir.path(), &["--store", "disk"], "warn");
     let addr = serve.addr.clone();
-    let pin = sealpost_relay::tls::parse_pin(&serve.pin).unwrap();
+    let pin = sealpost_client::tls::parse_pin(&serve.pin).unwrap();
     let client = Arc::new(Client::connect_pinned(&addr, pin).await.unwrap());
     let mb = client.create(Suite::ChaCha20Poly1305).await.unwrap();
     let env =
@@ -167,7 +167,7 @@ async fn a_resuming_subscription_continues_after_a_kill_and_restart() {
     let dir = tempfile::tempdir().unwrap();
     let serve = Serve::start(dir.path(), &["--store", "disk"], "warn");
     let addr = serve.addr.clone();
-    let pin = sealpost_relay::tls::parse_pin(&serve.pin).unwrap();
+    let pin = sealpost_client::tls::parse_pin(&serve.pin).unwrap();
     let client = Client::connect_pinned(&addr, pin).await.unwrap();
     let mb = client.create(Suite::ChaCha20Poly1305).await.unwrap();
     let seal = |m: &[u8]| {

@@ -79,12 +79,9 @@ async fn below_the_reserve_deposits_wait_and_deliveries_go_on() {
             .await
             .unwrap();
     let admin = admin.to_string();
-    let c = sealpost_relay::client::Client::connect_pinned(
-        &handle.local_addr().to_string(),
-        handle.pin(),
-    )
-    .await
-    .unwrap();
+    let c = sealpost_client::Client::connect_pinned(&handle.local_addr().to_string(), handle.pin())
+        .await
+        .unwrap();
     let mb = c.create(Suite::ChaCha20Poly1305).await.unwrap();
     for text in [&b"one"[..], b"two"] {
         let env = common::seal(&c, &mb, text).await;

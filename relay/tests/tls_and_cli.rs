@@ -3,15 +3,15 @@
 mod common;
 
 use common::process::{Serve, cli};
+use sealpost_client::tls::Trust;
+use sealpost_client::{Client, ClientError};
 use sealpost_core::Suite;
 use sealpost_core::e2e::seal_for_invitation;
 use sealpost_core::engine::Engine;
 use sealpost_core::invitation::{Invitation, RelayTrust};
 use sealpost_core::status::DepositStatus;
-use sealpost_relay::client::{Client, ClientError};
 use sealpost_relay::store::Quotas;
 use sealpost_relay::store::memory::MemoryStore;
-use sealpost_relay::tls::Trust;
 use sealpost_relay::{RelayConfig, RelayLimits};
 use std::sync::Arc;
 
@@ -224,7 +224,7 @@ async fn a_key_that_is_not_the_certificates_is_refused_at_start_and_reload() {
     std::fs::copy(d.join("b.pem"), d.join("cert.pem")).unwrap();
     let err = handle.reload_certificate().unwrap_err();
     assert!(
-        matches!(err, sealpost_relay::tls::TlsError::KeyMismatch { .. }),
+        matches!(err, sealpost_relay::tls::CertError::KeyMismatch { .. }),
         "{err}"
     );
     let addr = handle.local_addr().to_string();
@@ -376,7 +376,7 @@ async fn key_pinned_invitations_survive_renewals_with_the_same_key() {
     let (handle, addr) = relay_with_files(d, &first.pem(), &key.serialize_pem()).await;
     let owner = Client::connect_pinned(&addr, handle.pin()).await.unwrap();
     let mb = owner.create(Suite::ChaCha20Poly1305).await.unwrap();
-    let key_pin = sealpost_relay::tls::key_pin_of(first.der()).unwrap();
+    let key_pin = sealpost_client::tls::key_pin_of(first.der()).unwrap();
     assert_eq!(mb.trust, RelayTrust::KeyPin(key_pin));
     assert_eq!(handle.key_pin().unwrap(), key_pin);
     let text = mb.invitation().encode().unwrap();
@@ -387,7 +387,7 @@ async fn key_pinned_invitations_survive_renewals_with_the_same_key() {
     old.trust = RelayTrust::CertificatePin(handle.pin());
     let old = Invitation::parse(&old.encode().unwrap()).unwrap();
     let as_is =
-        |i: &Invitation| Trust::from_relay_trust(i.trust, sealpost_relay::tls::default_roots);
+        |i: &Invitation| Trust::from_relay_trust(i.trust, sealpost_client::tls::default_roots);
     assert_eq!(old.trust, RelayTrust::CertificatePin(handle.pin()));
     assert!(
         deposit_through(&old, as_is(&old))
@@ -467,7 +467,7 @@ async fn ca_trust_invitations_work_with_the_issuing_ca() {
             .unwrap()
             .is_success()
     );
-    let builtin = Trust::from_relay_trust(inv.trust, sealpost_relay::tls::default_roots);
+    let builtin = Trust::from_relay_trust(inv.trust, sealpost_client::tls::default_roots);
     let err = deposit_through(&inv, builtin).await.unwrap_err();
     assert!(matches!(err, ClientError::Connect(_)), "{err}");
     // The relay's address by IP is not the certificate's name.

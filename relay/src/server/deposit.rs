@@ -12,8 +12,9 @@
 use super::pipeline::Answered;
 use super::proto::{BatchId, DepositAction, DepositLimits, DepositStream, Ending};
 use super::{Peer, Shared};
-use crate::stream::{FrameReader, ReadError, frame_error_reply, refuse};
+use crate::stream::{frame_error_reply, refuse};
 use quinn::SendStream;
+use sealpost_client::stream::{FrameReader, ReadError};
 use sealpost_core::envelope::{Envelope, EnvelopeErrorClass};
 use sealpost_core::frame::{Frame, FrameType};
 use sealpost_core::msg::{encode_deposit_result, frame_with};

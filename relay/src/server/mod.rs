@@ -12,9 +12,12 @@ mod subscribe;
 
 use crate::config::{RelayConfig, RelayLimits, RetryPolicy};
 use crate::store::Store;
-use crate::stream::{FrameReader, ReadError, frame_error_reply, refuse};
-use crate::tls::{self, TlsError};
+use crate::stream::{frame_error_reply, refuse};
+use crate::tls;
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use sealpost_client::stream::{FrameReader, ReadError};
+use sealpost_client::tls::TlsError;
+use sealpost_core::CLOSE_SHUTDOWN;
 use sealpost_core::frame::FrameType;
 use sealpost_core::status::ErrorCode;
 use std::net::SocketAddr;
@@ -30,8 +33,6 @@ use tokio::task::JoinHandle;
 /// little for a trickle to hold memory.
 const PRESSURE_FRAME_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// QUIC application close code for a relay shutting down; clients reconnect after it.
-pub const CLOSE_SHUTDOWN: u32 = 1;
 /// QUIC application close code for a connection whose source committed more faults (rejected
 /// deposits, malformed or timed-out frames, requests over a rate limit) than the relay
 /// allows; its new connections are refused for a while.
@@ -50,6 +51,9 @@ pub enum RelayError {
     /// TLS set-up failed.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The relay's certificate or key could not be loaded or generated.
+    #[error(transparent)]
+    Cert(#[from] tls::CertError),
     /// The UDP socket could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -82,7 +86,7 @@ pub(crate) struct Shared {
     /// Open and recent connections per source address.
     pub sources: Arc<limits::SourceTable>,
     /// The deadline for begun frames, and what half-received frames hold relay-wide.
-    pub frames: Arc<crate::stream::FrameDeadline>,
+    pub frames: Arc<sealpost_client::stream::FrameDeadline>,
     /// Mailbox creations per source address.
     pub creates: std::sync::Mutex<limits::Buckets<limits::SourceKey>>,
     pub shutdown: watch::Receiver<bool>,
@@ -137,7 +141,7 @@ impl RelayHandle {
     /// Reads the certificate and key files again and uses them for new connections (the
     /// operator's files, or the generated ones in DATA_DIR/tls). Returns the new pin; on an
     /// error the old certificate stays in use.
-    pub fn reload_certificate(&self) -> Result<[u8; 32], TlsError> {
+    pub fn reload_certificate(&self) -> Result<[u8; 32], tls::CertError> {
         let id = tls::load_identity(&self.cert_paths.0, &self.cert_paths.1)?;
         self.certs.replace(id)?;
         Ok(self.certs.pin())
@@ -314,7 +318,7 @@ pub async fn start(config: RelayConfig, store: Arc<dyn Store>) -> Result<RelayHa
         faults: config.limits.source_fault_rate,
     });
     let creates = std::sync::Mutex::new(limits::Buckets::new(config.limits.source_create_rate));
-    let frames = crate::stream::FrameDeadline::new(
+    let frames = sealpost_client::stream::FrameDeadline::new(
         config.limits.frame_timeout,
         PRESSURE_FRAME_TIMEOUT,
         config.limits.partial_frame_budget_bytes,

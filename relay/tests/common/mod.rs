@@ -6,12 +6,12 @@ pub mod process;
 pub mod valkey;
 
 use bytes::{Bytes, BytesMut};
+use sealpost_client::{Client, ClientError, Mailbox, Subscription};
 use sealpost_core::Suite;
 use sealpost_core::e2e;
 use sealpost_core::frame::{Frame, FrameDecoder, FrameType};
 use sealpost_core::msg::ErrorMsg;
 use sealpost_core::status::ErrorCode;
-use sealpost_relay::client::{Client, ClientError, Mailbox, Subscription};
 use sealpost_relay::store::memory::MemoryStore;
 use sealpost_relay::{RelayConfig, RelayHandle, RelayLimits};
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! The recipient's mailbox file: its credentials as JSON, written readable by the owner only.
 
-use crate::client::Mailbox;
+use crate::Mailbox;
 use sealpost_core::e2e::E2eSecretKey;
 use sealpost_core::invitation::RelayTrust;
 use sealpost_core::keys::RecipientSecret;

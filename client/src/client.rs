@@ -119,12 +119,12 @@ fn refusal(e: &ErrorMsg) -> String {
 
 impl ClientError {
     /// Whether the relay ended the connection or stream because it is shutting down or
-    /// restarting (QUIC close code [`crate::server::CLOSE_SHUTDOWN`], or `ERROR
+    /// restarting (QUIC close code [`sealpost_core::CLOSE_SHUTDOWN`], or `ERROR
     /// SHUTTING_DOWN`): reconnect ([`Client::reconnect`]) and resend what was not answered.
     pub fn is_relay_shutdown(&self) -> bool {
         match self {
             Self::Connection(quinn::ConnectionError::ApplicationClosed(c)) => {
-                c.error_code == quinn::VarInt::from_u32(crate::server::CLOSE_SHUTDOWN)
+                c.error_code == quinn::VarInt::from_u32(sealpost_core::CLOSE_SHUTDOWN)
             }
             Self::Relay(e) => {
                 e.known_code() == Some(sealpost_core::status::ErrorCode::ShuttingDown)
@@ -244,7 +244,7 @@ impl Link {
         match reason {
             Some(quinn::ConnectionError::Reset | quinn::ConnectionError::TimedOut) => true,
             Some(quinn::ConnectionError::ApplicationClosed(c)) => {
-                c.error_code == quinn::VarInt::from_u32(crate::server::CLOSE_SHUTDOWN)
+                c.error_code == quinn::VarInt::from_u32(sealpost_core::CLOSE_SHUTDOWN)
             }
             _ => false,
         }
@@ -450,13 +450,13 @@ impl Client {
     }
 
     /// Whether the relay closed this connection because it is shutting down or restarting
-    /// (close code [`crate::server::CLOSE_SHUTDOWN`]); a stream error seen then means
+    /// (close code [`sealpost_core::CLOSE_SHUTDOWN`]); a stream error seen then means
     /// "reconnect", whatever the stream itself reported.
     pub fn relay_shut_down(&self) -> bool {
         matches!(
             self.link().conn.close_reason(),
             Some(quinn::ConnectionError::ApplicationClosed(c))
-                if c.error_code == quinn::VarInt::from_u32(crate::server::CLOSE_SHUTDOWN)
+                if c.error_code == quinn::VarInt::from_u32(sealpost_core::CLOSE_SHUTDOWN)
         )
     }
 
@@ -1116,14 +1116,14 @@ impl Mailbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::memory::MemoryStore;
-    use crate::{RelayConfig, RelayLimits};
+    use sealpost_relay::store::memory::MemoryStore;
+    use sealpost_relay::{RelayConfig, RelayLimits};
 
     /// An in-process relay on loopback and a client pinned to it.
-    async fn relay_and_client(dir: &std::path::Path) -> (crate::RelayHandle, Client) {
+    async fn relay_and_client(dir: &std::path::Path) -> (sealpost_relay::RelayHandle, Client) {
         let cfg = RelayConfig::new("127.0.0.1:0".parse().unwrap(), dir.to_owned());
         let store = Arc::new(MemoryStore::new(RelayLimits::default().quotas()));
-        let relay = crate::start(cfg, store).await.unwrap();
+        let relay = sealpost_relay::start(cfg, store).await.unwrap();
         let addr = relay.local_addr().to_string();
         let client = Client::connect_pinned(&addr, relay.pin()).await.unwrap();
         (relay, client)

@@ -1,0 +1,191 @@
+//! Building a relay from its settings, the one way `serve`, the load generator and the tests
+//! all use: the store the settings choose (opened and recovered, with the master key), then
+//! the QUIC endpoint over it; and stopping it again within one time budget. What belongs to
+//! the process (arguments, logging, signals, the metrics recorder, the admin listener) stays
+//! with the caller.
+
+use crate::config::RelayConfig;
+use crate::master_key::{self, MasterKeyError};
+use crate::server::{RelayError, RelayHandle};
+use crate::settings::{StoreChoice, Validated};
+use crate::shutdown::StopError;
+use crate::store::disk::{DiskOptions, DiskStore};
+use crate::store::memory::MemoryStore;
+use crate::store::{Store, StoreError, StoreStats};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use zeroize::Zeroizing;
+
+/// Why a relay could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The master key could not be read.
+    #[error(transparent)]
+    MasterKey(#[from] MasterKeyError),
+    /// The store could not be opened (the message says which file, or which relay holds it).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The task opening the store ended abnormally.
+    #[error("the task opening the store did not finish: {0}; see the log above for its cause")]
+    Task(String),
+    /// The QUIC endpoint could not start (address, certificate, limits).
+    #[error(transparent)]
+    Start(#[from] RelayError),
+}
+
+/// How to open the store, beyond the relay's own configuration.
+#[derive(Clone)]
+pub struct StoreOptions {
+    /// Which store.
+    pub choice: StoreChoice,
+    /// Encrypts mailbox secrets at rest (stores that keep them) when given.
+    pub master_key: Option<Zeroizing<[u8; 32]>>,
+    /// The disk store's free-space reserve, bytes.
+    pub min_free_disk_bytes: u64,
+}
+
+impl StoreOptions {
+    /// The options for `choice` with no master key and the disk store's default reserve.
+    pub fn new(choice: StoreChoice) -> Self {
+        Self {
+            choice,
+            master_key: None,
+            min_free_disk_bytes: DiskOptions::default().min_free_bytes,
+        }
+    }
+}
+
+/// A store opened for a relay, with what the caller may say about it.
+pub struct OpenedStore {
+    /// The store the relay serves from.
+    pub store: Arc<dyn Store>,
+    /// The disk store itself, when it is one: it is flushed at shutdown, and the load
+    /// generator reclaims its space.
+    pub disk: Option<DiskStore>,
+    /// One line for the operator: which store, where, what it recovered.
+    pub announcement: String,
+    /// Where mailbox secrets are kept unencrypted for want of a master key, if anywhere.
+    pub unencrypted_secrets: Option<PathBuf>,
+}
+
+/// Opens the store `options` choose for `config` (under its data directory). Opening a disk
+/// store recovers it, which may take a while; it runs off the async threads.
+pub async fn open_store(
+    config: &RelayConfig,
+    options: StoreOptions,
+) -> Result<OpenedStore, OpenError> {
+    let quotas = config.limits.quotas();
+    match options.choice {
+        StoreChoice::Memory => Ok(OpenedStore {
+            store: Arc::new(MemoryStore::new(quotas)),
+            disk: None,
+            announcement: "store: memory (volatile: envelopes do not survive a restart)".into(),
+            unencrypted_secrets: None,
+        }),
+        StoreChoice::Disk => {
+            let dir = config.data_dir.join("store");
+            let t0 = Instant::now();
+            let encrypted = options.master_key.is_some();
+            let disk = tokio::task::spawn_blocking(move || {
+                DiskStore::open(
+                    &dir,
+                    quotas,
+                    DiskOptions {
+                        master_key: options.master_key,
+                        min_free_bytes: options.min_free_disk_bytes,
+                        ..DiskOptions::default()
+                    },
+                )
+            })
+            .await
+            .map_err(|e| OpenError::Task(e.to_string()))??;
+            let stats = disk.stats_now();
+            let announcement = format!(
+                "store: disk at {} ({} mailboxes, {} envelopes recovered in {:.2} s)",
+                disk.dir().display(),
+                stats.mailboxes,
+                stats.envelopes,
+                t0.elapsed().as_secs_f64()
+            );
+            Ok(OpenedStore {
+                store: Arc::new(disk.clone()),
+                unencrypted_secrets: (!encrypted).then(|| disk.dir().to_owned()),
+                disk: Some(disk),
+                announcement,
+            })
+        }
+    }
+}
+
+/// A running relay with its store.
+pub struct Relay {
+    handle: RelayHandle,
+    store: Arc<dyn Store>,
+    disk: Option<DiskStore>,
+    announcement: String,
+    unencrypted_secrets: Option<PathBuf>,
+}
+
+impl Relay {
+    /// Builds the relay `settings` describe: reads the master key (the settings' file, else
+    /// `SEALPOST_MASTER_KEY`), opens and recovers the chosen store and starts listening.
+    pub async fn open(settings: &Validated) -> Result<Self, OpenError> {
+        let options = StoreOptions {
+            choice: settings.store,
+            master_key: master_key::load(settings.master_key_file.as_deref())?,
+            min_free_disk_bytes: settings.min_free_disk_bytes,
+        };
+        Self::open_with(settings.relay.clone(), options).await
+    }
+
+    /// Builds a relay from a configuration and store options directly (what the load
+    /// generator and tests that set limits in code use).
+    pub async fn open_with(config: RelayConfig, options: StoreOptions) -> Result<Self, OpenError> {
+        let opened = open_store(&config, options).await?;
+        let handle = crate::server::start(config, opened.store.clone()).await?;
+        Ok(Self {
+            handle,
+            store: opened.store,
+            disk: opened.disk,
+            announcement: opened.announcement,
+            unencrypted_secrets: opened.unencrypted_secrets,
+        })
+    }
+
+    /// The running server: address, pins, certificate reload, store failures.
+    pub fn handle(&self) -> &RelayHandle {
+        &self.handle
+    }
+
+    /// The store the relay serves from.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The disk store, when the relay runs on one.
+    pub fn disk_store(&self) -> Option<&DiskStore> {
+        self.disk.as_ref()
+    }
+
+    /// The store's current totals.
+    pub async fn stats(&self) -> StoreStats {
+        self.store.stats().await
+    }
+
+    /// One line for the operator about the store: which, where, what it recovered.
+    pub fn store_announcement(&self) -> &str {
+        &self.announcement
+    }
+
+    /// Where mailbox secrets are stored unencrypted (no master key was given), if anywhere.
+    pub fn unencrypted_secrets(&self) -> Option<&std::path::Path> {
+        self.unencrypted_secrets.as_deref()
+    }
+
+    /// Stops the relay: the connections' grace period and the store's final flush share
+    /// `budget`; a flush that fails is an error.
+    pub async fn shutdown(self, budget: Duration) -> Result<(), StopError> {
+        crate::shutdown::stop(self.handle, self.disk, budget).await
+    }
+}
