@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# The one-shot `valkey-init` service of deploy/cluster/docker-compose.yml: joins the six nodes
-# into a cluster of 3 primaries with one replica each the first time, and on every start waits
-# until every node reports cluster_state:ok with all 16384 slots and every replica is in sync,
-# so that the relays (which depend on this service completing) start on a usable cluster.
+# Joins six Valkey nodes into a cluster of 3 primaries with one replica each the first time,
+# and on every run waits until every node reports cluster_state:ok with all 16384 slots and
+# every replica is in sync, so that relays started after it find a usable cluster. It is the
+# one-shot `valkey-init` service of deploy/cluster/docker-compose.yml and the Job of the trial
+# StatefulSet in this directory (kept here because kustomize loads files only from below its
+# kustomization).
 #
-# Environment: VALKEY_NODES, the nodes as IP:PORT separated by spaces (valkey-cli's cluster
-# create wants addresses, not names); INIT_TIMEOUT, seconds for each wait (default 60).
+# Environment: VALKEY_NODES, the nodes as HOST:PORT separated by spaces or newlines (names are
+# resolved to addresses, which is what valkey-cli's cluster create wants); INIT_TIMEOUT,
+# seconds for each wait (default 60).
 set -euo pipefail
 
 say() { echo "valkey-init: $*" >&2; }
@@ -13,8 +16,23 @@ die() {
     say "error: $*"
     exit 1
 }
-read -r -a nodes <<<"${VALKEY_NODES:?VALKEY_NODES must list the nodes as IP:PORT}"
+read -r -d '' -a names <<<"${VALKEY_NODES:?VALKEY_NODES must list the nodes as HOST:PORT}" || true
 timeout_s=${INIT_TIMEOUT:-60}
+
+# HOST:PORT with HOST's IPv4 address, waiting for a name that is not resolvable yet (a pod's
+# DNS record appears shortly after the pod).
+resolve() {
+    local host=${1%:*} port=${1##*:} deadline=$((SECONDS + timeout_s)) ip
+    while :; do
+        ip=$(getent ahostsv4 "$host" | awk 'NR == 1 { print $1 }')
+        [ -n "$ip" ] && break
+        [ "$SECONDS" -lt "$deadline" ] || die "$host does not resolve within ${timeout_s} s"
+        sleep 0.5
+    done
+    echo "$ip:$port"
+}
+nodes=()
+for name in "${names[@]}"; do nodes+=("$(resolve "$name")"); done
 
 cli() {
     local addr=$1
