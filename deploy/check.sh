@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Checks the deployment files with the tools operators use: promtool (rules, rule unit tests,
-# Prometheus config), yamllint, shellcheck, and the Grafana dashboard as JSON. Whether the
-# dashboard's metrics exist and the example config validates is checked by the relay's tests
-# against a running relay (relay/tests/operations.rs).
+# Prometheus config), yamllint, shellcheck, kustomize and compose (when installed), and the
+# Grafana dashboard as JSON. Whether the dashboard's metrics exist and the example config
+# validates is checked by the relay's tests against a running relay (relay/tests/operations.rs).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -20,6 +20,22 @@ shellcheck ../.ci/run
 if command -v kubectl >/dev/null; then
     echo "== kubectl kustomize"
     kubectl kustomize k8s > /dev/null
+    kubectl kustomize k8s/cluster > /dev/null
+    kubectl kustomize k8s/cluster/valkey > /dev/null
+fi
+# The cluster compose file needs what deploy/cluster/secrets.sh writes to .env; stand-ins here
+# (the environment wins over .env).
+compose=()
+if docker compose version >/dev/null 2>&1; then
+    compose=(docker compose)
+elif command -v docker-compose >/dev/null; then
+    compose=(docker-compose)
+fi
+if ((${#compose[@]})); then
+    echo "== ${compose[*]} config"
+    "${compose[@]}" -f docker-compose.yml config -q
+    SEALPOST_KEY_PIN=$(printf '%064d' 0) SEALPOST_UID=65532 SEALPOST_GID=65532 \
+        "${compose[@]}" -f cluster/docker-compose.yml config -q
 fi
 if command -v systemd-analyze >/dev/null; then
     echo "== systemd-analyze verify and security"
