@@ -223,7 +223,7 @@ async fn a_relay_that_is_not_running_is_reported_within_seconds() {
     let addr = free.local_addr().unwrap().to_string();
     drop(free);
     let inv = sealpost_core::invitation::Invitation {
-        relay: addr.clone(),
+        relays: vec![addr.clone()],
         trust: sealpost_core::invitation::RelayTrust::KeyPin([7; 32]),
         deposit_id: [1; 16],
         deposit_key: sealpost_core::AeadKey::new(Suite::ChaCha20Poly1305, [2; 32]),
