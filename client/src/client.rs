@@ -1318,4 +1318,36 @@ mod tests {
             .expect("the old connection still answers");
         relay.shutdown().await;
     }
+
+    /// Tried in order from the first address, a dead one is passed over after the stagger,
+    /// long before its handshake would time out; with none answering, the error names all.
+    #[tokio::test]
+    async fn attempts_move_on_from_a_dead_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let (relay, client) = relay_and_client(dir.path()).await;
+        let hole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let dead = hole.local_addr().unwrap().to_string();
+        let addrs = [dead.clone(), relay.local_addr().to_string()];
+        let trust = Trust::Pin(relay.pin());
+        let link = tokio::time::timeout(
+            Duration::from_secs(10),
+            open_any(&addrs, 0, &trust, None, Duration::from_secs(30), 7),
+        )
+        .await
+        .expect("not held up by the dead address")
+        .unwrap();
+        assert_eq!((link.addr, link.generation), (1, 7));
+        let hole2 = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let both_dead = [dead.clone(), hole2.local_addr().unwrap().to_string()];
+        let err = open_any(&both_dead, 1, &trust, None, Duration::from_millis(600), 0)
+            .await
+            .err()
+            .unwrap();
+        match err {
+            ClientError::Unreachable { addr, .. } => assert_eq!(addr, both_dead.join(", ")),
+            other => panic!("{other}"),
+        }
+        client.close().await;
+        relay.shutdown().await;
+    }
 }
