@@ -224,6 +224,8 @@ struct Link {
     /// Counts reconnections, so that concurrent requests that lost the same connection
     /// reconnect once.
     generation: u64,
+    /// Which of the client's relay addresses this connection goes to.
+    addr: usize,
 }
 
 impl Link {
@@ -320,17 +322,115 @@ async fn open_link(
         pin: tls::pin_of(&cert),
         key_pin,
         generation,
+        addr: 0,
     })
 }
 
-/// A connection to a relay. After a relay restart, [`Client::deposit`], [`Client::info`] and
-/// a [`ResumingSubscription`] reconnect by themselves; the other requests report the loss.
+/// How long a connection attempt to one relay address has before the next address is tried
+/// alongside it (the "connection attempt delay" of RFC 8305's Happy Eyeballs): long enough
+/// that a relay that answers at all usually wins, short enough that a dead address costs a
+/// fraction of a second rather than [`CONNECT_TIMEOUT`]. An attempt that fails outright
+/// starts the next at once.
+pub const ATTEMPT_STAGGER: Duration = Duration::from_millis(250);
+
+/// Connects to one of `addrs`, trying them in turn from index `start` (wrapping around),
+/// each [`ATTEMPT_STAGGER`] after the previous one unless that failed sooner; attempts run
+/// side by side and the first handshake to complete wins (the others are dropped). Gives up
+/// after `timeout` in all. With one address this is [`open_link`].
+async fn open_any(
+    addrs: &[String],
+    start: usize,
+    trust: &Trust,
+    local: Option<SocketAddr>,
+    timeout: Duration,
+    generation: u64,
+) -> Result<Link, ClientError> {
+    if let [addr] = addrs {
+        return open_link(addr, trust, local, timeout, generation).await;
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut attempts = tokio::task::JoinSet::new();
+    let launch = |attempts: &mut tokio::task::JoinSet<_>, i: usize| {
+        let (addr, trust) = (addrs[i].clone(), trust.clone());
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        attempts.spawn(async move { (i, open_link(&addr, &trust, local, left, generation).await) });
+    };
+    let mut order = (0..addrs.len()).map(|i| (start + i) % addrs.len());
+    let mut waiting = true;
+    let mut errors = Vec::with_capacity(addrs.len());
+    loop {
+        // Nothing under way (at the start, or every attempt so far failed): the next now.
+        if attempts.is_empty() {
+            match order.next() {
+                Some(i) => launch(&mut attempts, i),
+                None => return Err(most_telling(addrs, errors, timeout)),
+            }
+        }
+        tokio::select! {
+            Some(done) = attempts.join_next() => match done {
+                Ok((i, Ok(mut link))) => {
+                    link.addr = i;
+                    return Ok(link);
+                }
+                Ok((_, Err(e))) => errors.push(e),
+                // A panicked attempt is a bug there; the other addresses may still answer.
+                Err(e) => errors.push(ClientError::Connect(e.to_string())),
+            },
+            () = tokio::time::sleep(ATTEMPT_STAGGER), if waiting => match order.next() {
+                Some(i) => launch(&mut attempts, i),
+                None => waiting = false,
+            },
+            () = tokio::time::sleep_until(deadline) => {
+                return Err(most_telling(addrs, errors, timeout));
+            }
+        }
+    }
+}
+
+/// Of the errors of the attempts to several relays, the one that tells a person most: a pin
+/// mismatch (the trust is wrong, or the address is not the deployment's), then any failure
+/// other than not reaching a relay, then a refused connection; when no relay answered, one
+/// [`ClientError::Unreachable`] naming them all.
+fn most_telling(addrs: &[String], errors: Vec<ClientError>, timeout: Duration) -> ClientError {
+    let rank = |e: &ClientError| match e {
+        ClientError::PinMismatch { .. } => 0,
+        ClientError::Connect(_) => 2,
+        ClientError::Unreachable { .. } | ClientError::Address { .. } => 3,
+        _ => 1,
+    };
+    match errors.into_iter().min_by_key(rank) {
+        Some(e) if rank(&e) < 3 => e,
+        _ => ClientError::Unreachable {
+            addr: addrs.join(", "),
+            secs: timeout.as_secs_f64(),
+        },
+    }
+}
+
+/// A starting index among `n` relay addresses, chosen at random so that the clients of a
+/// deployment spread over its relays without a load balancer in front of them.
+fn random_start(n: usize) -> usize {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 4];
+    // Without randomness, starting at the first address is still correct, only less even.
+    match ring::rand::SystemRandom::new().fill(&mut b) {
+        Ok(()) => u32::from_le_bytes(b) as usize % n.max(1),
+        Err(_) => 0,
+    }
+}
+
+/// A connection to a relay, one of several of the same deployment when it was given
+/// several addresses ([`Client::connect_any`]). When the connection is lost to a relay
+/// restart or shutdown, [`Client::deposit`], [`Client::info`] and a [`ResumingSubscription`]
+/// reconnect by themselves, to the next address that answers; the other requests report the
+/// loss.
 pub struct Client {
     link: std::sync::Mutex<Arc<Link>>,
     /// Held while reconnecting, so that one reconnection serves every request that lost the
     /// connection.
     renewing: tokio::sync::Mutex<()>,
-    addr: String,
+    /// The relays' addresses; `Link::addr` indexes it.
+    addrs: Vec<String>,
     trust: Trust,
     local: Option<SocketAddr>,
 }
@@ -339,6 +439,42 @@ impl Client {
     /// Connects to `addr` (`host:port`), trusting the relay as `trust` says.
     pub async fn connect(addr: &str, trust: Trust) -> Result<Self, ClientError> {
         Self::connect_from(addr, trust, None).await
+    }
+
+    /// Connects to one of `addrs`, the relays of one deployment (sharing one store and one
+    /// certificate or CA, so any of them serves every mailbox), trusting them as `trust`
+    /// says. The first address tried is chosen at random, so that the clients of a
+    /// deployment spread over its relays; the others follow [`ATTEMPT_STAGGER`] apart (or
+    /// at once when an attempt fails), and the first to answer wins. A lost connection is
+    /// replaced the same way, starting from the address after the lost one.
+    ///
+    /// Fails when `addrs` is empty, or when no relay answers within [`CONNECT_TIMEOUT`]
+    /// ([`ClientError::Unreachable`] naming them all).
+    pub async fn connect_any(addrs: &[String], trust: Trust) -> Result<Self, ClientError> {
+        Self::connect_any_from(addrs, trust, None).await
+    }
+
+    /// [`Client::connect_any`] from a chosen local address (`None` lets the system choose).
+    pub async fn connect_any_from(
+        addrs: &[String],
+        trust: Trust,
+        local: Option<SocketAddr>,
+    ) -> Result<Self, ClientError> {
+        if addrs.is_empty() {
+            return Err(ClientError::Address {
+                addr: String::new(),
+                why: "no relay address given".into(),
+            });
+        }
+        let start = random_start(addrs.len());
+        let link = open_any(addrs, start, &trust, local, CONNECT_TIMEOUT, 0).await?;
+        Ok(Self {
+            link: std::sync::Mutex::new(Arc::new(link)),
+            renewing: tokio::sync::Mutex::new(()),
+            addrs: addrs.to_vec(),
+            trust,
+            local,
+        })
     }
 
     /// [`Client::connect`] from a chosen local address (for example a second loopback
@@ -350,14 +486,7 @@ impl Client {
         trust: Trust,
         local: Option<SocketAddr>,
     ) -> Result<Self, ClientError> {
-        let link = open_link(addr, &trust, local, CONNECT_TIMEOUT, 0).await?;
-        Ok(Self {
-            link: std::sync::Mutex::new(Arc::new(link)),
-            renewing: tokio::sync::Mutex::new(()),
-            addr: addr.to_owned(),
-            trust,
-            local,
-        })
+        Self::connect_any_from(&[addr.to_owned()], trust, local).await
     }
 
     /// The connection in use.
@@ -367,7 +496,8 @@ impl Client {
 
     /// Replaces `failed` by a new connection, trying for at most `within` (the wait for
     /// another request's reconnection included); when another request already replaced it,
-    /// returns that one.
+    /// returns that one. With several relay addresses, the one after `failed`'s is tried
+    /// first, then the others (the failed one last), as [`open_any`] does.
     ///
     /// The replaced connection is not closed here: it may still be alive (a relay that
     /// answered `SHUTTING_DOWN` on one stream drains the others), and requests still running
@@ -386,8 +516,9 @@ impl Client {
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let timeout = left.clamp(Duration::from_millis(200), CONNECT_TIMEOUT);
-            let attempt = open_link(
-                &self.addr,
+            let attempt = open_any(
+                &self.addrs,
+                failed.addr + 1,
                 &self.trust,
                 self.local,
                 timeout,
@@ -396,6 +527,9 @@ impl Client {
             .await;
             match attempt {
                 Ok(link) => {
+                    if link.addr != failed.addr {
+                        tracing::debug!("moved to another relay of the deployment");
+                    }
                     let link = Arc::new(link);
                     *self.link.lock().unwrap_or_else(|p| p.into_inner()) = link.clone();
                     return Ok(link);
@@ -418,7 +552,7 @@ impl Client {
     /// The relay could not be reached again within `within`.
     fn unreachable_for(&self, within: Duration) -> ClientError {
         ClientError::Unreachable {
-            addr: self.addr.clone(),
+            addr: self.addrs.join(", "),
             secs: (within.as_secs_f64() * 10.0).round() / 10.0,
         }
     }
@@ -460,12 +594,12 @@ impl Client {
         )
     }
 
-    /// A new connection to the same relay with the same trust, retried every 200 ms until it
-    /// succeeds or `within` has passed (a restarting relay is back within seconds).
+    /// A new connection to the same relays with the same trust, retried every 200 ms until
+    /// it succeeds or `within` has passed (a restarting relay is back within seconds).
     pub async fn reconnect(&self, within: Duration) -> Result<Self, ClientError> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            match Self::connect_from(&self.addr, self.trust.clone(), self.local).await {
+            match Self::connect_any_from(&self.addrs, self.trust.clone(), self.local).await {
                 Ok(c) => return Ok(c),
                 Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
                 Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
@@ -484,6 +618,15 @@ impl Client {
         Self::connect(addr, Trust::from_relay_trust(trust, tls::default_roots)).await
     }
 
+    /// [`Client::connect_any`] to the relays an invitation or mailbox file names, trusting
+    /// them as it says (with the built-in CA roots when it asks for CA trust).
+    pub async fn connect_trusting_any(
+        addrs: &[String],
+        trust: RelayTrust,
+    ) -> Result<Self, ClientError> {
+        Self::connect_any(addrs, Trust::from_relay_trust(trust, tls::default_roots)).await
+    }
+
     /// The relay's key pin (SHA-256 of its certificate's SubjectPublicKeyInfo), as seen on
     /// the connection in use.
     pub fn key_pin(&self) -> [u8; 32] {
@@ -500,9 +643,14 @@ impl Client {
         self.link().pin
     }
 
-    /// The address this client connected to.
+    /// The address of the relay the connection in use goes to.
     pub fn addr(&self) -> &str {
-        &self.addr
+        &self.addrs[self.link().addr]
+    }
+
+    /// Every relay address this client may use, in the order given.
+    pub fn addrs(&self) -> &[String] {
+        &self.addrs
     }
 
     /// Closes the connection and waits briefly for the relay to learn of it.
@@ -594,7 +742,7 @@ impl Client {
             Trust::Pin(_) | Trust::KeyPin(_) => RelayTrust::KeyPin(self.key_pin()),
         };
         Ok(Mailbox {
-            relay: self.addr.clone(),
+            relays: self.addrs.clone(),
             trust,
             suite,
             recipient_id: created.recipient_id,
@@ -1062,8 +1210,9 @@ impl ResumingSubscription<'_> {
 /// A recipient's complete mailbox credentials, as kept in its mailbox file.
 #[derive(Debug)]
 pub struct Mailbox {
-    /// The relay address.
-    pub relay: String,
+    /// The relays' addresses (1 to [`MAX_RELAYS`](sealpost_core::invitation::MAX_RELAYS)),
+    /// any of which serves the mailbox.
+    pub relays: Vec<String>,
     /// How to authenticate the relay.
     pub trust: RelayTrust,
     /// The mailbox's suite.
@@ -1086,7 +1235,7 @@ impl Mailbox {
     /// The invitation senders need.
     pub fn invitation(&self) -> Invitation {
         Invitation {
-            relay: self.relay.clone(),
+            relays: self.relays.clone(),
             trust: self.trust,
             deposit_id: self.deposit_id,
             deposit_key: self.deposit_key.clone(),
@@ -1167,6 +1316,38 @@ mod tests {
         Client::request_on(&old.conn, req, FrameType::InfoReply)
             .await
             .expect("the old connection still answers");
+        relay.shutdown().await;
+    }
+
+    /// Tried in order from the first address, a dead one is passed over after the stagger,
+    /// long before its handshake would time out; with none answering, the error names all.
+    #[tokio::test]
+    async fn attempts_move_on_from_a_dead_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let (relay, client) = relay_and_client(dir.path()).await;
+        let hole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let dead = hole.local_addr().unwrap().to_string();
+        let addrs = [dead.clone(), relay.local_addr().to_string()];
+        let trust = Trust::Pin(relay.pin());
+        let link = tokio::time::timeout(
+            Duration::from_secs(10),
+            open_any(&addrs, 0, &trust, None, Duration::from_secs(30), 7),
+        )
+        .await
+        .expect("not held up by the dead address")
+        .unwrap();
+        assert_eq!((link.addr, link.generation), (1, 7));
+        let hole2 = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let both_dead = [dead.clone(), hole2.local_addr().unwrap().to_string()];
+        let err = open_any(&both_dead, 1, &trust, None, Duration::from_millis(600), 0)
+            .await
+            .err()
+            .unwrap();
+        match err {
+            ClientError::Unreachable { addr, .. } => assert_eq!(addr, both_dead.join(", ")),
+            other => panic!("{other}"),
+        }
+        client.close().await;
         relay.shutdown().await;
     }
 }

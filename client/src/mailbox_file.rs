@@ -2,7 +2,7 @@
 
 use crate::Mailbox;
 use sealpost_core::e2e::E2eSecretKey;
-use sealpost_core::invitation::RelayTrust;
+use sealpost_core::invitation::{RelayTrust, check_relays};
 use sealpost_core::keys::RecipientSecret;
 use sealpost_core::padding::SizeClasses;
 use sealpost_core::{AeadKey, Suite};
@@ -31,13 +31,17 @@ pub enum MailboxFileError {
     },
 }
 
-/// Both formats: `sealpost-mailbox-v1` has `pin` (of the whole certificate), `-v2` has
-/// `trust` instead ([`trust_text`]).
+/// Every format: `sealpost-mailbox-v1` has `relay` and `pin` (of the whole certificate),
+/// `-v2` has `relay` and `trust` ([`trust_text`]), `-v3` has `relays` (a list of 1 to
+/// [`MAX_RELAYS`](sealpost_core::invitation::MAX_RELAYS) addresses) and `trust`.
 #[derive(Serialize, Deserialize, Zeroize)]
 #[serde(deny_unknown_fields)]
 struct FileV1 {
     format: String,
-    relay: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    relay: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    relays: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pin: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -58,7 +62,9 @@ impl Drop for FileV1 {
 }
 
 const FORMAT_V1: &str = "sealpost-mailbox-v1";
-const FORMAT: &str = "sealpost-mailbox-v2";
+const FORMAT_V2: &str = "sealpost-mailbox-v2";
+/// Several relays. A mailbox with one relay is still written as v2, which older builds read.
+const FORMAT: &str = "sealpost-mailbox-v3";
 
 /// How a v2 file writes the relay trust: `key-pin:HEX` (SHA-256 of the certificate's
 /// SubjectPublicKeyInfo), `certificate-pin:HEX` (of the whole certificate, from a v1 file),
@@ -95,9 +101,14 @@ fn hex_field<const N: usize>(name: &str, s: &str) -> Result<Zeroizing<[u8; N]>, 
 
 /// The text of a mailbox file for `mailbox`: pretty-printed JSON that holds its secrets.
 pub fn to_json(mailbox: &Mailbox) -> Result<Zeroizing<String>, serde_json::Error> {
+    let (format, relay, relays) = match &mailbox.relays[..] {
+        [one] => (FORMAT_V2, Some(one.clone()), None),
+        several => (FORMAT, None, Some(several.to_vec())),
+    };
     let f = FileV1 {
-        format: FORMAT.into(),
-        relay: mailbox.relay.clone(),
+        format: format.into(),
+        relay,
+        relays,
         pin: None,
         trust: Some(trust_text(mailbox.trust)),
         suite: mailbox.suite.name().into(),
@@ -152,22 +163,30 @@ pub fn parse(path: &Path, data: &[u8]) -> Result<Mailbox, MailboxFileError> {
         why,
     };
     let f: FileV1 = serde_json::from_slice(data).map_err(|e| fmt(e.to_string()))?;
-    let trust = match (f.format.as_str(), &f.pin, &f.trust) {
-        (FORMAT_V1, Some(pin), None) => {
-            RelayTrust::CertificatePin(*hex_field::<32>("pin", pin).map_err(fmt)?)
+    let (relays, trust) = match (f.format.as_str(), &f.relay, &f.relays, &f.pin, &f.trust) {
+        (FORMAT_V1, Some(relay), None, Some(pin), None) => (
+            vec![relay.clone()],
+            RelayTrust::CertificatePin(*hex_field::<32>("pin", pin).map_err(fmt)?),
+        ),
+        (FORMAT_V2, Some(relay), None, None, Some(t)) => {
+            (vec![relay.clone()], parse_trust(t).map_err(fmt)?)
         }
-        (FORMAT, None, Some(t)) => parse_trust(t).map_err(fmt)?,
-        (FORMAT_V1 | FORMAT, _, _) => {
+        (FORMAT, None, Some(relays), None, Some(t)) => {
+            (relays.clone(), parse_trust(t).map_err(fmt)?)
+        }
+        (FORMAT_V1 | FORMAT_V2 | FORMAT, ..) => {
             return Err(fmt(format!(
-                "a {FORMAT_V1} file has `pin`, a {FORMAT} file `trust`, not both or neither"
+                "a {FORMAT_V1} file has `relay` and `pin`, a {FORMAT_V2} file `relay` and \
+                 `trust`, a {FORMAT} file `relays` and `trust`"
             )));
         }
-        (other, _, _) => {
+        (other, ..) => {
             return Err(fmt(format!(
-                "format is {other:?}, expected {FORMAT:?} or {FORMAT_V1:?}"
+                "format is {other:?}, expected {FORMAT:?}, {FORMAT_V2:?} or {FORMAT_V1:?}"
             )));
         }
     };
+    check_relays(&relays, trust).map_err(|e| fmt(format!("relays: {e}")))?;
     let suite: Suite = f.suite.parse().map_err(fmt)?;
     let recipient_id = hex_field::<16>("recipient_id", &f.recipient_id).map_err(fmt)?;
     let deposit_id = hex_field::<16>("deposit_id", &f.deposit_id).map_err(fmt)?;
@@ -176,7 +195,7 @@ pub fn parse(path: &Path, data: &[u8]) -> Result<Mailbox, MailboxFileError> {
     let e2e = hex_field::<32>("e2e_secret", &f.e2e_secret).map_err(fmt)?;
     let sizes = SizeClasses::new(f.sizes.clone()).map_err(|e| fmt(format!("sizes: {e}")))?;
     Ok(Mailbox {
-        relay: f.relay.clone(),
+        relays,
         trust,
         suite,
         recipient_id: *recipient_id,
@@ -192,21 +211,27 @@ pub fn parse(path: &Path, data: &[u8]) -> Result<Mailbox, MailboxFileError> {
 mod tests {
     use super::*;
 
-    /// A file of the previous format keeps its whole-certificate pin; written again, it
-    /// becomes a v2 file with the same trust.
-    #[test]
-    fn version_1_files_are_read_and_rewritten_as_version_2() {
-        let v1 = format!(
-            r#"{{"format":"sealpost-mailbox-v1","relay":"relay.example:4433","pin":"{}",
-            "suite":"aes256gcm","recipient_id":"{}","deposit_id":"{}","deposit_key":"{}",
-            "recipient_secret":"{}","e2e_secret":"{}","sizes":[256,1024]}}"#,
-            "01".repeat(32),
+    /// A mailbox file with the given format, relay and trust fields and fixed secrets.
+    fn sample(head: &str) -> String {
+        format!(
+            r#"{{{head},"suite":"aes256gcm","recipient_id":"{}","deposit_id":"{}",
+            "deposit_key":"{}","recipient_secret":"{}","e2e_secret":"{}","sizes":[256,1024]}}"#,
             "03".repeat(16),
             "04".repeat(16),
             "05".repeat(32),
             "06".repeat(32),
             "42".repeat(32)
-        );
+        )
+    }
+
+    /// A file of the previous format keeps its whole-certificate pin; written again, it
+    /// becomes a v2 file with the same trust.
+    #[test]
+    fn version_1_files_are_read_and_rewritten_as_version_2() {
+        let v1 = sample(&format!(
+            r#""format":"sealpost-mailbox-v1","relay":"relay.example:4433","pin":"{}""#,
+            "01".repeat(32)
+        ));
         let m = parse(Path::new("v1.json"), v1.as_bytes()).unwrap();
         assert_eq!(m.trust, RelayTrust::CertificatePin([1; 32]));
         let json = to_json(&m).unwrap();
@@ -221,6 +246,38 @@ mod tests {
         // Both fields, or a v2 file with a pin, are refused.
         let both = v1.replace("\"pin\"", "\"trust\":\"ca\",\"pin\"");
         let err = parse(Path::new("x.json"), both.as_bytes()).err().unwrap();
-        assert!(err.to_string().contains("not both or neither"), "{err}");
+        assert!(err.to_string().contains("`relay` and `pin`"), "{err}");
+    }
+
+    /// Several relays: a v3 file with `relays`, which reads back the same; one relay is
+    /// written as v2; a bad list is refused naming the problem.
+    #[test]
+    fn several_relays_make_a_version_3_file() {
+        let v2 = sample(r#""format":"sealpost-mailbox-v2","relay":"a.example:4433","trust":"ca""#);
+        let mut m = parse(Path::new("v2.json"), v2.as_bytes()).unwrap();
+        assert_eq!(m.relays, ["a.example:4433"]);
+        let json = to_json(&m).unwrap();
+        assert!(
+            json.contains("\"format\": \"sealpost-mailbox-v2\""),
+            "{}",
+            *json
+        );
+        m.relays.push("[::1]:4433".into());
+        let json = to_json(&m).unwrap();
+        assert!(
+            json.contains("\"format\": \"sealpost-mailbox-v3\""),
+            "{}",
+            *json
+        );
+        assert!(!json.contains("\"relay\":"), "{}", *json);
+        let again = parse(Path::new("v3.json"), json.as_bytes()).unwrap();
+        assert_eq!(again.relays, m.relays);
+        assert_eq!(again.invitation().relays, m.relays);
+        let bad = json.replace("[::1]:4433", "a.example:4433");
+        let err = parse(Path::new("v3.json"), bad.as_bytes()).err().unwrap();
+        assert!(err.to_string().contains("named twice"), "{err}");
+        let mixed = json.replace("\"relays\"", "\"relay\": \"x:1\", \"relays\"");
+        let err = parse(Path::new("v3.json"), mixed.as_bytes()).err().unwrap();
+        assert!(err.to_string().contains("`relays` and `trust`"), "{err}");
     }
 }

@@ -1,7 +1,7 @@
 //! Invitations: everything a sender needs to deposit into one mailbox, as one string.
 //!
 //! `sealpost1:` followed by unpadded base64url of a body and a checksum (the first four bytes
-//! of SHA-256 over the body, to catch copy-and-paste damage). Two body versions are read:
+//! of SHA-256 over the body, to catch copy-and-paste damage). Three body versions are read:
 //!
 //! - version 1: `1 | suite (1) | certificate pin (32) | deposit_id (16) | deposit_key (32) |
 //!   e2e_public (32) | addr_len (1) | relay address (UTF-8)`, the pin being SHA-256 of the
@@ -10,10 +10,14 @@
 //!   deposit_key (32) | e2e_public (32) | addr_len (1) | relay address (UTF-8)`, where trust 1
 //!   pins SHA-256 of the certificate's SubjectPublicKeyInfo (surviving renewals with the same
 //!   key) and trust 2 asks for a certificate from a CA the sender trusts, for the address's
-//!   host name.
+//!   host name;
+//! - version 3: as version 2, but where version 2 has one address, `count (1)` followed by
+//!   `count` times `addr_len (1) | relay address (UTF-8)`: the relays of one deployment, any
+//!   of which serves the mailbox.
 //!
-//! New invitations are version 2; a version 1 invitation (a [`RelayTrust::CertificatePin`])
-//! still encodes as version 1, byte for byte.
+//! An invitation with one relay address is written as version 2 (readable by builds that
+//! predate version 3), one with several as version 3; a version 1 invitation (a
+//! [`RelayTrust::CertificatePin`]) still encodes as version 1, byte for byte.
 
 use crate::e2e::{E2E_KEY_LEN, E2ePublicKey};
 use crate::envelope::DepositId;
@@ -26,10 +30,15 @@ use zeroize::Zeroizing;
 pub const PREFIX: &str = "sealpost1:";
 const V1: u8 = 1;
 const V2: u8 = 2;
+const V3: u8 = 3;
+/// The most relay addresses one invitation names: enough for the relays of a deployment,
+/// few enough that a client trying them in turn gives up in reasonable time.
+pub const MAX_RELAYS: usize = 8;
 const TRUST_KEY_PIN: u8 = 1;
 const TRUST_CA: u8 = 2;
 const PIN_LEN: usize = 32;
-/// deposit_id, deposit_key, e2e_public and the address length byte: in both versions.
+/// deposit_id, deposit_key, e2e_public and the address length (versions 1, 2) or address
+/// count (version 3) byte.
 const TAIL_FIXED: usize = 16 + KEY_LEN + E2E_KEY_LEN + 1;
 const CHECKSUM: usize = 4;
 
@@ -57,7 +66,7 @@ pub enum InvitationError {
     Checksum,
     /// A version this implementation does not read.
     #[error(
-        "invitation version {0} is not supported (this build reads versions 1 and 2); a newer \
+        "invitation version {0} is not supported (this build reads versions 1 to 3); a newer \
          sealpost may read it"
     )]
     Version(u8),
@@ -70,6 +79,16 @@ pub enum InvitationError {
     /// The relay address is empty, not UTF-8, or its length does not match the data.
     #[error("invitation relay address is invalid: {0}")]
     Address(String),
+    /// The invitation names no relay, or more than [`MAX_RELAYS`].
+    #[error("an invitation names 1 to {MAX_RELAYS} relay addresses, this one {0}")]
+    RelayCount(usize),
+    /// Several relays with a whole-certificate pin: only version 1 holds that pin, and it
+    /// names one relay.
+    #[error(
+        "a whole-certificate pin (version 1 invitation) names one relay; for several, pin the \
+         relays' key (--key-pin) or trust their CA"
+    )]
+    CertificatePinOneRelay,
 }
 
 /// How a sender's client authenticates the relay named in an invitation.
@@ -89,8 +108,10 @@ pub enum RelayTrust {
 /// A parsed invitation.
 #[derive(Clone, Debug)]
 pub struct Invitation {
-    /// The relay's address, `host:port` (an IPv6 host in brackets: `[2001:db8::1]:4433`).
-    pub relay: String,
+    /// The relays' addresses, `host:port` (an IPv6 host in brackets: `[2001:db8::1]:4433`),
+    /// 1 to [`MAX_RELAYS`] of them: relays of one deployment, sharing the mailbox's store and
+    /// one certificate (or CA), so that any of them serves it.
+    pub relays: Vec<String>,
     /// How to authenticate the relay.
     pub trust: RelayTrust,
     /// The mailbox's deposit id.
@@ -108,33 +129,40 @@ impl Invitation {
     }
 
     /// The invitation as a string. It contains the deposit key: treat it as a secret.
+    ///
+    /// One relay address gives version 2 (version 1 for a [`RelayTrust::CertificatePin`]),
+    /// several give version 3.
     pub fn encode(&self) -> Result<String, InvitationError> {
-        let addr = self.relay.as_bytes();
-        if addr.is_empty() || addr.len() > 255 {
-            return Err(InvitationError::Address(format!(
-                "must be 1 to 255 bytes, is {}",
-                addr.len()
-            )));
-        }
+        let several = check_relays(&self.relays, self.trust)?;
+        let addrs: usize = self.relays.iter().map(|a| 1 + a.len()).sum();
         let mut raw = Zeroizing::new(Vec::with_capacity(
-            3 + PIN_LEN + TAIL_FIXED + addr.len() + CHECKSUM,
+            3 + PIN_LEN + TAIL_FIXED + 1 + addrs + CHECKSUM,
         ));
+        let version = if several { V3 } else { V2 };
         match self.trust {
             RelayTrust::CertificatePin(pin) => {
                 raw.extend_from_slice(&[V1, self.suite() as u8]);
                 raw.extend_from_slice(&pin);
             }
             RelayTrust::KeyPin(pin) => {
-                raw.extend_from_slice(&[V2, self.suite() as u8, TRUST_KEY_PIN]);
+                raw.extend_from_slice(&[version, self.suite() as u8, TRUST_KEY_PIN]);
                 raw.extend_from_slice(&pin);
             }
-            RelayTrust::CaForHost => raw.extend_from_slice(&[V2, self.suite() as u8, TRUST_CA]),
+            RelayTrust::CaForHost => {
+                raw.extend_from_slice(&[version, self.suite() as u8, TRUST_CA])
+            }
         }
         raw.extend_from_slice(&self.deposit_id);
         raw.extend_from_slice(self.deposit_key.expose());
         raw.extend_from_slice(&self.e2e_public.0);
-        raw.push(addr.len() as u8);
-        raw.extend_from_slice(addr);
+        if several {
+            raw.push(self.relays.len() as u8);
+        }
+        for addr in &self.relays {
+            // check_relays bounds every address to 1..=255 bytes.
+            raw.push(addr.len() as u8);
+            raw.extend_from_slice(addr.as_bytes());
+        }
         let sum = ring::digest::digest(&ring::digest::SHA256, &raw);
         raw.extend_from_slice(&sum.as_ref()[..CHECKSUM]);
         Ok(format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(&raw[..])))
@@ -166,7 +194,7 @@ impl Invitation {
         let suite = Suite::from_u8(body[1]).ok_or(InvitationError::Suite(body[1]))?;
         let (trust, tail) = match body[0] {
             V1 => (RelayTrust::CertificatePin(pin_at(body, 2)?), 2 + PIN_LEN),
-            V2 => match body[2] {
+            V2 | V3 => match body[2] {
                 TRUST_KEY_PIN => (RelayTrust::KeyPin(pin_at(body, 3)?), 3 + PIN_LEN),
                 TRUST_CA => (RelayTrust::CaForHost, 3),
                 other => return Err(InvitationError::Trust(other)),
@@ -180,31 +208,149 @@ impl Invitation {
                 need: tail + TAIL_FIXED + 1 + CHECKSUM,
             });
         }
-        let (fixed, addr) = fields.split_at(TAIL_FIXED);
+        let (fixed, addrs) = fields.split_at(TAIL_FIXED);
         let mut deposit_id = [0u8; 16];
         deposit_id.copy_from_slice(&fixed[..16]);
         let mut key = Zeroizing::new([0u8; KEY_LEN]);
         key.copy_from_slice(&fixed[16..16 + KEY_LEN]);
         let mut e2e = [0u8; E2E_KEY_LEN];
         e2e.copy_from_slice(&fixed[16 + KEY_LEN..16 + KEY_LEN + E2E_KEY_LEN]);
-        let alen = fixed[TAIL_FIXED - 1] as usize;
-        if addr.len() != alen || alen == 0 {
-            return Err(InvitationError::Address(format!(
-                "length byte says {alen}, {} bytes present",
-                addr.len()
-            )));
-        }
-        let relay = std::str::from_utf8(addr)
-            .map_err(|_| InvitationError::Address("not UTF-8".into()))?
-            .to_owned();
+        let last = fixed[TAIL_FIXED - 1];
+        let relays = if body[0] == V3 {
+            let relays = relay_list(last, addrs)?;
+            // Version 3 exists for several relays; one is written as version 2, so that
+            // every invitation has one encoding.
+            if relays.len() < 2 {
+                return Err(InvitationError::RelayCount(relays.len()));
+            }
+            check_relays(&relays, trust)?;
+            relays
+        } else {
+            let alen = last as usize;
+            if addrs.len() != alen || alen == 0 {
+                return Err(InvitationError::Address(format!(
+                    "length byte says {alen}, {} bytes present",
+                    addrs.len()
+                )));
+            }
+            vec![utf8_address(addrs)?]
+        };
         Ok(Self {
-            relay,
+            relays,
             trust,
             deposit_id,
             deposit_key: AeadKey::new(suite, *key),
             e2e_public: E2ePublicKey(e2e),
         })
     }
+}
+
+/// Checks the relay addresses an invitation (or a mailbox file) can carry with `trust`;
+/// returns whether there are several (a version 3 invitation). Several addresses must each
+/// be a well-formed `host:port` ([`check_relay_address`]) and differ; a single one keeps the
+/// looser check of versions 1 and 2 (1 to 255 bytes), so that invitations those versions
+/// accepted still encode.
+pub fn check_relays(relays: &[String], trust: RelayTrust) -> Result<bool, InvitationError> {
+    if relays.is_empty() || relays.len() > MAX_RELAYS {
+        return Err(InvitationError::RelayCount(relays.len()));
+    }
+    for addr in relays {
+        if addr.is_empty() || addr.len() > 255 {
+            return Err(InvitationError::Address(format!(
+                "must be 1 to 255 bytes, is {}",
+                addr.len()
+            )));
+        }
+    }
+    if relays.len() == 1 {
+        return Ok(false);
+    }
+    if matches!(trust, RelayTrust::CertificatePin(_)) {
+        return Err(InvitationError::CertificatePinOneRelay);
+    }
+    for (i, addr) in relays.iter().enumerate() {
+        check_relay_address(addr).map_err(InvitationError::Address)?;
+        if relays[..i].contains(addr) {
+            return Err(InvitationError::Address(format!("{addr:?} is named twice")));
+        }
+    }
+    Ok(true)
+}
+
+/// Checks that `addr` is `host:port`: a port of 1 to 65535 in decimal digits, and a host
+/// that is a name or IPv4 address without `:`, or an IPv6 address in brackets. Says what is
+/// wrong otherwise. The host is not resolved.
+pub fn check_relay_address(addr: &str) -> Result<(), String> {
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(format!("{addr:?} is not host:port"));
+    };
+    let port_ok = !port.is_empty()
+        && port.len() <= 5
+        && port.bytes().all(|b| b.is_ascii_digit())
+        && port.parse::<u16>().is_ok_and(|p| p != 0);
+    if !port_ok {
+        return Err(format!(
+            "{addr:?}: the port must be a number from 1 to 65535"
+        ));
+    }
+    let host_ok = match host.strip_prefix('[') {
+        Some(v6) => v6
+            .strip_suffix(']')
+            .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok()),
+        None => {
+            !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+        }
+    };
+    if !host_ok {
+        return Err(format!(
+            "{addr:?}: the host must be a DNS name, an IPv4 address, or an IPv6 address in \
+             brackets ([2001:db8::1]:4433)"
+        ));
+    }
+    Ok(())
+}
+
+/// The `count` length-prefixed addresses that make up all of `data` (version 3).
+fn relay_list(count: u8, mut data: &[u8]) -> Result<Vec<String>, InvitationError> {
+    let count = usize::from(count);
+    if count > MAX_RELAYS {
+        return Err(InvitationError::RelayCount(count));
+    }
+    let mut relays = Vec::with_capacity(count);
+    for i in 0..count {
+        let Some((&len, rest)) = data.split_first() else {
+            return Err(InvitationError::Address(format!(
+                "address {} of {count} is missing",
+                i + 1
+            )));
+        };
+        let len = usize::from(len);
+        let Some(addr) = rest.get(..len).filter(|a| !a.is_empty()) else {
+            return Err(InvitationError::Address(format!(
+                "address {} of {count}: length byte says {len}, {} bytes present",
+                i + 1,
+                rest.len()
+            )));
+        };
+        relays.push(utf8_address(addr)?);
+        data = &rest[len..];
+    }
+    if !data.is_empty() {
+        return Err(InvitationError::Address(format!(
+            "{} bytes after the {count} addresses",
+            data.len()
+        )));
+    }
+    Ok(relays)
+}
+
+fn utf8_address(addr: &[u8]) -> Result<String, InvitationError> {
+    std::str::from_utf8(addr)
+        .map(str::to_owned)
+        .map_err(|_| InvitationError::Address("not UTF-8".into()))
 }
 
 /// The 32-byte pin at `at` in `body`.
@@ -231,7 +377,7 @@ mod tests {
 
     fn sample(trust: RelayTrust) -> Invitation {
         Invitation {
-            relay: "relay.example:4433".into(),
+            relays: vec!["relay.example:4433".into()],
             trust,
             deposit_id: [2; 16],
             deposit_key: AeadKey::new(Suite::Aes256Gcm, [3; 32]),
@@ -249,7 +395,7 @@ mod tests {
             let s = sample(trust).encode().unwrap();
             assert!(s.starts_with(PREFIX));
             let p = Invitation::parse(&format!("  {s}\n")).unwrap();
-            assert_eq!(p.relay, "relay.example:4433");
+            assert_eq!(p.relays, ["relay.example:4433"]);
             assert_eq!(p.trust, trust);
             assert_eq!(p.deposit_id, [2; 16]);
             assert_eq!(p.deposit_key.expose(), &[3; 32]);
@@ -275,7 +421,7 @@ mod tests {
         let text = format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(&raw));
         let p = Invitation::parse(&text).unwrap();
         assert_eq!(p.trust, RelayTrust::CertificatePin([9; 32]));
-        assert_eq!(p.relay, "[::1]:");
+        assert_eq!(p.relays, ["[::1]:"]);
         assert_eq!(p.encode().unwrap(), text);
     }
 
@@ -317,14 +463,105 @@ mod tests {
         };
         assert_eq!(with(&|r| r[2] = 7).unwrap_err(), InvitationError::Trust(7));
         assert_eq!(
-            with(&|r| r[0] = 3).unwrap_err(),
-            InvitationError::Version(3)
+            with(&|r| r[0] = 4).unwrap_err(),
+            InvitationError::Version(4)
         );
+        // Read as version 3, the address length byte is a count of 18 addresses.
+        assert_eq!(
+            with(&|r| r[0] = 3).unwrap_err(),
+            InvitationError::RelayCount(18)
+        );
+        // A version 3 body with one address is refused: one address is written as version 2.
+        let one = with(&|r| {
+            r[0] = 3;
+            let at = r.len() - 19;
+            r.insert(at, 1);
+        });
+        assert_eq!(one.unwrap_err(), InvitationError::RelayCount(1));
+    }
+
+    /// Several relays: version 3, byte for byte the layout of PROTOCOL.md §7, and back.
+    #[test]
+    fn several_relays_are_version_3() {
+        let mut inv = sample(RelayTrust::CaForHost);
+        inv.relays = vec!["a.example:4433".into(), "[2001:db8::1]:443".into()];
+        let s = inv.encode().unwrap();
+        let mut raw = vec![3u8, Suite::Aes256Gcm as u8, 2];
+        raw.extend_from_slice(&[2; 16]);
+        raw.extend_from_slice(&[3; 32]);
+        raw.extend_from_slice(&[4; 32]);
+        raw.push(2);
+        raw.push(14);
+        raw.extend_from_slice(b"a.example:4433");
+        raw.push(17);
+        raw.extend_from_slice(b"[2001:db8::1]:443");
+        let sum = ring::digest::digest(&ring::digest::SHA256, &raw);
+        raw.extend_from_slice(&sum.as_ref()[..4]);
+        assert_eq!(s, format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(&raw)));
+        let p = Invitation::parse(&s).unwrap();
+        assert_eq!(p.relays, inv.relays);
+        assert_eq!(p.trust, RelayTrust::CaForHost);
+        // With a key pin too.
+        inv.trust = RelayTrust::KeyPin([7; 32]);
+        let p = Invitation::parse(&inv.encode().unwrap()).unwrap();
+        assert_eq!((p.relays, p.trust), (inv.relays.clone(), inv.trust));
+        // One relay again: version 2.
+        inv.relays.truncate(1);
+        let raw = URL_SAFE_NO_PAD
+            .decode(&inv.encode().unwrap()[PREFIX.len()..])
+            .unwrap();
+        assert_eq!(raw[0], 2);
+    }
+
+    #[test]
+    fn relay_lists_are_checked() {
+        let mut inv = sample(RelayTrust::CaForHost);
+        let err = |inv: &Invitation| inv.encode().unwrap_err();
+        inv.relays = vec![];
+        assert_eq!(err(&inv), InvitationError::RelayCount(0));
+        inv.relays = (0..9).map(|i| format!("r{i}.example:1")).collect();
+        assert_eq!(err(&inv), InvitationError::RelayCount(9));
+        inv.relays.truncate(8);
+        assert_eq!(
+            Invitation::parse(&inv.encode().unwrap())
+                .unwrap()
+                .relays
+                .len(),
+            8
+        );
+        inv.relays = vec!["a:1".into(), "a:1".into()];
+        assert!(
+            err(&inv).to_string().contains("named twice"),
+            "{}",
+            err(&inv)
+        );
+        for bad in [
+            "a",
+            "a:",
+            "a:0",
+            "a:65536",
+            "a:+1",
+            ":1",
+            "::1:4433",
+            "[::1:4433",
+            "a b:1",
+        ] {
+            inv.relays = vec!["ok.example:1".into(), bad.into()];
+            assert!(
+                matches!(err(&inv), InvitationError::Address(_)),
+                "{bad}: {:?}",
+                inv.encode()
+            );
+        }
+        inv.relays = vec!["ok.example:1".into(), "[::1]:4433".into()];
+        inv.encode().unwrap();
+        inv.trust = RelayTrust::CertificatePin([1; 32]);
+        assert_eq!(err(&inv), InvitationError::CertificatePinOneRelay);
     }
 
     impl PartialEq for Invitation {
         fn eq(&self, o: &Self) -> bool {
-            self.relay == o.relay && self.trust == o.trust && self.deposit_id == o.deposit_id
+            self.relays == o.relays && self.trust == o.trust && self.deposit_id == o.deposit_id
         }
     }
 

@@ -187,7 +187,7 @@ fn main() {
     // Invitations: mode 0 = the text, mode 1 = the decoded body before its checksum.
     let e2e = E2eSecretKey::from_bytes(&[0x42; 32]).expect("any 32 bytes are an X25519 key");
     let mut inv = Invitation {
-        relay: "relay.example:4433".into(),
+        relays: vec!["relay.example:4433".into()],
         trust: RelayTrust::CertificatePin([1; 32]),
         deposit_id: [2; 16],
         deposit_key: AeadKey::new(Suite::ChaCha20Poly1305, [3; 32]),
@@ -213,7 +213,7 @@ fn main() {
         &with(&[0], text.as_bytes()),
     );
     inv.trust = RelayTrust::CaForHost;
-    inv.relay = "[2001:db8::1]:4433".into();
+    inv.relays = vec!["[2001:db8::1]:4433".into()];
     let text = inv.encode().expect("sample invitation encodes");
     out("invitation", "text-v2-ca", &with(&[0], text.as_bytes()));
     let tail = |raw: &mut Vec<u8>| {
@@ -233,6 +233,45 @@ fn main() {
     let mut raw = vec![2u8, Suite::Aes256Gcm.to_u8(), 9];
     tail(&mut raw);
     out("invitation", "bad-v2-unknown-trust", &with(&[1], &raw));
+    // Version 3: several relay addresses (count, then each length-prefixed).
+    inv.relays = vec!["a.example:4433".into(), "[2001:db8::1]:4433".into()];
+    let text = inv.encode().expect("sample invitation encodes");
+    out("invitation", "text-v3-ca", &with(&[0], text.as_bytes()));
+    let v3 = |count: u8, addrs: &[&[u8]]| {
+        let mut raw = vec![3u8, Suite::ChaCha20Poly1305.to_u8(), 1];
+        raw.extend_from_slice(&[5; 32]);
+        raw.extend_from_slice(&[2; 16]);
+        raw.extend_from_slice(&[3; 32]);
+        raw.extend_from_slice(&E2ePublicKey([4; 32]).0);
+        raw.push(count);
+        for a in addrs {
+            raw.push(a.len() as u8);
+            raw.extend_from_slice(a);
+        }
+        raw
+    };
+    let three: [&[u8]; 3] = [b"r1.example:4433", b"192.0.2.7:4433", addr];
+    out("invitation", "body-v3-key-pin", &with(&[1], &v3(3, &three)));
+    out(
+        "invitation",
+        "bad-v3-one-relay",
+        &with(&[1], &v3(1, &three[..1])),
+    );
+    out(
+        "invitation",
+        "bad-v3-count-short",
+        &with(&[1], &v3(3, &three[..2])),
+    );
+    out(
+        "invitation",
+        "bad-v3-twice",
+        &with(&[1], &v3(2, &[addr, addr])),
+    );
+    out(
+        "invitation",
+        "bad-v3-no-port",
+        &with(&[1], &v3(2, &[addr, b"r1.example"])),
+    );
 
     // Settings files: the shipped example, an empty file, and one of every other choice.
     let shipped =
@@ -251,7 +290,7 @@ fn main() {
 
     // Mailbox files, as `sealpost-relay create` writes them.
     let mailbox = Mailbox {
-        relay: "relay.example:4433".into(),
+        relays: vec!["relay.example:4433".into()],
         trust: RelayTrust::KeyPin([1; 32]),
         suite: Suite::Aes256Gcm,
         recipient_id: [3; 16],
@@ -275,4 +314,14 @@ fn main() {
     let mut ca = compact;
     ca["trust"] = "ca".into();
     out("mailbox_file", "v2-ca", ca.to_string().as_bytes());
+    // Several relays: a v3 file with `relays` instead of `relay`.
+    let mut several = ca;
+    let fields = several.as_object_mut().expect("a JSON object");
+    fields.remove("relay");
+    fields.insert("format".into(), "sealpost-mailbox-v3".into());
+    fields.insert(
+        "relays".into(),
+        serde_json::json!(["a.example:4433", "[2001:db8::1]:4433"]),
+    );
+    out("mailbox_file", "v3-relays", several.to_string().as_bytes());
 }

@@ -442,7 +442,7 @@ fn sample_limits() -> msg::Limits {
 
 /// Compares two invitations field by field (the type has no `PartialEq`: it holds a key).
 fn same_invitation(a: &Invitation, b: &Invitation) -> bool {
-    a.relay == b.relay
+    a.relays == b.relays
         && a.trust == b.trust
         && a.deposit_id == b.deposit_id
         && a.suite() == b.suite()
@@ -536,7 +536,7 @@ pub fn mailbox_file(data: &[u8]) -> bool {
     let m2 = mailbox_file::parse(path, json.as_bytes()).expect("a written mailbox parses");
     let json2 = mailbox_file::to_json(&m2).expect("a parsed mailbox serialises");
     assert_eq!(*json, *json2, "mailbox file is not stable");
-    assert_eq!(m2.relay, m.relay);
+    assert_eq!(m2.relays, m.relays);
     assert_eq!(m2.invitation().encode().ok(), m.invitation().encode().ok());
     true
 }

@@ -7,7 +7,7 @@ use sealpost_client::{Client, mailbox_file, tls};
 use sealpost_core::Suite;
 use sealpost_core::e2e;
 use sealpost_core::engine::Engine;
-use sealpost_core::invitation::Invitation;
+use sealpost_core::invitation::{Invitation, RelayTrust, check_relays};
 use sealpost_core::status::DepositStatus;
 use sealpost_relay::Relay;
 use sealpost_relay::provenance::Provenance;
@@ -100,9 +100,17 @@ enum MailboxCmd {
 
 #[derive(Args)]
 struct RelayArgs {
-    /// Relay address, host:port.
-    #[arg(long, default_value = "127.0.0.1:4433", env = "SEALPOST_RELAY")]
-    relay: String,
+    /// Relay address, host:port (an IPv6 host in brackets). Repeat the flag, or give a
+    /// comma-separated list, for the relays of one deployment (up to 8, sharing a store and
+    /// a certificate or CA): the client uses any that answers, and `mailbox create` writes
+    /// them all into the invitation.
+    #[arg(
+        long,
+        default_value = "127.0.0.1:4433",
+        env = "SEALPOST_RELAY",
+        value_delimiter = ','
+    )]
+    relay: Vec<String>,
     /// SHA-256 pin of the relay certificate (64 hex digits). Without it, the pin of the
     /// certificate in --data-dir is used (for a relay on this machine).
     #[arg(long, env = "SEALPOST_PIN")]
@@ -439,7 +447,11 @@ fn resolve_trust(r: &RelayArgs) -> Result<tls::Trust, String> {
 }
 
 async fn connect(r: &RelayArgs) -> Result<Client, String> {
-    Client::connect(&r.relay, resolve_trust(r)?)
+    // Checked before connecting, so that `mailbox create` does not create a mailbox whose
+    // invitation cannot be written. The CLI's invitations pin the relays' key or trust a CA,
+    // never the whole certificate, so the trust given here does not restrict the list.
+    check_relays(&r.relay, RelayTrust::CaForHost).map_err(|e| format!("--relay: {e}"))?;
+    Client::connect_any(&r.relay, resolve_trust(r)?)
         .await
         .map_err(|e| e.to_string())
 }
@@ -464,7 +476,7 @@ async fn create(r: RelayArgs, suite: Suite, out: PathBuf) -> CmdResult {
 
 async fn delete(path: PathBuf) -> CmdResult {
     let mailbox = mailbox_file::read(&path).map_err(|e| e.to_string())?;
-    let client = Client::connect_trusting(&mailbox.relay, mailbox.trust)
+    let client = Client::connect_trusting_any(&mailbox.relays, mailbox.trust)
         .await
         .map_err(|e| e.to_string())?;
     client
@@ -488,7 +500,7 @@ async fn send(invitation: String, message: String) -> CmdResult {
     } else {
         message.into_bytes()
     };
-    let client = Client::connect_trusting(&inv.relay, inv.trust)
+    let client = Client::connect_trusting_any(&inv.relays, inv.trust)
         .await
         .map_err(|e| e.to_string())?;
     let info = client.info().await.map_err(|e| e.to_string())?;
@@ -516,7 +528,7 @@ async fn send(invitation: String, message: String) -> CmdResult {
 
 async fn recv(path: PathBuf, follow: bool, wait: f64) -> CmdResult {
     let mailbox = mailbox_file::read(&path).map_err(|e| e.to_string())?;
-    let client = Client::connect_trusting(&mailbox.relay, mailbox.trust)
+    let client = Client::connect_trusting_any(&mailbox.relays, mailbox.trust)
         .await
         .map_err(|e| e.to_string())?;
     // A relay restart is ridden through: the subscription reconnects and resumes from the

@@ -359,7 +359,7 @@ async fn relay_with_files(
 }
 
 async fn deposit_through(inv: &Invitation, trust: Trust) -> Result<DepositStatus, ClientError> {
-    let c = Client::connect(&inv.relay, trust).await?;
+    let c = Client::connect_any(&inv.relays, trust).await?;
     let info = c.info().await?;
     let env = seal_for_invitation(&Engine::ring(), inv, &info.limits.sizes, b"hi").unwrap();
     c.deposit(env).await
