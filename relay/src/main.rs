@@ -337,6 +337,9 @@ fn rotate_master_key(data_dir: PathBuf, old: Option<PathBuf>, new: PathBuf) -> C
 }
 
 async fn serve(v: Validated) -> CmdResult {
+    // Signals are caught from the very start: a SIGTERM that arrives while the relay starts
+    // (or just after its last start-up line) is a clean stop, not the default death by signal.
+    let signals = Signals::install()?;
     // The recorder first, so that everything the relay records from its start is exported.
     let prom = sealpost_relay::admin::install_recorder().map_err(|e| e.to_string())?;
     // Then the admin listener, before the store opens: a long start (a big store to recover,
@@ -388,7 +391,7 @@ async fn serve(v: Validated) -> CmdResult {
     readiness.started(&handle.readiness());
     // Announced last (scripts and tests wait for this line), though it listens from the start.
     say!("admin HTTP on http://{admin_addr} (/metrics, /healthz, /servingz, /readyz)");
-    let stop = wait_for_stop(handle).await;
+    let stop = wait_for_stop(signals, handle).await;
     say!("shutting down (at most {} s)", v.shutdown_timeout.as_secs());
     // One budget for the connections' grace period and the store's final flush.
     let stopped = relay.shutdown(v.shutdown_timeout).await;
@@ -398,12 +401,32 @@ async fn serve(v: Validated) -> CmdResult {
     Ok(())
 }
 
-/// Runs until SIGTERM or SIGINT; SIGHUP reloads the certificate and key.
-async fn wait_for_stop(handle: &sealpost_relay::RelayHandle) -> CmdResult {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
-    let mut hup = signal(SignalKind::hangup()).map_err(|e| format!("SIGHUP handler: {e}"))?;
+/// The signals `serve` answers, caught from installation on (tokio keeps one that arrives
+/// before anyone waits for it).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, String> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?,
+            int: signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?,
+            hup: signal(SignalKind::hangup()).map_err(|e| format!("SIGHUP handler: {e}"))?,
+        })
+    }
+}
+
+/// Runs until SIGTERM or SIGINT (or a store failure); SIGHUP reloads the certificate and key.
+async fn wait_for_stop(signals: Signals, handle: &sealpost_relay::RelayHandle) -> CmdResult {
+    let Signals {
+        mut term,
+        mut int,
+        mut hup,
+    } = signals;
     loop {
         tokio::select! {
             _ = term.recv() => return Ok(()),
