@@ -1,0 +1,275 @@
+//! The cluster store against a real Valkey cluster (`common::valkey`): the store contract as
+//! the memory and disk stores keep it, wake-ups across two relays' stores, and refusals at
+//! start-up.
+
+mod common;
+
+use bytes::Bytes;
+use common::valkey;
+use sealpost_core::Suite;
+use sealpost_core::keys::RecipientSecret;
+use sealpost_relay::store::cluster::{ClusterError, ClusterOptions, ClusterStore};
+use sealpost_relay::store::{Append, AppendOutcome, MailboxRecord, Quotas, Store, StoreError};
+use std::time::{Duration, Instant, SystemTime};
+use zeroize::Zeroizing;
+
+/// The tests of this file share one cluster, and expiry sweeps every mailbox in it: one test
+/// at a time, so that one test's expiry does not remove another's envelopes.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const MASTER: [u8; 32] = [0x5e; 32];
+
+fn quotas() -> Quotas {
+    Quotas {
+        max_envelopes: 3,
+        max_bytes: 1000,
+        max_mailboxes: 1_000_000,
+        dedupe_window: 2,
+    }
+}
+
+async fn open(nodes: &[String]) -> ClusterStore {
+    ClusterStore::open(ClusterOptions::new(
+        nodes.to_vec(),
+        Some(Zeroizing::new(MASTER)),
+        quotas(),
+    ))
+    .await
+    .expect("the test cluster passes the start-up checks")
+}
+
+/// A mailbox with a fresh random id (the cluster may outlive this test run).
+async fn mailbox(s: &ClusterStore) -> [u8; 16] {
+    let rid: [u8; 16] = rand::random();
+    let rec = MailboxRecord::new(
+        rid,
+        s.deposit_id_for(&rid),
+        Suite::ChaCha20Poly1305,
+        [7; 32],
+        RecipientSecret([9; 32]),
+    );
+    s.create_mailbox(rec).await.expect("mailbox created");
+    rid
+}
+
+fn app(s: &ClusterStore, rid: &[u8; 16], nonce: u8, body: &[u8]) -> Append {
+    Append {
+        deposit_id: s.deposit_id_for(rid),
+        nonce: [nonce; 12],
+        envelope: Bytes::copy_from_slice(body),
+    }
+}
+
+#[tokio::test]
+async fn deposits_dedupe_quota_ack_expire_and_delete_as_on_the_disk_store() {
+    let Some(cluster) = valkey::cluster(
+        "cluster_store::deposits_dedupe_quota_ack_expire_and_delete_as_on_the_disk_store",
+    ) else {
+        return;
+    };
+    let _one = SERIAL.lock().await;
+    let s = open(cluster.nodes()).await;
+    let a = mailbox(&s).await;
+    let b = mailbox(&s).await;
+    assert!(matches!(
+        s.create_mailbox(MailboxRecord::new(
+            a,
+            s.deposit_id_for(&a),
+            Suite::ChaCha20Poly1305,
+            [1; 32],
+            RecipientSecret([2; 32]),
+        ))
+        .await,
+        Err(StoreError::Exists)
+    ));
+
+    // The record comes back whole, by either id, with its secrets.
+    let rec = s.mailbox(&a).await.unwrap().expect("mailbox a");
+    assert_eq!(rec.recipient_id, a);
+    assert_eq!(rec.recipient_secret.0, [9; 32]);
+    assert_eq!(rec.deposit_key.expose(), &[7; 32]);
+    let unknown: [u8; 16] = rand::random();
+    let found = s
+        .lookup_deposit(&[s.deposit_id_for(&b), s.deposit_id_for(&unknown)])
+        .await
+        .unwrap();
+    assert_eq!(found[0].as_ref().map(|r| r.recipient_id), Some(b));
+    assert!(found[1].is_none());
+
+    use AppendOutcome::*;
+    let out = s
+        .append_batch(&[
+            app(&s, &a, 1, b"one"),
+            app(&s, &a, 1, b"one"),
+            app(&s, &a, 1, b"uno"),
+            app(&s, &b, 1, b"bee"),
+            app(&s, &unknown, 1, b"nobody"),
+            app(&s, &a, 2, b"two"),
+            app(&s, &a, 3, b"three"),
+            app(&s, &a, 4, b"four"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![
+            Stored(1),
+            Duplicate,
+            IdReused,
+            Stored(1),
+            UnknownMailbox,
+            Stored(2),
+            Stored(3),
+            MailboxFull
+        ]
+    );
+    assert_eq!(s.pending(&a).await.unwrap(), 3);
+    let got = s.fetch(&a, 1, 10).await.unwrap();
+    assert_eq!(
+        got.iter()
+            .map(|e| (e.seq, e.envelope.clone()))
+            .collect::<Vec<_>>(),
+        vec![
+            (2, Bytes::from_static(b"two")),
+            (3, Bytes::from_static(b"three"))
+        ]
+    );
+    assert_eq!(s.fetch(&a, 0, 1).await.unwrap()[0].seq, 1);
+
+    assert_eq!(s.ack(&a, 2).await.unwrap(), 2);
+    assert_eq!(s.pending(&a).await.unwrap(), 1);
+    // Acknowledged nonces stay in the dedupe window, with their digests.
+    assert_eq!(
+        s.append_batch(&[app(&s, &a, 1, b"one"), app(&s, &a, 2, b"dos")])
+            .await
+            .unwrap(),
+        vec![Duplicate, IdReused]
+    );
+    // The byte quota.
+    assert_eq!(
+        s.append_batch(&[app(&s, &a, 9, &[0; 996])]).await.unwrap(),
+        vec![MailboxFull]
+    );
+
+    // Retention: everything stored before the cutoff goes.
+    let before = s.stats().await;
+    assert!(before.envelopes >= 2, "{before:?}");
+    assert_eq!(
+        s.expire(SystemTime::now() + Duration::from_secs(1))
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(s.pending(&a).await.unwrap(), 0);
+    assert_eq!(s.pending(&b).await.unwrap(), 0);
+    // Window of 2: nonces 1 and 2 were removed first and are forgotten by now.
+    assert_eq!(
+        s.append_batch(&[app(&s, &a, 1, b"again")]).await.unwrap(),
+        vec![Stored(4)]
+    );
+
+    assert!(s.delete_mailbox(&a).await.unwrap());
+    assert!(!s.delete_mailbox(&a).await.unwrap());
+    assert!(s.mailbox(&a).await.unwrap().is_none());
+    assert!(s.lookup_deposit(&[s.deposit_id_for(&a)]).await.unwrap()[0].is_none());
+    assert_eq!(
+        s.append_batch(&[app(&s, &a, 7, b"late")]).await.unwrap(),
+        vec![UnknownMailbox]
+    );
+    assert!(s.delete_mailbox(&b).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_deposit_through_one_relay_wakes_a_subscriber_on_another() {
+    let Some(cluster) =
+        valkey::cluster("cluster_store::a_deposit_through_one_relay_wakes_a_subscriber_on_another")
+    else {
+        return;
+    };
+    let _one = SERIAL.lock().await;
+    let relay_a = open(cluster.nodes()).await;
+    let relay_b = open(cluster.nodes()).await;
+    let rid = mailbox(&relay_a).await;
+    // Both relays derive the same deposit ids (the PRF key is shared through the cluster).
+    assert_eq!(relay_a.deposit_id_for(&rid), relay_b.deposit_id_for(&rid));
+    let mut wake = relay_b.watch(&rid).expect("watch");
+
+    // The subscription is set up in the background: deposit until B is woken.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut nonce = 0u8;
+    let high = loop {
+        nonce += 1;
+        let out = relay_a
+            .append_batch(&[app(&relay_a, &rid, nonce, b"canary-sealpost-plaintext")])
+            .await
+            .unwrap();
+        assert!(matches!(out[0], AppendOutcome::Stored(_)), "{out:?}");
+        relay_a.ack(&rid, u64::MAX).await.unwrap();
+        if let Ok(Ok(())) = tokio::time::timeout(Duration::from_millis(200), wake.changed()).await {
+            break *wake.borrow_and_update();
+        }
+        assert!(Instant::now() < deadline, "relay B was never woken");
+    };
+    assert!(high >= 1 && high <= u64::from(nonce), "{high}");
+
+    // Once subscribed, each deposit wakes B with its sequence number.
+    let out = relay_a
+        .append_batch(&[app(&relay_a, &rid, 200, b"next")])
+        .await
+        .unwrap();
+    let AppendOutcome::Stored(seq) = out[0] else {
+        panic!("{out:?}")
+    };
+    tokio::time::timeout(Duration::from_secs(5), wake.wait_for(|h| *h >= seq))
+        .await
+        .expect("woken within 5 s")
+        .expect("watch open");
+    let got = relay_b.fetch(&rid, seq - 1, 10).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].envelope, Bytes::from_static(b"next"));
+    assert!(relay_b.delete_mailbox(&rid).await.unwrap());
+}
+
+#[tokio::test]
+async fn start_up_refuses_without_master_key_nodes_or_a_reachable_cluster() {
+    let no_key = ClusterStore::open(ClusterOptions::new(
+        vec!["127.0.0.1:1".into()],
+        None,
+        quotas(),
+    ))
+    .await;
+    assert!(
+        matches!(
+            no_key,
+            Err(StoreError::Cluster(ClusterError::MasterKeyRequired))
+        ),
+        "{:?}",
+        no_key.err()
+    );
+    let no_nodes = ClusterStore::open(ClusterOptions::new(
+        vec![],
+        Some(Zeroizing::new(MASTER)),
+        quotas(),
+    ))
+    .await;
+    assert!(matches!(
+        no_nodes,
+        Err(StoreError::Cluster(ClusterError::NoNodes))
+    ));
+    // Port 1 on loopback: nothing listens there.
+    let err = ClusterStore::open(ClusterOptions::new(
+        vec!["127.0.0.1:1".into()],
+        Some(Zeroizing::new(MASTER)),
+        quotas(),
+    ))
+    .await
+    .err()
+    .expect("refused");
+    let msg = err.to_string();
+    assert!(
+        matches!(err, StoreError::Cluster(ClusterError::Unreachable { .. }))
+            && msg.contains("127.0.0.1:1")
+            && msg.contains("cluster.sh status"),
+        "{msg}"
+    );
+}
