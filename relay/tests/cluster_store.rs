@@ -6,6 +6,7 @@ mod common;
 
 use bytes::Bytes;
 use common::valkey;
+use futures_util::FutureExt;
 use sealpost_core::Suite;
 use sealpost_core::keys::RecipientSecret;
 use sealpost_relay::store::cluster::{ClusterError, ClusterOptions, ClusterStore};
@@ -272,4 +273,183 @@ async fn start_up_refuses_without_master_key_nodes_or_a_reachable_cluster() {
             && msg.contains("cluster.sh status"),
         "{msg}"
     );
+}
+
+/// Polls `check` until it holds, failing after `secs` with what it last saw.
+async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        match check().await {
+            Ok(()) => return,
+            Err(last) if Instant::now() >= deadline => panic!("{what}: {last}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// A node's answer to one command, as text.
+async fn ask(addr: &str, args: &[&str]) -> Result<String, String> {
+    let client = redis::Client::open(format!("redis://{addr}/")).map_err(|e| e.to_string())?;
+    let mut c = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    let v: redis::Value = cmd.query_async(&mut c).await.map_err(|e| e.to_string())?;
+    Ok(format!("{v:?}"))
+}
+
+#[tokio::test]
+async fn start_up_refuses_an_unready_or_unfsynced_cluster_and_no_replica_means_no_ok() {
+    let Some(node) = valkey::single_node(
+        "cluster_store::start_up_refuses_an_unready_or_unfsynced_cluster_and_no_replica_means_no_ok",
+        "everysec",
+    ) else {
+        return;
+    };
+    let addr = node.addr.clone();
+    eventually(10, "valkey-server answers PING", || {
+        ask(&addr, &["PING"]).map(|r| r.map(|_| ()))
+    })
+    .await;
+    let open_it = |timeout: Duration| {
+        let mut o = ClusterOptions::new(vec![addr.clone()], Some(Zeroizing::new(MASTER)), quotas());
+        o.durable_timeout = timeout;
+        ClusterStore::open(o)
+    };
+
+    // No slot served yet: not cluster_state:ok.
+    let e = open_it(Duration::from_secs(1))
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(e, StoreError::Cluster(ClusterError::NotOk { .. }))
+            && e.to_string().contains("cluster_state"),
+        "{e}"
+    );
+
+    ask(&addr, &["CLUSTER", "ADDSLOTSRANGE", "0", "16383"])
+        .await
+        .unwrap();
+    eventually(10, "cluster_state:ok", || async {
+        let info = ask(&addr, &["CLUSTER", "INFO"]).await?;
+        if info.contains("cluster_state:ok") {
+            Ok(())
+        } else {
+            Err(info)
+        }
+    })
+    .await;
+
+    // appendfsync everysec: WAITAOF's local count would not mean "on disk" per write.
+    let e = open_it(Duration::from_secs(1))
+        .await
+        .err()
+        .expect("refused");
+    let msg = e.to_string();
+    assert!(
+        matches!(e, StoreError::Cluster(ClusterError::NotFsyncing { .. }))
+            && msg.contains("everysec")
+            && msg.contains(&addr),
+        "{msg}"
+    );
+
+    // Fsynced, but no replica: nothing can be confirmed on two nodes, so nothing is OK.
+    ask(&addr, &["CONFIG", "SET", "appendfsync", "always"])
+        .await
+        .unwrap();
+    let s = open_it(Duration::from_millis(300))
+        .await
+        .expect("opens: the checks pass");
+    let secret: [u8; 32] = rand::random();
+    let deposit_key: [u8; 32] = rand::random();
+    let rid: [u8; 16] = rand::random();
+    let rec = MailboxRecord::new(
+        rid,
+        s.deposit_id_for(&rid),
+        Suite::ChaCha20Poly1305,
+        deposit_key,
+        RecipientSecret(secret),
+    );
+    let e = s
+        .create_mailbox(rec)
+        .await
+        .expect_err("not confirmed durable");
+    assert!(e.to_string().contains("WAITAOF"), "{e}");
+
+    assert!(
+        s.mailbox(&rid).await.unwrap().is_none(),
+        "a mailbox whose creation was not confirmed is not there"
+    );
+}
+
+#[tokio::test]
+async fn mailbox_secrets_reach_valkey_only_sealed() {
+    let Some(cluster) = valkey::cluster("cluster_store::mailbox_secrets_reach_valkey_only_sealed")
+    else {
+        return;
+    };
+    let _one = SERIAL.lock().await;
+    let s = open(cluster.nodes()).await;
+    let secret: [u8; 32] = rand::random();
+    let deposit_key: [u8; 32] = rand::random();
+    let rid: [u8; 16] = rand::random();
+    s.create_mailbox(MailboxRecord::new(
+        rid,
+        s.deposit_id_for(&rid),
+        Suite::ChaCha20Poly1305,
+        deposit_key,
+        RecipientSecret(secret),
+    ))
+    .await
+    .unwrap();
+    let rec = s.mailbox(&rid).await.unwrap().expect("created");
+    assert_eq!(rec.recipient_secret.0, secret);
+
+    // The stored record, as any client of the cluster reads it.
+    let tag = format!("{{m:{}}}", hex::encode(rid));
+    let client = redis::cluster::ClusterClient::new(
+        cluster
+            .nodes()
+            .iter()
+            .map(|n| format!("redis://{n}/"))
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let mut c = client.get_async_connection().await.unwrap();
+    let stored: Vec<u8> = redis::cmd("HGET")
+        .arg(&tag)
+        .arg("rec")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let has = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+    assert!(stored.len() > 64, "{} bytes", stored.len());
+    assert!(!has(&stored, &secret) && !has(&stored, &deposit_key));
+
+    // And the nodes' files, when this test started the cluster and knows where they are.
+    if let Some(dir) = cluster.dir() {
+        use common::process::files_containing;
+        assert!(
+            !files_containing(dir, tag.as_bytes()).is_empty(),
+            "the mailbox is in the AOF"
+        );
+        assert_eq!(
+            files_containing(dir, &secret),
+            Vec::<std::path::PathBuf>::new()
+        );
+        assert_eq!(
+            files_containing(dir, &deposit_key),
+            Vec::<std::path::PathBuf>::new()
+        );
+    }
+    assert!(s.delete_mailbox(&rid).await.unwrap());
 }

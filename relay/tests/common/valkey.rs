@@ -38,6 +38,11 @@ impl ValkeyCluster {
     pub fn nodes(&self) -> &[String] {
         &self.nodes
     }
+
+    /// The nodes' directories (data, AOF, logs), when this process started the cluster.
+    pub fn dir(&self) -> Option<&std::path::Path> {
+        self.started.as_ref().map(|s| s.dir.path())
+    }
 }
 
 impl Drop for ValkeyCluster {
@@ -76,6 +81,15 @@ pub fn cluster(test: &str) -> Option<ValkeyCluster> {
             started: None,
         });
     }
+    if !installed(test) {
+        return None;
+    }
+    Some(start())
+}
+
+/// Whether `valkey-server` is on PATH; without it: panics under CI, and elsewhere says loudly
+/// that `test` did not run.
+fn installed(test: &str) -> bool {
     if Command::new("valkey-server")
         .arg("--version")
         .output()
@@ -98,9 +112,65 @@ pub fn cluster(test: &str) -> Option<ValkeyCluster> {
              * or set {NODES_VAR} to a running cluster (deploy/valkey/cluster.sh up).\n\
              ********************************************************************"
         );
+        return false;
+    }
+    true
+}
+
+/// One cluster-enabled node serving no slots yet and writing its AOF with `appendfsync`, for
+/// tests of what the store refuses; killed on drop.
+pub struct SingleNode {
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    /// Its directory (AOF files in `appendonlydir/`).
+    pub dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl Drop for SingleNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a [`SingleNode`] for test `test`; `None` (said loudly) without valkey-server.
+pub fn single_node(test: &str, appendfsync: &str) -> Option<SingleNode> {
+    if !installed(test) {
         return None;
     }
-    Some(start())
+    let port = loop {
+        let port = rand::random_range(10_000..(32_768 - BUS_OFFSET));
+        if [port, port + BUS_OFFSET]
+            .iter()
+            .all(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        {
+            break port;
+        }
+    };
+    let dir = tempfile::tempdir().expect("temporary directory for the Valkey node");
+    let d = dir.path().display().to_string();
+    let child = Command::new("valkey-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--cluster-enabled", "yes"])
+        .args(["--cluster-config-file", &format!("{d}/nodes.conf")])
+        .args(["--dir", &d, "--logfile", &format!("{d}/valkey.log")])
+        .args([
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            appendfsync,
+            "--save",
+            "",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start valkey-server");
+    Some(SingleNode {
+        addr: format!("127.0.0.1:{port}"),
+        dir,
+        child,
+    })
 }
 
 /// `deploy/valkey/cluster.sh`.

@@ -31,6 +31,7 @@ struct Range {
     first: u16,
     last: u16,
     primary: String,
+    replicas: Vec<String>,
 }
 
 type Conn = tokio::sync::Mutex<Option<MultiplexedConnection>>;
@@ -95,6 +96,22 @@ impl Committer {
     }
 
     /// Reads the slot map (CLUSTER SLOTS) from the first seed that answers; returns the
+    /// primaries' addresses and their replicas'.
+    pub async fn refresh_all(&self) -> Result<(Vec<String>, Vec<String>), String> {
+        let primaries = self.refresh().await?;
+        let mut replicas: Vec<String> = self
+            .ranges
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .flat_map(|r| r.replicas.iter().cloned())
+            .collect();
+        replicas.sort();
+        replicas.dedup();
+        Ok((primaries, replicas))
+    }
+
+    /// Reads the slot map (CLUSTER SLOTS) from the first seed that answers; returns the
     /// primaries' addresses.
     pub async fn refresh(&self) -> Result<Vec<String>, String> {
         let mut last = String::from("no nodes given");
@@ -104,7 +121,10 @@ impl Committer {
                 redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut c).await
             }
             .await;
-            match slots.map_err(|e| e.to_string()).and_then(parse_slots) {
+            match slots
+                .map_err(|e| e.to_string())
+                .and_then(|v| parse_slots(v, seed))
+            {
                 Ok(ranges) => {
                     let mut primaries: Vec<String> =
                         ranges.iter().map(|r| r.primary.clone()).collect();
@@ -219,8 +239,12 @@ impl Committer {
     }
 }
 
-/// The ranges of a CLUSTER SLOTS answer: `[[first, last, [host, port, id, ...], replicas...]]`.
-fn parse_slots(v: Value) -> Result<Vec<Range>, String> {
+/// The ranges of a CLUSTER SLOTS answer from `seed`: `[[first, last, [host, port, id, ...],
+/// replicas...]]`.
+fn parse_slots(v: Value, seed: &str) -> Result<Vec<Range>, String> {
+    // A node that does not know its own address (no `cluster-announce-ip`, alone in its
+    // cluster) answers an empty host, meaning "the address you reached me at".
+    let seed_host = seed.rsplit_once(':').map_or(seed, |(h, _)| h);
     let Value::Array(entries) = v else {
         return Err(format!("CLUSTER SLOTS answered {v:?}"));
     };
@@ -234,19 +258,38 @@ fn parse_slots(v: Value) -> Result<Vec<Range>, String> {
         else {
             return Err("CLUSTER SLOTS: malformed entry".into());
         };
-        let host = match node.first() {
-            Some(Value::BulkString(h)) => String::from_utf8_lossy(h).into_owned(),
-            Some(Value::SimpleString(h)) => h.clone(),
-            _ => return Err("CLUSTER SLOTS: node without a host".into()),
-        };
-        let Some(Value::Int(port)) = node.get(1) else {
-            return Err("CLUSTER SLOTS: node without a port".into());
-        };
+        let replicas = e[3..]
+            .iter()
+            .map(|r| match r {
+                Value::Array(r) => address(r, seed_host),
+                _ => Err("CLUSTER SLOTS: a replica is not an array".into()),
+            })
+            .collect::<Result<_, String>>()?;
         out.push(Range {
             first: u16::try_from(*first).map_err(|e| e.to_string())?,
             last: u16::try_from(*last).map_err(|e| e.to_string())?,
-            primary: format!("{host}:{port}"),
+            primary: address(node, seed_host)?,
+            replicas,
         });
     }
     Ok(out)
+}
+
+/// `HOST:PORT` of a CLUSTER SLOTS node entry (`[host, port, id, ...]`); an empty host is
+/// `seed_host`.
+fn address(node: &[Value], seed_host: &str) -> Result<String, String> {
+    let host = match node.first() {
+        Some(Value::BulkString(h)) => String::from_utf8_lossy(h).into_owned(),
+        Some(Value::SimpleString(h)) => h.clone(),
+        _ => return Err("CLUSTER SLOTS: node without a host".into()),
+    };
+    let host = if host.is_empty() {
+        seed_host.to_owned()
+    } else {
+        host
+    };
+    let Some(Value::Int(port)) = node.get(1) else {
+        return Err("CLUSTER SLOTS: node without a port".into());
+    };
+    Ok(format!("{host}:{port}"))
 }

@@ -100,9 +100,19 @@ impl ClusterStore {
             nodes: opts.nodes.join(","),
             why,
         };
-        let nodes = committer.refresh().await.map_err(unreachable)?;
-        for node in &nodes {
-            check_and_load(node).await?;
+        let (primaries, replicas) = committer.refresh_all().await.map_err(unreachable)?;
+        // A cluster serving no slots has no primaries to ask: ask the seeds, which then say
+        // what is wrong (cluster_state).
+        let seeds_if_none = if primaries.is_empty() {
+            opts.nodes.clone()
+        } else {
+            Vec::new()
+        };
+        for node in primaries.iter().chain(&replicas).chain(&seeds_if_none) {
+            check_node(node).await?;
+        }
+        for node in &primaries {
+            load_functions(node).await?;
         }
 
         let conn = redis::cluster::ClusterClientBuilder::new(urls(&opts.nodes))
@@ -281,19 +291,40 @@ impl ClusterStore {
     }
 }
 
-/// The start-up checks on one node, then FUNCTION LOAD REPLACE there.
-async fn check_and_load(node: &str) -> Result<(), StoreError> {
-    let unexpected = |command: &'static str, e: redis::RedisError| ClusterError::Unexpected {
+fn unexpected(node: &str, command: &'static str, e: redis::RedisError) -> ClusterError {
+    ClusterError::Unexpected {
         node: node.to_owned(),
         command,
         what: e.to_string(),
-    };
-    let mut c = Committer::connect(node, Duration::from_secs(5))
+    }
+}
+
+async fn connect_checked(node: &str) -> Result<redis::aio::MultiplexedConnection, ClusterError> {
+    Committer::connect(node, Duration::from_secs(5))
         .await
         .map_err(|e| ClusterError::Unreachable {
             nodes: node.to_owned(),
             why: e.to_string(),
-        })?;
+        })
+}
+
+/// FUNCTION LOAD REPLACE on a primary (its replicas get the library through replication).
+async fn load_functions(node: &str) -> Result<(), StoreError> {
+    let mut c = connect_checked(node).await?;
+    let _: Value = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg("REPLACE")
+        .arg(FUNCTIONS)
+        .query_async(&mut c)
+        .await
+        .map_err(|e| unexpected(node, "FUNCTION LOAD", e))?;
+    Ok(())
+}
+
+/// The start-up checks on one node: every slot served, WAITAOF there, every write fsynced.
+async fn check_node(node: &str) -> Result<(), StoreError> {
+    let unexpected = |command: &'static str, e: redis::RedisError| unexpected(node, command, e);
+    let mut c = connect_checked(node).await?;
     let info: String = redis::cmd("CLUSTER")
         .arg("INFO")
         .query_async(&mut c)
@@ -315,13 +346,6 @@ async fn check_and_load(node: &str) -> Result<(), StoreError> {
         .map_err(|e| unexpected("CONFIG GET", e))?;
     let config: Vec<(String, String)> = config.into_iter().collect();
     checks::check_fsync(node, &config)?;
-    let _: Value = redis::cmd("FUNCTION")
-        .arg("LOAD")
-        .arg("REPLACE")
-        .arg(FUNCTIONS)
-        .query_async(&mut c)
-        .await
-        .map_err(|e| unexpected("FUNCTION LOAD", e))?;
     Ok(())
 }
 
