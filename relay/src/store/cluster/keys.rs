@@ -9,6 +9,7 @@
 //! | `{m:<rid>}:d`      | hash   | the dedupe window: nonce -> digest ‖ seq                      |
 //! | `{m:<rid>}:w`      | list   | removed `seq:nonce` in order, to forget beyond the window    |
 //! | `{m:<rid>}:c`      | channel| the wake-up (SPUBLISH of the new sequence number)             |
+//! | `{m:<rid>}:f`      | string | a fence written after each append pipeline, expiring in 1 s  |
 //! | `{d:<deposit id>}` | string | the recipient id of the mailbox with this deposit id          |
 //! | `sealpost:prf`     | string | the deposit-id PRF key, sealed under the master key           |
 //! | `sealpost:mailboxes` | string | the mailbox count, for `max_mailboxes`                      |
@@ -55,6 +56,12 @@ impl MailboxKeys {
     /// The wake-up channel.
     pub fn channel(&self) -> &str {
         &self.keys[4]
+    }
+
+    /// The fence key: a write in the mailbox's slot after an append pipeline (see
+    /// `append_batch`).
+    pub fn fence(&self) -> String {
+        format!("{}:f", self.keys[0])
     }
 
     /// The hash slot of every key of this mailbox.
@@ -116,6 +123,7 @@ mod tests {
             assert_eq!(slot(key.as_bytes()), k.slot());
             assert_eq!(recipient_of(key.as_bytes()), Some(rid));
         }
+        assert_eq!(slot(k.fence().as_bytes()), k.slot());
         assert_eq!(recipient_of(b"{d:abab}"), None);
         assert_eq!(recipient_of(b"{m:zz}"), None);
     }

@@ -460,7 +460,7 @@ impl Store for ClusterStore {
             }
         }
         // Group by slot, then by primary: one pipeline per primary.
-        let mut groups: HashMap<String, (Pipeline, Vec<usize>, u16)> = HashMap::new();
+        let mut groups: HashMap<String, (Pipeline, Vec<usize>, u16, String)> = HashMap::new();
         for (i, a) in batch.iter().enumerate() {
             let Some(Some(rid)) = rids.get(&a.deposit_id) else {
                 continue;
@@ -478,7 +478,7 @@ impl Store for ClusterStore {
             };
             let g = groups
                 .entry(primary)
-                .or_insert_with(|| (redis::pipe(), Vec::new(), slot));
+                .or_insert_with(|| (redis::pipe(), Vec::new(), slot, k.fence()));
             g.0.add_command(
                 Self::fcall("sp_deposit", &k)
                     .arg(&a.nonce[..])
@@ -491,10 +491,24 @@ impl Store for ClusterStore {
             );
             g.1.push(i);
         }
-        let commits = groups.into_values().map(|(pipe, items, slot)| async move {
-            let answers = self.durable(slot, &pipe, items.len()).await?;
-            Ok::<_, StoreError>((items, answers))
-        });
+        let commits = groups
+            .into_values()
+            .map(|(mut pipe, items, slot, fence)| async move {
+                // A write at the end of every group, so that WAITAOF covers every earlier write
+                // to these mailboxes, also one this connection did not make: a deposit answered
+                // DUPLICATE writes nothing, and the original it duplicates may have come through
+                // another connection or relay whose WAITAOF never confirmed it (an UNAVAILABLE
+                // being retried). Without this, that DUPLICATE would be an OK for an envelope
+                // held by one node only.
+                pipe.cmd("SET")
+                    .arg(&fence)
+                    .arg(1)
+                    .arg("PX")
+                    .arg(1000)
+                    .ignore();
+                let answers = self.durable(slot, &pipe, items.len()).await?;
+                Ok::<_, StoreError>((items, answers))
+            });
         // Every primary's group at once; any group not confirmed durable fails the batch,
         // so no envelope of it is answered OK (a retry is safe: it is deduplicated).
         for r in futures_util::future::join_all(commits).await {
