@@ -39,6 +39,30 @@ impl ValkeyCluster {
         &self.nodes
     }
 
+    /// Stops every node and starts them again with their data (`cluster.sh down` then `up`),
+    /// waiting until the cluster is ok again. Only for a cluster this process started.
+    pub fn restart(&self) {
+        let started = self
+            .started
+            .as_ref()
+            .expect("restart() is for a cluster this test started");
+        for verb in ["down", "up"] {
+            let out = script()
+                .arg(verb)
+                .arg("--dir")
+                .arg(started.dir.path())
+                .args(["--base-port", &started.base.to_string()])
+                .output()
+                .expect("run deploy/valkey/cluster.sh");
+            assert!(
+                out.status.success(),
+                "cluster.sh {verb} failed ({}):\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
     /// The nodes' directories (data, AOF, logs), when this process started the cluster.
     pub fn dir(&self) -> Option<&std::path::Path> {
         self.started.as_ref().map(|s| s.dir.path())
@@ -65,6 +89,12 @@ impl Drop for ValkeyCluster {
             }
         }
     }
+}
+
+/// A cluster of this test's own (never the shared one of `SEALPOST_TEST_VALKEY_NODES`), for
+/// tests that stop or restart nodes; `None` (said loudly) without valkey-server.
+pub fn private_cluster(test: &str) -> Option<ValkeyCluster> {
+    installed(test).then(start)
 }
 
 /// The cluster for test `test`: `SEALPOST_TEST_VALKEY_NODES` if set, else a new one if
