@@ -504,3 +504,141 @@ async fn mailboxes_and_functions_survive_a_cluster_restart_under_a_running_store
         vec![AppendOutcome::Duplicate]
     );
 }
+
+/// The port of the primary serving `slot`, as `node` sees it (CLUSTER SLOTS).
+async fn primary_port(node: &str, slot: u16) -> Result<u16, String> {
+    use redis::Value;
+    let client = redis::Client::open(format!("redis://{node}/")).map_err(|e| e.to_string())?;
+    let mut c = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| e.to_string())?;
+    let v: Value = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query_async(&mut c)
+        .await
+        .map_err(|e| e.to_string())?;
+    let Value::Array(ranges) = v else {
+        return Err(format!("{v:?}"));
+    };
+    for r in ranges {
+        if let Value::Array(r) = r
+            && let [
+                Value::Int(first),
+                Value::Int(last),
+                Value::Array(primary),
+                ..,
+            ] = &r[..]
+            && (*first..=*last).contains(&i64::from(slot))
+            && let Some(Value::Int(port)) = primary.get(1)
+        {
+            return u16::try_from(*port).map_err(|e| e.to_string());
+        }
+    }
+    Err(format!("no primary for slot {slot}"))
+}
+
+#[tokio::test]
+async fn no_acknowledged_deposit_is_lost_when_a_primary_is_killed() {
+    use sealpost_relay::store::cluster::keys::MailboxKeys;
+    let Some(cluster) = valkey::private_cluster(
+        "cluster_store::no_acknowledged_deposit_is_lost_when_a_primary_is_killed",
+    ) else {
+        return;
+    };
+    let mut q = quotas();
+    q.max_envelopes = 10_000;
+    q.max_bytes = 1 << 30;
+    let s = ClusterStore::open(ClusterOptions::new(
+        cluster.nodes().to_vec(),
+        Some(Zeroizing::new(MASTER)),
+        q,
+    ))
+    .await
+    .unwrap();
+    let rid = mailbox(&s).await;
+    let deposit = |i: u32| Append {
+        deposit_id: s.deposit_id_for(&rid),
+        nonce: {
+            let mut n = [0u8; 12];
+            n[..4].copy_from_slice(&i.to_be_bytes());
+            n
+        },
+        envelope: Bytes::from(format!("envelope {i}")),
+    };
+    let mut acknowledged = Vec::new();
+    let mut unavailable = 0;
+    let send = async |from: u32, acknowledged: &mut Vec<u32>| {
+        let batch: Vec<Append> = (from..from + 8).map(deposit).collect();
+        match s.append_batch(&batch).await {
+            Ok(out) => {
+                for (i, o) in (from..).zip(out) {
+                    assert!(
+                        matches!(o, AppendOutcome::Stored(_) | AppendOutcome::Duplicate),
+                        "{o:?}"
+                    );
+                    acknowledged.push(i);
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    };
+    let mut next = 0;
+    for _ in 0..5 {
+        assert!(send(next, &mut acknowledged).await);
+        next += 8;
+    }
+
+    let slot = MailboxKeys::new(&rid).slot();
+    let victim = primary_port(&cluster.nodes()[0], slot).await.unwrap();
+    cluster.kill_node(victim);
+    // Until the replica has taken over and has a replica of its own again, nothing for this
+    // mailbox can be fsynced on two nodes: UNAVAILABLE, never OK.
+    let others: Vec<&String> = cluster
+        .nodes()
+        .iter()
+        .filter(|n| !n.ends_with(&format!(":{victim}")))
+        .collect();
+    eventually(30, "a replica took over", || async {
+        match primary_port(others[0], slot).await {
+            Ok(p) if p != victim => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    if send(next, &mut acknowledged).await {
+        panic!("a deposit was acknowledged while its slot's primary had no replica");
+    }
+    unavailable += 1;
+    next += 8;
+
+    // The killed node comes back as the new primary's replica; deposits are confirmed again.
+    cluster.up();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !send(next, &mut acknowledged).await {
+        unavailable += 1;
+        assert!(
+            Instant::now() < deadline,
+            "no deposit confirmed after the failover"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Every acknowledged deposit is there, exactly once.
+    let held: Vec<Bytes> = s
+        .fetch(&rid, 0, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.envelope)
+        .collect();
+    for i in &acknowledged {
+        let body = Bytes::from(format!("envelope {i}"));
+        assert_eq!(
+            held.iter().filter(|b| **b == body).count(),
+            1,
+            "envelope {i} after {unavailable} unavailable batches"
+        );
+    }
+}

@@ -42,11 +42,41 @@ impl ValkeyCluster {
     /// Stops every node and starts them again with their data (`cluster.sh down` then `up`),
     /// waiting until the cluster is ok again. Only for a cluster this process started.
     pub fn restart(&self) {
+        self.run(&["down", "up"]);
+    }
+
+    /// Starts the nodes that are not running (`cluster.sh up`): a killed node comes back with
+    /// its data and rejoins. Only for a cluster this process started.
+    pub fn up(&self) {
+        self.run(&["up"]);
+    }
+
+    /// SIGKILLs the node listening on `port`. Only for a cluster this process started.
+    pub fn kill_node(&self, port: u16) {
         let started = self
             .started
             .as_ref()
-            .expect("restart() is for a cluster this test started");
-        for verb in ["down", "up"] {
+            .expect("kill_node() is for a cluster this test started");
+        let pidfile = started
+            .dir
+            .path()
+            .join(format!("node-{port}"))
+            .join("valkey.pid");
+        let pid = std::fs::read_to_string(&pidfile)
+            .unwrap_or_else(|e| panic!("{}: {e}", pidfile.display()));
+        let out = Command::new("kill")
+            .args(["-KILL", pid.trim()])
+            .output()
+            .expect("run kill");
+        assert!(out.status.success(), "kill -KILL {pid}: {out:?}");
+    }
+
+    fn run(&self, verbs: &[&str]) {
+        let started = self
+            .started
+            .as_ref()
+            .expect("for a cluster this test started");
+        for verb in verbs {
             let out = script()
                 .arg(verb)
                 .arg("--dir")

@@ -183,8 +183,10 @@ impl ClusterStore {
     }
 
     /// Runs `pipe` (`n` function calls, all in `slot`) on the slot's primary and waits until
-    /// it is durable there and on a replica; learns the slot map again and retries once if
-    /// the slot moved.
+    /// it is durable there and on a replica. When the primary could not be used (the slot
+    /// moved, the node is gone or failing over) it learns the slot map again and retries once
+    /// (safe: deposits are deduplicated); a WAITAOF that did not confirm in time is not
+    /// retried (the time is spent).
     async fn durable(
         &self,
         slot: u16,
@@ -199,13 +201,14 @@ impl ClusterStore {
             };
             match self.committer.commit(&primary, &mut pipe.clone(), n).await {
                 Ok(v) => return Ok(v),
+                Err(e @ commit::CommitError::NotDurable { .. }) => {
+                    last = e.to_string();
+                    break;
+                }
                 Err(e) => {
                     last = e.to_string();
-                    if last.contains("MOVED") || last.contains("ASK") {
-                        self.committer.refresh().await.map_err(backend)?;
-                        continue;
-                    }
-                    break;
+                    // A seed may be the node that is gone: a failed refresh keeps the old map.
+                    let _ = self.committer.refresh().await;
                 }
             }
         }
