@@ -642,3 +642,56 @@ async fn no_acknowledged_deposit_is_lost_when_a_primary_is_killed() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_deposit_removes_envelopes_past_retention_before_the_quota_counts() {
+    let Some(cluster) = valkey::cluster(
+        "cluster_store::a_deposit_removes_envelopes_past_retention_before_the_quota_counts",
+    ) else {
+        return;
+    };
+    let _one = SERIAL.lock().await;
+    let mut o = ClusterOptions::new(
+        cluster.nodes().to_vec(),
+        Some(Zeroizing::new(MASTER)),
+        quotas(),
+    );
+    o.retention = Some(Duration::from_millis(1));
+    let s = ClusterStore::open(o).await.unwrap();
+    let rid = mailbox(&s).await;
+    use AppendOutcome::*;
+    for nonce in 1..=3 {
+        assert!(matches!(
+            s.append_batch(&[app(&s, &rid, nonce, b"old")])
+                .await
+                .unwrap()[..],
+            [Stored(_)]
+        ));
+    }
+    // A fourth would be MAILBOX_FULL (max_envelopes 3) but for the retention of 1 ms: by
+    // the server's clock the others are older than that once a millisecond has passed.
+    let mut nonce = 4;
+    eventually(
+        5,
+        "a deposit past the quota once the others expired",
+        || {
+            nonce += 1;
+            let a = app(&s, &rid, nonce, b"new");
+            let s = &s;
+            async move {
+                match s.append_batch(&[a]).await.map_err(|e| e.to_string())?[..] {
+                    [Stored(_)] => Ok(()),
+                    ref other => Err(format!("{other:?}")),
+                }
+            }
+        },
+    )
+    .await;
+    let held = s.fetch(&rid, 0, 10).await.unwrap();
+    assert!(
+        held.iter()
+            .all(|e| e.envelope == Bytes::from_static(b"new")),
+        "{held:?}"
+    );
+    assert!(s.delete_mailbox(&rid).await.unwrap());
+}

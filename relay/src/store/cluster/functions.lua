@@ -69,12 +69,18 @@ local function sp_create(keys, args)
   return 1
 end
 
--- sp_deposit KEYS(5) ARGV: nonce, digest (16), envelope, max envelopes, max bytes, window.
--- Returns the new sequence number (> 0) or -1 DUPLICATE, -2 ID_REUSED, -3 no such mailbox,
--- -4 MAILBOX_FULL.
+-- sp_deposit KEYS(5) ARGV: nonce, digest (16), envelope, max envelopes, max bytes, window,
+-- retention (ms; 0 = none). Envelopes older than the retention are removed first (by this
+-- node's clock), so that they do not count against the quota. Returns the new sequence number
+-- (> 0) or -1 DUPLICATE, -2 ID_REUSED, -3 no such mailbox, -4 MAILBOX_FULL.
 local function sp_deposit(keys, args)
   local nonce, dig, env = args[1], args[2], args[3]
   if redis.call('EXISTS', keys[1]) == 0 then return -3 end
+  local retention = tonumber(args[7])
+  if retention > 0 then
+    local cutoff = now_ms() - retention
+    trim_front(keys, tonumber(args[6]), function(_, t) return t < cutoff end)
+  end
   local seen = redis.call('HGET', keys[3], nonce)
   if seen then
     if string.sub(seen, 1, 16) == dig then return -1 end

@@ -47,6 +47,9 @@ pub struct ClusterOptions {
     /// How long an append batch waits for WAITAOF before its envelopes are answered
     /// UNAVAILABLE.
     pub durable_timeout: Duration,
+    /// Envelopes older than this are removed by each deposit into their mailbox (besides
+    /// [`Store::expire`]), so that they do not hold the quota; `None`: only by `expire`.
+    pub retention: Option<Duration>,
 }
 
 impl ClusterOptions {
@@ -61,6 +64,7 @@ impl ClusterOptions {
             master_key,
             quotas,
             durable_timeout: Duration::from_secs(1),
+            retention: None,
         }
     }
 }
@@ -68,6 +72,8 @@ impl ClusterOptions {
 /// The Valkey cluster store.
 pub struct ClusterStore {
     quotas: Quotas,
+    /// Retention in milliseconds for the deposit function; 0 = none.
+    retention_ms: u64,
     conn: ClusterConnection,
     committer: Committer,
     secrets: AeadKey,
@@ -143,6 +149,9 @@ impl ClusterStore {
 
         let mut store = Self {
             quotas: opts.quotas,
+            retention_ms: opts.retention.map_or(0, |r| {
+                u64::try_from(r.as_millis()).unwrap_or(u64::MAX).max(1)
+            }),
             conn,
             committer,
             secrets,
@@ -490,6 +499,7 @@ impl Store for ClusterStore {
                     .arg(self.quotas.max_envelopes)
                     .arg(self.quotas.max_bytes)
                     .arg(self.quotas.dedupe_window)
+                    .arg(self.retention_ms)
                     .to_owned(),
             );
             g.1.push(i);
