@@ -695,3 +695,48 @@ async fn a_deposit_removes_envelopes_past_retention_before_the_quota_counts() {
     );
     assert!(s.delete_mailbox(&rid).await.unwrap());
 }
+
+#[tokio::test]
+async fn a_new_subscriber_claim_on_one_relay_ends_the_old_one_on_another() {
+    let Some(cluster) = valkey::cluster(
+        "cluster_store::a_new_subscriber_claim_on_one_relay_ends_the_old_one_on_another",
+    ) else {
+        return;
+    };
+    let _one = SERIAL.lock().await;
+    let relay_a = open(cluster.nodes()).await;
+    let relay_b = open(cluster.nodes()).await;
+    let rid = mailbox(&relay_a).await;
+    let unknown: [u8; 16] = rand::random();
+    assert!(relay_a.claim_subscriber(&unknown).await.unwrap().is_none());
+
+    let mut on_a = relay_a
+        .claim_subscriber(&rid)
+        .await
+        .unwrap()
+        .expect("claim");
+    let mut on_b = relay_b
+        .claim_subscriber(&rid)
+        .await
+        .unwrap()
+        .expect("claim");
+    assert!(on_b.epoch > on_a.epoch);
+    tokio::time::timeout(Duration::from_secs(5), on_a.kicked.wait_for(|k| *k))
+        .await
+        .expect("A's claim ended within 5 s")
+        .expect("signal open");
+    assert!(!*on_b.kicked.borrow(), "the newest claim stands");
+
+    // And back: a claim on A ends B's.
+    let on_a_again = relay_a
+        .claim_subscriber(&rid)
+        .await
+        .unwrap()
+        .expect("claim");
+    tokio::time::timeout(Duration::from_secs(5), on_b.kicked.wait_for(|k| *k))
+        .await
+        .expect("B's claim ended within 5 s")
+        .expect("signal open");
+    assert!(!*on_a_again.kicked.borrow());
+    assert!(relay_a.delete_mailbox(&rid).await.unwrap());
+}

@@ -4,7 +4,7 @@
 --
 -- KEYS of every mailbox function, in this order:
 --   1 {m:<rid>}     hash: rec (sealed record), seq (last sequence number), n (envelopes held),
---                   b (envelope bytes held)
+--                   b (envelope bytes held), sub (subscriber epoch)
 --   2 {m:<rid>}:q   stream of held envelopes, entry id <seq>-0, fields t (stored at, ms),
 --                   o (nonce), d (digest), e (envelope)
 --   3 {m:<rid>}:d   hash nonce -> digest (16) .. seq (decimal): the dedupe window, held and
@@ -111,6 +111,16 @@ local function sp_expire(keys, args)
   return trim_front(keys, tonumber(args[2]), function(_, t) return t < cutoff end)
 end
 
+-- sp_claim KEYS(5). A new subscriber claim: the mailbox's subscriber epoch (hash field
+-- `sub`) goes up by one and `k<epoch>` on its channel ends older claims on every relay.
+-- Returns the epoch, or 0 if there is no such mailbox.
+local function sp_claim(keys, _)
+  if redis.call('EXISTS', keys[1]) == 0 then return 0 end
+  local epoch = redis.call('HINCRBY', keys[1], 'sub', 1)
+  redis.call('SPUBLISH', keys[5], 'k' .. epoch)
+  return epoch
+end
+
 -- sp_delete KEYS(5). 1 if the mailbox existed.
 local function sp_delete(keys, _)
   local existed = redis.call('EXISTS', keys[1])
@@ -123,3 +133,4 @@ redis.register_function('sp_deposit', sp_deposit)
 redis.register_function('sp_ack', sp_ack)
 redis.register_function('sp_expire', sp_expire)
 redis.register_function('sp_delete', sp_delete)
+redis.register_function('sp_claim', sp_claim)

@@ -4,11 +4,11 @@
 //!
 //! | key                | type   | holds                                                        |
 //! |--------------------|--------|--------------------------------------------------------------|
-//! | `{m:<rid>}`        | hash   | `rec` (the sealed record), `seq`, `n` (envelopes), `b` (bytes) |
+//! | `{m:<rid>}`        | hash   | `rec` (the sealed record), `seq`, `n` (envelopes), `b` (bytes), `sub` (subscriber epoch) |
 //! | `{m:<rid>}:q`      | stream | held envelopes, id `<seq>-0`: stored at, nonce, digest, body  |
 //! | `{m:<rid>}:d`      | hash   | the dedupe window: nonce -> digest ‖ seq                      |
 //! | `{m:<rid>}:w`      | list   | removed `seq:nonce` in order, to forget beyond the window    |
-//! | `{m:<rid>}:c`      | channel| the wake-up (SPUBLISH of the new sequence number)             |
+//! | `{m:<rid>}:c`      | channel| wake-ups (the new sequence number) and kicks (`k<epoch>`)    |
 //! | `{m:<rid>}:f`      | string | a fence written after each append pipeline, expiring in 1 s  |
 //! | `{d:<deposit id>}` | string | the recipient id of the mailbox with this deposit id          |
 //! | `sealpost:prf`     | string | the deposit-id PRF key, sealed under the master key           |

@@ -69,6 +69,16 @@ impl ClusterOptions {
     }
 }
 
+/// One subscriber's claim on a mailbox ([`ClusterStore::claim_subscriber`]).
+pub struct SubscriberClaim {
+    /// This claim's epoch: later claims have higher ones.
+    pub epoch: u64,
+    /// Turns true when a newer claim, on any relay, ends this one.
+    pub kicked: watch::Receiver<bool>,
+    /// Keeps the mailbox's channel subscribed while the claim lives.
+    _wake: watch::Receiver<u64>,
+}
+
 /// The Valkey cluster store.
 pub struct ClusterStore {
     quotas: Quotas,
@@ -261,6 +271,30 @@ impl ClusterStore {
                 ),
                 other => backend(other),
             })
+    }
+
+    /// Claims the mailbox's one subscription for a subscriber on this relay: every older
+    /// claim, on any relay, ends (its `kicked` turns true), so a client's new subscription
+    /// ends its old one wherever that is. `None` if the mailbox does not exist.
+    pub async fn claim_subscriber(
+        &self,
+        recipient_id: &RecipientId,
+    ) -> Result<Option<SubscriberClaim>, StoreError> {
+        // Watch first, so the channel is (being) subscribed before the claim is published;
+        // a kick that still arrives before the subscription is caught by the epoch check
+        // made once the channel is subscribed.
+        let wake = self.wakes.watch(recipient_id);
+        let k = MailboxKeys::new(recipient_id);
+        let epoch: u64 = self.query(&Self::fcall("sp_claim", &k)).await?;
+        if epoch == 0 {
+            return Ok(None);
+        }
+        let kicked = self.wakes.claim(recipient_id, epoch);
+        Ok(Some(SubscriberClaim {
+            epoch,
+            kicked,
+            _wake: wake,
+        }))
     }
 
     /// The primaries' addresses, from the current slot map.

@@ -22,7 +22,22 @@ use tokio::sync::{Notify, watch};
 #[derive(Default)]
 pub struct Wakes {
     watched: Mutex<HashMap<RecipientId, watch::Sender<u64>>>,
+    /// Subscriber claims held on this relay: (epoch, kicked) per mailbox.
+    claims: Mutex<HashMap<RecipientId, Vec<Claim>>>,
+    /// Set when a (re)subscription may have missed kicks: claims' epochs are read again.
+    recheck: std::sync::atomic::AtomicBool,
     changed: Notify,
+}
+
+/// A claim's epoch and the signal that ends it.
+type Claim = (u64, watch::Sender<bool>);
+
+/// A kick message on a mailbox channel: `k<epoch>` (deposits publish bare numbers).
+fn kick_epoch(msg: &[u8]) -> Option<u64> {
+    std::str::from_utf8(msg.strip_prefix(b"k")?)
+        .ok()?
+        .parse()
+        .ok()
 }
 
 impl Wakes {
@@ -44,6 +59,46 @@ impl Wakes {
         rx
     }
 
+    /// Records this relay's claim `epoch` on `rid`; the receiver turns true once a newer
+    /// claim (on any relay) ends it.
+    pub fn claim(&self, rid: &RecipientId, epoch: u64) -> watch::Receiver<bool> {
+        let (tx, rx) = watch::channel(false);
+        self.claims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(*rid)
+            .or_default()
+            .push((epoch, tx));
+        rx
+    }
+
+    /// Ends this relay's claims on `rid` older than `epoch`, forgetting released ones.
+    pub fn kick_before(&self, rid: &RecipientId, epoch: u64) {
+        let mut g = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = g.get_mut(rid) {
+            v.retain(|(e, tx)| {
+                if *e < epoch {
+                    tx.send_replace(true);
+                    return false;
+                }
+                !tx.is_closed()
+            });
+            if v.is_empty() {
+                g.remove(rid);
+            }
+        }
+    }
+
+    /// Mailboxes with claims on this relay.
+    pub fn claimed(&self) -> Vec<RecipientId> {
+        self.claims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect()
+    }
+
     /// Handles one push from the subscription connection.
     pub fn on_push(&self, push: PushInfo) {
         match push.kind {
@@ -53,6 +108,10 @@ impl Wakes {
                 else {
                     return;
                 };
+                if let (Some(rid), Some(epoch)) = (recipient_of(ch), kick_epoch(msg)) {
+                    self.kick_before(&rid, epoch);
+                    return;
+                }
                 let (Some(rid), Some(seq)) = (
                     recipient_of(ch),
                     std::str::from_utf8(msg)
@@ -75,6 +134,10 @@ impl Wakes {
                 for tx in self.lock().values() {
                     tx.send_modify(|_| {});
                 }
+                // A kick may have been missed too: the task reads the epochs again.
+                self.recheck
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                self.changed.notify_one();
             }
             _ => {}
         }
@@ -103,6 +166,23 @@ impl Wakes {
     }
 }
 
+/// Ends the claims whose mailbox has a newer epoch (or is gone).
+async fn recheck_claims(w: &Wakes, conn: &mut redis::cluster_async::ClusterConnection) {
+    for rid in w.claimed() {
+        let epoch: redis::RedisResult<Option<u64>> = redis::cmd("HGET")
+            .arg(&MailboxKeys::new(&rid).keys[0])
+            .arg("sub")
+            .query_async(conn)
+            .await;
+        match epoch {
+            Ok(Some(e)) => w.kick_before(&rid, e),
+            // The mailbox is gone: every claim on it is over.
+            Ok(None) => w.kick_before(&rid, u64::MAX),
+            Err(_) => w.recheck.store(true, std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+}
+
 /// Keeps `conn`'s subscriptions matching the watched mailboxes until the store is dropped.
 pub async fn run(wakes: std::sync::Weak<Wakes>, mut conn: redis::cluster_async::ClusterConnection) {
     let mut subscribed: HashSet<RecipientId> = HashSet::new();
@@ -113,10 +193,12 @@ pub async fn run(wakes: std::sync::Weak<Wakes>, mut conn: redis::cluster_async::
         tokio::pin!(notified);
         // Register interest before working, so a change during the work is not missed.
         notified.as_mut().enable();
+        let mut recheck = w.recheck.swap(false, std::sync::atomic::Ordering::Relaxed);
         for rid in join {
             match conn.ssubscribe(MailboxKeys::new(&rid).channel()).await {
                 Ok(()) => {
                     subscribed.insert(rid);
+                    recheck = true;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cluster store: SSUBSCRIBE failed; retrying");
@@ -131,6 +213,11 @@ pub async fn run(wakes: std::sync::Weak<Wakes>, mut conn: redis::cluster_async::
             {
                 subscribed.remove(&rid);
             }
+        }
+        // Kicks published before a channel was subscribed reached no one here: compare the
+        // claims with the mailboxes' current epochs.
+        if recheck {
+            recheck_claims(&w, &mut conn).await;
         }
         // A failed subscription is retried after a pause; otherwise wait for a change, and
         // look now and then for watchers that went away without a nudge. (`w` is held for
