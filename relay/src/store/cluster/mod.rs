@@ -462,14 +462,14 @@ impl Store for ClusterStore {
         &self,
         ids: &[DepositId],
     ) -> Result<Vec<Option<Arc<MailboxRecord>>>, StoreError> {
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            out.push(match self.recipient_of_deposit(id).await? {
-                Some(rid) => self.record(&rid).await?,
-                None => None,
-            });
-        }
-        Ok(out)
+        // All at once: the cluster connection pipelines concurrent requests.
+        futures_util::future::try_join_all(ids.iter().map(|id| async move {
+            match self.recipient_of_deposit(id).await? {
+                Some(rid) => self.record(&rid).await,
+                None => Ok(None),
+            }
+        }))
+        .await
     }
 
     async fn mailbox(
@@ -498,13 +498,14 @@ impl Store for ClusterStore {
 
     async fn append_batch(&self, batch: &[Append]) -> Result<Vec<AppendOutcome>, StoreError> {
         let mut out = vec![AppendOutcome::UnknownMailbox; batch.len()];
-        // Resolve each deposit id once.
-        let mut rids: HashMap<DepositId, Option<RecipientId>> = HashMap::new();
-        for a in batch {
-            if let std::collections::hash_map::Entry::Vacant(e) = rids.entry(a.deposit_id) {
-                e.insert(self.recipient_of_deposit(&a.deposit_id).await?);
-            }
-        }
+        // Resolve each deposit id once, all at once.
+        let mut ids: Vec<DepositId> = batch.iter().map(|a| a.deposit_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let found =
+            futures_util::future::try_join_all(ids.iter().map(|id| self.recipient_of_deposit(id)))
+                .await?;
+        let rids: HashMap<DepositId, Option<RecipientId>> = ids.into_iter().zip(found).collect();
         // Group by slot, then by primary: one pipeline per primary.
         let mut groups: HashMap<String, (Pipeline, Vec<usize>, u16, String)> = HashMap::new();
         for (i, a) in batch.iter().enumerate() {
