@@ -139,6 +139,17 @@ impl Committer {
         Err(last)
     }
 
+    /// Each primary's slots, as last learnt.
+    pub fn slots_by_primary(&self) -> HashMap<String, Vec<u16>> {
+        let mut out: HashMap<String, Vec<u16>> = HashMap::new();
+        for r in self.ranges.read().unwrap_or_else(|p| p.into_inner()).iter() {
+            out.entry(r.primary.clone())
+                .or_default()
+                .extend(r.first..=r.last);
+        }
+        out
+    }
+
     /// The primary serving `slot`, as last learnt.
     pub fn primary_of(&self, slot: u16) -> Option<String> {
         self.ranges

@@ -2,7 +2,7 @@
 -- The cluster store's server-side functions (docs/CLUSTER.md). Every key one call touches is
 -- under the mailbox's hash tag, so each call runs atomically on the mailbox's primary.
 --
--- KEYS of every mailbox function, in this order:
+-- KEYS of every mailbox function (6), in this order:
 --   1 {m:<rid>}     hash: rec (sealed record), seq (last sequence number), n (envelopes held),
 --                   b (envelope bytes held), sub (subscriber epoch)
 --   2 {m:<rid>}:q   stream of held envelopes, entry id <seq>-0, fields t (stored at, ms),
@@ -12,6 +12,8 @@
 --   4 {m:<rid>}:w   list of removed "seq:nonce" in removal order: which dedupe entries to
 --                   forget once more than the window have been removed
 --   5 {m:<rid>}:c   the mailbox's wake-up channel (SPUBLISH), never a stored key
+--   6 {s<n>}:stats  hash: the counters of the mailbox's slot, m (mailboxes), e (envelopes),
+--                   b (bytes), for the store's stats without reading every mailbox
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -58,18 +60,21 @@ local function trim_front(keys, window, remove)
   if removed > 0 then
     redis.call('HINCRBY', keys[1], 'n', -removed)
     redis.call('HINCRBY', keys[1], 'b', -bytes)
+    redis.call('HINCRBY', keys[6], 'e', -removed)
+    redis.call('HINCRBY', keys[6], 'b', -bytes)
   end
   return removed
 end
 
--- sp_create KEYS(5) ARGV: record. 1 if created, 0 if the mailbox exists.
+-- sp_create KEYS(6) ARGV: record. 1 if created, 0 if the mailbox exists.
 local function sp_create(keys, args)
   if redis.call('EXISTS', keys[1]) == 1 then return 0 end
   redis.call('HSET', keys[1], 'rec', args[1], 'seq', 0, 'n', 0, 'b', 0)
+  redis.call('HINCRBY', keys[6], 'm', 1)
   return 1
 end
 
--- sp_deposit KEYS(5) ARGV: nonce, digest (16), envelope, max envelopes, max bytes, window,
+-- sp_deposit KEYS(6) ARGV: nonce, digest (16), envelope, max envelopes, max bytes, window,
 -- retention (ms; 0 = none). Envelopes older than the retention are removed first (by this
 -- node's clock), so that they do not count against the quota. Returns the new sequence number
 -- (> 0) or -1 DUPLICATE, -2 ID_REUSED, -3 no such mailbox, -4 MAILBOX_FULL.
@@ -94,24 +99,26 @@ local function sp_deposit(keys, args)
   redis.call('HSET', keys[3], nonce, dig .. seq)
   redis.call('HINCRBY', keys[1], 'n', 1)
   redis.call('HINCRBY', keys[1], 'b', string.len(env))
+  redis.call('HINCRBY', keys[6], 'e', 1)
+  redis.call('HINCRBY', keys[6], 'b', string.len(env))
   redis.call('SPUBLISH', keys[5], seq)
   return seq
 end
 
--- sp_ack KEYS(5) ARGV: upto, window. How many envelopes were removed.
+-- sp_ack KEYS(6) ARGV: upto, window. How many envelopes were removed.
 local function sp_ack(keys, args)
   local upto = tonumber(args[1])
   return trim_front(keys, tonumber(args[2]), function(seq, _) return seq <= upto end)
 end
 
--- sp_expire KEYS(5) ARGV: cutoff (ms), window. How many envelopes stored before the cutoff
+-- sp_expire KEYS(6) ARGV: cutoff (ms), window. How many envelopes stored before the cutoff
 -- were removed (a mailbox's envelopes are stored in time order, so they are at the front).
 local function sp_expire(keys, args)
   local cutoff = tonumber(args[1])
   return trim_front(keys, tonumber(args[2]), function(_, t) return t < cutoff end)
 end
 
--- sp_claim KEYS(5). A new subscriber claim: the mailbox's subscriber epoch (hash field
+-- sp_claim KEYS(6). A new subscriber claim: the mailbox's subscriber epoch (hash field
 -- `sub`) goes up by one and `k<epoch>` on its channel ends older claims on every relay.
 -- Returns the epoch, or 0 if there is no such mailbox.
 local function sp_claim(keys, _)
@@ -121,11 +128,18 @@ local function sp_claim(keys, _)
   return epoch
 end
 
--- sp_delete KEYS(5). 1 if the mailbox existed.
+-- sp_delete KEYS(6). 1 if the mailbox existed.
 local function sp_delete(keys, _)
-  local existed = redis.call('EXISTS', keys[1])
+  local st = redis.call('HMGET', keys[1], 'n', 'b')
+  if not st[1] then
+    redis.call('DEL', keys[2], keys[3], keys[4])
+    return 0
+  end
   redis.call('DEL', keys[1], keys[2], keys[3], keys[4])
-  return existed
+  redis.call('HINCRBY', keys[6], 'm', -1)
+  redis.call('HINCRBY', keys[6], 'e', -tonumber(st[1]))
+  redis.call('HINCRBY', keys[6], 'b', -tonumber(st[2]))
+  return 1
 end
 
 redis.register_function('sp_create', sp_create)

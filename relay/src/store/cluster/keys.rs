@@ -10,9 +10,14 @@
 //! | `{m:<rid>}:w`      | list   | removed `seq:nonce` in order, to forget beyond the window    |
 //! | `{m:<rid>}:c`      | channel| wake-ups (the new sequence number) and kicks (`k<epoch>`)    |
 //! | `{m:<rid>}:f`      | string | a fence written after each append pipeline, expiring in 1 s  |
+//! | `{s<n>}:stats`     | hash   | per slot: `m` mailboxes, `e` envelopes, `b` bytes (below)     |
 //! | `{d:<deposit id>}` | string | the recipient id of the mailbox with this deposit id          |
 //! | `sealpost:prf`     | string | the deposit-id PRF key, sealed under the master key           |
 //! | `sealpost:mailboxes` | string | the mailbox count, for `max_mailboxes`                      |
+//!
+//! The per-slot counters let `stats` read 16 384 small hashes instead of every mailbox: the
+//! functions keep them, each in the slot of the mailbox it changes, under a tag `s<n>` picked
+//! (at first use, by trying n = 0, 1, ...) to hash to that slot.
 //!
 //! The deposit-id lookup key lives in another slot than its mailbox, so no function can change
 //! both. It stays consistent because its value never changes: a deposit id is a keyed PRF of
@@ -31,17 +36,43 @@ pub const MAILBOX_COUNT: &str = "sealpost:mailboxes";
 /// The `SCAN MATCH` pattern of every mailbox's main hash.
 pub const MAILBOX_PATTERN: &str = "{m:*}";
 
-/// The five keys of one mailbox, in the order the functions take them.
+/// The number of hash slots.
+pub const SLOTS: usize = 16_384;
+
+/// The per-slot counter key of `slot`.
+pub fn stats_key(slot: u16) -> &'static str {
+    static TABLE: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let mut table = vec![String::new(); SLOTS];
+        let mut missing = SLOTS;
+        let mut n = 0u64;
+        while missing > 0 {
+            let tag = format!("s{n}");
+            let t = &mut table[usize::from(slot_of_tag(tag.as_bytes()))];
+            if t.is_empty() {
+                *t = format!("{{{tag}}}:stats");
+                missing -= 1;
+            }
+            n += 1;
+        }
+        table
+    });
+    &table[usize::from(slot) % SLOTS]
+}
+
+/// The keys of one mailbox, in the order the functions take them.
 #[derive(Debug, Clone)]
 pub struct MailboxKeys {
-    /// Main hash, stream, dedupe hash, window list, wake-up channel.
-    pub keys: [String; 5],
+    /// Main hash, stream, dedupe hash, window list, wake-up channel, and the counters of the
+    /// mailbox's slot.
+    pub keys: [String; 6],
 }
 
 impl MailboxKeys {
     /// The keys of the mailbox `rid`.
     pub fn new(rid: &RecipientId) -> Self {
         let tag = format!("{{m:{}}}", hex::encode(rid));
+        let stats = stats_key(slot(tag.as_bytes())).to_owned();
         Self {
             keys: [
                 tag.clone(),
@@ -49,6 +80,7 @@ impl MailboxKeys {
                 format!("{tag}:d"),
                 format!("{tag}:w"),
                 format!("{tag}:c"),
+                stats,
             ],
         }
     }
@@ -99,7 +131,11 @@ pub fn slot(key: &[u8]) -> u16 {
             (close > 0).then(|| &rest[..close])
         })
         .unwrap_or(key);
-    crc16::State::<crc16::XMODEM>::calculate(tagged) % 16384
+    slot_of_tag(tagged)
+}
+
+fn slot_of_tag(tag: &[u8]) -> u16 {
+    crc16::State::<crc16::XMODEM>::calculate(tag) % 16384
 }
 
 #[cfg(test)]
@@ -121,9 +157,19 @@ mod tests {
         let k = MailboxKeys::new(&rid);
         for key in &k.keys {
             assert_eq!(slot(key.as_bytes()), k.slot());
+        }
+        for key in &k.keys[..5] {
             assert_eq!(recipient_of(key.as_bytes()), Some(rid));
         }
         assert_eq!(slot(k.fence().as_bytes()), k.slot());
+    }
+
+    #[test]
+    fn every_slot_has_its_counter_key() {
+        for s in [0u16, 1, 8363, 16383] {
+            assert_eq!(slot(stats_key(s).as_bytes()), s, "{}", stats_key(s));
+        }
+        assert!((0..16384u16).all(|s| slot(stats_key(s).as_bytes()) == s));
         assert_eq!(recipient_of(b"{d:abab}"), None);
         assert_eq!(recipient_of(b"{m:zz}"), None);
     }

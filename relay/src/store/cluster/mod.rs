@@ -648,19 +648,50 @@ impl Store for ClusterStore {
     }
 
     async fn stats(&self) -> StoreStats {
+        // The per-slot counters (keys.rs), one pipeline per primary. A primary that does not
+        // answer counts as empty: the gauges dip rather than the sampler stalling.
         let mut s = StoreStats::default();
-        let Ok(all) = self.all_mailboxes().await else {
-            return s;
-        };
-        for rid in all {
-            let k = MailboxKeys::new(&rid);
-            let v: Result<(Option<u64>, Option<u64>), _> = self
-                .query(redis::cmd("HMGET").arg(&k.keys[0]).arg("n").arg("b"))
+        if self.committer.slots_by_primary().is_empty() {
+            let _ = self.committer.refresh().await;
+        }
+        for (primary, slots) in self.committer.slots_by_primary() {
+            let Some((host, port)) = primary
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+            else {
+                continue;
+            };
+            let mut pipe = redis::pipe();
+            for slot in &slots {
+                pipe.cmd("HMGET")
+                    .arg(keys::stats_key(*slot))
+                    .arg("m")
+                    .arg("e")
+                    .arg("b");
+            }
+            let answers = self
+                .conn
+                .clone()
+                .route_pipeline(
+                    pipe,
+                    0,
+                    slots.len(),
+                    redis::cluster_routing::SingleNodeRoutingInfo::ByAddress { host, port },
+                )
                 .await;
-            if let Ok((n, b)) = v {
-                s.mailboxes += 1;
-                s.envelopes += n.unwrap_or(0);
-                s.bytes += b.unwrap_or(0);
+            let Ok(answers) = answers else { continue };
+            for a in answers {
+                let Ok((m, e, b)) =
+                    redis::from_redis_value::<(Option<i64>, Option<i64>, Option<i64>)>(a)
+                else {
+                    continue;
+                };
+                let add = |total: &mut u64, v: Option<i64>| {
+                    *total = total.saturating_add(u64::try_from(v.unwrap_or(0)).unwrap_or(0));
+                };
+                add(&mut s.mailboxes, m);
+                add(&mut s.envelopes, e);
+                add(&mut s.bytes, b);
             }
         }
         s
