@@ -343,6 +343,13 @@ fn rotate_master_key(data_dir: PathBuf, old: Option<PathBuf>, new: PathBuf) -> C
 }
 
 async fn serve(v: Validated) -> CmdResult {
+    // The cluster store is built by the library's relay set-up (issue 12); until `serve` uses
+    // it, refuse rather than fall through to the disk store.
+    if v.store == StoreChoice::Cluster {
+        return Err(
+            "store = \"cluster\" is not served by this build yet (the cluster store exists as ClusterStore::open; issue 12): use store = \"disk\"".into(),
+        );
+    }
     let config = v.relay.clone();
     let quotas = config.limits.quotas();
     let data_dir = config.data_dir.clone();
@@ -356,13 +363,6 @@ async fn serve(v: Validated) -> CmdResult {
     let (admin_addr, _admin) = sealpost_relay::admin::serve(v.admin, prom, readiness.clone())
         .await
         .map_err(|e| e.to_string())?;
-    // The cluster store is built by the library's relay set-up (issue 12); until `serve` uses
-    // it, refuse rather than fall through to the disk store.
-    if v.store == StoreChoice::Cluster {
-        return Err(
-            "store = \"cluster\" is not served by this build yet (the cluster store exists as ClusterStore::open; issue 12): use store = \"disk\"".into(),
-        );
-    }
     let mut disk_store = None;
     let store: Arc<dyn Store> = if v.store == StoreChoice::Memory {
         say!("store: memory (volatile: envelopes do not survive a restart)");

@@ -101,6 +101,37 @@ fn check_config_names_bad_keys_and_prints_the_effective_settings() {
 }
 
 #[test]
+fn serve_refuses_the_cluster_store_until_it_is_wired_in() {
+    // Never a silent fall-back to the disk store.
+    let dir = tempfile::tempdir().unwrap();
+    let out = cli()
+        .args([
+            "serve",
+            "--store",
+            "cluster",
+            "--cluster-nodes",
+            "127.0.0.1:1",
+        ])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("not served by this build yet"), "{err}");
+    assert!(
+        !dir.path().join("store").exists(),
+        "no disk store was opened"
+    );
+}
+
+#[test]
 fn the_example_config_in_deploy_is_valid() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/sealpost.toml");
     let out = cli().args(["check-config", example]).output().unwrap();
