@@ -600,6 +600,26 @@ async fn no_acknowledged_deposit_is_lost_when_a_primary_is_killed() {
         assert!(send(next, &mut acknowledged).await);
         next += 8;
     }
+    // A watcher on another relay, woken through the mailbox's shard channel; subscribed in
+    // the background, so deposit until it is woken.
+    let relay_b = ClusterStore::open(ClusterOptions::new(
+        cluster.nodes().to_vec(),
+        Some(Zeroizing::new(MASTER)),
+        q,
+    ))
+    .await
+    .unwrap();
+    let mut wake = relay_b.watch(&rid).expect("watch");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(send(next, &mut acknowledged).await);
+        next += 8;
+        if let Ok(Ok(())) = tokio::time::timeout(Duration::from_millis(200), wake.changed()).await {
+            break;
+        }
+        assert!(Instant::now() < deadline, "relay B was never woken");
+    }
+    let before_kill = *wake.borrow_and_update();
 
     let slot = MailboxKeys::new(&rid).slot();
     let victim = primary_port(&cluster.nodes()[0], slot).await.unwrap();
@@ -634,6 +654,27 @@ async fn no_acknowledged_deposit_is_lost_when_a_primary_is_killed() {
             "no deposit confirmed after the failover"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    next += 8;
+
+    // Relay B's subscription moved to the new primary by itself: deposits wake it again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let woken = tokio::time::timeout(
+            Duration::from_millis(300),
+            wake.wait_for(|h| *h > before_kill),
+        )
+        .await;
+        if let Ok(Ok(_)) = woken {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "relay B not woken after the failover"
+        );
+        if send(next, &mut acknowledged).await {
+            next += 8;
+        }
     }
 
     // Every acknowledged deposit is there, exactly once.
