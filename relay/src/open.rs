@@ -9,6 +9,7 @@ use crate::master_key::{self, MasterKeyError};
 use crate::server::{RelayError, RelayHandle};
 use crate::settings::{StoreChoice, Validated};
 use crate::shutdown::StopError;
+use crate::store::cluster::{ClusterOptions, ClusterStore};
 use crate::store::disk::{DiskOptions, DiskStore};
 use crate::store::memory::MemoryStore;
 use crate::store::{Store, StoreError, StoreStats};
@@ -43,6 +44,8 @@ pub struct StoreOptions {
     pub master_key: Option<Zeroizing<[u8; 32]>>,
     /// The disk store's free-space reserve, bytes.
     pub min_free_disk_bytes: u64,
+    /// The cluster store's seed nodes, `HOST:PORT`.
+    pub cluster_nodes: Vec<String>,
 }
 
 impl StoreOptions {
@@ -52,6 +55,7 @@ impl StoreOptions {
             choice,
             master_key: None,
             min_free_disk_bytes: DiskOptions::default().min_free_bytes,
+            cluster_nodes: Vec::new(),
         }
     }
 }
@@ -115,6 +119,30 @@ pub async fn open_store(
                 announcement,
             })
         }
+        StoreChoice::Cluster => {
+            let t0 = Instant::now();
+            let nodes = options.cluster_nodes.join(",");
+            let mut cluster =
+                ClusterOptions::new(options.cluster_nodes, options.master_key, quotas);
+            // Deposits also trim what the retention has expired, so that old envelopes do not
+            // hold a mailbox's quota between expiry sweeps.
+            cluster.retention = Some(config.limits.retention);
+            let store = ClusterStore::open(cluster).await?;
+            let stats = store.stats().await;
+            let announcement = format!(
+                "store: Valkey cluster via {nodes} ({} mailboxes, {} envelopes; opened in {:.2} s)",
+                stats.mailboxes,
+                stats.envelopes,
+                t0.elapsed().as_secs_f64()
+            );
+            Ok(OpenedStore {
+                store: Arc::new(store),
+                disk: None,
+                announcement,
+                // The cluster store refuses to open without a master key.
+                unencrypted_secrets: None,
+            })
+        }
     }
 }
 
@@ -135,6 +163,7 @@ impl Relay {
             choice: settings.store,
             master_key: master_key::load(settings.master_key_file.as_deref())?,
             min_free_disk_bytes: settings.min_free_disk_bytes,
+            cluster_nodes: settings.cluster_nodes.clone(),
         };
         Self::open_with(settings.relay.clone(), options).await
     }

@@ -61,6 +61,9 @@ pub enum StoreChoice {
     Disk,
     /// Volatile, for benchmarks.
     Memory,
+    /// In a Valkey cluster (`cluster_nodes`), shared by every relay of a deployment; needs the
+    /// master key.
+    Cluster,
 }
 
 /// Log output format.
@@ -93,9 +96,15 @@ pub struct Settings {
     /// Private key (PEM) for `cert`.
     #[arg(long, env = "SEALPOST_KEY")]
     pub key: Option<PathBuf>,
-    /// `disk` (durable) or `memory` (volatile) [default: disk].
+    /// `disk` (durable), `memory` (volatile) or `cluster` (a Valkey cluster, see
+    /// `cluster_nodes`) [default: disk].
     #[arg(long, env = "SEALPOST_STORE")]
     pub store: Option<StoreChoice>,
+    /// Some nodes of the Valkey cluster for `store = "cluster"`, HOST:PORT (comma-separated on
+    /// the command line and in the environment, a list in the file); the rest are learnt
+    /// from them.
+    #[arg(long, value_delimiter = ',', env = "SEALPOST_CLUSTER_NODES")]
+    pub cluster_nodes: Option<Vec<String>>,
     /// File with the 32-byte master key as 64 hex digits; mailbox secrets are then encrypted
     /// at rest. (SEALPOST_MASTER_KEY may hold the key itself.)
     #[arg(long, env = "SEALPOST_MASTER_KEY_FILE")]
@@ -272,6 +281,7 @@ impl Settings {
             cert,
             key,
             store,
+            cluster_nodes,
             master_key_file,
             min_free_disk_bytes,
             log_format,
@@ -337,6 +347,7 @@ impl Settings {
             cert: self.cert.clone(),
             key: self.key.clone(),
             store: Some(self.store.unwrap_or(StoreChoice::Disk)),
+            cluster_nodes: self.cluster_nodes.clone(),
             master_key_file: self.master_key_file.clone(),
             min_free_disk_bytes: Some(
                 self.min_free_disk_bytes
@@ -465,6 +476,7 @@ impl Settings {
                 "must not be the QUIC listen address",
             ));
         }
+        let cluster_nodes = cluster_nodes(&e)?;
         let sizes_v = e.sizes.clone().unwrap_or_default();
         let sizes_text = || {
             let list: Vec<String> = sizes_v.iter().map(u32::to_string).collect();
@@ -696,6 +708,7 @@ impl Settings {
             },
             admin,
             store: e.store.expect("filled in"),
+            cluster_nodes,
             master_key_file: e.master_key_file.clone(),
             min_free_disk_bytes: get(e.min_free_disk_bytes),
             log_format: e.log_format.expect("filled in"),
@@ -704,6 +717,41 @@ impl Settings {
             effective: e,
         })
     }
+}
+
+/// The cluster store's seed nodes: required with `store = "cluster"`, each HOST:PORT.
+fn cluster_nodes(e: &Settings) -> Result<Vec<String>, SettingsError> {
+    let nodes: Vec<String> = e
+        .cluster_nodes
+        .iter()
+        .flatten()
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty())
+        .collect();
+    let invalid = |allowed: &str| SettingsError::Invalid {
+        key: "cluster_nodes",
+        value: nodes.join(","),
+        allowed: allowed.to_owned(),
+    };
+    if e.store != Some(StoreChoice::Cluster) {
+        return Ok(Vec::new());
+    }
+    if nodes.is_empty() {
+        return Err(invalid(
+            "store = \"cluster\" needs the cluster's nodes: cluster_nodes = [\"HOST:PORT\", ...] in the file, SEALPOST_CLUSTER_NODES or --cluster-nodes HOST:PORT,...",
+        ));
+    }
+    for n in &nodes {
+        let port_ok = n.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !port_ok {
+            return Err(invalid(&format!(
+                "{n:?} is not HOST:PORT (for example 10.0.0.5:6379)"
+            )));
+        }
+    }
+    Ok(nodes)
 }
 
 /// Settings that passed [`Settings::validate`].
@@ -715,6 +763,9 @@ pub struct Validated {
     pub admin: SocketAddr,
     /// Store choice.
     pub store: StoreChoice,
+    /// The Valkey cluster's seed nodes, HOST:PORT (checked; empty unless the store is
+    /// `cluster`).
+    pub cluster_nodes: Vec<String>,
     /// Master key file.
     pub master_key_file: Option<PathBuf>,
     /// The disk store's free-space reserve, bytes.
@@ -813,6 +864,30 @@ mod tests {
                 .to_string()
                 .contains("frame_timeout_secs")
         );
+    }
+
+    #[test]
+    fn the_cluster_store_needs_its_nodes() {
+        let s = Settings::from_toml("store = \"cluster\"\n").unwrap();
+        let e = s.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("cluster_nodes") && e.contains("SEALPOST_CLUSTER_NODES"),
+            "{e}"
+        );
+        let s =
+            Settings::from_toml("store = \"cluster\"\ncluster_nodes = [\"valkey-0\"]\n").unwrap();
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("valkey-0") && e.contains("HOST:PORT"), "{e}");
+        let s = Settings::from_toml(
+            "store = \"cluster\"\ncluster_nodes = [\"10.0.0.5:6379\", \" valkey-1:6379 \"]\n",
+        )
+        .unwrap();
+        let v = s.validate().unwrap();
+        assert_eq!(v.store, StoreChoice::Cluster);
+        assert_eq!(v.cluster_nodes, ["10.0.0.5:6379", "valkey-1:6379"]);
+        // Nodes given for another store are kept in the effective settings but not used.
+        let s = Settings::from_toml("cluster_nodes = [\"10.0.0.5:6379\"]\n").unwrap();
+        assert!(s.validate().unwrap().cluster_nodes.is_empty());
     }
 
     #[test]

@@ -101,6 +101,41 @@ fn check_config_names_bad_keys_and_prints_the_effective_settings() {
 }
 
 #[test]
+fn serve_without_a_reachable_cluster_says_so_and_opens_no_disk_store() {
+    // Never a silent fall-back to the disk store.
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("master.key");
+    std::fs::write(&key, "11".repeat(32)).unwrap();
+    let out = cli()
+        .args([
+            "serve",
+            "--store",
+            "cluster",
+            "--cluster-nodes",
+            "127.0.0.1:1",
+        ])
+        .arg("--master-key-file")
+        .arg(&key)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("127.0.0.1:1"), "{err}");
+    assert!(
+        !dir.path().join("store").exists(),
+        "no disk store was opened"
+    );
+}
+
+#[test]
 fn the_example_config_in_deploy_is_valid() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/sealpost.toml");
     let out = cli().args(["check-config", example]).output().unwrap();

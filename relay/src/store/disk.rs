@@ -33,6 +33,7 @@
 use super::checkpoint::{self, Shortfall};
 use super::evidence;
 use super::index::{Digest, Held, IdPrf, Index, Mailbox, Removal, digest};
+use super::record::{self, FLAG_SEALED, RecordError, secrets_key};
 use super::space::{FreeSpace, SpaceGuard, Statvfs};
 use super::{
     Append, AppendOutcome, MailboxRecord, Quotas, Store, StoreError, StoreHealth, StoreStats,
@@ -41,20 +42,13 @@ use super::{
 use async_trait::async_trait;
 use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
-use sealpost_core::batch::{OpenJob, SealJob};
-use sealpost_core::engine::{Backend, Engine};
-use sealpost_core::keys::RecipientSecret;
-use sealpost_core::{AeadKey, DepositId, RecipientId, Suite};
+use sealpost_core::{AeadKey, DepositId, RecipientId};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use zeroize::Zeroizing;
-
-const RECORD_VERSION: u8 = 1;
-const FLAG_SEALED: u8 = 1;
-const SECRETS_LEN: usize = 64;
 
 /// Options for opening the disk store.
 #[derive(Clone)]
@@ -428,108 +422,16 @@ impl DiskStore {
         r: &MailboxRecord,
         key: Option<&AeadKey>,
     ) -> Result<Vec<u8>, StoreError> {
-        let mut secrets = Zeroizing::new([0u8; SECRETS_LEN]);
-        secrets[..32].copy_from_slice(r.deposit_key.expose());
-        secrets[32..].copy_from_slice(&r.recipient_secret.0);
-        let mut out = Vec::with_capacity(27 + 12 + SECRETS_LEN + 16);
-        out.push(RECORD_VERSION);
-        out.push(if key.is_some() { FLAG_SEALED } else { 0 });
-        out.extend_from_slice(&r.deposit_id);
-        out.push(r.suite as u8);
-        out.extend_from_slice(&millis(r.created_at).to_be_bytes());
-        match key {
-            None => out.extend_from_slice(&secrets[..]),
-            Some(k) => {
-                let nonce: [u8; 12] = sealpost_core::random::array().map_err(backend)?;
-                let aad = [&b"sealpost/1 record"[..], &r.recipient_id].concat();
-                let mut ct = [0u8; SECRETS_LEN + 16];
-                let mut jobs = [SealJob {
-                    key: k,
-                    nonce,
-                    aad: &aad,
-                    plaintext: &secrets[..],
-                    out: &mut ct,
-                }];
-                Engine::new(Backend::Portable)
-                    .map_err(backend)?
-                    .seal(&mut jobs)
-                    .map_err(backend)?;
-                out.extend_from_slice(&nonce);
-                out.extend_from_slice(&ct);
-            }
-        }
-        Ok(out)
+        record::encode(r, key).map_err(backend)
     }
 
     fn decode_record(&self, rid: &[u8], v: &[u8]) -> Result<MailboxRecord, StoreError> {
-        let rid: RecipientId = rid.try_into().map_err(|_| {
-            self.corrupt(format!(
-                "mailboxes keyspace: key of {} bytes, expected 16",
-                rid.len()
-            ))
-        })?;
-        let name = hex::encode(&rid[..4]);
-        if v.len() < 27 {
-            return Err(self.corrupt(format!(
-                "mailbox record {name}…: truncated ({} bytes)",
-                v.len()
-            )));
-        }
-        if v[0] != RECORD_VERSION {
-            return Err(self.corrupt(format!("mailbox record {name}…: unknown version {}", v[0])));
-        }
-        let sealed = v[1] & FLAG_SEALED != 0;
-        let deposit_id: DepositId = v[2..18].try_into().expect("16 bytes");
-        let suite = Suite::from_u8(v[18]).ok_or_else(|| {
-            self.corrupt(format!("mailbox record {name}…: unknown suite {}", v[18]))
-        })?;
-        let created = u64::from_be_bytes(v[19..27].try_into().expect("8 bytes"));
-        let rest = &v[27..];
-        let mut secrets = Zeroizing::new([0u8; SECRETS_LEN]);
-        if sealed {
-            let Some(k) = &self.secrets_key else {
-                return Err(StoreError::MasterKeyRequired(self.dir.clone()));
-            };
-            if rest.len() != 12 + SECRETS_LEN + 16 {
-                return Err(self.corrupt(format!(
-                    "mailbox record {name}…: sealed secrets of {} bytes",
-                    rest.len()
-                )));
-            }
-            let nonce: [u8; 12] = rest[..12].try_into().expect("12 bytes");
-            let aad = [&b"sealpost/1 record"[..], &rid].concat();
-            let mut ok = [false];
-            let mut jobs = [OpenJob {
-                key: k,
-                nonce,
-                aad: &aad,
-                ciphertext: &rest[12..],
-                out: &mut secrets[..],
-            }];
-            Engine::new(Backend::Portable)
-                .map_err(backend)?
-                .open(&mut jobs, &mut ok)
-                .map_err(backend)?;
-            if !ok[0] {
-                return Err(StoreError::WrongMasterKey(self.dir.clone()));
-            }
-        } else {
-            if rest.len() != SECRETS_LEN {
-                return Err(self.corrupt(format!(
-                    "mailbox record {name}…: secrets of {} bytes",
-                    rest.len()
-                )));
-            }
-            secrets.copy_from_slice(rest);
-        }
-        let mut dk = [0u8; 32];
-        dk.copy_from_slice(&secrets[..32]);
-        let mut rs = [0u8; 32];
-        rs.copy_from_slice(&secrets[32..]);
-        let mut rec = MailboxRecord::new(rid, deposit_id, suite, dk, RecipientSecret(rs));
-        zeroize::Zeroize::zeroize(&mut dk);
-        rec.created_at = UNIX_EPOCH + Duration::from_millis(created);
-        Ok(rec)
+        record::decode(rid, v, self.secrets_key.as_ref()).map_err(|e| match e {
+            RecordError::Corrupt(what) => self.corrupt(what),
+            RecordError::MasterKeyRequired => StoreError::MasterKeyRequired(self.dir.clone()),
+            RecordError::WrongMasterKey => StoreError::WrongMasterKey(self.dir.clone()),
+            RecordError::Backend(why) => StoreError::Backend(why),
+        })
     }
 
     /// The relay's deposit-id PRF key, made and persisted on first open.
@@ -1314,16 +1216,6 @@ struct Recovered {
     shortfall: Shortfall,
     /// Mailboxes whose secrets are in the clear although a master key was given.
     clear: Vec<RecipientId>,
-}
-
-/// The key that seals mailbox secrets, derived from the master key.
-fn secrets_key(master: &[u8; 32]) -> AeadKey {
-    let prk = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"sealpost/1 store").extract(master);
-    let mut k = Zeroizing::new([0u8; 32]);
-    prk.expand(&[b"sealpost/1 store secrets"], ring::hkdf::HKDF_SHA256)
-        .and_then(|okm| okm.fill(&mut k[..]))
-        .expect("32 bytes is within HKDF-SHA256's output limit");
-    AeadKey::new(Suite::ChaCha20Poly1305, *k)
 }
 
 /// Writes the checkpoint from a snapshot of the index's high-water marks, taken under `lock`

@@ -8,11 +8,13 @@
 
 pub(crate) mod atomic_file;
 pub mod checkpoint;
+pub mod cluster;
 pub mod disk;
 pub mod evidence;
 pub mod index;
 pub mod memory;
 mod open_error;
+mod record;
 mod rekey;
 pub mod space;
 
@@ -198,6 +200,9 @@ pub enum StoreError {
         /// The reserve.
         reserve: u64,
     },
+    /// The Valkey cluster cannot be used (cluster store).
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
     /// The master key does not decrypt the stored secrets.
     #[error("the master key does not decrypt the mailbox secrets in {0}: wrong key?")]
     WrongMasterKey(std::path::PathBuf),

@@ -38,6 +38,65 @@ impl ValkeyCluster {
     pub fn nodes(&self) -> &[String] {
         &self.nodes
     }
+
+    /// Stops every node and starts them again with their data (`cluster.sh down` then `up`),
+    /// waiting until the cluster is ok again. Only for a cluster this process started.
+    pub fn restart(&self) {
+        self.run(&["down", "up"]);
+    }
+
+    /// Starts the nodes that are not running (`cluster.sh up`): a killed node comes back with
+    /// its data and rejoins. Only for a cluster this process started.
+    pub fn up(&self) {
+        self.run(&["up"]);
+    }
+
+    /// SIGKILLs the node listening on `port`. Only for a cluster this process started.
+    pub fn kill_node(&self, port: u16) {
+        let started = self
+            .started
+            .as_ref()
+            .expect("kill_node() is for a cluster this test started");
+        let pidfile = started
+            .dir
+            .path()
+            .join(format!("node-{port}"))
+            .join("valkey.pid");
+        let pid = std::fs::read_to_string(&pidfile)
+            .unwrap_or_else(|e| panic!("{}: {e}", pidfile.display()));
+        let out = Command::new("kill")
+            .args(["-KILL", pid.trim()])
+            .output()
+            .expect("run kill");
+        assert!(out.status.success(), "kill -KILL {pid}: {out:?}");
+    }
+
+    fn run(&self, verbs: &[&str]) {
+        let started = self
+            .started
+            .as_ref()
+            .expect("for a cluster this test started");
+        for verb in verbs {
+            let out = script()
+                .arg(verb)
+                .arg("--dir")
+                .arg(started.dir.path())
+                .args(["--base-port", &started.base.to_string()])
+                .output()
+                .expect("run deploy/valkey/cluster.sh");
+            assert!(
+                out.status.success(),
+                "cluster.sh {verb} failed ({}):\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    /// The nodes' directories (data, AOF, logs), when this process started the cluster.
+    pub fn dir(&self) -> Option<&std::path::Path> {
+        self.started.as_ref().map(|s| s.dir.path())
+    }
 }
 
 impl Drop for ValkeyCluster {
@@ -62,6 +121,12 @@ impl Drop for ValkeyCluster {
     }
 }
 
+/// A cluster of this test's own (never the shared one of `SEALPOST_TEST_VALKEY_NODES`), for
+/// tests that stop or restart nodes; `None` (said loudly) without valkey-server.
+pub fn private_cluster(test: &str) -> Option<ValkeyCluster> {
+    installed(test).then(start)
+}
+
 /// The cluster for test `test`: `SEALPOST_TEST_VALKEY_NODES` if set, else a new one if
 /// `valkey-server` is installed. Without it: panics under CI (`CI=true`), and elsewhere prints
 /// past the test harness's capture that `test` did not run and how to install Valkey, and
@@ -76,6 +141,15 @@ pub fn cluster(test: &str) -> Option<ValkeyCluster> {
             started: None,
         });
     }
+    if !installed(test) {
+        return None;
+    }
+    Some(start())
+}
+
+/// Whether `valkey-server` is on PATH; without it: panics under CI, and elsewhere says loudly
+/// that `test` did not run.
+fn installed(test: &str) -> bool {
     if Command::new("valkey-server")
         .arg("--version")
         .output()
@@ -98,9 +172,65 @@ pub fn cluster(test: &str) -> Option<ValkeyCluster> {
              * or set {NODES_VAR} to a running cluster (deploy/valkey/cluster.sh up).\n\
              ********************************************************************"
         );
+        return false;
+    }
+    true
+}
+
+/// One cluster-enabled node serving no slots yet and writing its AOF with `appendfsync`, for
+/// tests of what the store refuses; killed on drop.
+pub struct SingleNode {
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    /// Its directory (AOF files in `appendonlydir/`).
+    pub dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl Drop for SingleNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a [`SingleNode`] for test `test`; `None` (said loudly) without valkey-server.
+pub fn single_node(test: &str, appendfsync: &str) -> Option<SingleNode> {
+    if !installed(test) {
         return None;
     }
-    Some(start())
+    let port = loop {
+        let port = rand::random_range(10_000..(32_768 - BUS_OFFSET));
+        if [port, port + BUS_OFFSET]
+            .iter()
+            .all(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        {
+            break port;
+        }
+    };
+    let dir = tempfile::tempdir().expect("temporary directory for the Valkey node");
+    let d = dir.path().display().to_string();
+    let child = Command::new("valkey-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--cluster-enabled", "yes"])
+        .args(["--cluster-config-file", &format!("{d}/nodes.conf")])
+        .args(["--dir", &d, "--logfile", &format!("{d}/valkey.log")])
+        .args([
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            appendfsync,
+            "--save",
+            "",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start valkey-server");
+    Some(SingleNode {
+        addr: format!("127.0.0.1:{port}"),
+        dir,
+        child,
+    })
 }
 
 /// `deploy/valkey/cluster.sh`.

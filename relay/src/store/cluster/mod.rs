@@ -1,0 +1,699 @@
+//! The cluster store: mailboxes in a Valkey 8 cluster, so that relays keep no state of their
+//! own and any relay serves any mailbox (issue 12; docs/CLUSTER.md).
+//!
+//! Every mailbox lives in one slot (`keys`); the server-side functions in `functions.lua`
+//! (loaded with FUNCTION LOAD REPLACE at every start) change it atomically. An append is
+//! acknowledged only once WAITAOF confirms it fsynced on its primary and a replica
+//! (`commit`); a wake-up reaches subscribers on every relay through sharded pub/sub (`wake`).
+//! Start-up refuses a cluster that cannot keep that promise (`checks`).
+
+pub mod checks;
+mod commit;
+pub mod keys;
+mod wake;
+
+pub use checks::ClusterError;
+
+use super::index::{IdPrf, digest};
+use super::record::{self, RecordError, secrets_key};
+use super::{
+    Append, AppendOutcome, MailboxRecord, Quotas, Store, StoreError, StoreStats, StoredEnvelope,
+};
+use async_trait::async_trait;
+use bytes::Bytes;
+use commit::Committer;
+use keys::MailboxKeys;
+use redis::cluster_async::ClusterConnection;
+use redis::{Pipeline, Value};
+use sealpost_core::{AeadKey, DepositId, RecipientId};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+use zeroize::Zeroizing;
+
+/// The function library, loaded on every primary at start-up.
+const FUNCTIONS: &str = include_str!("functions.lua");
+
+/// How the cluster store is opened.
+#[derive(Clone)]
+pub struct ClusterOptions {
+    /// Some of the cluster's nodes, `HOST:PORT` (the rest are learnt from them).
+    pub nodes: Vec<String>,
+    /// Seals mailbox secrets (required).
+    pub master_key: Option<Zeroizing<[u8; 32]>>,
+    /// Quotas enforced on appends and mailboxes.
+    pub quotas: Quotas,
+    /// How long an append batch waits for WAITAOF before its envelopes are answered
+    /// UNAVAILABLE.
+    pub durable_timeout: Duration,
+    /// Envelopes older than this are removed by each deposit into their mailbox (besides
+    /// [`Store::expire`]), so that they do not hold the quota; `None`: only by `expire`.
+    pub retention: Option<Duration>,
+}
+
+impl ClusterOptions {
+    /// Options with the default WAITAOF timeout (1 s).
+    pub fn new(
+        nodes: Vec<String>,
+        master_key: Option<Zeroizing<[u8; 32]>>,
+        quotas: Quotas,
+    ) -> Self {
+        Self {
+            nodes,
+            master_key,
+            quotas,
+            durable_timeout: Duration::from_secs(1),
+            retention: None,
+        }
+    }
+}
+
+/// One subscriber's claim on a mailbox ([`ClusterStore::claim_subscriber`]).
+pub struct SubscriberClaim {
+    /// This claim's epoch: later claims have higher ones.
+    pub epoch: u64,
+    /// Turns true when a newer claim, on any relay, ends this one.
+    pub kicked: watch::Receiver<bool>,
+    /// Keeps the mailbox's channel subscribed while the claim lives.
+    _wake: watch::Receiver<u64>,
+}
+
+/// The Valkey cluster store.
+pub struct ClusterStore {
+    quotas: Quotas,
+    /// Retention in milliseconds for the deposit function; 0 = none.
+    retention_ms: u64,
+    conn: ClusterConnection,
+    committer: Committer,
+    secrets: AeadKey,
+    prf: IdPrf,
+    wakes: Arc<wake::Wakes>,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(format!("valkey cluster: {e}"))
+}
+
+fn urls(nodes: &[String]) -> Vec<String> {
+    nodes.iter().map(|n| format!("redis://{n}/")).collect()
+}
+
+impl ClusterStore {
+    /// Connects, checks that the cluster keeps the durability promise (every slot served,
+    /// WAITAOF available, an fsynced append-only file on every node), loads the functions and
+    /// reads (or makes) the shared deposit-id PRF key.
+    pub async fn open(opts: ClusterOptions) -> Result<Self, StoreError> {
+        if opts.nodes.is_empty() {
+            return Err(ClusterError::NoNodes.into());
+        }
+        let Some(master) = opts.master_key.as_ref() else {
+            return Err(ClusterError::MasterKeyRequired.into());
+        };
+        let secrets = secrets_key(master);
+        let committer = Committer::new(opts.nodes.clone(), opts.durable_timeout);
+        let unreachable = |why: String| ClusterError::Unreachable {
+            nodes: opts.nodes.join(","),
+            why,
+        };
+        let (primaries, replicas) = committer.refresh_all().await.map_err(unreachable)?;
+        // A cluster serving no slots has no primaries to ask: ask the seeds, which then say
+        // what is wrong (cluster_state).
+        let seeds_if_none = if primaries.is_empty() {
+            opts.nodes.clone()
+        } else {
+            Vec::new()
+        };
+        for node in primaries.iter().chain(&replicas).chain(&seeds_if_none) {
+            check_node(node).await?;
+        }
+        for node in &primaries {
+            load_functions(node).await?;
+        }
+
+        let conn = redis::cluster::ClusterClientBuilder::new(urls(&opts.nodes))
+            .connection_timeout(Duration::from_secs(2))
+            .response_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| unreachable(e.to_string()))?
+            .get_async_connection()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+
+        let wakes = Arc::new(wake::Wakes::default());
+        let pushes = Arc::downgrade(&wakes);
+        let sub = redis::cluster::ClusterClientBuilder::new(urls(&opts.nodes))
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(move |push: redis::PushInfo| {
+                if let Some(w) = pushes.upgrade() {
+                    w.on_push(push);
+                }
+                Ok::<(), std::convert::Infallible>(())
+            })
+            .build()
+            .map_err(|e| unreachable(e.to_string()))?
+            .get_async_connection()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        tokio::spawn(wake::run(Arc::downgrade(&wakes), sub));
+
+        let mut store = Self {
+            quotas: opts.quotas,
+            retention_ms: opts.retention.map_or(0, |r| {
+                u64::try_from(r.as_millis()).unwrap_or(u64::MAX).max(1)
+            }),
+            conn,
+            committer,
+            secrets,
+            prf: IdPrf::new([0; 16]),
+            wakes,
+        };
+        store.prf = store.load_prf().await?;
+        Ok(store)
+    }
+
+    /// The deposit-id PRF key all relays share: made by the first relay to start, sealed
+    /// under the master key (SET NX, so two relays starting at once agree).
+    async fn load_prf(&self) -> Result<IdPrf, StoreError> {
+        const AAD: &[u8] = b"sealpost/1 cluster prf key";
+        let fresh: [u8; 16] = sealpost_core::random::array().map_err(backend)?;
+        let sealed = record::seal(&self.secrets, AAD, &fresh).map_err(backend)?;
+        let _: Value = redis::cmd("SET")
+            .arg(keys::PRF_KEY)
+            .arg(sealed)
+            .arg("NX")
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(backend)?;
+        let stored: Vec<u8> = redis::cmd("GET")
+            .arg(keys::PRF_KEY)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(backend)?;
+        let mut key = Zeroizing::new([0u8; 16]);
+        record::open(&self.secrets, AAD, &stored, &mut key[..]).map_err(|e| match e {
+            RecordError::WrongMasterKey => StoreError::Backend(format!(
+                "the master key does not open the cluster's {} (the key of the deposit ids): every relay of one cluster needs the same master key",
+                keys::PRF_KEY
+            )),
+            other => backend(other),
+        })?;
+        Ok(IdPrf::new(*key))
+    }
+
+    /// Runs `pipe` (`n` function calls, all in `slot`) on the slot's primary and waits until
+    /// it is durable there and on a replica. When the primary could not be used (the slot
+    /// moved, the node is gone or failing over) it learns the slot map again and retries once
+    /// (safe: deposits are deduplicated); a WAITAOF that did not confirm in time is not
+    /// retried (the time is spent).
+    async fn durable(
+        &self,
+        slot: u16,
+        pipe: &Pipeline,
+        n: usize,
+    ) -> Result<Vec<Value>, StoreError> {
+        let mut last = String::new();
+        for _ in 0..2 {
+            let Some(primary) = self.committer.primary_of(slot) else {
+                self.committer.refresh().await.map_err(backend)?;
+                continue;
+            };
+            match self.committer.commit(&primary, &mut pipe.clone(), n).await {
+                Ok(v) => return Ok(v),
+                Err(e @ commit::CommitError::NotDurable { .. }) => {
+                    last = e.to_string();
+                    break;
+                }
+                Err(e) => {
+                    last = e.to_string();
+                    // A seed may be the node that is gone: a failed refresh keeps the old map.
+                    let _ = self.committer.refresh().await;
+                }
+            }
+        }
+        Err(backend(format!("not confirmed durable: {last}")))
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        cmd.query_async(&mut self.conn.clone())
+            .await
+            .map_err(backend)
+    }
+
+    fn fcall(name: &str, k: &MailboxKeys) -> redis::Cmd {
+        let mut c = redis::cmd("FCALL");
+        c.arg(name).arg(k.keys.len()).arg(&k.keys[..]);
+        c
+    }
+
+    /// The recipient id behind a deposit id, if its lookup key exists.
+    async fn recipient_of_deposit(
+        &self,
+        id: &DepositId,
+    ) -> Result<Option<RecipientId>, StoreError> {
+        let v: Option<Vec<u8>> = self
+            .query(redis::cmd("GET").arg(keys::deposit_key(id)))
+            .await?;
+        Ok(v.and_then(|v| v.try_into().ok()))
+    }
+
+    async fn record(&self, rid: &RecipientId) -> Result<Option<Arc<MailboxRecord>>, StoreError> {
+        let k = MailboxKeys::new(rid);
+        let v: Option<Vec<u8>> = self
+            .query(redis::cmd("HGET").arg(&k.keys[0]).arg("rec"))
+            .await?;
+        let Some(v) = v else { return Ok(None) };
+        record::decode(rid, &v, Some(&self.secrets))
+            .map(|r| Some(Arc::new(r)))
+            .map_err(|e| match e {
+                RecordError::WrongMasterKey => StoreError::Backend(
+                    "the master key does not open a mailbox record in the cluster: every relay of one cluster needs the same master key".into(),
+                ),
+                other => backend(other),
+            })
+    }
+
+    /// Claims the mailbox's one subscription for a subscriber on this relay: every older
+    /// claim, on any relay, ends (its `kicked` turns true), so a client's new subscription
+    /// ends its old one wherever that is. `None` if the mailbox does not exist.
+    pub async fn claim_subscriber(
+        &self,
+        recipient_id: &RecipientId,
+    ) -> Result<Option<SubscriberClaim>, StoreError> {
+        // Watch first, so the channel is (being) subscribed before the claim is published;
+        // a kick that still arrives before the subscription is caught by the epoch check
+        // made once the channel is subscribed.
+        let wake = self.wakes.watch(recipient_id);
+        let k = MailboxKeys::new(recipient_id);
+        let epoch: u64 = self.query(&Self::fcall("sp_claim", &k)).await?;
+        if epoch == 0 {
+            return Ok(None);
+        }
+        let kicked = self.wakes.claim(recipient_id, epoch);
+        Ok(Some(SubscriberClaim {
+            epoch,
+            kicked,
+            _wake: wake,
+        }))
+    }
+
+    /// The primaries' addresses, from the current slot map.
+    async fn primaries(&self) -> Result<Vec<String>, StoreError> {
+        self.committer.refresh().await.map_err(backend)
+    }
+
+    /// Every mailbox's recipient id, by scanning each primary's keys.
+    async fn all_mailboxes(&self) -> Result<Vec<RecipientId>, StoreError> {
+        let mut out = Vec::new();
+        for primary in self.primaries().await? {
+            let mut c = Committer::connect(&primary, Duration::from_secs(5))
+                .await
+                .map_err(backend)?;
+            let mut cursor = 0u64;
+            loop {
+                let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(keys::MAILBOX_PATTERN)
+                    .arg("TYPE")
+                    .arg("hash")
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut c)
+                    .await
+                    .map_err(backend)?;
+                out.extend(
+                    keys.iter()
+                        .filter(|k| !k.ends_with(b":d"))
+                        .filter_map(|k| keys::recipient_of(k)),
+                );
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn unexpected(node: &str, command: &'static str, e: redis::RedisError) -> ClusterError {
+    ClusterError::Unexpected {
+        node: node.to_owned(),
+        command,
+        what: e.to_string(),
+    }
+}
+
+async fn connect_checked(node: &str) -> Result<redis::aio::MultiplexedConnection, ClusterError> {
+    Committer::connect(node, Duration::from_secs(5))
+        .await
+        .map_err(|e| ClusterError::Unreachable {
+            nodes: node.to_owned(),
+            why: e.to_string(),
+        })
+}
+
+/// FUNCTION LOAD REPLACE on a primary (its replicas get the library through replication).
+async fn load_functions(node: &str) -> Result<(), StoreError> {
+    let mut c = connect_checked(node).await?;
+    let _: Value = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg("REPLACE")
+        .arg(FUNCTIONS)
+        .query_async(&mut c)
+        .await
+        .map_err(|e| unexpected(node, "FUNCTION LOAD", e))?;
+    Ok(())
+}
+
+/// The start-up checks on one node: every slot served, WAITAOF there, every write fsynced.
+async fn check_node(node: &str) -> Result<(), StoreError> {
+    let unexpected = |command: &'static str, e: redis::RedisError| unexpected(node, command, e);
+    let mut c = connect_checked(node).await?;
+    let info: String = redis::cmd("CLUSTER")
+        .arg("INFO")
+        .query_async(&mut c)
+        .await
+        .map_err(|e| unexpected("CLUSTER INFO", e))?;
+    checks::check_cluster_state(node, &info)?;
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut c)
+        .await
+        .map_err(|e| unexpected("INFO server", e))?;
+    checks::check_version(node, &info)?;
+    let config: HashMap<String, String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("appendonly")
+        .arg("appendfsync")
+        .query_async(&mut c)
+        .await
+        .map_err(|e| unexpected("CONFIG GET", e))?;
+    let config: Vec<(String, String)> = config.into_iter().collect();
+    checks::check_fsync(node, &config)?;
+    Ok(())
+}
+
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// One FCALL answer of sp_deposit as an outcome.
+fn outcome(v: &Value) -> Result<AppendOutcome, StoreError> {
+    Ok(match v {
+        Value::Int(seq) if *seq > 0 => AppendOutcome::Stored(*seq as u64),
+        Value::Int(-1) => AppendOutcome::Duplicate,
+        Value::Int(-2) => AppendOutcome::IdReused,
+        Value::Int(-3) => AppendOutcome::UnknownMailbox,
+        Value::Int(-4) => AppendOutcome::MailboxFull,
+        other => return Err(backend(format!("sp_deposit answered {other:?}"))),
+    })
+}
+
+#[async_trait]
+impl Store for ClusterStore {
+    fn deposit_id_for(&self, recipient_id: &RecipientId) -> DepositId {
+        self.prf.deposit_id(recipient_id)
+    }
+
+    async fn create_mailbox(&self, record: MailboxRecord) -> Result<(), StoreError> {
+        let count: u64 = self
+            .query(redis::cmd("INCR").arg(keys::MAILBOX_COUNT))
+            .await?;
+        let undo = || async {
+            let _: Result<i64, _> = self
+                .query(redis::cmd("DECR").arg(keys::MAILBOX_COUNT))
+                .await;
+        };
+        if count > self.quotas.max_mailboxes {
+            undo().await;
+            return Err(StoreError::TooManyMailboxes(self.quotas.max_mailboxes));
+        }
+        let sealed = record::encode(&record, Some(&self.secrets)).map_err(backend)?;
+        // The lookup key first (its value can only ever be this recipient id), then the
+        // mailbox: a crash in between leaves a lookup key that names no mailbox (keys.rs).
+        let dkey = keys::deposit_key(&record.deposit_id);
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET").arg(&dkey).arg(&record.recipient_id[..]);
+        let set = self.durable(keys::slot(dkey.as_bytes()), &pipe, 1).await;
+        if let Err(e) = set {
+            undo().await;
+            return Err(e);
+        }
+        let k = MailboxKeys::new(&record.recipient_id);
+        let mut pipe = redis::pipe();
+        pipe.add_command(Self::fcall("sp_create", &k).arg(sealed).to_owned());
+        match self.durable(k.slot(), &pipe, 1).await {
+            Ok(v) if v.first() == Some(&Value::Int(1)) => Ok(()),
+            Ok(_) => {
+                undo().await;
+                Err(StoreError::Exists)
+            }
+            Err(e) => {
+                undo().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn lookup_deposit(
+        &self,
+        ids: &[DepositId],
+    ) -> Result<Vec<Option<Arc<MailboxRecord>>>, StoreError> {
+        // All at once: the cluster connection pipelines concurrent requests.
+        futures_util::future::try_join_all(ids.iter().map(|id| async move {
+            match self.recipient_of_deposit(id).await? {
+                Some(rid) => self.record(&rid).await,
+                None => Ok(None),
+            }
+        }))
+        .await
+    }
+
+    async fn mailbox(
+        &self,
+        recipient_id: &RecipientId,
+    ) -> Result<Option<Arc<MailboxRecord>>, StoreError> {
+        self.record(recipient_id).await
+    }
+
+    async fn delete_mailbox(&self, recipient_id: &RecipientId) -> Result<bool, StoreError> {
+        let k = MailboxKeys::new(recipient_id);
+        let mut pipe = redis::pipe();
+        pipe.add_command(Self::fcall("sp_delete", &k));
+        let existed = self.durable(k.slot(), &pipe, 1).await?.first() == Some(&Value::Int(1));
+        // After the mailbox: a lookup key left by a crash here names no mailbox (keys.rs).
+        let _: i64 = self
+            .query(redis::cmd("DEL").arg(keys::deposit_key(&self.deposit_id_for(recipient_id))))
+            .await?;
+        if existed {
+            let _: i64 = self
+                .query(redis::cmd("DECR").arg(keys::MAILBOX_COUNT))
+                .await?;
+        }
+        Ok(existed)
+    }
+
+    async fn append_batch(&self, batch: &[Append]) -> Result<Vec<AppendOutcome>, StoreError> {
+        let mut out = vec![AppendOutcome::UnknownMailbox; batch.len()];
+        // Resolve each deposit id once, all at once.
+        let mut ids: Vec<DepositId> = batch.iter().map(|a| a.deposit_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let found =
+            futures_util::future::try_join_all(ids.iter().map(|id| self.recipient_of_deposit(id)))
+                .await?;
+        let rids: HashMap<DepositId, Option<RecipientId>> = ids.into_iter().zip(found).collect();
+        // Group by slot, then by primary: one pipeline per primary.
+        let mut groups: HashMap<String, (Pipeline, Vec<usize>, u16, String)> = HashMap::new();
+        for (i, a) in batch.iter().enumerate() {
+            let Some(Some(rid)) = rids.get(&a.deposit_id) else {
+                continue;
+            };
+            let k = MailboxKeys::new(rid);
+            let slot = k.slot();
+            let primary = match self.committer.primary_of(slot) {
+                Some(p) => p,
+                None => {
+                    self.committer.refresh().await.map_err(backend)?;
+                    self.committer
+                        .primary_of(slot)
+                        .ok_or_else(|| backend(format!("no primary serves slot {slot}")))?
+                }
+            };
+            let g = groups
+                .entry(primary)
+                .or_insert_with(|| (redis::pipe(), Vec::new(), slot, k.fence()));
+            g.0.add_command(
+                Self::fcall("sp_deposit", &k)
+                    .arg(&a.nonce[..])
+                    .arg(&digest(&a.envelope)[..])
+                    .arg(&a.envelope[..])
+                    .arg(self.quotas.max_envelopes)
+                    .arg(self.quotas.max_bytes)
+                    .arg(self.quotas.dedupe_window)
+                    .arg(self.retention_ms)
+                    .to_owned(),
+            );
+            g.1.push(i);
+        }
+        let commits = groups
+            .into_values()
+            .map(|(mut pipe, items, slot, fence)| async move {
+                // A write at the end of every group, so that WAITAOF covers every earlier write
+                // to these mailboxes, also one this connection did not make: a deposit answered
+                // DUPLICATE writes nothing, and the original it duplicates may have come through
+                // another connection or relay whose WAITAOF never confirmed it (an UNAVAILABLE
+                // being retried). Without this, that DUPLICATE would be an OK for an envelope
+                // held by one node only.
+                pipe.cmd("SET")
+                    .arg(&fence)
+                    .arg(1)
+                    .arg("PX")
+                    .arg(1000)
+                    .ignore();
+                let answers = self.durable(slot, &pipe, items.len()).await?;
+                Ok::<_, StoreError>((items, answers))
+            });
+        // Every primary's group at once; any group not confirmed durable fails the batch,
+        // so no envelope of it is answered OK (a retry is safe: it is deduplicated).
+        for r in futures_util::future::join_all(commits).await {
+            let (items, answers) = r?;
+            for (i, v) in items.into_iter().zip(answers.iter()) {
+                out[i] = outcome(v)?;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn fetch(
+        &self,
+        recipient_id: &RecipientId,
+        after: u64,
+        max: usize,
+    ) -> Result<Vec<StoredEnvelope>, StoreError> {
+        let k = MailboxKeys::new(recipient_id);
+        let start = format!("{}-0", after.saturating_add(1));
+        let entries: Vec<(String, HashMap<String, Vec<u8>>)> = self
+            .query(
+                redis::cmd("XRANGE")
+                    .arg(&k.keys[1])
+                    .arg(start)
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(max),
+            )
+            .await?;
+        entries
+            .into_iter()
+            .map(|(id, mut fields)| {
+                let seq = id
+                    .split_once('-')
+                    .and_then(|(s, _)| s.parse().ok())
+                    .ok_or_else(|| backend(format!("stream entry id {id:?}")))?;
+                let envelope = fields
+                    .remove("e")
+                    .ok_or_else(|| backend("stream entry without its envelope"))?;
+                Ok(StoredEnvelope {
+                    seq,
+                    envelope: Bytes::from(envelope),
+                })
+            })
+            .collect()
+    }
+
+    async fn ack(&self, recipient_id: &RecipientId, upto: u64) -> Result<u64, StoreError> {
+        // Not waited for: an ack lost to a failover means a redelivery, never a loss.
+        let k = MailboxKeys::new(recipient_id);
+        self.query(
+            Self::fcall("sp_ack", &k)
+                .arg(upto)
+                .arg(self.quotas.dedupe_window),
+        )
+        .await
+    }
+
+    async fn pending(&self, recipient_id: &RecipientId) -> Result<u64, StoreError> {
+        let k = MailboxKeys::new(recipient_id);
+        let n: Option<u64> = self
+            .query(redis::cmd("HGET").arg(&k.keys[0]).arg("n"))
+            .await?;
+        Ok(n.unwrap_or(0))
+    }
+
+    fn watch(&self, recipient_id: &RecipientId) -> Option<watch::Receiver<u64>> {
+        // The caller has just looked the mailbox up; a mailbox deleted since simply never
+        // wakes, and its fetches come back empty.
+        Some(self.wakes.watch(recipient_id))
+    }
+
+    async fn expire(&self, cutoff: SystemTime) -> Result<u64, StoreError> {
+        let cutoff = millis(cutoff);
+        let mut removed = 0;
+        for rid in self.all_mailboxes().await? {
+            let k = MailboxKeys::new(&rid);
+            let n: u64 = self
+                .query(
+                    Self::fcall("sp_expire", &k)
+                        .arg(cutoff)
+                        .arg(self.quotas.dedupe_window),
+                )
+                .await?;
+            removed += n;
+        }
+        self.wakes.nudge();
+        Ok(removed)
+    }
+
+    async fn stats(&self) -> StoreStats {
+        // The per-slot counters (keys.rs), one pipeline per primary. A primary that does not
+        // answer counts as empty: the gauges dip rather than the sampler stalling.
+        let mut s = StoreStats::default();
+        if self.committer.slots_by_primary().is_empty() {
+            let _ = self.committer.refresh().await;
+        }
+        for (primary, slots) in self.committer.slots_by_primary() {
+            let Some((host, port)) = primary
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+            else {
+                continue;
+            };
+            let mut pipe = redis::pipe();
+            for slot in &slots {
+                pipe.cmd("HMGET")
+                    .arg(keys::stats_key(*slot))
+                    .arg("m")
+                    .arg("e")
+                    .arg("b");
+            }
+            let answers = self
+                .conn
+                .clone()
+                .route_pipeline(
+                    pipe,
+                    0,
+                    slots.len(),
+                    redis::cluster_routing::SingleNodeRoutingInfo::ByAddress { host, port },
+                )
+                .await;
+            let Ok(answers) = answers else { continue };
+            for a in answers {
+                let Ok((m, e, b)) =
+                    redis::from_redis_value::<(Option<i64>, Option<i64>, Option<i64>)>(a)
+                else {
+                    continue;
+                };
+                let add = |total: &mut u64, v: Option<i64>| {
+                    *total = total.saturating_add(u64::try_from(v.unwrap_or(0)).unwrap_or(0));
+                };
+                add(&mut s.mailboxes, m);
+                add(&mut s.envelopes, e);
+                add(&mut s.bytes, b);
+            }
+        }
+        s
+    }
+}

@@ -1,0 +1,794 @@
+//! The cluster store against a real Valkey cluster (`common::valkey`): the store contract as
+//! the memory and disk stores keep it, wake-ups across two relays' stores, and refusals at
+//! start-up.
+
+mod common;
+
+use bytes::Bytes;
+use common::valkey;
+use futures_util::FutureExt;
+use sealpost_core::Suite;
+use sealpost_core::keys::RecipientSecret;
+use sealpost_relay::store::cluster::{ClusterError, ClusterOptions, ClusterStore};
+use sealpost_relay::store::{
+    Append, AppendOutcome, MailboxRecord, Quotas, Store, StoreError, StoreStats,
+};
+use std::time::{Duration, Instant, SystemTime};
+use zeroize::Zeroizing;
+
+/// The tests of this file share one cluster, and expiry sweeps every mailbox in it: one test
+/// at a time, so that one test's expiry does not remove another's envelopes.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const MASTER: [u8; 32] = [0x5e; 32];
+
+fn quotas() -> Quotas {
+    Quotas {
+        max_envelopes: 3,
+        max_bytes: 1000,
+        max_mailboxes: 1_000_000,
+        dedupe_window: 2,
+    }
+}
+
+async fn open(nodes: &[String]) -> ClusterStore {
+    ClusterStore::open(ClusterOptions::new(
+        nodes.to_vec(),
+        Some(Zeroizing::new(MASTER)),
+        quotas(),
+    ))
+    .await
+    .expect("the test cluster passes the start-up checks")
+}
+
+/// A mailbox with a fresh random id (the cluster may outlive this test run).
+async fn mailbox(s: &ClusterStore) -> [u8; 16] {
+    let rid: [u8; 16] = rand::random();
+    let rec = MailboxRecord::new(
+        rid,
+        s.deposit_id_for(&rid),
+        Suite::ChaCha20Poly1305,
+        [7; 32],
+        RecipientSecret([9; 32]),
+    );
+    s.create_mailbox(rec).await.expect("mailbox created");
+    rid
+}
+
+fn app(s: &ClusterStore, rid: &[u8; 16], nonce: u8, body: &[u8]) -> Append {
+    Append {
+        deposit_id: s.deposit_id_for(rid),
+        nonce: [nonce; 12],
+        envelope: Bytes::copy_from_slice(body),
+    }
+}
+
+#[tokio::test]
+async fn deposits_dedupe_quota_ack_expire_and_delete_as_on_the_disk_store() {
+    let Some(cluster) = valkey::cluster(
+        "cluster_store::deposits_dedupe_quota_ack_expire_and_delete_as_on_the_disk_store",
+    ) else {
+        return;
+    };
+    let _one = SERIAL.lock().await;
+    let s = open(cluster.nodes()).await;
+    // Other runs may have left mailboxes in a shared cluster: count from here.
+    let base = s.stats().await;
+    let a = mailbox(&s).await;
+    let b = mailbox(&s).await;
+    assert!(matches!(
+        s.create_mailbox(MailboxRecord::new(
+            a,
+            s.deposit_id_for(&a),
+            Suite::ChaCha20Poly1305,
+            [1; 32],
+            RecipientSecret([2; 32]),
+        ))
+        .await,
+        Err(StoreError::Exists)
+    ));
+
+    // The record comes back whole, by either id, with its secrets.
+    let rec = s.mailbox(&a).await.unwrap().expect("mailbox a");
+    assert_eq!(rec.recipient_id, a);
+    assert_eq!(rec.recipient_secret.0, [9; 32]);
+    assert_eq!(rec.deposit_key.expose(), &[7; 32]);
+    let unknown: [u8; 16] = rand::random();
+    let found = s
+        .lookup_deposit(&[s.deposit_id_for(&b), s.deposit_id_for(&unknown)])
+        .await
+        .unwrap();
+    assert_eq!(found[0].as_ref().map(|r| r.recipient_id), Some(b));
+    assert!(found[1].is_none());
+
+    use AppendOutcome::*;
+    let out = s
+        .append_batch(&[
+            app(&s, &a, 1, b"one"),
+            app(&s, &a, 1, b"one"),
+            app(&s, &a, 1, b"uno"),
+            app(&s, &b, 1, b"bee"),
+            app(&s, &unknown, 1, b"nobody"),
+            app(&s, &a, 2, b"two"),
+            app(&s, &a, 3, b"three"),
+            app(&s, &a, 4, b"four"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![
+            Stored(1),
+            Duplicate,
+            IdReused,
+            Stored(1),
+            UnknownMailbox,
+            Stored(2),
+            Stored(3),
+            MailboxFull
+        ]
+    );
+    assert_eq!(s.pending(&a).await.unwrap(), 3);
+    assert_eq!(
+        s.stats().await,
+        StoreStats {
+            mailboxes: base.mailboxes + 2,
+            envelopes: base.envelopes + 4,
+            bytes: base.bytes + 14
+        }
+    );
+    let got = s.fetch(&a, 1, 10).await.unwrap();
+    assert_eq!(
+        got.iter()
+            .map(|e| (e.seq, e.envelope.clone()))
+            .collect::<Vec<_>>(),
+        vec![
+            (2, Bytes::from_static(b"two")),
+            (3, Bytes::from_static(b"three"))
+        ]
+    );
+    assert_eq!(s.fetch(&a, 0, 1).await.unwrap()[0].seq, 1);
+
+    assert_eq!(s.ack(&a, 2).await.unwrap(), 2);
+    assert_eq!(s.pending(&a).await.unwrap(), 1);
+    // Acknowledged nonces stay in the dedupe window, with their digests.
+    assert_eq!(
+        s.append_batch(&[app(&s, &a, 1, b"one"), app(&s, &a, 2, b"dos")])
+            .await
+            .unwrap(),
+        vec![Duplicate, IdReused]
+    );
+    // The byte quota.
+    assert_eq!(
+        s.append_batch(&[app(&s, &a, 9, &[0; 996])]).await.unwrap(),
+        vec![MailboxFull]
+    );
+
+    // Retention: everything stored before the cutoff goes.
+    assert_eq!(
+        s.expire(SystemTime::now() + Duration::from_secs(1))
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(s.pending(&a).await.unwrap(), 0);
+    assert_eq!(s.pending(&b).await.unwrap(), 0);
+    // Window of 2: nonces 1 and 2 were removed first and are forgotten by now.
+    assert_eq!(
+        s.append_batch(&[app(&s, &a, 1, b"again")]).await.unwrap(),
+        vec![Stored(4)]
+    );
+
+    assert!(s.delete_mailbox(&a).await.unwrap());
+    assert!(!s.delete_mailbox(&a).await.unwrap());
+    assert!(s.mailbox(&a).await.unwrap().is_none());
+    assert!(s.lookup_deposit(&[s.deposit_id_for(&a)]).await.unwrap()[0].is_none());
+    assert_eq!(
+        s.append_batch(&[app(&s, &a, 7, b"late")]).await.unwrap(),
+        vec![UnknownMailbox]
+    );
+    assert!(s.delete_mailbox(&b).await.unwrap());
+    assert_eq!(s.stats().await, base);
+}
+
+#[tokio::test]
+async fn a_deposit_through_one_relay_wakes_a_subscriber_on_another() {
+    let Some(cluster) =
+        valkey::cluster("cluster_store::a_deposit_through_one_relay_wakes_a_subscriber_on_another")
+    else {
+        return;
+    };
+    let _one = SERIAL.lock().await;
+    let relay_a = open(cluster.nodes()).await;
+    let relay_b = open(cluster.nodes()).await;
+    let rid = mailbox(&relay_a).await;
+    // Both relays derive the same deposit ids (the PRF key is shared through the cluster).
+    assert_eq!(relay_a.deposit_id_for(&rid), relay_b.deposit_id_for(&rid));
+    let mut wake = relay_b.watch(&rid).expect("watch");
+
+    // The subscription is set up in the background: deposit until B is woken.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut nonce = 0u8;
+    let high = loop {
+        nonce += 1;
+        let out = relay_a
+            .append_batch(&[app(&relay_a, &rid, nonce, b"canary-sealpost-plaintext")])
+            .await
+            .unwrap();
+        assert!(matches!(out[0], AppendOutcome::Stored(_)), "{out:?}");
+        relay_a.ack(&rid, u64::MAX).await.unwrap();
+        if let Ok(Ok(())) = tokio::time::timeout(Duration::from_millis(200), wake.changed()).await {
+            break *wake.borrow_and_update();
+        }
+        assert!(Instant::now() < deadline, "relay B was never woken");
+    };
+    assert!(high >= 1 && high <= u64::from(nonce), "{high}");
+
+    // Once subscribed, each deposit wakes B with its sequence number.
+    let out = relay_a
+        .append_batch(&[app(&relay_a, &rid, 200, b"next")])
+        .await
+        .unwrap();
+    let AppendOutcome::Stored(seq) = out[0] else {
+        panic!("{out:?}")
+    };
+    tokio::time::timeout(Duration::from_secs(5), wake.wait_for(|h| *h >= seq))
+        .await
+        .expect("woken within 5 s")
+        .expect("watch open");
+    let got = relay_b.fetch(&rid, seq - 1, 10).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].envelope, Bytes::from_static(b"next"));
+    assert!(relay_b.delete_mailbox(&rid).await.unwrap());
+}
+
+#[tokio::test]
+async fn start_up_refuses_without_master_key_nodes_or_a_reachable_cluster() {
+    let no_key = ClusterStore::open(ClusterOptions::new(
+        vec!["127.0.0.1:1".into()],
+        None,
+        quotas(),
+    ))
+    .await;
+    assert!(
+        matches!(
+            no_key,
+            Err(StoreError::Cluster(ClusterError::MasterKeyRequired))
+        ),
+        "{:?}",
+        no_key.err()
+    );
+    let no_nodes = ClusterStore::open(ClusterOptions::new(
+        vec![],
+        Some(Zeroizing::new(MASTER)),
+        quotas(),
+    ))
+    .await;
+    assert!(matches!(
+        no_nodes,
+        Err(StoreError::Cluster(ClusterError::NoNodes))
+    ));
+    // Port 1 on loopback: nothing listens there.
+    let err = ClusterStore::open(ClusterOptions::new(
+        vec!["127.0.0.1:1".into()],
+        Some(Zeroizing::new(MASTER)),
+        quotas(),
+    ))
+    .await
+    .err()
+    .expect("refused");
+    let msg = err.to_string();
+    assert!(
+        matches!(err, StoreError::Cluster(ClusterError::Unreachable { .. }))
+            && msg.contains("127.0.0.1:1")
+            && msg.contains("cluster.sh status"),
+        "{msg}"
+    );
+}
+
+/// Polls `check` until it holds, failing after `secs` with what it last saw.
+async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        match check().await {
+            Ok(()) => return,
+            Err(last) if Instant::now() >= deadline => panic!("{what}: {last}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// A node's answer to one command, as text.
+async fn ask(addr: &str, args: &[&str]) -> Result<String, String> {
+    let client = redis::Client::open(format!("redis://{addr}/")).map_err(|e| e.to_string())?;
+    let mut c = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    let v: redis::Value = cmd.query_async(&mut c).await.map_err(|e| e.to_string())?;
+    Ok(format!("{v:?}"))
+}
+
+#[tokio::test]
+async fn start_up_refuses_an_unready_or_unfsynced_cluster_and_no_replica_means_no_ok() {
+    let Some(node) = valkey::single_node(
+        "cluster_store::start_up_refuses_an_unready_or_unfsynced_cluster_and_no_replica_means_no_ok",
+        "everysec",
+    ) else {
+        return;
+    };
+    let addr = node.addr.clone();
+    eventually(10, "valkey-server answers PING", || {
+        ask(&addr, &["PING"]).map(|r| r.map(|_| ()))
+    })
+    .await;
+    let open_it = |timeout: Duration| {
+        let mut o = ClusterOptions::new(vec![addr.clone()], Some(Zeroizing::new(MASTER)), quotas());
+        o.durable_timeout = timeout;
+        ClusterStore::open(o)
+    };
+
+    // No slot served yet: not cluster_state:ok.
+    let e = open_it(Duration::from_secs(1))
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(e, StoreError::Cluster(ClusterError::NotOk { .. }))
+            && e.to_string().contains("cluster_state"),
+        "{e}"
+    );
+
+    ask(&addr, &["CLUSTER", "ADDSLOTSRANGE", "0", "16383"])
+        .await
+        .unwrap();
+    eventually(10, "cluster_state:ok", || async {
+        let info = ask(&addr, &["CLUSTER", "INFO"]).await?;
+        if info.contains("cluster_state:ok") {
+            Ok(())
+        } else {
+            Err(info)
+        }
+    })
+    .await;
+
+    // appendfsync everysec: WAITAOF's local count would not mean "on disk" per write.
+    let e = open_it(Duration::from_secs(1))
+        .await
+        .err()
+        .expect("refused");
+    let msg = e.to_string();
+    assert!(
+        matches!(e, StoreError::Cluster(ClusterError::NotFsyncing { .. }))
+            && msg.contains("everysec")
+            && msg.contains(&addr),
+        "{msg}"
+    );
+
+    // Fsynced, but no replica: nothing can be confirmed on two nodes, so nothing is OK.
+    ask(&addr, &["CONFIG", "SET", "appendfsync", "always"])
+        .await
+        .unwrap();
+    let s = open_it(Duration::from_millis(300))
+        .await
+        .expect("opens: the checks pass");
+    let secret: [u8; 32] = rand::random();
+    let deposit_key: [u8; 32] = rand::random();
+    let rid: [u8; 16] = rand::random();
+    let rec = MailboxRecord::new(
+        rid,
+        s.deposit_id_for(&rid),
+        Suite::ChaCha20Poly1305,
+        deposit_key,
+        RecipientSecret(secret),
+    );
+    let e = s
+        .create_mailbox(rec)
+        .await
+        .expect_err("not confirmed durable");
+    assert!(e.to_string().contains("WAITAOF"), "{e}");
+
+    assert!(
+        s.mailbox(&rid).await.unwrap().is_none(),
+        "a mailbox whose creation was not confirmed is not there"
+    );
+}
+
+#[tokio::test]
+async fn mailbox_secrets_reach_valkey_only_sealed() {
+    let Some(cluster) = valkey::cluster("cluster_store::mailbox_secrets_reach_valkey_only_sealed")
+    else {
+        return;
+    };
+    let _one = SERIAL.lock().await;
+    let s = open(cluster.nodes()).await;
+    let secret: [u8; 32] = rand::random();
+    let deposit_key: [u8; 32] = rand::random();
+    let rid: [u8; 16] = rand::random();
+    s.create_mailbox(MailboxRecord::new(
+        rid,
+        s.deposit_id_for(&rid),
+        Suite::ChaCha20Poly1305,
+        deposit_key,
+        RecipientSecret(secret),
+    ))
+    .await
+    .unwrap();
+    let rec = s.mailbox(&rid).await.unwrap().expect("created");
+    assert_eq!(rec.recipient_secret.0, secret);
+
+    // The stored record, as any client of the cluster reads it.
+    let tag = format!("{{m:{}}}", hex::encode(rid));
+    let client = redis::cluster::ClusterClient::new(
+        cluster
+            .nodes()
+            .iter()
+            .map(|n| format!("redis://{n}/"))
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let mut c = client.get_async_connection().await.unwrap();
+    let stored: Vec<u8> = redis::cmd("HGET")
+        .arg(&tag)
+        .arg("rec")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let has = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+    assert!(stored.len() > 64, "{} bytes", stored.len());
+    assert!(!has(&stored, &secret) && !has(&stored, &deposit_key));
+
+    // And the nodes' files, when this test started the cluster and knows where they are.
+    if let Some(dir) = cluster.dir() {
+        use common::process::files_containing;
+        assert!(
+            !files_containing(dir, tag.as_bytes()).is_empty(),
+            "the mailbox is in the AOF"
+        );
+        assert_eq!(
+            files_containing(dir, &secret),
+            Vec::<std::path::PathBuf>::new()
+        );
+        assert_eq!(
+            files_containing(dir, &deposit_key),
+            Vec::<std::path::PathBuf>::new()
+        );
+    }
+    assert!(s.delete_mailbox(&rid).await.unwrap());
+}
+
+#[tokio::test]
+async fn mailboxes_and_functions_survive_a_cluster_restart_under_a_running_store() {
+    let Some(cluster) = valkey::private_cluster(
+        "cluster_store::mailboxes_and_functions_survive_a_cluster_restart_under_a_running_store",
+    ) else {
+        return;
+    };
+    let s = open(cluster.nodes()).await;
+    let rid = mailbox(&s).await;
+    assert_eq!(
+        s.append_batch(&[app(&s, &rid, 1, b"before")])
+            .await
+            .unwrap(),
+        vec![AppendOutcome::Stored(1)]
+    );
+
+    cluster.restart();
+
+    // The same store, not opened again (so the functions were not loaded again): once its
+    // connections are back, the deposit from before is there and new ones are stored.
+    let mut last: String;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match s.append_batch(&[app(&s, &rid, 2, b"after")]).await {
+            Ok(out) => {
+                assert_eq!(out, vec![AppendOutcome::Stored(2)]);
+                break;
+            }
+            // UNAVAILABLE while connections come back; never a wrong answer.
+            Err(e) => last = e.to_string(),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no deposit after the restart: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let got = s.fetch(&rid, 0, 10).await.unwrap();
+    assert_eq!(
+        got.iter().map(|e| e.envelope.clone()).collect::<Vec<_>>(),
+        vec![Bytes::from_static(b"before"), Bytes::from_static(b"after")]
+    );
+    // A retry of the first deposit is still a duplicate: the dedupe window survived too.
+    assert_eq!(
+        s.append_batch(&[app(&s, &rid, 1, b"before")])
+            .await
+            .unwrap(),
+        vec![AppendOutcome::Duplicate]
+    );
+}
+
+/// The port of the primary serving `slot`, as `node` sees it (CLUSTER SLOTS).
+async fn primary_port(node: &str, slot: u16) -> Result<u16, String> {
+    use redis::Value;
+    let client = redis::Client::open(format!("redis://{node}/")).map_err(|e| e.to_string())?;
+    let mut c = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| e.to_string())?;
+    let v: Value = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query_async(&mut c)
+        .await
+        .map_err(|e| e.to_string())?;
+    let Value::Array(ranges) = v else {
+        return Err(format!("{v:?}"));
+    };
+    for r in ranges {
+        if let Value::Array(r) = r
+            && let [
+                Value::Int(first),
+                Value::Int(last),
+                Value::Array(primary),
+                ..,
+            ] = &r[..]
+            && (*first..=*last).contains(&i64::from(slot))
+            && let Some(Value::Int(port)) = primary.get(1)
+        {
+            return u16::try_from(*port).map_err(|e| e.to_string());
+        }
+    }
+    Err(format!("no primary for slot {slot}"))
+}
+
+#[tokio::test]
+async fn no_acknowledged_deposit_is_lost_when_a_primary_is_killed() {
+    use sealpost_relay::store::cluster::keys::MailboxKeys;
+    let Some(cluster) = valkey::private_cluster(
+        "cluster_store::no_acknowledged_deposit_is_lost_when_a_primary_is_killed",
+    ) else {
+        return;
+    };
+    let mut q = quotas();
+    q.max_envelopes = 10_000;
+    q.max_bytes = 1 << 30;
+    let s = ClusterStore::open(ClusterOptions::new(
+        cluster.nodes().to_vec(),
+        Some(Zeroizing::new(MASTER)),
+        q,
+    ))
+    .await
+    .unwrap();
+    let rid = mailbox(&s).await;
+    let deposit = |i: u32| Append {
+        deposit_id: s.deposit_id_for(&rid),
+        nonce: {
+            let mut n = [0u8; 12];
+            n[..4].copy_from_slice(&i.to_be_bytes());
+            n
+        },
+        envelope: Bytes::from(format!("envelope {i}")),
+    };
+    let mut acknowledged = Vec::new();
+    let mut unavailable = 0;
+    let send = async |from: u32, acknowledged: &mut Vec<u32>| {
+        let batch: Vec<Append> = (from..from + 8).map(deposit).collect();
+        match s.append_batch(&batch).await {
+            Ok(out) => {
+                for (i, o) in (from..).zip(out) {
+                    assert!(
+                        matches!(o, AppendOutcome::Stored(_) | AppendOutcome::Duplicate),
+                        "{o:?}"
+                    );
+                    acknowledged.push(i);
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    };
+    let mut next = 0;
+    for _ in 0..5 {
+        assert!(send(next, &mut acknowledged).await);
+        next += 8;
+    }
+    // A watcher on another relay, woken through the mailbox's shard channel; subscribed in
+    // the background, so deposit until it is woken.
+    let relay_b = ClusterStore::open(ClusterOptions::new(
+        cluster.nodes().to_vec(),
+        Some(Zeroizing::new(MASTER)),
+        q,
+    ))
+    .await
+    .unwrap();
+    let mut wake = relay_b.watch(&rid).expect("watch");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(send(next, &mut acknowledged).await);
+        next += 8;
+        if let Ok(Ok(())) = tokio::time::timeout(Duration::from_millis(200), wake.changed()).await {
+            break;
+        }
+        assert!(Instant::now() < deadline, "relay B was never woken");
+    }
+    let before_kill = *wake.borrow_and_update();
+
+    let slot = MailboxKeys::new(&rid).slot();
+    let victim = primary_port(&cluster.nodes()[0], slot).await.unwrap();
+    cluster.kill_node(victim);
+    // Until the replica has taken over and has a replica of its own again, nothing for this
+    // mailbox can be fsynced on two nodes: UNAVAILABLE, never OK.
+    let others: Vec<&String> = cluster
+        .nodes()
+        .iter()
+        .filter(|n| !n.ends_with(&format!(":{victim}")))
+        .collect();
+    eventually(30, "a replica took over", || async {
+        match primary_port(others[0], slot).await {
+            Ok(p) if p != victim => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    if send(next, &mut acknowledged).await {
+        panic!("a deposit was acknowledged while its slot's primary had no replica");
+    }
+    unavailable += 1;
+    next += 8;
+
+    // The killed node comes back as the new primary's replica; deposits are confirmed again.
+    cluster.up();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !send(next, &mut acknowledged).await {
+        unavailable += 1;
+        assert!(
+            Instant::now() < deadline,
+            "no deposit confirmed after the failover"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    next += 8;
+
+    // Relay B's subscription moved to the new primary by itself: deposits wake it again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let woken = tokio::time::timeout(
+            Duration::from_millis(300),
+            wake.wait_for(|h| *h > before_kill),
+        )
+        .await;
+        if let Ok(Ok(_)) = woken {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "relay B not woken after the failover"
+        );
+        if send(next, &mut acknowledged).await {
+            next += 8;
+        }
+    }
+
+    // Every acknowledged deposit is there, exactly once.
+    let held: Vec<Bytes> = s
+        .fetch(&rid, 0, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.envelope)
+        .collect();
+    for i in &acknowledged {
+        let body = Bytes::from(format!("envelope {i}"));
+        assert_eq!(
+            held.iter().filter(|b| **b == body).count(),
+            1,
+            "envelope {i} after {unavailable} unavailable batches"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_deposit_removes_envelopes_past_retention_before_the_quota_counts() {
+    let Some(cluster) = valkey::cluster(
+        "cluster_store::a_deposit_removes_envelopes_past_retention_before_the_quota_counts",
+    ) else {
+        return;
+    };
+    let _one = SERIAL.lock().await;
+    let mut o = ClusterOptions::new(
+        cluster.nodes().to_vec(),
+        Some(Zeroizing::new(MASTER)),
+        quotas(),
+    );
+    o.retention = Some(Duration::from_millis(1));
+    let s = ClusterStore::open(o).await.unwrap();
+    let rid = mailbox(&s).await;
+    use AppendOutcome::*;
+    for nonce in 1..=3 {
+        assert!(matches!(
+            s.append_batch(&[app(&s, &rid, nonce, b"old")])
+                .await
+                .unwrap()[..],
+            [Stored(_)]
+        ));
+    }
+    // A fourth would be MAILBOX_FULL (max_envelopes 3) but for the retention of 1 ms: by
+    // the server's clock the others are older than that once a millisecond has passed.
+    let mut nonce = 4;
+    eventually(
+        5,
+        "a deposit past the quota once the others expired",
+        || {
+            nonce += 1;
+            let a = app(&s, &rid, nonce, b"new");
+            let s = &s;
+            async move {
+                match s.append_batch(&[a]).await.map_err(|e| e.to_string())?[..] {
+                    [Stored(_)] => Ok(()),
+                    ref other => Err(format!("{other:?}")),
+                }
+            }
+        },
+    )
+    .await;
+    let held = s.fetch(&rid, 0, 10).await.unwrap();
+    assert!(
+        held.iter()
+            .all(|e| e.envelope == Bytes::from_static(b"new")),
+        "{held:?}"
+    );
+    assert!(s.delete_mailbox(&rid).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_new_subscriber_claim_on_one_relay_ends_the_old_one_on_another() {
+    let Some(cluster) = valkey::cluster(
+        "cluster_store::a_new_subscriber_claim_on_one_relay_ends_the_old_one_on_another",
+    ) else {
+        return;
+    };
+    let _one = SERIAL.lock().await;
+    let relay_a = open(cluster.nodes()).await;
+    let relay_b = open(cluster.nodes()).await;
+    let rid = mailbox(&relay_a).await;
+    let unknown: [u8; 16] = rand::random();
+    assert!(relay_a.claim_subscriber(&unknown).await.unwrap().is_none());
+
+    let mut on_a = relay_a
+        .claim_subscriber(&rid)
+        .await
+        .unwrap()
+        .expect("claim");
+    let mut on_b = relay_b
+        .claim_subscriber(&rid)
+        .await
+        .unwrap()
+        .expect("claim");
+    assert!(on_b.epoch > on_a.epoch);
+    tokio::time::timeout(Duration::from_secs(5), on_a.kicked.wait_for(|k| *k))
+        .await
+        .expect("A's claim ended within 5 s")
+        .expect("signal open");
+    assert!(!*on_b.kicked.borrow(), "the newest claim stands");
+
+    // And back: a claim on A ends B's.
+    let on_a_again = relay_a
+        .claim_subscriber(&rid)
+        .await
+        .unwrap()
+        .expect("claim");
+    tokio::time::timeout(Duration::from_secs(5), on_b.kicked.wait_for(|k| *k))
+        .await
+        .expect("B's claim ended within 5 s")
+        .expect("signal open");
+    assert!(!*on_a_again.kicked.borrow());
+    assert!(relay_a.delete_mailbox(&rid).await.unwrap());
+}
