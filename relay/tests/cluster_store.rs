@@ -11,7 +11,8 @@ use sealpost_core::Suite;
 use sealpost_core::keys::RecipientSecret;
 use sealpost_relay::store::cluster::{ClusterError, ClusterOptions, ClusterStore};
 use sealpost_relay::store::{
-    Append, AppendOutcome, MailboxRecord, Quotas, Store, StoreError, StoreStats,
+    Append, AppendOutcome, Claim, MailboxRecord, Quotas, Store, StoreError, StoreStats,
+    SubscriberClaim,
 };
 use std::time::{Duration, Instant, SystemTime};
 use zeroize::Zeroizing;
@@ -748,6 +749,14 @@ async fn a_deposit_removes_envelopes_past_retention_before_the_quota_counts() {
     assert!(s.delete_mailbox(&rid).await.unwrap());
 }
 
+/// The claim of a [`Claim::Held`] answer.
+fn held(c: Claim) -> SubscriberClaim {
+    match c {
+        Claim::Held(c) => c,
+        other => panic!("expected a held claim, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn a_new_subscriber_claim_on_one_relay_ends_the_old_one_on_another() {
     let Some(cluster) = valkey::cluster(
@@ -760,18 +769,13 @@ async fn a_new_subscriber_claim_on_one_relay_ends_the_old_one_on_another() {
     let relay_b = open(cluster.nodes()).await;
     let rid = mailbox(&relay_a).await;
     let unknown: [u8; 16] = rand::random();
-    assert!(relay_a.claim_subscriber(&unknown).await.unwrap().is_none());
+    assert!(matches!(
+        relay_a.claim_subscriber(&unknown).await.unwrap(),
+        Claim::UnknownMailbox
+    ));
 
-    let mut on_a = relay_a
-        .claim_subscriber(&rid)
-        .await
-        .unwrap()
-        .expect("claim");
-    let mut on_b = relay_b
-        .claim_subscriber(&rid)
-        .await
-        .unwrap()
-        .expect("claim");
+    let mut on_a = held(relay_a.claim_subscriber(&rid).await.unwrap());
+    let mut on_b = held(relay_b.claim_subscriber(&rid).await.unwrap());
     assert!(on_b.epoch > on_a.epoch);
     tokio::time::timeout(Duration::from_secs(5), on_a.kicked.wait_for(|k| *k))
         .await
@@ -780,11 +784,7 @@ async fn a_new_subscriber_claim_on_one_relay_ends_the_old_one_on_another() {
     assert!(!*on_b.kicked.borrow(), "the newest claim stands");
 
     // And back: a claim on A ends B's.
-    let on_a_again = relay_a
-        .claim_subscriber(&rid)
-        .await
-        .unwrap()
-        .expect("claim");
+    let on_a_again = held(relay_a.claim_subscriber(&rid).await.unwrap());
     tokio::time::timeout(Duration::from_secs(5), on_b.kicked.wait_for(|k| *k))
         .await
         .expect("B's claim ended within 5 s")

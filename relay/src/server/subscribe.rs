@@ -11,7 +11,7 @@
 use super::Shared;
 use super::proto::{Ending, SubAction, Subscription};
 use super::registry::Kick;
-use crate::store::StoredEnvelope;
+use crate::store::{Claim, StoredEnvelope, SubscriberClaim};
 use crate::stream::{frame_error_reply, refuse};
 use bytes::{Bytes, BytesMut};
 use quinn::{Connection, SendStream};
@@ -121,6 +121,30 @@ pub(super) async fn run(
         )
         .await;
     };
+    // One subscriber per mailbox: across the relays sharing the store (the store's claim),
+    // and on this relay (the registry; the only rule for a store no other relay uses).
+    let mut claim = match shared.store.claim_subscriber(&req.recipient_id).await {
+        Ok(Claim::Held(c)) => Some(c),
+        Ok(Claim::Unshared) => None,
+        Ok(Claim::UnknownMailbox) => {
+            return refuse(
+                &mut send,
+                Some(&mut reader),
+                ErrorCode::UnknownMailbox,
+                "mailbox was deleted",
+            )
+            .await;
+        }
+        Err(e) => {
+            return refuse(
+                &mut send,
+                Some(&mut reader),
+                ErrorCode::Unavailable,
+                format!("store unavailable: {e}"),
+            )
+            .await;
+        }
+    };
     let (_registration, mut kicked) = shared.subscribers.register(req.recipient_id);
     let window = req.window.min(shared.limits.max_window);
     let pending = shared.store.pending(&req.recipient_id).await.unwrap_or(0);
@@ -220,6 +244,15 @@ pub(super) async fn run(
                 Ok(Kick::Deleted) => sub.on_mailbox_deleted(),
                 _ => sub.on_replaced(),
             },
+            taken = claim_ended(&mut claim) => {
+                if taken {
+                    sub.on_replaced();
+                } else {
+                    // The store let go of the signal without a newer claim (it is going
+                    // away): nothing more will come from it.
+                    claim = None;
+                }
+            }
             _ = shutdown.changed() => sub.on_shutdown(),
         }
     };
@@ -237,6 +270,15 @@ pub(super) async fn run(
 async fn sleep_until(deadline: Option<std::time::Instant>) {
     if let Some(d) = deadline {
         tokio::time::sleep_until(d.into()).await;
+    }
+}
+
+/// Waits until a newer subscription on some relay takes the claim over (true) or the store
+/// drops the signal (false); never returns without a claim.
+async fn claim_ended(claim: &mut Option<SubscriberClaim>) -> bool {
+    match claim {
+        Some(c) => c.kicked.wait_for(|k| *k).await.is_ok(),
+        None => std::future::pending().await,
     }
 }
 

@@ -89,6 +89,17 @@ impl Wakes {
         }
     }
 
+    /// Forgets the claims on `rid` that nobody holds any more.
+    fn release(&self, rid: &RecipientId) {
+        let mut g = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = g.get_mut(rid) {
+            v.retain(|(_, tx)| !tx.is_closed());
+            if v.is_empty() {
+                g.remove(rid);
+            }
+        }
+    }
+
     /// Mailboxes with claims on this relay.
     pub fn claimed(&self) -> Vec<RecipientId> {
         self.claims
@@ -163,6 +174,39 @@ impl Wakes {
     /// Asks the subscribing task to look again (a watcher went away).
     pub fn nudge(&self) {
         self.changed.notify_one();
+    }
+}
+
+/// What a subscriber claim keeps while it lives: the mailbox's channel subscription (kicks
+/// arrive on it). Dropping it forgets the claim, so that a relay's claims stay as many as its
+/// live subscriptions.
+pub struct ClaimHold {
+    wakes: std::sync::Weak<Wakes>,
+    rid: RecipientId,
+    _wake: watch::Receiver<u64>,
+}
+
+impl ClaimHold {
+    /// Holds `wake` (the mailbox's wake-up signal) for the claim on `rid`.
+    pub fn new(
+        wakes: &std::sync::Arc<Wakes>,
+        rid: RecipientId,
+        wake: watch::Receiver<u64>,
+    ) -> Self {
+        Self {
+            wakes: std::sync::Arc::downgrade(wakes),
+            rid,
+            _wake: wake,
+        }
+    }
+}
+
+impl Drop for ClaimHold {
+    fn drop(&mut self) {
+        if let Some(w) = self.wakes.upgrade() {
+            // The claim's receiver went with it (it is dropped before its hold).
+            w.release(&self.rid);
+        }
     }
 }
 
