@@ -12,17 +12,19 @@ use sealpost_core::e2e::seal_for_invitation;
 use sealpost_core::engine::Engine;
 use std::time::Duration;
 
-#[test]
-fn deposit_on_one_relay_deliver_on_another() {
-    let Some(cluster) = common::valkey::cluster("deposit_on_one_relay_deliver_on_another") else {
-        return;
-    };
-    let dir = tempfile::tempdir().expect("temp dir");
-    let key = dir.path().join("master.key");
+/// Relays A and B (`serve` processes) on `cluster` with the same master key and `extra`
+/// arguments: A generates the certificate and B serves the same one (one deployment, one
+/// certificate), so one invitation works with both. Returns them and A's certificate file.
+fn two_relays(
+    cluster: &common::valkey::ValkeyCluster,
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> (Serve, Serve, std::path::PathBuf) {
+    let key = dir.join("master.key");
     std::fs::write(&key, "42".repeat(32)).expect("write key");
     let nodes = cluster.nodes().join(",");
     let key_arg = key.to_string_lossy().into_owned();
-    let args = [
+    let mut args = vec![
         "--store",
         "cluster",
         "--cluster-nodes",
@@ -30,16 +32,24 @@ fn deposit_on_one_relay_deliver_on_another() {
         "--master-key-file",
         key_arg.as_str(),
     ];
-    // Relay A generates the certificate; relay B serves the same one (one deployment, one
-    // certificate), so one invitation works with both.
-    let a = Serve::start(&dir.path().join("a"), &args, "warn");
-    let tls = dir.path().join("a").join("tls");
+    args.extend_from_slice(extra);
+    let a = Serve::start(&dir.join("a"), &args, "warn");
+    let tls = dir.join("a").join("tls");
     let cert = tls.join("cert.pem").to_string_lossy().into_owned();
     let tls_key = tls.join("key.pem").to_string_lossy().into_owned();
-    let mut b_args = args.to_vec();
-    b_args.extend(["--cert", cert.as_str(), "--key", tls_key.as_str()]);
-    let b = Serve::start(&dir.path().join("b"), &b_args, "warn");
+    args.extend(["--cert", cert.as_str(), "--key", tls_key.as_str()]);
+    let b = Serve::start(&dir.join("b"), &args, "warn");
     assert_eq!(a.pin, b.pin, "both relays serve one certificate");
+    (a, b, tls.join("cert.pem"))
+}
+
+#[test]
+fn deposit_on_one_relay_deliver_on_another() {
+    let Some(cluster) = common::valkey::cluster("deposit_on_one_relay_deliver_on_another") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (a, b, _) = two_relays(&cluster, dir.path(), &[]);
 
     // A mailbox created through A; its invitation names A only, the mailbox file is pointed
     // at B below.
@@ -127,30 +137,10 @@ async fn a_relay_killed_mid_subscription_the_rest_comes_through_another() {
         return;
     };
     let dir = tempfile::tempdir().expect("temp dir");
-    let key = dir.path().join("master.key");
-    std::fs::write(&key, "42".repeat(32)).expect("write key");
-    let nodes = cluster.nodes().join(",");
-    let key_arg = key.to_string_lossy().into_owned();
     // A short idle timeout, so that the client notices a silent relay within seconds (its
     // keep-alives, every 5 s, keep a live connection open).
-    let args = [
-        "--store",
-        "cluster",
-        "--cluster-nodes",
-        nodes.as_str(),
-        "--master-key-file",
-        key_arg.as_str(),
-        "--idle-timeout-secs",
-        "6",
-    ];
-    let a = Serve::start(&dir.path().join("a"), &args, "warn");
-    let tls = dir.path().join("a").join("tls");
-    let cert = tls.join("cert.pem").to_string_lossy().into_owned();
-    let tls_key = tls.join("key.pem").to_string_lossy().into_owned();
-    let mut b_args = args.to_vec();
-    b_args.extend(["--cert", cert.as_str(), "--key", tls_key.as_str()]);
-    let b = Serve::start(&dir.path().join("b"), &b_args, "warn");
-    let pin = sealpost_client::tls::key_pin_of_file(&tls.join("cert.pem")).unwrap();
+    let (a, b, cert) = two_relays(&cluster, dir.path(), &["--idle-timeout-secs", "6"]);
+    let pin = sealpost_client::tls::key_pin_of_file(&cert).unwrap();
     let addrs = vec![a.addr.clone(), b.addr.clone()];
 
     let owner = Client::connect_any(&addrs, Trust::KeyPin(pin))

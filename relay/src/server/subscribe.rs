@@ -27,7 +27,7 @@ use sealpost_core::msg::{DELIVER_PREFIX, Subscribe, Subscribed, decode_ack, fram
 use sealpost_core::status::ErrorCode;
 use sealpost_core::suite::TAG_LEN;
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// What the ACK reader reports.
 enum FromPeer {
@@ -112,38 +112,9 @@ pub(super) async fn run(
         Ok(k) => k,
         Err((code, msg)) => return refuse(&mut send, Some(&mut reader), code, msg).await,
     };
-    let Some(mut wake) = shared.store.watch(&req.recipient_id) else {
-        return refuse(
-            &mut send,
-            Some(&mut reader),
-            ErrorCode::UnknownMailbox,
-            "mailbox was deleted",
-        )
-        .await;
-    };
-    // One subscriber per mailbox: across the relays sharing the store (the store's claim),
-    // and on this relay (the registry; the only rule for a store no other relay uses).
-    let mut claim = match shared.store.claim_subscriber(&req.recipient_id).await {
-        Ok(Claim::Held(c)) => Some(c),
-        Ok(Claim::Unshared) => None,
-        Ok(Claim::UnknownMailbox) => {
-            return refuse(
-                &mut send,
-                Some(&mut reader),
-                ErrorCode::UnknownMailbox,
-                "mailbox was deleted",
-            )
-            .await;
-        }
-        Err(e) => {
-            return refuse(
-                &mut send,
-                Some(&mut reader),
-                ErrorCode::Unavailable,
-                format!("store unavailable: {e}"),
-            )
-            .await;
-        }
+    let (mut wake, mut claim) = match hold(shared, &req.recipient_id).await {
+        Ok(held) => held,
+        Err((code, msg)) => return refuse(&mut send, Some(&mut reader), code, msg).await,
     };
     let (_registration, mut kicked) = shared.subscribers.register(req.recipient_id);
     let window = req.window.min(shared.limits.max_window);
@@ -263,6 +234,24 @@ pub(super) async fn run(
             let _ = send.finish();
         }
         Ending::Abandon => {}
+    }
+}
+
+/// The mailbox's wake-up signal, and its one subscription claimed for this subscriber: across
+/// the relays sharing the store (the store's claim), while the relay's registry keeps one per
+/// mailbox on this relay (the only rule for a store no other relay uses). Otherwise the ERROR
+/// to send.
+async fn hold(
+    shared: &Shared,
+    recipient_id: &sealpost_core::RecipientId,
+) -> Result<(watch::Receiver<u64>, Option<SubscriberClaim>), (ErrorCode, String)> {
+    let deleted = || (ErrorCode::UnknownMailbox, "mailbox was deleted".to_owned());
+    let wake = shared.store.watch(recipient_id).ok_or_else(deleted)?;
+    match shared.store.claim_subscriber(recipient_id).await {
+        Ok(Claim::Held(c)) => Ok((wake, Some(c))),
+        Ok(Claim::Unshared) => Ok((wake, None)),
+        Ok(Claim::UnknownMailbox) => Err(deleted()),
+        Err(e) => Err((ErrorCode::Unavailable, format!("store unavailable: {e}"))),
     }
 }
 
