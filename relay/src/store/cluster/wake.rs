@@ -272,3 +272,34 @@ pub async fn run(wakes: std::sync::Weak<Wakes>, mut conn: redis::cluster_async::
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SubscriberClaim;
+    use std::sync::Arc;
+
+    fn claim(w: &Arc<Wakes>, rid: RecipientId, epoch: u64) -> SubscriberClaim {
+        let kicked = w.claim(&rid, epoch);
+        SubscriberClaim::new(epoch, kicked, ClaimHold::new(w, rid, w.watch(&rid)))
+    }
+
+    #[test]
+    fn a_kick_ends_older_claims_only_and_a_dropped_claim_is_forgotten() {
+        let w = Arc::new(Wakes::default());
+        let rid = [1; 16];
+        let old = claim(&w, rid, 1);
+        let new = claim(&w, rid, 2);
+        let other = claim(&w, [2; 16], 1);
+        w.kick_before(&rid, 2);
+        assert!(*old.kicked.borrow());
+        assert!(!*new.kicked.borrow());
+        assert!(!*other.kicked.borrow());
+        // Claims that end without a kick (the subscriber left) do not stay behind.
+        drop(old);
+        drop(new);
+        assert_eq!(w.claimed(), vec![[2; 16]]);
+        drop(other);
+        assert!(w.claimed().is_empty());
+    }
+}
