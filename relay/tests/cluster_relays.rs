@@ -113,7 +113,8 @@ async fn wait_pending(store: &ClusterStore, mb: &Mailbox, want: u64, what: &str)
 /// A subscription moves from relay A to relay B: subscribing on B ends A's subscription with
 /// ERROR REPLACED; B delivers what A delivered but was not acknowledged, then the rest
 /// (including what is deposited through A afterwards), nothing acknowledged lost and nothing
-/// at or below the acknowledged position delivered again.
+/// at or below the acknowledged position delivered again. A deletion through one relay ends
+/// the subscription on the other with UNKNOWN_MAILBOX.
 #[tokio::test]
 async fn a_subscription_on_another_relay_replaces_the_old_one() {
     let Some(cluster) =
@@ -175,13 +176,20 @@ async fn a_subscription_on_another_relay_replaces_the_old_one() {
 
     // And back: a subscription on A ends B's. This one on B stays open meanwhile.
     let mut sub_b = on_b.subscribe(&mb.access(), 8).await.unwrap();
-    let _sub_a = on_a.subscribe(&mb.access(), 8).await.unwrap();
+    let mut sub_a = on_a.subscribe(&mb.access(), 8).await.unwrap();
     let e = tokio::time::timeout(Duration::from_secs(10), sub_b.next())
         .await
         .expect("B's subscription ends in time")
         .expect_err("B's subscription ends with an error");
     assert_eq!(relay_error(e), ErrorCode::Replaced);
-    on_a.delete(&mb.access()).await.unwrap();
+
+    // Deleting the mailbox through B ends the subscription on A as on one relay.
+    on_b.delete(&mb.access()).await.unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(10), sub_a.next())
+        .await
+        .expect("A's subscription ends in time")
+        .expect_err("A's subscription ends with an error");
+    assert_eq!(relay_error(e), ErrorCode::UnknownMailbox);
     p.shutdown().await;
 }
 

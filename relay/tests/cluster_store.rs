@@ -11,7 +11,7 @@ use sealpost_core::Suite;
 use sealpost_core::keys::RecipientSecret;
 use sealpost_relay::store::cluster::{ClusterError, ClusterOptions, ClusterStore};
 use sealpost_relay::store::{
-    Append, AppendOutcome, Claim, MailboxRecord, Quotas, Store, StoreError, StoreStats,
+    Append, AppendOutcome, Claim, ClaimEnd, MailboxRecord, Quotas, Store, StoreError, StoreStats,
     SubscriberClaim,
 };
 use std::time::{Duration, Instant, SystemTime};
@@ -777,18 +777,26 @@ async fn a_new_subscriber_claim_on_one_relay_ends_the_old_one_on_another() {
     let mut on_a = held(relay_a.claim_subscriber(&rid).await.unwrap());
     let mut on_b = held(relay_b.claim_subscriber(&rid).await.unwrap());
     assert!(on_b.epoch > on_a.epoch);
-    tokio::time::timeout(Duration::from_secs(5), on_a.kicked.wait_for(|k| *k))
-        .await
-        .expect("A's claim ended within 5 s")
-        .expect("signal open");
-    assert!(!*on_b.kicked.borrow(), "the newest claim stands");
+    assert_eq!(ended(&mut on_a, "A").await, ClaimEnd::Replaced);
+    assert_eq!(*on_b.kicked.borrow(), None, "the newest claim stands");
 
     // And back: a claim on A ends B's.
-    let on_a_again = held(relay_a.claim_subscriber(&rid).await.unwrap());
-    tokio::time::timeout(Duration::from_secs(5), on_b.kicked.wait_for(|k| *k))
-        .await
-        .expect("B's claim ended within 5 s")
-        .expect("signal open");
-    assert!(!*on_a_again.kicked.borrow());
-    assert!(relay_a.delete_mailbox(&rid).await.unwrap());
+    let mut on_a_again = held(relay_a.claim_subscriber(&rid).await.unwrap());
+    assert_eq!(ended(&mut on_b, "B").await, ClaimEnd::Replaced);
+    assert_eq!(*on_a_again.kicked.borrow(), None);
+    // Deleting the mailbox (through B) ends A's claim as deleted.
+    assert!(relay_b.delete_mailbox(&rid).await.unwrap());
+    assert_eq!(ended(&mut on_a_again, "A").await, ClaimEnd::Deleted);
+}
+
+/// How `claim` (on relay `relay`) ends, within 5 s.
+async fn ended(claim: &mut SubscriberClaim, relay: &str) -> ClaimEnd {
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        claim.kicked.wait_for(Option::is_some),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{relay}'s claim ended within 5 s"))
+    .expect("signal open")
+    .expect("ended")
 }

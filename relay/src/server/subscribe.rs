@@ -11,7 +11,7 @@
 use super::Shared;
 use super::proto::{Ending, SubAction, Subscription};
 use super::registry::Kick;
-use crate::store::{Claim, StoredEnvelope, SubscriberClaim};
+use crate::store::{Claim, ClaimEnd, StoredEnvelope, SubscriberClaim};
 use crate::stream::{frame_error_reply, refuse};
 use bytes::{Bytes, BytesMut};
 use quinn::{Connection, SendStream};
@@ -215,15 +215,13 @@ pub(super) async fn run(
                 Ok(Kick::Deleted) => sub.on_mailbox_deleted(),
                 _ => sub.on_replaced(),
             },
-            taken = claim_ended(&mut claim) => {
-                if taken {
-                    sub.on_replaced();
-                } else {
-                    // The store let go of the signal without a newer claim (it is going
-                    // away): nothing more will come from it.
-                    claim = None;
-                }
-            }
+            ended = claim_ended(&mut claim) => match ended {
+                Some(ClaimEnd::Replaced) => sub.on_replaced(),
+                Some(ClaimEnd::Deleted) => sub.on_mailbox_deleted(),
+                // The store let go of the signal without ending the claim (it is going
+                // away): nothing more will come from it.
+                None => claim = None,
+            },
             _ = shutdown.changed() => sub.on_shutdown(),
         }
     };
@@ -262,11 +260,16 @@ async fn sleep_until(deadline: Option<std::time::Instant>) {
     }
 }
 
-/// Waits until a newer subscription on some relay takes the claim over (true) or the store
-/// drops the signal (false); never returns without a claim.
-async fn claim_ended(claim: &mut Option<SubscriberClaim>) -> bool {
+/// Waits until the claim ends (a newer subscription on some relay, or the mailbox deleted
+/// through some relay) or the store drops the signal (`None`); never returns without a claim.
+async fn claim_ended(claim: &mut Option<SubscriberClaim>) -> Option<ClaimEnd> {
     match claim {
-        Some(c) => c.kicked.wait_for(|k| *k).await.is_ok(),
+        Some(c) => c
+            .kicked
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|k| *k),
         None => std::future::pending().await,
     }
 }

@@ -239,13 +239,23 @@ impl StoreHealth {
     }
 }
 
+/// Why a [`SubscriberClaim`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimEnd {
+    /// A newer subscription for the mailbox, on some relay, took over.
+    Replaced,
+    /// The mailbox was deleted (through some relay).
+    Deleted,
+}
+
 /// A subscriber's hold on a mailbox's one subscription across every relay that shares the
 /// store ([`Store::claim_subscriber`]). Dropping it releases what the store keeps for it.
 pub struct SubscriberClaim {
     /// This claim's epoch: later claims have higher ones.
     pub epoch: u64,
-    /// Turns true when a newer subscription for the mailbox, on any relay, takes over.
-    pub kicked: watch::Receiver<bool>,
+    /// Set once the claim ends: a newer subscription for the mailbox, on any relay, took
+    /// over, or the mailbox was deleted.
+    pub kicked: watch::Receiver<Option<ClaimEnd>>,
     /// Whatever the store keeps alive while the claim lives (for the cluster store, the
     /// mailbox's channel subscription), released when the claim is dropped.
     _hold: Box<dyn Send + Sync>,
@@ -255,7 +265,7 @@ impl SubscriberClaim {
     /// A claim with this epoch and end signal, keeping `hold` alive until it is dropped.
     pub fn new(
         epoch: u64,
-        kicked: watch::Receiver<bool>,
+        kicked: watch::Receiver<Option<ClaimEnd>>,
         hold: impl Send + Sync + 'static,
     ) -> Self {
         Self {

@@ -12,6 +12,7 @@
 //! watcher, whose subscription re-reads from its cursor: a lost wake-up costs one fetch.
 
 use super::keys::{MailboxKeys, recipient_of};
+use crate::store::ClaimEnd;
 use redis::{PushInfo, PushKind, Value};
 use sealpost_core::RecipientId;
 use std::collections::{HashMap, HashSet};
@@ -30,7 +31,10 @@ pub struct Wakes {
 }
 
 /// A claim's epoch and the signal that ends it.
-type Claim = (u64, watch::Sender<bool>);
+type Claim = (u64, watch::Sender<Option<ClaimEnd>>);
+
+/// The message `sp_delete` publishes on a deleted mailbox's channel: every claim on it ends.
+const DELETED: &[u8] = b"d";
 
 /// A kick message on a mailbox channel: `k<epoch>` (deposits publish bare numbers).
 fn kick_epoch(msg: &[u8]) -> Option<u64> {
@@ -59,10 +63,10 @@ impl Wakes {
         rx
     }
 
-    /// Records this relay's claim `epoch` on `rid`; the receiver turns true once a newer
-    /// claim (on any relay) ends it.
-    pub fn claim(&self, rid: &RecipientId, epoch: u64) -> watch::Receiver<bool> {
-        let (tx, rx) = watch::channel(false);
+    /// Records this relay's claim `epoch` on `rid`; the receiver is set once a newer claim
+    /// (on any relay) or the mailbox's deletion ends it.
+    pub fn claim(&self, rid: &RecipientId, epoch: u64) -> watch::Receiver<Option<ClaimEnd>> {
+        let (tx, rx) = watch::channel(None);
         self.claims
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -72,13 +76,14 @@ impl Wakes {
         rx
     }
 
-    /// Ends this relay's claims on `rid` older than `epoch`, forgetting released ones.
-    pub fn kick_before(&self, rid: &RecipientId, epoch: u64) {
+    /// Ends this relay's claims on `rid` older than `epoch` (for this reason), forgetting
+    /// released ones.
+    pub fn kick_before(&self, rid: &RecipientId, epoch: u64, why: ClaimEnd) {
         let mut g = self.claims.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(v) = g.get_mut(rid) {
             v.retain(|(e, tx)| {
                 if *e < epoch {
-                    tx.send_replace(true);
+                    tx.send_replace(Some(why));
                     return false;
                 }
                 !tx.is_closed()
@@ -120,7 +125,13 @@ impl Wakes {
                     return;
                 };
                 if let (Some(rid), Some(epoch)) = (recipient_of(ch), kick_epoch(msg)) {
-                    self.kick_before(&rid, epoch);
+                    self.kick_before(&rid, epoch, ClaimEnd::Replaced);
+                    return;
+                }
+                if msg.as_slice() == DELETED {
+                    if let Some(rid) = recipient_of(ch) {
+                        self.kick_before(&rid, u64::MAX, ClaimEnd::Deleted);
+                    }
                     return;
                 }
                 let (Some(rid), Some(seq)) = (
@@ -219,9 +230,9 @@ async fn recheck_claims(w: &Wakes, conn: &mut redis::cluster_async::ClusterConne
             .query_async(conn)
             .await;
         match epoch {
-            Ok(Some(e)) => w.kick_before(&rid, e),
+            Ok(Some(e)) => w.kick_before(&rid, e, ClaimEnd::Replaced),
             // The mailbox is gone: every claim on it is over.
-            Ok(None) => w.kick_before(&rid, u64::MAX),
+            Ok(None) => w.kick_before(&rid, u64::MAX, ClaimEnd::Deleted),
             Err(_) => w.recheck.store(true, std::sync::atomic::Ordering::Relaxed),
         }
     }
@@ -291,10 +302,10 @@ mod tests {
         let old = claim(&w, rid, 1);
         let new = claim(&w, rid, 2);
         let other = claim(&w, [2; 16], 1);
-        w.kick_before(&rid, 2);
-        assert!(*old.kicked.borrow());
-        assert!(!*new.kicked.borrow());
-        assert!(!*other.kicked.borrow());
+        w.kick_before(&rid, 2, ClaimEnd::Replaced);
+        assert_eq!(*old.kicked.borrow(), Some(ClaimEnd::Replaced));
+        assert_eq!(*new.kicked.borrow(), None);
+        assert_eq!(*other.kicked.borrow(), None);
         // Claims that end without a kick (the subscriber left) do not stay behind.
         drop(old);
         drop(new);
