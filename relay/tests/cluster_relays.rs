@@ -20,8 +20,6 @@ use zeroize::Zeroizing;
 /// cluster, including other tests'.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-const MASTER: [u8; 32] = [0x3c; 32];
-
 /// Two relays, each with a store of its own on one cluster (as two relay processes would
 /// have), serving one certificate.
 struct Pair {
@@ -35,7 +33,7 @@ struct Pair {
 async fn store(nodes: &[String], limits: &RelayLimits) -> Arc<ClusterStore> {
     let opts = ClusterOptions::new(
         nodes.to_vec(),
-        Some(Zeroizing::new(MASTER)),
+        Some(Zeroizing::new(valkey::MASTER_KEY)),
         limits.quotas(),
     );
     Arc::new(

@@ -21,7 +21,7 @@ fn two_relays(
     extra: &[&str],
 ) -> (Serve, Serve, std::path::PathBuf) {
     let key = dir.join("master.key");
-    std::fs::write(&key, "42".repeat(32)).expect("write key");
+    common::valkey::write_master_key(&key);
     let nodes = cluster.nodes().join(",");
     let key_arg = key.to_string_lossy().into_owned();
     let mut args = vec![

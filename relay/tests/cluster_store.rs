@@ -21,7 +21,7 @@ use zeroize::Zeroizing;
 /// at a time, so that one test's expiry does not remove another's envelopes.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-const MASTER: [u8; 32] = [0x5e; 32];
+const MASTER: [u8; 32] = valkey::MASTER_KEY;
 
 fn quotas() -> Quotas {
     Quotas {
