@@ -1,7 +1,8 @@
 //! Several relays on one Valkey cluster (issue 12), in process: one subscriber per mailbox
 //! across relays (a subscription moving from relay A to relay B ends A's with REPLACED),
-//! DUPLICATE across relays, and quota and retention counted and enforced across relays. A
-//! relay killed mid-subscription is in `cluster_serve.rs` (it needs a process to SIGKILL).
+//! DUPLICATE across relays, quota and retention counted and enforced across relays, and
+//! relays carrying on after a whole-cluster restart. A relay killed mid-subscription is in
+//! `cluster_serve.rs` (it needs a process to SIGKILL).
 
 mod common;
 
@@ -72,6 +73,20 @@ async fn connect(relay: &RelayHandle) -> Client {
         .unwrap()
 }
 
+/// Relays A and B ([`pair`]), a client of each, and a mailbox created through A.
+async fn scene(
+    nodes: &[String],
+    limits_a: RelayLimits,
+    limits_b: RelayLimits,
+    suite: Suite,
+) -> (Pair, Client, Client, Mailbox) {
+    let p = pair(nodes, limits_a, limits_b).await;
+    let on_a = connect(&p.a).await;
+    let on_b = connect(&p.b).await;
+    let mb = on_a.create(suite).await.unwrap();
+    (p, on_a, on_b, mb)
+}
+
 impl Pair {
     async fn shutdown(self) {
         self.a.shutdown().await;
@@ -121,15 +136,13 @@ async fn a_subscription_on_another_relay_replaces_the_old_one() {
         return;
     };
     let _one = SERIAL.lock().await;
-    let p = pair(
+    let (p, on_a, on_b, mb) = scene(
         cluster.nodes(),
         RelayLimits::default(),
         RelayLimits::default(),
+        Suite::ChaCha20Poly1305,
     )
     .await;
-    let on_a = connect(&p.a).await;
-    let on_b = connect(&p.b).await;
-    let mb = on_a.create(Suite::ChaCha20Poly1305).await.unwrap();
     for i in 1..=4 {
         assert!(deposit(&on_a, &mb, &format!("m{i}")).await.is_success());
     }
@@ -200,15 +213,13 @@ async fn a_duplicate_is_recognised_across_relays() {
         return;
     };
     let _one = SERIAL.lock().await;
-    let p = pair(
+    let (p, on_a, on_b, mb) = scene(
         cluster.nodes(),
         RelayLimits::default(),
         RelayLimits::default(),
+        Suite::Aes256Gcm,
     )
     .await;
-    let on_a = connect(&p.a).await;
-    let on_b = connect(&p.b).await;
-    let mb = on_a.create(Suite::Aes256Gcm).await.unwrap();
     let env = seal(&on_a, &mb, b"once").await;
     assert_eq!(on_a.deposit(env.clone()).await.unwrap(), DepositStatus::Ok);
     assert_eq!(on_b.deposit(env).await.unwrap(), DepositStatus::Duplicate);
@@ -231,10 +242,13 @@ async fn quota_and_retention_hold_across_relays() {
         max_envelopes: 3,
         ..RelayLimits::default()
     };
-    let p = pair(cluster.nodes(), small.clone(), small).await;
-    let on_a = connect(&p.a).await;
-    let on_b = connect(&p.b).await;
-    let mb = on_a.create(Suite::ChaCha20Poly1305).await.unwrap();
+    let (p, on_a, on_b, mb) = scene(
+        cluster.nodes(),
+        small.clone(),
+        small,
+        Suite::ChaCha20Poly1305,
+    )
+    .await;
     assert_eq!(deposit(&on_a, &mb, "1").await, DepositStatus::Ok);
     assert_eq!(deposit(&on_b, &mb, "2").await, DepositStatus::Ok);
     assert_eq!(deposit(&on_a, &mb, "3").await, DepositStatus::Ok);
@@ -266,5 +280,49 @@ async fn quota_and_retention_hold_across_relays() {
         "expired before its retention was up"
     );
     on_a.delete(&mb.access()).await.unwrap();
+    p.shutdown().await;
+}
+
+/// After a whole-cluster restart under running relays (not restarted themselves), a deposit
+/// through either relay is stored again once the cluster is back (the server-side functions
+/// came back with the append-only files) and what was held before is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_carry_on_after_a_cluster_restart() {
+    let Some(cluster) =
+        valkey::private_cluster("cluster_relays::relays_carry_on_after_a_cluster_restart")
+    else {
+        return;
+    };
+    let (p, on_a, on_b, mb) = scene(
+        cluster.nodes(),
+        RelayLimits::default(),
+        RelayLimits::default(),
+        Suite::ChaCha20Poly1305,
+    )
+    .await;
+    assert_eq!(deposit(&on_a, &mb, "before").await, DepositStatus::Ok);
+    // The relays keep running on the other worker while the nodes restart.
+    tokio::task::block_in_place(|| cluster.restart());
+
+    // Until the relay's connections are back the store answers UNAVAILABLE (never a false
+    // OK); the same envelope is sent again, which is safe (DUPLICATE if it was stored).
+    let env = seal(&on_b, &mb, b"after").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match on_b.deposit(env.clone()).await.unwrap() {
+            DepositStatus::Ok | DepositStatus::Duplicate => break,
+            DepositStatus::Unavailable if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => panic!("deposit after the restart: {other:?}"),
+        }
+    }
+    let mut sub = on_a.subscribe(&mb.access(), 8).await.unwrap();
+    assert_eq!(next_text(&mut sub, &mb).await.1, "before");
+    let (last, text) = next_text(&mut sub, &mb).await;
+    assert_eq!(text, "after");
+    sub.ack(last).await.unwrap();
+    end_subscription(&mut sub).await;
+    wait_pending(&p.store, &mb, 0, "both acknowledged").await;
     p.shutdown().await;
 }
