@@ -11,7 +11,8 @@ use sealpost_core::Suite;
 use sealpost_core::keys::RecipientSecret;
 use sealpost_relay::store::cluster::{ClusterError, ClusterOptions, ClusterStore};
 use sealpost_relay::store::{
-    Append, AppendOutcome, MailboxRecord, Quotas, Store, StoreError, StoreStats,
+    Append, AppendOutcome, Claim, ClaimEnd, MailboxRecord, Quotas, Store, StoreError, StoreStats,
+    SubscriberClaim,
 };
 use std::time::{Duration, Instant, SystemTime};
 use zeroize::Zeroizing;
@@ -20,7 +21,7 @@ use zeroize::Zeroizing;
 /// at a time, so that one test's expiry does not remove another's envelopes.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-const MASTER: [u8; 32] = [0x5e; 32];
+const MASTER: [u8; 32] = valkey::MASTER_KEY;
 
 fn quotas() -> Quotas {
     Quotas {
@@ -748,6 +749,14 @@ async fn a_deposit_removes_envelopes_past_retention_before_the_quota_counts() {
     assert!(s.delete_mailbox(&rid).await.unwrap());
 }
 
+/// The claim of a [`Claim::Held`] answer.
+fn held(c: Claim) -> SubscriberClaim {
+    match c {
+        Claim::Held(c) => c,
+        other => panic!("expected a held claim, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn a_new_subscriber_claim_on_one_relay_ends_the_old_one_on_another() {
     let Some(cluster) = valkey::cluster(
@@ -760,35 +769,34 @@ async fn a_new_subscriber_claim_on_one_relay_ends_the_old_one_on_another() {
     let relay_b = open(cluster.nodes()).await;
     let rid = mailbox(&relay_a).await;
     let unknown: [u8; 16] = rand::random();
-    assert!(relay_a.claim_subscriber(&unknown).await.unwrap().is_none());
+    assert!(matches!(
+        relay_a.claim_subscriber(&unknown).await.unwrap(),
+        Claim::UnknownMailbox
+    ));
 
-    let mut on_a = relay_a
-        .claim_subscriber(&rid)
-        .await
-        .unwrap()
-        .expect("claim");
-    let mut on_b = relay_b
-        .claim_subscriber(&rid)
-        .await
-        .unwrap()
-        .expect("claim");
+    let mut on_a = held(relay_a.claim_subscriber(&rid).await.unwrap());
+    let mut on_b = held(relay_b.claim_subscriber(&rid).await.unwrap());
     assert!(on_b.epoch > on_a.epoch);
-    tokio::time::timeout(Duration::from_secs(5), on_a.kicked.wait_for(|k| *k))
-        .await
-        .expect("A's claim ended within 5 s")
-        .expect("signal open");
-    assert!(!*on_b.kicked.borrow(), "the newest claim stands");
+    assert_eq!(ended(&mut on_a, "A").await, ClaimEnd::Replaced);
+    assert_eq!(*on_b.kicked.borrow(), None, "the newest claim stands");
 
     // And back: a claim on A ends B's.
-    let on_a_again = relay_a
-        .claim_subscriber(&rid)
-        .await
-        .unwrap()
-        .expect("claim");
-    tokio::time::timeout(Duration::from_secs(5), on_b.kicked.wait_for(|k| *k))
-        .await
-        .expect("B's claim ended within 5 s")
-        .expect("signal open");
-    assert!(!*on_a_again.kicked.borrow());
-    assert!(relay_a.delete_mailbox(&rid).await.unwrap());
+    let mut on_a_again = held(relay_a.claim_subscriber(&rid).await.unwrap());
+    assert_eq!(ended(&mut on_b, "B").await, ClaimEnd::Replaced);
+    assert_eq!(*on_a_again.kicked.borrow(), None);
+    // Deleting the mailbox (through B) ends A's claim as deleted.
+    assert!(relay_b.delete_mailbox(&rid).await.unwrap());
+    assert_eq!(ended(&mut on_a_again, "A").await, ClaimEnd::Deleted);
+}
+
+/// How `claim` (on relay `relay`) ends, within 5 s.
+async fn ended(claim: &mut SubscriberClaim, relay: &str) -> ClaimEnd {
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        claim.kicked.wait_for(Option::is_some),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{relay}'s claim ended within 5 s"))
+    .expect("signal open")
+    .expect("ended")
 }

@@ -11,7 +11,7 @@
 use super::Shared;
 use super::proto::{Ending, SubAction, Subscription};
 use super::registry::Kick;
-use crate::store::StoredEnvelope;
+use crate::store::{Claim, ClaimEnd, StoredEnvelope, SubscriberClaim};
 use crate::stream::{frame_error_reply, refuse};
 use bytes::{Bytes, BytesMut};
 use quinn::{Connection, SendStream};
@@ -27,7 +27,7 @@ use sealpost_core::msg::{DELIVER_PREFIX, Subscribe, Subscribed, decode_ack, fram
 use sealpost_core::status::ErrorCode;
 use sealpost_core::suite::TAG_LEN;
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// What the ACK reader reports.
 enum FromPeer {
@@ -112,14 +112,9 @@ pub(super) async fn run(
         Ok(k) => k,
         Err((code, msg)) => return refuse(&mut send, Some(&mut reader), code, msg).await,
     };
-    let Some(mut wake) = shared.store.watch(&req.recipient_id) else {
-        return refuse(
-            &mut send,
-            Some(&mut reader),
-            ErrorCode::UnknownMailbox,
-            "mailbox was deleted",
-        )
-        .await;
+    let (mut wake, mut claim) = match hold(shared, &req.recipient_id).await {
+        Ok(held) => held,
+        Err((code, msg)) => return refuse(&mut send, Some(&mut reader), code, msg).await,
     };
     let (_registration, mut kicked) = shared.subscribers.register(req.recipient_id);
     let window = req.window.min(shared.limits.max_window);
@@ -220,6 +215,13 @@ pub(super) async fn run(
                 Ok(Kick::Deleted) => sub.on_mailbox_deleted(),
                 _ => sub.on_replaced(),
             },
+            ended = claim_ended(&mut claim) => match ended {
+                Some(ClaimEnd::Replaced) => sub.on_replaced(),
+                Some(ClaimEnd::Deleted) => sub.on_mailbox_deleted(),
+                // The store let go of the signal without ending the claim (it is going
+                // away): nothing more will come from it.
+                None => claim = None,
+            },
             _ = shutdown.changed() => sub.on_shutdown(),
         }
     };
@@ -233,10 +235,42 @@ pub(super) async fn run(
     }
 }
 
+/// The mailbox's wake-up signal, and its one subscription claimed for this subscriber: across
+/// the relays sharing the store (the store's claim), while the relay's registry keeps one per
+/// mailbox on this relay (the only rule for a store no other relay uses). Otherwise the ERROR
+/// to send.
+async fn hold(
+    shared: &Shared,
+    recipient_id: &sealpost_core::RecipientId,
+) -> Result<(watch::Receiver<u64>, Option<SubscriberClaim>), (ErrorCode, String)> {
+    let deleted = || (ErrorCode::UnknownMailbox, "mailbox was deleted".to_owned());
+    let wake = shared.store.watch(recipient_id).ok_or_else(deleted)?;
+    match shared.store.claim_subscriber(recipient_id).await {
+        Ok(Claim::Held(c)) => Ok((wake, Some(c))),
+        Ok(Claim::Unshared) => Ok((wake, None)),
+        Ok(Claim::UnknownMailbox) => Err(deleted()),
+        Err(e) => Err((ErrorCode::Unavailable, format!("store unavailable: {e}"))),
+    }
+}
+
 /// Sleeps until `deadline`; only polled when there is one.
 async fn sleep_until(deadline: Option<std::time::Instant>) {
     if let Some(d) = deadline {
         tokio::time::sleep_until(d.into()).await;
+    }
+}
+
+/// Waits until the claim ends (a newer subscription on some relay, or the mailbox deleted
+/// through some relay) or the store drops the signal (`None`); never returns without a claim.
+async fn claim_ended(claim: &mut Option<SubscriberClaim>) -> Option<ClaimEnd> {
+    match claim {
+        Some(c) => c
+            .kicked
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|k| *k),
+        None => std::future::pending().await,
     }
 }
 

@@ -239,6 +239,64 @@ impl StoreHealth {
     }
 }
 
+/// Why a [`SubscriberClaim`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimEnd {
+    /// A newer subscription for the mailbox, on some relay, took over.
+    Replaced,
+    /// The mailbox was deleted (through some relay).
+    Deleted,
+}
+
+/// A subscriber's hold on a mailbox's one subscription across every relay that shares the
+/// store ([`Store::claim_subscriber`]). Dropping it releases what the store keeps for it.
+pub struct SubscriberClaim {
+    /// This claim's epoch: later claims have higher ones.
+    pub epoch: u64,
+    /// Set once the claim ends: a newer subscription for the mailbox, on any relay, took
+    /// over, or the mailbox was deleted.
+    pub kicked: watch::Receiver<Option<ClaimEnd>>,
+    /// Whatever the store keeps alive while the claim lives (for the cluster store, the
+    /// mailbox's channel subscription), released when the claim is dropped.
+    _hold: Box<dyn Send + Sync>,
+}
+
+impl SubscriberClaim {
+    /// A claim with this epoch and end signal, keeping `hold` alive until it is dropped.
+    pub fn new(
+        epoch: u64,
+        kicked: watch::Receiver<Option<ClaimEnd>>,
+        hold: impl Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            epoch,
+            kicked,
+            _hold: Box::new(hold),
+        }
+    }
+}
+
+impl std::fmt::Debug for SubscriberClaim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubscriberClaim")
+            .field("epoch", &self.epoch)
+            .field("kicked", &*self.kicked.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Store::claim_subscriber`] answers.
+#[derive(Debug)]
+pub enum Claim {
+    /// Only this relay serves the store's mailboxes: the relay's own registry of
+    /// subscriptions is all it takes to keep one subscriber per mailbox.
+    Unshared,
+    /// The subscription is this relay's until the claim's `kicked` turns true.
+    Held(SubscriberClaim),
+    /// The mailbox does not exist (deleted since it was looked up).
+    UnknownMailbox,
+}
+
 /// A mailbox store.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -284,6 +342,14 @@ pub trait Store: Send + Sync + 'static {
     /// A signal carrying the mailbox's highest stored sequence number, updated on every
     /// append; `None` if the mailbox does not exist.
     fn watch(&self, recipient_id: &RecipientId) -> Option<watch::Receiver<u64>>;
+
+    /// Claims the mailbox's one subscription for a new subscriber on this relay, ending every
+    /// older one on every relay that shares the store. A store that only one relay uses
+    /// answers [`Claim::Unshared`] (the default): the relay's registry does the job there.
+    async fn claim_subscriber(&self, recipient_id: &RecipientId) -> Result<Claim, StoreError> {
+        let _ = recipient_id;
+        Ok(Claim::Unshared)
+    }
 
     /// Deletes envelopes stored before `cutoff`; returns how many.
     async fn expire(&self, cutoff: SystemTime) -> Result<u64, StoreError>;

@@ -11,6 +11,17 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Command;
 
+/// The master key of every test on a cluster: under CI one cluster serves every test binary,
+/// and the cluster's deposit-id key is sealed with the master key of the first store to open
+/// it, so a test with another key would be refused.
+pub const MASTER_KEY: [u8; 32] = [0x5e; 32];
+
+/// Writes [`MASTER_KEY`] as a key file (`--master-key-file`) at `path`.
+pub fn write_master_key(path: &std::path::Path) {
+    let hex: String = MASTER_KEY.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(path, hex).expect("write the master key file");
+}
+
 /// The variable naming a running cluster's nodes, `HOST:PORT,...` (what `cluster.sh up` prints).
 pub const NODES_VAR: &str = "SEALPOST_TEST_VALKEY_NODES";
 

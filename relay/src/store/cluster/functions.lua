@@ -128,7 +128,8 @@ local function sp_claim(keys, _)
   return epoch
 end
 
--- sp_delete KEYS(6). 1 if the mailbox existed.
+-- sp_delete KEYS(6). 1 if the mailbox existed; publishes `d` on its channel, which ends its
+-- subscription on whichever relay holds it.
 local function sp_delete(keys, _)
   local st = redis.call('HMGET', keys[1], 'n', 'b')
   if not st[1] then
@@ -136,6 +137,8 @@ local function sp_delete(keys, _)
     return 0
   end
   redis.call('DEL', keys[1], keys[2], keys[3], keys[4])
+  -- Ends the subscription on whichever relay holds it.
+  redis.call('SPUBLISH', keys[5], 'd')
   redis.call('HINCRBY', keys[6], 'm', -1)
   redis.call('HINCRBY', keys[6], 'e', -tonumber(st[1]))
   redis.call('HINCRBY', keys[6], 'b', -tonumber(st[2]))

@@ -8,7 +8,7 @@
 //! | `{m:<rid>}:q`      | stream | held envelopes, id `<seq>-0`: stored at, nonce, digest, body  |
 //! | `{m:<rid>}:d`      | hash   | the dedupe window: nonce -> digest ‖ seq                      |
 //! | `{m:<rid>}:w`      | list   | removed `seq:nonce` in order, to forget beyond the window    |
-//! | `{m:<rid>}:c`      | channel| wake-ups (the new sequence number) and kicks (`k<epoch>`)    |
+//! | `{m:<rid>}:c`      | channel| wake-ups (the new sequence number), kicks (`k<epoch>`), `d` on deletion |
 //! | `{m:<rid>}:f`      | string | a fence written after each append pipeline, expiring in 1 s  |
 //! | `{s<n>}:stats`     | hash   | per slot: `m` mailboxes, `e` envelopes, `b` bytes (below)     |
 //! | `{d:<deposit id>}` | string | the recipient id of the mailbox with this deposit id          |

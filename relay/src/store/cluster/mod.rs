@@ -17,7 +17,8 @@ pub use checks::ClusterError;
 use super::index::{IdPrf, digest};
 use super::record::{self, RecordError, secrets_key};
 use super::{
-    Append, AppendOutcome, MailboxRecord, Quotas, Store, StoreError, StoreStats, StoredEnvelope,
+    Append, AppendOutcome, Claim, MailboxRecord, Quotas, Store, StoreError, StoreStats,
+    StoredEnvelope, SubscriberClaim,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -67,16 +68,6 @@ impl ClusterOptions {
             retention: None,
         }
     }
-}
-
-/// One subscriber's claim on a mailbox ([`ClusterStore::claim_subscriber`]).
-pub struct SubscriberClaim {
-    /// This claim's epoch: later claims have higher ones.
-    pub epoch: u64,
-    /// Turns true when a newer claim, on any relay, ends this one.
-    pub kicked: watch::Receiver<bool>,
-    /// Keeps the mailbox's channel subscribed while the claim lives.
-    _wake: watch::Receiver<u64>,
 }
 
 /// The Valkey cluster store.
@@ -271,30 +262,6 @@ impl ClusterStore {
                 ),
                 other => backend(other),
             })
-    }
-
-    /// Claims the mailbox's one subscription for a subscriber on this relay: every older
-    /// claim, on any relay, ends (its `kicked` turns true), so a client's new subscription
-    /// ends its old one wherever that is. `None` if the mailbox does not exist.
-    pub async fn claim_subscriber(
-        &self,
-        recipient_id: &RecipientId,
-    ) -> Result<Option<SubscriberClaim>, StoreError> {
-        // Watch first, so the channel is (being) subscribed before the claim is published;
-        // a kick that still arrives before the subscription is caught by the epoch check
-        // made once the channel is subscribed.
-        let wake = self.wakes.watch(recipient_id);
-        let k = MailboxKeys::new(recipient_id);
-        let epoch: u64 = self.query(&Self::fcall("sp_claim", &k)).await?;
-        if epoch == 0 {
-            return Ok(None);
-        }
-        let kicked = self.wakes.claim(recipient_id, epoch);
-        Ok(Some(SubscriberClaim {
-            epoch,
-            kicked,
-            _wake: wake,
-        }))
     }
 
     /// The primaries' addresses, from the current slot map.
@@ -627,6 +594,24 @@ impl Store for ClusterStore {
         // The caller has just looked the mailbox up; a mailbox deleted since simply never
         // wakes, and its fetches come back empty.
         Some(self.wakes.watch(recipient_id))
+    }
+
+    /// Claims the mailbox's one subscription for a subscriber on this relay: every older
+    /// claim, on any relay, ends (its `kicked` turns true), so a client's new subscription
+    /// ends its old one wherever that is.
+    async fn claim_subscriber(&self, recipient_id: &RecipientId) -> Result<Claim, StoreError> {
+        // Watch first, so the channel is (being) subscribed before the claim is published;
+        // a kick that still arrives before the subscription is caught by the epoch check
+        // made once the channel is subscribed.
+        let wake = self.wakes.watch(recipient_id);
+        let k = MailboxKeys::new(recipient_id);
+        let epoch: u64 = self.query(&Self::fcall("sp_claim", &k)).await?;
+        if epoch == 0 {
+            return Ok(Claim::UnknownMailbox);
+        }
+        let kicked = self.wakes.claim(recipient_id, epoch);
+        let hold = wake::ClaimHold::new(&self.wakes, *recipient_id, wake);
+        Ok(Claim::Held(SubscriberClaim::new(epoch, kicked, hold)))
     }
 
     async fn expire(&self, cutoff: SystemTime) -> Result<u64, StoreError> {

@@ -12,6 +12,7 @@
 //! watcher, whose subscription re-reads from its cursor: a lost wake-up costs one fetch.
 
 use super::keys::{MailboxKeys, recipient_of};
+use crate::store::ClaimEnd;
 use redis::{PushInfo, PushKind, Value};
 use sealpost_core::RecipientId;
 use std::collections::{HashMap, HashSet};
@@ -30,7 +31,10 @@ pub struct Wakes {
 }
 
 /// A claim's epoch and the signal that ends it.
-type Claim = (u64, watch::Sender<bool>);
+type Claim = (u64, watch::Sender<Option<ClaimEnd>>);
+
+/// The message `sp_delete` publishes on a deleted mailbox's channel: every claim on it ends.
+const DELETED: &[u8] = b"d";
 
 /// A kick message on a mailbox channel: `k<epoch>` (deposits publish bare numbers).
 fn kick_epoch(msg: &[u8]) -> Option<u64> {
@@ -59,10 +63,10 @@ impl Wakes {
         rx
     }
 
-    /// Records this relay's claim `epoch` on `rid`; the receiver turns true once a newer
-    /// claim (on any relay) ends it.
-    pub fn claim(&self, rid: &RecipientId, epoch: u64) -> watch::Receiver<bool> {
-        let (tx, rx) = watch::channel(false);
+    /// Records this relay's claim `epoch` on `rid`; the receiver is set once a newer claim
+    /// (on any relay) or the mailbox's deletion ends it.
+    pub fn claim(&self, rid: &RecipientId, epoch: u64) -> watch::Receiver<Option<ClaimEnd>> {
+        let (tx, rx) = watch::channel(None);
         self.claims
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -72,17 +76,29 @@ impl Wakes {
         rx
     }
 
-    /// Ends this relay's claims on `rid` older than `epoch`, forgetting released ones.
-    pub fn kick_before(&self, rid: &RecipientId, epoch: u64) {
+    /// Ends this relay's claims on `rid` older than `epoch` (for this reason), forgetting
+    /// released ones.
+    pub fn kick_before(&self, rid: &RecipientId, epoch: u64, why: ClaimEnd) {
         let mut g = self.claims.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(v) = g.get_mut(rid) {
             v.retain(|(e, tx)| {
                 if *e < epoch {
-                    tx.send_replace(true);
+                    tx.send_replace(Some(why));
                     return false;
                 }
                 !tx.is_closed()
             });
+            if v.is_empty() {
+                g.remove(rid);
+            }
+        }
+    }
+
+    /// Forgets the claims on `rid` that nobody holds any more.
+    fn release(&self, rid: &RecipientId) {
+        let mut g = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = g.get_mut(rid) {
+            v.retain(|(_, tx)| !tx.is_closed());
             if v.is_empty() {
                 g.remove(rid);
             }
@@ -109,7 +125,13 @@ impl Wakes {
                     return;
                 };
                 if let (Some(rid), Some(epoch)) = (recipient_of(ch), kick_epoch(msg)) {
-                    self.kick_before(&rid, epoch);
+                    self.kick_before(&rid, epoch, ClaimEnd::Replaced);
+                    return;
+                }
+                if msg.as_slice() == DELETED {
+                    if let Some(rid) = recipient_of(ch) {
+                        self.kick_before(&rid, u64::MAX, ClaimEnd::Deleted);
+                    }
                     return;
                 }
                 let (Some(rid), Some(seq)) = (
@@ -166,6 +188,39 @@ impl Wakes {
     }
 }
 
+/// What a subscriber claim keeps while it lives: the mailbox's channel subscription (kicks
+/// arrive on it). Dropping it forgets the claim, so that a relay's claims stay as many as its
+/// live subscriptions.
+pub struct ClaimHold {
+    wakes: std::sync::Weak<Wakes>,
+    rid: RecipientId,
+    _wake: watch::Receiver<u64>,
+}
+
+impl ClaimHold {
+    /// Holds `wake` (the mailbox's wake-up signal) for the claim on `rid`.
+    pub fn new(
+        wakes: &std::sync::Arc<Wakes>,
+        rid: RecipientId,
+        wake: watch::Receiver<u64>,
+    ) -> Self {
+        Self {
+            wakes: std::sync::Arc::downgrade(wakes),
+            rid,
+            _wake: wake,
+        }
+    }
+}
+
+impl Drop for ClaimHold {
+    fn drop(&mut self) {
+        if let Some(w) = self.wakes.upgrade() {
+            // The claim's receiver went with it (it is dropped before its hold).
+            w.release(&self.rid);
+        }
+    }
+}
+
 /// Ends the claims whose mailbox has a newer epoch (or is gone).
 async fn recheck_claims(w: &Wakes, conn: &mut redis::cluster_async::ClusterConnection) {
     for rid in w.claimed() {
@@ -175,9 +230,9 @@ async fn recheck_claims(w: &Wakes, conn: &mut redis::cluster_async::ClusterConne
             .query_async(conn)
             .await;
         match epoch {
-            Ok(Some(e)) => w.kick_before(&rid, e),
+            Ok(Some(e)) => w.kick_before(&rid, e, ClaimEnd::Replaced),
             // The mailbox is gone: every claim on it is over.
-            Ok(None) => w.kick_before(&rid, u64::MAX),
+            Ok(None) => w.kick_before(&rid, u64::MAX, ClaimEnd::Deleted),
             Err(_) => w.recheck.store(true, std::sync::atomic::Ordering::Relaxed),
         }
     }
@@ -226,5 +281,36 @@ pub async fn run(wakes: std::sync::Weak<Wakes>, mut conn: redis::cluster_async::
             () = &mut notified => {}
             () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SubscriberClaim;
+    use std::sync::Arc;
+
+    fn claim(w: &Arc<Wakes>, rid: RecipientId, epoch: u64) -> SubscriberClaim {
+        let kicked = w.claim(&rid, epoch);
+        SubscriberClaim::new(epoch, kicked, ClaimHold::new(w, rid, w.watch(&rid)))
+    }
+
+    #[test]
+    fn a_kick_ends_older_claims_only_and_a_dropped_claim_is_forgotten() {
+        let w = Arc::new(Wakes::default());
+        let rid = [1; 16];
+        let old = claim(&w, rid, 1);
+        let new = claim(&w, rid, 2);
+        let other = claim(&w, [2; 16], 1);
+        w.kick_before(&rid, 2, ClaimEnd::Replaced);
+        assert_eq!(*old.kicked.borrow(), Some(ClaimEnd::Replaced));
+        assert_eq!(*new.kicked.borrow(), None);
+        assert_eq!(*other.kicked.borrow(), None);
+        // Claims that end without a kick (the subscriber left) do not stay behind.
+        drop(old);
+        drop(new);
+        assert_eq!(w.claimed(), vec![[2; 16]]);
+        drop(other);
+        assert!(w.claimed().is_empty());
     }
 }
