@@ -1366,10 +1366,7 @@ pub async fn run(opts: AbuseOptions) -> anyhow::Result<AbuseReport> {
     let (relay, addr, pin, admin, relay_label, relay_args) = match &opts.relay {
         RelaySource::Spawn { bin, store, args } => {
             let (child, addr, pin, admin) = spawn_relay(bin, *store, args)?;
-            let label = format!(
-                "spawned ({} store)",
-                store.name()
-            );
+            let label = format!("spawned ({} store)", store.name());
             let shown = args.iter().map(|a| relay_flag(a)).collect();
             (Some(child), addr, pin, Some(admin), label, shown)
         }

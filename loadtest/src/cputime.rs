@@ -69,8 +69,8 @@ pub fn valkey_pids_by_port(nodes: &[String]) -> Vec<u32> {
 /// Calls of the commands the cluster store's write path issues, summed over some nodes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CommandCalls {
-    /// `WAITAOF`: one per group commit (a batch of appends to one primary, confirmed once the
-    /// primary and a replica have it fsynced).
+    /// `WAITAOF`: what a group commit (a batch of writes to one primary) waits with until the
+    /// primary and a replica have it fsynced; sent in short slices, so one or more per commit.
     pub waitaof: u64,
     /// `FCALL` and `FCALL_RO`: the store's server-side functions.
     pub fcall: u64,

@@ -532,20 +532,41 @@ async fn compare_cmd(a: CompareArgs) -> anyhow::Result<ExitCode> {
     use sealpost_loadtest::compare;
     let template = a.load.options(Target::Baseline, a.e2e)?;
     println!(
-        "{:<9} {:>3} {:>13} {:>9} {:>9} {:>9} {:>9}",
-        "kind", "rep", "deliveries/s", "MB/s", "p50 µs", "p99 µs", "p999 µs"
+        "{:<9} {:>3} {:>13} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10}",
+        "kind",
+        "rep",
+        "deliveries/s",
+        "MB/s",
+        "p50 µs",
+        "p99 µs",
+        "p999 µs",
+        "relay s/100k",
+        "valkey s/100k"
     );
-    let r = compare::compare(template, a.repeat, |run| {
+    let cluster = if a.cluster {
+        Some(compare::ClusterColumn {
+            fleet: a
+                .fleet
+                .options(sealpost_loadtest::run::StoreKind::Cluster)?,
+        })
+    } else {
+        None
+    };
+    let cpu = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));
+    let r = compare::compare(template, a.repeat, cluster, |run| {
         let l = &run.report.latency_us;
+        let u = run.report.usage.as_ref();
         println!(
-            "{:<9} {:>3} {:>13.0} {:>9.1} {:>9} {:>9} {:>9}",
+            "{:<9} {:>3} {:>13.0} {:>9.1} {:>9} {:>9} {:>9} {:>10} {:>10}",
             run.kind,
             run.repeat,
             run.report.deliveries_per_s,
             run.report.bytes_per_s / 1e6,
             l.p50,
             l.p99,
-            l.p999
+            l.p999,
+            cpu(u.map(|u| u.relay_cpu_s_per_100k_deliveries)),
+            cpu(u.and_then(|u| u.valkey_cpu_s_per_100k_deliveries)),
         );
     })
     .await?;
@@ -554,24 +575,40 @@ async fn compare_cmd(a: CompareArgs) -> anyhow::Result<ExitCode> {
         r.repeats, r.size
     );
     for (kind, m) in [
-        ("baseline", &r.baseline),
-        ("memory", &r.memory),
-        ("disk", &r.disk),
+        ("baseline", Some(&r.baseline)),
+        ("memory", Some(&r.memory)),
+        ("disk", Some(&r.disk)),
+        ("cluster", r.cluster.as_ref()),
     ] {
+        let Some(m) = m else { continue };
         println!(
-            "{:<9}     {:>13.0} {:>9.1} {:>9.0} {:>9.0} {:>9.0}",
+            "{:<9}     {:>13.0} {:>9.1} {:>9.0} {:>9.0} {:>9.0} {:>10} {:>10}",
             kind,
             m.deliveries_per_s,
             m.bytes_per_s / 1e6,
             m.p50_us,
             m.p99_us,
-            m.p999_us
+            m.p999_us,
+            cpu(m.relay_cpu_s_per_100k),
+            cpu(m.valkey_cpu_s_per_100k),
         );
     }
     println!(
-        "relay / baseline deliveries/s: memory {:.2}  disk {:.2}",
-        r.ratios.memory, r.ratios.disk
+        "relay / baseline deliveries/s: memory {:.2}  disk {:.2}{}",
+        r.ratios.memory,
+        r.ratios.disk,
+        r.ratios
+            .cluster
+            .map_or(String::new(), |c| format!("  cluster {c:.2}"))
     );
+    if let Some(c) = &r.cluster_vs_disk {
+        println!(
+            "cluster / disk: deliveries/s {:.2}  relay CPU per delivery {}",
+            c.deliveries_per_s,
+            c.relay_cpu_per_delivery
+                .map_or("-".to_owned(), |v| format!("{v:.2}"))
+        );
+    }
     if let Some(path) = a.json {
         std::fs::write(&path, serde_json::to_string_pretty(&r)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;

@@ -249,15 +249,22 @@ impl Report {
             );
             if let (Some(w), Some(f)) = (u.waitaof_per_deposit, u.fcall_per_deposit) {
                 println!(
-                    "valkey: {w:.3} WAITAOF (group commits) and {f:.2} FCALL per deposit"
+                    "valkey: {w:.3} WAITAOF (fsync waits of group commits) and {f:.2} FCALL per deposit"
                 );
             }
         }
         let l = &self.latency_us;
         println!(
             "latency µs{}  p50 {}  p99 {}  p99.9 {}  max {}",
-            if self.cross_relay { " (cross-relay)" } else { "" },
-            l.p50, l.p99, l.p999, l.max
+            if self.cross_relay {
+                " (cross-relay)"
+            } else {
+                ""
+            },
+            l.p50,
+            l.p99,
+            l.p999,
+            l.max
         );
     }
 }

@@ -233,7 +233,11 @@ mod tests {
                 for i in 0..50 {
                     let sub = subscriber_connection(i, connections, relays);
                     assert!(sub < connections);
-                    assert_ne!(sub % relays, i % connections % relays, "{i} {connections} {relays}");
+                    assert_ne!(
+                        sub % relays,
+                        i % connections % relays,
+                        "{i} {connections} {relays}"
+                    );
                 }
             }
         }
@@ -358,9 +362,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
             let f = f.clone();
             let window = opts.window;
             Some(
-                tokio::task::spawn_blocking(move || crate::fleet::Fleet::start(&f, streams, window))
-                    .await
-                    .context("relay start-up task")??,
+                tokio::task::spawn_blocking(move || {
+                    crate::fleet::Fleet::start(&f, streams, window)
+                })
+                .await
+                .context("relay start-up task")??,
             )
         }
         _ => None,
@@ -600,7 +606,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
         machine: crate::report::Machine::this(),
         relays: addrs.clone(),
         cross_relay: addrs.len() > 1,
-        cluster_nodes: fleet.as_ref().map(|f| f.cluster_nodes.clone()).filter(|n| !n.is_empty()),
+        cluster_nodes: fleet
+            .as_ref()
+            .map(|f| f.cluster_nodes.clone())
+            .filter(|n| !n.is_empty()),
         cluster_started: fleet.as_ref().is_some_and(|f| f.cluster_started),
         usage,
         timeline,

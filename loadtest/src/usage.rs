@@ -38,8 +38,9 @@ pub struct Usage {
     pub valkey_cpu_s: Option<f64>,
     /// The same per 100 000 deliveries.
     pub valkey_cpu_s_per_100k_deliveries: Option<f64>,
-    /// WAITAOF calls (group commits, each waiting for the primary's and a replica's fsync) per
-    /// acknowledged deposit, over all nodes.
+    /// WAITAOF calls per acknowledged deposit, over all nodes: a group commit's wait for the
+    /// primary's and a replica's fsync, sent in short slices (one or more per commit); the
+    /// closest count of fsync waits Valkey's counters give.
     pub waitaof_per_deposit: Option<f64>,
     /// FCALL / FCALL_RO calls (server-side functions) per acknowledged deposit.
     pub fcall_per_deposit: Option<f64>,
@@ -109,7 +110,7 @@ impl Probe {
         };
         let relay = after.relay_cpu_s - before.relay_cpu_s;
         let has_valkey = !self.valkey_pids.is_empty();
-        let valkey = has_valkey.then(|| after.valkey_cpu_s - before.valkey_cpu_s);
+        let valkey = has_valkey.then_some(after.valkey_cpu_s - before.valkey_cpu_s);
         let calls = after.calls.zip(before.calls).map(|(a, b)| a.since(b));
         Some(Usage {
             relay_processes: self.relay_pids.len(),
