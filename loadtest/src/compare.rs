@@ -146,8 +146,15 @@ pub async fn compare(
     anyhow::ensure!(repeats >= 1, "--repeat must be at least 1");
     // One cluster for every cluster run (started here unless given), stopped at the end.
     let mut _own: Option<OwnCluster> = None;
+    let key_dir = tempfile::tempdir()?;
     let cluster_fleet = match cluster {
         Some(mut c) => {
+            // One master key for every cluster run: the cluster keeps the first one's seal.
+            if c.fleet.master_key_file.is_none() {
+                let f = key_dir.path().join("master.key");
+                crate::fleet::write_master_key(&f)?;
+                c.fleet.master_key_file = Some(f);
+            }
             if c.fleet.cluster_nodes.is_none() {
                 let script = c.fleet.cluster_script.clone();
                 let (own, nodes) = tokio::task::spawn_blocking(move || start_cluster(&script))

@@ -24,6 +24,10 @@ pub struct FleetOptions {
     pub relay_bin: PathBuf,
     /// `deploy/valkey/cluster.sh`, to start a cluster when none is given.
     pub cluster_script: PathBuf,
+    /// The master key for the cluster store (the cluster keeps secrets sealed under the first
+    /// key it saw, so every run on one cluster needs the same); `None`: a new one in a
+    /// temporary file, for a cluster that saw none or no other.
+    pub master_key_file: Option<PathBuf>,
 }
 
 impl FleetOptions {
@@ -36,6 +40,7 @@ impl FleetOptions {
             cluster_nodes: None,
             relay_bin: crate::child::relay_bin(None)?,
             cluster_script: default_cluster_script(),
+            master_key_file: None,
         })
     }
 }
@@ -205,10 +210,14 @@ impl Fleet {
         };
         let mut store_args: Vec<OsString> = vec!["--store".into()];
         if o.store == StoreKind::Cluster {
-            let key = sealpost_core::random::array::<32>().context("random source")?;
-            let key_file = dir.path().join("master.key");
-            let hexkey: String = key.iter().map(|b| format!("{b:02x}")).collect();
-            write_private(&key_file, &hexkey)?;
+            let key_file = match &o.master_key_file {
+                Some(f) => f.clone(),
+                None => {
+                    let f = dir.path().join("master.key");
+                    write_master_key(&f)?;
+                    f
+                }
+            };
             store_args.extend([
                 "cluster".into(),
                 "--cluster-nodes".into(),
@@ -270,6 +279,16 @@ impl Fleet {
     pub fn relay_pids(&self) -> Vec<u32> {
         self.relays.iter().map(|r| r.child.id()).collect()
     }
+}
+
+/// Writes a new random master key (64 hex digits) to a new file `path`, readable by its owner
+/// only.
+pub fn write_master_key(path: &Path) -> anyhow::Result<()> {
+    let key =
+        zeroize::Zeroizing::new(sealpost_core::random::array::<32>().context("random source")?);
+    let hexkey =
+        zeroize::Zeroizing::new(key.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    write_private(path, &hexkey)
 }
 
 #[cfg(unix)]

@@ -355,6 +355,10 @@ struct FleetArgs {
     /// deploy/valkey/cluster.sh (default: the one of the source tree this was built from).
     #[arg(long)]
     cluster_script: Option<PathBuf>,
+    /// The master key file for relays on a given cluster (every relay of a cluster needs the
+    /// one it was first used with); default: a new key, right for a fresh cluster.
+    #[arg(long)]
+    master_key_file: Option<PathBuf>,
 }
 
 impl FleetArgs {
@@ -375,6 +379,7 @@ impl FleetArgs {
                 .cluster_script
                 .clone()
                 .unwrap_or_else(sealpost_loadtest::fleet::default_cluster_script),
+            master_key_file: self.master_key_file.clone(),
         })
     }
 }

@@ -32,6 +32,7 @@ async fn cluster_run_crosses_relays_and_measures_cpu() {
         cluster_nodes: None,
         relay_bin: relay_bin(),
         cluster_script: default_cluster_script(),
+        master_key_file: None,
     };
     let report = run(RunOptions {
         target: Target::Processes(fleet),
