@@ -107,16 +107,20 @@ fn free_port() -> anyhow::Result<u16> {
 /// Starts a cluster with the script in a temporary directory on free ports: a random base port,
 /// another one if the script says a port is taken. Returns it with its nodes' addresses.
 pub fn start_cluster(script: &Path) -> anyhow::Result<(OwnCluster, Vec<String>)> {
-    let dir = tempfile::tempdir().context("temporary directory for the Valkey cluster")?;
     for _ in 0..5 {
-        // Nodes on base..base+5, their buses 10000 above: both under 65536.
-        let base: u16 = rand::random_range(20_000..45_000);
+        // Nodes on base..base+5, their buses 10000 above: both under 65536. The handle exists
+        // before `up`, so that nodes a failed `up` left running are stopped too.
+        let own = OwnCluster {
+            script: script.to_owned(),
+            dir: tempfile::tempdir().context("temporary directory for the Valkey cluster")?,
+            base: rand::random_range(20_000..45_000),
+        };
         let out = Command::new(script)
             .arg("up")
             .arg("--dir")
-            .arg(dir.path())
+            .arg(own.dir.path())
             .arg("--base-port")
-            .arg(base.to_string())
+            .arg(own.base.to_string())
             .stderr(Stdio::inherit())
             .output()
             .with_context(|| format!("running {}", script.display()))?;
@@ -127,11 +131,6 @@ pub fn start_cluster(script: &Path) -> anyhow::Result<(OwnCluster, Vec<String>)>
                     .split(',')
                     .map(str::to_owned)
                     .collect();
-                let own = OwnCluster {
-                    script: script.to_owned(),
-                    dir,
-                    base,
-                };
                 return Ok((own, nodes));
             }
             Some(3) => continue,
