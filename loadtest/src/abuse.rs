@@ -581,6 +581,9 @@ fn spawn_relay(
         match store {
             StoreKind::Memory => "memory",
             StoreKind::Disk => "disk",
+            StoreKind::Cluster => anyhow::bail!(
+                "abuse starts its relay on the memory or disk store; for the cluster store start the relays yourself and pass --target"
+            ),
         }
         .into(),
         "--listen".into(),
@@ -1224,7 +1227,7 @@ async fn well_behaved(
 ) -> PhaseReport {
     let ro = RunOptions {
         target: Target::Remote {
-            addr: addr.to_string(),
+            addrs: vec![addr.to_string()],
             pin,
         },
         mailboxes: opts.mailboxes,
@@ -1363,13 +1366,7 @@ pub async fn run(opts: AbuseOptions) -> anyhow::Result<AbuseReport> {
     let (relay, addr, pin, admin, relay_label, relay_args) = match &opts.relay {
         RelaySource::Spawn { bin, store, args } => {
             let (child, addr, pin, admin) = spawn_relay(bin, *store, args)?;
-            let label = format!(
-                "spawned ({} store)",
-                match store {
-                    StoreKind::Memory => "memory",
-                    StoreKind::Disk => "disk",
-                }
-            );
+            let label = format!("spawned ({} store)", store.name());
             let shown = args.iter().map(|a| relay_flag(a)).collect();
             (Some(child), addr, pin, Some(admin), label, shown)
         }

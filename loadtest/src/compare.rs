@@ -1,18 +1,20 @@
-//! `compare`: the transport baseline and the relay (memory store, then disk store) under the
-//! same load in one invocation, interleaved and repeated, with medians and the ratios
-//! relay / baseline. Interleaving spreads a shared machine's noise over all three alike.
+//! `compare`: the transport baseline and the relay (memory store, then disk store, and with a
+//! cluster column the cluster store) under the same load in one invocation, interleaved and
+//! repeated, with medians and the ratios relay / baseline. Interleaving spreads a shared
+//! machine's noise over all kinds alike.
 
+use crate::fleet::{FleetOptions, OwnCluster, start_cluster};
 use crate::report::{Machine, Report};
 use crate::run::{RunOptions, StoreKind, Target, run};
 use serde::Serialize;
 
-/// The three kinds of run, in the order each repeat runs them.
-pub const KINDS: [&str; 3] = ["baseline", "memory", "disk"];
+/// The kinds of run, in the order each repeat runs them (`cluster` only with a cluster column).
+pub const KINDS: [&str; 4] = ["baseline", "memory", "disk", "cluster"];
 
 /// One run of a comparison.
 #[derive(Debug, Clone, Serialize)]
 pub struct CompareRun {
-    /// `baseline`, `memory` or `disk`.
+    /// `baseline`, `memory`, `disk` or `cluster`.
     pub kind: &'static str,
     /// Which repeat (from 1).
     pub repeat: usize,
@@ -33,6 +35,10 @@ pub struct Medians {
     pub p99_us: f64,
     /// 99.9th percentile.
     pub p999_us: f64,
+    /// Relay CPU seconds per 100 000 deliveries (relay processes only).
+    pub relay_cpu_s_per_100k: Option<f64>,
+    /// Valkey CPU seconds per 100 000 deliveries (cluster store).
+    pub valkey_cpu_s_per_100k: Option<f64>,
 }
 
 /// Relay deliveries per second over baseline deliveries per second (medians).
@@ -42,6 +48,8 @@ pub struct Ratios {
     pub memory: f64,
     /// Disk store.
     pub disk: f64,
+    /// Cluster store.
+    pub cluster: Option<f64>,
 }
 
 /// The whole comparison.
@@ -59,10 +67,29 @@ pub struct CompareReport {
     pub memory: Medians,
     /// Relay with the disk store.
     pub disk: Medians,
+    /// Relays on the cluster store.
+    pub cluster: Option<Medians>,
+    /// Cluster store over disk store: deliveries/s and relay CPU per delivery (medians).
+    pub cluster_vs_disk: Option<ClusterVsDisk>,
     /// The ratios the targets are stated in.
     pub ratios: Ratios,
     /// Every run, in the order they ran.
     pub runs: Vec<CompareRun>,
+}
+
+/// The cluster store measured against the disk store, both as relay processes.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ClusterVsDisk {
+    /// Cluster deliveries/s over disk deliveries/s.
+    pub deliveries_per_s: f64,
+    /// Cluster relay CPU per delivery over disk relay CPU per delivery.
+    pub relay_cpu_per_delivery: Option<f64>,
+}
+
+/// A cluster column: its relays, and the cluster the comparison started if it did.
+pub struct ClusterColumn {
+    /// The relays (their `cluster_nodes` filled in once a cluster runs).
+    pub fleet: FleetOptions,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -87,7 +114,17 @@ fn medians(runs: &[CompareRun], kind: &str) -> Medians {
                 .collect(),
         )
     };
+    let of_usage = |f: fn(&crate::usage::Usage) -> Option<f64>| {
+        let v: Vec<f64> = runs
+            .iter()
+            .filter(|r| r.kind == kind)
+            .filter_map(|r| r.report.usage.as_ref().and_then(f))
+            .collect();
+        (!v.is_empty()).then(|| median(v))
+    };
     Medians {
+        relay_cpu_s_per_100k: of_usage(|u| Some(u.relay_cpu_s_per_100k_deliveries)),
+        valkey_cpu_s_per_100k: of_usage(|u| u.valkey_cpu_s_per_100k_deliveries),
         deliveries_per_s: of(|r| r.deliveries_per_s),
         bytes_per_s: of(|r| r.bytes_per_s),
         p50_us: of(|r| r.latency_us.p50 as f64),
@@ -97,28 +134,64 @@ fn medians(runs: &[CompareRun], kind: &str) -> Medians {
 }
 
 /// Runs the comparison. `template` gives the load (its target and store are replaced);
+/// `cluster` adds the cluster column (and runs the disk store as a relay process too);
 /// `each` sees every run as it finishes. A run that loses, corrupts or duplicates anything
 /// fails the comparison: its figures would not mean what they say.
 pub async fn compare(
     template: RunOptions,
     repeats: usize,
+    cluster: Option<ClusterColumn>,
     mut each: impl FnMut(&CompareRun),
 ) -> anyhow::Result<CompareReport> {
     anyhow::ensure!(repeats >= 1, "--repeat must be at least 1");
-    let mut runs = Vec::with_capacity(3 * repeats);
+    // One cluster for every cluster run (started here unless given), stopped at the end.
+    let mut _own: Option<OwnCluster> = None;
+    let key_dir = tempfile::tempdir()?;
+    let cluster_fleet = match cluster {
+        Some(mut c) => {
+            // One master key for every cluster run: the cluster keeps the first one's seal.
+            if c.fleet.master_key_file.is_none() {
+                let f = key_dir.path().join("master.key");
+                crate::fleet::write_master_key(&f)?;
+                c.fleet.master_key_file = Some(f);
+            }
+            if c.fleet.cluster_nodes.is_none() {
+                let script = c.fleet.cluster_script.clone();
+                let (own, nodes) = tokio::task::spawn_blocking(move || start_cluster(&script))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cluster start-up task: {e}"))??;
+                _own = Some(own);
+                c.fleet.cluster_nodes = Some(nodes);
+            }
+            c.fleet.store = StoreKind::Cluster;
+            Some(c.fleet)
+        }
+        None => None,
+    };
+    let mut runs = Vec::with_capacity(KINDS.len() * repeats);
     for repeat in 1..=repeats {
         for kind in KINDS {
             let mut o = template.clone();
-            match kind {
-                "baseline" => o.target = Target::Baseline,
-                "memory" => {
+            match (kind, &cluster_fleet) {
+                ("baseline", _) => o.target = Target::Baseline,
+                ("memory", _) => {
                     o.target = Target::Spawn;
                     o.store = StoreKind::Memory;
                 }
-                _ => {
+                ("disk", None) => {
                     o.target = Target::Spawn;
                     o.store = StoreKind::Disk;
                 }
+                ("disk", Some(f)) => {
+                    o.target = Target::Processes(FleetOptions {
+                        store: StoreKind::Disk,
+                        relays: 1,
+                        cluster_nodes: None,
+                        ..f.clone()
+                    });
+                }
+                ("cluster", Some(f)) => o.target = Target::Processes(f.clone()),
+                _ => continue,
             }
             let report = run(o).await?;
             anyhow::ensure!(
@@ -140,6 +213,19 @@ pub async fn compare(
     let baseline = medians(&runs, "baseline");
     let memory = medians(&runs, "memory");
     let disk = medians(&runs, "disk");
+    let cluster = cluster_fleet.as_ref().map(|_| medians(&runs, "cluster"));
+    let cluster_vs_disk = cluster.as_ref().map(|c| ClusterVsDisk {
+        deliveries_per_s: if disk.deliveries_per_s > 0.0 {
+            c.deliveries_per_s / disk.deliveries_per_s
+        } else {
+            0.0
+        },
+        relay_cpu_per_delivery: c
+            .relay_cpu_s_per_100k
+            .zip(disk.relay_cpu_s_per_100k)
+            .filter(|(_, d)| *d > 0.0)
+            .map(|(c, d)| c / d),
+    });
     let ratio = |m: &Medians| {
         if baseline.deliveries_per_s > 0.0 {
             m.deliveries_per_s / baseline.deliveries_per_s
@@ -154,7 +240,10 @@ pub async fn compare(
         ratios: Ratios {
             memory: ratio(&memory),
             disk: ratio(&disk),
+            cluster: cluster.as_ref().map(ratio),
         },
+        cluster,
+        cluster_vs_disk,
         baseline,
         memory,
         disk,

@@ -9,14 +9,17 @@ pub mod chaos;
 pub mod child;
 pub mod compare;
 pub mod cpus;
+pub mod cputime;
 pub mod ctcheck;
 pub mod fast;
+pub mod fleet;
 pub mod many;
 pub mod message;
 pub mod overhead;
 pub mod report;
 pub mod run;
 pub mod speed;
+pub mod usage;
 
 use sealpost_core::engine::{BACKEND_ENV, Backend, Engine};
 

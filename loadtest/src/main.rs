@@ -305,21 +305,27 @@ struct LoadArgs {
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("target").required(true).args(["spawn_relay", "relay"])))]
 struct RunArgs {
-    /// Start a relay in this process on a free loopback port (store: --store).
+    /// Start a relay in this process on a free loopback port (store: --store); with --relays
+    /// or --store cluster, `sealpost-relay serve` child processes instead.
     #[arg(long)]
     spawn_relay: bool,
-    /// Address of a running relay, host:port.
-    #[arg(long, requires = "pin")]
-    relay: Option<String>,
-    /// The running relay's certificate pin (64 hex digits).
+    /// Address of a running relay, host:port (repeatable or comma-separated; connections are
+    /// spread over them and each mailbox is subscribed on another relay than it is deposited
+    /// to).
+    #[arg(long, requires = "pin", value_delimiter = ',')]
+    relay: Vec<String>,
+    /// The running relays' certificate pin (64 hex digits; the same certificate on all).
     #[arg(long)]
     pin: Option<String>,
+    #[command(flatten)]
+    fleet: FleetArgs,
     #[command(flatten)]
     load: LoadArgs,
     /// Write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Store of the spawned relay: memory or disk.
+    /// Store of the spawned relay: memory, disk or cluster (relay processes on a Valkey
+    /// cluster).
     #[arg(long, default_value = "memory")]
     store: sealpost_loadtest::run::StoreKind,
     /// Keep recipients offline during the load, so a backlog builds; they drain afterwards.
@@ -329,6 +335,53 @@ struct RunArgs {
     /// (a per-mailbox symmetric key, so the generator is not what limits the run).
     #[arg(long, default_value = "hpke")]
     e2e: sealpost_loadtest::run::E2eMode,
+}
+
+/// Relay child processes (`run --spawn-relay --relays N`, `compare --cluster`).
+#[derive(Args, Clone)]
+struct FleetArgs {
+    /// Run the spawned relays as this many `sealpost-relay serve` processes (their CPU is then
+    /// measured); 1 on the disk store; default 2 on the cluster store.
+    #[arg(long)]
+    relays: Option<usize>,
+    /// Nodes of a running Valkey cluster for the cluster store, HOST:PORT,...; without it a
+    /// cluster is started with deploy/valkey/cluster.sh in a temporary directory and stopped
+    /// at the end.
+    #[arg(long, value_delimiter = ',')]
+    cluster_nodes: Option<Vec<String>>,
+    /// The sealpost-relay binary (default: next to this one).
+    #[arg(long)]
+    relay_bin: Option<PathBuf>,
+    /// deploy/valkey/cluster.sh (default: the one of the source tree this was built from).
+    #[arg(long)]
+    cluster_script: Option<PathBuf>,
+    /// The master key file for relays on a given cluster (every relay of a cluster needs the
+    /// one it was first used with); default: a new key, right for a fresh cluster.
+    #[arg(long)]
+    master_key_file: Option<PathBuf>,
+}
+
+impl FleetArgs {
+    fn options(
+        &self,
+        store: sealpost_loadtest::run::StoreKind,
+    ) -> anyhow::Result<sealpost_loadtest::fleet::FleetOptions> {
+        use sealpost_loadtest::run::StoreKind;
+        Ok(sealpost_loadtest::fleet::FleetOptions {
+            store,
+            relays: self.relays.unwrap_or(match store {
+                StoreKind::Cluster => 2,
+                _ => 1,
+            }),
+            cluster_nodes: self.cluster_nodes.clone(),
+            relay_bin: sealpost_loadtest::child::relay_bin(self.relay_bin.clone())?,
+            cluster_script: self
+                .cluster_script
+                .clone()
+                .unwrap_or_else(sealpost_loadtest::fleet::default_cluster_script),
+            master_key_file: self.master_key_file.clone(),
+        })
+    }
 }
 
 #[derive(Args)]
@@ -347,9 +400,16 @@ struct BaselineArgs {
 struct CompareArgs {
     #[command(flatten)]
     load: LoadArgs,
-    /// Rounds of baseline, memory, disk.
+    /// Rounds of baseline, memory, disk (and cluster).
     #[arg(long, default_value_t = 3)]
     repeat: usize,
+    /// Add a cluster-store column: --relays relay processes (default 2) on a Valkey cluster
+    /// (--cluster-nodes, or one started for the comparison); the disk store then also runs as
+    /// a relay process, so that both relays' CPU is measured alike.
+    #[arg(long)]
+    cluster: bool,
+    #[command(flatten)]
+    fleet: FleetArgs,
     /// Write the comparison (medians, ratios, every run's report) as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -434,14 +494,17 @@ fn secs(name: &str, v: f64) -> anyhow::Result<Duration> {
 }
 
 async fn run_cmd(a: RunArgs) -> anyhow::Result<ExitCode> {
+    use sealpost_loadtest::run::StoreKind;
+    let processes = a.store == StoreKind::Cluster || a.fleet.relays.is_some();
     let target = match (a.spawn_relay, a.relay) {
+        (true, _) if processes => Target::Processes(a.fleet.options(a.store)?),
         (true, _) => Target::Spawn,
-        (false, Some(addr)) => {
+        (false, addrs) if !addrs.is_empty() => {
             let pin = a.pin.as_deref().context("--relay needs --pin")?;
             let pin = sealpost_client::tls::parse_pin(pin)?;
-            Target::Remote { addr, pin }
+            Target::Remote { addrs, pin }
         }
-        (false, None) => anyhow::bail!("give --spawn-relay or --relay ADDR --pin PIN"),
+        (false, _) => anyhow::bail!("give --spawn-relay or --relay ADDR --pin PIN"),
     };
     let mut opts = a.load.options(target, a.e2e)?;
     opts.store = a.store;
@@ -474,20 +537,41 @@ async fn compare_cmd(a: CompareArgs) -> anyhow::Result<ExitCode> {
     use sealpost_loadtest::compare;
     let template = a.load.options(Target::Baseline, a.e2e)?;
     println!(
-        "{:<9} {:>3} {:>13} {:>9} {:>9} {:>9} {:>9}",
-        "kind", "rep", "deliveries/s", "MB/s", "p50 µs", "p99 µs", "p999 µs"
+        "{:<9} {:>3} {:>13} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10}",
+        "kind",
+        "rep",
+        "deliveries/s",
+        "MB/s",
+        "p50 µs",
+        "p99 µs",
+        "p999 µs",
+        "relay s/100k",
+        "valkey s/100k"
     );
-    let r = compare::compare(template, a.repeat, |run| {
+    let cluster = if a.cluster {
+        Some(compare::ClusterColumn {
+            fleet: a
+                .fleet
+                .options(sealpost_loadtest::run::StoreKind::Cluster)?,
+        })
+    } else {
+        None
+    };
+    let cpu = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));
+    let r = compare::compare(template, a.repeat, cluster, |run| {
         let l = &run.report.latency_us;
+        let u = run.report.usage.as_ref();
         println!(
-            "{:<9} {:>3} {:>13.0} {:>9.1} {:>9} {:>9} {:>9}",
+            "{:<9} {:>3} {:>13.0} {:>9.1} {:>9} {:>9} {:>9} {:>10} {:>10}",
             run.kind,
             run.repeat,
             run.report.deliveries_per_s,
             run.report.bytes_per_s / 1e6,
             l.p50,
             l.p99,
-            l.p999
+            l.p999,
+            cpu(u.map(|u| u.relay_cpu_s_per_100k_deliveries)),
+            cpu(u.and_then(|u| u.valkey_cpu_s_per_100k_deliveries)),
         );
     })
     .await?;
@@ -496,24 +580,40 @@ async fn compare_cmd(a: CompareArgs) -> anyhow::Result<ExitCode> {
         r.repeats, r.size
     );
     for (kind, m) in [
-        ("baseline", &r.baseline),
-        ("memory", &r.memory),
-        ("disk", &r.disk),
+        ("baseline", Some(&r.baseline)),
+        ("memory", Some(&r.memory)),
+        ("disk", Some(&r.disk)),
+        ("cluster", r.cluster.as_ref()),
     ] {
+        let Some(m) = m else { continue };
         println!(
-            "{:<9}     {:>13.0} {:>9.1} {:>9.0} {:>9.0} {:>9.0}",
+            "{:<9}     {:>13.0} {:>9.1} {:>9.0} {:>9.0} {:>9.0} {:>10} {:>10}",
             kind,
             m.deliveries_per_s,
             m.bytes_per_s / 1e6,
             m.p50_us,
             m.p99_us,
-            m.p999_us
+            m.p999_us,
+            cpu(m.relay_cpu_s_per_100k),
+            cpu(m.valkey_cpu_s_per_100k),
         );
     }
     println!(
-        "relay / baseline deliveries/s: memory {:.2}  disk {:.2}",
-        r.ratios.memory, r.ratios.disk
+        "relay / baseline deliveries/s: memory {:.2}  disk {:.2}{}",
+        r.ratios.memory,
+        r.ratios.disk,
+        r.ratios
+            .cluster
+            .map_or(String::new(), |c| format!("  cluster {c:.2}"))
     );
+    if let Some(c) = &r.cluster_vs_disk {
+        println!(
+            "cluster / disk: deliveries/s {:.2}  relay CPU per delivery {}",
+            c.deliveries_per_s,
+            c.relay_cpu_per_delivery
+                .map_or("-".to_owned(), |v| format!("{v:.2}"))
+        );
+    }
     if let Some(path) = a.json {
         std::fs::write(&path, serde_json::to_string_pretty(&r)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;

@@ -103,6 +103,17 @@ pub struct Report {
     pub config: RunConfig,
     /// Where it ran.
     pub machine: Machine,
+    /// The relays' addresses (one for an in-process relay or the baseline).
+    pub relays: Vec<String>,
+    /// Whether every delivery crossed relays (several relays: a mailbox's subscriber is on
+    /// another relay than its sender), so the latency is cross-relay.
+    pub cross_relay: bool,
+    /// The Valkey nodes of a cluster-store run.
+    pub cluster_nodes: Option<Vec<String>>,
+    /// Whether the run started that cluster itself (and stopped it afterwards).
+    pub cluster_started: bool,
+    /// CPU of the relay processes and Valkey nodes (relays run as child processes only).
+    pub usage: Option<crate::usage::Usage>,
     /// Per second, from the start of the load (warm-up included, marked).
     pub timeline: Vec<Second>,
     /// Envelopes sent.
@@ -153,6 +164,7 @@ impl Report {
                 ("baseline", _) => "no crypto, no store",
                 (_, Some(crate::run::StoreKind::Disk)) => "disk store",
                 (_, Some(crate::run::StoreKind::Memory)) => "memory store",
+                (_, Some(crate::run::StoreKind::Cluster)) => "cluster store",
                 (_, None) => "remote",
             },
             c.mailboxes,
@@ -210,10 +222,49 @@ impl Report {
                 d as f64 / 1024.0
             );
         }
+        if let Some(n) = &self.cluster_nodes {
+            println!(
+                "valkey cluster {} ({})",
+                n.join(","),
+                if self.cluster_started {
+                    "started for this run"
+                } else {
+                    "given"
+                }
+            );
+        }
+        if let Some(u) = &self.usage {
+            println!(
+                "cpu: relays ({}) {:.2} s = {:.2} s per 100k deliveries{}",
+                u.relay_processes,
+                u.relay_cpu_s,
+                u.relay_cpu_s_per_100k_deliveries,
+                match (u.valkey_cpu_s, u.valkey_cpu_s_per_100k_deliveries) {
+                    (Some(v), Some(p)) => format!(
+                        "; valkey ({}) {v:.2} s = {p:.2} s per 100k deliveries",
+                        u.valkey_processes
+                    ),
+                    _ => String::new(),
+                }
+            );
+            if let (Some(w), Some(f)) = (u.waitaof_per_deposit, u.fcall_per_deposit) {
+                println!(
+                    "valkey: {w:.3} WAITAOF (fsync waits of group commits) and {f:.2} FCALL per deposit"
+                );
+            }
+        }
         let l = &self.latency_us;
         println!(
-            "latency µs  p50 {}  p99 {}  p99.9 {}  max {}",
-            l.p50, l.p99, l.p999, l.max
+            "latency µs{}  p50 {}  p99 {}  p99.9 {}  max {}",
+            if self.cross_relay {
+                " (cross-relay)"
+            } else {
+                ""
+            },
+            l.p50,
+            l.p99,
+            l.p999,
+            l.max
         );
     }
 }

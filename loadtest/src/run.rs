@@ -28,13 +28,17 @@ pub enum Target {
     /// Start the transport baseline in this process: the same framing over quinn, no crypto,
     /// no store ([`crate::baseline`]).
     Baseline,
-    /// Use a running relay.
+    /// Use running relays; connections are spread over them, and with several a mailbox's
+    /// subscriber is on another relay than its sender (deliveries cross relays).
     Remote {
-        /// host:port.
-        addr: String,
-        /// Certificate pin.
+        /// host:port of each.
+        addrs: Vec<String>,
+        /// Certificate pin (the same certificate on all).
         pin: [u8; 32],
     },
+    /// Start `sealpost-relay serve` child processes (disk or cluster store) for the run, so
+    /// that their CPU time can be measured; used like `Remote` with their addresses.
+    Processes(crate::fleet::FleetOptions),
 }
 
 /// Options of one run.
@@ -91,6 +95,19 @@ pub enum StoreKind {
     Memory,
     /// Durable (fjall, fsync per batch).
     Disk,
+    /// A Valkey cluster shared by several relays (child processes only).
+    Cluster,
+}
+
+impl StoreKind {
+    /// As written on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Disk => "disk",
+            Self::Cluster => "cluster",
+        }
+    }
 }
 
 impl std::str::FromStr for StoreKind {
@@ -99,7 +116,10 @@ impl std::str::FromStr for StoreKind {
         match s {
             "memory" => Ok(Self::Memory),
             "disk" => Ok(Self::Disk),
-            _ => Err(format!("unknown store {s:?}: expected memory or disk")),
+            "cluster" => Ok(Self::Cluster),
+            _ => Err(format!(
+                "unknown store {s:?}: expected memory, disk or cluster"
+            )),
         }
     }
 }
@@ -145,6 +165,9 @@ pub async fn spawn_relay(
     let choice = match store {
         StoreKind::Memory => StoreChoice::Memory,
         StoreKind::Disk => StoreChoice::Disk,
+        StoreKind::Cluster => bail!(
+            "the cluster store runs in relay processes: give --relays N (and --cluster-nodes or let the run start a cluster)"
+        ),
     };
     // The disk store with its defaults, as `serve` would open it without a master key.
     let relay = Relay::open_with(cfg, StoreOptions::new(choice))
@@ -197,6 +220,31 @@ pub fn dir_size(dir: &std::path::Path) -> u64 {
 struct Track {
     acked: Vec<bool>,
     delivered: Vec<bool>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::subscriber_connection;
+
+    #[test]
+    fn subscribers_sit_on_another_relay_than_their_senders() {
+        for relays in 2..5 {
+            for connections in relays..12 {
+                for i in 0..50 {
+                    let sub = subscriber_connection(i, connections, relays);
+                    assert!(sub < connections);
+                    assert_ne!(
+                        sub % relays,
+                        i % connections % relays,
+                        "{i} {connections} {relays}"
+                    );
+                }
+            }
+        }
+        for i in 0..20 {
+            assert_eq!(subscriber_connection(i, 3, 1), i % 3);
+        }
+    }
 }
 
 fn mark(v: &mut Vec<bool>, i: u64) -> bool {
@@ -309,22 +357,50 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
         Target::Baseline => Some(crate::baseline::Baseline::start(streams).await?),
         _ => None,
     };
-    let (addr, pin, relay_label) = match (&opts.target, &spawned, &baseline) {
-        (Target::Remote { addr, pin }, _, _) => (addr.clone(), *pin, addr.clone()),
-        (Target::Spawn, Some(s), _) => (
-            s.relay.handle().local_addr().to_string(),
+    let fleet = match &opts.target {
+        Target::Processes(f) => {
+            let f = f.clone();
+            let window = opts.window;
+            Some(
+                tokio::task::spawn_blocking(move || {
+                    crate::fleet::Fleet::start(&f, streams, window)
+                })
+                .await
+                .context("relay start-up task")??,
+            )
+        }
+        _ => None,
+    };
+    let (addrs, pin, relay_label) = match (&opts.target, &spawned, &baseline, &fleet) {
+        (Target::Remote { addrs, pin }, _, _, _) => (addrs.clone(), *pin, addrs.join(",")),
+        (Target::Processes(_), _, _, Some(f)) => (f.addrs.clone(), f.pin, f.addrs.join(",")),
+        (Target::Spawn, Some(s), _, _) => (
+            vec![s.relay.handle().local_addr().to_string()],
             s.relay.handle().pin(),
             "spawned".to_owned(),
         ),
-        (Target::Baseline, _, Some(b)) => {
-            (b.local_addr().to_string(), b.pin(), "baseline".to_owned())
-        }
+        (Target::Baseline, _, Some(b), _) => (
+            vec![b.local_addr().to_string()],
+            b.pin(),
+            "baseline".to_owned(),
+        ),
         _ => unreachable!("started above"),
     };
+    if addrs.is_empty() {
+        bail!("no relay address given");
+    }
+    if opts.connections < addrs.len() {
+        bail!(
+            "--connections {} is fewer than the {} relays: each relay needs a connection",
+            opts.connections,
+            addrs.len()
+        );
+    }
 
     let mut clients = Vec::with_capacity(opts.connections);
     for i in 0..opts.connections {
-        let c = Client::connect_pinned(&addr, pin)
+        let addr = &addrs[i % addrs.len()];
+        let c = Client::connect_pinned(addr, pin)
             .await
             .with_context(|| format!("connection {i} to {addr}"))?;
         clients.push(Arc::new(c));
@@ -388,7 +464,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
     let mut subs = JoinSet::new();
     let spawn_subs = |subs: &mut JoinSet<anyhow::Result<()>>| {
         for (i, mb) in mailboxes.iter().enumerate() {
-            let client = clients[i % clients.len()].clone();
+            let client = clients[subscriber_connection(i, clients.len(), addrs.len())].clone();
             subs.spawn(subscriber(
                 client,
                 mb.clone(),
@@ -403,6 +479,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
         spawn_subs(&mut subs);
     }
     let written_before = write_bytes();
+    let probe = crate::usage::Probe::new(fleet.as_ref());
+    let usage_before = probe.sample();
 
     let stop_send = Arc::new(AtomicBool::new(false));
     let mut senders = JoinSet::new();
@@ -438,6 +516,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
     }
     drain(&ctx, opts.drain_timeout).await;
     let elapsed = ctx.start.elapsed().as_secs_f64();
+    let usage_after = probe.sample();
     let _ = stop_subs_tx.send(true);
     while let Some(r) = subs.join_next().await {
         r.context("subscriber task panicked")??;
@@ -475,8 +554,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
     let spawned_local = spawned.is_some();
     let store_label = match &opts.target {
         Target::Spawn => Some(opts.store),
+        Target::Processes(f) => Some(f.store),
         _ => None,
     };
+    let usage = probe.usage(
+        usage_before,
+        usage_after,
+        delivered,
+        c.acked.load(Ordering::Relaxed),
+    );
     // Give the store's background flush and compaction a moment, then measure what is left.
     let (data_dir_bytes, data_dir_bytes_reclaimed) = match &spawned {
         Some(s) if opts.store == StoreKind::Disk => {
@@ -518,6 +604,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
             e2e: opts.e2e,
         },
         machine: crate::report::Machine::this(),
+        relays: addrs.clone(),
+        cross_relay: addrs.len() > 1,
+        cluster_nodes: fleet
+            .as_ref()
+            .map(|f| f.cluster_nodes.clone())
+            .filter(|n| !n.is_empty()),
+        cluster_started: fleet.as_ref().is_some_and(|f| f.cluster_started),
+        usage,
         timeline,
         disk_write_bytes_during_load: written_load.filter(|_| spawned_local),
         write_bytes_per_deposited_byte: written_load
@@ -559,7 +653,23 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
     if let Some(b) = baseline {
         b.shutdown().await;
     }
+    // Stops the relay processes, then the cluster if the run started it.
+    drop(fleet);
     Ok(report)
+}
+
+/// The connection mailbox `i` is subscribed on. Its deposits go over connection `i mod C`, to
+/// relay `(i mod C) mod R`; with several relays the subscription goes to the next relay, over
+/// one of that relay's connections (connection `k` is to relay `k mod R`), so every delivery
+/// crosses from one relay to another.
+fn subscriber_connection(i: usize, connections: usize, relays: usize) -> usize {
+    if relays <= 1 {
+        return i % connections;
+    }
+    let to = (i % connections % relays + 1) % relays;
+    // Connections to relay `to`: to, to + R, … below C (at least one, as C >= R).
+    let of_relay = (connections - to).div_ceil(relays);
+    to + relays * ((i / connections) % of_relay)
 }
 
 async fn create_mailboxes(

@@ -178,7 +178,7 @@ async fn compare_reports_medians_and_ratios() {
     o.duration = Duration::from_millis(800);
     o.warmup = Duration::from_millis(200);
     let mut seen = Vec::new();
-    let r = sealpost_loadtest::compare::compare(o, 1, |run| seen.push(run.kind))
+    let r = sealpost_loadtest::compare::compare(o, 1, None, |run| seen.push(run.kind))
         .await
         .expect("compare");
     assert_eq!(seen, ["baseline", "memory", "disk"]);
