@@ -185,3 +185,91 @@ async fn a_relay_killed_mid_subscription_the_rest_comes_through_another() {
     reader.delete(&mb.access()).await.unwrap();
     survivor.stop();
 }
+
+/// Asks every node of `cluster` for an RDB snapshot (the nodes run with `save ""`, so there is
+/// none otherwise) and waits until each node directory has one.
+fn snapshot_every_node(cluster: &common::valkey::ValkeyCluster, dir: &std::path::Path) {
+    for node in cluster.nodes() {
+        let (host, port) = node.rsplit_once(':').expect("host:port");
+        let ok = std::process::Command::new("valkey-cli")
+            .args(["-h", host, "-p", port, "SAVE"])
+            .output()
+            .expect("valkey-cli runs");
+        assert!(ok.status.success(), "SAVE on {node}");
+    }
+    let rdbs = common::process::files_named(dir, "dump.rdb");
+    assert_eq!(
+        rdbs.len(),
+        cluster.nodes().len(),
+        "one RDB per node: {rdbs:?}"
+    );
+}
+
+#[test]
+fn no_plaintext_in_valkeys_files_or_the_relays_logs() {
+    let Some(cluster) =
+        common::valkey::private_cluster("no_plaintext_in_valkeys_files_or_the_relays_logs")
+    else {
+        return;
+    };
+    let nodes_dir = cluster
+        .dir()
+        .expect("a private cluster has its directory")
+        .to_owned();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = dir.path().join("master.key");
+    common::valkey::write_master_key(&key);
+    let nodes = cluster.nodes().join(",");
+    let key_arg = key.to_string_lossy().into_owned();
+    let args = [
+        "--store",
+        "cluster",
+        "--cluster-nodes",
+        nodes.as_str(),
+        "--master-key-file",
+        key_arg.as_str(),
+    ];
+    // Everything the relay would log at its most talkative.
+    let relay = Serve::start(&dir.path().join("relay"), &args, "debug");
+    let mb = dir.path().join("mb.json");
+    let invitation = common::process::create_mailbox(&relay.addr, &relay.pin, &mb);
+    let canary = "sealpost-canary-5f1d9a3c-the-relay-must-never-see-this";
+    let sent = cli()
+        .args(["send", &invitation, canary])
+        .output()
+        .expect("send");
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+
+    // Held: in the primaries' and replicas' AOFs and in a snapshot of each node.
+    snapshot_every_node(&cluster, &nodes_dir);
+    let hits = common::process::files_containing(&nodes_dir, canary.as_bytes());
+    assert!(hits.is_empty(), "plaintext in Valkey's files: {hits:?}");
+
+    // Delivered and acknowledged: the recipient reads it, nothing else does.
+    let got = cli().arg("recv").arg(&mb).output().expect("recv");
+    assert!(
+        got.status.success(),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&got.stdout), format!("{canary}\n"));
+    snapshot_every_node(&cluster, &nodes_dir);
+    let hits = common::process::files_containing(&nodes_dir, canary.as_bytes());
+    assert!(hits.is_empty(), "plaintext in Valkey's files: {hits:?}");
+
+    let log = relay.stop();
+    assert!(
+        log.contains("DEBUG") || log.contains("debug"),
+        "the log was at debug level"
+    );
+    assert!(!log.contains(canary), "plaintext in the relay's log");
+    let files = common::process::files_containing(&dir.path().join("relay"), canary.as_bytes());
+    assert!(
+        files.is_empty(),
+        "plaintext in the relay's data directory: {files:?}"
+    );
+}
