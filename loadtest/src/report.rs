@@ -41,11 +41,11 @@ pub struct RunConfig {
     /// Subscribe window per mailbox.
     pub window: u32,
     /// Store of the spawned relay (`None` for a remote relay).
-    pub store: Option<crate::run::StoreKind>,
+    pub store: Option<crate::load::options::StoreKind>,
     /// Whether recipients stayed offline during the load.
     pub backlog: bool,
     /// End-to-end sealing in the generator.
-    pub e2e: crate::run::E2eMode,
+    pub e2e: crate::load::options::E2eMode,
 }
 
 /// The machine the generator ran on.
@@ -162,9 +162,9 @@ impl Report {
             c.relay,
             match (c.relay.as_str(), c.store) {
                 ("baseline", _) => "no crypto, no store",
-                (_, Some(crate::run::StoreKind::Disk)) => "disk store",
-                (_, Some(crate::run::StoreKind::Memory)) => "memory store",
-                (_, Some(crate::run::StoreKind::Cluster)) => "cluster store",
+                (_, Some(crate::load::options::StoreKind::Disk)) => "disk store",
+                (_, Some(crate::load::options::StoreKind::Memory)) => "memory store",
+                (_, Some(crate::load::options::StoreKind::Cluster)) => "cluster store",
                 (_, None) => "remote",
             },
             c.mailboxes,
@@ -185,8 +185,8 @@ impl Report {
         println!(
             "end-to-end sealing in the generator: {}",
             match c.e2e {
-                crate::run::E2eMode::Hpke => "hpke (per message, as real clients)",
-                crate::run::E2eMode::Fast =>
+                crate::load::options::E2eMode::Hpke => "hpke (per message, as real clients)",
+                crate::load::options::E2eMode::Fast =>
                     "fast (per-mailbox symmetric key; relay work unchanged)",
             }
         );
