@@ -6,16 +6,16 @@
 use crate::fleet::{FleetOptions, OwnCluster, start_cluster};
 use crate::report::{Machine, Report};
 use crate::run::{RunOptions, StoreKind, Target, run};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The kinds of run, in the order each repeat runs them (`cluster` only with a cluster column).
 pub const KINDS: [&str; 4] = ["baseline", "memory", "disk", "cluster"];
 
 /// One run of a comparison.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CompareRun {
     /// `baseline`, `memory`, `disk` or `cluster`.
-    pub kind: &'static str,
+    pub kind: String,
     /// Which repeat (from 1).
     pub repeat: usize,
     /// Its full report.
@@ -23,7 +23,7 @@ pub struct CompareRun {
 }
 
 /// Medians of one kind over the repeats.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Medians {
     /// Deliveries per second.
     pub deliveries_per_s: f64,
@@ -42,7 +42,7 @@ pub struct Medians {
 }
 
 /// Relay deliveries per second over baseline deliveries per second (medians).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Ratios {
     /// Memory store.
     pub memory: f64,
@@ -53,7 +53,7 @@ pub struct Ratios {
 }
 
 /// The whole comparison.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CompareReport {
     /// Envelope body size.
     pub size: u32,
@@ -78,7 +78,7 @@ pub struct CompareReport {
 }
 
 /// The cluster store measured against the disk store, both as relay processes.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ClusterVsDisk {
     /// Cluster deliveries/s over disk deliveries/s.
     pub deliveries_per_s: f64,
@@ -202,7 +202,7 @@ pub async fn compare(
                 report.duplicated
             );
             let r = CompareRun {
-                kind,
+                kind: kind.to_owned(),
                 repeat,
                 report,
             };

@@ -13,6 +13,7 @@ pub mod cputime;
 pub mod ctcheck;
 pub mod fast;
 pub mod fleet;
+pub mod histogram;
 pub mod load;
 pub mod many;
 pub mod message;

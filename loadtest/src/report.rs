@@ -1,9 +1,10 @@
 //! The run report: printed for a person and written as JSON for tools.
 
-use serde::Serialize;
+use crate::histogram::SavedHistogram;
+use serde::{Deserialize, Serialize};
 
 /// Latency percentiles in microseconds, deposit to delivery.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Latency {
     /// Median.
     pub p50: u64,
@@ -16,7 +17,7 @@ pub struct Latency {
 }
 
 /// The configuration a run used.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunConfig {
     /// `spawned` or the relay's address.
     pub relay: String,
@@ -31,7 +32,7 @@ pub struct RunConfig {
     /// Seconds of load at the start excluded from throughput and latency.
     pub warmup_s: f64,
     /// `closed` (as fast as the pipeline depth allows) or `open` (a fixed send schedule).
-    pub mode: &'static str,
+    pub mode: String,
     /// Open loop: envelopes per second, all connections together.
     pub rate: Option<f64>,
     /// Seconds the drain may go without progress.
@@ -49,7 +50,7 @@ pub struct RunConfig {
 }
 
 /// The machine the generator ran on.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Machine {
     /// CPU model name (from /proc/cpuinfo where there is one).
     pub cpu_model: String,
@@ -80,7 +81,7 @@ impl Machine {
 }
 
 /// One second of a run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Second {
     /// Seconds since the load started, at the end of this one.
     pub t_s: u64,
@@ -92,12 +93,15 @@ pub struct Second {
     pub delivered: u64,
     /// Rejections, corrupted and duplicated deliveries during it.
     pub errors: u64,
+    /// Median latency of its deliveries, microseconds.
+    #[serde(default)]
+    pub p50_us: u64,
     /// 99th percentile latency of its deliveries, microseconds.
     pub p99_us: u64,
 }
 
 /// What a run measured. Every count is checked by the recipients, not assumed.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     /// The configuration.
     pub config: RunConfig,
@@ -141,6 +145,13 @@ pub struct Report {
     /// Deposit-to-delivery latency of envelopes sent after the warm-up (open loop: from the
     /// intended send time).
     pub latency_us: Latency,
+    /// The whole latency histogram behind `latency_us` (empty in reports written before it
+    /// was kept).
+    #[serde(default)]
+    pub latency_histogram: SavedHistogram,
+    /// The command line that produced the report, as typed (empty when run from code).
+    #[serde(default)]
+    pub command: Option<String>,
     /// Bytes this process (with the spawned relay in it) wrote to storage during the load,
     /// from /proc/self/io.
     pub disk_write_bytes_during_load: Option<u64>,

@@ -5,6 +5,7 @@ pub use crate::load::disk_usage::{dir_size, write_bytes};
 pub use crate::load::options::{E2eMode, RunOptions, StoreKind, Target};
 pub use crate::load::target::{SpawnedRelay, spawn_relay};
 
+use crate::histogram::SavedHistogram;
 use crate::load::disk_usage::data_dir_after_drain;
 use crate::load::progress::tick;
 use crate::load::sender::sender;
@@ -280,7 +281,8 @@ async fn report(
                 "open"
             } else {
                 "closed"
-            },
+            }
+            .to_owned(),
             rate: opts.rate,
             depth: opts.depth,
             window: opts.window,
@@ -322,5 +324,7 @@ async fn report(
             p999: hist.value_at_quantile(0.999),
             max: hist.max(),
         },
+        latency_histogram: SavedHistogram::of(&hist)?,
+        command: None,
     })
 }

@@ -51,6 +51,36 @@ async fn short_spawned_run_loses_nothing() {
             "JSON latency lacks {key}"
         );
     }
+    // The whole histogram is kept and gives back the summary's percentiles.
+    let h = report
+        .latency_histogram
+        .decode()
+        .expect("histogram decodes");
+    assert_eq!(h.len(), report.latency_histogram.count);
+    assert!(!h.is_empty() && h.len() <= report.delivered);
+    assert_eq!(h.value_at_quantile(0.99), report.latency_us.p99);
+    assert_eq!(h.max(), report.latency_us.max);
+    assert!(
+        json["latency_histogram"]["percentiles"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty())
+    );
+    // A second per timeline entry, with its throughput and percentiles.
+    assert!(!report.timeline.is_empty(), "{report:?}");
+    assert!(
+        report
+            .timeline
+            .iter()
+            .any(|s| s.delivered > 0 && s.p50_us > 0 && s.p50_us <= s.p99_us)
+    );
+    // Saved and read back, the report is the same.
+    let back: sealpost_loadtest::report::Report = serde_json::from_value(json.clone()).unwrap();
+    assert_eq!(
+        back.latency_histogram.hdr_v2_base64,
+        report.latency_histogram.hdr_v2_base64
+    );
+    assert_eq!(back.timeline.len(), report.timeline.len());
+    assert_eq!(back.delivered, report.delivered);
 }
 
 #[tokio::test]
@@ -178,7 +208,7 @@ async fn compare_reports_medians_and_ratios() {
     o.duration = Duration::from_millis(800);
     o.warmup = Duration::from_millis(200);
     let mut seen = Vec::new();
-    let r = sealpost_loadtest::compare::compare(o, 1, None, |run| seen.push(run.kind))
+    let r = sealpost_loadtest::compare::compare(o, 1, None, |run| seen.push(run.kind.clone()))
         .await
         .expect("compare");
     assert_eq!(seen, ["baseline", "memory", "disk"]);

@@ -65,7 +65,7 @@ pub struct RunOptions {
 }
 
 /// Which store a spawned relay uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreKind {
     /// Volatile.
@@ -102,7 +102,7 @@ impl std::str::FromStr for StoreKind {
 }
 
 /// How the generator seals message content end to end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum E2eMode {
     /// HPKE per message, as real clients do.

@@ -19,9 +19,12 @@ pub(crate) async fn tick(ctx: Arc<Ctx>, timeline: Arc<Mutex<Vec<Second>>>, progr
         let err = c.rejected.load(Ordering::Relaxed)
             + c.corrupted.load(Ordering::Relaxed)
             + c.duplicated.load(Ordering::Relaxed);
-        let p99 = {
+        let (p50, p99) = {
             let mut l = ctx.latencies.lock().unwrap_or_else(|p| p.into_inner());
-            let p = l.second.value_at_quantile(0.99);
+            let p = (
+                l.second.value_at_quantile(0.50),
+                l.second.value_at_quantile(0.99),
+            );
             l.second.reset();
             p
         };
@@ -33,6 +36,7 @@ pub(crate) async fn tick(ctx: Arc<Ctx>, timeline: Arc<Mutex<Vec<Second>>>, progr
             deposited: dep - dep0,
             delivered: del - del0,
             errors: err - err0,
+            p50_us: p50,
             p99_us: p99,
         };
         if progress {
