@@ -39,6 +39,36 @@ pub struct Medians {
     pub relay_cpu_s_per_100k: Option<f64>,
     /// Valkey CPU seconds per 100 000 deliveries (cluster store).
     pub valkey_cpu_s_per_100k: Option<f64>,
+    /// Smallest and largest of each figure over the repeats, beside the medians.
+    #[serde(default)]
+    pub spread: Spread,
+    /// Envelopes lost, duplicated and corrupted, over all the repeats.
+    #[serde(default)]
+    pub faults: Faults,
+}
+
+/// Smallest and largest value over the repeats, `[min, max]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Spread {
+    /// Deliveries per second.
+    pub deliveries_per_s: [f64; 2],
+    /// Median latency, microseconds.
+    pub p50_us: [f64; 2],
+    /// 99th percentile latency, microseconds.
+    pub p99_us: [f64; 2],
+    /// 99.9th percentile latency, microseconds.
+    pub p999_us: [f64; 2],
+}
+
+/// What went wrong with the envelopes of one kind's runs, summed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Faults {
+    /// Acknowledged and never delivered.
+    pub lost: u64,
+    /// Delivered more than once.
+    pub duplicated: u64,
+    /// Delivered but failing the end-to-end check.
+    pub corrupted: u64,
 }
 
 /// Relay deliveries per second over baseline deliveries per second (medians).
@@ -57,6 +87,12 @@ pub struct Ratios {
 pub struct CompareReport {
     /// Envelope body size.
     pub size: u32,
+    /// End-to-end sealing in the generator, the same for every kind.
+    #[serde(default = "default_e2e")]
+    pub e2e: crate::load::options::E2eMode,
+    /// The command line that produced the report, as typed.
+    #[serde(default)]
+    pub command: Option<String>,
     /// Repeats of each kind.
     pub repeats: usize,
     /// Where it ran.
@@ -92,6 +128,10 @@ pub struct ClusterColumn {
     pub fleet: FleetOptions,
 }
 
+fn default_e2e() -> crate::load::options::E2eMode {
+    crate::load::options::E2eMode::Fast
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return 0.0;
@@ -105,14 +145,30 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+fn min_max(v: &[f64]) -> [f64; 2] {
+    if v.is_empty() {
+        return [0.0; 2];
+    }
+    [
+        v.iter().copied().fold(f64::INFINITY, f64::min),
+        v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+    ]
+}
+
 fn medians(runs: &[CompareRun], kind: &str) -> Medians {
-    let of = |f: fn(&Report) -> f64| {
-        median(
-            runs.iter()
-                .filter(|r| r.kind == kind)
-                .map(|r| f(&r.report))
-                .collect(),
-        )
+    let values = |f: fn(&Report) -> f64| -> Vec<f64> {
+        runs.iter()
+            .filter(|r| r.kind == kind)
+            .map(|r| f(&r.report))
+            .collect()
+    };
+    let of = |f: fn(&Report) -> f64| median(values(f));
+    let spread_of = |f: fn(&Report) -> f64| min_max(&values(f));
+    let sum = |f: fn(&Report) -> u64| -> u64 {
+        runs.iter()
+            .filter(|r| r.kind == kind)
+            .map(|r| f(&r.report))
+            .sum()
     };
     let of_usage = |f: fn(&crate::usage::Usage) -> Option<f64>| {
         let v: Vec<f64> = runs
@@ -130,6 +186,17 @@ fn medians(runs: &[CompareRun], kind: &str) -> Medians {
         p50_us: of(|r| r.latency_us.p50 as f64),
         p99_us: of(|r| r.latency_us.p99 as f64),
         p999_us: of(|r| r.latency_us.p999 as f64),
+        spread: Spread {
+            deliveries_per_s: spread_of(|r| r.deliveries_per_s),
+            p50_us: spread_of(|r| r.latency_us.p50 as f64),
+            p99_us: spread_of(|r| r.latency_us.p99 as f64),
+            p999_us: spread_of(|r| r.latency_us.p999 as f64),
+        },
+        faults: Faults {
+            lost: sum(|r| r.lost),
+            duplicated: sum(|r| r.duplicated),
+            corrupted: sum(|r| r.corrupted),
+        },
     }
 }
 
@@ -172,6 +239,7 @@ pub async fn compare(
     for repeat in 1..=repeats {
         for kind in KINDS {
             let mut o = template.clone();
+            o.label = format!("{kind}, round {repeat} of {repeats}");
             match (kind, &cluster_fleet) {
                 ("baseline", _) => o.target = Target::Baseline,
                 ("memory", _) => {
@@ -235,6 +303,8 @@ pub async fn compare(
     };
     Ok(CompareReport {
         size: template.size,
+        e2e: template.e2e,
+        command: None,
         repeats,
         machine: Machine::this(),
         ratios: Ratios {

@@ -266,16 +266,57 @@ impl Report {
         }
         let l = &self.latency_us;
         println!(
-            "latency µs{}  p50 {}  p99 {}  p99.9 {}  max {}",
+            "latency ms, deposit to delivery{}:  p50 {}  p99 {}  p99.9 {}  max {}",
             if self.cross_relay {
                 " (cross-relay)"
             } else {
                 ""
             },
-            l.p50,
-            l.p99,
-            l.p999,
-            l.max
+            ms(l.p50),
+            ms(l.p99),
+            ms(l.p999),
+            ms(l.max)
         );
+        println!("{}", self.latency_note());
+    }
+
+    /// What the latency figures mean in this run's mode.
+    pub fn latency_note(&self) -> String {
+        let c = &self.config;
+        match c.rate {
+            Some(_) => "open loop: latency counts from each envelope's scheduled send time, so a \
+                        relay that falls behind shows it (no coordinated omission)"
+                .to_owned(),
+            None => format!(
+                "closed loop: {} connections × depth {} keep {} deposits in flight, so this \
+                 latency is mostly queueing at that depth (in flight / throughput ≈ {} ms); \
+                 for the latency at a given load use --rate or `sweep`",
+                c.connections,
+                c.depth,
+                c.connections * c.depth,
+                ms(if self.deliveries_per_s > 0.0 {
+                    ((c.connections * c.depth) as f64 / self.deliveries_per_s * 1e6) as u64
+                } else {
+                    0
+                })
+            ),
+        }
+    }
+}
+
+/// Microseconds as milliseconds for a person: three significant digits or so.
+pub fn ms(us: u64) -> String {
+    ms_f(us as f64)
+}
+
+/// [`ms`] for a fractional number of microseconds (a median of several runs).
+pub fn ms_f(us: f64) -> String {
+    let v = us / 1000.0;
+    if v < 10.0 {
+        format!("{v:.2}")
+    } else if v < 100.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.0}")
     }
 }

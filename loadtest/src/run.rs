@@ -7,7 +7,7 @@ pub use crate::load::target::{SpawnedRelay, spawn_relay};
 
 use crate::histogram::SavedHistogram;
 use crate::load::disk_usage::data_dir_after_drain;
-use crate::load::progress::tick;
+use crate::load::progress::{clear_line, tick};
 use crate::load::sender::sender;
 use crate::load::subscriber::{create_mailboxes, drain, subscriber, subscriber_connection};
 use crate::load::tally::{Counters, Ctx, Latencies, Track, new_histogram};
@@ -203,7 +203,12 @@ async fn load(
     }
     let timeline = Arc::new(Mutex::new(Vec::new()));
     let progress = progress(opts);
-    let ticker = tokio::spawn(tick(ctx.clone(), timeline.clone(), progress));
+    let ticker = tokio::spawn(tick(
+        ctx.clone(),
+        timeline.clone(),
+        progress,
+        opts.label.clone(),
+    ));
 
     tokio::time::sleep(opts.warmup + opts.duration).await;
     stop_send.store(true, Ordering::Relaxed);
@@ -223,7 +228,7 @@ async fn load(
     }
     ticker.abort();
     if progress {
-        eprintln!();
+        clear_line();
     }
     let c = &ctx.counters;
     let usage = probe.usage(
@@ -260,7 +265,9 @@ async fn report(
     let measured_s = (m.elapsed - opts.warmup.as_secs_f64()).max(1e-9);
     let deposited = c.deposited.load(Ordering::Relaxed);
     let deposited_bytes = deposited * (opts.size as u64 + sealpost_core::envelope::OVERHEAD as u64);
-    let spawned_local = target.spawned.is_some();
+    // Disk figures mean something only for a spawned relay on the disk store: this
+    // process's writes are then the store's.
+    let spawned_local = target.spawned.is_some() && opts.store == StoreKind::Disk;
     let store_label = match &opts.target {
         Target::Spawn => Some(opts.store),
         Target::Processes(f) => Some(f.store),

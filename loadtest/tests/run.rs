@@ -153,6 +153,7 @@ fn options(target: Target) -> RunOptions {
         backlog: false,
         e2e: sealpost_loadtest::run::E2eMode::Fast,
         live_delivered: None,
+        label: String::new(),
     }
 }
 

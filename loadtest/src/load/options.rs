@@ -53,6 +53,9 @@ pub struct RunOptions {
     pub drain_timeout: Duration,
     /// Print a progress line every second (when standard error is a terminal).
     pub progress: bool,
+    /// What the progress line says is running (e.g. `disk, round 2 of 3`); empty for a
+    /// single run.
+    pub label: String,
     /// Store of a spawned relay.
     pub store: StoreKind,
     /// Recipients stay offline during the load and only drain afterwards (a backlog).

@@ -6,8 +6,24 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Clears the progress line, so that what is printed next starts on a clean line and no
+/// progress figure is left among the results.
+pub(crate) fn clear_line() {
+    eprint!("\r\x1b[2K");
+}
+
 /// Once a second: appends a timeline entry and, on a terminal, rewrites the progress line.
-pub(crate) async fn tick(ctx: Arc<Ctx>, timeline: Arc<Mutex<Vec<Second>>>, progress: bool) {
+pub(crate) async fn tick(
+    ctx: Arc<Ctx>,
+    timeline: Arc<Mutex<Vec<Second>>>,
+    progress: bool,
+    label: String,
+) {
+    let label = if label.is_empty() {
+        label
+    } else {
+        format!("[{label}] ")
+    };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     let c = &ctx.counters;
@@ -41,7 +57,7 @@ pub(crate) async fn tick(ctx: Arc<Ctx>, timeline: Arc<Mutex<Vec<Second>>>, progr
         };
         if progress {
             eprint!(
-                "\r{:>5.0} s{}  {} deposits/s  {} deliveries/s  p99 {:.2} ms  errors {}  total delivered {}   ",
+                "\r\x1b[2K{label}{:>4.0} s{}  {} deposits/s  {} deliveries/s  p99 {:.2} ms  errors {}  delivered {}",
                 t,
                 if entry.warmup { " (warm-up)" } else { "" },
                 entry.deposited,

@@ -61,11 +61,11 @@ pub(crate) async fn create_mailboxes(
             done += 1;
             if progress && (done.is_multiple_of(1000) || done == n) {
                 eprint!(
-                    "\rcreating mailboxes: {done}/{n} ({:.0} s)   ",
+                    "\r\x1b[2Kcreating mailboxes: {done}/{n} ({:.0} s)",
                     t0.elapsed().as_secs_f64()
                 );
                 if done == n {
-                    eprintln!();
+                    super::progress::clear_line();
                 }
             }
         }
