@@ -47,6 +47,29 @@ pub struct Medians {
     pub faults: Faults,
 }
 
+impl Medians {
+    /// The figures as a person reads them: deliveries/s, p50, p99 and p99.9 in ms, each as
+    /// `median [min–max]`, then `lost/duplicated/corrupted`.
+    pub fn cells(&self) -> [String; 5] {
+        let range = |m: f64, s: [f64; 2], f: &dyn Fn(f64) -> String| {
+            format!("{} [{}–{}]", f(m), f(s[0]), f(s[1]))
+        };
+        let rate = |v: f64| format!("{v:.0}");
+        let ms = crate::report::ms_f;
+        let s = &self.spread;
+        [
+            range(self.deliveries_per_s, s.deliveries_per_s, &rate),
+            range(self.p50_us, s.p50_us, &ms),
+            range(self.p99_us, s.p99_us, &ms),
+            range(self.p999_us, s.p999_us, &ms),
+            format!(
+                "{}/{}/{}",
+                self.faults.lost, self.faults.duplicated, self.faults.corrupted
+            ),
+        ]
+    }
+}
+
 /// Smallest and largest value over the repeats, `[min, max]`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Spread {

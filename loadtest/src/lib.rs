@@ -14,6 +14,7 @@ pub mod ctcheck;
 pub mod fast;
 pub mod fleet;
 pub mod histogram;
+pub mod html;
 pub mod load;
 pub mod many;
 pub mod message;
@@ -21,6 +22,7 @@ pub mod overhead;
 pub mod report;
 pub mod run;
 pub mod speed;
+pub mod sweep;
 pub mod usage;
 
 use sealpost_core::engine::{BACKEND_ENV, Backend, Engine};

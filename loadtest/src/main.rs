@@ -5,7 +5,8 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use sealpost_core::Suite;
 use sealpost_core::engine::{Backend, Engine};
-use sealpost_loadtest::report::{ms, ms_f};
+use sealpost_loadtest::html::reports::Saved;
+use sealpost_loadtest::report::ms;
 use sealpost_loadtest::run::{E2eMode, RunOptions, Target, run};
 use sealpost_loadtest::speed::{self, Op, SpeedOptions};
 use std::path::PathBuf;
@@ -33,6 +34,13 @@ enum Cmd {
     /// Baseline, relay with the memory store, relay with the disk store: the same load,
     /// interleaved and repeated; medians and the ratios relay / baseline.
     Compare(CompareArgs),
+    /// Open-loop runs at rising rates (fractions of the closed-loop maximum), relay and
+    /// baseline interleaved, until the p99 or errors pass a bound: the latency-vs-throughput
+    /// curve and the highest rate that meets --p99-ms.
+    Sweep(SweepArgs),
+    /// Render saved JSON reports (run, baseline, compare, sweep, speed; several runs are
+    /// overlaid) as one self-contained HTML file with SVG charts.
+    Report(ReportArgs),
     /// Measure the crypto engine against ring, same work, same run.
     Speed(SpeedArgs),
     /// Per-envelope cost of one engine operation and how much of it lies outside the kernels
@@ -199,6 +207,49 @@ struct AbuseArgs {
 }
 
 #[derive(Args)]
+struct SweepArgs {
+    #[command(flatten)]
+    load: LoadArgs,
+    /// Store of the spawned relay: memory or disk.
+    #[arg(long, default_value = "memory")]
+    store: sealpost_loadtest::run::StoreKind,
+    /// Offered rates as fractions of each target's closed-loop maximum, comma-separated,
+    /// rising.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0,1.1,1.2"
+    )]
+    steps: Vec<f64>,
+    /// The p99 a rate must meet, milliseconds: the sweep reports the highest rate meeting it.
+    #[arg(long, default_value_t = 10.0)]
+    p99_ms: f64,
+    /// Stop a target's sweep after a step whose p99 exceeds this, milliseconds (or after any
+    /// step with errors).
+    #[arg(long, default_value_t = 100.0)]
+    stop_p99_ms: f64,
+    /// Write the sweep (every step's full report) as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the sweep as a self-contained HTML page with charts to this file.
+    #[arg(long)]
+    html: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// JSON reports written with --json by run, baseline, compare, sweep or speed.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// The HTML file to write.
+    #[arg(long)]
+    html: PathBuf,
+    /// The page's title.
+    #[arg(long, default_value = "sealpost-loadtest report")]
+    title: String,
+}
+
+#[derive(Args)]
 struct SpeedArgs {
     /// Bytes authenticated per envelope (the envelope for verify, the plaintext for seal/open).
     #[arg(
@@ -230,6 +281,9 @@ struct SpeedArgs {
     /// Write the report (machine, clock, kernel floors, rows) as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Write the matrix as a self-contained HTML page with charts to this file.
+    #[arg(long)]
+    html: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -331,6 +385,9 @@ struct RunArgs {
     /// Write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Write the report as a self-contained HTML page with charts to this file.
+    #[arg(long)]
+    html: Option<PathBuf>,
     /// Store of the spawned relay: memory, disk or cluster (relay processes on a Valkey
     /// cluster).
     #[arg(long, default_value = "memory")]
@@ -394,6 +451,9 @@ struct BaselineArgs {
     /// Write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Write the report as a self-contained HTML page with charts to this file.
+    #[arg(long)]
+    html: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -413,6 +473,9 @@ struct CompareArgs {
     /// Write the comparison (medians, ratios, every run's report) as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Write the comparison as a self-contained HTML page with charts to this file.
+    #[arg(long)]
+    html: Option<PathBuf>,
 }
 
 impl LoadArgs {
@@ -453,6 +516,8 @@ async fn main() -> ExitCode {
         Cmd::Baseline(a) => baseline_cmd(a).await,
         Cmd::Compare(a) => compare_cmd(a).await,
         Cmd::Speed(a) => speed_cmd(a),
+        Cmd::Sweep(a) => sweep_cmd(a).await,
+        Cmd::Report(a) => html_report_cmd(a),
         Cmd::Overhead(a) => overhead_cmd(a),
         Cmd::CtCheck { samples, json } => ct_cmd(samples, json),
         Cmd::Abuse(a) => abuse_cmd(*a).await,
@@ -502,20 +567,31 @@ async fn run_cmd(a: RunArgs) -> anyhow::Result<ExitCode> {
     let mut opts = a.load.options(target)?;
     opts.store = a.store;
     opts.backlog = a.backlog;
-    report_cmd(opts, a.json).await
+    report_cmd(opts, a.json, a.html).await
 }
 
 async fn baseline_cmd(a: BaselineArgs) -> anyhow::Result<ExitCode> {
-    report_cmd(a.load.options(Target::Baseline)?, a.json).await
+    report_cmd(a.load.options(Target::Baseline)?, a.json, a.html).await
 }
 
-async fn report_cmd(opts: RunOptions, json: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let report = run(opts).await?;
+async fn report_cmd(
+    opts: RunOptions,
+    json: Option<PathBuf>,
+    html: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let mut report = run(opts).await?;
+    report.command = Some(command_line());
     report.print();
     if let Some(path) = json {
-        let json = serde_json::to_string_pretty(&report)?;
-        std::fs::write(&path, json + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
+        write_json(&path, &report)?;
+    }
+    if let Some(path) = html {
+        let name = report.config.relay.clone();
+        write_html(
+            &path,
+            "sealpost-loadtest run",
+            vec![(name, Saved::Run(Box::new(report.clone())))],
+        )?;
     }
     // A run that lost or corrupted anything fails, so scripts notice.
     let clean = report.lost == 0 && report.corrupted == 0 && report.duplicated == 0;
@@ -553,7 +629,7 @@ async fn compare_cmd(a: CompareArgs) -> anyhow::Result<ExitCode> {
         "valkey s/100k"
     );
     let cpu = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));
-    let r = compare::compare(template, a.repeat, cluster, |run| {
+    let mut r = compare::compare(template, a.repeat, cluster, |run| {
         let rep = &run.report;
         let l = &rep.latency_us;
         let u = rep.usage.as_ref();
@@ -581,10 +657,6 @@ async fn compare_cmd(a: CompareArgs) -> anyhow::Result<ExitCode> {
         "{:<9} {:>24} {:>22} {:>22} {:>22} {:>14}",
         "kind", "deliveries/s", "p50 ms", "p99 ms", "p999 ms", "lost/dup/corr"
     );
-    let range = |m: f64, s: [f64; 2], f: &dyn Fn(f64) -> String| {
-        format!("{} [{}–{}]", f(m), f(s[0]), f(s[1]))
-    };
-    let rate = |v: f64| format!("{v:.0}");
     for (kind, m) in [
         ("baseline", Some(&r.baseline)),
         ("memory", Some(&r.memory)),
@@ -592,18 +664,8 @@ async fn compare_cmd(a: CompareArgs) -> anyhow::Result<ExitCode> {
         ("cluster", r.cluster.as_ref()),
     ] {
         let Some(m) = m else { continue };
-        println!(
-            "{:<9} {:>24} {:>22} {:>22} {:>22} {:>14}",
-            kind,
-            range(m.deliveries_per_s, m.spread.deliveries_per_s, &rate),
-            range(m.p50_us, m.spread.p50_us, &ms_f),
-            range(m.p99_us, m.spread.p99_us, &ms_f),
-            range(m.p999_us, m.spread.p999_us, &ms_f),
-            format!(
-                "{}/{}/{}",
-                m.faults.lost, m.faults.duplicated, m.faults.corrupted
-            ),
-        );
+        let [rate, p50, p99, p999, faults] = m.cells();
+        println!("{kind:<9} {rate:>24} {p50:>22} {p99:>22} {p999:>22} {faults:>14}");
         if m.relay_cpu_s_per_100k.is_some() {
             println!(
                 "{:<9} cpu s per 100k deliveries: relay {}  valkey {}",
@@ -629,9 +691,132 @@ async fn compare_cmd(a: CompareArgs) -> anyhow::Result<ExitCode> {
                 .map_or("-".to_owned(), |v| format!("{v:.2}"))
         );
     }
+    r.command = Some(command_line());
     if let Some(path) = a.json {
-        std::fs::write(&path, serde_json::to_string_pretty(&r)? + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
+        write_json(&path, &r)?;
+    }
+    if let Some(path) = a.html {
+        write_html(
+            &path,
+            "sealpost-loadtest compare",
+            vec![("compare".to_owned(), Saved::Compare(Box::new(r.clone())))],
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The command line as typed, for the reports (arguments with spaces quoted).
+fn command_line() -> String {
+    std::env::args()
+        .map(|a| {
+            if a.is_empty() || a.contains(char::is_whitespace) {
+                format!("'{a}'")
+            } else {
+                a
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    std::fs::write(path, serde_json::to_string_pretty(value)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn write_html(
+    path: &std::path::Path,
+    title: &str,
+    reports: Vec<(String, Saved)>,
+) -> anyhow::Result<()> {
+    let page = sealpost_loadtest::html::reports::page(title, &reports)?;
+    std::fs::write(path, page.render()).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("wrote {} ({} charts)", path.display(), page.chart_count());
+    Ok(())
+}
+
+fn html_report_cmd(a: ReportArgs) -> anyhow::Result<ExitCode> {
+    let mut reports = Vec::new();
+    for f in &a.files {
+        let name = f.file_stem().map_or_else(
+            || f.display().to_string(),
+            |s| s.to_string_lossy().into_owned(),
+        );
+        reports.push((name, Saved::read(f)?));
+    }
+    write_html(&a.html, &a.title, reports)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn sweep_cmd(a: SweepArgs) -> anyhow::Result<ExitCode> {
+    use sealpost_loadtest::sweep::{SweepOptions, sweep};
+    let mut template = a.load.options(Target::Spawn)?;
+    template.store = a.store;
+    println!(
+        "sweep: relay ({} store) and baseline, open loop at {} of each one's closed-loop maximum; p99 target {} ms, stop over {} ms; {}",
+        a.store.name(),
+        a.steps
+            .iter()
+            .map(|f| format!("{:.0}%", f * 100.0))
+            .collect::<Vec<_>>()
+            .join(","),
+        a.p99_ms,
+        a.stop_p99_ms,
+        match template.e2e {
+            E2eMode::Hpke => "hpke sealing in the generator",
+            E2eMode::Fast => "fast sealing in the generator (relay work unchanged)",
+        }
+    );
+    println!(
+        "{:<9} {:>6} {:>10} {:>11} {:>8} {:>8} {:>8} {:>7}",
+        "target", "of max", "offered/s", "achieved/s", "p50 ms", "p99 ms", "p999 ms", "errors"
+    );
+    let mut r = sweep(
+        SweepOptions {
+            template,
+            fractions: a.steps,
+            p99_target_ms: a.p99_ms,
+            stop_p99_ms: a.stop_p99_ms,
+        },
+        |kind, fraction, rep| {
+            let l = &rep.latency_us;
+            println!(
+                "{:<9} {:>6} {:>10} {:>11.0} {:>8} {:>8} {:>8} {:>7}",
+                kind,
+                fraction.map_or("closed".to_owned(), |f| format!("{:.0}%", f * 100.0)),
+                rep.config
+                    .rate
+                    .map_or("-".to_owned(), |r| format!("{r:.0}")),
+                rep.deliveries_per_s,
+                ms(l.p50),
+                ms(l.p99),
+                ms(l.p999),
+                rep.rejected + rep.lost + rep.duplicated + rep.corrupted
+            );
+        },
+    )
+    .await?;
+    r.command = Some(command_line());
+    for c in &r.curves {
+        println!(
+            "{}: closed-loop {:.0} deliveries/s; highest rate with p99 <= {} ms: {}; stopped: {}",
+            c.kind,
+            c.closed_loop_per_s,
+            r.p99_target_ms,
+            c.best_rate
+                .map_or("none of the steps".to_owned(), |b| format!("{b:.0}/s")),
+            c.stopped
+        );
+    }
+    if let Some(path) = a.json {
+        write_json(&path, &r)?;
+    }
+    if let Some(path) = a.html {
+        write_html(
+            &path,
+            "sealpost-loadtest sweep",
+            vec![("sweep".to_owned(), Saved::Sweep(Box::new(r.clone())))],
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -640,7 +825,7 @@ async fn compare_cmd(a: CompareArgs) -> anyhow::Result<ExitCode> {
 /// what its latency means.
 fn compare_preamble(o: &RunOptions, repeats: usize) -> String {
     format!(
-        "{repeats} rounds of baseline, memory, disk (and cluster), interleaved; {} mailboxes, {} connections, {} s each; end-to-end sealing in the generator: {}; {}",
+        "{repeats} rounds of baseline, memory, disk (and cluster with --cluster), interleaved; {} mailboxes, {} connections, {} s each; end-to-end sealing in the generator: {}; {}",
         o.mailboxes,
         o.connections,
         o.duration.as_secs_f64(),
@@ -699,7 +884,8 @@ fn speed_cmd(a: SpeedArgs) -> anyhow::Result<ExitCode> {
         "ratio: ours / the faster of ring and aws-lc-rs; c/B: core cycles per byte (ours, ring); c/env: ours per envelope; floor: fraction of the kernels-alone cost reached"
     );
     speed::print_header();
-    let report = speed::run(&opts, speed::print_row);
+    let mut report = speed::run(&opts, speed::print_row);
+    report.command = Some(command_line());
     if let Some(c) = report.core_cycles_per_tsc_tick {
         println!("core cycles per TSC tick: {c:.3}");
     }
@@ -715,8 +901,14 @@ fn speed_cmd(a: SpeedArgs) -> anyhow::Result<ExitCode> {
         );
     }
     if let Some(path) = a.json {
-        std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
+        write_json(&path, &report)?;
+    }
+    if let Some(path) = a.html {
+        write_html(
+            &path,
+            "sealpost-loadtest speed",
+            vec![("speed".to_owned(), Saved::Speed(Box::new(report.clone())))],
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

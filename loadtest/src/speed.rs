@@ -171,6 +171,9 @@ pub struct SpeedReport {
     pub kernels: Vec<Kernels>,
     /// The cells.
     pub rows: Vec<Row>,
+    /// The command line, as typed (`None` when run from code).
+    #[serde(default)]
+    pub command: Option<String>,
 }
 
 /// The inputs of one cell, owned (jobs borrow from them): per envelope a random key (also
@@ -520,6 +523,7 @@ pub fn run(opts: &SpeedOptions, mut each: impl FnMut(&Row)) -> SpeedReport {
         }
     }
     SpeedReport {
+        command: None,
         machine: Machine::this(),
         cpu_flags: cpu_flags(),
         core_cycles_per_tsc_tick: clock,

@@ -11,11 +11,12 @@ const SIZE: (u32, u32) = (860, 420);
 #[derive(Debug, thiserror::Error)]
 #[error("drawing the {chart} chart failed: {detail}")]
 pub struct ChartError {
-    chart: &'static str,
+    chart: String,
     detail: String,
 }
 
-fn err<E: std::fmt::Debug>(chart: &'static str) -> impl FnOnce(E) -> ChartError {
+fn err<E: std::fmt::Debug>(chart: &str) -> impl FnOnce(E) -> ChartError + use<E> {
+    let chart = chart.to_owned();
     move |e| ChartError {
         chart,
         detail: format!("{e:?}"),
@@ -88,14 +89,20 @@ pub fn lines(axes: &Axes<'_>, series: &[Series]) -> Result<String, ChartError> {
     {
         let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
         root.fill(&WHITE).map_err(err(axes.title))?;
-        let xs = axes
-            .x_range
-            .clone()
-            .unwrap_or_else(|| span(series.iter().flat_map(|s| s.points.iter().map(|p| p.0)), false));
-        let ys = span(series.iter().flat_map(|s| s.points.iter().map(|p| p.1)), true);
+        let xs = axes.x_range.clone().unwrap_or_else(|| {
+            span(
+                series.iter().flat_map(|s| s.points.iter().map(|p| p.0)),
+                false,
+            )
+        });
+        let ys = span(
+            series.iter().flat_map(|s| s.points.iter().map(|p| p.1)),
+            true,
+        );
         let mut chart = ChartBuilder::on(&root)
             .caption(axes.title, ("sans-serif", 20))
             .margin(12)
+            .margin_right(40)
             .x_label_area_size(44)
             .y_label_area_size(70)
             .build_cartesian_2d(xs, ys)
@@ -104,6 +111,8 @@ pub fn lines(axes: &Axes<'_>, series: &[Series]) -> Result<String, ChartError> {
             .configure_mesh()
             .x_desc(axes.x)
             .y_desc(axes.y)
+            .label_style(("sans-serif", 13))
+            .axis_desc_style(("sans-serif", 14))
             .x_label_formatter(axes.x_label)
             .y_label_formatter(&|v| short(*v))
             .draw()
@@ -114,8 +123,11 @@ pub fn lines(axes: &Axes<'_>, series: &[Series]) -> Result<String, ChartError> {
                 .draw_series(LineSeries::new(s.points.iter().copied(), c.stroke_width(2)))
                 .map_err(err(axes.title))?
                 .label(&s.name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
-            if axes.markers {
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
+                });
+            // A series of a point or few (a short run's timeline) would hardly show as a line.
+            if axes.markers || s.points.len() < 5 {
                 chart
                     .draw_series(s.points.iter().map(|&p| Circle::new(p, 3, c.filled())))
                     .map_err(err(axes.title))?;
@@ -125,6 +137,7 @@ pub fn lines(axes: &Axes<'_>, series: &[Series]) -> Result<String, ChartError> {
             chart
                 .configure_series_labels()
                 .position(SeriesLabelPosition::UpperLeft)
+                .label_font(("sans-serif", 13))
                 .background_style(WHITE.mix(0.85))
                 .border_style(BLACK)
                 .draw()
@@ -154,12 +167,15 @@ pub fn short(v: f64) -> String {
 /// The x coordinate of quantile `q` on a percentile plot: log10(1 / (1 - q)), so that 90 %,
 /// 99 %, 99.9 % … are evenly spaced (HdrHistogram's percentile plot).
 pub fn quantile_x(q: f64) -> f64 {
-    // The last point (q = 1) is drawn one decade past the one before it at most.
-    (1.0 / (1.0 - q).max(1e-7)).log10()
+    (1.0 / (1.0 - q).max(1e-9)).log10()
 }
 
 /// The axis label at x on a percentile plot.
 pub fn quantile_label(x: &f64) -> String {
+    if (x - x.round()).abs() > 1e-6 {
+        // Only the decades are labelled: between them the percentages are not round.
+        return String::new();
+    }
     let q = 1.0 - 10f64.powf(-x);
     let p = q * 100.0;
     if p < 99.0 {
@@ -173,11 +189,25 @@ pub fn quantile_label(x: &f64) -> String {
 /// A percentile plot: latency (ms) against percentile on the log axis, several runs overlaid.
 /// Each series' points are (quantile, latency ms).
 pub fn percentiles(title: &str, series: &[Series]) -> Result<String, ChartError> {
+    // The last point (q = 1, the maximum) would sit at infinity: it is drawn half a decade
+    // past the rarest percentile before it.
     let mapped: Vec<Series> = series
         .iter()
-        .map(|s| Series {
-            name: s.name.clone(),
-            points: s.points.iter().map(|&(q, v)| (quantile_x(q), v)).collect(),
+        .map(|s| {
+            let finite = s
+                .points
+                .iter()
+                .filter(|p| p.0 < 1.0)
+                .map(|p| quantile_x(p.0))
+                .fold(0.0f64, f64::max);
+            Series {
+                name: s.name.clone(),
+                points: s
+                    .points
+                    .iter()
+                    .map(|&(q, v)| (if q < 1.0 { quantile_x(q) } else { finite + 0.5 }, v))
+                    .collect(),
+            }
         })
         .collect();
     let top = mapped
@@ -243,6 +273,8 @@ pub fn grouped_bars(
             .x_labels(groups.len().max(1) * 2 + 1)
             .x_label_formatter(&label)
             .y_desc(y)
+            .label_style(("sans-serif", 13))
+            .axis_desc_style(("sans-serif", 14))
             .y_label_formatter(&|v| short(*v))
             .draw()
             .map_err(err("bar"))?;
@@ -254,7 +286,10 @@ pub fn grouped_bars(
                 .draw_series(groups.iter().enumerate().filter_map(|(gi, g)| {
                     let v = *g.values.get(si)?;
                     let x0 = gi as f64 - 0.4 + si as f64 * width;
-                    Some(Rectangle::new([(x0, 0.0), (x0 + width * 0.92, v)], c.filled()))
+                    Some(Rectangle::new(
+                        [(x0, 0.0), (x0 + width * 0.92, v)],
+                        c.filled(),
+                    ))
                 }))
                 .map_err(err("bar"))?
                 .label(name)
@@ -263,6 +298,7 @@ pub fn grouped_bars(
         chart
             .configure_series_labels()
             .position(SeriesLabelPosition::UpperLeft)
+            .label_font(("sans-serif", 13))
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .draw()
@@ -296,19 +332,25 @@ mod tests {
         };
         let svg = percentiles("latency", &[s("a", 1.0), s("b", 2.0)]).unwrap();
         assert!(svg.starts_with("<svg"), "{}", &svg[..40]);
-        assert!(svg.contains("latency, ms") && svg.contains(">a<") && svg.contains(">b<"));
+        assert!(svg.contains("\nlatency, ms\n") && svg.contains("\na\n") && svg.contains("\nb\n"));
         assert!(svg.matches("<polyline").count() >= 2, "{svg}");
         let bars = grouped_bars(
             "speed",
             "GB/s",
             &["ours".into(), "ring".into()],
             &[
-                BarGroup { label: "64 B".into(), values: vec![1.0, 0.5] },
-                BarGroup { label: "1 KiB".into(), values: vec![3.0, 2.0] },
+                BarGroup {
+                    label: "64 B".into(),
+                    values: vec![1.0, 0.5],
+                },
+                BarGroup {
+                    label: "1 KiB".into(),
+                    values: vec![3.0, 2.0],
+                },
             ],
         )
         .unwrap();
-        assert!(bars.contains(">64 B<") && bars.contains(">ring<"));
+        assert!(bars.contains("\n64 B\n") && bars.contains("\nring\n"));
         assert!(bars.matches("<rect").count() >= 5, "{bars}");
     }
 }
