@@ -247,6 +247,9 @@ struct ReportArgs {
     /// The page's title.
     #[arg(long, default_value = "sealpost-loadtest report")]
     title: String,
+    /// Also write every chart as its own SVG file into this directory (created if missing).
+    #[arg(long)]
+    svg_dir: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -728,11 +731,11 @@ fn write_html(
     path: &std::path::Path,
     title: &str,
     reports: Vec<(String, Saved)>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<sealpost_loadtest::html::Page> {
     let page = sealpost_loadtest::html::reports::page(title, &reports)?;
     std::fs::write(path, page.render()).with_context(|| format!("writing {}", path.display()))?;
     eprintln!("wrote {} ({} charts)", path.display(), page.chart_count());
-    Ok(())
+    Ok(page)
 }
 
 fn html_report_cmd(a: ReportArgs) -> anyhow::Result<ExitCode> {
@@ -744,7 +747,15 @@ fn html_report_cmd(a: ReportArgs) -> anyhow::Result<ExitCode> {
         );
         reports.push((name, Saved::read(f)?));
     }
-    write_html(&a.html, &a.title, reports)?;
+    let page = write_html(&a.html, &a.title, reports)?;
+    if let Some(dir) = a.svg_dir {
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (name, svg) in page.svg_files() {
+            let path = dir.join(name);
+            std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -11,7 +11,8 @@ use std::fmt::Write as _;
 pub struct Page {
     title: String,
     body: String,
-    charts: usize,
+    /// Every chart's SVG document and caption, in page order.
+    charts: Vec<(String, String)>,
 }
 
 /// Escapes text for HTML.
@@ -81,7 +82,7 @@ impl Page {
 
     /// A chart (an SVG document from [`charts`]) with a caption.
     pub fn chart(&mut self, svg: &str, caption: &str) {
-        self.charts += 1;
+        self.charts.push((svg.to_owned(), caption.to_owned()));
         // The SVG backend writes a standalone document; inline, only the <svg> element is
         // wanted.
         let start = svg.find("<svg").unwrap_or(0);
@@ -95,7 +96,40 @@ impl Page {
 
     /// Charts on the page so far.
     pub fn chart_count(&self) -> usize {
+        self.charts.len()
+    }
+
+    /// Every chart as a standalone SVG document with a file name (`01-latency-by-percentile.svg`),
+    /// for pages that want a chart on its own (a README).
+    pub fn svg_files(&self) -> Vec<(String, String)> {
         self.charts
+            .iter()
+            .enumerate()
+            .map(|(i, (svg, _))| {
+                // The chart's own title is its first text element.
+                let title = svg
+                    .split("<text")
+                    .nth(1)
+                    .and_then(|t| t.split_once('>'))
+                    .map(|(_, rest)| rest.split('<').next().unwrap_or("").trim())
+                    .unwrap_or("chart");
+                let slug: String = title
+                    .chars()
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() {
+                            c.to_ascii_lowercase()
+                        } else {
+                            '-'
+                        }
+                    })
+                    .collect::<String>()
+                    .split('-')
+                    .filter(|w| !w.is_empty())
+                    .collect::<Vec<_>>()
+                    .join("-");
+                (format!("{:02}-{slug}.svg", i + 1), svg.clone())
+            })
+            .collect()
     }
 
     /// The whole document.
