@@ -144,9 +144,10 @@ async fn a_sweep_a_comparison_and_a_speed_matrix_render_with_their_charts() {
     assert!(matches!(reports[3].1, Saved::Compare(_)));
     assert!(matches!(reports[4].1, Saved::Speed(_)));
     let p = page("test report", &reports).expect("renders");
-    // Runs: percentile, throughput and p99 over time; sweep: the curve; compare: bars and its
-    // three run charts; speed: one bar chart per (op, suite, backend).
-    assert_eq!(p.chart_count(), 3 + 1 + 4 + 1, "charts");
+    // Runs: percentile, throughput and p99 over time; sweep: the curve and a percentile plot
+    // per target; compare: bars and its three run charts; speed: one bar chart per (op,
+    // suite, backend).
+    assert_eq!(p.chart_count(), 3 + 3 + 4 + 1, "charts");
     let html = p.render();
     assert_eq!(html.matches("<svg").count(), p.chart_count());
     for text in [

@@ -424,6 +424,25 @@ fn sweep_section(page: &mut Page, name: &str, s: &SweepReport) -> Result<(), Ren
         )?,
         "Each point is one open-loop run at a fixed offered rate; latency counts from each envelope's scheduled send time.",
     );
+    // Each target's steps overlaid on the percentile plot: how the whole distribution moves
+    // as the load rises.
+    for c in &s.curves {
+        let series: Vec<Series> = c
+            .points
+            .iter()
+            .map(|p| Series {
+                name: format!("{:.0}/s", p.rate),
+                points: percentile_points(&p.report),
+            })
+            .collect();
+        page.chart(
+            &charts::percentiles(
+                &format!("Latency by percentile, {}, each step", c.kind),
+                &series,
+            )?,
+            "One curve per offered rate (open loop).",
+        );
+    }
     let mut steps = Vec::new();
     for c in &s.curves {
         for p in &c.points {
