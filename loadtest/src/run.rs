@@ -210,7 +210,12 @@ async fn load(
         opts.label.clone(),
     ));
 
-    tokio::time::sleep(opts.warmup + opts.duration).await;
+    // The load ends warm-up + duration after the schedule's start (not after the set-up
+    // above, which a busy machine can make take a while and so stretch the open loop).
+    tokio::time::sleep_until(tokio::time::Instant::from_std(
+        ctx.start + opts.warmup + opts.duration,
+    ))
+    .await;
     stop_send.store(true, Ordering::Relaxed);
     while let Some(r) = senders.join_next().await {
         r.context("sender task panicked")??;

@@ -24,12 +24,16 @@ fn err<E: std::fmt::Debug>(chart: &str) -> impl FnOnce(E) -> ChartError + use<E>
 }
 
 /// One line of a chart: its legend name and its points.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Series {
     /// Legend text.
     pub name: String,
     /// (x, y) in the chart's units.
     pub points: Vec<(f64, f64)>,
+    /// Palette index; `None`: the series' position (so related series can share a colour).
+    pub colour: Option<usize>,
+    /// Drawn dashed (a secondary figure of the same target, e.g. the p50 beside the p99).
+    pub dashed: bool,
 }
 
 /// The colour of series `i`: a palette that stays apart in print and for most colour vision.
@@ -118,13 +122,25 @@ pub fn lines(axes: &Axes<'_>, series: &[Series]) -> Result<String, ChartError> {
             .draw()
             .map_err(err(axes.title))?;
         for (i, s) in series.iter().enumerate() {
-            let c = colour(i);
-            chart
-                .draw_series(LineSeries::new(s.points.iter().copied(), c.stroke_width(2)))
+            let c = colour(s.colour.unwrap_or(i));
+            let drawn = if s.dashed {
+                chart.draw_series(DashedLineSeries::new(
+                    s.points.iter().copied(),
+                    6,
+                    4,
+                    c.stroke_width(2),
+                ))
+            } else {
+                chart.draw_series(LineSeries::new(s.points.iter().copied(), c.stroke_width(2)))
+            };
+            let dashed = s.dashed;
+            drawn
                 .map_err(err(axes.title))?
                 .label(&s.name)
                 .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
+                    // A dashed series shows a shorter stroke in the legend.
+                    let to = if dashed { x + 8 } else { x + 18 };
+                    PathElement::new(vec![(x, y), (to, y)], c.stroke_width(2))
                 });
             // A series of a point or few (a short run's timeline) would hardly show as a line.
             if axes.markers || s.points.len() < 5 {
@@ -202,6 +218,8 @@ pub fn percentiles(title: &str, series: &[Series]) -> Result<String, ChartError>
                 .fold(0.0f64, f64::max);
             Series {
                 name: s.name.clone(),
+                colour: s.colour,
+                dashed: s.dashed,
                 points: s
                     .points
                     .iter()
@@ -329,6 +347,7 @@ mod tests {
         let s = |name: &str, k: f64| Series {
             name: name.into(),
             points: (0..10).map(|i| (i as f64 / 10.0, k * i as f64)).collect(),
+            ..Series::default()
         };
         let svg = percentiles("latency", &[s("a", 1.0), s("b", 2.0)]).unwrap();
         assert!(svg.starts_with("<svg"), "{}", &svg[..40]);

@@ -144,6 +144,7 @@ fn timeline_series(
         .map(|(n, r)| Series {
             name: n.clone(),
             points: r.timeline.iter().map(|s| (s.t_s as f64, f(s))).collect(),
+            ..Series::default()
         })
         .collect()
 }
@@ -163,6 +164,7 @@ fn run_charts(page: &mut Page, runs: &[(String, &Report)]) -> Result<(), RenderE
         .map(|(n, r)| Series {
             name: n.clone(),
             points: percentile_points(r),
+            ..Series::default()
         })
         .collect();
     page.chart(
@@ -395,21 +397,25 @@ fn sweep_section(page: &mut Page, name: &str, s: &SweepReport) -> Result<(), Ren
         ],
         &summary,
     );
-    let curve = |f: fn(&crate::sweep::SweepPoint) -> u64, what: &str| -> Vec<Series> {
+    // One colour per target: its p99 solid, its p50 dashed.
+    let curve = |f: fn(&crate::sweep::SweepPoint) -> u64, what: &str, dashed: bool| {
         s.curves
             .iter()
-            .map(|c| Series {
+            .enumerate()
+            .map(|(i, c)| Series {
                 name: format!("{} {what}", c.kind),
                 points: c
                     .points
                     .iter()
                     .map(|p| (p.deliveries_per_s, f(p) as f64 / 1000.0))
                     .collect(),
+                colour: Some(i),
+                dashed,
             })
-            .collect()
+            .collect::<Vec<_>>()
     };
-    let mut series = curve(|p| p.p99_us, "p99");
-    series.extend(curve(|p| p.p50_us, "p50"));
+    let mut series = curve(|p| p.p99_us, "p99", false);
+    series.extend(curve(|p| p.p50_us, "p50", true));
     page.chart(
         &charts::lines(
             &Axes {
@@ -433,6 +439,7 @@ fn sweep_section(page: &mut Page, name: &str, s: &SweepReport) -> Result<(), Ren
             .map(|p| Series {
                 name: format!("{:.0}/s", p.rate),
                 points: percentile_points(&p.report),
+                ..Series::default()
             })
             .collect();
         page.chart(
