@@ -165,10 +165,18 @@ pub struct Report {
 }
 
 impl Report {
-    /// A human-readable summary.
+    /// Prints [`Report::summary`] to standard output.
     pub fn print(&self) {
+        print!("{}", self.summary());
+    }
+
+    /// A human-readable summary, one figure group a line.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
         let c = &self.config;
-        println!(
+        let _ = writeln!(
+            out,
             "relay {} ({})  mailboxes {}  connections {}  size {} B  load {:.1} s + {:.1} s warm-up  {}{}",
             c.relay,
             match (c.relay.as_str(), c.store) {
@@ -193,7 +201,8 @@ impl Report {
                 ""
             }
         );
-        println!(
+        let _ = writeln!(
+            out,
             "end-to-end sealing in the generator: {}",
             match c.e2e {
                 crate::load::options::E2eMode::Hpke => "hpke (per message, as real clients)",
@@ -201,40 +210,47 @@ impl Report {
                     "fast (per-mailbox symmetric key; relay work unchanged)",
             }
         );
-        println!(
+        let _ = writeln!(
+            out,
             "deposited {}  acked {}  delivered {}  rejected {}",
             self.deposited, self.acked, self.delivered, self.rejected
         );
-        println!(
+        let _ = writeln!(
+            out,
             "lost {}  duplicated {}  corrupted {}",
             self.lost, self.duplicated, self.corrupted
         );
-        println!(
+        let _ = writeln!(
+            out,
             "{:.0} deliveries/s  {:.1} MB/s  over {:.2} s after the warm-up",
             self.deliveries_per_s,
             self.bytes_per_s / 1e6,
             self.measured_s
         );
         if let Some(w) = self.write_bytes_per_deposited_byte {
-            println!(
+            let _ = writeln!(
+                out,
                 "disk: {:.2} bytes written per byte deposited during the load",
                 w
             );
         }
         if let Some(d) = self.data_dir_bytes_after_drain {
-            println!(
+            let _ = writeln!(
+                out,
                 "disk: data directory {:.1} KiB after the drain",
                 d as f64 / 1024.0
             );
         }
         if let Some(d) = self.data_dir_bytes_after_reclaim {
-            println!(
+            let _ = writeln!(
+                out,
                 "disk: data directory {:.1} KiB after flush and compaction",
                 d as f64 / 1024.0
             );
         }
         if let Some(n) = &self.cluster_nodes {
-            println!(
+            let _ = writeln!(
+                out,
                 "valkey cluster {} ({})",
                 n.join(","),
                 if self.cluster_started {
@@ -245,7 +261,8 @@ impl Report {
             );
         }
         if let Some(u) = &self.usage {
-            println!(
+            let _ = writeln!(
+                out,
                 "cpu: relays ({}) {:.2} s = {:.2} s per 100k deliveries{}",
                 u.relay_processes,
                 u.relay_cpu_s,
@@ -259,13 +276,15 @@ impl Report {
                 }
             );
             if let (Some(w), Some(f)) = (u.waitaof_per_deposit, u.fcall_per_deposit) {
-                println!(
+                let _ = writeln!(
+                    out,
                     "valkey: {w:.3} WAITAOF (fsync waits of group commits) and {f:.2} FCALL per deposit"
                 );
             }
         }
         let l = &self.latency_us;
-        println!(
+        let _ = writeln!(
+            out,
             "latency ms, deposit to delivery{}:  p50 {}  p99 {}  p99.9 {}  max {}",
             if self.cross_relay {
                 " (cross-relay)"
@@ -277,7 +296,8 @@ impl Report {
             ms(l.p999),
             ms(l.max)
         );
-        println!("{}", self.latency_note());
+        let _ = writeln!(out, "{}", self.latency_note());
+        out
     }
 
     /// What the latency figures mean in this run's mode.

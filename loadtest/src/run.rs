@@ -110,6 +110,7 @@ async fn set_up(
         run_id: u64::from_be_bytes(sealpost_core::random::array().context("random source")?),
         unsealed: target.baseline.is_some(),
         warmup_us: opts.warmup.as_micros() as u64,
+        load_end_us: (opts.warmup + opts.duration).as_micros() as u64,
         latencies: Mutex::new(Latencies {
             total: new_histogram(),
             second: new_histogram(),

@@ -134,6 +134,8 @@ async fn short_run_on_the_disk_store_loses_nothing_and_reports_writes() {
         );
     }
     assert!(report.data_dir_bytes_after_drain.is_some());
+    let summary = report.summary();
+    assert!(summary.contains("disk: data directory"), "{summary}");
 }
 
 fn options(target: Target) -> RunOptions {
@@ -193,6 +195,35 @@ async fn open_loop_keeps_to_its_rate() {
     assert_eq!(report.delivered, report.deposited);
     assert_eq!(report.config.mode, "open");
     assert!(report.latency_us.p50 > 0);
+    let summary = report.summary();
+    assert!(summary.contains("open loop"), "{summary}");
+    assert!(!summary.contains("queueing"), "{summary}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_store_summary_is_honest_about_what_it_measured() {
+    let report = run(options(Target::Spawn)).await.expect("run");
+    let summary = report.summary();
+    // Latency in ms; closed loop explained as queueing at the chosen depth; the sealing mode
+    // named; no disk figures for a memory store.
+    assert!(
+        summary.contains("latency ms, deposit to delivery"),
+        "{summary}"
+    );
+    assert!(!summary.contains("µs"), "{summary}");
+    assert!(
+        summary.contains("closed loop: 2 connections × depth 64 keep 128 deposits in flight")
+            && summary.contains("queueing at that depth"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("end-to-end sealing in the generator: fast"),
+        "{summary}"
+    );
+    assert!(summary.contains("memory store"), "{summary}");
+    assert!(!summary.contains("disk:"), "{summary}");
+    assert_eq!(report.disk_write_bytes_during_load, None);
+    assert_eq!(report.write_bytes_per_deposited_byte, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

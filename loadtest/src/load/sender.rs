@@ -72,6 +72,10 @@ pub(crate) async fn sender(
                 None => ctx.now_us(),
                 Some(iv) => {
                     let due = (sent as f64 * iv) as u64;
+                    if due >= ctx.load_end_us {
+                        // The schedule is over: what is due later belongs to no run.
+                        break 'load;
+                    }
                     let now = ctx.now_us();
                     if due > now {
                         // Never early. tokio's timer ticks in milliseconds, so a wake-up may

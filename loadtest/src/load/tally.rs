@@ -53,6 +53,9 @@ pub(crate) struct Ctx {
     /// Deliveries arrive unsealed from the baseline forwarder.
     pub unsealed: bool,
     pub warmup_us: u64,
+    /// When the load phase ends (warm-up plus duration), microseconds after the start: the
+    /// open loop schedules nothing from then on.
+    pub load_end_us: u64,
     pub latencies: Mutex<Latencies>,
     pub mode: E2eMode,
     pub size: u32,
