@@ -108,17 +108,21 @@ pub struct Report {
     /// Where it ran.
     pub machine: Machine,
     /// The relays' addresses (one for an in-process relay or the baseline).
+    #[serde(default)]
     pub relays: Vec<String>,
     /// Whether every delivery crossed relays (several relays: a mailbox's subscriber is on
     /// another relay than its sender), so the latency is cross-relay.
+    #[serde(default)]
     pub cross_relay: bool,
     /// The Valkey nodes of a cluster-store run.
     pub cluster_nodes: Option<Vec<String>>,
     /// Whether the run started that cluster itself (and stopped it afterwards).
+    #[serde(default)]
     pub cluster_started: bool,
     /// CPU of the relay processes and Valkey nodes (relays run as child processes only).
     pub usage: Option<crate::usage::Usage>,
     /// Per second, from the start of the load (warm-up included, marked).
+    #[serde(default)]
     pub timeline: Vec<Second>,
     /// Envelopes sent.
     pub deposited: u64,

@@ -173,6 +173,19 @@ async fn a_sweep_a_comparison_and_a_speed_matrix_render_with_their_charts() {
 }
 
 #[test]
+fn reports_saved_before_histograms_were_kept_still_render() {
+    // A compare file as written before this version: runs without a histogram, relays or
+    // p50 per second.
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/compare-2026-12-01-after-limits.json"
+    );
+    let saved = Saved::read(std::path::Path::new(path)).expect("an older compare file reads");
+    let p = page("old", &[("old".to_owned(), saved)]).expect("renders");
+    assert!(p.chart_count() >= 4);
+}
+
+#[test]
 fn a_file_that_is_no_report_is_a_clear_error() {
     let e = Saved::parse("x.json", "{\"hello\": 1}")
         .unwrap_err()
