@@ -343,3 +343,45 @@ pub async fn compare(
         runs,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_and_ranges_of_rounds() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(Vec::new()), 0.0);
+        assert_eq!(min_max(&[3.0, 1.0, 2.0]), [1.0, 3.0]);
+        assert_eq!(min_max(&[]), [0.0, 0.0]);
+        let m = Medians {
+            deliveries_per_s: 1000.0,
+            p50_us: 1500.0,
+            p99_us: 12_000.0,
+            p999_us: 150_000.0,
+            spread: Spread {
+                deliveries_per_s: [900.0, 1100.0],
+                p50_us: [1400.0, 1600.0],
+                p99_us: [11_000.0, 13_000.0],
+                p999_us: [140_000.0, 160_000.0],
+            },
+            faults: Faults {
+                lost: 1,
+                duplicated: 2,
+                corrupted: 3,
+            },
+            ..Medians::default()
+        };
+        assert_eq!(
+            m.cells(),
+            [
+                "1000 [900–1100]",
+                "1.50 [1.40–1.60]",
+                "12.0 [11.0–13.0]",
+                "150 [140–160]",
+                "1/2/3"
+            ]
+        );
+    }
+}

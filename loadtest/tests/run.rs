@@ -253,4 +253,20 @@ async fn compare_reports_medians_and_ratios() {
     let json = serde_json::to_value(&r).unwrap();
     assert!(json["ratios"]["memory"].is_f64() && json["ratios"]["disk"].is_f64());
     assert_eq!(json["runs"].as_array().map(|a| a.len()), Some(3));
+    // One round: the spread is that round's figure, and nothing went missing.
+    for m in [&r.baseline, &r.memory, &r.disk] {
+        assert_eq!(m.spread.deliveries_per_s, [m.deliveries_per_s; 2], "{m:?}");
+        assert_eq!(m.spread.p99_us, [m.p99_us; 2], "{m:?}");
+        assert_eq!(
+            (m.faults.lost, m.faults.duplicated, m.faults.corrupted),
+            (0, 0, 0)
+        );
+        let cells = m.cells();
+        assert!(
+            cells[0].contains('[') && cells[0].contains('–'),
+            "{cells:?}"
+        );
+        assert_eq!(cells[4], "0/0/0");
+    }
+    assert_eq!(r.e2e, sealpost_loadtest::run::E2eMode::Fast);
 }
