@@ -183,6 +183,10 @@ fn reports_saved_before_histograms_were_kept_still_render() {
     let saved = Saved::read(std::path::Path::new(path)).expect("an older compare file reads");
     let p = page("old", &[("old".to_owned(), saved)]).expect("renders");
     assert!(p.chart_count() >= 4);
+    // Its percentile plot falls back on the summary percentiles: a line per kind.
+    let svg = &p.svg_files()[1].1;
+    assert!(svg.contains("Latency by percentile"), "{svg}");
+    assert!(svg.matches("<polyline").count() >= 3, "{svg}");
 }
 
 #[test]

@@ -127,10 +127,19 @@ fn command_of(page: &mut Page, command: Option<&str>) {
     }
 }
 
-/// The percentile curve of a run, (quantile, ms), from its saved histogram.
+/// The percentile curve of a run, (quantile, ms), from its saved histogram; for a report saved
+/// before histograms were kept, its four summary percentiles.
 fn percentile_points(r: &Report) -> Vec<(f64, f64)> {
-    r.latency_histogram
-        .percentiles
+    let table = &r.latency_histogram.percentiles;
+    if table.is_empty() {
+        let l = &r.latency_us;
+        return [(0.5, l.p50), (0.99, l.p99), (0.999, l.p999), (1.0, l.max)]
+            .into_iter()
+            .filter(|_| r.delivered > 0)
+            .map(|(q, v)| (q, v as f64 / 1000.0))
+            .collect();
+    }
+    table
         .iter()
         .map(|p| (p.quantile, p.latency_us as f64 / 1000.0))
         .collect()
