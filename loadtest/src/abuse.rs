@@ -1244,6 +1244,7 @@ async fn well_behaved(
         backlog: false,
         e2e: E2eMode::Fast,
         live_delivered: Some(live),
+        label: String::new(),
     };
     let r = tokio::select! {
         r = crate::run::run(ro) => r.map_err(|e| format!("{e:#}")),

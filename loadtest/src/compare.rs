@@ -6,16 +6,16 @@
 use crate::fleet::{FleetOptions, OwnCluster, start_cluster};
 use crate::report::{Machine, Report};
 use crate::run::{RunOptions, StoreKind, Target, run};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The kinds of run, in the order each repeat runs them (`cluster` only with a cluster column).
 pub const KINDS: [&str; 4] = ["baseline", "memory", "disk", "cluster"];
 
 /// One run of a comparison.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CompareRun {
     /// `baseline`, `memory`, `disk` or `cluster`.
-    pub kind: &'static str,
+    pub kind: String,
     /// Which repeat (from 1).
     pub repeat: usize,
     /// Its full report.
@@ -23,7 +23,7 @@ pub struct CompareRun {
 }
 
 /// Medians of one kind over the repeats.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Medians {
     /// Deliveries per second.
     pub deliveries_per_s: f64,
@@ -39,10 +39,63 @@ pub struct Medians {
     pub relay_cpu_s_per_100k: Option<f64>,
     /// Valkey CPU seconds per 100 000 deliveries (cluster store).
     pub valkey_cpu_s_per_100k: Option<f64>,
+    /// Smallest and largest of each figure over the repeats, beside the medians.
+    #[serde(default)]
+    pub spread: Spread,
+    /// Envelopes lost, duplicated and corrupted, over all the repeats.
+    #[serde(default)]
+    pub faults: Faults,
+}
+
+impl Medians {
+    /// The figures as a person reads them: deliveries/s, p50, p99 and p99.9 in ms, each as
+    /// `median [min–max]`, then `lost/duplicated/corrupted`.
+    pub fn cells(&self) -> [String; 5] {
+        let range = |m: f64, s: [f64; 2], f: &dyn Fn(f64) -> String| {
+            format!("{} [{}–{}]", f(m), f(s[0]), f(s[1]))
+        };
+        let rate = |v: f64| format!("{v:.0}");
+        let ms = crate::report::ms_f;
+        let s = &self.spread;
+        [
+            range(self.deliveries_per_s, s.deliveries_per_s, &rate),
+            range(self.p50_us, s.p50_us, &ms),
+            range(self.p99_us, s.p99_us, &ms),
+            range(self.p999_us, s.p999_us, &ms),
+            format!(
+                "{}/{}/{}",
+                self.faults.lost, self.faults.duplicated, self.faults.corrupted
+            ),
+        ]
+    }
+}
+
+/// Smallest and largest value over the repeats, `[min, max]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Spread {
+    /// Deliveries per second.
+    pub deliveries_per_s: [f64; 2],
+    /// Median latency, microseconds.
+    pub p50_us: [f64; 2],
+    /// 99th percentile latency, microseconds.
+    pub p99_us: [f64; 2],
+    /// 99.9th percentile latency, microseconds.
+    pub p999_us: [f64; 2],
+}
+
+/// What went wrong with the envelopes of one kind's runs, summed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Faults {
+    /// Acknowledged and never delivered.
+    pub lost: u64,
+    /// Delivered more than once.
+    pub duplicated: u64,
+    /// Delivered but failing the end-to-end check.
+    pub corrupted: u64,
 }
 
 /// Relay deliveries per second over baseline deliveries per second (medians).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Ratios {
     /// Memory store.
     pub memory: f64,
@@ -53,10 +106,16 @@ pub struct Ratios {
 }
 
 /// The whole comparison.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CompareReport {
     /// Envelope body size.
     pub size: u32,
+    /// End-to-end sealing in the generator, the same for every kind.
+    #[serde(default = "default_e2e")]
+    pub e2e: crate::load::options::E2eMode,
+    /// The command line that produced the report, as typed.
+    #[serde(default)]
+    pub command: Option<String>,
     /// Repeats of each kind.
     pub repeats: usize,
     /// Where it ran.
@@ -78,7 +137,7 @@ pub struct CompareReport {
 }
 
 /// The cluster store measured against the disk store, both as relay processes.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ClusterVsDisk {
     /// Cluster deliveries/s over disk deliveries/s.
     pub deliveries_per_s: f64,
@@ -90,6 +149,10 @@ pub struct ClusterVsDisk {
 pub struct ClusterColumn {
     /// The relays (their `cluster_nodes` filled in once a cluster runs).
     pub fleet: FleetOptions,
+}
+
+fn default_e2e() -> crate::load::options::E2eMode {
+    crate::load::options::E2eMode::Fast
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -105,14 +168,30 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+fn min_max(v: &[f64]) -> [f64; 2] {
+    if v.is_empty() {
+        return [0.0; 2];
+    }
+    [
+        v.iter().copied().fold(f64::INFINITY, f64::min),
+        v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+    ]
+}
+
 fn medians(runs: &[CompareRun], kind: &str) -> Medians {
-    let of = |f: fn(&Report) -> f64| {
-        median(
-            runs.iter()
-                .filter(|r| r.kind == kind)
-                .map(|r| f(&r.report))
-                .collect(),
-        )
+    let values = |f: fn(&Report) -> f64| -> Vec<f64> {
+        runs.iter()
+            .filter(|r| r.kind == kind)
+            .map(|r| f(&r.report))
+            .collect()
+    };
+    let of = |f: fn(&Report) -> f64| median(values(f));
+    let spread_of = |f: fn(&Report) -> f64| min_max(&values(f));
+    let sum = |f: fn(&Report) -> u64| -> u64 {
+        runs.iter()
+            .filter(|r| r.kind == kind)
+            .map(|r| f(&r.report))
+            .sum()
     };
     let of_usage = |f: fn(&crate::usage::Usage) -> Option<f64>| {
         let v: Vec<f64> = runs
@@ -130,6 +209,17 @@ fn medians(runs: &[CompareRun], kind: &str) -> Medians {
         p50_us: of(|r| r.latency_us.p50 as f64),
         p99_us: of(|r| r.latency_us.p99 as f64),
         p999_us: of(|r| r.latency_us.p999 as f64),
+        spread: Spread {
+            deliveries_per_s: spread_of(|r| r.deliveries_per_s),
+            p50_us: spread_of(|r| r.latency_us.p50 as f64),
+            p99_us: spread_of(|r| r.latency_us.p99 as f64),
+            p999_us: spread_of(|r| r.latency_us.p999 as f64),
+        },
+        faults: Faults {
+            lost: sum(|r| r.lost),
+            duplicated: sum(|r| r.duplicated),
+            corrupted: sum(|r| r.corrupted),
+        },
     }
 }
 
@@ -172,6 +262,7 @@ pub async fn compare(
     for repeat in 1..=repeats {
         for kind in KINDS {
             let mut o = template.clone();
+            o.label = format!("{kind}, round {repeat} of {repeats}");
             match (kind, &cluster_fleet) {
                 ("baseline", _) => o.target = Target::Baseline,
                 ("memory", _) => {
@@ -202,7 +293,7 @@ pub async fn compare(
                 report.duplicated
             );
             let r = CompareRun {
-                kind,
+                kind: kind.to_owned(),
                 repeat,
                 report,
             };
@@ -235,6 +326,8 @@ pub async fn compare(
     };
     Ok(CompareReport {
         size: template.size,
+        e2e: template.e2e,
+        command: None,
         repeats,
         machine: Machine::this(),
         ratios: Ratios {
@@ -249,4 +342,46 @@ pub async fn compare(
         disk,
         runs,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_and_ranges_of_rounds() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(Vec::new()), 0.0);
+        assert_eq!(min_max(&[3.0, 1.0, 2.0]), [1.0, 3.0]);
+        assert_eq!(min_max(&[]), [0.0, 0.0]);
+        let m = Medians {
+            deliveries_per_s: 1000.0,
+            p50_us: 1500.0,
+            p99_us: 12_000.0,
+            p999_us: 150_000.0,
+            spread: Spread {
+                deliveries_per_s: [900.0, 1100.0],
+                p50_us: [1400.0, 1600.0],
+                p99_us: [11_000.0, 13_000.0],
+                p999_us: [140_000.0, 160_000.0],
+            },
+            faults: Faults {
+                lost: 1,
+                duplicated: 2,
+                corrupted: 3,
+            },
+            ..Medians::default()
+        };
+        assert_eq!(
+            m.cells(),
+            [
+                "1000 [900–1100]",
+                "1.50 [1.40–1.60]",
+                "12.0 [11.0–13.0]",
+                "150 [140–160]",
+                "1/2/3"
+            ]
+        );
+    }
 }

@@ -5,7 +5,7 @@
 
 use crate::child::{RelayProcess, start_serve};
 use crate::cputime;
-use crate::run::StoreKind;
+use crate::load::options::StoreKind;
 use anyhow::{Context, bail};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};

@@ -13,12 +13,16 @@ pub mod cputime;
 pub mod ctcheck;
 pub mod fast;
 pub mod fleet;
+pub mod histogram;
+pub mod html;
+pub mod load;
 pub mod many;
 pub mod message;
 pub mod overhead;
 pub mod report;
 pub mod run;
 pub mod speed;
+pub mod sweep;
 pub mod usage;
 
 use sealpost_core::engine::{BACKEND_ENV, Backend, Engine};

@@ -5,7 +5,9 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use sealpost_core::Suite;
 use sealpost_core::engine::{Backend, Engine};
-use sealpost_loadtest::run::{RunOptions, Target, run};
+use sealpost_loadtest::html::reports::Saved;
+use sealpost_loadtest::report::ms;
+use sealpost_loadtest::run::{E2eMode, RunOptions, Target, run};
 use sealpost_loadtest::speed::{self, Op, SpeedOptions};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +34,13 @@ enum Cmd {
     /// Baseline, relay with the memory store, relay with the disk store: the same load,
     /// interleaved and repeated; medians and the ratios relay / baseline.
     Compare(CompareArgs),
+    /// Open-loop runs at rising rates (fractions of the closed-loop maximum), relay and
+    /// baseline interleaved, until the p99 or errors pass a bound: the latency-vs-throughput
+    /// curve and the highest rate that meets --p99-ms.
+    Sweep(SweepArgs),
+    /// Render saved JSON reports (run, baseline, compare, sweep, speed; several runs are
+    /// overlaid) as one self-contained HTML file with SVG charts.
+    Report(ReportArgs),
     /// Measure the crypto engine against ring, same work, same run.
     Speed(SpeedArgs),
     /// Per-envelope cost of one engine operation and how much of it lies outside the kernels
@@ -198,6 +207,52 @@ struct AbuseArgs {
 }
 
 #[derive(Args)]
+struct SweepArgs {
+    #[command(flatten)]
+    load: LoadArgs,
+    /// Store of the spawned relay: memory or disk.
+    #[arg(long, default_value = "memory")]
+    store: sealpost_loadtest::run::StoreKind,
+    /// Offered rates as fractions of each target's closed-loop maximum, comma-separated,
+    /// rising.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0,1.1,1.2"
+    )]
+    steps: Vec<f64>,
+    /// The p99 a rate must meet, milliseconds: the sweep reports the highest rate meeting it.
+    #[arg(long, default_value_t = 10.0)]
+    p99_ms: f64,
+    /// Stop a target's sweep after a step whose p99 exceeds this, milliseconds (or after any
+    /// step with errors).
+    #[arg(long, default_value_t = 100.0)]
+    stop_p99_ms: f64,
+    /// Write the sweep (every step's full report) as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the sweep as a self-contained HTML page with charts to this file.
+    #[arg(long)]
+    html: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// JSON reports written with --json by run, baseline, compare, sweep or speed.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// The HTML file to write.
+    #[arg(long)]
+    html: PathBuf,
+    /// The page's title.
+    #[arg(long, default_value = "sealpost-loadtest report")]
+    title: String,
+    /// Also write every chart as its own SVG file into this directory (created if missing).
+    #[arg(long)]
+    svg_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
 struct SpeedArgs {
     /// Bytes authenticated per envelope (the envelope for verify, the plaintext for seal/open).
     #[arg(
@@ -229,6 +284,9 @@ struct SpeedArgs {
     /// Write the report (machine, clock, kernel floors, rows) as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Write the matrix as a self-contained HTML page with charts to this file.
+    #[arg(long)]
+    html: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -300,6 +358,12 @@ struct LoadArgs {
     /// No progress line (it is shown only on a terminal anyway).
     #[arg(long)]
     quiet: bool,
+    /// End-to-end sealing in the generator: `fast` (a per-mailbox symmetric key: the relay's
+    /// work is the same, and the generator's X25519 does not set the pace) or `hpke` (per
+    /// message, as real clients; the generator then tops out near 3 000 envelopes/s a core).
+    /// The same default for run, baseline, compare and sweep, so their figures compare.
+    #[arg(long, default_value = "fast")]
+    e2e: sealpost_loadtest::run::E2eMode,
 }
 
 #[derive(Args)]
@@ -324,6 +388,9 @@ struct RunArgs {
     /// Write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Write the report as a self-contained HTML page with charts to this file.
+    #[arg(long)]
+    html: Option<PathBuf>,
     /// Store of the spawned relay: memory, disk or cluster (relay processes on a Valkey
     /// cluster).
     #[arg(long, default_value = "memory")]
@@ -331,10 +398,6 @@ struct RunArgs {
     /// Keep recipients offline during the load, so a backlog builds; they drain afterwards.
     #[arg(long)]
     backlog: bool,
-    /// End-to-end sealing in the generator: `hpke` (per message, as real clients) or `fast`
-    /// (a per-mailbox symmetric key, so the generator is not what limits the run).
-    #[arg(long, default_value = "hpke")]
-    e2e: sealpost_loadtest::run::E2eMode,
 }
 
 /// Relay child processes (`run --spawn-relay --relays N`, `compare --cluster`).
@@ -391,9 +454,9 @@ struct BaselineArgs {
     /// Write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// End-to-end sealing in the generator (see `run`).
-    #[arg(long, default_value = "fast")]
-    e2e: sealpost_loadtest::run::E2eMode,
+    /// Write the report as a self-contained HTML page with charts to this file.
+    #[arg(long)]
+    html: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -413,18 +476,13 @@ struct CompareArgs {
     /// Write the comparison (medians, ratios, every run's report) as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// End-to-end sealing in the generator (see `run`); `fast` so that the generator's X25519
-    /// does not set the pace of all three.
-    #[arg(long, default_value = "fast")]
-    e2e: sealpost_loadtest::run::E2eMode,
+    /// Write the comparison as a self-contained HTML page with charts to this file.
+    #[arg(long)]
+    html: Option<PathBuf>,
 }
 
 impl LoadArgs {
-    fn options(
-        &self,
-        target: Target,
-        e2e: sealpost_loadtest::run::E2eMode,
-    ) -> anyhow::Result<RunOptions> {
+    fn options(&self, target: Target) -> anyhow::Result<RunOptions> {
         Ok(RunOptions {
             target,
             mailboxes: self.mailboxes,
@@ -439,8 +497,9 @@ impl LoadArgs {
             progress: !self.quiet,
             store: sealpost_loadtest::run::StoreKind::Memory,
             backlog: false,
-            e2e,
+            e2e: self.e2e,
             live_delivered: None,
+            label: String::new(),
         })
     }
 }
@@ -460,6 +519,8 @@ async fn main() -> ExitCode {
         Cmd::Baseline(a) => baseline_cmd(a).await,
         Cmd::Compare(a) => compare_cmd(a).await,
         Cmd::Speed(a) => speed_cmd(a),
+        Cmd::Sweep(a) => sweep_cmd(a).await,
+        Cmd::Report(a) => html_report_cmd(a),
         Cmd::Overhead(a) => overhead_cmd(a),
         Cmd::CtCheck { samples, json } => ct_cmd(samples, json),
         Cmd::Abuse(a) => abuse_cmd(*a).await,
@@ -506,23 +567,34 @@ async fn run_cmd(a: RunArgs) -> anyhow::Result<ExitCode> {
         }
         (false, _) => anyhow::bail!("give --spawn-relay or --relay ADDR --pin PIN"),
     };
-    let mut opts = a.load.options(target, a.e2e)?;
+    let mut opts = a.load.options(target)?;
     opts.store = a.store;
     opts.backlog = a.backlog;
-    report_cmd(opts, a.json).await
+    report_cmd(opts, a.json, a.html).await
 }
 
 async fn baseline_cmd(a: BaselineArgs) -> anyhow::Result<ExitCode> {
-    report_cmd(a.load.options(Target::Baseline, a.e2e)?, a.json).await
+    report_cmd(a.load.options(Target::Baseline)?, a.json, a.html).await
 }
 
-async fn report_cmd(opts: RunOptions, json: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let report = run(opts).await?;
+async fn report_cmd(
+    opts: RunOptions,
+    json: Option<PathBuf>,
+    html: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let mut report = run(opts).await?;
+    report.command = Some(command_line());
     report.print();
     if let Some(path) = json {
-        let json = serde_json::to_string_pretty(&report)?;
-        std::fs::write(&path, json + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
+        write_json(&path, &report)?;
+    }
+    if let Some(path) = html {
+        let name = report.config.relay.clone();
+        write_html(
+            &path,
+            "sealpost-loadtest run",
+            vec![(name, Saved::Run(Box::new(report.clone())))],
+        )?;
     }
     // A run that lost or corrupted anything fails, so scripts notice.
     let clean = report.lost == 0 && report.corrupted == 0 && report.duplicated == 0;
@@ -535,19 +607,7 @@ async fn report_cmd(opts: RunOptions, json: Option<PathBuf>) -> anyhow::Result<E
 
 async fn compare_cmd(a: CompareArgs) -> anyhow::Result<ExitCode> {
     use sealpost_loadtest::compare;
-    let template = a.load.options(Target::Baseline, a.e2e)?;
-    println!(
-        "{:<9} {:>3} {:>13} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10}",
-        "kind",
-        "rep",
-        "deliveries/s",
-        "MB/s",
-        "p50 µs",
-        "p99 µs",
-        "p999 µs",
-        "relay s/100k",
-        "valkey s/100k"
-    );
+    let template = a.load.options(Target::Baseline)?;
     let cluster = if a.cluster {
         Some(compare::ClusterColumn {
             fleet: a
@@ -557,27 +617,48 @@ async fn compare_cmd(a: CompareArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
+    println!("{}", compare_preamble(&template, a.repeat));
+    println!(
+        "{:<9} {:>5} {:>13} {:>8} {:>8} {:>8} {:>8} {:>14} {:>12} {:>13}",
+        "kind",
+        "round",
+        "deliveries/s",
+        "MB/s",
+        "p50 ms",
+        "p99 ms",
+        "p999 ms",
+        "lost/dup/corr",
+        "relay s/100k",
+        "valkey s/100k"
+    );
     let cpu = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));
-    let r = compare::compare(template, a.repeat, cluster, |run| {
-        let l = &run.report.latency_us;
-        let u = run.report.usage.as_ref();
+    let mut r = compare::compare(template, a.repeat, cluster, |run| {
+        let rep = &run.report;
+        let l = &rep.latency_us;
+        let u = rep.usage.as_ref();
         println!(
-            "{:<9} {:>3} {:>13.0} {:>9.1} {:>9} {:>9} {:>9} {:>10} {:>10}",
+            "{:<9} {:>5} {:>13.0} {:>8.1} {:>8} {:>8} {:>8} {:>14} {:>12} {:>13}",
             run.kind,
             run.repeat,
-            run.report.deliveries_per_s,
-            run.report.bytes_per_s / 1e6,
-            l.p50,
-            l.p99,
-            l.p999,
+            rep.deliveries_per_s,
+            rep.bytes_per_s / 1e6,
+            ms(l.p50),
+            ms(l.p99),
+            ms(l.p999),
+            format!("{}/{}/{}", rep.lost, rep.duplicated, rep.corrupted),
             cpu(u.map(|u| u.relay_cpu_s_per_100k_deliveries)),
             cpu(u.and_then(|u| u.valkey_cpu_s_per_100k_deliveries)),
         );
     })
     .await?;
+    println!();
     println!(
-        "medians over {} repeats, {} B envelopes:",
+        "medians over {} rounds, [min–max] beside each; {} B envelopes:",
         r.repeats, r.size
+    );
+    println!(
+        "{:<9} {:>24} {:>22} {:>22} {:>22} {:>14}",
+        "kind", "deliveries/s", "p50 ms", "p99 ms", "p999 ms", "lost/dup/corr"
     );
     for (kind, m) in [
         ("baseline", Some(&r.baseline)),
@@ -586,17 +667,16 @@ async fn compare_cmd(a: CompareArgs) -> anyhow::Result<ExitCode> {
         ("cluster", r.cluster.as_ref()),
     ] {
         let Some(m) = m else { continue };
-        println!(
-            "{:<9}     {:>13.0} {:>9.1} {:>9.0} {:>9.0} {:>9.0} {:>10} {:>10}",
-            kind,
-            m.deliveries_per_s,
-            m.bytes_per_s / 1e6,
-            m.p50_us,
-            m.p99_us,
-            m.p999_us,
-            cpu(m.relay_cpu_s_per_100k),
-            cpu(m.valkey_cpu_s_per_100k),
-        );
+        let [rate, p50, p99, p999, faults] = m.cells();
+        println!("{kind:<9} {rate:>24} {p50:>22} {p99:>22} {p999:>22} {faults:>14}");
+        if m.relay_cpu_s_per_100k.is_some() {
+            println!(
+                "{:<9} cpu s per 100k deliveries: relay {}  valkey {}",
+                "",
+                cpu(m.relay_cpu_s_per_100k),
+                cpu(m.valkey_cpu_s_per_100k)
+            );
+        }
     }
     println!(
         "relay / baseline deliveries/s: memory {:.2}  disk {:.2}{}",
@@ -614,11 +694,164 @@ async fn compare_cmd(a: CompareArgs) -> anyhow::Result<ExitCode> {
                 .map_or("-".to_owned(), |v| format!("{v:.2}"))
         );
     }
+    r.command = Some(command_line());
     if let Some(path) = a.json {
-        std::fs::write(&path, serde_json::to_string_pretty(&r)? + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
+        write_json(&path, &r)?;
+    }
+    if let Some(path) = a.html {
+        write_html(
+            &path,
+            "sealpost-loadtest compare",
+            vec![("compare".to_owned(), Saved::Compare(Box::new(r.clone())))],
+        )?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The command line as typed, for the reports (arguments with spaces quoted).
+fn command_line() -> String {
+    std::env::args()
+        .map(|a| {
+            if a.is_empty() || a.contains(char::is_whitespace) {
+                format!("'{a}'")
+            } else {
+                a
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    std::fs::write(path, serde_json::to_string_pretty(value)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn write_html(
+    path: &std::path::Path,
+    title: &str,
+    reports: Vec<(String, Saved)>,
+) -> anyhow::Result<sealpost_loadtest::html::Page> {
+    let page = sealpost_loadtest::html::reports::page(title, &reports)?;
+    std::fs::write(path, page.render()).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("wrote {} ({} charts)", path.display(), page.chart_count());
+    Ok(page)
+}
+
+fn html_report_cmd(a: ReportArgs) -> anyhow::Result<ExitCode> {
+    let mut reports = Vec::new();
+    for f in &a.files {
+        let name = f.file_stem().map_or_else(
+            || f.display().to_string(),
+            |s| s.to_string_lossy().into_owned(),
+        );
+        reports.push((name, Saved::read(f)?));
+    }
+    let page = write_html(&a.html, &a.title, reports)?;
+    if let Some(dir) = a.svg_dir {
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (name, svg) in page.svg_files() {
+            let path = dir.join(name);
+            std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn sweep_cmd(a: SweepArgs) -> anyhow::Result<ExitCode> {
+    use sealpost_loadtest::sweep::{SweepOptions, sweep};
+    let mut template = a.load.options(Target::Spawn)?;
+    template.store = a.store;
+    println!(
+        "sweep: relay ({} store) and baseline, open loop at {} of each one's closed-loop maximum; p99 target {} ms, stop over {} ms; {}",
+        a.store.name(),
+        a.steps
+            .iter()
+            .map(|f| format!("{:.0}%", f * 100.0))
+            .collect::<Vec<_>>()
+            .join(","),
+        a.p99_ms,
+        a.stop_p99_ms,
+        match template.e2e {
+            E2eMode::Hpke => "hpke sealing in the generator",
+            E2eMode::Fast => "fast sealing in the generator (relay work unchanged)",
+        }
+    );
+    println!(
+        "{:<9} {:>6} {:>10} {:>11} {:>8} {:>8} {:>8} {:>7}",
+        "target", "of max", "offered/s", "achieved/s", "p50 ms", "p99 ms", "p999 ms", "errors"
+    );
+    let mut r = sweep(
+        SweepOptions {
+            template,
+            fractions: a.steps,
+            p99_target_ms: a.p99_ms,
+            stop_p99_ms: a.stop_p99_ms,
+        },
+        |kind, fraction, rep| {
+            let l = &rep.latency_us;
+            println!(
+                "{:<9} {:>6} {:>10} {:>11.0} {:>8} {:>8} {:>8} {:>7}",
+                kind,
+                fraction.map_or("closed".to_owned(), |f| format!("{:.0}%", f * 100.0)),
+                rep.config
+                    .rate
+                    .map_or("-".to_owned(), |r| format!("{r:.0}")),
+                rep.deliveries_per_s,
+                ms(l.p50),
+                ms(l.p99),
+                ms(l.p999),
+                rep.rejected + rep.lost + rep.duplicated + rep.corrupted
+            );
+        },
+    )
+    .await?;
+    r.command = Some(command_line());
+    for c in &r.curves {
+        println!(
+            "{}: closed-loop {:.0} deliveries/s; highest rate with p99 <= {} ms: {}; stopped: {}",
+            c.kind,
+            c.closed_loop_per_s,
+            r.p99_target_ms,
+            c.best_rate
+                .map_or("none of the steps".to_owned(), |b| format!("{b:.0}/s")),
+            c.stopped
+        );
+    }
+    if let Some(path) = a.json {
+        write_json(&path, &r)?;
+    }
+    if let Some(path) = a.html {
+        write_html(
+            &path,
+            "sealpost-loadtest sweep",
+            vec![("sweep".to_owned(), Saved::Sweep(Box::new(r.clone())))],
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What every run of a comparison shares, said once above the table: the sealing mode and
+/// what its latency means.
+fn compare_preamble(o: &RunOptions, repeats: usize) -> String {
+    format!(
+        "{repeats} rounds of baseline, memory, disk (and cluster with --cluster), interleaved; {} mailboxes, {} connections, {} s each; end-to-end sealing in the generator: {}; {}",
+        o.mailboxes,
+        o.connections,
+        o.duration.as_secs_f64(),
+        match o.e2e {
+            E2eMode::Hpke => "hpke",
+            E2eMode::Fast => "fast (relay work unchanged)",
+        },
+        match o.rate {
+            Some(r) => format!("open loop at {r:.0} envelopes/s"),
+            None => format!(
+                "closed loop at depth {}: latency is mostly queueing at that depth",
+                o.depth
+            ),
+        }
+    )
 }
 
 fn speed_cmd(a: SpeedArgs) -> anyhow::Result<ExitCode> {
@@ -662,7 +895,8 @@ fn speed_cmd(a: SpeedArgs) -> anyhow::Result<ExitCode> {
         "ratio: ours / the faster of ring and aws-lc-rs; c/B: core cycles per byte (ours, ring); c/env: ours per envelope; floor: fraction of the kernels-alone cost reached"
     );
     speed::print_header();
-    let report = speed::run(&opts, speed::print_row);
+    let mut report = speed::run(&opts, speed::print_row);
+    report.command = Some(command_line());
     if let Some(c) = report.core_cycles_per_tsc_tick {
         println!("core cycles per TSC tick: {c:.3}");
     }
@@ -678,8 +912,14 @@ fn speed_cmd(a: SpeedArgs) -> anyhow::Result<ExitCode> {
         );
     }
     if let Some(path) = a.json {
-        std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
+        write_json(&path, &report)?;
+    }
+    if let Some(path) = a.html {
+        write_html(
+            &path,
+            "sealpost-loadtest speed",
+            vec![("speed".to_owned(), Saved::Speed(Box::new(report.clone())))],
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

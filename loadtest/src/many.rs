@@ -111,7 +111,7 @@ pub async fn run(
     }
     let create_s = t0.elapsed().as_secs_f64();
     drop(store);
-    let data_dir_bytes = crate::run::dir_size(&dir);
+    let data_dir_bytes = crate::load::disk_usage::dir_size(&dir);
     // The store's background threads release its lock file shortly after the last handle
     // goes; a relay started before that refuses the locked store, so try a few times.
     let mut attempt = 0;

@@ -33,7 +33,7 @@ pub struct SpeedOptions {
 }
 
 /// An engine operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Op {
     /// Deposit-tag verification: empty plaintext, the envelope as AAD.
@@ -67,12 +67,12 @@ impl Op {
 }
 
 /// One measured cell.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Row {
     /// Operation.
     pub op: Op,
     /// Suite name.
-    pub suite: &'static str,
+    pub suite: String,
     /// Bytes authenticated per envelope.
     pub size: usize,
     /// Envelopes per batch.
@@ -120,10 +120,10 @@ pub struct Row {
 }
 
 /// A backend's kernel floor as measured in this run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Kernels {
     /// The backend.
-    pub backend: &'static str,
+    pub backend: String,
     /// Core cycles per 64-byte ChaCha20 block per lane (transposed and XORed in place).
     pub chacha_core_cycles_per_block: Option<f64>,
     /// Core cycles per 16-byte Poly1305 block per lane.
@@ -145,7 +145,7 @@ impl Kernels {
         let chacha = c(cost.map(|k| k.chacha_tsc_per_block));
         let poly = c(cost.map(|k| k.poly_tsc_per_block));
         Kernels {
-            backend: engine.describe(),
+            backend: engine.describe().to_owned(),
             chacha_core_cycles_per_block: chacha,
             poly_core_cycles_per_block: poly,
             key_core_cycles_per_lane: c(cost.map(|k| k.key_tsc_per_lane)),
@@ -157,7 +157,7 @@ impl Kernels {
 }
 
 /// A whole run: the machine, its clock, the kernels, and every cell.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct SpeedReport {
     /// Where it ran.
     pub machine: Machine,
@@ -171,6 +171,9 @@ pub struct SpeedReport {
     pub kernels: Vec<Kernels>,
     /// The cells.
     pub rows: Vec<Row>,
+    /// The command line, as typed (`None` when run from code).
+    #[serde(default)]
+    pub command: Option<String>,
 }
 
 /// The inputs of one cell, owned (jobs borrow from them): per envelope a random key (also
@@ -431,7 +434,7 @@ fn measure(
         });
     Row {
         op,
-        suite: suite.name(),
+        suite: suite.name().to_owned(),
         size,
         batch: opts.batch,
         backend: if suite == Suite::Aes256Gcm {
@@ -520,6 +523,7 @@ pub fn run(opts: &SpeedOptions, mut each: impl FnMut(&Row)) -> SpeedReport {
         }
     }
     SpeedReport {
+        command: None,
         machine: Machine::this(),
         cpu_flags: cpu_flags(),
         core_cycles_per_tsc_tick: clock,

@@ -22,7 +22,7 @@ pub struct Sample {
 }
 
 /// CPU and Valkey commands of a run (relays run as child processes only).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Usage {
     /// Relay processes measured.
     pub relay_processes: usize,

@@ -51,6 +51,36 @@ async fn short_spawned_run_loses_nothing() {
             "JSON latency lacks {key}"
         );
     }
+    // The whole histogram is kept and gives back the summary's percentiles.
+    let h = report
+        .latency_histogram
+        .decode()
+        .expect("histogram decodes");
+    assert_eq!(h.len(), report.latency_histogram.count);
+    assert!(!h.is_empty() && h.len() <= report.delivered);
+    assert_eq!(h.value_at_quantile(0.99), report.latency_us.p99);
+    assert_eq!(h.max(), report.latency_us.max);
+    assert!(
+        json["latency_histogram"]["percentiles"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty())
+    );
+    // A second per timeline entry, with its throughput and percentiles.
+    assert!(!report.timeline.is_empty(), "{report:?}");
+    assert!(
+        report
+            .timeline
+            .iter()
+            .any(|s| s.delivered > 0 && s.p50_us > 0 && s.p50_us <= s.p99_us)
+    );
+    // Saved and read back, the report is the same.
+    let back: sealpost_loadtest::report::Report = serde_json::from_value(json.clone()).unwrap();
+    assert_eq!(
+        back.latency_histogram.hdr_v2_base64,
+        report.latency_histogram.hdr_v2_base64
+    );
+    assert_eq!(back.timeline.len(), report.timeline.len());
+    assert_eq!(back.delivered, report.delivered);
 }
 
 #[tokio::test]
@@ -104,6 +134,8 @@ async fn short_run_on_the_disk_store_loses_nothing_and_reports_writes() {
         );
     }
     assert!(report.data_dir_bytes_after_drain.is_some());
+    let summary = report.summary();
+    assert!(summary.contains("disk: data directory"), "{summary}");
 }
 
 fn options(target: Target) -> RunOptions {
@@ -123,6 +155,7 @@ fn options(target: Target) -> RunOptions {
         backlog: false,
         e2e: sealpost_loadtest::run::E2eMode::Fast,
         live_delivered: None,
+        label: String::new(),
     }
 }
 
@@ -162,6 +195,35 @@ async fn open_loop_keeps_to_its_rate() {
     assert_eq!(report.delivered, report.deposited);
     assert_eq!(report.config.mode, "open");
     assert!(report.latency_us.p50 > 0);
+    let summary = report.summary();
+    assert!(summary.contains("open loop"), "{summary}");
+    assert!(!summary.contains("queueing"), "{summary}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_store_summary_is_honest_about_what_it_measured() {
+    let report = run(options(Target::Spawn)).await.expect("run");
+    let summary = report.summary();
+    // Latency in ms; closed loop explained as queueing at the chosen depth; the sealing mode
+    // named; no disk figures for a memory store.
+    assert!(
+        summary.contains("latency ms, deposit to delivery"),
+        "{summary}"
+    );
+    assert!(!summary.contains("µs"), "{summary}");
+    assert!(
+        summary.contains("closed loop: 2 connections × depth 64 keep 128 deposits in flight")
+            && summary.contains("queueing at that depth"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("end-to-end sealing in the generator: fast"),
+        "{summary}"
+    );
+    assert!(summary.contains("memory store"), "{summary}");
+    assert!(!summary.contains("disk:"), "{summary}");
+    assert_eq!(report.disk_write_bytes_during_load, None);
+    assert_eq!(report.write_bytes_per_deposited_byte, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,7 +240,7 @@ async fn compare_reports_medians_and_ratios() {
     o.duration = Duration::from_millis(800);
     o.warmup = Duration::from_millis(200);
     let mut seen = Vec::new();
-    let r = sealpost_loadtest::compare::compare(o, 1, None, |run| seen.push(run.kind))
+    let r = sealpost_loadtest::compare::compare(o, 1, None, |run| seen.push(run.kind.clone()))
         .await
         .expect("compare");
     assert_eq!(seen, ["baseline", "memory", "disk"]);
@@ -191,4 +253,20 @@ async fn compare_reports_medians_and_ratios() {
     let json = serde_json::to_value(&r).unwrap();
     assert!(json["ratios"]["memory"].is_f64() && json["ratios"]["disk"].is_f64());
     assert_eq!(json["runs"].as_array().map(|a| a.len()), Some(3));
+    // One round: the spread is that round's figure, and nothing went missing.
+    for m in [&r.baseline, &r.memory, &r.disk] {
+        assert_eq!(m.spread.deliveries_per_s, [m.deliveries_per_s; 2], "{m:?}");
+        assert_eq!(m.spread.p99_us, [m.p99_us; 2], "{m:?}");
+        assert_eq!(
+            (m.faults.lost, m.faults.duplicated, m.faults.corrupted),
+            (0, 0, 0)
+        );
+        let cells = m.cells();
+        assert!(
+            cells[0].contains('[') && cells[0].contains('–'),
+            "{cells:?}"
+        );
+        assert_eq!(cells[4], "0/0/0");
+    }
+    assert_eq!(r.e2e, sealpost_loadtest::run::E2eMode::Fast);
 }
