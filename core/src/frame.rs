@@ -41,8 +41,15 @@ wire_enum! {
         Info = 0x0B => "INFO",
         /// Relay → client: the relay's version and limits.
         InfoReply = 0x0C => "INFO_REPLY",
+        /// Client → forwarding relay: a request sealed for another relay, and that relay's
+        /// address (two-hop forwarding, docs/PROTOCOL.md §9).
+        Forward = 0x0D => "FORWARD",
+        /// Relay → relay → client: the destination relay's answer, sealed for the client.
+        ForwardResult = 0x0E => "FORWARD_RESULT",
         /// Either direction: a request was refused; the stream ends after it.
         Error = 0x0F => "ERROR",
+        /// Forwarding relay → destination relay: the sealed request of a FORWARD.
+        Forwarded = 0x10 => "FORWARDED",
     }
 }
 
