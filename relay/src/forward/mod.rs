@@ -4,5 +4,6 @@
 
 pub mod hpke;
 pub mod key;
+pub mod pool;
 
 pub use key::{ForwardKey, ForwardKeyError};
