@@ -300,6 +300,7 @@ fn main() {
         recipient_secret: RecipientSecret([6; 32]),
         e2e_secret: e2e,
         sizes: SizeClasses::default(),
+        forward_key: None,
     };
     let json = mailbox_file::to_json(&mailbox).expect("sample mailbox serialises");
     out("mailbox_file", "aes", json.as_bytes());

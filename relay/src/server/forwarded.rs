@@ -75,7 +75,6 @@ pub(super) async fn run(
     if send.write_all(&out).await.is_ok() {
         let _ = send.finish();
     }
-    let _ = reader;
 }
 
 fn error_frame(code: ErrorCode, message: impl Into<String>) -> Bytes {

@@ -86,7 +86,6 @@ pub(super) async fn run(
             if send.write_all(&out).await.is_ok() {
                 let _ = send.finish();
             }
-            let _ = reader;
             return;
         }
         Ok(Ok(f)) => format!("the destination answered {:?}, not FORWARD_RESULT", f.ty),
