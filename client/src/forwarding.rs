@@ -180,7 +180,8 @@ impl Client {
     }
 
     /// [`Client::forward_deposit`] of one envelope, sent again while the destination answers
-    /// `RATE_LIMITED` (after the wait it names) or the forwarding relay answers
+    /// `RATE_LIMITED` (after the wait it names), a relay refuses the request with
+    /// `ERROR RATE_LIMITED` (after 100 ms) or the forwarding relay answers
     /// `ERROR UNREACHABLE` (after 200 ms), for at most `patience`. Returns the last status and
     /// how many times the envelope was sent.
     pub async fn forward_deposit_patiently(
@@ -202,6 +203,11 @@ impl Client {
                 }
                 Ok(r) => return Ok((r.statuses[0], sent)),
                 Err(ClientError::Relay(e)) if unreachable(e) => Duration::from_millis(200),
+                // The destination (or the forwarding relay) refused the request as a whole
+                // for a rate: the message names the wait; a short pause stands in for it.
+                Err(ClientError::Relay(e)) if e.known_code() == Some(ErrorCode::RateLimited) => {
+                    Duration::from_millis(100)
+                }
                 Err(_) => return got.map(|r| (r.statuses[0], sent)),
             };
             let wait = wait.max(Duration::from_millis(1));

@@ -19,7 +19,7 @@ use sealpost_core::padding::SizeClasses;
 use sealpost_core::status::{DepositStatus, ErrorCode};
 use sealpost_relay::forward::ForwardKey;
 use sealpost_relay::store::memory::MemoryStore;
-use sealpost_relay::{Rate, RelayConfig, RelayHandle};
+use sealpost_relay::{Rate, RelayConfig, RelayHandle, RelayLimits};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -160,6 +160,44 @@ async fn a_forwarded_deposit_is_stored_once_and_every_status_survives() {
     let direct = client_from(SENDER, &dest).await;
     let env2 = seal(&old, &info.limits.sizes, b"directly");
     assert_eq!(direct.deposit(env2).await.unwrap(), DepositStatus::Ok);
+}
+
+/// A mailbox over its rate (with the retry hint) and a full mailbox answer through the hop as
+/// they do directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_and_quotas_survive_the_hop() {
+    let fwd = relay_on(FORWARDER, forwarding).await;
+    let sender = client_from(SENDER, &fwd).await;
+    for (limits, want) in [
+        (
+            RelayLimits {
+                mailbox_deposit_rate: Rate::new(1, 1),
+                ..RelayLimits::default()
+            },
+            DepositStatus::RateLimited,
+        ),
+        (
+            RelayLimits {
+                max_envelopes: 1,
+                ..RelayLimits::default()
+            },
+            DepositStatus::MailboxFull,
+        ),
+    ] {
+        let dest = relay_on(DESTINATION, |cfg| cfg.limits = limits).await;
+        let (_rc, mb) = mailbox_on(&dest).await;
+        let target = ForwardTarget::from_invitation(&mb.invitation()).unwrap();
+        let envs: Vec<Bytes> = (0..2u8)
+            .map(|i| seal(&mb.invitation(), &mb.sizes, &[i]))
+            .collect();
+        let r = sender.forward_deposit(&target, &envs).await.unwrap();
+        assert_eq!(r.statuses, [DepositStatus::Ok, want]);
+        assert_eq!(
+            r.retry_after.is_some(),
+            want == DepositStatus::RateLimited,
+            "the hint comes with RATE_LIMITED only"
+        );
+    }
 }
 
 /// What the forwarding relay refuses, and what it passes on: forwarding off, a destination
