@@ -183,7 +183,13 @@ impl Pool {
         let _ = send.finish();
         let mut reader = FrameReader::new(recv, self.max_answer);
         match reader.next_frame().await {
-            Ok(Some(f)) => Ok(f),
+            Ok(Some(f)) => {
+                // The destination finishes its side right after its one frame: reading up to
+                // that end closes the stream on both sides, so that its stream credit comes
+                // back at once.
+                let _ = reader.next_frame().await;
+                Ok(f)
+            }
             Ok(None) => Err(PoolError::NoAnswer),
             Err(e) => Err(lost(&format!("{e:?}"))),
         }
