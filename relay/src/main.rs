@@ -400,6 +400,12 @@ async fn serve(v: Validated) -> CmdResult {
         }
         Err(e) => tracing::warn!(target: "sealpost_relay::announce", "no key pin: {e}"),
     }
+    let forward_key = hex::encode(handle.forward_key());
+    say!(
+        forward_key = %forward_key,
+        "forwarding key (X25519; version 4 invitations carry it): {forward_key}; forwarding for clients is {}",
+        if v.relay.forward.enabled { "on" } else { "off" }
+    );
     readiness.started(&handle.readiness());
     // Announced last (scripts and tests wait for this line), though it listens from the start.
     say!("admin HTTP on http://{admin_addr} (/metrics, /healthz, /servingz, /readyz)");

@@ -259,6 +259,18 @@ pub struct Settings {
     /// first start].
     #[arg(long, env = "SEALPOST_FORWARD_KEY_FILE")]
     pub forward_key_file: Option<PathBuf>,
+    /// Connections to destination relays a forwarding relay keeps at once (the least
+    /// recently used goes first) [default: 256].
+    #[arg(long, env = "SEALPOST_FORWARD_MAX_DESTINATIONS")]
+    pub forward_max_destinations: Option<usize>,
+    /// Seconds a connection to a destination relay may stay unused before QUIC closes it
+    /// [default: 30].
+    #[arg(long, env = "SEALPOST_FORWARD_IDLE_TIMEOUT_SECS")]
+    pub forward_idle_timeout_secs: Option<u64>,
+    /// Seconds a forwarded request may take, connecting included, before the sender is
+    /// answered UNREACHABLE [default: 10].
+    #[arg(long, env = "SEALPOST_FORWARD_TIMEOUT_SECS")]
+    pub forward_timeout_secs: Option<u64>,
 }
 
 /// The default admin address.
@@ -347,7 +359,10 @@ impl Settings {
             forward_allow,
             source_forwards_per_sec,
             source_forward_burst,
-            forward_key_file
+            forward_key_file,
+            forward_max_destinations,
+            forward_idle_timeout_secs,
+            forward_timeout_secs
         );
         self
     }
@@ -484,6 +499,14 @@ impl Settings {
             ),
             source_forward_burst: Some(self.source_forward_burst.unwrap_or(f.source_rate.burst)),
             forward_key_file: self.forward_key_file.clone(),
+            forward_max_destinations: Some(
+                self.forward_max_destinations.unwrap_or(f.max_destinations),
+            ),
+            forward_idle_timeout_secs: Some(
+                self.forward_idle_timeout_secs
+                    .unwrap_or(f.idle_timeout.as_secs()),
+            ),
+            forward_timeout_secs: Some(self.forward_timeout_secs.unwrap_or(f.timeout.as_secs())),
         }
     }
 
@@ -739,7 +762,37 @@ impl Settings {
                 e.source_forward_burst,
             )?,
             key_file: e.forward_key_file.clone(),
-            ..ForwardConfig::default()
+            max_destinations: match e.forward_max_destinations.unwrap_or_default() {
+                0 => {
+                    return Err(invalid(
+                        "forward_max_destinations",
+                        "0".into(),
+                        "at least 1 connection to destination relays",
+                    ));
+                }
+                n => n,
+            },
+            idle_timeout: match e.forward_idle_timeout_secs.unwrap_or_default() {
+                s @ 1..=3600 => Duration::from_secs(s),
+                s => {
+                    return Err(invalid(
+                        "forward_idle_timeout_secs",
+                        s.to_string(),
+                        "1 to 3600 seconds",
+                    ));
+                }
+            },
+            timeout: match e.forward_timeout_secs.unwrap_or_default() {
+                s @ 1..=300 => Duration::from_secs(s),
+                s => {
+                    return Err(invalid(
+                        "forward_timeout_secs",
+                        s.to_string(),
+                        "1 to 300 seconds",
+                    ));
+                }
+            },
+            master_key: None,
         };
         Ok(Validated {
             relay: RelayConfig {
@@ -980,5 +1033,45 @@ mod tests {
         let again = Settings::from_toml(&text).unwrap().validate().unwrap();
         assert_eq!(again.relay.listen, v.relay.listen);
         assert_eq!(again.admin, v.admin);
+    }
+
+    /// Forwarding is off unless asked for; its list, rate and pool settings reach the
+    /// configuration, and values that cannot work are refused naming the key.
+    #[test]
+    fn forwarding_settings() {
+        let v = Settings::default().validate().unwrap();
+        assert!(!v.relay.forward.enabled);
+        assert!(v.relay.forward.allow.is_empty());
+        let v = Settings::from_toml(
+            "forward = true\nforward_allow = [\"a.example:4433\", \" [::1]:4433 \"]\n\
+             source_forwards_per_sec = 7\nsource_forward_burst = 9\nforward_timeout_secs = 3\n\
+             forward_max_destinations = 5\nforward_key_file = \"/etc/sealpost/forward.key\"\n",
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        let f = &v.relay.forward;
+        assert!(f.enabled);
+        assert_eq!(f.allow, ["a.example:4433", "[::1]:4433"]);
+        assert_eq!(f.source_rate, Rate::new(7, 9));
+        assert_eq!(f.timeout, Duration::from_secs(3));
+        assert_eq!(f.max_destinations, 5);
+        assert_eq!(
+            f.key_file.as_deref(),
+            Some(Path::new("/etc/sealpost/forward.key"))
+        );
+        for (bad, key) in [
+            ("forward_allow = [\"no-port\"]", "forward_allow"),
+            ("forward_timeout_secs = 0", "forward_timeout_secs"),
+            ("forward_max_destinations = 0", "forward_max_destinations"),
+            ("forward_idle_timeout_secs = 0", "forward_idle_timeout_secs"),
+        ] {
+            let e = Settings::from_toml(bad)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
     }
 }
