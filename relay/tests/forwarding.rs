@@ -421,3 +421,63 @@ async fn the_destination_never_sees_the_sender() {
     );
     assert!(!log.contains(SENDER), "{log}");
 }
+
+/// The forwarding key outlives restarts, is sealed under the master key when the relay has
+/// one, and relays of one deployment that name one key file announce one key (what a version
+/// 4 invitation naming them all needs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_forwarding_key_is_kept_sealed_and_shared() {
+    use sealpost_relay::settings::StoreChoice;
+    use sealpost_relay::{Relay, StoreOptions};
+    let master = zeroize::Zeroizing::new([0x4d; 32]);
+    let options = || StoreOptions {
+        master_key: Some(master.clone()),
+        ..StoreOptions::new(StoreChoice::Memory)
+    };
+    let config = |dir: &std::path::Path| {
+        RelayConfig::new(format!("{DESTINATION}:0").parse().unwrap(), dir.to_owned())
+    };
+    // What INFO announces.
+    async fn announced(relay: &Relay) -> Option<[u8; 32]> {
+        let h = relay.handle();
+        let c = Client::connect_from(
+            &h.local_addr().to_string(),
+            Trust::KeyPin(h.key_pin().unwrap()),
+            local(RECIPIENT),
+        )
+        .await
+        .unwrap();
+        c.forward_key().await.unwrap()
+    }
+
+    let first = tempfile::tempdir().unwrap();
+    let a = Relay::open_with(config(first.path()), options())
+        .await
+        .unwrap();
+    let key = a.handle().forward_key();
+    assert_eq!(announced(&a).await, Some(key));
+    a.shutdown(Duration::from_secs(2)).await.unwrap();
+    let file = first.path().join(sealpost_relay::forward::key::FILE_NAME);
+    let raw = std::fs::read(&file).unwrap();
+    assert_eq!(raw[0], 1, "sealed under the master key");
+    let again = Relay::open_with(config(first.path()), options())
+        .await
+        .unwrap();
+    assert_eq!(again.handle().forward_key(), key, "kept across a restart");
+    again.shutdown(Duration::from_secs(2)).await.unwrap();
+
+    // A second relay of the deployment names a copy of the first one's file.
+    let second = tempfile::tempdir().unwrap();
+    let shared = second.path().join("shared-forward.key");
+    std::fs::copy(&file, &shared).unwrap();
+    let mut cfg = config(second.path());
+    cfg.forward.key_file = Some(shared);
+    let b = Relay::open_with(cfg, options()).await.unwrap();
+    assert_eq!(announced(&b).await, Some(key), "one key for the deployment");
+    b.shutdown(Duration::from_secs(2)).await.unwrap();
+    // A named file that is missing stops the start instead of making another key.
+    let mut cfg = config(second.path());
+    cfg.forward.key_file = Some(second.path().join("missing.key"));
+    let e = Relay::open_with(cfg, options()).await.err().unwrap();
+    assert!(e.to_string().contains("missing.key"), "{e}");
+}
