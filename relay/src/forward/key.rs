@@ -10,7 +10,8 @@
 //!   `HKDF-SHA256(salt = "sealpost/1 store", IKM = master key)` expanded with info
 //!   `"sealpost/1 forward key"`, AAD `"sealpost/1 forward key"`.
 //!
-//! A file in the clear is sealed in place when the relay starts with a master key. Relays of
+//! A file in the clear is sealed in place when the relay starts with a master key (where the
+//! file can be written: a read-only one is used as it is, with a warning). Relays of
 //! one deployment (several relays over the cluster store, named together in invitations)
 //! must share one key pair, as they share a certificate: the operator copies one relay's
 //! file to the others (`forward_key_file`); a named file is never created, so that a missing
@@ -133,8 +134,20 @@ impl ForwardKey {
                 let bytes = Zeroizing::new(bytes);
                 let (key, sealed) = Self::decode(path, &bytes, master)?;
                 if master.is_some() && !sealed {
-                    key.write(path, master).map_err(io)?;
-                    tracing::info!(file = %path.display(), "forwarding key sealed under the master key");
+                    // Best effort: a key file an operator distributes may sit on a read-only
+                    // mount (a container secret), and the key in it works either way.
+                    match key.write(path, master) {
+                        Ok(()) => tracing::info!(
+                            file = %path.display(),
+                            "forwarding key sealed under the master key"
+                        ),
+                        Err(e) => tracing::warn!(
+                            file = %path.display(),
+                            error = %e,
+                            "the forwarding key file is in the clear and could not be sealed \
+                             under the master key; keep it as secret as the master key"
+                        ),
+                    }
                 }
                 Ok(key)
             }
