@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The largest frame a client accepts from a relay.
-const CLIENT_MAX_FRAME: u32 = MAX_BODY + 1024;
+pub(crate) const CLIENT_MAX_FRAME: u32 = MAX_BODY + 1024;
 
 /// Everything that can go wrong talking to a relay.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +98,9 @@ pub enum ClientError {
     /// End-to-end sealing or opening failed.
     #[error(transparent)]
     E2e(#[from] E2eError),
+    /// Sealing a forwarded request or opening its answer failed.
+    #[error(transparent)]
+    Forward(#[from] sealpost_core::forward::ForwardError),
     /// The operating system's random source failed.
     #[error("random source failed")]
     Rng,
@@ -214,9 +217,9 @@ impl ResumeClock {
 }
 
 /// One QUIC connection and the endpoint it runs on.
-struct Link {
+pub(crate) struct Link {
     endpoint: Endpoint,
-    conn: Connection,
+    pub(crate) conn: Connection,
     /// The relay's certificate pin as seen on this connection.
     pin: [u8; 32],
     /// The relay's key pin as seen on this connection.
@@ -560,7 +563,7 @@ impl Client {
     /// Runs `op` on the connection, and once more on a new one each time the connection is
     /// lost to a relay restart, for at most [`RESUME_WITHIN`] from when the loss is noticed
     /// (see [`ResumeClock`]). Only for requests that are safe to send twice.
-    async fn retrying<'a, T, F, Fut>(&'a self, op: F) -> Result<T, ClientError>
+    pub(crate) async fn retrying<'a, T, F, Fut>(&'a self, op: F) -> Result<T, ClientError>
     where
         F: Fn(Arc<Link>) -> Fut,
         Fut: std::future::Future<Output = Result<T, ClientError>> + 'a,
@@ -662,7 +665,7 @@ impl Client {
 
     /// Opens a stream on `conn`, sends `frame`, finishes, and returns the reply frame of type
     /// `expect`.
-    async fn request_on(
+    pub(crate) async fn request_on(
         conn: &Connection,
         frame: Bytes,
         expect: FrameType,
@@ -751,6 +754,7 @@ impl Client {
             recipient_secret,
             e2e_secret,
             sizes: created.limits.sizes,
+            forward_key: None,
         })
     }
 
@@ -933,7 +937,7 @@ fn exporter(conn: &Connection) -> Result<[u8; EXPORTER_LEN], ClientError> {
     Ok(out)
 }
 
-fn expect_frame(f: Frame, expect: FrameType) -> Result<Frame, ClientError> {
+pub(crate) fn expect_frame(f: Frame, expect: FrameType) -> Result<Frame, ClientError> {
     if f.ty == FrameType::Error {
         return Err(ClientError::Relay(ErrorMsg::decode(&f.payload)?));
     }
@@ -1229,6 +1233,9 @@ pub struct Mailbox {
     pub e2e_secret: E2eSecretKey,
     /// The body sizes the relay allowed at creation.
     pub sizes: SizeClasses,
+    /// The relays' forwarding public key, when known ([`Client::forward_key`]): invitations
+    /// then carry it (version 4), so that senders may deposit through another relay.
+    pub forward_key: Option<[u8; 32]>,
 }
 
 impl Mailbox {
@@ -1240,6 +1247,7 @@ impl Mailbox {
             deposit_id: self.deposit_id,
             deposit_key: self.deposit_key.clone(),
             e2e_public: self.e2e_secret.public_key(),
+            forward_key: self.forward_key,
         }
     }
 

@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 mod client;
+mod forwarding;
 pub mod mailbox_file;
 pub mod stream;
 pub mod tls;
@@ -16,3 +17,4 @@ pub use client::{
     CONNECT_TIMEOUT, Client, ClientError, Delivery, DepositResults, DepositSender, KEEP_ALIVE,
     Mailbox, MailboxAccess, RESUME_WITHIN, ResumingSubscription, Subscription,
 };
+pub use forwarding::{ForwardTarget, ForwardedDeposit};

@@ -53,6 +53,11 @@ struct FileV1 {
     recipient_secret: String,
     e2e_secret: String,
     sizes: Vec<u32>,
+    /// The relays' forwarding public key (hex), when known: what a version 4 invitation
+    /// carries. Optional in every format; a build that predates forwarding refuses a file
+    /// that has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    forward_key: Option<String>,
 }
 
 impl Drop for FileV1 {
@@ -118,6 +123,7 @@ pub fn to_json(mailbox: &Mailbox) -> Result<Zeroizing<String>, serde_json::Error
         recipient_secret: hex::encode(mailbox.recipient_secret.0),
         e2e_secret: hex::encode(*mailbox.e2e_secret.to_bytes()),
         sizes: mailbox.sizes.as_slice().to_vec(),
+        forward_key: mailbox.forward_key.map(hex::encode),
     };
     serde_json::to_string_pretty(&f).map(Zeroizing::new)
 }
@@ -194,6 +200,10 @@ pub fn parse(path: &Path, data: &[u8]) -> Result<Mailbox, MailboxFileError> {
     let secret = hex_field::<32>("recipient_secret", &f.recipient_secret).map_err(fmt)?;
     let e2e = hex_field::<32>("e2e_secret", &f.e2e_secret).map_err(fmt)?;
     let sizes = SizeClasses::new(f.sizes.clone()).map_err(|e| fmt(format!("sizes: {e}")))?;
+    let forward_key = match &f.forward_key {
+        Some(k) => Some(*hex_field::<32>("forward_key", k).map_err(fmt)?),
+        None => None,
+    };
     Ok(Mailbox {
         relays,
         trust,
@@ -204,6 +214,7 @@ pub fn parse(path: &Path, data: &[u8]) -> Result<Mailbox, MailboxFileError> {
         recipient_secret: RecipientSecret(*secret),
         e2e_secret: E2eSecretKey::from_bytes(&e2e).map_err(|e| fmt(e.to_string()))?,
         sizes,
+        forward_key,
     })
 }
 
@@ -279,5 +290,20 @@ mod tests {
         let mixed = json.replace("\"relays\"", "\"relay\": \"x:1\", \"relays\"");
         let err = parse(Path::new("v3.json"), mixed.as_bytes()).err().unwrap();
         assert!(err.to_string().contains("`relays` and `trust`"), "{err}");
+    }
+
+    /// A forwarding key is kept in the file and goes into the invitation (version 4); a
+    /// file without it reads as before.
+    #[test]
+    fn the_forwarding_key_survives_the_file() {
+        let v2 = sample(r#""format":"sealpost-mailbox-v2","relay":"a.example:4433","trust":"ca""#);
+        let mut m = parse(Path::new("v2.json"), v2.as_bytes()).unwrap();
+        assert_eq!(m.forward_key, None);
+        assert!(!to_json(&m).unwrap().contains("forward_key"));
+        m.forward_key = Some([0x33; 32]);
+        let json = to_json(&m).unwrap();
+        let again = parse(Path::new("v2.json"), json.as_bytes()).unwrap();
+        assert_eq!(again.forward_key, Some([0x33; 32]));
+        assert_eq!(again.invitation().forward_key, Some([0x33; 32]));
     }
 }

@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use quinn::RecvStream;
-use sealpost_core::frame::{Frame, FrameDecoder, FrameError};
+use sealpost_core::frame::{Frame, FrameDecoder, FrameError, FrameType};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -117,6 +117,13 @@ impl FrameReader {
             decoded: 0,
             peer: None,
         }
+    }
+
+    /// Accepts frames of `types` up to `max`, beyond the reader's limit
+    /// ([`FrameDecoder::allow_larger`]).
+    pub fn allow_larger(mut self, max: u32, types: &'static [FrameType]) -> Self {
+        self.decoder.allow_larger(max, types);
+        self
     }
 
     /// Counts this stream's framing faults and timed-out frames against `peer`'s source.

@@ -182,7 +182,8 @@ impl PinCheck {
 /// signature made with it, so a pinned relay is as authenticated as a CA-verified one.
 #[derive(Debug)]
 struct PinVerifier {
-    pin: [u8; 32],
+    /// `None`: any certificate (its handshake signature is still checked).
+    pin: Option<[u8; 32]>,
     /// Pin the SubjectPublicKeyInfo rather than the whole certificate.
     key: bool,
     check: Arc<PinCheck>,
@@ -198,13 +199,16 @@ impl ServerCertVerifier for PinVerifier {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(pin) = self.pin else {
+            return Ok(ServerCertVerified::assertion());
+        };
         let got = if self.key {
             key_pin_of(end_entity)?
         } else {
             pin_of(end_entity)
         };
         // The pin is a public value (a hash of public data), so a plain comparison is fine.
-        if got == self.pin {
+        if got == pin {
             Ok(ServerCertVerified::assertion())
         } else {
             self.check
@@ -214,7 +218,7 @@ impl ServerCertVerifier for PinVerifier {
                 "relay {} pin {} does not match the expected {}",
                 if self.key { "key" } else { "certificate" },
                 hex::encode(got),
-                hex::encode(self.pin)
+                hex::encode(pin)
             )))
         }
     }
@@ -251,6 +255,28 @@ impl ServerCertVerifier for PinVerifier {
     }
 }
 
+/// A client side that accepts any relay certificate (checking only that the handshake is
+/// signed by the certificate's key). For a forwarding relay's connections to destination
+/// relays: what it passes on is sealed to the destination's forwarding key, and the answer
+/// is sealed under a key only that destination can derive, so TLS need not authenticate the
+/// destination for the sender's sake (docs/FORWARDING.md).
+pub fn client_crypto_any_key() -> Result<quinn::crypto::rustls::QuicClientConfig, TlsError> {
+    let provider = provider();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinVerifier {
+            pin: None,
+            key: true,
+            check: Arc::new(PinCheck::default()),
+            provider,
+        }))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![sealpost_core::ALPN.to_vec()];
+    quinn::crypto::rustls::QuicClientConfig::try_from(cfg)
+        .map_err(|e| TlsError::Quic(e.to_string()))
+}
+
 /// The client side for `trust`.
 pub fn client_crypto(trust: &Trust) -> Result<quinn::crypto::rustls::QuicClientConfig, TlsError> {
     Ok(client_crypto_checked(trust)?.0)
@@ -264,7 +290,7 @@ pub fn client_crypto_checked(
     let check = Arc::new(PinCheck::default());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?;
-    let pinned = |pin: [u8; 32], key: bool| {
+    let pinned = |pin: Option<[u8; 32]>, key: bool| {
         Arc::new(PinVerifier {
             pin,
             key,
@@ -275,11 +301,11 @@ pub fn client_crypto_checked(
     let mut cfg = match trust {
         Trust::Pin(pin) => builder
             .dangerous()
-            .with_custom_certificate_verifier(pinned(*pin, false))
+            .with_custom_certificate_verifier(pinned(Some(*pin), false))
             .with_no_client_auth(),
         Trust::KeyPin(pin) => builder
             .dangerous()
-            .with_custom_certificate_verifier(pinned(*pin, true))
+            .with_custom_certificate_verifier(pinned(Some(*pin), true))
             .with_no_client_auth(),
         Trust::Roots(roots) => builder
             .with_root_certificates(roots.clone())

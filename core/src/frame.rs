@@ -41,8 +41,15 @@ wire_enum! {
         Info = 0x0B => "INFO",
         /// Relay → client: the relay's version and limits.
         InfoReply = 0x0C => "INFO_REPLY",
+        /// Client → forwarding relay: a request sealed for another relay, and that relay's
+        /// address (two-hop forwarding, docs/PROTOCOL.md §9).
+        Forward = 0x0D => "FORWARD",
+        /// Relay → relay → client: the destination relay's answer, sealed for the client.
+        ForwardResult = 0x0E => "FORWARD_RESULT",
         /// Either direction: a request was refused; the stream ends after it.
         Error = 0x0F => "ERROR",
+        /// Forwarding relay → destination relay: the sealed request of a FORWARD.
+        Forwarded = 0x10 => "FORWARDED",
     }
 }
 
@@ -97,6 +104,9 @@ pub struct FrameDecoder {
     chunk: Bytes,
     /// Set once an error was returned; the stream is not resynchronisable after that.
     failed: bool,
+    /// A larger limit for frames of these types (FORWARD and FORWARDED carry a sealed
+    /// request a little larger than the largest envelope).
+    larger: Option<(u32, &'static [FrameType])>,
 }
 
 impl FrameDecoder {
@@ -107,7 +117,15 @@ impl FrameDecoder {
             partial: BytesMut::new(),
             chunk: Bytes::new(),
             failed: false,
+            larger: None,
         }
+    }
+
+    /// Accepts frames of `types` up to `max` (instead of the decoder's limit). A length
+    /// between the two limits is judged when the type byte arrives: a frame of another type
+    /// is then `TooLarge`.
+    pub fn allow_larger(&mut self, max: u32, types: &'static [FrameType]) {
+        self.larger = Some((max, types));
     }
 
     /// The configured limit.
@@ -140,10 +158,16 @@ impl FrameDecoder {
             return Err(FrameError::Empty);
         }
         if len > self.max_frame {
-            return Err(FrameError::TooLarge {
+            let too_large = FrameError::TooLarge {
                 len,
                 max: self.max_frame,
-            });
+            };
+            match (self.larger, ty) {
+                (Some((max, _)), None) if len <= max => {}
+                (Some((max, types)), Some(b))
+                    if len <= max && types.iter().any(|t| t.to_u8() == b) => {}
+                _ => return Err(too_large),
+            }
         }
         if let Some(b) = ty
             && FrameType::from_u8(b).is_none()
@@ -293,6 +317,35 @@ pub fn encode_to_bytes(ty: FrameType, payload: &[u8]) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// FORWARD frames may be larger than the limit, other types not, whether the type byte
+    /// arrives with the length or after it.
+    #[test]
+    fn a_larger_limit_holds_for_its_types_only() {
+        let big = encode_to_bytes(FrameType::Forward, &[7; 150]);
+        let other = encode_to_bytes(FrameType::Deposit, &[7; 150]);
+        for split in [3usize, 4, 5, 60] {
+            let mut dec = FrameDecoder::new(100);
+            dec.allow_larger(200, &[FrameType::Forward]);
+            let got = decode_all(&mut dec, &[big.slice(..split), big.slice(split..)]).unwrap();
+            assert_eq!(got[0].payload.len(), 150, "split {split}");
+            let mut dec = FrameDecoder::new(100);
+            dec.allow_larger(200, &[FrameType::Forward]);
+            let e = decode_all(&mut dec, &[other.slice(..split), other.slice(split..)]);
+            assert_eq!(
+                e,
+                Err(FrameError::TooLarge { len: 151, max: 100 }),
+                "split {split}"
+            );
+        }
+        let mut dec = FrameDecoder::new(100);
+        dec.allow_larger(200, &[FrameType::Forward]);
+        let huge = encode_to_bytes(FrameType::Forward, &[7; 250]);
+        assert!(matches!(
+            decode_all(&mut dec, &[huge]),
+            Err(FrameError::TooLarge { .. })
+        ));
+    }
 
     fn decode_all(dec: &mut FrameDecoder, chunks: &[Bytes]) -> Result<Vec<Frame>, FrameError> {
         let mut out = Vec::new();

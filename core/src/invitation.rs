@@ -14,10 +14,14 @@
 //! - version 3: as version 2, but where version 2 has one address, `count (1)` followed by
 //!   `count` times `addr_len (1) | relay address (UTF-8)`: the relays of one deployment, any
 //!   of which serves the mailbox.
+//! - version 4: as version 3 (with 1 to 8 addresses), and the relays' forwarding public key
+//!   (32) after `e2e_public`, so that a sender can deposit through another relay
+//!   (docs/PROTOCOL.md §9).
 //!
-//! An invitation with one relay address is written as version 2 (readable by builds that
-//! predate version 3), one with several as version 3; a version 1 invitation (a
-//! [`RelayTrust::CertificatePin`]) still encodes as version 1, byte for byte.
+//! An invitation with a forwarding key is written as version 4. Without one, one relay
+//! address is written as version 2 (readable by builds that predate version 3), several as
+//! version 3; a version 1 invitation (a [`RelayTrust::CertificatePin`]) still encodes as
+//! version 1, byte for byte.
 
 use crate::e2e::{E2E_KEY_LEN, E2ePublicKey};
 use crate::envelope::DepositId;
@@ -31,6 +35,9 @@ pub const PREFIX: &str = "sealpost1:";
 const V1: u8 = 1;
 const V2: u8 = 2;
 const V3: u8 = 3;
+const V4: u8 = 4;
+/// Bytes of a relay's forwarding public key in a version 4 invitation.
+pub const FORWARD_KEY_LEN: usize = 32;
 /// The most relay addresses one invitation names: enough for the relays of a deployment,
 /// few enough that a client trying them in turn gives up in reasonable time.
 pub const MAX_RELAYS: usize = 8;
@@ -66,7 +73,7 @@ pub enum InvitationError {
     Checksum,
     /// A version this implementation does not read.
     #[error(
-        "invitation version {0} is not supported (this build reads versions 1 to 3); a newer \
+        "invitation version {0} is not supported (this build reads versions 1 to 4); a newer \
          sealpost may read it"
     )]
     Version(u8),
@@ -89,6 +96,13 @@ pub enum InvitationError {
          relays' key (--key-pin) or trust their CA"
     )]
     CertificatePinOneRelay,
+    /// A forwarding key with a whole-certificate pin: only version 4 carries the key, and it
+    /// pins the relay's public key or trusts a CA.
+    #[error(
+        "a whole-certificate pin (version 1 invitation) cannot carry a forwarding key; pin the \
+         relay's key (--key-pin) or trust its CA"
+    )]
+    CertificatePinForwardKey,
 }
 
 /// How a sender's client authenticates the relay named in an invitation.
@@ -120,6 +134,9 @@ pub struct Invitation {
     pub deposit_key: AeadKey,
     /// The recipient's end-to-end public key.
     pub e2e_public: E2ePublicKey,
+    /// The relays' forwarding public key (X25519), when the invitation carries one (version
+    /// 4): what a sender seals a request to, to deposit through another relay.
+    pub forward_key: Option<[u8; FORWARD_KEY_LEN]>,
 }
 
 impl Invitation {
@@ -130,15 +147,22 @@ impl Invitation {
 
     /// The invitation as a string. It contains the deposit key: treat it as a secret.
     ///
-    /// One relay address gives version 2 (version 1 for a [`RelayTrust::CertificatePin`]),
-    /// several give version 3.
+    /// A forwarding key gives version 4; without one, one relay address gives version 2
+    /// (version 1 for a [`RelayTrust::CertificatePin`]), several give version 3.
     pub fn encode(&self) -> Result<String, InvitationError> {
         let several = check_relays(&self.relays, self.trust)?;
+        if self.forward_key.is_some() && matches!(self.trust, RelayTrust::CertificatePin(_)) {
+            return Err(InvitationError::CertificatePinForwardKey);
+        }
         let addrs: usize = self.relays.iter().map(|a| 1 + a.len()).sum();
         let mut raw = Zeroizing::new(Vec::with_capacity(
-            3 + PIN_LEN + TAIL_FIXED + 1 + addrs + CHECKSUM,
+            3 + PIN_LEN + TAIL_FIXED + FORWARD_KEY_LEN + 1 + addrs + CHECKSUM,
         ));
-        let version = if several { V3 } else { V2 };
+        let version = match (self.forward_key, several) {
+            (Some(_), _) => V4,
+            (None, true) => V3,
+            (None, false) => V2,
+        };
         match self.trust {
             RelayTrust::CertificatePin(pin) => {
                 raw.extend_from_slice(&[V1, self.suite() as u8]);
@@ -155,7 +179,10 @@ impl Invitation {
         raw.extend_from_slice(&self.deposit_id);
         raw.extend_from_slice(self.deposit_key.expose());
         raw.extend_from_slice(&self.e2e_public.0);
-        if several {
+        if let Some(key) = &self.forward_key {
+            raw.extend_from_slice(key);
+        }
+        if version == V3 || version == V4 {
             raw.push(self.relays.len() as u8);
         }
         for addr in &self.relays {
@@ -194,7 +221,7 @@ impl Invitation {
         let suite = Suite::from_u8(body[1]).ok_or(InvitationError::Suite(body[1]))?;
         let (trust, tail) = match body[0] {
             V1 => (RelayTrust::CertificatePin(pin_at(body, 2)?), 2 + PIN_LEN),
-            V2 | V3 => match body[2] {
+            V2 | V3 | V4 => match body[2] {
                 TRUST_KEY_PIN => (RelayTrust::KeyPin(pin_at(body, 3)?), 3 + PIN_LEN),
                 TRUST_CA => (RelayTrust::CaForHost, 3),
                 other => return Err(InvitationError::Trust(other)),
@@ -202,25 +229,38 @@ impl Invitation {
             other => return Err(InvitationError::Version(other)),
         };
         let fields = body.get(tail..).unwrap_or_default();
-        if fields.len() < TAIL_FIXED + 1 {
+        let key_len = if body[0] == V4 { FORWARD_KEY_LEN } else { 0 };
+        if fields.len() < TAIL_FIXED + key_len + 1 {
             return Err(InvitationError::Truncated {
                 got: raw.len(),
-                need: tail + TAIL_FIXED + 1 + CHECKSUM,
+                need: tail + TAIL_FIXED + key_len + 1 + CHECKSUM,
             });
         }
-        let (fixed, addrs) = fields.split_at(TAIL_FIXED);
+        // deposit_id, deposit_key, e2e_public, [forward_key]; then the address length (or
+        // count) byte and the addresses.
+        let (fixed, rest) = fields.split_at(TAIL_FIXED - 1 + key_len);
+        let (&last, addrs) = rest.split_first().ok_or(InvitationError::Truncated {
+            got: raw.len(),
+            need: tail + TAIL_FIXED + key_len + 1 + CHECKSUM,
+        })?;
         let mut deposit_id = [0u8; 16];
         deposit_id.copy_from_slice(&fixed[..16]);
         let mut key = Zeroizing::new([0u8; KEY_LEN]);
         key.copy_from_slice(&fixed[16..16 + KEY_LEN]);
         let mut e2e = [0u8; E2E_KEY_LEN];
-        e2e.copy_from_slice(&fixed[16 + KEY_LEN..16 + KEY_LEN + E2E_KEY_LEN]);
-        let last = fixed[TAIL_FIXED - 1];
-        let relays = if body[0] == V3 {
+        let at = 16 + KEY_LEN;
+        e2e.copy_from_slice(&fixed[at..at + E2E_KEY_LEN]);
+        let forward_key = (body[0] == V4).then(|| {
+            let mut k = [0u8; FORWARD_KEY_LEN];
+            k.copy_from_slice(&fixed[at + E2E_KEY_LEN..]);
+            k
+        });
+        let relays = if body[0] == V3 || body[0] == V4 {
             let relays = relay_list(last, addrs)?;
             // Version 3 exists for several relays; one is written as version 2, so that
-            // every invitation has one encoding.
-            if relays.len() < 2 {
+            // every invitation has one encoding. Version 4 names one or more.
+            let least = if body[0] == V3 { 2 } else { 1 };
+            if relays.len() < least {
                 return Err(InvitationError::RelayCount(relays.len()));
             }
             check_relays(&relays, trust)?;
@@ -241,6 +281,7 @@ impl Invitation {
             deposit_id,
             deposit_key: AeadKey::new(suite, *key),
             e2e_public: E2ePublicKey(e2e),
+            forward_key,
         })
     }
 }
@@ -382,6 +423,7 @@ mod tests {
             deposit_id: [2; 16],
             deposit_key: AeadKey::new(Suite::Aes256Gcm, [3; 32]),
             e2e_public: E2ePublicKey([4; 32]),
+            forward_key: None,
         }
     }
 
@@ -463,8 +505,8 @@ mod tests {
         };
         assert_eq!(with(&|r| r[2] = 7).unwrap_err(), InvitationError::Trust(7));
         assert_eq!(
-            with(&|r| r[0] = 4).unwrap_err(),
-            InvitationError::Version(4)
+            with(&|r| r[0] = 5).unwrap_err(),
+            InvitationError::Version(5)
         );
         // Read as version 3, the address length byte is a count of 18 addresses.
         assert_eq!(
@@ -511,6 +553,62 @@ mod tests {
             .decode(&inv.encode().unwrap()[PREFIX.len()..])
             .unwrap();
         assert_eq!(raw[0], 2);
+    }
+
+    /// A forwarding key: version 4, byte for byte the layout of PROTOCOL.md §7, with one
+    /// relay or several; the same invitation without the key is still version 2 or 3.
+    #[test]
+    fn a_forwarding_key_is_version_4() {
+        let mut inv = sample(RelayTrust::KeyPin([7; 32]));
+        inv.forward_key = Some([8; 32]);
+        let s = inv.encode().unwrap();
+        let mut raw = vec![4u8, Suite::Aes256Gcm as u8, 1];
+        raw.extend_from_slice(&[7; 32]);
+        raw.extend_from_slice(&[2; 16]);
+        raw.extend_from_slice(&[3; 32]);
+        raw.extend_from_slice(&[4; 32]);
+        raw.extend_from_slice(&[8; 32]);
+        raw.push(1);
+        raw.push(18);
+        raw.extend_from_slice(b"relay.example:4433");
+        let sum = ring::digest::digest(&ring::digest::SHA256, &raw);
+        raw.extend_from_slice(&sum.as_ref()[..4]);
+        assert_eq!(s, format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(&raw)));
+        let p = Invitation::parse(&s).unwrap();
+        assert_eq!(p.forward_key, Some([8; 32]));
+        assert_eq!(p.relays, inv.relays);
+        assert_eq!(p.e2e_public, E2ePublicKey([4; 32]));
+        assert_eq!(p.encode().unwrap(), s);
+        inv.relays.push("b.example:4433".into());
+        inv.trust = RelayTrust::CaForHost;
+        let p = Invitation::parse(&inv.encode().unwrap()).unwrap();
+        assert_eq!((p.relays.len(), p.forward_key), (2, Some([8; 32])));
+        // Without the key the same mailbox is written as before.
+        inv.forward_key = None;
+        let raw = URL_SAFE_NO_PAD
+            .decode(&inv.encode().unwrap()[PREFIX.len()..])
+            .unwrap();
+        assert_eq!(raw[0], 3);
+        inv.forward_key = Some([8; 32]);
+        inv.relays.truncate(1);
+        inv.trust = RelayTrust::CertificatePin([1; 32]);
+        assert_eq!(
+            inv.encode().unwrap_err(),
+            InvitationError::CertificatePinForwardKey
+        );
+        // Cut inside the key: truncated, not a panic.
+        let cut = {
+            let mut raw = raw.clone();
+            raw[0] = 4;
+            raw.truncate(3 + 16 + 32 + 32 + 10);
+            let sum = ring::digest::digest(&ring::digest::SHA256, &raw);
+            raw.extend_from_slice(&sum.as_ref()[..4]);
+            format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(&raw))
+        };
+        assert!(matches!(
+            Invitation::parse(&cut),
+            Err(InvitationError::Truncated { .. })
+        ));
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod batch;
 pub mod e2e;
 pub mod engine;
 pub mod envelope;
+pub mod forward;
 pub mod frame;
 pub mod invitation;
 pub mod keys;

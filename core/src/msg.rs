@@ -509,6 +509,30 @@ impl InfoReply {
     }
 }
 
+/// The one-byte INFO payload that asks for the extended INFO_REPLY, which ends with the
+/// relay's forwarding key. An empty INFO gets the reply without it, as before forwarding.
+pub const INFO_WANTS_FORWARD_KEY: u8 = 1;
+
+impl InfoReply {
+    /// Appends the extended payload: the INFO_REPLY fields, then the relay's 32-byte
+    /// forwarding public key.
+    pub fn encode_with_forward_key(&self, forward_key: &[u8; 32], out: &mut BytesMut) {
+        self.encode(out);
+        out.put_slice(forward_key);
+    }
+
+    /// Decodes an extended payload (the answer to an INFO carrying
+    /// [`INFO_WANTS_FORWARD_KEY`]): the reply and the forwarding key at its end.
+    pub fn decode_with_forward_key(p: &[u8]) -> Result<(Self, [u8; 32]), MsgError> {
+        at_least(FrameType::InfoReply, p, 32)?;
+        let (fields, key) = p.split_at(p.len() - 32);
+        let reply = Self::decode(fields)?;
+        let mut k = [0u8; 32];
+        k.copy_from_slice(key);
+        Ok((reply, k))
+    }
+}
+
 /// Longest ERROR message, in bytes; longer ones are cut at a character boundary.
 pub const MAX_ERROR_MESSAGE: usize = 1024;
 
@@ -619,6 +643,16 @@ mod tests {
         let mut b = BytesMut::new();
         ir.encode(&mut b);
         assert_eq!(InfoReply::decode(&b).unwrap(), ir);
+        let mut b = BytesMut::new();
+        ir.encode_with_forward_key(&[6; 32], &mut b);
+        assert_eq!(
+            InfoReply::decode_with_forward_key(&b).unwrap(),
+            (ir.clone(), [6; 32])
+        );
+        assert!(
+            InfoReply::decode(&b).is_err(),
+            "an old reader refuses the extension"
+        );
 
         let st = [
             DepositStatus::Ok,
@@ -728,6 +762,9 @@ mod tests {
             let _ = Subscribed::decode(&p);
             let _ = Delete::decode(&p);
             let _ = InfoReply::decode(&p);
+            let _ = InfoReply::decode_with_forward_key(&p);
+            let _ = crate::forward::Forward::decode(Bytes::from(p.clone()));
+            let _ = crate::forward::Forwarded::decode(Bytes::from(p.clone()));
             let _ = ErrorMsg::decode(&p);
             let _ = decode_ack(&p);
             let _ = decode_deposit_result(&p);

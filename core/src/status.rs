@@ -139,6 +139,15 @@ wire_enum! {
         Timeout = 15 => "TIMEOUT",
         /// The relay's disk is nearly full and it accepts no new mailboxes now; retry later.
         StorageFull = 16 => "STORAGE_FULL",
+        /// A forwarding relay could not reach the destination relay of a FORWARD, or lost
+        /// it before its answer; retry later (a deposit resent is answered DUPLICATE if it
+        /// was stored).
+        Unreachable = 17 => "UNREACHABLE",
+        /// The relay does not forward to this destination (forwarding is off, or the
+        /// destination is not on its allow-list).
+        ForwardRefused = 18 => "FORWARD_REFUSED",
+        /// A forwarded request does not open under this relay's forwarding key.
+        BadSeal = 19 => "BAD_SEAL",
     }
 }
 
@@ -176,6 +185,18 @@ impl ErrorCode {
                 "a request did not arrive in full in time (a slow or broken network); try again"
             }
             Self::StorageFull => advice::STORAGE_FULL,
+            Self::Unreachable => {
+                "the forwarding relay could not reach the destination relay; try again later \
+                 (resending a deposit that arrived meanwhile is harmless)"
+            }
+            Self::ForwardRefused => {
+                "the forwarding relay does not forward to this destination; deposit through \
+                 another relay, or directly"
+            }
+            Self::BadSeal => {
+                "the destination relay cannot open the forwarded request: the invitation's \
+                 forwarding key is not this relay's; ask for a new invitation"
+            }
         }
     }
 }

@@ -159,7 +159,7 @@ mod tests {
             u8::MAX.into(),
         );
         assert_eq!(FrameType::from_u8(0x0F), Some(FrameType::Error));
-        assert_eq!(FrameType::from_u8(0x0D), None);
+        assert_eq!(FrameType::from_u8(0x11), None);
         assert_eq!(FrameType::InfoReply.name(), "INFO_REPLY");
     }
 

@@ -8,6 +8,9 @@
 #                       before they reach Valkey; the cluster store refuses to start without it
 #   quic-reset.key      32 random bytes behind QUIC stateless resets; the same on every relay,
 #                       so a relay can reset a connection a lost relay held (deploy/README.md)
+#   forward.key         the relays' forwarding key (a zero byte, then 32 random bytes: the
+#                       unsealed form of DATA_DIR/forward.key); one for every relay, since one
+#                       invitation carries one forwarding key (docs/FORWARDING.md)
 #   .env                SEALPOST_KEY_PIN (the certificate's key pin, for the health checks and
 #                       for clients) and SEALPOST_UID/GID (whom the relays run as, so that
 #                       they can read these 0600 files)
@@ -46,6 +49,10 @@ fi
 if [ ! -e "$out/quic-reset.key" ]; then
     openssl rand 32 >"$out/quic-reset.key"
     say "made quic-reset.key"
+fi
+if [ ! -e "$out/forward.key" ]; then
+    { printf '\000'; openssl rand 32; } >"$out/forward.key"
+    say "made forward.key (a new one makes forwarded deposits with older invitations fail)"
 fi
 
 pin=$(openssl x509 -in "$out/cert.pem" -noout -pubkey |

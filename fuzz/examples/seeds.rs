@@ -192,6 +192,7 @@ fn main() {
         deposit_id: [2; 16],
         deposit_key: AeadKey::new(Suite::ChaCha20Poly1305, [3; 32]),
         e2e_public: e2e.public_key(),
+        forward_key: None,
     };
     let text = inv.encode().expect("sample invitation encodes");
     out("invitation", "text", &with(&[0], text.as_bytes()));
@@ -299,6 +300,7 @@ fn main() {
         recipient_secret: RecipientSecret([6; 32]),
         e2e_secret: e2e,
         sizes: SizeClasses::default(),
+        forward_key: None,
     };
     let json = mailbox_file::to_json(&mailbox).expect("sample mailbox serialises");
     out("mailbox_file", "aes", json.as_bytes());

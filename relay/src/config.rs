@@ -26,6 +26,60 @@ pub struct RelayConfig {
     pub log_sensitive: bool,
     /// The crypto engine for deposit-tag verification and delivery sealing.
     pub engine: Engine,
+    /// Two-hop forwarding: the forwarding key and what this relay forwards.
+    pub forward: ForwardConfig,
+}
+
+/// The master key, for what the relay keeps sealed outside its store (the forwarding key);
+/// never printed.
+#[derive(Clone)]
+pub struct MasterKey(pub std::sync::Arc<zeroize::Zeroizing<[u8; 32]>>);
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKey(<redacted>)")
+    }
+}
+
+/// Two-hop forwarding settings (docs/FORWARDING.md). Every relay opens FORWARDED requests
+/// sealed to its forwarding key; forwarding FORWARD requests of clients to other relays is
+/// off unless `enabled`.
+#[derive(Debug, Clone)]
+pub struct ForwardConfig {
+    /// Forward clients' FORWARD requests to other relays. Off by default: a forwarding relay
+    /// opens connections to addresses its clients name.
+    pub enabled: bool,
+    /// The destinations this relay forwards to, `host:port` as senders name them; empty:
+    /// any.
+    pub allow: Vec<String>,
+    /// FORWARD requests one source (an IPv4 address or an IPv6 /64) may send per second.
+    pub source_rate: Rate,
+    /// Connections to destination relays kept at once (the least recently used goes).
+    pub max_destinations: usize,
+    /// A connection to a destination unused for this long is closed (QUIC idle timeout).
+    pub idle_timeout: Duration,
+    /// How long a forwarded request may take (connecting included) before the sender is
+    /// answered `UNREACHABLE`.
+    pub timeout: Duration,
+    /// The forwarding key file; `None`: `DATA_DIR/forward.key`, created at the first start.
+    pub key_file: Option<PathBuf>,
+    /// Seals the forwarding key file (from the settings' master key).
+    pub master_key: Option<MasterKey>,
+}
+
+impl Default for ForwardConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            allow: Vec::new(),
+            source_rate: Rate::new(100, 200),
+            max_destinations: 256,
+            idle_timeout: Duration::from_secs(30),
+            timeout: Duration::from_secs(10),
+            key_file: None,
+            master_key: None,
+        }
+    }
 }
 
 /// Limits the relay enforces. Every queue and buffer in the relay is bounded by one of these.
@@ -260,6 +314,7 @@ impl RelayConfig {
             limits: RelayLimits::default(),
             log_sensitive: false,
             engine: Engine::detect(),
+            forward: ForwardConfig::default(),
         }
     }
 }

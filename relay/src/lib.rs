@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod forward;
 pub mod master_key;
 pub mod metrics;
 pub mod open;

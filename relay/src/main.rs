@@ -41,6 +41,16 @@ enum Cmd {
         invitation: String,
         /// The message; `-` reads it from standard input.
         message: String,
+        /// Deposit through this relay (HOST:PORT) instead of directly: two-hop forwarding. The
+        /// mailbox's relay then sees that relay's address, not this machine's; that relay sees
+        /// this machine's address but neither the mailbox nor the message. Needs an invitation
+        /// with a forwarding key (version 4) and a relay with forwarding on.
+        #[arg(long)]
+        via: Option<String>,
+        /// SHA-256 pin of the --via relay's public key (64 hex digits, printed by its
+        /// `serve`); without it, the relay's certificate must come from a CA for its name.
+        #[arg(long, requires = "via")]
+        via_key_pin: Option<String>,
     },
     /// Receive, print and acknowledge the messages waiting in a mailbox.
     Recv {
@@ -269,7 +279,9 @@ async fn main() -> ExitCode {
         Cmd::Send {
             invitation,
             message,
-        } => send(invitation, message).await,
+            via,
+            via_key_pin,
+        } => send(invitation, message, via.map(|v| (v, via_key_pin))).await,
         Cmd::Recv {
             mailbox_file,
             follow,
@@ -388,6 +400,12 @@ async fn serve(v: Validated) -> CmdResult {
         }
         Err(e) => tracing::warn!(target: "sealpost_relay::announce", "no key pin: {e}"),
     }
+    let forward_key = hex::encode(handle.forward_key());
+    say!(
+        forward_key = %forward_key,
+        "forwarding key (X25519; version 4 invitations carry it): {forward_key}; forwarding for clients is {}",
+        if v.relay.forward.enabled { "on" } else { "off" }
+    );
     readiness.started(&handle.readiness());
     // Announced last (scripts and tests wait for this line), though it listens from the start.
     say!("admin HTTP on http://{admin_addr} (/metrics, /healthz, /servingz, /readyz)");
@@ -484,7 +502,10 @@ async fn create(r: RelayArgs, suite: Suite, out: PathBuf) -> CmdResult {
         return Err(format!("{} exists; choose another --out", out.display()));
     }
     let client = connect(&r).await?;
-    let mailbox = client.create(suite).await.map_err(|e| e.to_string())?;
+    let mut mailbox = client.create(suite).await.map_err(|e| e.to_string())?;
+    // The relay's forwarding key goes into the invitation (version 4), so that senders may
+    // deposit through another relay; a relay that predates forwarding has none.
+    mailbox.forward_key = client.forward_key().await.map_err(|e| e.to_string())?;
     mailbox_file::write(&out, &mailbox).map_err(|e| e.to_string())?;
     let inv = mailbox.invitation().encode().map_err(|e| e.to_string())?;
     eprintln!(
@@ -511,7 +532,11 @@ async fn delete(path: PathBuf) -> CmdResult {
     Ok(())
 }
 
-async fn send(invitation: String, message: String) -> CmdResult {
+async fn send(
+    invitation: String,
+    message: String,
+    via: Option<(String, Option<String>)>,
+) -> CmdResult {
     let inv = Invitation::parse(&invitation).map_err(|e| e.to_string())?;
     let content = if message == "-" {
         use std::io::Read;
@@ -523,19 +548,10 @@ async fn send(invitation: String, message: String) -> CmdResult {
     } else {
         message.into_bytes()
     };
-    let client = Client::connect_trusting_any(&inv.relays, inv.trust)
-        .await
-        .map_err(|e| e.to_string())?;
-    let info = client.info().await.map_err(|e| e.to_string())?;
-    let envelope = e2e::seal_for_invitation(&Engine::ring(), &inv, &info.limits.sizes, &content)
-        .map_err(|e| e.to_string())?;
-    // A mailbox over its deposit rate says when to come back; a person running `send`
-    // would rather wait a few seconds than retry by hand.
-    let (status, tries) = client
-        .deposit_patiently(envelope, Duration::from_secs(10))
-        .await
-        .map_err(|e| e.to_string())?;
-    client.close().await;
+    let (status, tries) = match via {
+        Some((via, pin)) => send_via(&inv, &content, &via, pin.as_deref()).await?,
+        None => send_direct(&inv, &content).await?,
+    };
     if status.is_success() {
         eprintln!("deposited: {status}");
         Ok(())
@@ -547,6 +563,54 @@ async fn send(invitation: String, message: String) -> CmdResult {
     } else {
         Err(format!("relay refused: {status}: {}", status.advice()))
     }
+}
+
+/// Deposits `content` into the invitation's mailbox through the relay at `via`.
+async fn send_via(
+    inv: &Invitation,
+    content: &[u8],
+    via: &str,
+    pin: Option<&str>,
+) -> Result<(DepositStatus, u32), String> {
+    let mut target =
+        sealpost_client::ForwardTarget::from_invitation(inv).map_err(|e| e.to_string())?;
+    let trust = match pin {
+        Some(p) => tls::Trust::KeyPin(tls::parse_pin(p).map_err(|e| e.to_string())?),
+        None => tls::Trust::Roots(tls::default_roots()),
+    };
+    let client = Client::connect(via, trust)
+        .await
+        .map_err(|e| format!("--via {via}: {e}"))?;
+    let info = client
+        .forward_info(&mut target)
+        .await
+        .map_err(|e| e.to_string())?;
+    let envelope = e2e::seal_for_invitation(&Engine::ring(), inv, &info.limits.sizes, content)
+        .map_err(|e| e.to_string())?;
+    let r = client
+        .forward_deposit_patiently(&target, envelope, Duration::from_secs(10))
+        .await
+        .map_err(|e| e.to_string());
+    client.close().await;
+    r
+}
+
+/// Deposits `content` into the invitation's mailbox directly.
+async fn send_direct(inv: &Invitation, content: &[u8]) -> Result<(DepositStatus, u32), String> {
+    let client = Client::connect_trusting_any(&inv.relays, inv.trust)
+        .await
+        .map_err(|e| e.to_string())?;
+    let info = client.info().await.map_err(|e| e.to_string())?;
+    let envelope = e2e::seal_for_invitation(&Engine::ring(), inv, &info.limits.sizes, content)
+        .map_err(|e| e.to_string())?;
+    // A mailbox over its deposit rate says when to come back; a person running `send`
+    // would rather wait a few seconds than retry by hand.
+    let r = client
+        .deposit_patiently(envelope, Duration::from_secs(10))
+        .await
+        .map_err(|e| e.to_string());
+    client.close().await;
+    r
 }
 
 async fn recv(path: PathBuf, follow: bool, wait: f64) -> CmdResult {
@@ -608,6 +672,9 @@ async fn info(r: RelayArgs) -> CmdResult {
     println!("retention: {} s", i.limits.retention_secs);
     println!("max window: {}", i.limits.max_window);
     println!("max frame: {}", i.limits.max_frame);
+    if let Some(k) = client.forward_key().await.map_err(|e| e.to_string())? {
+        println!("forwarding key: {}", hex::encode(k));
+    }
     client.close().await;
     Ok(())
 }

@@ -82,6 +82,12 @@ pub const STORE_RECOVERY_SHORTFALL: &str = "sealpost_store_recovery_shortfall_en
 /// left; 0 when it did not end so. Unlike [`STORE_FAILED`] a scrape gets to see it: the
 /// failing run exits at once.
 pub const STORE_PREVIOUS_FAILURE: &str = "sealpost_store_previous_failure_timestamp_seconds";
+/// FORWARD requests of clients at this (forwarding) relay, by result.
+pub const FORWARDS: &str = "sealpost_forwards_total";
+/// FORWARDED requests other relays passed to this (destination) relay, by result.
+pub const FORWARDED: &str = "sealpost_forwarded_total";
+/// Connections to destination relays held by the forwarding pool.
+pub const FORWARD_POOL: &str = "sealpost_forward_pool_connections";
 
 /// Registers every metric's help text and unit with the installed recorder.
 pub fn describe() {
@@ -92,6 +98,18 @@ pub fn describe() {
         "QUIC connections refused before the handshake, by reason (connection_limit, source_connections, source_rate)"
     );
     describe_gauge!(HANDSHAKES, "QUIC handshakes in progress");
+    describe_counter!(
+        FORWARDS,
+        "FORWARD requests of clients, by result (answered, destination_error, unreachable, refused, rate_limited, malformed)"
+    );
+    describe_counter!(
+        FORWARDED,
+        "FORWARDED requests from forwarding relays, by result (answered, bad_seal, malformed, error)"
+    );
+    describe_gauge!(
+        FORWARD_POOL,
+        "connections to destination relays held for forwarding"
+    );
     describe_counter!(
         RETRIES,
         "QUIC Retry packets sent to validate a new connection's address"

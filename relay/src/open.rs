@@ -170,7 +170,16 @@ impl Relay {
 
     /// Builds a relay from a configuration and store options directly (what the load
     /// generator and tests that set limits in code use).
-    pub async fn open_with(config: RelayConfig, options: StoreOptions) -> Result<Self, OpenError> {
+    pub async fn open_with(
+        mut config: RelayConfig,
+        options: StoreOptions,
+    ) -> Result<Self, OpenError> {
+        if config.forward.master_key.is_none() {
+            config.forward.master_key = options
+                .master_key
+                .clone()
+                .map(|k| crate::config::MasterKey(Arc::new(k)));
+        }
         let opened = open_store(&config, options).await?;
         let handle = crate::server::start(config, opened.store.clone()).await?;
         Ok(Self {

@@ -4,7 +4,7 @@
 //! Every key is optional in the file; unknown keys are refused (a misspelt key that silently
 //! does nothing is worse than an error). `check-config` prints the effective settings.
 
-use crate::config::{Rate, RelayConfig, RelayLimits, RetryPolicy};
+use crate::config::{ForwardConfig, Rate, RelayConfig, RelayLimits, RetryPolicy};
 use sealpost_core::engine::{Engine, EngineError};
 use sealpost_core::padding::SizeClasses;
 use serde::{Deserialize, Serialize};
@@ -239,6 +239,38 @@ pub struct Settings {
     /// `avx512`, `avx2`, `ring` or `portable` [default: auto].
     #[arg(long, env = "SEALPOST_BACKEND")]
     pub backend: Option<String>,
+    /// Forward clients' FORWARD requests to other relays (two-hop forwarding; the relay then
+    /// opens connections to the relays its clients name) [default: false].
+    #[arg(long, env = "SEALPOST_FORWARD", num_args = 0..=1, default_missing_value = "true")]
+    pub forward: Option<bool>,
+    /// The only destination relays forwarded to, HOST:PORT as senders name them
+    /// (comma-separated on the command line and in the environment, a list in the file);
+    /// empty: any [default: empty].
+    #[arg(long, value_delimiter = ',', env = "SEALPOST_FORWARD_ALLOW")]
+    pub forward_allow: Option<Vec<String>>,
+    /// FORWARD requests one source may send per second; 0 = no limit [default: 100].
+    #[arg(long, env = "SEALPOST_SOURCE_FORWARDS_PER_SEC")]
+    pub source_forwards_per_sec: Option<u32>,
+    /// FORWARD requests one source may send at once after a quiet spell [default: 200].
+    #[arg(long, env = "SEALPOST_SOURCE_FORWARD_BURST")]
+    pub source_forward_burst: Option<u32>,
+    /// The forwarding key file, shared by every relay of one deployment (copy one relay's
+    /// DATA_DIR/forward.key); never created [default: DATA_DIR/forward.key, created at the
+    /// first start].
+    #[arg(long, env = "SEALPOST_FORWARD_KEY_FILE")]
+    pub forward_key_file: Option<PathBuf>,
+    /// Connections to destination relays a forwarding relay keeps at once (the least
+    /// recently used goes first) [default: 256].
+    #[arg(long, env = "SEALPOST_FORWARD_MAX_DESTINATIONS")]
+    pub forward_max_destinations: Option<usize>,
+    /// Seconds a connection to a destination relay may stay unused before QUIC closes it
+    /// [default: 30].
+    #[arg(long, env = "SEALPOST_FORWARD_IDLE_TIMEOUT_SECS")]
+    pub forward_idle_timeout_secs: Option<u64>,
+    /// Seconds a forwarded request may take, connecting included, before the sender is
+    /// answered UNREACHABLE [default: 10].
+    #[arg(long, env = "SEALPOST_FORWARD_TIMEOUT_SECS")]
+    pub forward_timeout_secs: Option<u64>,
 }
 
 /// The default admin address.
@@ -322,7 +354,15 @@ impl Settings {
             stream_receive_window,
             connection_receive_window,
             connection_send_window,
-            backend
+            backend,
+            forward,
+            forward_allow,
+            source_forwards_per_sec,
+            source_forward_burst,
+            forward_key_file,
+            forward_max_destinations,
+            forward_idle_timeout_secs,
+            forward_timeout_secs
         );
         self
     }
@@ -330,6 +370,7 @@ impl Settings {
     /// Every setting filled in: the given ones, and the defaults for the rest.
     pub fn effective(&self) -> Self {
         let d = RelayLimits::default();
+        let f = ForwardConfig::default();
         Self {
             listen: Some(
                 self.listen
@@ -450,6 +491,22 @@ impl Settings {
                     .unwrap_or(d.connection_send_window),
             ),
             backend: Some(self.backend.clone().unwrap_or_else(|| "auto".into())),
+            forward: Some(self.forward.unwrap_or(false)),
+            forward_allow: Some(self.forward_allow.clone().unwrap_or_default()),
+            source_forwards_per_sec: Some(
+                self.source_forwards_per_sec
+                    .unwrap_or(f.source_rate.per_sec),
+            ),
+            source_forward_burst: Some(self.source_forward_burst.unwrap_or(f.source_rate.burst)),
+            forward_key_file: self.forward_key_file.clone(),
+            forward_max_destinations: Some(
+                self.forward_max_destinations.unwrap_or(f.max_destinations),
+            ),
+            forward_idle_timeout_secs: Some(
+                self.forward_idle_timeout_secs
+                    .unwrap_or(f.idle_timeout.as_secs()),
+            ),
+            forward_timeout_secs: Some(self.forward_timeout_secs.unwrap_or(f.timeout.as_secs())),
         }
     }
 
@@ -696,6 +753,47 @@ impl Settings {
             ..RelayLimits::default()
         };
         let data_dir = e.data_dir.clone().expect("filled in");
+        let forward = ForwardConfig {
+            enabled: e.forward.unwrap_or(false),
+            allow: forward_allow(&e)?,
+            source_rate: rate(
+                "source_forward_burst",
+                e.source_forwards_per_sec,
+                e.source_forward_burst,
+            )?,
+            key_file: e.forward_key_file.clone(),
+            max_destinations: match e.forward_max_destinations.unwrap_or_default() {
+                0 => {
+                    return Err(invalid(
+                        "forward_max_destinations",
+                        "0".into(),
+                        "at least 1 connection to destination relays",
+                    ));
+                }
+                n => n,
+            },
+            idle_timeout: match e.forward_idle_timeout_secs.unwrap_or_default() {
+                s @ 1..=3600 => Duration::from_secs(s),
+                s => {
+                    return Err(invalid(
+                        "forward_idle_timeout_secs",
+                        s.to_string(),
+                        "1 to 3600 seconds",
+                    ));
+                }
+            },
+            timeout: match e.forward_timeout_secs.unwrap_or_default() {
+                s @ 1..=300 => Duration::from_secs(s),
+                s => {
+                    return Err(invalid(
+                        "forward_timeout_secs",
+                        s.to_string(),
+                        "1 to 300 seconds",
+                    ));
+                }
+            },
+            master_key: None,
+        };
         Ok(Validated {
             relay: RelayConfig {
                 listen,
@@ -705,6 +803,7 @@ impl Settings {
                 limits,
                 log_sensitive: e.log_sensitive_debug.unwrap_or(false),
                 engine,
+                forward,
             },
             admin,
             store: e.store.expect("filled in"),
@@ -717,6 +816,27 @@ impl Settings {
             effective: e,
         })
     }
+}
+
+/// The forwarding allow-list: each entry HOST:PORT, as a sender would name the relay.
+fn forward_allow(e: &Settings) -> Result<Vec<String>, SettingsError> {
+    let list: Vec<String> = e
+        .forward_allow
+        .iter()
+        .flatten()
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty())
+        .collect();
+    for n in &list {
+        sealpost_core::invitation::check_relay_address(n).map_err(|why| {
+            SettingsError::Invalid {
+                key: "forward_allow",
+                value: list.join(","),
+                allowed: why,
+            }
+        })?;
+    }
+    Ok(list)
 }
 
 /// The cluster store's seed nodes: required with `store = "cluster"`, each HOST:PORT.
@@ -913,5 +1033,45 @@ mod tests {
         let again = Settings::from_toml(&text).unwrap().validate().unwrap();
         assert_eq!(again.relay.listen, v.relay.listen);
         assert_eq!(again.admin, v.admin);
+    }
+
+    /// Forwarding is off unless asked for; its list, rate and pool settings reach the
+    /// configuration, and values that cannot work are refused naming the key.
+    #[test]
+    fn forwarding_settings() {
+        let v = Settings::default().validate().unwrap();
+        assert!(!v.relay.forward.enabled);
+        assert!(v.relay.forward.allow.is_empty());
+        let v = Settings::from_toml(
+            "forward = true\nforward_allow = [\"a.example:4433\", \" [::1]:4433 \"]\n\
+             source_forwards_per_sec = 7\nsource_forward_burst = 9\nforward_timeout_secs = 3\n\
+             forward_max_destinations = 5\nforward_key_file = \"/etc/sealpost/forward.key\"\n",
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        let f = &v.relay.forward;
+        assert!(f.enabled);
+        assert_eq!(f.allow, ["a.example:4433", "[::1]:4433"]);
+        assert_eq!(f.source_rate, Rate::new(7, 9));
+        assert_eq!(f.timeout, Duration::from_secs(3));
+        assert_eq!(f.max_destinations, 5);
+        assert_eq!(
+            f.key_file.as_deref(),
+            Some(Path::new("/etc/sealpost/forward.key"))
+        );
+        for (bad, key) in [
+            ("forward_allow = [\"no-port\"]", "forward_allow"),
+            ("forward_timeout_secs = 0", "forward_timeout_secs"),
+            ("forward_max_destinations = 0", "forward_max_destinations"),
+            ("forward_idle_timeout_secs = 0", "forward_idle_timeout_secs"),
+        ] {
+            let e = Settings::from_toml(bad)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
     }
 }

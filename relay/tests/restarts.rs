@@ -235,6 +235,7 @@ async fn a_relay_that_is_not_running_is_reported_within_seconds() {
         deposit_id: [1; 16],
         deposit_key: sealpost_core::AeadKey::new(Suite::ChaCha20Poly1305, [2; 32]),
         e2e_public: sealpost_core::e2e::generate_keypair().1,
+        forward_key: None,
     };
     // `send` runs meanwhile, so the two waits overlap.
     let send = tokio::task::spawn_blocking(move || {

@@ -9,7 +9,7 @@ use quinn::{Connection, SendStream};
 use sealpost_client::stream::FrameReader;
 use sealpost_core::frame::{Frame, FrameType};
 use sealpost_core::keys::{ProofPurpose, RecipientSecret};
-use sealpost_core::msg::{Create, Created, Delete, InfoReply, frame_with};
+use sealpost_core::msg::{Create, Created, Delete, INFO_WANTS_FORWARD_KEY, InfoReply, frame_with};
 use sealpost_core::status::ErrorCode;
 use std::sync::Arc;
 
@@ -179,18 +179,30 @@ pub(super) async fn info(
     mut reader: FrameReader,
     mut send: SendStream,
 ) {
-    if !first.payload.is_empty() {
-        let msg = format!("INFO carries no payload, got {} bytes", first.payload.len());
-        return refuse(&mut send, Some(&mut reader), ErrorCode::MalformedFrame, msg).await;
-    }
-    let info = InfoReply {
+    let info = info_reply(shared);
+    let frame = match &first.payload[..] {
+        [] => frame_with(FrameType::InfoReply, |b| info.encode(b)),
+        // The extended reply, with the forwarding key: only to those that ask, since a
+        // reader that predates it refuses the longer payload.
+        [INFO_WANTS_FORWARD_KEY] => frame_with(FrameType::InfoReply, |b| {
+            info.encode_with_forward_key(&shared.forward_key.public(), b)
+        }),
+        other => {
+            let msg = format!(
+                "INFO carries no payload, or the byte 1 to ask for the forwarding key; got {} bytes",
+                other.len()
+            );
+            return refuse(&mut send, Some(&mut reader), ErrorCode::MalformedFrame, msg).await;
+        }
+    };
+    reply(&mut send, frame).await
+}
+
+/// The relay's INFO_REPLY fields.
+pub(super) fn info_reply(shared: &Shared) -> InfoReply {
+    InfoReply {
         version: VERSION.to_owned(),
         suites: shared.limits.suites.clone(),
         limits: shared.limits.wire(),
-    };
-    reply(
-        &mut send,
-        frame_with(FrameType::InfoReply, |b| info.encode(b)),
-    )
-    .await
+    }
 }

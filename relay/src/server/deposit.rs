@@ -148,7 +148,7 @@ fn take_frame(ds: &mut DepositStream<Answered>, batch: &mut Vec<Frame>, f: Frame
 
 /// Parses a batch, hands its envelopes to their shards and returns the future of its
 /// statuses; leaves `batch` empty.
-async fn submit(shared: &Shared, batch: &mut Vec<Frame>) -> Answer {
+pub(super) async fn submit(shared: &Shared, batch: &mut Vec<Frame>) -> Answer {
     let mut statuses = vec![DepositStatus::Ok; batch.len()];
     let pipeline = &shared.pipeline;
     let n = pipeline.len();

@@ -3,6 +3,8 @@
 
 mod control;
 mod deposit;
+mod forwarded;
+mod forwarding;
 pub mod limits;
 mod pipeline;
 pub(crate) mod proto;
@@ -68,6 +70,12 @@ pub enum RelayError {
     /// The stateless-reset secret in the data directory could not be read or created.
     #[error(transparent)]
     ResetKey(#[from] reset_key::ResetKeyError),
+    /// The forwarding key could not be read or created.
+    #[error(transparent)]
+    ForwardKey(#[from] crate::forward::ForwardKeyError),
+    /// The forwarding pool could not be set up.
+    #[error(transparent)]
+    ForwardPool(#[from] crate::forward::pool::PoolError),
 }
 
 /// State every connection and stream task shares.
@@ -92,6 +100,14 @@ pub(crate) struct Shared {
     pub shutdown: watch::Receiver<bool>,
     /// Verifies deposit tags and seals deliveries.
     pub engine: sealpost_core::engine::Engine,
+    /// Opens FORWARDED requests.
+    pub forward_key: Arc<crate::forward::ForwardKey>,
+    /// What this relay forwards.
+    pub forward: crate::config::ForwardConfig,
+    /// FORWARD requests per source address.
+    pub forwards: std::sync::Mutex<limits::Buckets<limits::SourceKey>>,
+    /// Connections to destination relays; `None` while forwarding is off.
+    pub pool: Option<crate::forward::pool::Pool>,
 }
 
 /// A running relay.
@@ -131,6 +147,12 @@ impl RelayHandle {
     /// What the UDP socket got from the kernel (buffers, GSO, GRO).
     pub fn udp(&self) -> crate::udp::UdpInfo {
         self.udp
+    }
+
+    /// The relay's forwarding public key, as INFO announces it and version 4 invitations
+    /// carry it.
+    pub fn forward_key(&self) -> [u8; 32] {
+        self.shared.forward_key.public()
     }
 
     /// Whether a self-signed certificate was generated at this start.
@@ -263,6 +285,11 @@ pub fn check_tls(config: &RelayConfig) -> Result<Option<[u8; 32]>, RelayError> {
     Ok(Some(tls::load_identity(&cert, &key)?.pin()))
 }
 
+/// The frame limit of a stream's first frame: room for a FORWARD of the largest request.
+fn forward_reader_limit(limits: &RelayLimits) -> u32 {
+    sealpost_core::forward::max_forward_frame(limits.frame_limit()).max(limits.frame_limit())
+}
+
 /// Starts a relay on `config.listen` over `store`.
 pub async fn start(config: RelayConfig, store: Arc<dyn Store>) -> Result<RelayHandle, RelayError> {
     let cert_paths = tls_files(&config)?;
@@ -292,6 +319,14 @@ pub async fn start(config: RelayConfig, store: Arc<dyn Store>) -> Result<RelayHa
     // the old process get a stateless reset at their next packet instead of waiting out the
     // idle timeout.
     let reset = reset_key::ResetSecret::load_or_create(&config.data_dir)?;
+    let forward_key = {
+        let (path, create) = match &config.forward.key_file {
+            Some(f) => (f.clone(), false),
+            None => (config.data_dir.join(crate::forward::key::FILE_NAME), true),
+        };
+        let master = config.forward.master_key.as_ref().map(|m| &**m.0);
+        crate::forward::ForwardKey::load_or_create(&path, create, master)?
+    };
     let endpoint =
         Endpoint::new(reset.endpoint_config(), Some(server), socket, runtime).map_err(bind_err)?;
     let local_addr = endpoint.local_addr().map_err(|source| RelayError::Bind {
@@ -318,6 +353,17 @@ pub async fn start(config: RelayConfig, store: Arc<dyn Store>) -> Result<RelayHa
         faults: config.limits.source_fault_rate,
     });
     let creates = std::sync::Mutex::new(limits::Buckets::new(config.limits.source_create_rate));
+    let forwards = std::sync::Mutex::new(limits::Buckets::new(config.forward.source_rate));
+    let pool = if config.forward.enabled {
+        Some(crate::forward::pool::Pool::new(
+            endpoint.clone(),
+            config.forward.max_destinations,
+            config.forward.idle_timeout,
+            forward_reader_limit(&config.limits),
+        )?)
+    } else {
+        None
+    };
     let frames = sealpost_client::stream::FrameDeadline::new(
         config.limits.frame_timeout,
         PRESSURE_FRAME_TIMEOUT,
@@ -337,6 +383,10 @@ pub async fn start(config: RelayConfig, store: Arc<dyn Store>) -> Result<RelayHa
         frames,
         shutdown: rx,
         engine: config.engine,
+        forward_key: Arc::new(forward_key),
+        forward: config.forward,
+        forwards,
+        pool,
     });
     let accept = tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
     let expiry = tokio::spawn(expiry_loop(shared.clone()));
@@ -398,6 +448,9 @@ async fn sample_gauges(shared: Arc<Shared>, ready: Arc<AtomicBool>) {
         metrics::gauge!(crate::metrics::BYTES_STORED).set(s.bytes as f64);
         metrics::gauge!(crate::metrics::SOURCES).set(shared.sources.sources() as f64);
         metrics::gauge!(crate::metrics::PARTIAL_FRAME_BYTES).set(shared.frames.held() as f64);
+        if let Some(pool) = &shared.pool {
+            metrics::gauge!(crate::metrics::FORWARD_POOL).set(pool.len() as f64);
+        }
         metrics::gauge!(crate::metrics::DEPOSIT_BYTES_QUEUED)
             .set(shared.pipeline.queued_bytes() as f64);
         for (i, d) in shared.pipeline.queue_depths().enumerate() {
@@ -594,7 +647,13 @@ async fn serve_stream(
     recv: RecvStream,
 ) {
     let conn = &peer.conn;
+    // FORWARD and FORWARDED frames may be a little larger than any other
+    // (sealpost_core::forward::max_forward_frame).
     let mut reader = FrameReader::new(recv, shared.limits.frame_limit())
+        .allow_larger(
+            forward_reader_limit(&shared.limits),
+            &[FrameType::Forward, FrameType::Forwarded],
+        )
         .with_deadline(shared.frames.clone())
         .with_peer(peer.clone());
     let first =
@@ -642,6 +701,12 @@ async fn serve_stream(
         }
         FrameType::Delete => Box::pin(control::delete(&shared, conn, first, reader, send)).await,
         FrameType::Info => Box::pin(control::info(&shared, first, reader, send)).await,
+        FrameType::Forward => Box::pin(forwarding::run(&shared, &peer, first, reader, send)).await,
+        FrameType::Forwarded => {
+            shared.depositing.fetch_add(1, Ordering::Relaxed);
+            Box::pin(forwarded::run(&shared, first, reader, send)).await;
+            shared.depositing.fetch_sub(1, Ordering::Relaxed);
+        }
         other => {
             peer.charge_faults(1, std::time::Instant::now());
             refuse(
@@ -649,7 +714,7 @@ async fn serve_stream(
             Some(&mut reader),
             ErrorCode::UnexpectedFrame,
             format!(
-                "a stream must begin with CREATE, DEPOSIT, SUBSCRIBE, DELETE or INFO, not {other:?}"
+                "a stream must begin with CREATE, DEPOSIT, SUBSCRIBE, DELETE, INFO, FORWARD or FORWARDED, not {other:?}"
             ),
         )
         .await

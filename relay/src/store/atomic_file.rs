@@ -11,10 +11,27 @@ const TMP_SUFFIX: &str = ".tmp";
 
 /// Replaces `dir/name` with `bytes` atomically.
 pub(crate) fn write(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    write_mode(dir, name, bytes, false)
+}
+
+/// [`write`], the file readable and writable by its owner only (for secrets).
+pub(crate) fn write_private(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    write_mode(dir, name, bytes, true)
+}
+
+fn write_mode(dir: &Path, name: &str, bytes: &[u8], private: bool) -> std::io::Result<()> {
     let suffix: [u8; 8] = rand::random();
     let tmp = dir.join(format!("{name}.{}{TMP_SUFFIX}", hex::encode(suffix)));
     let written = (|| {
-        let mut f = std::fs::File::create_new(&tmp)?;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        if private {
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        }
+        #[cfg(not(unix))]
+        let _ = private;
+        let mut f = opts.open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);

@@ -1,0 +1,483 @@
+//! Two-hop forwarding (issue 15): a sender deposits through a forwarding relay into a
+//! destination relay, with relays and clients on distinct loopback addresses (sender
+//! 127.0.0.4, forwarding relay 127.0.0.2, destination 127.0.0.3, recipient 127.0.0.5).
+
+mod common;
+
+use bytes::{Bytes, BytesMut};
+use common::process::{Serve, cli};
+use sealpost_client::tls::Trust;
+use sealpost_client::{Client, ClientError, ForwardTarget, Mailbox};
+use sealpost_core::Suite;
+use sealpost_core::e2e;
+use sealpost_core::engine::Engine;
+use sealpost_core::forward::{self, Forward, ResponseKey};
+use sealpost_core::frame::{self, FrameType};
+use sealpost_core::invitation::Invitation;
+use sealpost_core::msg::ErrorMsg;
+use sealpost_core::padding::SizeClasses;
+use sealpost_core::status::{DepositStatus, ErrorCode};
+use sealpost_relay::forward::ForwardKey;
+use sealpost_relay::store::memory::MemoryStore;
+use sealpost_relay::{Rate, RelayConfig, RelayHandle, RelayLimits};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+const FORWARDER: &str = "127.0.0.2";
+const DESTINATION: &str = "127.0.0.3";
+const SENDER: &str = "127.0.0.4";
+const RECIPIENT: &str = "127.0.0.5";
+
+struct Node {
+    handle: RelayHandle,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+/// A relay over the memory store on `ip`, with `edit` applied to its configuration.
+async fn relay_on(ip: &str, edit: impl FnOnce(&mut RelayConfig)) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = RelayConfig::new(format!("{ip}:0").parse().unwrap(), dir.path().to_owned());
+    edit(&mut cfg);
+    let store = Arc::new(MemoryStore::new(cfg.limits.quotas()));
+    let handle = sealpost_relay::start(cfg, store).await.unwrap();
+    let addr = handle.local_addr().to_string();
+    Node {
+        handle,
+        addr,
+        _dir: dir,
+    }
+}
+
+fn forwarding(cfg: &mut RelayConfig) {
+    cfg.forward.enabled = true;
+    cfg.forward.timeout = Duration::from_secs(2);
+}
+
+fn local(ip: &str) -> Option<SocketAddr> {
+    Some(format!("{ip}:0").parse().unwrap())
+}
+
+async fn client_from(ip: &str, node: &Node) -> Client {
+    Client::connect_from(
+        &node.addr,
+        Trust::KeyPin(node.handle.key_pin().unwrap()),
+        local(ip),
+    )
+    .await
+    .unwrap()
+}
+
+/// A mailbox on `dest`, created from the recipient's address, with the forwarding key.
+async fn mailbox_on(dest: &Node) -> (Client, Mailbox) {
+    let c = client_from(RECIPIENT, dest).await;
+    let mut mb = c.create(Suite::ChaCha20Poly1305).await.unwrap();
+    mb.forward_key = c.forward_key().await.unwrap();
+    assert_eq!(mb.forward_key, Some(dest.handle.forward_key()));
+    (c, mb)
+}
+
+fn seal(inv: &Invitation, sizes: &SizeClasses, content: &[u8]) -> Bytes {
+    e2e::seal_for_invitation(&Engine::ring(), inv, sizes, content).unwrap()
+}
+
+fn relay_code(e: ClientError) -> ErrorCode {
+    match e {
+        ClientError::Relay(m) => m.known_code().unwrap(),
+        other => panic!("expected an ERROR, got {other}"),
+    }
+}
+
+/// A forwarded deposit is stored once and delivered; a resend is DUPLICATE; a forgery, an
+/// unknown mailbox and a bad size keep their statuses through the extra hop; the invitation
+/// goes through version 4 and an older one still deposits directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_deposit_is_stored_once_and_every_status_survives() {
+    let dest = relay_on(DESTINATION, |_| {}).await;
+    let fwd = relay_on(FORWARDER, forwarding).await;
+    let (rc, mb) = mailbox_on(&dest).await;
+    let text = mb.invitation().encode().unwrap();
+    let inv = Invitation::parse(&text).unwrap();
+    assert_eq!(inv.forward_key, Some(dest.handle.forward_key()));
+
+    let sender = client_from(SENDER, &fwd).await;
+    let mut target = ForwardTarget::from_invitation(&inv).unwrap();
+    assert_eq!(target.destination, dest.addr);
+    let info = sender.forward_info(&mut target).await.unwrap();
+    assert_eq!(target.max_frame, info.limits.max_frame);
+
+    let env = seal(&inv, &info.limits.sizes, b"through another relay");
+    let mut forged = env.to_vec();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    let mut unknown = env.to_vec();
+    unknown[8] ^= 1;
+    let mut bad_size = env.to_vec();
+    bad_size[7] ^= 1;
+    let r = sender
+        .forward_deposit(
+            &target,
+            &[
+                env.clone(),
+                Bytes::from(forged),
+                Bytes::from(unknown),
+                Bytes::from(bad_size),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        r.statuses,
+        [
+            DepositStatus::Ok,
+            DepositStatus::BadTag,
+            DepositStatus::UnknownMailbox,
+            DepositStatus::BadSize
+        ]
+    );
+    let again = sender
+        .forward_deposit(&target, std::slice::from_ref(&env))
+        .await
+        .unwrap();
+    assert_eq!(again.statuses, [DepositStatus::Duplicate]);
+
+    let mut sub = rc.subscribe(&mb.access(), 8).await.unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(&mb.open(&d).unwrap()[..], b"through another relay");
+    assert_eq!(sub.pending_at_start(), 1, "stored once");
+
+    // An invitation without the key (version 2) cannot be forwarded, and still deposits
+    // directly.
+    let mut old = inv.clone();
+    old.forward_key = None;
+    let old = Invitation::parse(&old.encode().unwrap()).unwrap();
+    assert!(ForwardTarget::from_invitation(&old).is_err());
+    let direct = client_from(SENDER, &dest).await;
+    let env2 = seal(&old, &info.limits.sizes, b"directly");
+    assert_eq!(direct.deposit(env2).await.unwrap(), DepositStatus::Ok);
+}
+
+/// A mailbox over its rate (with the retry hint) and a full mailbox answer through the hop as
+/// they do directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_and_quotas_survive_the_hop() {
+    let fwd = relay_on(FORWARDER, forwarding).await;
+    let sender = client_from(SENDER, &fwd).await;
+    for (limits, want) in [
+        (
+            RelayLimits {
+                mailbox_deposit_rate: Rate::new(1, 1),
+                ..RelayLimits::default()
+            },
+            DepositStatus::RateLimited,
+        ),
+        (
+            RelayLimits {
+                max_envelopes: 1,
+                ..RelayLimits::default()
+            },
+            DepositStatus::MailboxFull,
+        ),
+    ] {
+        let dest = relay_on(DESTINATION, |cfg| cfg.limits = limits).await;
+        let (_rc, mb) = mailbox_on(&dest).await;
+        let target = ForwardTarget::from_invitation(&mb.invitation()).unwrap();
+        let envs: Vec<Bytes> = (0..2u8)
+            .map(|i| seal(&mb.invitation(), &mb.sizes, &[i]))
+            .collect();
+        let r = sender.forward_deposit(&target, &envs).await.unwrap();
+        assert_eq!(r.statuses, [DepositStatus::Ok, want]);
+        assert_eq!(
+            r.retry_after.is_some(),
+            want == DepositStatus::RateLimited,
+            "the hint comes with RATE_LIMITED only"
+        );
+    }
+}
+
+/// What the forwarding relay refuses, and what it passes on: forwarding off, a destination
+/// off the allow-list, a source over its forwarding rate, a destination that does not answer
+/// (UNREACHABLE, retryable), a request sealed to another key (the destination's BAD_SEAL),
+/// and a request that would be forwarded again (refused inside the sealed answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_clear_and_nothing_is_forwarded_twice() {
+    let dest = relay_on(DESTINATION, |_| {}).await;
+    let (_rc, mb) = mailbox_on(&dest).await;
+    let target = ForwardTarget::from_invitation(&mb.invitation()).unwrap();
+    let env = seal(&mb.invitation(), &mb.sizes, b"x");
+
+    let off = relay_on(FORWARDER, |_| {}).await;
+    let c = client_from(SENDER, &off).await;
+    let e = c
+        .forward_deposit(&target, std::slice::from_ref(&env))
+        .await
+        .unwrap_err();
+    assert_eq!(relay_code(e), ErrorCode::ForwardRefused);
+
+    let listed = relay_on(FORWARDER, |cfg| {
+        forwarding(cfg);
+        cfg.forward.allow = vec!["127.0.0.9:4433".into()];
+    })
+    .await;
+    let c = client_from(SENDER, &listed).await;
+    let e = c
+        .forward_deposit(&target, std::slice::from_ref(&env))
+        .await
+        .unwrap_err();
+    assert_eq!(relay_code(e), ErrorCode::ForwardRefused);
+
+    let slow = relay_on(FORWARDER, |cfg| {
+        forwarding(cfg);
+        cfg.forward.source_rate = Rate::new(1, 1);
+    })
+    .await;
+    let c = client_from(SENDER, &slow).await;
+    let ok = c
+        .forward_deposit(&target, std::slice::from_ref(&env))
+        .await
+        .unwrap();
+    assert_eq!(ok.statuses, [DepositStatus::Ok]);
+    let e = c
+        .forward_deposit(&target, std::slice::from_ref(&env))
+        .await
+        .unwrap_err();
+    assert_eq!(relay_code(e), ErrorCode::RateLimited);
+
+    let fwd = relay_on(FORWARDER, forwarding).await;
+    let c = client_from(SENDER, &fwd).await;
+    // Nothing answers QUIC at this address: a UDP socket that never reads.
+    let silent = std::net::UdpSocket::bind(format!("{DESTINATION}:0")).unwrap();
+    let mut nowhere = target.clone();
+    nowhere.destination = silent.local_addr().unwrap().to_string();
+    let e = c
+        .forward_deposit(&nowhere, std::slice::from_ref(&env))
+        .await
+        .unwrap_err();
+    assert_eq!(relay_code(e), ErrorCode::Unreachable);
+
+    let mut wrong_key = target.clone();
+    wrong_key.forward_key = ForwardKey::generate().unwrap().public();
+    let e = c
+        .forward_deposit(&wrong_key, std::slice::from_ref(&env))
+        .await
+        .unwrap_err();
+    assert_eq!(relay_code(e), ErrorCode::BadSeal);
+
+    // A FORWARD sealed inside a forwarded request: the destination refuses it in the sealed
+    // answer, and nothing is forwarded on.
+    let inner = frame::encode_to_bytes(FrameType::Forward, b"\x0e127.0.0.9:4433");
+    let frames = c.forward_request(&target, &inner).await.unwrap();
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0].ty, FrameType::Error);
+    let e = ErrorMsg::decode(&frames[0].payload).unwrap();
+    assert_eq!(e.known_code(), Some(ErrorCode::UnexpectedFrame));
+    assert!(e.message.contains("never forwarded again"), "{e}");
+
+    // The relay still serves its direct clients.
+    let ok = c.forward_deposit(&target, &[env]).await.unwrap();
+    assert_eq!(ok.statuses, [DepositStatus::Duplicate]);
+}
+
+/// The client's HPKE (the `hpke` crate) and the relay's (ring and x25519-dalek) interoperate:
+/// what the client seals the relay opens, and the key both export seals the answer.
+#[test]
+fn client_and_relay_hpke_interoperate() {
+    let key = ForwardKey::generate().unwrap();
+    for len in [0usize, 1, 1020, 1021, 5000, forward::max_request(65_589)] {
+        let request: Vec<u8> = (0..len).map(|i| i as u8).collect();
+        let sealed =
+            forward::seal_request(&key.public(), &request, forward::max_request(65_589)).unwrap();
+        assert_eq!(
+            sealed.sealed.ciphertext.len(),
+            forward::padded_len(len) + forward::TAG_LEN
+        );
+        let ctx = key.context(&sealed.sealed.enc).unwrap();
+        let mut ct = sealed.sealed.ciphertext.to_vec();
+        let plain = ctx.open_first(b"", &mut ct).unwrap();
+        assert_eq!(unpad(plain), request);
+        let relay_side = ResponseKey::from_bytes(ctx.export32(forward::RESPONSE_EXPORT));
+        let answer = relay_side.seal(b"the answer").unwrap();
+        assert_eq!(sealed.response_key.open(&answer).unwrap(), b"the answer");
+    }
+}
+
+fn unpad(padded: &[u8]) -> Vec<u8> {
+    sealpost_core::padding::unpad(padded).unwrap().to_vec()
+}
+
+/// The FORWARD payload shares nothing with the envelope it carries: no deposit id, no nonce,
+/// no 16-byte window of the envelope at all; and two different envelopes of one size class
+/// give FORWARD frames of one length.
+#[test]
+fn the_forward_payload_hides_the_envelope() {
+    let key = ForwardKey::generate().unwrap();
+    let (_, pk) = e2e::generate_keypair();
+    let inv = Invitation {
+        relays: vec![format!("{DESTINATION}:4433")],
+        trust: sealpost_core::invitation::RelayTrust::CaForHost,
+        deposit_id: [0x5a; 16],
+        deposit_key: sealpost_core::AeadKey::generate(Suite::ChaCha20Poly1305).unwrap(),
+        e2e_public: pk,
+        forward_key: Some(key.public()),
+    };
+    let sizes = SizeClasses::default();
+    let mut lengths = Vec::new();
+    for content in [&b"short"[..], &[7u8; 150][..]] {
+        let env = seal(&inv, &sizes, content);
+        let mut req = BytesMut::new();
+        frame::encode(FrameType::Deposit, &env, &mut req);
+        let sealed = forward::seal_request(&key.public(), &req, 70_000).unwrap();
+        let fw = Forward {
+            destination: inv.relays[0].clone(),
+            sealed: sealed.sealed,
+        };
+        let payload = sealpost_core::msg::frame_with(FrameType::Forward, |b| fw.encode(b));
+        let deposit_id = &env[8..24];
+        let nonce = &env[24..36];
+        assert!(!payload.windows(16).any(|w| w == deposit_id), "deposit_id");
+        assert!(!payload.windows(12).any(|w| w == nonce), "nonce");
+        for window in env.windows(16) {
+            assert!(!payload.windows(16).any(|w| w == window));
+        }
+        lengths.push(payload.len());
+    }
+    assert_eq!(lengths[0], lengths[1], "one size class, one length");
+}
+
+/// The destination relay (a `serve` process with address logging on) never sees the
+/// sender's address: the CLI's `send --via` deposits through the forwarding relay, the
+/// message arrives, and the destination's log names only the recipient's and the forwarding
+/// relay's addresses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_destination_never_sees_the_sender() {
+    let data = tempfile::tempdir().unwrap();
+    let dest = Serve::start_on(
+        data.path(),
+        &format!("{DESTINATION}:0"),
+        &["--store", "memory", "--log-sensitive-debug"],
+        "info",
+    );
+    let fwd = relay_on(FORWARDER, forwarding).await;
+    let pin = sealpost_client::tls::parse_pin(&dest.pin).unwrap();
+    let rc = Client::connect_from(&dest.addr, Trust::Pin(pin), local(RECIPIENT))
+        .await
+        .unwrap();
+    let mut mb = rc.create(Suite::ChaCha20Poly1305).await.unwrap();
+    mb.forward_key = rc.forward_key().await.unwrap();
+    let text = mb.invitation().encode().unwrap();
+
+    // The CLI binds no address of its own: its packets to 127.0.0.2 leave from 127.0.0.1.
+    let out = cli()
+        .args(["send", "--via", &fwd.addr, "--via-key-pin"])
+        .arg(hex::encode(fwd.handle.key_pin().unwrap()))
+        .args([&text, "sent through the forwarding relay"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("deposited: OK"), "{err}");
+
+    // And through the library from the sender's address.
+    let sender = client_from(SENDER, &fwd).await;
+    let mut target = ForwardTarget::from_invitation(&mb.invitation()).unwrap();
+    let info = sender.forward_info(&mut target).await.unwrap();
+    let env = seal(&mb.invitation(), &info.limits.sizes, b"from 127.0.0.4");
+    let r = sender.forward_deposit(&target, &[env]).await.unwrap();
+    assert_eq!(r.statuses, [DepositStatus::Ok]);
+
+    let mut sub = rc.subscribe(&mb.access(), 8).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let d = tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        got.push(String::from_utf8(mb.open(&d).unwrap().to_vec()).unwrap());
+        sub.ack(d.seq).await.unwrap();
+    }
+    got.sort();
+    assert_eq!(got, ["from 127.0.0.4", "sent through the forwarding relay"]);
+    common::end_subscription(&mut sub).await;
+
+    let log = dest.stop();
+    // Every connection the destination accepted, by its logged remote address.
+    let mut remotes: Vec<&str> = log
+        .split("remote=")
+        .skip(1)
+        .filter_map(|rest| rest.split(':').next())
+        .collect();
+    remotes.sort();
+    remotes.dedup();
+    assert_eq!(
+        remotes,
+        [FORWARDER, RECIPIENT],
+        "the destination saw only the forwarding relay and the recipient: {log}"
+    );
+    assert!(!log.contains(SENDER), "{log}");
+}
+
+/// The forwarding key outlives restarts, is sealed under the master key when the relay has
+/// one, and relays of one deployment that name one key file announce one key (what a version
+/// 4 invitation naming them all needs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_forwarding_key_is_kept_sealed_and_shared() {
+    use sealpost_relay::settings::StoreChoice;
+    use sealpost_relay::{Relay, StoreOptions};
+    let master = zeroize::Zeroizing::new([0x4d; 32]);
+    let options = || StoreOptions {
+        master_key: Some(master.clone()),
+        ..StoreOptions::new(StoreChoice::Memory)
+    };
+    let config = |dir: &std::path::Path| {
+        RelayConfig::new(format!("{DESTINATION}:0").parse().unwrap(), dir.to_owned())
+    };
+    // What INFO announces.
+    async fn announced(relay: &Relay) -> Option<[u8; 32]> {
+        let h = relay.handle();
+        let c = Client::connect_from(
+            &h.local_addr().to_string(),
+            Trust::KeyPin(h.key_pin().unwrap()),
+            local(RECIPIENT),
+        )
+        .await
+        .unwrap();
+        c.forward_key().await.unwrap()
+    }
+
+    let first = tempfile::tempdir().unwrap();
+    let a = Relay::open_with(config(first.path()), options())
+        .await
+        .unwrap();
+    let key = a.handle().forward_key();
+    assert_eq!(announced(&a).await, Some(key));
+    a.shutdown(Duration::from_secs(2)).await.unwrap();
+    let file = first.path().join(sealpost_relay::forward::key::FILE_NAME);
+    let raw = std::fs::read(&file).unwrap();
+    assert_eq!(raw[0], 1, "sealed under the master key");
+    let again = Relay::open_with(config(first.path()), options())
+        .await
+        .unwrap();
+    assert_eq!(again.handle().forward_key(), key, "kept across a restart");
+    again.shutdown(Duration::from_secs(2)).await.unwrap();
+
+    // A second relay of the deployment names a copy of the first one's file.
+    let second = tempfile::tempdir().unwrap();
+    let shared = second.path().join("shared-forward.key");
+    std::fs::copy(&file, &shared).unwrap();
+    let mut cfg = config(second.path());
+    cfg.forward.key_file = Some(shared);
+    let b = Relay::open_with(cfg, options()).await.unwrap();
+    assert_eq!(announced(&b).await, Some(key), "one key for the deployment");
+    b.shutdown(Duration::from_secs(2)).await.unwrap();
+    // A named file that is missing stops the start instead of making another key.
+    let mut cfg = config(second.path());
+    cfg.forward.key_file = Some(second.path().join("missing.key"));
+    let e = Relay::open_with(cfg, options()).await.err().unwrap();
+    assert!(e.to_string().contains("missing.key"), "{e}");
+}
