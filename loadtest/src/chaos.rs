@@ -269,6 +269,32 @@ pub async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosReport> {
     recipients.abort_all();
     while recipients.join_next().await.is_some() {}
     while depositors.join_next().await.is_some() {}
+    let missing: Vec<u32> = {
+        let l = lock(&ledger);
+        let mut m: Vec<u32> = l.undelivered().map(|k| k.0).collect();
+        m.sort_unstable();
+        m.dedup();
+        m
+    };
+    if !missing.is_empty() {
+        // Stored and not pushed, or gone? A new subscription on a new connection tells.
+        if let Ok(fresh) = connect(&addrs, 0, fleet.pin).await {
+            for i in missing {
+                let found = load::sweep(
+                    &fresh,
+                    &boxes[i as usize],
+                    i,
+                    plan.run_id,
+                    plan.content_len,
+                    &ledger,
+                    Duration::from_secs(2),
+                )
+                .await;
+                lock(&ledger).found_by_new_subscription += found;
+            }
+            fresh.close().await;
+        }
+    }
 
     let mut report = summarize(&opts, &lock(&ledger), records);
     report.relays = addrs.len();
@@ -433,6 +459,7 @@ fn summarize(opts: &ChaosOptions, l: &Ledger, mut records: Vec<CycleRecord>) -> 
         attempts: l.all_outcomes(),
         in_windows,
         resubscribed: l.resubscribed,
+        found_by_new_subscription: l.found_by_new_subscription,
         per_cycle: records,
         lost,
         ..ChaosReport::default()

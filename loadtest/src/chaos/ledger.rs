@@ -135,6 +135,9 @@ pub struct Ledger {
     /// Subscriptions started again after one ended (beyond what the client library resumed
     /// by itself).
     pub resubscribed: u64,
+    /// Acknowledged envelopes the live subscriptions never delivered but a new subscription
+    /// at the end did: stored, yet the subscriber was not woken for them.
+    pub found_by_new_subscription: u64,
 }
 
 /// The books behind a lock.
@@ -166,6 +169,7 @@ impl Ledger {
             resent_ok: 0,
             resent_duplicate: 0,
             resubscribed: 0,
+            found_by_new_subscription: 0,
         }
     }
 
@@ -257,22 +261,25 @@ impl Ledger {
     }
 
     /// A delivery of relay sequence number `seq` to mailbox `index`, with the stamp found in
-    /// it (`None`: it did not open or check).
-    pub fn delivered(&mut self, index: u32, seq: u64, stamp: Option<Stamp>) {
+    /// it (`None`: it did not open or check). Returns whether it was an envelope not
+    /// delivered before.
+    pub fn delivered(&mut self, index: u32, seq: u64, stamp: Option<Stamp>) -> bool {
         let Some(st) = stamp.filter(|s| s.mailbox == index) else {
             self.corrupted += 1;
-            return;
+            return false;
         };
         match self.by_seq[index as usize].get(&seq).copied() {
             Some(id) if id == st.seq => self.redelivered_same_seq += 1,
             Some(_) => self.corrupted += 1,
             None => {
-                if !self.delivered.insert((index, st.seq)) {
-                    self.stored_twice += 1;
-                }
                 self.by_seq[index as usize].insert(seq, st.seq);
+                if self.delivered.insert((index, st.seq)) {
+                    return true;
+                }
+                self.stored_twice += 1;
             }
         }
+        false
     }
 
     /// Acknowledged envelopes not delivered (yet).
@@ -350,7 +357,7 @@ mod tests {
         assert_eq!((b.resent_ok, b.resent_duplicate), (0, 1));
         let (counts, lost) = b.window(0.0, 1.0);
         assert_eq!((counts.unavailable, counts.duplicate, lost), (1, 1, 1));
-        b.delivered(0, 7, stamp(0, 0));
+        assert!(b.delivered(0, 7, stamp(0, 0)));
         assert_eq!(b.window(0.0, 1.0).1, 0);
         assert_eq!(
             b.first_ack_after(0.05),
@@ -362,8 +369,8 @@ mod tests {
     #[test]
     fn deliveries_tell_redelivery_from_double_storage() {
         let mut b = Ledger::new(1);
-        b.delivered(0, 1, stamp(0, 5));
-        b.delivered(0, 1, stamp(0, 5));
+        assert!(b.delivered(0, 1, stamp(0, 5)));
+        assert!(!b.delivered(0, 1, stamp(0, 5)));
         assert_eq!(b.redelivered_same_seq, 1);
         b.delivered(0, 2, stamp(0, 5));
         assert_eq!(b.stored_twice, 1);

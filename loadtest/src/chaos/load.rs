@@ -152,3 +152,36 @@ pub async fn recipient(
         tokio::time::sleep(RETRY_PAUSE).await;
     }
 }
+
+/// After the live subscriptions stopped short: a new subscription to mailbox `index` on a new
+/// connection reads what the store holds (until nothing comes for `quiet`), to tell an
+/// acknowledged envelope that is stored but was never pushed from one that is gone. Returns how
+/// many envelopes it delivered that had not been delivered before.
+pub async fn sweep(
+    client: &Client,
+    mailbox: &Mailbox,
+    index: u32,
+    run_id: u64,
+    content_len: usize,
+    ledger: &Shared,
+    quiet: Duration,
+) -> u64 {
+    let mut found = 0;
+    let Ok(mut sub) = client.subscribe(&mailbox.access(), WINDOW).await else {
+        return 0;
+    };
+    while let Ok(Ok(Some(d))) = tokio::time::timeout(quiet, sub.next()).await {
+        let stamp = mailbox
+            .open(&d)
+            .ok()
+            .and_then(|c| message::check(run_id, &c, content_len));
+        if lock(ledger).delivered(index, d.seq, stamp) {
+            found += 1;
+        }
+        if sub.ack(d.seq).await.is_err() {
+            break;
+        }
+    }
+    sub.finish();
+    found
+}

@@ -117,8 +117,12 @@ pub struct ChaosReport {
     pub acked: u64,
     /// Distinct envelopes delivered and verified.
     pub delivered: u64,
-    /// Acknowledged, never delivered: must be 0.
+    /// Acknowledged, never delivered, not even to a new subscription at the end: must be 0.
     pub acked_lost: u64,
+    /// Acknowledged, not delivered by the live subscriptions (which had every chance: they
+    /// were given time after the load stopped), but delivered to a new subscription at the
+    /// end: stored, yet the subscriber was never woken for them. Must be 0.
+    pub found_by_new_subscription: u64,
     /// Deliveries that failed to open or check: must be 0.
     pub corrupted: u64,
     /// An envelope delivered under a second sequence number (stored twice): must be 0.
@@ -179,6 +183,10 @@ impl ChaosReport {
         }
         for (n, what) in [
             (self.acked_lost, "acknowledged envelopes lost"),
+            (
+                self.found_by_new_subscription,
+                "acknowledged envelopes stored but never delivered to the live subscription (a new subscription got them)",
+            ),
             (self.corrupted, "deliveries corrupted"),
             (self.duplicated_after_seq_dedupe, "envelopes stored twice"),
             (self.rejected, "envelopes refused"),
@@ -293,8 +301,9 @@ impl ChaosReport {
         );
         let _ = writeln!(
             s,
-            "acked_lost {}  corrupted {}  duplicated_after_seq_dedupe {}  redelivered_same_seq {}  resubscribed {}",
+            "acked_lost {}  stalled (found by a new subscription) {}  corrupted {}  duplicated_after_seq_dedupe {}  redelivered_same_seq {}  resubscribed {}",
             self.acked_lost,
+            self.found_by_new_subscription,
             self.corrupted,
             self.duplicated_after_seq_dedupe,
             self.redelivered_same_seq,
