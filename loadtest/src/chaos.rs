@@ -460,6 +460,7 @@ fn summarize(opts: &ChaosOptions, l: &Ledger, mut records: Vec<CycleRecord>) -> 
         in_windows,
         resubscribed: l.resubscribed,
         found_by_new_subscription: l.found_by_new_subscription,
+        ack_to_delivery_ms: report::DelayMs::from_us(&l.ack_to_delivery_us),
         per_cycle: records,
         lost,
         ..ChaosReport::default()

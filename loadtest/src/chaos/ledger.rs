@@ -3,6 +3,7 @@
 
 use crate::message::Stamp;
 use bytes::Bytes;
+use hdrhistogram::Histogram;
 use sealpost_core::status::DepositStatus;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -114,6 +115,11 @@ pub struct Ledger {
     pub resent: HashSet<Key>,
     /// Envelopes answered OK or DUPLICATE.
     pub acked: HashSet<Key>,
+    /// When each acknowledged envelope not delivered yet was acknowledged.
+    acked_at: HashMap<Key, f64>,
+    /// Time from acknowledgement to first delivery, in microseconds (0 when the delivery
+    /// came before the answer).
+    pub ack_to_delivery_us: Histogram<u64>,
     /// Envelopes refused for good.
     pub refused: HashSet<Key>,
     /// Distinct envelopes delivered and verified.
@@ -159,6 +165,9 @@ impl Ledger {
             retry: VecDeque::new(),
             resent: HashSet::new(),
             acked: HashSet::new(),
+            acked_at: HashMap::new(),
+            ack_to_delivery_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                .expect("static histogram bounds"),
             refused: HashSet::new(),
             delivered: HashSet::new(),
             by_seq: vec![BTreeMap::new(); mailboxes],
@@ -249,6 +258,9 @@ impl Ledger {
         }
         if outcome.acked() {
             self.acked.insert(key);
+            if !self.delivered.contains(&key) {
+                self.acked_at.insert(key, answered_s);
+            }
             if self.resent.contains(&key) {
                 match outcome {
                     Outcome::Ok => self.resent_ok += 1,
@@ -273,7 +285,15 @@ impl Ledger {
             Some(_) => self.corrupted += 1,
             None => {
                 self.by_seq[index as usize].insert(seq, st.seq);
-                if self.delivered.insert((index, st.seq)) {
+                let key = (index, st.seq);
+                if self.delivered.insert(key) {
+                    let delay = self
+                        .acked_at
+                        .remove(&key)
+                        .map_or(0.0, |at| (self.now_s() - at).max(0.0));
+                    // Saturates at the histogram's top (an hour) rather than failing.
+                    self.ack_to_delivery_us
+                        .saturating_record((delay * 1e6).max(1.0) as u64);
                     return true;
                 }
                 self.stored_twice += 1;
@@ -346,24 +366,29 @@ mod tests {
         assert_eq!(k, (0, 0));
         assert_eq!(b.next_new(10), Some((1, 0)));
         b.sending(k, Bytes::from_static(b"env"));
-        b.answered(k, 0.0, Outcome::Unavailable, Duration::ZERO);
+        let first = b.now_s();
+        b.answered(k, first, Outcome::Unavailable, Duration::ZERO);
         assert_eq!(b.pending(), 1);
         let (again, env) = b.take_retry().expect("due now");
         assert_eq!((again, &env[..]), (k, &b"env"[..]));
         assert!(b.take_retry().is_none());
-        b.answered(k, 0.1, Outcome::Duplicate, Duration::ZERO);
+        let between = b.now_s();
+        let second = b.now_s();
+        b.answered(k, second, Outcome::Duplicate, Duration::ZERO);
         assert_eq!(b.pending(), 0);
         assert!(b.acked.contains(&k));
         assert_eq!((b.resent_ok, b.resent_duplicate), (0, 1));
-        let (counts, lost) = b.window(0.0, 1.0);
+        let (counts, lost) = b.window(0.0, 1e9);
         assert_eq!((counts.unavailable, counts.duplicate, lost), (1, 1, 1));
         assert!(b.delivered(0, 7, stamp(0, 0)));
-        assert_eq!(b.window(0.0, 1.0).1, 0);
+        assert_eq!(b.ack_to_delivery_us.len(), 1);
+        assert_eq!(b.window(0.0, 1e9).1, 0);
+        assert_eq!(b.window(between, 1e9).0.total(), 1);
         assert_eq!(
-            b.first_ack_after(0.05),
+            b.first_ack_after(between),
             b.attempts.last().map(|a| a.answered_s)
         );
-        assert_eq!(b.first_ack_after(5.0), None);
+        assert_eq!(b.first_ack_after(b.now_s() + 5.0), None);
     }
 
     #[test]

@@ -147,6 +147,11 @@ pub struct ChaosReport {
     pub in_windows: OutcomeCounts,
     /// Subscriptions started again after the client library gave one up.
     pub resubscribed: u64,
+    /// From acknowledgement to delivery, over every delivered envelope, in milliseconds
+    /// (0 when the delivery came before the answer). Includes queueing when the depositors
+    /// outpace the recipients, and the time a subscription takes to move after its relay is
+    /// killed; a subscription that stalls and recovers later shows in the maximum.
+    pub ack_to_delivery_ms: DelayMs,
     /// One record per cycle, in order.
     pub per_cycle: Vec<CycleRecord>,
     /// The lost envelopes, as (mailbox, message id, was resent), for diagnosis.
@@ -309,6 +314,12 @@ impl ChaosReport {
             self.redelivered_same_seq,
             self.resubscribed
         );
+        let d = &self.ack_to_delivery_ms;
+        let _ = writeln!(
+            s,
+            "acknowledgement to delivery: p50 {:.1} ms  p99 {:.1} ms  p99.9 {:.1} ms  max {:.1} ms",
+            d.p50, d.p99, d.p999, d.max
+        );
         let _ = writeln!(
             s,
             "retried {} (ok {}, duplicate {}, unanswered {})  unsettled {}",
@@ -328,6 +339,35 @@ impl ChaosReport {
             let _ = writeln!(s, "FAIL: {}", self.failures.join("; "));
         }
         s
+    }
+}
+
+/// A delay distribution in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct DelayMs {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+impl DelayMs {
+    /// From a histogram of microseconds.
+    pub fn from_us(h: &hdrhistogram::Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
+        let ms = |v: u64| v as f64 / 1000.0;
+        Self {
+            p50: ms(h.value_at_quantile(0.5)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p999: ms(h.value_at_quantile(0.999)),
+            max: ms(h.max()),
+        }
     }
 }
 
