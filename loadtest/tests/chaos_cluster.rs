@@ -44,6 +44,9 @@ async fn relays_and_primaries_killed_lose_nothing_acknowledged() {
         r.text()
     );
     assert_eq!((r.rejected, r.unsettled), (0, 0), "{}", r.text());
+    // Every acknowledged envelope reached the live subscriptions: none stayed unpushed after a
+    // failover (a new subscription at the end would have found it).
+    assert_eq!(r.found_by_new_subscription, 0, "{}", r.text());
     for c in &r.per_cycle {
         assert!(c.error.is_none(), "{c:?}");
         assert_eq!(c.window_acked_lost, 0, "no false OK in the window: {c:?}");
