@@ -463,13 +463,33 @@ impl Client {
         trust: Trust,
         local: Option<SocketAddr>,
     ) -> Result<Self, ClientError> {
+        Self::connect_any_starting(addrs, random_start(addrs.len()), trust, local).await
+    }
+
+    /// [`Client::connect_any`], trying `addrs[first]` first instead of an address chosen at
+    /// random (for a client that should use a particular relay while it is up, such as a load
+    /// generator that deposits through one relay and receives through another). A lost
+    /// connection is replaced as with [`Client::connect_any`]. `first` past the end wraps.
+    pub async fn connect_any_first(
+        addrs: &[String],
+        first: usize,
+        trust: Trust,
+    ) -> Result<Self, ClientError> {
+        Self::connect_any_starting(addrs, first % addrs.len().max(1), trust, None).await
+    }
+
+    async fn connect_any_starting(
+        addrs: &[String],
+        start: usize,
+        trust: Trust,
+        local: Option<SocketAddr>,
+    ) -> Result<Self, ClientError> {
         if addrs.is_empty() {
             return Err(ClientError::Address {
                 addr: String::new(),
                 why: "no relay address given".into(),
             });
         }
-        let start = random_start(addrs.len());
         let link = open_any(addrs, start, &trust, local, CONNECT_TIMEOUT, 0).await?;
         Ok(Self {
             link: std::sync::Mutex::new(Arc::new(link)),

@@ -1,340 +1,468 @@
-//! `chaos`: run the relay as a child process on the disk store, keep depositing and fetching,
-//! SIGKILL it at random moments, restart it on the same data directory, and at the end check
-//! that nothing the relay acknowledged was lost, corrupted or stored twice.
+//! `chaos`: relays as child processes (on the disk store, or several on a Valkey cluster),
+//! under steady load, with parts of the system SIGKILLed at random moments: a relay (started
+//! again on the same address), or a Valkey primary (its replica takes over; the node is started
+//! again and rejoins as a replica). Deposits go through one relay and subscriptions through
+//! another, and both move when theirs dies. At the end everything pending is sent again until
+//! answered and the recipients drain; then the check: nothing acknowledged lost, corrupted or
+//! stored twice, and how the deposits sent while something was down were answered.
 
-use crate::message::{self, Stamp};
-use anyhow::Context;
-use bytes::Bytes;
+mod ledger;
+mod load;
+mod report;
+
+pub use ledger::OutcomeCounts;
+pub use report::{ChaosReport, CycleRecord, KillKind, progress_line};
+
+use crate::cluster_nodes::ClusterNodes;
+use crate::fleet::{Fleet, FleetOptions};
+use crate::run::StoreKind;
+use anyhow::{Context, bail};
+use ledger::{Ledger, Shared, lock};
+use load::DepositPlan;
 use rand::Rng;
-use sealpost_client::{Client, Mailbox};
+use rand::seq::SliceRandom;
+use sealpost_client::Client;
+use sealpost_client::tls::Trust;
 use sealpost_core::Suite;
 use sealpost_core::e2e;
-use sealpost_core::invitation::Invitation;
-use sealpost_core::padding::SizeClasses;
-use serde::Serialize;
-use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// How long the pending deposits may take to be answered at the end, and then the recipients
+/// to be delivered everything acknowledged.
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
+/// How long after a kill deposits may take to be acknowledged again (a client notices a
+/// silently dead relay by its keep-alive, every 5 s, at worst).
+const RECOVERY_LIMIT: Duration = Duration::from_secs(30);
+
+/// How long a killed primary's replica may take to be promoted (the test cluster's node
+/// timeout is 2 s; an election takes about as long again).
+const PROMOTION_LIMIT: Duration = Duration::from_secs(30);
+
+/// How long a killed node may take to rejoin and the cluster to be ok and in sync again.
+const REJOIN_LIMIT: Duration = Duration::from_secs(60);
 
 /// Options of a chaos run.
 #[derive(Debug, Clone)]
 pub struct ChaosOptions {
-    /// The `sealpost-relay` binary.
-    pub relay_bin: PathBuf,
-    /// Kill-and-restart cycles.
+    /// The relays (store, how many, the cluster, binary). `disk`: exactly one relay.
+    pub fleet: FleetOptions,
+    /// With `fleet.cluster_nodes` given and primaries to kill: the `cluster.sh --dir` of that
+    /// cluster, where the nodes' pidfiles are.
+    pub cluster_dir: Option<PathBuf>,
+    /// What to kill; each kind `cycles` times, in random order.
+    pub kinds: Vec<KillKind>,
+    /// Kill cycles per kind.
     pub cycles: usize,
-    /// Mean time between kills.
+    /// Mean time from one cycle's end to the next kill (each lands at a random moment from
+    /// half to one and a half times this).
     pub kill_every: Duration,
     /// Mailboxes under load.
     pub mailboxes: usize,
     /// Body size.
     pub size: u32,
+    /// Deposits in flight at once (one depositor task each).
+    pub depositors: usize,
+    /// Print a line to standard error after each cycle.
+    pub progress: bool,
 }
 
-/// What a chaos run found.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ChaosReport {
-    /// Kill-and-restart cycles run.
-    pub cycles: usize,
-    /// Distinct envelopes sent.
-    pub deposited: u64,
-    /// Distinct envelopes the relay answered OK or DUPLICATE.
-    pub acked: u64,
-    /// Distinct envelopes delivered and verified.
-    pub delivered: u64,
-    /// Acknowledged by the relay, never delivered: must be 0.
-    pub acked_lost: u64,
-    /// Deliveries that failed to open or check: must be 0.
-    pub corrupted: u64,
-    /// An envelope delivered under a second sequence number (stored twice): must be 0.
-    pub duplicated_after_seq_dedupe: u64,
-    /// Deliveries repeated under the same sequence number (allowed: at-least-once).
-    pub redelivered_same_seq: u64,
-    /// Envelopes sent again because the relay died before answering.
-    pub retried: u64,
-    /// How the retries ended: OK.
-    pub retried_ok: u64,
-    /// How the retries ended: DUPLICATE (the first attempt had been stored).
-    pub retried_duplicate: u64,
-    /// How the retries ended: still unanswered at the end.
-    pub retried_unanswered: u64,
-    /// Deposits refused with a status other than OK or DUPLICATE.
-    pub rejected: u64,
-    /// The lost envelopes, as (mailbox, message id, was retried), for diagnosis.
-    pub lost: Vec<(u32, u64, bool)>,
+impl ChaosOptions {
+    /// What the command line defaults to for `store`, with the relay binary `relay_bin`:
+    /// relays only on the disk store (one relay), relays and primaries on the cluster store
+    /// (two relays, on a cluster started for the run).
+    pub fn new(store: StoreKind, relay_bin: PathBuf) -> Self {
+        let cluster = store == StoreKind::Cluster;
+        Self {
+            fleet: FleetOptions {
+                store,
+                relays: if cluster { 2 } else { 1 },
+                cluster_nodes: None,
+                relay_bin,
+                cluster_script: crate::fleet::default_cluster_script(),
+                master_key_file: None,
+            },
+            cluster_dir: None,
+            kinds: if cluster {
+                vec![KillKind::Relay, KillKind::Primary]
+            } else {
+                vec![KillKind::Relay]
+            },
+            cycles: 10,
+            kill_every: Duration::from_millis(1500),
+            mailboxes: if cluster { 12 } else { 4 },
+            size: 1024,
+            depositors: 16,
+            progress: true,
+        }
+    }
+
+    /// Refuses what cannot be run, saying what to change.
+    fn check(&self) -> anyhow::Result<()> {
+        if self.cycles == 0 || self.mailboxes == 0 || self.depositors == 0 {
+            bail!("--cycles, --mailboxes and --depth must be at least 1");
+        }
+        if self.kill_every < Duration::from_millis(10) {
+            bail!("--kill-every-ms must be at least 10");
+        }
+        if self.kinds.is_empty() {
+            bail!("--kill names nothing to kill: give relays, primaries or both");
+        }
+        match self.fleet.store {
+            StoreKind::Memory => {
+                bail!("chaos kills relay processes: --store disk or cluster, not memory")
+            }
+            StoreKind::Disk if self.kinds.contains(&KillKind::Primary) => {
+                bail!("--kill primaries needs --store cluster (the disk store has no primaries)")
+            }
+            StoreKind::Cluster
+                if self.kinds.contains(&KillKind::Primary)
+                    && self.fleet.cluster_nodes.is_some()
+                    && self.cluster_dir.is_none() =>
+            {
+                bail!(
+                    "--kill primaries on a cluster given with --cluster-nodes needs --cluster-dir (its deploy/valkey/cluster.sh --dir, where the nodes' pidfiles are), or leave out --cluster-nodes to start one"
+                )
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
-#[derive(Default)]
-struct State {
-    /// Envelope bytes by (mailbox, id), for retries.
-    sent: HashMap<(u32, u64), Bytes>,
-    /// Sent and unanswered.
-    unanswered: HashSet<(u32, u64)>,
-    /// Sent more than once.
-    retried: HashSet<(u32, u64)>,
-    acked: HashSet<(u32, u64)>,
-    next_id: Vec<u64>,
-    delivered: HashSet<(u32, u64)>,
-    /// Per mailbox: relay seq → message id, to tell redelivery from double storage.
-    by_seq: Vec<BTreeMap<u64, u64>>,
-    report: ChaosReport,
-}
-
-async fn connect(addr: &str, pin: [u8; 32]) -> anyhow::Result<Client> {
+/// Connects to `addrs`, preferring `addrs[first]`, for up to 10 s (relays just started).
+async fn connect(addrs: &[String], first: usize, pin: [u8; 32]) -> anyhow::Result<Client> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match Client::connect_pinned(addr, pin).await {
+        match Client::connect_any_first(addrs, first, Trust::Pin(pin)).await {
             Ok(c) => return Ok(c),
             Err(e) if Instant::now() > deadline => {
-                return Err(e).context("relay did not come back");
+                return Err(e).context("no relay answered");
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// Runs the chaos test.
+/// Runs the chaos test. An error means it could not be set up; a kill cycle whose killed part
+/// did not come back ends the run early with a failing report instead.
 pub async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosReport> {
-    let dir = tempfile::tempdir().context("temporary data directory")?;
-    let addr = format!("127.0.0.1:{}", free_port()?);
-    let run_id: u64 = rand::rng().random();
-    let mut relay = crate::child::start(&opts.relay_bin, &addr, dir.path())?;
-    let client = connect(&addr, relay.pin).await?;
-    let mut boxes = Vec::new();
+    opts.check()?;
+    let fo = opts.fleet.clone();
+    let max_streams = (opts.depositors + opts.mailboxes + 16).min(u32::MAX as usize) as u32;
+    let fleet = tokio::task::spawn_blocking(move || Fleet::start(&fo, max_streams, 64))
+        .await
+        .context("starting the relays")??;
+    let nodes = cluster_control(&opts, &fleet)?;
+    let addrs = fleet.addrs.clone();
+
+    let setup = connect(&addrs, 0, fleet.pin).await?;
+    let mut boxes = Vec::with_capacity(opts.mailboxes);
     for _ in 0..opts.mailboxes {
-        boxes.push(Arc::new(
-            client
-                .create(Suite::ChaCha20Poly1305)
-                .await
-                .context("creating a mailbox")?,
+        let mb = setup
+            .create(Suite::ChaCha20Poly1305)
+            .await
+            .context("creating a mailbox")?;
+        boxes.push(Arc::new(mb));
+    }
+    let sizes = setup.info().await?.limits.sizes;
+    setup.close().await;
+    let deposits = Arc::new(connect(&addrs, 0, fleet.pin).await?);
+    let subscriptions = Arc::new(connect(&addrs, 1, fleet.pin).await?);
+    let cross_relay = deposits.addr() != subscriptions.addr();
+
+    let plan = Arc::new(DepositPlan {
+        invitations: boxes.iter().map(|m| m.invitation()).collect(),
+        sizes,
+        run_id: rand::rng().random(),
+        content_len: e2e::max_content(opts.size),
+    });
+    let ledger: Shared = Arc::new(Mutex::new(Ledger::new(opts.mailboxes)));
+    let draining = Arc::new(AtomicBool::new(false));
+    let mut recipients = tokio::task::JoinSet::new();
+    for (i, mb) in boxes.iter().enumerate() {
+        recipients.spawn(load::recipient(
+            subscriptions.clone(),
+            mb.clone(),
+            i as u32,
+            plan.run_id,
+            plan.content_len,
+            ledger.clone(),
         ));
     }
-    let sizes = client.info().await?.limits.sizes;
-    client.close().await;
-    let invitations: Arc<Vec<Invitation>> =
-        Arc::new(boxes.iter().map(|m| m.invitation()).collect());
-    let state = Arc::new(Mutex::new(State {
-        next_id: vec![0; opts.mailboxes],
-        by_seq: vec![BTreeMap::new(); opts.mailboxes],
-        ..State::default()
-    }));
-    let content_len = e2e::max_content(opts.size);
-    for cycle in 0..=opts.cycles {
-        if cycle > 0 {
-            relay = crate::child::start(&opts.relay_bin, &addr, dir.path())?;
-        }
-        let last = cycle == opts.cycles;
-        let client = Arc::new(connect(&addr, relay.pin).await?);
-        let mut tasks = tokio::task::JoinSet::new();
-        for (i, mb) in boxes.iter().enumerate() {
-            tasks.spawn(receive(
-                client.clone(),
-                mb.clone(),
-                i as u32,
-                run_id,
-                content_len,
-                state.clone(),
-            ));
-        }
-        let load = tokio::spawn(deposit(
-            client.clone(),
-            invitations.clone(),
-            sizes.clone(),
-            run_id,
-            content_len,
-            state.clone(),
-            last,
+    let mut depositors = tokio::task::JoinSet::new();
+    for _ in 0..opts.depositors {
+        depositors.spawn(load::depositor(
+            deposits.clone(),
+            plan.clone(),
+            ledger.clone(),
+            draining.clone(),
         ));
-        if last {
-            // No kill: answer every retry, then let the recipients drain.
-            let _ = tokio::time::timeout(Duration::from_secs(20), load).await;
-            let deadline = Instant::now() + Duration::from_secs(20);
+    }
+
+    let mut schedule: Vec<KillKind> = opts
+        .kinds
+        .iter()
+        .flat_map(|k| std::iter::repeat_n(*k, opts.cycles))
+        .collect();
+    schedule.shuffle(&mut rand::rng());
+    let mut fleet = fleet;
+    let mut records = Vec::with_capacity(schedule.len());
+    let ms = opts.kill_every.as_millis().min(u64::MAX as u128) as u64;
+    for (i, kind) in schedule.iter().copied().enumerate() {
+        let wait = rand::rng().random_range(ms / 2..=ms + ms / 2);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        let (l, n) = (ledger.clone(), nodes.clone());
+        let (f, mut record) =
+            tokio::task::spawn_blocking(move || kill_cycle(fleet, n.as_ref(), kind, &l, i + 1))
+                .await
+                .context("a kill cycle")?;
+        fleet = f;
+        if record.error.is_none() {
+            // The next kill waits until deposits are acknowledged again, so that every cycle
+            // is a kill of a working system and its recovery is measured.
+            let deadline = Instant::now() + RECOVERY_LIMIT;
             loop {
-                let done = {
-                    let s = lock(&state);
-                    s.acked.iter().all(|k| s.delivered.contains(k))
-                };
-                if done || Instant::now() > deadline {
+                record.first_ack_after_kill_s = lock(&ledger).first_ack_after(record.kill_s);
+                if record.first_ack_after_kill_s.is_some() {
                     break;
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                if Instant::now() > deadline {
+                    record.error = Some(format!(
+                        "no deposit sent after the kill was acknowledged within {} s",
+                        RECOVERY_LIMIT.as_secs()
+                    ));
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            tasks.abort_all();
-            let _ = relay.child.kill();
-            let _ = relay.child.wait();
-        } else {
-            let ms = opts.kill_every.as_millis() as u64;
-            let wait = rand::rng().random_range(ms / 2..=ms + ms / 2);
-            tokio::time::sleep(Duration::from_millis(wait)).await;
-            // SIGKILL: no chance to flush anything.
-            relay.child.kill().context("killing the relay")?;
-            let _ = relay.child.wait();
-            load.abort();
-            tasks.abort_all();
-            lock(&state).report.cycles += 1;
         }
-        while tasks.join_next().await.is_some() {}
+        if opts.progress {
+            eprintln!("{}", progress_line(&record, schedule.len()));
+        }
+        let failed = record.error.is_some();
+        records.push(record);
+        if failed {
+            break;
+        }
     }
-    let mut s = lock(&state);
-    let acked_lost = s.acked.iter().filter(|k| !s.delivered.contains(*k)).count() as u64;
-    let retried = s.retried.clone();
-    let mut lost: Vec<(u32, u64, bool)> = s
-        .acked
-        .iter()
-        .filter(|k| !s.delivered.contains(*k))
-        .map(|k| (k.0, k.1, retried.contains(k)))
-        .collect();
-    lost.sort_unstable();
-    let r = &mut s.report;
-    r.acked_lost = acked_lost;
-    r.retried = retried.len() as u64;
-    let mut report = r.clone();
-    report.deposited = s.sent.len() as u64;
-    report.acked = s.acked.len() as u64;
-    report.delivered = s.delivered.len() as u64;
-    report.retried_unanswered = s.unanswered.iter().filter(|k| retried.contains(*k)).count() as u64;
-    report.lost = lost;
+
+    // The end: a last stretch of undisturbed load, then only what is pending, until answered;
+    // then the recipients get everything acknowledged.
+    tokio::time::sleep(opts.kill_every / 2).await;
+    draining.store(true, Ordering::Relaxed);
+    let drained = tokio::time::timeout(DRAIN_LIMIT, async {
+        while depositors.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        depositors.abort_all();
+    }
+    let deadline = Instant::now() + DRAIN_LIMIT;
+    while lock(&ledger).undelivered().next().is_some() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Late repeats of what was delivered are counted too.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    recipients.abort_all();
+    while recipients.join_next().await.is_some() {}
+    while depositors.join_next().await.is_some() {}
+    let missing: Vec<u32> = {
+        let l = lock(&ledger);
+        let mut m: Vec<u32> = l.undelivered().map(|k| k.0).collect();
+        m.sort_unstable();
+        m.dedup();
+        m
+    };
+    if !missing.is_empty() {
+        // Stored and not pushed, or gone? A new subscription on a new connection tells.
+        if let Ok(fresh) = connect(&addrs, 0, fleet.pin).await {
+            for i in missing {
+                let found = load::sweep(
+                    &fresh,
+                    &boxes[i as usize],
+                    i,
+                    plan.run_id,
+                    plan.content_len,
+                    &ledger,
+                    Duration::from_secs(2),
+                )
+                .await;
+                lock(&ledger).found_by_new_subscription += found;
+            }
+            fresh.close().await;
+        }
+    }
+
+    let mut report = summarize(&opts, &lock(&ledger), records);
+    report.relays = addrs.len();
+    report.cross_relay = cross_relay;
+    report.cluster_nodes = fleet.cluster_nodes.clone();
+    report.judge();
+    // Stopping the relays and the cluster waits for processes.
+    let _ = tokio::task::spawn_blocking(move || drop(fleet)).await;
     Ok(report)
 }
 
-fn lock(s: &Arc<Mutex<State>>) -> std::sync::MutexGuard<'_, State> {
-    s.lock().unwrap_or_else(|p| p.into_inner())
+/// The handle on the Valkey nodes, when primaries are to be killed.
+fn cluster_control(opts: &ChaosOptions, fleet: &Fleet) -> anyhow::Result<Option<ClusterNodes>> {
+    if !opts.kinds.contains(&KillKind::Primary) {
+        return Ok(None);
+    }
+    if let Some(own) = fleet.own_cluster() {
+        return Ok(Some(ClusterNodes::new(
+            own.script(),
+            own.dir(),
+            own.base_port(),
+            fleet.cluster_nodes.clone(),
+        )));
+    }
+    let dir = opts
+        .cluster_dir
+        .as_ref()
+        .context("--cluster-dir is needed to kill the primaries of a given cluster")?;
+    ClusterNodes::given(&opts.fleet.cluster_script, dir, &fleet.cluster_nodes).map(Some)
 }
 
-async fn deposit(
-    client: Arc<Client>,
-    invitations: Arc<Vec<Invitation>>,
-    sizes: SizeClasses,
-    run_id: u64,
-    content_len: usize,
-    state: Arc<Mutex<State>>,
-    retries_only: bool,
-) -> anyhow::Result<()> {
-    let (mut tx, mut rx) = client.open_deposit().await?;
-    let (qtx, mut qrx) = tokio::sync::mpsc::channel::<(u32, u64)>(32);
-    let st = state.clone();
-    let reader = tokio::spawn(async move {
-        while let Some(statuses) = rx.next().await? {
-            for status in statuses {
-                let Some(k) = qrx.recv().await else { break };
-                let mut s = lock(&st);
-                s.unanswered.remove(&k);
-                let retry = s.retried.contains(&k);
-                match status {
-                    sealpost_core::status::DepositStatus::Ok => {
-                        s.acked.insert(k);
-                        if retry {
-                            s.report.retried_ok += 1;
-                        }
-                    }
-                    sealpost_core::status::DepositStatus::Duplicate => {
-                        s.acked.insert(k);
-                        if retry {
-                            s.report.retried_duplicate += 1;
-                        }
-                    }
-                    _ => s.report.rejected += 1,
-                }
-            }
-        }
-        anyhow::Ok(())
-    });
-    // First the envelopes a kill left unanswered, byte for byte the same (the idempotency key).
-    let retry: Vec<((u32, u64), Bytes)> = {
-        let mut s = lock(&state);
-        let keys: Vec<(u32, u64)> = s.unanswered.iter().copied().collect();
-        let out = keys.iter().map(|k| (*k, s.sent[k].clone())).collect();
-        s.retried.extend(keys);
-        out
+/// One cycle: kill one `kind` at once, wait until it is back. Blocking.
+fn kill_cycle(
+    mut fleet: Fleet,
+    nodes: Option<&ClusterNodes>,
+    kind: KillKind,
+    ledger: &Shared,
+    cycle: usize,
+) -> (Fleet, CycleRecord) {
+    let mut r = CycleRecord {
+        cycle,
+        kind,
+        target: String::new(),
+        kill_s: 0.0,
+        acked_at_kill: 0,
+        promoted_s: None,
+        promoted: None,
+        restarted_s: None,
+        first_ack_after_kill_s: None,
+        acked_at_restart: 0,
+        window: OutcomeCounts::default(),
+        window_acked_lost: 0,
+        error: None,
     };
-    for (k, env) in retry {
-        qtx.send(k).await?;
-        tx.send(&env).await?;
-    }
-    if !retries_only {
-        let n = invitations.len();
-        for round in 0u64.. {
-            let mb = (round % n as u64) as u32;
-            let id = {
-                let mut s = lock(&state);
-                let id = s.next_id[mb as usize];
-                s.next_id[mb as usize] += 1;
-                id
-            };
-            let content = message::build(
-                run_id,
-                Stamp {
-                    mailbox: mb,
-                    seq: id,
-                    sent_us: 0,
-                },
-                content_len,
-            );
-            let env = e2e::seal_for_invitation(
-                &sealpost_core::engine::Engine::ring(),
-                &invitations[mb as usize],
-                &sizes,
-                &content,
-            )?;
-            {
-                let mut s = lock(&state);
-                s.sent.insert((mb, id), env.clone());
-                s.unanswered.insert((mb, id));
-            }
-            qtx.send((mb, id)).await?;
-            tx.send(&env).await?;
+    let result = match kind {
+        KillKind::Relay => {
+            let i = rand::rng().random_range(0..fleet.addrs.len());
+            r.target = format!("#{i} {}", fleet.addrs[i]);
+            (r.kill_s, r.acked_at_kill) = stamp(ledger);
+            fleet.kill_relay(i).and_then(|()| fleet.restart_relay(i))
         }
+        KillKind::Primary => match nodes {
+            None => Err(anyhow::anyhow!("no cluster to kill a primary of")),
+            Some(n) => kill_primary(n, ledger, &mut r),
+        },
+    };
+    match result {
+        Ok(()) => {
+            let (t, acked) = stamp(ledger);
+            r.restarted_s = Some(t);
+            r.acked_at_restart = acked;
+        }
+        Err(e) => r.error = Some(format!("{e:#}")),
     }
-    tx.finish();
-    drop(qtx);
-    reader.await??;
-    Ok(())
+    (fleet, r)
 }
 
-async fn receive(
-    client: Arc<Client>,
-    mailbox: Arc<Mailbox>,
-    index: u32,
-    run_id: u64,
-    content_len: usize,
-    state: Arc<Mutex<State>>,
-) -> anyhow::Result<()> {
-    let mut sub = client.subscribe(&mailbox.access(), 64).await?;
-    while let Some(d) = sub.next().await? {
-        let stamp = mailbox
-            .open(&d)
-            .ok()
-            .and_then(|c| message::check(run_id, &c, content_len))
-            .filter(|s| s.mailbox == index);
-        {
-            let mut s = lock(&state);
-            match stamp {
-                None => s.report.corrupted += 1,
-                Some(st) => {
-                    let known = s.by_seq[index as usize].get(&d.seq).copied();
-                    match known {
-                        Some(id) if id == st.seq => s.report.redelivered_same_seq += 1,
-                        Some(_) => s.report.corrupted += 1,
-                        None => {
-                            if s.delivered.contains(&(index, st.seq)) {
-                                s.report.duplicated_after_seq_dedupe += 1;
-                            }
-                            s.by_seq[index as usize].insert(d.seq, st.seq);
-                            s.delivered.insert((index, st.seq));
-                        }
-                    }
-                }
-            }
-        }
-        sub.ack(d.seq).await?;
+/// Seconds since the load started, and envelopes acknowledged so far.
+fn stamp(ledger: &Shared) -> (f64, u64) {
+    let l = lock(ledger);
+    (l.now_s(), l.acked.len() as u64)
+}
+
+/// Kills a primary that has a replica, waits for a replica's promotion, starts the node again
+/// and waits for the cluster to be whole. Blocking.
+fn kill_primary(n: &ClusterNodes, ledger: &Shared, r: &mut CycleRecord) -> anyhow::Result<()> {
+    let mut primaries: Vec<(String, Vec<String>)> = n
+        .primaries()
+        .into_iter()
+        .filter(|(_, replicas)| !replicas.is_empty())
+        .collect();
+    if primaries.is_empty() {
+        bail!(
+            "no primary with a replica answers among {}",
+            n.nodes().join(", ")
+        );
     }
-    Ok(())
+    let (primary, replicas) = primaries.swap_remove(rand::rng().random_range(0..primaries.len()));
+    r.target = primary.clone();
+    (r.kill_s, r.acked_at_kill) = stamp(ledger);
+    n.kill(&primary)?;
+    let promoted = n.wait_promoted(&replicas, PROMOTION_LIMIT)?;
+    r.promoted_s = Some(lock(ledger).now_s());
+    r.promoted = Some(promoted);
+    n.up(REJOIN_LIMIT)
+        .with_context(|| format!("starting {primary} again"))
+}
+
+/// The report from the final books.
+fn summarize(opts: &ChaosOptions, l: &Ledger, mut records: Vec<CycleRecord>) -> ChaosReport {
+    let end = l.now_s();
+    let mut in_windows = OutcomeCounts::default();
+    for c in &mut records {
+        c.first_ack_after_kill_s = l.first_ack_after(c.kill_s);
+        let (w, lost) = l.window(c.kill_s, c.restarted_s.unwrap_or(end));
+        for (sum, n) in [
+            (&mut in_windows.ok, w.ok),
+            (&mut in_windows.duplicate, w.duplicate),
+            (&mut in_windows.unavailable, w.unavailable),
+            (&mut in_windows.rejected, w.rejected),
+            (&mut in_windows.unanswered, w.unanswered),
+        ] {
+            *sum += n;
+        }
+        c.window = w;
+        c.window_acked_lost = lost;
+    }
+    let mut lost: Vec<(u32, u64, bool)> = l
+        .undelivered()
+        .map(|k| (k.0, k.1, l.resent.contains(k)))
+        .collect();
+    lost.sort_unstable();
+    let completed = |k: KillKind| {
+        records
+            .iter()
+            .filter(|c| c.kind == k && c.error.is_none())
+            .count()
+    };
+    ChaosReport {
+        store: opts.fleet.store.name().into(),
+        mailboxes: opts.mailboxes,
+        size: opts.size,
+        kinds: opts.kinds.clone(),
+        planned_per_kind: opts.cycles,
+        cycles: records.iter().filter(|c| c.error.is_none()).count(),
+        relay_kills: completed(KillKind::Relay),
+        primary_kills: completed(KillKind::Primary),
+        duration_s: end,
+        deposited: l.sent(),
+        acked: l.acked.len() as u64,
+        delivered: l.delivered.len() as u64,
+        acked_lost: lost.len() as u64,
+        corrupted: l.corrupted,
+        duplicated_after_seq_dedupe: l.stored_twice,
+        redelivered_same_seq: l.redelivered_same_seq,
+        retried: l.resent.len() as u64,
+        retried_ok: l.resent_ok,
+        retried_duplicate: l.resent_duplicate,
+        retried_unanswered: l.pending_keys().filter(|k| l.resent.contains(*k)).count() as u64,
+        unsettled: l.pending() as u64,
+        rejected: l.refused.len() as u64,
+        attempts: l.all_outcomes(),
+        in_windows,
+        resubscribed: l.resubscribed,
+        found_by_new_subscription: l.found_by_new_subscription,
+        ack_to_delivery_ms: report::DelayMs::from_us(&l.ack_to_delivery_us),
+        per_cycle: records,
+        lost,
+        ..ChaosReport::default()
+    }
 }

@@ -58,6 +58,23 @@ pub struct OwnCluster {
     base: u16,
 }
 
+impl OwnCluster {
+    /// The directory the nodes keep their data, logs and pidfiles in.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The port of the first node (`--base-port`).
+    pub fn base_port(&self) -> u16 {
+        self.base
+    }
+
+    /// The script that started it.
+    pub fn script(&self) -> &Path {
+        &self.script
+    }
+}
+
 impl Drop for OwnCluster {
     fn drop(&mut self) {
         let _ = Command::new(&self.script)
@@ -74,7 +91,10 @@ impl Drop for OwnCluster {
 
 /// The started relays (and cluster); every process is stopped on drop.
 pub struct Fleet {
-    relays: Vec<RelayProcess>,
+    /// Each relay: its process while it runs (`None` after [`Fleet::kill_relay`]).
+    relays: Vec<Option<RelayProcess>>,
+    /// How each relay was started, to start it again the same way.
+    launches: Vec<Launch>,
     /// Their QUIC addresses, in the order started.
     pub addrs: Vec<String>,
     /// Their common certificate pin.
@@ -85,13 +105,37 @@ pub struct Fleet {
     pub cluster_started: bool,
     /// Pids of the Valkey nodes whose CPU time is measured.
     pub valkey_pids: Vec<u32>,
+    relay_bin: PathBuf,
     _cluster: Option<OwnCluster>,
     _dir: tempfile::TempDir,
 }
 
+/// A relay's command line and log file.
+struct Launch {
+    args: Vec<OsString>,
+    log: PathBuf,
+}
+
+impl Launch {
+    /// Starts the relay, its log appended to its log file.
+    fn start(&self, bin: &Path, i: usize) -> anyhow::Result<RelayProcess> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("opening {}", self.log.display()))?;
+        start_serve(bin, &self.args, Stdio::from(log)).with_context(|| {
+            format!(
+                "relay {i}: see {} (kept only while the run lasts)",
+                self.log.display()
+            )
+        })
+    }
+}
+
 impl Drop for Fleet {
     fn drop(&mut self) {
-        for r in &mut self.relays {
+        for r in self.relays.iter_mut().flatten() {
             let _ = r.child.kill();
             let _ = r.child.wait();
         }
@@ -234,6 +278,8 @@ impl Fleet {
         }
         let mut fleet = Fleet {
             relays: Vec::new(),
+            launches: Vec::new(),
+            relay_bin: o.relay_bin.clone(),
             addrs: Vec::new(),
             pin: [0; 32],
             cluster_nodes: nodes,
@@ -260,20 +306,18 @@ impl Fleet {
                     tls.join("key.pem").into(),
                 ]);
             }
-            let log = std::fs::File::create(data.join("relay.log"))
-                .with_context(|| format!("creating {}", data.join("relay.log").display()))?;
-            let p = start_serve(&o.relay_bin, &args, Stdio::from(log)).with_context(|| {
-                format!(
-                    "relay {i}: see {} (kept only while the run lasts)",
-                    data.join("relay.log").display()
-                )
-            })?;
+            let launch = Launch {
+                args,
+                log: data.join("relay.log"),
+            };
+            let p = launch.start(&o.relay_bin, i)?;
             if i == 0 {
                 fleet.pin = p.pin;
             } else if p.pin != fleet.pin {
                 bail!("relay {i} serves another certificate than relay 0");
             }
-            fleet.relays.push(p);
+            fleet.relays.push(Some(p));
+            fleet.launches.push(launch);
             fleet.addrs.push(addr);
         }
         Ok(fleet)
@@ -281,7 +325,46 @@ impl Fleet {
 
     /// Pids of the relay processes.
     pub fn relay_pids(&self) -> Vec<u32> {
-        self.relays.iter().map(|r| r.child.id()).collect()
+        self.relays.iter().flatten().map(|r| r.child.id()).collect()
+    }
+
+    /// SIGKILLs relay `i` (no chance to flush or say goodbye) and waits for it to end. A
+    /// relay already killed is left as it is.
+    pub fn kill_relay(&mut self, i: usize) -> anyhow::Result<()> {
+        let Some(slot) = self.relays.get_mut(i) else {
+            bail!("no relay {i}: {} were started", self.launches.len());
+        };
+        if let Some(mut r) = slot.take() {
+            r.child
+                .kill()
+                .with_context(|| format!("killing relay {i}"))?;
+            r.child
+                .wait()
+                .with_context(|| format!("waiting for relay {i} to end"))?;
+        }
+        Ok(())
+    }
+
+    /// Starts relay `i` again as it was first started (same address, data directory and
+    /// certificate) after [`Fleet::kill_relay`]; returns once it accepts connections.
+    pub fn restart_relay(&mut self, i: usize) -> anyhow::Result<()> {
+        let Some(launch) = self.launches.get(i) else {
+            bail!("no relay {i}: {} were started", self.launches.len());
+        };
+        if self.relays[i].is_some() {
+            bail!("relay {i} is running: kill it before starting it again");
+        }
+        let p = launch.start(&self.relay_bin, i)?;
+        if p.pin != self.pin {
+            bail!("relay {i} came back with another certificate");
+        }
+        self.relays[i] = Some(p);
+        Ok(())
+    }
+
+    /// The cluster this fleet started, if it started one.
+    pub fn own_cluster(&self) -> Option<&OwnCluster> {
+        self._cluster.as_ref()
     }
 }
 

@@ -7,6 +7,7 @@ pub mod abuse;
 pub mod baseline;
 pub mod chaos;
 pub mod child;
+pub mod cluster_nodes;
 pub mod compare;
 pub mod cpus;
 pub mod cputime;

@@ -46,28 +46,18 @@ enum Cmd {
     /// Per-envelope cost of one engine operation and how much of it lies outside the kernels
     /// (total minus the kernels-alone floor), per backend and batch size.
     Overhead(OverheadArgs),
-    /// Kill the relay (disk store) with SIGKILL at random moments under load, restart it, and
-    /// check that nothing acknowledged was lost, corrupted or stored twice.
-    Chaos {
-        /// Kill-and-restart cycles.
-        #[arg(long, default_value_t = 10)]
-        cycles: usize,
-        /// Mean milliseconds between kills (each kill lands at a random time around it).
-        #[arg(long, default_value_t = 1500)]
-        kill_every_ms: u64,
-        /// Mailboxes under load.
-        #[arg(long, default_value_t = 4)]
-        mailboxes: usize,
-        /// Envelope body size.
-        #[arg(long, default_value_t = 1024)]
-        size: u32,
-        /// The sealpost-relay binary (default: next to this one).
-        #[arg(long)]
-        relay_bin: Option<PathBuf>,
-        /// Write the report as JSON to this file.
-        #[arg(long)]
-        json: Option<PathBuf>,
-    },
+    /// Kill relays (and, on the cluster store, Valkey primaries) with SIGKILL at random moments
+    /// under load, bring them back, and check that nothing acknowledged was lost, corrupted or
+    /// stored twice.
+    ///
+    /// Prints a line per kill cycle on standard error while it runs, then the table of cycles,
+    /// the totals and, last, a PASS or FAIL line on standard output.
+    ///
+    /// Exit status: 0 PASS; 2 FAIL (something acknowledged lost, corrupted or stored twice,
+    /// a deposit refused or never acknowledged, or a killed part that did not come back: the
+    /// FAIL line says which); 1 could not run (bad options, the relays or the cluster did not
+    /// start: the error says why).
+    Chaos(ChaosArgs),
     /// Many mailboxes, cheaply? Create N (a few with an envelope) in a disk store, then measure
     /// the real relay's restart time to ready, resident memory per mailbox and disk use.
     Mailboxes {
@@ -448,6 +438,44 @@ impl FleetArgs {
 }
 
 #[derive(Args)]
+struct ChaosArgs {
+    /// Store of the relays: disk (one relay, restarted on its data directory) or cluster
+    /// (--relays relay processes on a Valkey cluster).
+    #[arg(long, default_value = "disk")]
+    store: sealpost_loadtest::run::StoreKind,
+    /// What to kill, comma-separated: relays, primaries (Valkey primaries; cluster store
+    /// only). Default: relays on the disk store, relays,primaries on the cluster store.
+    #[arg(long, value_delimiter = ',')]
+    kill: Option<Vec<sealpost_loadtest::chaos::KillKind>>,
+    /// Kill cycles per kind to kill (in random order).
+    #[arg(long, default_value_t = 10)]
+    cycles: usize,
+    /// Mean milliseconds from one cycle's end to the next kill (each lands at a random moment
+    /// from half to one and a half times this).
+    #[arg(long, default_value_t = 1500)]
+    kill_every_ms: u64,
+    /// Mailboxes under load (default 4 on the disk store, 12 on the cluster store, so that
+    /// every primary holds some).
+    #[arg(long)]
+    mailboxes: Option<usize>,
+    /// Envelope body size.
+    #[arg(long, default_value_t = 1024)]
+    size: u32,
+    /// Deposits in flight at once.
+    #[arg(long, default_value_t = 16)]
+    depth: usize,
+    /// The deploy/valkey/cluster.sh --dir of the cluster given with --cluster-nodes (its
+    /// nodes' pidfiles): needed to kill its primaries.
+    #[arg(long)]
+    cluster_dir: Option<PathBuf>,
+    #[command(flatten)]
+    fleet: FleetArgs,
+    /// Write the report as JSON to this file (with one record per cycle).
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
 struct BaselineArgs {
     #[command(flatten)]
     load: LoadArgs,
@@ -531,14 +559,7 @@ async fn main() -> ExitCode {
             relay_bin,
             json,
         } => many_cmd(count, active, data_dir, relay_bin, json).await,
-        Cmd::Chaos {
-            cycles,
-            kill_every_ms,
-            mailboxes,
-            size,
-            relay_bin,
-            json,
-        } => chaos_cmd(cycles, kill_every_ms, mailboxes, size, relay_bin, json).await,
+        Cmd::Chaos(a) => chaos_cmd(a).await,
     };
     match r {
         Ok(code) => code,
@@ -1024,47 +1045,32 @@ fn ct_cmd(samples: usize, json: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn chaos_cmd(
-    cycles: usize,
-    kill_every_ms: u64,
-    mailboxes: usize,
-    size: u32,
-    relay_bin: Option<PathBuf>,
-    json: Option<PathBuf>,
-) -> anyhow::Result<ExitCode> {
-    use sealpost_loadtest::chaos;
-    if cycles == 0 || mailboxes == 0 || kill_every_ms < 10 {
-        anyhow::bail!(
-            "--cycles and --mailboxes must be at least 1 and --kill-every-ms at least 10"
-        );
+async fn chaos_cmd(a: ChaosArgs) -> anyhow::Result<ExitCode> {
+    use sealpost_loadtest::chaos::{self, KillKind};
+    let fleet = a.fleet.options(a.store)?;
+    let mut opts = chaos::ChaosOptions::new(a.store, fleet.relay_bin.clone());
+    opts.fleet = fleet;
+    opts.cluster_dir = a.cluster_dir;
+    if let Some(kinds) = a.kill {
+        let mut kinds: Vec<KillKind> = kinds;
+        kinds.dedup();
+        opts.kinds = kinds;
     }
-    let relay_bin = sealpost_loadtest::child::relay_bin(relay_bin)?;
-    let r = chaos::run(chaos::ChaosOptions {
-        relay_bin,
-        cycles,
-        kill_every: Duration::from_millis(kill_every_ms),
-        mailboxes,
-        size,
-    })
-    .await?;
-    println!(
-        "cycles {}  deposited {}  acked {}  delivered {}  rejected {}",
-        r.cycles, r.deposited, r.acked, r.delivered, r.rejected
-    );
-    println!(
-        "acked_lost {}  corrupted {}  duplicated_after_seq_dedupe {}  redelivered_same_seq {}",
-        r.acked_lost, r.corrupted, r.duplicated_after_seq_dedupe, r.redelivered_same_seq
-    );
-    println!(
-        "retried {} (ok {}, duplicate {}, unanswered {})",
-        r.retried, r.retried_ok, r.retried_duplicate, r.retried_unanswered
-    );
-    if let Some(path) = json {
+    opts.cycles = a.cycles;
+    opts.kill_every = Duration::from_millis(a.kill_every_ms);
+    if let Some(m) = a.mailboxes {
+        opts.mailboxes = m;
+    }
+    opts.size = a.size;
+    opts.depositors = a.depth;
+    let r = chaos::run(opts).await?;
+    if let Some(path) = a.json {
         std::fs::write(&path, serde_json::to_string_pretty(&r)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    let clean = r.acked_lost == 0 && r.corrupted == 0 && r.duplicated_after_seq_dedupe == 0;
-    Ok(if clean {
+    // After every progress line (the run has returned): the table is not interleaved.
+    print!("{}", r.text());
+    Ok(if r.passed() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(2)

@@ -9,21 +9,9 @@ use sealpost_loadtest::fleet::{FleetOptions, default_cluster_script};
 use sealpost_loadtest::run::{E2eMode, RunOptions, StoreKind, Target, run};
 use std::time::Duration;
 
-fn valkey_installed() -> bool {
-    std::process::Command::new("valkey-server")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_run_crosses_relays_and_measures_cpu() {
-    if !valkey_installed() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "valkey-server is missing under CI: run deploy/valkey/install.sh"
-        );
-        eprintln!("SKIPPED: valkey-server is not installed (deploy/valkey/install.sh)");
+    if !common::valkey_or_skip("cluster_run_crosses_relays_and_measures_cpu") {
         return;
     }
     let fleet = FleetOptions {

@@ -20,3 +20,30 @@ pub fn relay_bin() -> PathBuf {
     }
     bin
 }
+
+/// Whether `valkey-server` is installed. Without it: panics under CI (`CI=true`), and
+/// elsewhere says loudly, past the test harness's capture, that `test` did not run.
+#[allow(dead_code)] // Not every test binary runs a cluster.
+pub fn valkey_or_skip(test: &str) -> bool {
+    use std::io::Write;
+    let installed = std::process::Command::new("valkey-server")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if installed {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").map_or(true, |v| v != "true"),
+        "valkey-server is required under CI (test {test}): install it with deploy/valkey/install.sh"
+    );
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "\n********************************************************************\n\
+         * NOT RUN: {test}\n\
+         * needs valkey-server (Valkey 8), which is not on PATH.\n\
+         * Install it: deploy/valkey/install.sh (Debian 12, from bookworm-backports).\n\
+         ********************************************************************"
+    );
+    false
+}

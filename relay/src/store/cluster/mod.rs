@@ -132,21 +132,11 @@ impl ClusterStore {
             .map_err(|e| unreachable(e.to_string()))?;
 
         let wakes = Arc::new(wake::Wakes::default());
-        let pushes = Arc::downgrade(&wakes);
-        let sub = redis::cluster::ClusterClientBuilder::new(urls(&opts.nodes))
-            .use_protocol(redis::ProtocolVersion::RESP3)
-            .push_sender(move |push: redis::PushInfo| {
-                if let Some(w) = pushes.upgrade() {
-                    w.on_push(push);
-                }
-                Ok::<(), std::convert::Infallible>(())
-            })
-            .build()
-            .map_err(|e| unreachable(e.to_string()))?
-            .get_async_connection()
+        let connect = wake::subscription_connector(urls(&opts.nodes), Arc::downgrade(&wakes));
+        let sub = connect(wakes.generation())
             .await
             .map_err(|e| unreachable(e.to_string()))?;
-        tokio::spawn(wake::run(Arc::downgrade(&wakes), sub));
+        tokio::spawn(wake::run(Arc::downgrade(&wakes), sub, connect));
 
         let mut store = Self {
             quotas: opts.quotas,

@@ -10,13 +10,29 @@
 //! A wake-up can be lost while a node fails over or a connection is re-established; the client
 //! resubscribes by itself and reports it (an `ssubscribe` push), and the store then wakes every
 //! watcher, whose subscription re-reads from its cursor: a lost wake-up costs one fetch.
+//!
+//! Except after a primary dies: the client's slot-map refresh that follows the loss comes
+//! before the replica is promoted, so the client moves the dead node's channels nowhere, and
+//! nothing makes it look again (and `SSUBSCRIBE` answers Ok even for a channel whose node is
+//! gone: it is only recorded). So after any lost connection the subscribing task replaces the
+//! whole connection with a new one, once every primary that serves slots in `CLUSTER NODES`
+//! answers and none is flagged failing (the failover is over), and subscribes to every channel
+//! again there (found by `sealpost-loadtest chaos --store cluster`: without it subscriptions
+//! stayed silent after most failovers).
 
 use super::keys::{MailboxKeys, recipient_of};
 use crate::store::ClaimEnd;
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{PushInfo, PushKind, Value};
 use sealpost_core::RecipientId;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, MutexGuard};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 use tokio::sync::{Notify, watch};
 
 /// The watched mailboxes, shared by the store, the push callback and the subscribing task.
@@ -27,7 +43,39 @@ pub struct Wakes {
     claims: Mutex<HashMap<RecipientId, Vec<Claim>>>,
     /// Set when a (re)subscription may have missed kicks: claims' epochs are read again.
     recheck: std::sync::atomic::AtomicBool,
+    /// Set when the subscription connection lost a node: it is to be replaced (see `run`).
+    replace: AtomicBool,
+    /// Which subscription connection is current: pushes of replaced ones are ignored.
+    generation: AtomicU64,
     changed: Notify,
+}
+
+/// Makes a subscription connection whose pushes are tagged with the given generation.
+pub type Connector = Arc<
+    dyn Fn(u64) -> Pin<Box<dyn Future<Output = redis::RedisResult<ClusterConnection>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// How the store makes its subscription connections: RESP3 to `urls`, pushes to `wakes`.
+pub fn subscription_connector(urls: Vec<String>, wakes: Weak<Wakes>) -> Connector {
+    Arc::new(move |generation| {
+        let (urls, wakes) = (urls.clone(), wakes.clone());
+        Box::pin(async move {
+            ClusterClientBuilder::new(urls)
+                .use_protocol(redis::ProtocolVersion::RESP3)
+                .connection_timeout(Duration::from_secs(2))
+                .push_sender(move |push: PushInfo| {
+                    if let Some(w) = wakes.upgrade() {
+                        w.on_push(generation, push);
+                    }
+                    Ok::<(), std::convert::Infallible>(())
+                })
+                .build()?
+                .get_async_connection()
+                .await
+        })
+    })
 }
 
 /// A claim's epoch and the signal that ends it.
@@ -115,8 +163,17 @@ impl Wakes {
             .collect()
     }
 
-    /// Handles one push from the subscription connection.
-    pub fn on_push(&self, push: PushInfo) {
+    /// The current subscription connection's generation.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// Handles one push from the subscription connection of `generation`.
+    pub fn on_push(&self, generation: u64, push: PushInfo) {
+        if generation != self.generation() {
+            // A replaced connection going away.
+            return;
+        }
         match push.kind {
             PushKind::SMessage => {
                 let (Some(Value::BulkString(ch)), Some(Value::BulkString(msg))) =
@@ -159,6 +216,9 @@ impl Wakes {
                 // A kick may have been missed too: the task reads the epochs again.
                 self.recheck
                     .store(true, std::sync::atomic::Ordering::Relaxed);
+                if push.kind == PushKind::Disconnection {
+                    self.replace.store(true, Ordering::Relaxed);
+                }
                 self.changed.notify_one();
             }
             _ => {}
@@ -238,11 +298,85 @@ async fn recheck_claims(w: &Wakes, conn: &mut redis::cluster_async::ClusterConne
     }
 }
 
-/// Keeps `conn`'s subscriptions matching the watched mailboxes until the store is dropped.
-pub async fn run(wakes: std::sync::Weak<Wakes>, mut conn: redis::cluster_async::ClusterConnection) {
+/// A new subscription connection of the next generation, once the cluster has a reachable
+/// primary for every slot: a failover is over. The check comes first and the connection (which
+/// learns the slot map as it connects) after, so that its map is the one checked.
+async fn replacement(w: &Wakes, connect: &Connector) -> Option<ClusterConnection> {
+    // The probe's pushes are never current: its going away must not look like a lost node.
+    let mut probe = tokio::time::timeout(Duration::from_secs(5), connect(u64::MAX))
+        .await
+        .ok()?
+        .ok()?;
+    let nodes = redis::cmd("CLUSTER").arg("NODES").clone();
+    let any = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
+    let text = match tokio::time::timeout(Duration::from_secs(2), probe.route_command(nodes, any))
+        .await
+        .ok()?
+        .ok()?
+    {
+        Value::BulkString(b) => String::from_utf8(b).ok()?,
+        Value::VerbatimString { text, .. } => text,
+        _ => return None,
+    };
+    for (host, port) in slot_owners(&text)? {
+        let at = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            probe.route_command(redis::cmd("PING"), at),
+        )
+        .await
+        .ok()?
+        .ok()?;
+    }
+    drop(probe);
+    tokio::time::timeout(Duration::from_secs(5), connect(w.generation() + 1))
+        .await
+        .ok()?
+        .ok()
+}
+
+/// The addresses of the primaries that serve slots, from `CLUSTER NODES`; `None` when one of
+/// them is flagged failing (or the text cannot be read).
+fn slot_owners(text: &str) -> Option<Vec<(String, u16)>> {
+    let mut owners = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        // <id> <ip:port@bus[,hostname]> <flags> <primary> <ping> <pong> <epoch> <link> <slot>...
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (Some(addr), Some(flags)) = (f.get(1), f.get(2)) else {
+            return None;
+        };
+        if !flags.split(',').any(|x| x == "master") || f.len() <= 8 {
+            continue;
+        }
+        if flags.split(',').any(|x| x == "fail" || x == "fail?") {
+            return None;
+        }
+        let hostport = addr.split(['@', ',']).next()?;
+        let (host, port) = hostport.rsplit_once(':')?;
+        owners.push((host.to_owned(), port.parse().ok()?));
+    }
+    (!owners.is_empty()).then_some(owners)
+}
+
+/// Keeps `conn`'s subscriptions matching the watched mailboxes until the store is dropped,
+/// replacing `conn` (made by `connect`) after it lost a node.
+pub async fn run(wakes: Weak<Wakes>, mut conn: ClusterConnection, connect: Connector) {
     let mut subscribed: HashSet<RecipientId> = HashSet::new();
     loop {
         let Some(w) = wakes.upgrade() else { return };
+        if w.replace.load(Ordering::Relaxed) {
+            // Until a new connection reaches every primary (the failover is over), looked at
+            // again each second.
+            if let Some(fresh) = replacement(&w, &connect).await {
+                w.generation.fetch_add(1, Ordering::Relaxed);
+                w.replace.store(false, Ordering::Relaxed);
+                conn = fresh;
+                // Every watched channel is joined on the new connection; the `ssubscribe`
+                // pushes wake every watcher to re-read from its cursor.
+                subscribed.clear();
+                tracing::info!("cluster store: subscription connection replaced after a lost node");
+            }
+        }
         let (join, leave) = w.reconcile(&subscribed);
         let notified = w.changed.notified();
         tokio::pin!(notified);
@@ -293,6 +427,21 @@ mod tests {
     fn claim(w: &Arc<Wakes>, rid: RecipientId, epoch: u64) -> SubscriberClaim {
         let kicked = w.claim(&rid, epoch);
         SubscriberClaim::new(epoch, kicked, ClaimHold::new(w, rid, w.watch(&rid)))
+    }
+
+    #[test]
+    fn slot_owners_are_read_from_cluster_nodes() {
+        let ok = "a 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460\n\
+                  b 127.0.0.1:7003@17003 slave a 0 1 4 connected\n\
+                  c 127.0.0.1:7001@17001 master - 0 1 2 connected 5461-10922\n\
+                  d 127.0.0.1:7005@17005 master,fail - 0 1 6 disconnected\n";
+        assert_eq!(
+            slot_owners(ok),
+            Some(vec![("127.0.0.1".into(), 7000), ("127.0.0.1".into(), 7001)])
+        );
+        let failing = "a 127.0.0.1:7000@17000 master,fail? - 0 0 1 disconnected 0-5460\n";
+        assert_eq!(slot_owners(failing), None);
+        assert_eq!(slot_owners(""), None);
     }
 
     #[test]
