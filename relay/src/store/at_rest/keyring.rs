@@ -143,6 +143,30 @@ pub fn wrapping_key(master: &[u8; 32]) -> AeadKey {
     )
 }
 
+/// Re-wraps one stored key from the `old` wrapping key to the `new` one; `None` if it is
+/// under `new` already (a rotation run again), an error if neither opens it.
+pub fn rewrap(
+    k: &StoredKey,
+    old: &AeadKey,
+    new: &AeadKey,
+) -> Result<Option<[u8; WRAPPED_LEN]>, String> {
+    let aad = wrap_aad(k.epoch, k.end);
+    let mut root = Zeroizing::new([0u8; 32]);
+    if secrets::open(new, &aad, &k.wrapped, &mut root[..]).is_ok() {
+        return Ok(None);
+    }
+    secrets::open(old, &aad, &k.wrapped, &mut root[..]).map_err(|_| {
+        format!(
+            "epoch key of shard {} from {} opens under neither master key",
+            k.epoch.shard, k.epoch.start
+        )
+    })?;
+    let sealed = secrets::seal(new, &aad, &root[..])?;
+    let mut w = [0u8; WRAPPED_LEN];
+    w.copy_from_slice(&sealed);
+    Ok(Some(w))
+}
+
 fn wrap_aad(epoch: EpochId, end: u64) -> [u8; 40] {
     let mut a = [0u8; 40];
     a[..21].copy_from_slice(b"sealpost/1 epoch key ");
@@ -169,7 +193,7 @@ pub struct Keyring {
 
 impl Keyring {
     /// Loads every wrapped key from `store` and unwraps it under the master key. Keys that do
-    /// not unwrap (a torn write) are removed: their envelopes are unreadable either way.
+    /// not unwrap are logged and left alone; if none unwraps, the master key is wrong.
     pub async fn open(
         master: &[u8; 32],
         store: Box<dyn KeyringStore>,
@@ -205,14 +229,15 @@ impl Keyring {
                 count: bad.len(),
             });
         }
-        for epoch in bad {
+        if !bad.is_empty() {
+            // Left in place rather than removed: a master-key rotation interrupted half-way
+            // leaves slots under the other key, and running it again must find them.
             tracing::warn!(
-                shard = epoch.shard,
-                start = epoch.start,
-                "an epoch key in the at-rest keyring does not open (a write torn by a crash?): \
-                 removing it; envelopes sealed under it cannot be read and are dropped"
+                keys = bad.len(),
+                "epoch keys in the at-rest keyring do not open under the master key (a write \
+                 torn by a crash, or an interrupted rotate-master-key: run it again); envelopes \
+                 sealed under them cannot be read and are skipped"
             );
-            store.remove(epoch).await?;
         }
         Ok(Self {
             wrap,
@@ -303,5 +328,45 @@ impl Keyring {
     /// Where the keys are kept, for messages.
     pub fn describe(&self) -> String {
         self.store.describe()
+    }
+}
+
+/// A keyring kept in memory only, for the memory store (whose envelopes do not outlive the
+/// process either).
+#[derive(Default)]
+pub struct VolatileKeys {
+    keys: Mutex<HashMap<EpochId, StoredKey>>,
+}
+
+#[async_trait]
+impl KeyringStore for VolatileKeys {
+    async fn load(&self) -> Result<Vec<StoredKey>, KeyringError> {
+        Ok(self
+            .keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect())
+    }
+
+    async fn put(&self, key: &StoredKey) -> Result<(), KeyringError> {
+        self.keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.epoch, key.clone());
+        Ok(())
+    }
+
+    async fn remove(&self, epoch: EpochId) -> Result<(), KeyringError> {
+        self.keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&epoch);
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        "memory".into()
     }
 }

@@ -82,6 +82,44 @@ impl SlotFile {
     }
 }
 
+/// Re-wraps every key in the keyring file at `path` from master key `old` to `new`, each slot
+/// overwritten in place (so no copy under the old key stays in the file); returns how many
+/// it re-wrapped. Running it again after an interruption finishes the job. For
+/// `rotate-master-key`, with no relay running.
+pub fn rotate_master_key(
+    path: &Path,
+    old: &[u8; 32],
+    new: &[u8; 32],
+) -> Result<usize, KeyringError> {
+    let io = |why: String| KeyringError::Io {
+        place: path.display().to_string(),
+        why,
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| io(e.to_string()))?;
+    let mut all = Vec::new();
+    std::io::Read::read_to_end(&mut &file, &mut all).map_err(|e| io(e.to_string()))?;
+    let (old, new) = (
+        super::keyring::wrapping_key(old),
+        super::keyring::wrapping_key(new),
+    );
+    let mut n = 0;
+    for (i, s) in all.chunks_exact(SLOT_LEN).enumerate() {
+        let Some(mut k) = decode(s) else { continue };
+        if let Some(w) = super::keyring::rewrap(&k, &old, &new).map_err(io)? {
+            k.wrapped = w;
+            file.write_all_at(&encode(&k), (i * SLOT_LEN) as u64)
+                .and_then(|()| file.sync_data())
+                .map_err(|e| io(e.to_string()))?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 fn encode(k: &StoredKey) -> [u8; SLOT_LEN] {
     let mut s = [0u8; SLOT_LEN];
     s[0] = LIVE;

@@ -257,3 +257,23 @@ async fn plain_envelopes_from_before_are_delivered_unchanged() {
     assert_eq!(got[0].envelope, plain.envelope);
     assert_eq!(got[1].envelope, envelope(2));
 }
+
+/// rotate-master-key re-wraps the keyring in place: the new key opens it, the old one no
+/// longer does, and running it again changes nothing.
+#[tokio::test]
+async fn a_master_key_rotation_rewraps_the_keyring() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), DEFAULT_WINDOW).await;
+    let a = mailbox(&s, 1).await;
+    s.append_batch(&[app(a, 1, 1)]).await.unwrap();
+    let path = dir.path().join("keys");
+    let new = [8u8; 32];
+    assert_eq!(slots::rotate_master_key(&path, &MASTER, &new).unwrap(), 1);
+    assert_eq!(slots::rotate_master_key(&path, &MASTER, &new).unwrap(), 0);
+    let k = Keyring::open(&new, Box::new(SlotFile::open(&path).unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(k.len(), 1);
+    let old = Keyring::open(&MASTER, Box::new(SlotFile::open(&path).unwrap())).await;
+    assert!(matches!(old, Err(KeyringError::WrongMasterKey { .. })));
+}
