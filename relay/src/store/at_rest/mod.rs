@@ -37,12 +37,10 @@ pub const SHARDS: u8 = 64;
 /// The default epoch window: one hour.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(3600);
 
-/// Live epoch keys (gauge).
-pub const METRIC_KEYS: &str = "sealpost_at_rest_epoch_keys";
-/// Epoch keys destroyed (counter).
-pub const METRIC_DESTROYED: &str = "sealpost_at_rest_keys_destroyed_total";
-/// Envelopes found sealed under a key that no longer exists, dropped unread (counter).
-pub const METRIC_UNREADABLE: &str = "sealpost_at_rest_unreadable_envelopes_total";
+use crate::metrics::{
+    AT_REST_DESTROYED as METRIC_DESTROYED, AT_REST_KEYS as METRIC_KEYS,
+    AT_REST_UNREADABLE as METRIC_UNREADABLE,
+};
 
 /// Why the at-rest layer failed.
 #[derive(Debug, thiserror::Error)]
