@@ -11,6 +11,7 @@ use crate::settings::{StoreChoice, Validated};
 use crate::shutdown::StopError;
 use crate::store::at_rest::keyring::{Keyring, KeyringError, KeyringStore, VolatileKeys};
 use crate::store::at_rest::slots::SlotFile;
+use crate::store::at_rest::valkey::ValkeyKeys;
 use crate::store::at_rest::{self, AtRest, AtRestOptions};
 use crate::store::cluster::{ClusterOptions, ClusterStore};
 use crate::store::disk::{DiskOptions, DiskStore};
@@ -198,21 +199,30 @@ pub async fn open_store(
         StoreChoice::Cluster => {
             let t0 = Instant::now();
             let nodes = options.cluster_nodes.join(",");
-            let mut cluster =
-                ClusterOptions::new(options.cluster_nodes, options.master_key, quotas);
+            let mut cluster = ClusterOptions::new(
+                options.cluster_nodes.clone(),
+                options.master_key.clone(),
+                quotas,
+            );
             // Deposits also trim what the retention has expired, so that old envelopes do not
             // hold a mailbox's quota between expiry sweeps.
             cluster.retention = Some(config.limits.retention);
             let store = ClusterStore::open(cluster).await?;
             let stats = store.stats().await;
+            let keys: Box<dyn KeyringStore> = Box::new(
+                ValkeyKeys::open(&options.cluster_nodes)
+                    .await
+                    .map_err(|e| StoreError::AtRest(e.into()))?,
+            );
+            let (store, sealed) = seal_at_rest(config, &options, store, Some(keys)).await?;
             let announcement = format!(
-                "store: Valkey cluster via {nodes} ({} mailboxes, {} envelopes; opened in {:.2} s)",
+                "store: Valkey cluster via {nodes} ({} mailboxes, {} envelopes; opened in {:.2} s){sealed}",
                 stats.mailboxes,
                 stats.envelopes,
                 t0.elapsed().as_secs_f64()
             );
             Ok(OpenedStore {
-                store: Arc::new(store),
+                store,
                 disk: None,
                 announcement,
                 // The cluster store refuses to open without a master key.

@@ -118,12 +118,21 @@ async fn deposit(
     let mut mbs = Vec::new();
     for m in 0..mailboxes {
         let mb = c.create(Suite::ChaCha20Poly1305).await.unwrap();
+        // One pipelined DEPOSIT stream per mailbox: one round trip, not one per envelope.
+        let (mut tx, mut results) = c.open_deposit().await.unwrap();
         for i in 0..per_mailbox {
             let text = format!("message {i} for mailbox {m}: {}", "x".repeat(700));
             let env = common::seal(c, &mb, text.as_bytes()).await;
-            assert!(c.deposit(env.clone()).await.unwrap().is_success());
+            tx.send(&env).await.unwrap();
             sent.push(env);
         }
+        tx.finish();
+        let mut answered = 0;
+        while let Some(statuses) = results.next().await.unwrap() {
+            assert!(statuses.iter().all(|s| s.is_success()), "{statuses:?}");
+            answered += statuses.len();
+        }
+        assert_eq!(answered, per_mailbox);
         mbs.push(mb);
     }
     (mbs, sent)
@@ -335,6 +344,113 @@ async fn envelopes_sealed_at_rest_survive_a_master_key_rotation() {
     );
     let (relay, c) = open_relay(&settings_with(&data, &new, true, 3600)).await;
     drain(&c, &mbs, 2).await;
+    c.close().await;
+    relay.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+/// The wrapped keys in the cluster's keyring hash.
+async fn cluster_keys(nodes: &[String]) -> Vec<Bytes> {
+    let urls: Vec<String> = nodes.iter().map(|n| format!("redis://{n}/")).collect();
+    let mut conn = redis::cluster::ClusterClient::new(urls)
+        .unwrap()
+        .get_async_connection()
+        .await
+        .unwrap();
+    let all: Vec<(Vec<u8>, Vec<u8>)> = redis::cmd("HGETALL")
+        .arg(sealpost_relay::store::at_rest::valkey::KEYRING_KEY)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    all.into_iter()
+        .map(|(_, v)| Bytes::copy_from_slice(&v[8..]))
+        .collect()
+}
+
+/// Asks every node for an RDB snapshot (the test cluster saves none by itself).
+fn snapshot_every_node(nodes: &[String]) {
+    for node in nodes {
+        let (host, port) = node.rsplit_once(':').unwrap();
+        let out = std::process::Command::new("valkey-cli")
+            .args(["-h", host, "-p", port, "SAVE"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "SAVE on {node}");
+    }
+}
+
+/// The cluster store: nothing of the envelopes in any node's AOF or RDB files while held or
+/// after their epoch key is destroyed; and once destroyed, the wrapped key has left every
+/// node's files too (the relay has every node rewrite its AOF). The cluster store cannot list
+/// its mailboxes' oldest envelopes, so its keys go by the retention bound: retention 10 s and
+/// 1 s epochs here, and the drain must come within the 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_store_shredded_envelopes_leave_nothing_in_valkeys_files() {
+    let Some(cluster) = common::valkey::private_cluster(
+        "cluster_store_shredded_envelopes_leave_nothing_in_valkeys_files",
+    ) else {
+        return;
+    };
+    let nodes_dir = cluster.dir().unwrap().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("master.key");
+    common::valkey::write_master_key(&key);
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\ndata_dir = {:?}\nstore = \"cluster\"\n\
+         cluster_nodes = {:?}\nmaster_key_file = {key:?}\nat_rest_epoch_secs = 1\nretention_secs = 10\n\
+         expire_interval_secs = 1\n",
+        dir.path().join("relay"),
+        cluster.nodes(),
+    );
+    let v = Settings::from_toml(&text).unwrap().validate().unwrap();
+    let (relay, c) = open_relay(&v).await;
+    assert!(
+        relay.store_announcement().contains("sealed at rest"),
+        "{}",
+        relay.store_announcement()
+    );
+    let t0 = Instant::now();
+    let (mbs, sent) = deposit(&c, 2, 5).await;
+    let needles = Needles::new(&sent);
+    let wrapped = cluster_keys(cluster.nodes()).await;
+    assert!(!wrapped.is_empty(), "no epoch key in the cluster's keyring");
+    snapshot_every_node(cluster.nodes());
+    let held = needles.scan_dir(&nodes_dir);
+    assert!(
+        held.is_empty(),
+        "envelope bytes in Valkey's files while held: {held:?}"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(8),
+        "depositing and scanning took {:?}: the machine is too slow for the 10 s retention",
+        t0.elapsed()
+    );
+    drain(&c, &mbs, 5).await;
+    // Destroyed by the retention bound, then every node's AOF rewritten: poll until the
+    // wrapped keys are in no file (a rewrite already running when the key went is asked for
+    // again at the next sweep).
+    let keys = Needles::new(&wrapped);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let live = cluster_keys(cluster.nodes()).await;
+        if live.is_empty() {
+            snapshot_every_node(cluster.nodes());
+            if keys.scan_dir(&nodes_dir).is_empty() {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "epoch keys still live ({}) or in Valkey's files: {:?}",
+            live.len(),
+            keys.scan_dir(&nodes_dir)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let after = needles.scan_dir(&nodes_dir);
+    assert!(
+        after.is_empty(),
+        "envelope bytes in Valkey's files after shredding: {after:?}"
+    );
     c.close().await;
     relay.shutdown(Duration::from_secs(5)).await.unwrap();
 }

@@ -3,7 +3,7 @@
 //!
 //! Where the wrapped keys live is a [`KeyringStore`]: a file of fixed slots overwritten in
 //! place for the disk and memory stores (`slots`), a Valkey hash for the cluster store
-//! (`valkey`). In memory a key is an [`EpochKey`], wiped when dropped.
+//! (`valkey`), in memory for the memory store. In memory a key is an [`EpochKey`], wiped when dropped.
 
 use super::record::EpochId;
 use crate::store::record::{self as secrets, RecordError};
@@ -126,11 +126,21 @@ pub enum KeyringError {
 pub trait KeyringStore: Send + Sync + 'static {
     /// Every wrapped key kept.
     async fn load(&self) -> Result<Vec<StoredKey>, KeyringError>;
-    /// Keeps `key`, returning once it is durable.
-    async fn put(&self, key: &StoredKey) -> Result<(), KeyringError>;
+    /// Keeps `key` unless a key for its epoch is kept already (another relay sharing the
+    /// keyring made one first), returning once it is durable; answers the key kept.
+    async fn put(&self, key: &StoredKey) -> Result<StoredKey, KeyringError>;
+    /// The key of `epoch` if kept (one another relay made since this one loaded the keyring);
+    /// a keyring only this relay uses has nothing to add.
+    async fn find(&self, epoch: EpochId) -> Result<Option<StoredKey>, KeyringError> {
+        let _ = epoch;
+        Ok(None)
+    }
     /// Removes the key of `epoch` so that no copy stays where the store can reach it
     /// (overwritten in place, or deleted and the append-only log rewritten).
     async fn remove(&self, epoch: EpochId) -> Result<(), KeyringError>;
+    /// Finishes what destructions left to do (the cluster keyring rewrites Valkey's
+    /// append-only files once per sweep, not once per key); called after every sweep.
+    async fn settle(&self) {}
     /// Where the keys are, for messages.
     fn describe(&self) -> String;
 }
@@ -282,24 +292,59 @@ impl Keyring {
             })?;
         let mut wrapped = [0u8; WRAPPED_LEN];
         wrapped.copy_from_slice(&sealed);
+        let ours = StoredKey {
+            epoch,
+            end,
+            wrapped,
+        };
         // Durable before any envelope is sealed under it: an envelope must never outlive its
         // key by a crash.
-        self.store
-            .put(&StoredKey {
-                epoch,
-                end,
-                wrapped,
-            })
-            .await?;
-        let key = Arc::new(EpochKey::from_root(&root));
+        let kept = self.store.put(&ours).await?;
+        let key = if kept == ours {
+            Arc::new(EpochKey::from_root(&root))
+        } else {
+            // Another relay of the deployment made this epoch's key first: use theirs.
+            self.unwrap(&kept)?
+        };
         self.map().insert(
             epoch,
             Live {
                 key: key.clone(),
-                end,
+                end: kept.end,
             },
         );
         Ok(key)
+    }
+
+    fn unwrap(&self, k: &StoredKey) -> Result<Arc<EpochKey>, KeyringError> {
+        let mut root = Zeroizing::new([0u8; 32]);
+        secrets::open(&self.wrap, &wrap_aad(k.epoch, k.end), &k.wrapped, &mut root[..]).map_err(
+            |e| KeyringError::Io {
+                place: self.store.describe(),
+                why: format!(
+                    "the epoch key of shard {} from {} does not open under this relay's master key ({e}): every relay of a deployment needs the same master key",
+                    k.epoch.shard, k.epoch.start
+                ),
+            },
+        )?;
+        Ok(Arc::new(EpochKey::from_root(&root)))
+    }
+
+    /// The key of `epoch`, also asking the durable keyring when this relay does not hold it
+    /// (another relay sharing the keyring made it).
+    pub async fn find(&self, epoch: EpochId) -> Result<Option<Arc<EpochKey>>, KeyringError> {
+        if let Some(k) = self.get(&epoch) {
+            return Ok(Some(k));
+        }
+        let Some(kept) = self.store.find(epoch).await? else {
+            return Ok(None);
+        };
+        let key = self.unwrap(&kept)?;
+        self.map().entry(epoch).or_insert(Live {
+            key: key.clone(),
+            end: kept.end,
+        });
+        Ok(Some(key))
     }
 
     /// Every live epoch with the end of its window.
@@ -323,6 +368,11 @@ impl Keyring {
         self.store.remove(epoch).await?;
         self.map().remove(&epoch);
         Ok(())
+    }
+
+    /// Finishes what the destructions of a sweep left to do ([`KeyringStore::settle`]).
+    pub async fn settle(&self) {
+        self.store.settle().await
     }
 
     /// Where the keys are kept, for messages.
@@ -350,12 +400,14 @@ impl KeyringStore for VolatileKeys {
             .collect())
     }
 
-    async fn put(&self, key: &StoredKey) -> Result<(), KeyringError> {
-        self.keys
+    async fn put(&self, key: &StoredKey) -> Result<StoredKey, KeyringError> {
+        Ok(self
+            .keys
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(key.epoch, key.clone());
-        Ok(())
+            .entry(key.epoch)
+            .or_insert_with(|| key.clone())
+            .clone())
     }
 
     async fn remove(&self, epoch: EpochId) -> Result<(), KeyringError> {

@@ -8,13 +8,15 @@
 //! promise.
 //!
 //! - `record`: the sealed record's format, batch sealing and opening (the batch engine).
-//! - `keyring`: epoch keys, wrapped under the master key; `slots`: the keyring file.
+//! - `keyring`: epoch keys, wrapped under the master key; `slots`: the keyring file;
+//!   `valkey`: the cluster store's keyring.
 //! - `sweep`: which epochs are closed.
 
 pub mod keyring;
 pub mod record;
 pub mod slots;
 pub mod sweep;
+pub mod valkey;
 
 use super::{
     Append, AppendOutcome, Claim, MailboxRecord, Store, StoreError, StoreHealth, StoreStats,
@@ -244,6 +246,7 @@ impl<S: Store> AtRest<S> {
                 .collect()
         };
         if candidates.is_empty() {
+            self.keyring.settle().await;
             metrics::gauge!(METRIC_KEYS).set(live.len() as f64);
             return Ok(0);
         }
@@ -283,6 +286,7 @@ impl<S: Store> AtRest<S> {
             self.uses().by_epoch.remove(&epoch);
             destroyed += 1;
         }
+        self.keyring.settle().await;
         if destroyed > 0 {
             metrics::counter!(METRIC_DESTROYED).increment(destroyed as u64);
             tracing::info!(
@@ -401,10 +405,17 @@ impl<S: Store> Store for AtRest<S> {
         let sealed: Vec<usize> = (0..got.len())
             .filter(|&i| record::is_sealed(&got[i].envelope))
             .collect();
-        let keys: Vec<Option<Arc<keyring::EpochKey>>> = sealed
-            .iter()
-            .map(|&i| record::epoch_of(&got[i].envelope).and_then(|e| self.keyring.get(&e)))
-            .collect();
+        let mut keys: Vec<Option<Arc<keyring::EpochKey>>> = Vec::with_capacity(sealed.len());
+        for &i in &sealed {
+            keys.push(match record::epoch_of(&got[i].envelope) {
+                Some(e) => self
+                    .keyring
+                    .find(e)
+                    .await
+                    .map_err(|e| StoreError::AtRest(e.into()))?,
+                None => None,
+            });
+        }
         let opened = {
             let items: Vec<ToOpen<'_>> = sealed
                 .iter()

@@ -175,7 +175,8 @@ impl KeyringStore for SlotFile {
         Ok(keys)
     }
 
-    async fn put(&self, key: &StoredKey) -> Result<(), KeyringError> {
+    async fn put(&self, key: &StoredKey) -> Result<StoredKey, KeyringError> {
+        // Only this relay writes the file, and the keyring makes one key per epoch at a time.
         let mut st = self.lock();
         let (slot, grows) = match st.free.pop() {
             Some(s) => (s, false),
@@ -200,7 +201,7 @@ impl KeyringStore for SlotFile {
             st.count += 1;
         }
         st.slots.insert(key.epoch, slot);
-        Ok(())
+        Ok(key.clone())
     }
 
     async fn remove(&self, epoch: EpochId) -> Result<(), KeyringError> {
@@ -241,7 +242,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys");
         let f = SlotFile::open(&path).unwrap();
-        f.put(&key(1, 0xAB)).await.unwrap();
+        let kept = f.put(&key(1, 0xAB)).await.unwrap();
+        assert_eq!(kept, key(1, 0xAB));
         f.put(&key(2, 0xCD)).await.unwrap();
         let raw = std::fs::read(&path).unwrap();
         assert_eq!(raw.len(), 2 * SLOT_LEN);
