@@ -165,9 +165,13 @@ pub fn open_batch(engine: &Engine, items: &[ToOpen<'_>]) -> Vec<Result<Bytes, Op
         .map(|i| i.stored.len().saturating_sub(OVERHEAD))
         .collect();
     let mut buf = BytesMut::zeroed(lens.iter().sum());
+    // A record too short to hold a header is damaged (below); its AAD is never used.
     let aads: Vec<[u8; AAD_LEN]> = items
         .iter()
-        .map(|i| aad(i.deposit_id, &i.stored[..HEADER_LEN.min(i.stored.len())]))
+        .map(|i| match i.stored.get(..HEADER_LEN) {
+            Some(header) if i.stored.len() >= OVERHEAD => aad(i.deposit_id, header),
+            _ => [0; AAD_LEN],
+        })
         .collect();
     let mut result: Vec<Option<Result<(), OpenFailure>>> = items
         .iter()

@@ -277,3 +277,30 @@ async fn a_master_key_rotation_rewraps_the_keyring() {
     let old = Keyring::open(&MASTER, Box::new(SlotFile::open(&path).unwrap())).await;
     assert!(matches!(old, Err(KeyringError::WrongMasterKey { .. })));
 }
+
+/// A stored record cut short (a damaged disk) is reported as damaged, never a panic.
+#[test]
+fn a_truncated_record_is_damaged_not_a_panic() {
+    let key = Arc::new(keyring::EpochKey::from_root(&[3; 32]));
+    let did = [4u8; 16];
+    for len in [
+        1,
+        5,
+        record::HEADER_LEN,
+        record::OVERHEAD - 1,
+        record::OVERHEAD,
+    ] {
+        let mut b = vec![0u8; len];
+        b[0] = record::FORMAT;
+        let stored = Bytes::from(b);
+        let got = record::open_batch(
+            &Engine::detect(),
+            &[record::ToOpen {
+                deposit_id: &did,
+                stored: &stored,
+                key: Some(&key),
+            }],
+        );
+        assert_eq!(got, [Err(record::OpenFailure::Damaged)], "{len} bytes");
+    }
+}

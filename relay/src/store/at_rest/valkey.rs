@@ -4,7 +4,8 @@
 //!
 //! A key is made with HSETNX (two relays making one epoch's key at once agree on the first)
 //! followed, on the same connection, by `WAITAOF 1 1`: it is fsynced on its primary and a
-//! replica before any envelope is sealed under it, like a deposit. A key is destroyed with HDEL,
+//! replica before any envelope is sealed under it, like a deposit. A key is destroyed with HDEL
+//! (then WAITAOF, so that a replica has it before its AOF is rewritten),
 //! after which every node is asked to rewrite its append-only file (BGREWRITEAOF): until then
 //! the AOF still holds the HSETNX that wrote it. The old AOF files are deleted by Valkey (their
 //! blocks freed, not erased), and RDB snapshots taken while the key lived keep it: see
@@ -15,7 +16,6 @@ use super::record::EpochId;
 use async_trait::async_trait;
 use redis::Value;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -98,34 +98,76 @@ impl ValkeyKeys {
     }
 
     /// Asks every node (primaries and replicas) to rewrite its append-only file, so that the
-    /// HSETNX of a destroyed key leaves the AOF.
+    /// HSETNX of a destroyed key leaves the AOF. Each node is asked on a connection of its own:
+    /// the cluster client only holds connections to the nodes it routes to (the primaries),
+    /// and a command "for all nodes" silently skips the others.
     async fn rewrite_aof(&self) {
-        let routing = RoutingInfo::MultiNode((
-            MultipleNodeRoutingInfo::AllNodes,
-            Some(ResponsePolicy::AllSucceeded),
-        ));
-        let asked = self
-            .conn
-            .clone()
-            .route_command(redis::cmd("BGREWRITEAOF"), routing)
-            .await;
-        match asked {
-            Ok(_) => self.rewrite_owed.store(false, Ordering::Relaxed),
+        let nodes = match self.node_addresses().await {
+            Ok(n) => n,
             Err(e) => {
+                tracing::warn!(error = %e, "cannot list the Valkey nodes to rewrite their AOFs after destroying at-rest keys; asking again at the next sweep");
+                return;
+            }
+        };
+        let mut failed = 0;
+        for node in &nodes {
+            if let Err(e) = rewrite_one(node).await {
+                failed += 1;
                 // Typically a rewrite already in progress, which may have begun before the
                 // HDEL and so still copy the key: ask again at the next sweep.
                 tracing::warn!(
                     error = %e,
-                    "cannot start an AOF rewrite on every Valkey node after destroying at-rest keys; asking again at the next sweep"
+                    "a Valkey node did not start an AOF rewrite after at-rest keys were destroyed; asking again at the next sweep"
                 );
             }
         }
+        if failed == 0 {
+            self.rewrite_owed.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Every node's `HOST:PORT` from `CLUSTER NODES`, failed and unaddressed nodes left out.
+    async fn node_addresses(&self) -> Result<Vec<String>, redis::RedisError> {
+        let text: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(cluster_nodes(&text))
     }
 
     /// Whether an AOF rewrite is still owed (the last request failed on some node).
     pub fn rewrite_owed(&self) -> bool {
         self.rewrite_owed.load(Ordering::Relaxed)
     }
+}
+
+/// The addresses in a `CLUSTER NODES` answer (`<id> <ip:port@bus[,host]> <flags> ...` per
+/// line) of the nodes that are not failed and have an address.
+fn cluster_nodes(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            let (_, addr, flags) = (f.next()?, f.next()?, f.next()?);
+            if flags.contains("fail") || flags.contains("noaddr") || flags.contains("handshake") {
+                return None;
+            }
+            let addr = addr.split(['@', ',']).next()?;
+            (!addr.is_empty() && !addr.starts_with(':')).then(|| addr.to_owned())
+        })
+        .collect()
+}
+
+/// Sends BGREWRITEAOF to one node.
+async fn rewrite_one(node: &str) -> Result<(), redis::RedisError> {
+    let mut conn = redis::Client::open(format!("redis://{node}/"))?
+        .get_multiplexed_async_connection_with_config(
+            &redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(2)))
+                .set_response_timeout(Some(Duration::from_secs(5))),
+        )
+        .await?;
+    let _: Value = redis::cmd("BGREWRITEAOF").query_async(&mut conn).await?;
+    Ok(())
 }
 
 #[async_trait]
@@ -178,12 +220,26 @@ impl KeyringStore for ValkeyKeys {
     }
 
     async fn remove(&self, epoch: EpochId) -> Result<(), KeyringError> {
-        let _: Value = redis::cmd("HDEL")
+        // WAITAOF: the HDEL has reached a replica before any node is asked to rewrite its AOF,
+        // or the replica's rewrite could still copy the key.
+        let mut pipe = redis::pipe();
+        pipe.cmd("HDEL")
             .arg(KEYRING_KEY)
             .arg(&field(epoch)[..])
+            .ignore()
+            .cmd("WAITAOF")
+            .arg(1)
+            .arg(1)
+            .arg(WAITAOF_MS);
+        let (acks,): ((i64, i64),) = pipe
             .query_async(&mut self.conn.clone())
             .await
             .map_err(|e| self.io(e))?;
+        if acks.1 < 1 {
+            tracing::warn!(
+                "the destruction of an at-rest key was not confirmed on a Valkey replica in time; its AOF is rewritten anyway"
+            );
+        }
         self.rewrite_owed.store(true, Ordering::Relaxed);
         Ok(())
     }
@@ -196,5 +252,19 @@ impl KeyringStore for ValkeyKeys {
 
     fn describe(&self) -> String {
         format!("{KEYRING_KEY} in the Valkey cluster via {}", self.nodes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_nodes_lists_every_live_node_with_an_address() {
+        let text = "a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460\n\
+                    b2 127.0.0.1:7003@17003,host-b slave a1 0 1 1 connected\n\
+                    c3 127.0.0.1:7004@17004 slave,fail a1 0 1 1 disconnected\n\
+                    d4 :0@0 master,noaddr - 0 1 1 disconnected\n";
+        assert_eq!(cluster_nodes(text), ["127.0.0.1:7000", "127.0.0.1:7003"]);
     }
 }
