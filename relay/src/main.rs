@@ -334,12 +334,23 @@ fn rotate_master_key(data_dir: PathBuf, old: Option<PathBuf>, new: PathBuf) -> C
         &dir,
         sealpost_relay::RelayLimits::default().quotas(),
         DiskOptions {
-            master_key: old,
+            master_key: old.clone(),
             min_free_bytes: 0,
             ..DiskOptions::default()
         },
     )
     .map_err(|e| e.to_string())?;
+    // The at-rest keyring first: re-wrapping it is idempotent, so a failure of either step
+    // is mended by running the command again.
+    let keys = data_dir.join(sealpost_relay::open::KEYRING_FILE);
+    if let (true, Some(old)) = (keys.exists(), old.as_ref()) {
+        let k = sealpost_relay::store::at_rest::slots::rotate_master_key(&keys, old, &new)
+            .map_err(|e| e.to_string())?;
+        eprintln!(
+            "re-wrapped {k} at-rest epoch keys in {} under the new master key",
+            keys.display()
+        );
+    }
     let n = store.rotate_master_key(&new).map_err(|e| e.to_string())?;
     eprintln!(
         "re-encrypted the secrets of {n} mailboxes in {} under the new master key; start the relay with it",

@@ -89,6 +89,13 @@ pub const FORWARDED: &str = "sealpost_forwarded_total";
 /// Connections to destination relays held by the forwarding pool.
 pub const FORWARD_POOL: &str = "sealpost_forward_pool_connections";
 
+/// Live at-rest epoch keys (docs/AT-REST.md).
+pub const AT_REST_KEYS: &str = "sealpost_at_rest_epoch_keys";
+/// At-rest epoch keys destroyed (their envelopes all acknowledged, expired or deleted).
+pub const AT_REST_DESTROYED: &str = "sealpost_at_rest_keys_destroyed_total";
+/// Envelopes found sealed under an epoch key that no longer exists, skipped unread.
+pub const AT_REST_UNREADABLE: &str = "sealpost_at_rest_unreadable_envelopes_total";
+
 /// Registers every metric's help text and unit with the installed recorder.
 pub fn describe() {
     describe_gauge!(CONNECTIONS, "QUIC connections open now");
@@ -174,6 +181,18 @@ pub fn describe() {
     );
     describe_gauge!(SHARD_QUEUE, "work items waiting in a deposit shard's queue");
     describe_counter!(EXPIRED, "envelopes removed by retention expiry");
+    describe_gauge!(
+        AT_REST_KEYS,
+        "at-rest epoch keys alive (each destroyed once its envelopes are all gone)"
+    );
+    describe_counter!(
+        AT_REST_DESTROYED,
+        "at-rest epoch keys destroyed (crypto-shredding)"
+    );
+    describe_counter!(
+        AT_REST_UNREADABLE,
+        "envelopes sealed under an epoch key that no longer exists, skipped unread (a lost keyring)"
+    );
     describe_gauge!(BUILD_INFO, "always 1; labels: version, crypto backend");
     describe_gauge!(
         READY,
@@ -222,6 +241,8 @@ pub fn register_all() {
         BYTES_IN,
         BYTES_OUT,
         EXPIRED,
+        AT_REST_DESTROYED,
+        AT_REST_UNREADABLE,
     ] {
         ::metrics::counter!(c).increment(0);
     }
@@ -247,6 +268,7 @@ pub fn register_all() {
         STORE_SPACE_LOW,
         STORE_FAILED,
         STORE_PREVIOUS_FAILURE,
+        AT_REST_KEYS,
     ] {
         ::metrics::gauge!(g).set(0.0);
     }

@@ -9,6 +9,10 @@ use crate::master_key::{self, MasterKeyError};
 use crate::server::{RelayError, RelayHandle};
 use crate::settings::{StoreChoice, Validated};
 use crate::shutdown::StopError;
+use crate::store::at_rest::keyring::{Keyring, KeyringError, KeyringStore, VolatileKeys};
+use crate::store::at_rest::slots::SlotFile;
+use crate::store::at_rest::valkey::ValkeyKeys;
+use crate::store::at_rest::{self, AtRest, AtRestOptions};
 use crate::store::cluster::{ClusterOptions, ClusterStore};
 use crate::store::disk::{DiskOptions, DiskStore};
 use crate::store::memory::MemoryStore;
@@ -46,6 +50,10 @@ pub struct StoreOptions {
     pub min_free_disk_bytes: u64,
     /// The cluster store's seed nodes, `HOST:PORT`.
     pub cluster_nodes: Vec<String>,
+    /// Seals envelopes at rest under epoch keys and shreds them (only with a master key).
+    pub at_rest: bool,
+    /// The at-rest epoch window.
+    pub at_rest_epoch: Duration,
 }
 
 impl StoreOptions {
@@ -56,8 +64,62 @@ impl StoreOptions {
             master_key: None,
             min_free_disk_bytes: DiskOptions::default().min_free_bytes,
             cluster_nodes: Vec::new(),
+            at_rest: true,
+            at_rest_epoch: at_rest::DEFAULT_WINDOW,
         }
     }
+}
+
+/// The keyring file of the disk store, beside its `store/` directory (not in it: a master-key
+/// rewrite replaces that directory).
+pub const KEYRING_FILE: &str = "at-rest.keys";
+
+/// Wraps `inner` in the at-rest layer when `options` ask for it and a master key is given, or
+/// when the keyring still holds keys of envelopes sealed earlier (then only to open those).
+/// Returns the store to serve from and a phrase for the announcement.
+async fn seal_at_rest<S: Store>(
+    config: &RelayConfig,
+    options: &StoreOptions,
+    inner: S,
+    keys: Option<Box<dyn KeyringStore>>,
+) -> Result<(Arc<dyn Store>, String), OpenError> {
+    let (Some(master), Some(keys)) = (options.master_key.as_ref(), keys) else {
+        return Ok((Arc::new(inner), String::new()));
+    };
+    let place = keys.describe();
+    let keyring = Keyring::open(master, keys)
+        .await
+        .map_err(|e| StoreError::AtRest(e.into()))?;
+    if !options.at_rest && keyring.is_empty() {
+        return Ok((Arc::new(inner), String::new()));
+    }
+    let opts = AtRestOptions {
+        window: options.at_rest_epoch,
+        seal_new: options.at_rest,
+        retention: config.limits.retention,
+        engine: config.engine,
+    };
+    let phrase = if options.at_rest {
+        format!(
+            "; envelopes sealed at rest under {} s epoch keys ({} live, in {place})",
+            opts.window.as_secs(),
+            keyring.len()
+        )
+    } else {
+        format!(
+            "; at-rest sealing off, {} epoch keys of earlier envelopes kept until they drain (in {place})",
+            keyring.len()
+        )
+    };
+    let store = Arc::new(AtRest::new(inner, keyring, opts));
+    at_rest::spawn_sweeper(&store);
+    Ok((store, phrase))
+}
+
+fn keyring_file(path: &std::path::Path) -> Result<Box<dyn KeyringStore>, OpenError> {
+    Ok(Box::new(
+        SlotFile::open(path).map_err(|e: KeyringError| StoreError::AtRest(e.into()))?,
+    ))
 }
 
 /// A store opened for a relay, with what the caller may say about it.
@@ -81,22 +143,30 @@ pub async fn open_store(
 ) -> Result<OpenedStore, OpenError> {
     let quotas = config.limits.quotas();
     match options.choice {
-        StoreChoice::Memory => Ok(OpenedStore {
-            store: Arc::new(MemoryStore::new(quotas)),
-            disk: None,
-            announcement: "store: memory (volatile: envelopes do not survive a restart)".into(),
-            unencrypted_secrets: None,
-        }),
+        StoreChoice::Memory => {
+            let keys: Box<dyn KeyringStore> = Box::new(VolatileKeys::default());
+            let (store, sealed) =
+                seal_at_rest(config, &options, MemoryStore::new(quotas), Some(keys)).await?;
+            Ok(OpenedStore {
+                store,
+                disk: None,
+                announcement: format!(
+                    "store: memory (volatile: envelopes do not survive a restart){sealed}"
+                ),
+                unencrypted_secrets: None,
+            })
+        }
         StoreChoice::Disk => {
             let dir = config.data_dir.join("store");
             let t0 = Instant::now();
             let encrypted = options.master_key.is_some();
+            let master_key = options.master_key.clone();
             let disk = tokio::task::spawn_blocking(move || {
                 DiskStore::open(
                     &dir,
                     quotas,
                     DiskOptions {
-                        master_key: options.master_key,
+                        master_key,
                         min_free_bytes: options.min_free_disk_bytes,
                         ..DiskOptions::default()
                     },
@@ -105,15 +175,22 @@ pub async fn open_store(
             .await
             .map_err(|e| OpenError::Task(e.to_string()))??;
             let stats = disk.stats_now();
+            let keys = config.data_dir.join(KEYRING_FILE);
+            let keys = if options.master_key.is_some() && (options.at_rest || keys.exists()) {
+                Some(keyring_file(&keys)?)
+            } else {
+                None
+            };
+            let (store, sealed) = seal_at_rest(config, &options, disk.clone(), keys).await?;
             let announcement = format!(
-                "store: disk at {} ({} mailboxes, {} envelopes recovered in {:.2} s)",
+                "store: disk at {} ({} mailboxes, {} envelopes recovered in {:.2} s){sealed}",
                 disk.dir().display(),
                 stats.mailboxes,
                 stats.envelopes,
                 t0.elapsed().as_secs_f64()
             );
             Ok(OpenedStore {
-                store: Arc::new(disk.clone()),
+                store,
                 unencrypted_secrets: (!encrypted).then(|| disk.dir().to_owned()),
                 disk: Some(disk),
                 announcement,
@@ -122,21 +199,30 @@ pub async fn open_store(
         StoreChoice::Cluster => {
             let t0 = Instant::now();
             let nodes = options.cluster_nodes.join(",");
-            let mut cluster =
-                ClusterOptions::new(options.cluster_nodes, options.master_key, quotas);
+            let mut cluster = ClusterOptions::new(
+                options.cluster_nodes.clone(),
+                options.master_key.clone(),
+                quotas,
+            );
             // Deposits also trim what the retention has expired, so that old envelopes do not
             // hold a mailbox's quota between expiry sweeps.
             cluster.retention = Some(config.limits.retention);
             let store = ClusterStore::open(cluster).await?;
             let stats = store.stats().await;
+            let keys: Box<dyn KeyringStore> = Box::new(
+                ValkeyKeys::open(&options.cluster_nodes)
+                    .await
+                    .map_err(|e| StoreError::AtRest(e.into()))?,
+            );
+            let (store, sealed) = seal_at_rest(config, &options, store, Some(keys)).await?;
             let announcement = format!(
-                "store: Valkey cluster via {nodes} ({} mailboxes, {} envelopes; opened in {:.2} s)",
+                "store: Valkey cluster via {nodes} ({} mailboxes, {} envelopes; opened in {:.2} s){sealed}",
                 stats.mailboxes,
                 stats.envelopes,
                 t0.elapsed().as_secs_f64()
             );
             Ok(OpenedStore {
-                store: Arc::new(store),
+                store,
                 disk: None,
                 announcement,
                 // The cluster store refuses to open without a master key.
@@ -164,6 +250,8 @@ impl Relay {
             master_key: master_key::load(settings.master_key_file.as_deref())?,
             min_free_disk_bytes: settings.min_free_disk_bytes,
             cluster_nodes: settings.cluster_nodes.clone(),
+            at_rest: settings.at_rest,
+            at_rest_epoch: settings.at_rest_epoch,
         };
         Self::open_with(settings.relay.clone(), options).await
     }

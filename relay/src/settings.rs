@@ -109,6 +109,16 @@ pub struct Settings {
     /// at rest. (SEALPOST_MASTER_KEY may hold the key itself.)
     #[arg(long, env = "SEALPOST_MASTER_KEY_FILE")]
     pub master_key_file: Option<PathBuf>,
+    /// Seal stored envelopes under epoch keys and destroy each key once every envelope of its
+    /// epoch is acknowledged or expired (crypto-shredding, docs/AT-REST.md); needs the master
+    /// key, and is off without one [default: true].
+    #[arg(long, env = "SEALPOST_AT_REST", num_args = 0..=1, default_missing_value = "true")]
+    pub at_rest: Option<bool>,
+    /// Seconds of one at-rest epoch: envelopes stored in one window share a key per shard,
+    /// destroyed once they are all gone; shorter windows shred sooner and make more keys
+    /// [default: 3600].
+    #[arg(long, env = "SEALPOST_AT_REST_EPOCH_SECS")]
+    pub at_rest_epoch_secs: Option<u64>,
     /// Bytes kept free on the disk store's filesystem: below this, deposits and CREATE are
     /// refused (STORAGE_FULL) and /readyz reports not ready, while deliveries and ACKs go
     /// on; 0 = no reserve [default: 268435456, 256 MiB].
@@ -315,6 +325,8 @@ impl Settings {
             store,
             cluster_nodes,
             master_key_file,
+            at_rest,
+            at_rest_epoch_secs,
             min_free_disk_bytes,
             log_format,
             log_sensitive_debug,
@@ -390,6 +402,11 @@ impl Settings {
             store: Some(self.store.unwrap_or(StoreChoice::Disk)),
             cluster_nodes: self.cluster_nodes.clone(),
             master_key_file: self.master_key_file.clone(),
+            at_rest: Some(self.at_rest.unwrap_or(true)),
+            at_rest_epoch_secs: Some(
+                self.at_rest_epoch_secs
+                    .unwrap_or(crate::store::at_rest::DEFAULT_WINDOW.as_secs()),
+            ),
             min_free_disk_bytes: Some(
                 self.min_free_disk_bytes
                     .unwrap_or(crate::store::disk::DEFAULT_MIN_FREE_BYTES),
@@ -586,6 +603,14 @@ impl Settings {
         positive("max_mailboxes", get(e.max_mailboxes))?;
         positive("retention_secs", get(e.retention_secs))?;
         positive("expire_interval_secs", get(e.expire_interval_secs))?;
+        let epoch = get(e.at_rest_epoch_secs);
+        if !(1..=7 * 24 * 3600).contains(&epoch) {
+            return Err(invalid(
+                "at_rest_epoch_secs",
+                epoch.to_string(),
+                "must be between 1 and 604800 (a week)",
+            ));
+        }
         positive("max_window", get(e.max_window.map(u64::from)))?;
         positive("max_streams", get(e.max_streams.map(u64::from)))?;
         positive("max_connections", get(e.max_connections.map(|v| v as u64)))?;
@@ -809,6 +834,8 @@ impl Settings {
             store: e.store.expect("filled in"),
             cluster_nodes,
             master_key_file: e.master_key_file.clone(),
+            at_rest: e.at_rest.unwrap_or(true),
+            at_rest_epoch: Duration::from_secs(epoch),
             min_free_disk_bytes: get(e.min_free_disk_bytes),
             log_format: e.log_format.expect("filled in"),
             log_sensitive_debug: e.log_sensitive_debug.unwrap_or(false),
@@ -888,6 +915,10 @@ pub struct Validated {
     pub cluster_nodes: Vec<String>,
     /// Master key file.
     pub master_key_file: Option<PathBuf>,
+    /// Seal envelopes at rest (with a master key).
+    pub at_rest: bool,
+    /// The at-rest epoch window.
+    pub at_rest_epoch: Duration,
     /// The disk store's free-space reserve, bytes.
     pub min_free_disk_bytes: u64,
     /// Log format.
@@ -977,6 +1008,17 @@ mod tests {
             e.contains("stream_receive_window") && e.contains("65593"),
             "{e}"
         );
+        let s = Settings::from_toml("at_rest_epoch_secs = 0\n").unwrap();
+        let e = s.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("at_rest_epoch_secs") && e.contains("604800"),
+            "{e}"
+        );
+        let s = Settings::from_toml("at_rest = false\nat_rest_epoch_secs = 60\n").unwrap();
+        let v = s.validate().unwrap();
+        assert!(!v.at_rest);
+        assert_eq!(v.at_rest_epoch, Duration::from_secs(60));
+        assert!(Settings::default().validate().unwrap().at_rest);
         let s = Settings::from_toml("frame_timeout_secs = 0\n").unwrap();
         assert!(
             s.validate()

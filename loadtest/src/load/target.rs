@@ -60,10 +60,21 @@ pub async fn spawn_relay(
             "the cluster store runs in relay processes: give --relays N (and --cluster-nodes or let the run start a cluster)"
         ),
     };
-    // The disk store with its defaults, as `serve` would open it without a master key.
-    let relay = Relay::open_with(cfg, StoreOptions::new(choice))
+    // The store with its defaults, as `serve` would open it without a master key; with
+    // SEALPOST_AT_REST=true as with one (a random key for the run), so envelopes are sealed at
+    // rest (docs/AT-REST.md).
+    let mut options = StoreOptions::new(choice);
+    let at_rest = std::env::var("SEALPOST_AT_REST").is_ok_and(|v| v == "true" || v == "1");
+    if at_rest {
+        let key = sealpost_core::random::array::<32>().context("drawing a master key")?;
+        options.master_key = Some(zeroize::Zeroizing::new(key));
+    }
+    let relay = Relay::open_with(cfg, options)
         .await
         .context("starting the in-process relay")?;
+    if at_rest {
+        eprintln!("{}", relay.store_announcement());
+    }
     Ok(SpawnedRelay { relay, dir })
 }
 

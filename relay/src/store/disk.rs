@@ -1196,6 +1196,10 @@ impl Store for DiskStore {
         Ok(n)
     }
 
+    async fn held_heads(&self) -> Result<Option<Vec<(DepositId, SystemTime)>>, StoreError> {
+        Ok(Some(self.lock().held_heads()))
+    }
+
     async fn stats(&self) -> StoreStats {
         self.lock().stats()
     }

@@ -614,6 +614,16 @@ impl Index {
         r
     }
 
+    /// When each mailbox's oldest held envelope was stored, for the mailboxes holding any,
+    /// by deposit id: what the at-rest layer's sweep needs to tell which epochs are closed
+    /// (a mailbox's envelopes are held in the order they were stored).
+    pub fn held_heads(&self) -> Vec<(DepositId, SystemTime)> {
+        self.mailboxes
+            .iter()
+            .filter_map(|(did, m)| m.front().map(|h| (*did, h.stored_at)))
+            .collect()
+    }
+
     /// Envelopes held in a mailbox.
     pub fn pending(&self, recipient_id: &RecipientId) -> u64 {
         self.get(recipient_id).map_or(0, |m| m.held() as u64)

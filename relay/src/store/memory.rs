@@ -109,6 +109,10 @@ impl Store for MemoryStore {
             .len() as u64)
     }
 
+    async fn held_heads(&self) -> Result<Option<Vec<(DepositId, SystemTime)>>, StoreError> {
+        Ok(Some(self.lock().held_heads()))
+    }
+
     async fn stats(&self) -> StoreStats {
         self.lock().stats()
     }

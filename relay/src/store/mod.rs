@@ -6,6 +6,7 @@
 //! `append_batch` returns. The store owns the wake-up signal, because in a distributed
 //! deployment the subscriber may sit on another relay than the depositor.
 
+pub mod at_rest;
 pub(crate) mod atomic_file;
 pub mod checkpoint;
 pub mod cluster;
@@ -203,6 +204,9 @@ pub enum StoreError {
     /// The Valkey cluster cannot be used (cluster store).
     #[error(transparent)]
     Cluster(#[from] cluster::ClusterError),
+    /// Sealing or opening envelopes at rest failed ([`at_rest`]).
+    #[error(transparent)]
+    AtRest(#[from] at_rest::AtRestError),
     /// The master key does not decrypt the stored secrets.
     #[error("the master key does not decrypt the mailbox secrets in {0}: wrong key?")]
     WrongMasterKey(std::path::PathBuf),
@@ -353,6 +357,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes envelopes stored before `cutoff`; returns how many.
     async fn expire(&self, cutoff: SystemTime) -> Result<u64, StoreError>;
+
+    /// When each mailbox's oldest held envelope was stored, for every mailbox holding any
+    /// (by deposit id); `None` if the store cannot list them cheaply. The at-rest layer
+    /// ([`at_rest`]) uses it to find the epochs no envelope needs any more.
+    async fn held_heads(&self) -> Result<Option<Vec<(DepositId, SystemTime)>>, StoreError> {
+        Ok(None)
+    }
 
     /// Current totals.
     async fn stats(&self) -> StoreStats;

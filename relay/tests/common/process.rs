@@ -145,8 +145,8 @@ pub fn create_mailbox(addr: &str, pin: &str, out: &Path) -> String {
     String::from_utf8(done.stdout).unwrap().trim().to_owned()
 }
 
-/// Files under `dir` (recursively) called `name`.
-pub fn files_named(dir: &Path, name: &str) -> Vec<PathBuf> {
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
@@ -157,12 +157,20 @@ pub fn files_named(dir: &Path, name: &str) -> Vec<PathBuf> {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if p.file_name().is_some_and(|n| n == name) {
+            } else {
                 found.push(p);
             }
         }
     }
     found
+}
+
+/// Files under `dir` (recursively) called `name`.
+pub fn files_named(dir: &Path, name: &str) -> Vec<PathBuf> {
+    files_under(dir)
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n == name))
+        .collect()
 }
 
 /// Files under `dir` whose bytes contain `needle`.

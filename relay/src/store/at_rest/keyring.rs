@@ -1,0 +1,424 @@
+//! Epoch keys: made from the relay's CSPRNG, used from memory, kept durably only wrapped
+//! (ChaCha20-Poly1305) under a key derived from the master key, and destroyed for good.
+//!
+//! Where the wrapped keys live is a [`KeyringStore`]: a file of fixed slots overwritten in
+//! place for the disk and memory stores (`slots`), a Valkey hash for the cluster store
+//! (`valkey`), in memory for the memory store. In memory a key is an [`EpochKey`], wiped when dropped.
+
+use super::record::EpochId;
+use crate::store::record::{self as secrets, RecordError};
+use async_trait::async_trait;
+use sealpost_core::{AeadKey, DepositId, Suite};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use zeroize::Zeroizing;
+
+/// A wrapped key's length: nonce (12) ‖ ciphertext (32) ‖ tag (16).
+pub const WRAPPED_LEN: usize = 12 + 32 + 16;
+
+/// One epoch's keys, derived from its random root key. Both are wiped on drop.
+pub struct EpochKey {
+    seal: AeadKey,
+    siv: Zeroizing<[u8; 32]>,
+}
+
+fn hkdf(secret: &[u8; 32], salt: &[u8], info: &[u8]) -> Zeroizing<[u8; 32]> {
+    let prk = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, salt).extract(secret);
+    let mut k = Zeroizing::new([0u8; 32]);
+    prk.expand(&[info], ring::hkdf::HKDF_SHA256)
+        .and_then(|okm| okm.fill(&mut k[..]))
+        .expect("32 bytes is within HKDF-SHA256's output limit");
+    k
+}
+
+impl EpochKey {
+    /// The keys derived from `root`.
+    pub fn from_root(root: &[u8; 32]) -> Self {
+        Self {
+            seal: AeadKey::new(
+                Suite::ChaCha20Poly1305,
+                *hkdf(root, b"sealpost/1 epoch", b"seal"),
+            ),
+            siv: hkdf(root, b"sealpost/1 epoch", b"siv"),
+        }
+    }
+
+    /// The key records are sealed under.
+    pub fn seal_key(&self) -> &AeadKey {
+        &self.seal
+    }
+
+    fn mac(&self, parts: &[&[u8]]) -> [u8; 12] {
+        // ring keeps the HMAC pads on the stack for this call only; they are not wiped, but
+        // they never outlive the call.
+        let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.siv[..]);
+        let mut ctx = ring::hmac::Context::with_key(&k);
+        for p in parts {
+            ctx.update(p);
+        }
+        let t = ctx.sign();
+        let mut out = [0u8; 12];
+        out.copy_from_slice(&t.as_ref()[..12]);
+        out
+    }
+
+    /// The synthetic nonce of a record: a PRF of what it binds and the envelope.
+    pub fn synthetic_nonce(&self, aad: &[u8], envelope: &[u8]) -> [u8; 12] {
+        self.mac(&[b"nonce", aad, envelope])
+    }
+
+    /// What the inner store keeps instead of the sender's nonce (its duplicate-detection key):
+    /// a PRF of the mailbox and the sender nonce under this epoch's key, so that it says
+    /// nothing once the key is destroyed.
+    pub fn nonce_tag(&self, deposit_id: &DepositId, nonce: &[u8; 12]) -> [u8; 12] {
+        self.mac(&[b"dedupe", deposit_id, nonce])
+    }
+}
+
+/// A wrapped epoch key as a [`KeyringStore`] keeps it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    /// Its epoch.
+    pub epoch: EpochId,
+    /// When the epoch's window ends, Unix seconds.
+    pub end: u64,
+    /// The root key, sealed under the keyring key.
+    pub wrapped: [u8; WRAPPED_LEN],
+}
+
+impl std::fmt::Debug for StoredKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredKey")
+            .field("epoch", &self.epoch)
+            .field("end", &self.end)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the keyring failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyringError {
+    /// Reading or writing the keyring failed.
+    #[error("the at-rest keyring {place}: {why}")]
+    Io {
+        /// Which keyring (a file, a Valkey key).
+        place: String,
+        /// What failed.
+        why: String,
+    },
+    /// The master key opens none of the wrapped keys.
+    #[error(
+        "the master key opens none of the {count} epoch keys in the at-rest keyring {place}: wrong master key? Give the key the store was written with"
+    )]
+    WrongMasterKey {
+        /// Which keyring.
+        place: String,
+        /// Wrapped keys found.
+        count: usize,
+    },
+    /// The operating system's random source failed.
+    #[error("cannot draw a random epoch key: {0}")]
+    Random(String),
+}
+
+/// Where wrapped keys are kept durably.
+#[async_trait]
+pub trait KeyringStore: Send + Sync + 'static {
+    /// Every wrapped key kept.
+    async fn load(&self) -> Result<Vec<StoredKey>, KeyringError>;
+    /// Keeps `key` unless a key for its epoch is kept already (another relay sharing the
+    /// keyring made one first), returning once it is durable; answers the key kept.
+    async fn put(&self, key: &StoredKey) -> Result<StoredKey, KeyringError>;
+    /// The key of `epoch` if kept (one another relay made since this one loaded the keyring);
+    /// a keyring only this relay uses has nothing to add.
+    async fn find(&self, epoch: EpochId) -> Result<Option<StoredKey>, KeyringError> {
+        let _ = epoch;
+        Ok(None)
+    }
+    /// Removes the key of `epoch` so that no copy stays where the store can reach it
+    /// (overwritten in place, or deleted and the append-only log rewritten).
+    async fn remove(&self, epoch: EpochId) -> Result<(), KeyringError>;
+    /// Finishes what destructions left to do (the cluster keyring rewrites Valkey's
+    /// append-only files once per sweep, not once per key); called after every sweep.
+    async fn settle(&self) {}
+    /// Where the keys are, for messages.
+    fn describe(&self) -> String;
+}
+
+/// The key that wraps epoch keys, derived from the master key.
+pub fn wrapping_key(master: &[u8; 32]) -> AeadKey {
+    AeadKey::new(
+        Suite::ChaCha20Poly1305,
+        *hkdf(master, b"sealpost/1 at-rest", b"sealpost/1 keyring"),
+    )
+}
+
+/// Re-wraps one stored key from the `old` wrapping key to the `new` one; `None` if it is
+/// under `new` already (a rotation run again), an error if neither opens it.
+pub fn rewrap(
+    k: &StoredKey,
+    old: &AeadKey,
+    new: &AeadKey,
+) -> Result<Option<[u8; WRAPPED_LEN]>, String> {
+    let aad = wrap_aad(k.epoch, k.end);
+    let mut root = Zeroizing::new([0u8; 32]);
+    if secrets::open(new, &aad, &k.wrapped, &mut root[..]).is_ok() {
+        return Ok(None);
+    }
+    secrets::open(old, &aad, &k.wrapped, &mut root[..]).map_err(|_| {
+        format!(
+            "epoch key of shard {} from {} opens under neither master key",
+            k.epoch.shard, k.epoch.start
+        )
+    })?;
+    let sealed = secrets::seal(new, &aad, &root[..])?;
+    let mut w = [0u8; WRAPPED_LEN];
+    w.copy_from_slice(&sealed);
+    Ok(Some(w))
+}
+
+fn wrap_aad(epoch: EpochId, end: u64) -> [u8; 40] {
+    let mut a = [0u8; 40];
+    a[..21].copy_from_slice(b"sealpost/1 epoch key ");
+    a[21] = epoch.shard;
+    a[22..30].copy_from_slice(&epoch.start.to_be_bytes());
+    a[30..38].copy_from_slice(&end.to_be_bytes());
+    a
+}
+
+/// A live epoch key with the end of its window.
+struct Live {
+    key: Arc<EpochKey>,
+    end: u64,
+}
+
+/// The epoch keys in memory, backed by a [`KeyringStore`].
+pub struct Keyring {
+    wrap: AeadKey,
+    store: Box<dyn KeyringStore>,
+    live: Mutex<HashMap<EpochId, Live>>,
+    /// Held while a key is made, so two batches never make two keys for one epoch.
+    making: tokio::sync::Mutex<()>,
+}
+
+impl Keyring {
+    /// Loads every wrapped key from `store` and unwraps it under the master key. Keys that do
+    /// not unwrap are logged and left alone; if none unwraps, the master key is wrong.
+    pub async fn open(
+        master: &[u8; 32],
+        store: Box<dyn KeyringStore>,
+    ) -> Result<Self, KeyringError> {
+        let wrap = wrapping_key(master);
+        let stored = store.load().await?;
+        let mut live = HashMap::new();
+        let mut bad = Vec::new();
+        for s in &stored {
+            let mut root = Zeroizing::new([0u8; 32]);
+            match secrets::open(&wrap, &wrap_aad(s.epoch, s.end), &s.wrapped, &mut root[..]) {
+                Ok(()) => {
+                    live.insert(
+                        s.epoch,
+                        Live {
+                            key: Arc::new(EpochKey::from_root(&root)),
+                            end: s.end,
+                        },
+                    );
+                }
+                Err(RecordError::Backend(why)) => {
+                    return Err(KeyringError::Io {
+                        place: store.describe(),
+                        why,
+                    });
+                }
+                Err(_) => bad.push(s.epoch),
+            }
+        }
+        if live.is_empty() && !bad.is_empty() {
+            return Err(KeyringError::WrongMasterKey {
+                place: store.describe(),
+                count: bad.len(),
+            });
+        }
+        if !bad.is_empty() {
+            // Left in place rather than removed: a master-key rotation interrupted half-way
+            // leaves slots under the other key, and running it again must find them.
+            tracing::warn!(
+                keys = bad.len(),
+                "epoch keys in the at-rest keyring do not open under the master key (a write \
+                 torn by a crash, or an interrupted rotate-master-key: run it again); envelopes \
+                 sealed under them cannot be read and are skipped"
+            );
+        }
+        Ok(Self {
+            wrap,
+            store,
+            live: Mutex::new(live),
+            making: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<EpochId, Live>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The key of `epoch`, if alive.
+    pub fn get(&self, epoch: &EpochId) -> Option<Arc<EpochKey>> {
+        self.map().get(epoch).map(|l| l.key.clone())
+    }
+
+    /// The key of `epoch`, made (and stored durably) first if it does not exist yet.
+    pub async fn get_or_make(
+        &self,
+        epoch: EpochId,
+        end: u64,
+    ) -> Result<Arc<EpochKey>, KeyringError> {
+        if let Some(k) = self.get(&epoch) {
+            return Ok(k);
+        }
+        let _one = self.making.lock().await;
+        if let Some(k) = self.get(&epoch) {
+            return Ok(k);
+        }
+        let root = Zeroizing::new(
+            sealpost_core::random::array::<32>()
+                .map_err(|e| KeyringError::Random(e.to_string()))?,
+        );
+        let sealed =
+            secrets::seal(&self.wrap, &wrap_aad(epoch, end), &root[..]).map_err(|why| {
+                KeyringError::Io {
+                    place: self.store.describe(),
+                    why,
+                }
+            })?;
+        let mut wrapped = [0u8; WRAPPED_LEN];
+        wrapped.copy_from_slice(&sealed);
+        let ours = StoredKey {
+            epoch,
+            end,
+            wrapped,
+        };
+        // Durable before any envelope is sealed under it: an envelope must never outlive its
+        // key by a crash.
+        let kept = self.store.put(&ours).await?;
+        let key = if kept == ours {
+            Arc::new(EpochKey::from_root(&root))
+        } else {
+            // Another relay of the deployment made this epoch's key first: use theirs.
+            self.unwrap(&kept)?
+        };
+        self.map().insert(
+            epoch,
+            Live {
+                key: key.clone(),
+                end: kept.end,
+            },
+        );
+        Ok(key)
+    }
+
+    fn unwrap(&self, k: &StoredKey) -> Result<Arc<EpochKey>, KeyringError> {
+        let mut root = Zeroizing::new([0u8; 32]);
+        secrets::open(&self.wrap, &wrap_aad(k.epoch, k.end), &k.wrapped, &mut root[..]).map_err(
+            |e| KeyringError::Io {
+                place: self.store.describe(),
+                why: format!(
+                    "the epoch key of shard {} from {} does not open under this relay's master key ({e}): every relay of a deployment needs the same master key",
+                    k.epoch.shard, k.epoch.start
+                ),
+            },
+        )?;
+        Ok(Arc::new(EpochKey::from_root(&root)))
+    }
+
+    /// The key of `epoch`, also asking the durable keyring when this relay does not hold it
+    /// (another relay sharing the keyring made it).
+    pub async fn find(&self, epoch: EpochId) -> Result<Option<Arc<EpochKey>>, KeyringError> {
+        if let Some(k) = self.get(&epoch) {
+            return Ok(Some(k));
+        }
+        let Some(kept) = self.store.find(epoch).await? else {
+            return Ok(None);
+        };
+        let key = self.unwrap(&kept)?;
+        self.map().entry(epoch).or_insert(Live {
+            key: key.clone(),
+            end: kept.end,
+        });
+        Ok(Some(key))
+    }
+
+    /// Every live epoch with the end of its window.
+    pub fn epochs(&self) -> Vec<(EpochId, u64)> {
+        self.map().iter().map(|(e, l)| (*e, l.end)).collect()
+    }
+
+    /// Live keys.
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+
+    /// Whether no key is alive.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Destroys the key of `epoch`: gone from the durable keyring first, then from memory
+    /// (wiped when the last batch using it lets go).
+    pub async fn destroy(&self, epoch: EpochId) -> Result<(), KeyringError> {
+        self.store.remove(epoch).await?;
+        self.map().remove(&epoch);
+        Ok(())
+    }
+
+    /// Finishes what the destructions of a sweep left to do ([`KeyringStore::settle`]).
+    pub async fn settle(&self) {
+        self.store.settle().await
+    }
+
+    /// Where the keys are kept, for messages.
+    pub fn describe(&self) -> String {
+        self.store.describe()
+    }
+}
+
+/// A keyring kept in memory only, for the memory store (whose envelopes do not outlive the
+/// process either).
+#[derive(Default)]
+pub struct VolatileKeys {
+    keys: Mutex<HashMap<EpochId, StoredKey>>,
+}
+
+#[async_trait]
+impl KeyringStore for VolatileKeys {
+    async fn load(&self) -> Result<Vec<StoredKey>, KeyringError> {
+        Ok(self
+            .keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect())
+    }
+
+    async fn put(&self, key: &StoredKey) -> Result<StoredKey, KeyringError> {
+        Ok(self
+            .keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.epoch)
+            .or_insert_with(|| key.clone())
+            .clone())
+    }
+
+    async fn remove(&self, epoch: EpochId) -> Result<(), KeyringError> {
+        self.keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&epoch);
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        "memory".into()
+    }
+}

@@ -1,0 +1,490 @@
+//! Crypto-shredding at rest: [`AtRest`] wraps any [`Store`] and seals every envelope before
+//! the inner store sees it, under the key of its *epoch* (a time window of one shard of the
+//! mailboxes), so that the stored bytes share nothing with the bytes that arrived. Once no
+//! envelope of an epoch is held any more (all acknowledged, expired or deleted), the sweep
+//! destroys the epoch's key; what is left of those envelopes anywhere (free blocks, old
+//! tables, journals, backups, Valkey's AOF and RDB files) can then neither be read nor
+//! matched to traffic. docs/AT-REST.md describes the design and what it does and does not
+//! promise.
+//!
+//! - `record`: the sealed record's format, batch sealing and opening (the batch engine).
+//! - `keyring`: epoch keys, wrapped under the master key; `slots`: the keyring file;
+//!   `valkey`: the cluster store's keyring.
+//! - `sweep`: which epochs are closed.
+
+pub mod keyring;
+pub mod record;
+pub mod slots;
+pub mod sweep;
+pub mod valkey;
+
+use super::{
+    Append, AppendOutcome, Claim, MailboxRecord, Store, StoreError, StoreHealth, StoreStats,
+    StoredEnvelope,
+};
+use async_trait::async_trait;
+use keyring::{Keyring, KeyringError};
+use record::{EpochId, ToOpen, ToSeal};
+use sealpost_core::engine::Engine;
+use sealpost_core::{DepositId, RecipientId};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+
+/// Shards of the mailboxes: a mailbox whose recipient stays offline keeps only its shard's
+/// epoch keys alive, not every key of the window.
+pub const SHARDS: u8 = 64;
+
+/// The default epoch window: one hour.
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(3600);
+
+use crate::metrics::{
+    AT_REST_DESTROYED as METRIC_DESTROYED, AT_REST_KEYS as METRIC_KEYS,
+    AT_REST_UNREADABLE as METRIC_UNREADABLE,
+};
+
+/// Why the at-rest layer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AtRestError {
+    /// The keyring failed.
+    #[error(transparent)]
+    Keyring(#[from] KeyringError),
+    /// A stored record's tag does not verify.
+    #[error(
+        "envelope {seq} of a mailbox is damaged at rest (its seal does not verify); restore the store from a backup if this repeats"
+    )]
+    Damaged {
+        /// Its sequence number.
+        seq: u64,
+    },
+}
+
+/// How [`AtRest`] works.
+#[derive(Debug, Clone)]
+pub struct AtRestOptions {
+    /// The length of an epoch's time window (at least one second).
+    pub window: Duration,
+    /// Seals new envelopes. When false, envelopes are stored as received and the layer only
+    /// opens (and shreds) what was sealed earlier: at-rest encryption turned off on a store
+    /// that still holds sealed envelopes.
+    pub seal_new: bool,
+    /// The relay's retention: an epoch whose window ended longer ago than this (plus one
+    /// window) has its key destroyed even if the inner store cannot list its mailboxes'
+    /// oldest envelopes ([`Store::held_heads`]), since expiry has removed its envelopes.
+    pub retention: Duration,
+    /// The batch engine that seals and opens.
+    pub engine: Engine,
+}
+
+impl AtRestOptions {
+    /// Defaults: one-hour windows, sealing, a week's retention, the fastest engine.
+    pub fn new() -> Self {
+        Self {
+            window: DEFAULT_WINDOW,
+            seal_new: true,
+            retention: Duration::from_secs(7 * 24 * 3600),
+            engine: Engine::detect(),
+        }
+    }
+}
+
+impl Default for AtRestOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What the sweep needs to know about an epoch that appends are using.
+struct Use {
+    /// Appends sealed under it that have not returned yet.
+    in_flight: u32,
+    /// When the last of its appends returned: every envelope of the epoch was stored (its
+    /// `stored_at` set) by then.
+    last_return: SystemTime,
+}
+
+struct Uses {
+    by_epoch: HashMap<EpochId, Use>,
+    /// No new envelope goes into a window starting before this (Unix seconds): raised past
+    /// each epoch the sweep destroys, so that a clock stepping back never reuses one.
+    floor: u64,
+}
+
+/// A store whose envelopes are sealed at rest under epoch keys.
+pub struct AtRest<S> {
+    inner: S,
+    keyring: Keyring,
+    opts: AtRestOptions,
+    uses: Mutex<Uses>,
+    /// When this process opened the store: epochs found in the keyring had their appends
+    /// return before this.
+    opened_at: SystemTime,
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The shard of a mailbox. Deposit ids are PRF outputs, so any byte is uniform.
+pub fn shard_of(deposit_id: &DepositId) -> u8 {
+    deposit_id[15] % SHARDS
+}
+
+/// Decrements the in-flight count of a batch's epochs when the append ends, however it ends.
+struct InFlight<'a> {
+    uses: &'a Mutex<Uses>,
+    epochs: Vec<EpochId>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let now = SystemTime::now();
+        let mut u = self.uses.lock().unwrap_or_else(|p| p.into_inner());
+        for e in &self.epochs {
+            if let Some(x) = u.by_epoch.get_mut(e) {
+                x.in_flight = x.in_flight.saturating_sub(1);
+                x.last_return = x.last_return.max(now);
+            }
+        }
+    }
+}
+
+impl<S: Store> AtRest<S> {
+    /// Wraps `inner`, with the epoch keys in `keyring`.
+    pub fn new(inner: S, keyring: Keyring, opts: AtRestOptions) -> Self {
+        metrics::gauge!(METRIC_KEYS).set(keyring.len() as f64);
+        Self {
+            inner,
+            keyring,
+            opts,
+            uses: Mutex::new(Uses {
+                by_epoch: HashMap::new(),
+                floor: 0,
+            }),
+            opened_at: SystemTime::now(),
+        }
+    }
+
+    /// The inner store.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    /// The epoch keys.
+    pub fn keyring(&self) -> &Keyring {
+        &self.keyring
+    }
+
+    fn uses(&self) -> std::sync::MutexGuard<'_, Uses> {
+        self.uses.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn window_secs(&self) -> u64 {
+        self.opts.window.as_secs().max(1)
+    }
+
+    /// Picks each item's epoch and marks the epochs in flight, under one lock with the
+    /// clock read, so that the sweep either sees them in flight or has already raised the
+    /// floor past them.
+    fn begin(&self, batch: &[Append]) -> (Vec<(EpochId, u64)>, InFlight<'_>) {
+        let w = self.window_secs();
+        let mut u = self.uses();
+        let now = unix(SystemTime::now()).max(u.floor);
+        let start = now - now % w;
+        let epochs: Vec<(EpochId, u64)> = batch
+            .iter()
+            .map(|a| {
+                (
+                    EpochId {
+                        start,
+                        shard: shard_of(&a.deposit_id),
+                    },
+                    start + w,
+                )
+            })
+            .collect();
+        let mut distinct: Vec<EpochId> = epochs.iter().map(|(e, _)| *e).collect();
+        distinct.sort();
+        distinct.dedup();
+        for e in &distinct {
+            let x = u.by_epoch.entry(*e).or_insert(Use {
+                in_flight: 0,
+                last_return: UNIX_EPOCH,
+            });
+            x.in_flight += 1;
+        }
+        drop(u);
+        (
+            epochs,
+            InFlight {
+                uses: &self.uses,
+                epochs: distinct,
+            },
+        )
+    }
+
+    /// Destroys the key of every closed epoch; returns how many it destroyed. The relay runs
+    /// it on its own ([`spawn_sweeper`]); tests call it to shred at once.
+    pub async fn sweep(&self) -> Result<usize, StoreError> {
+        let now = SystemTime::now();
+        let live = self.keyring.epochs();
+        let candidates: Vec<sweep::Candidate> = {
+            let u = self.uses();
+            live.iter()
+                .filter_map(|&(epoch, end)| {
+                    let x = u.by_epoch.get(&epoch);
+                    if x.is_some_and(|x| x.in_flight > 0) {
+                        return None;
+                    }
+                    Some(sweep::Candidate {
+                        epoch,
+                        end,
+                        last_return: x.map_or(self.opened_at, |x| x.last_return.max(UNIX_EPOCH)),
+                    })
+                })
+                .collect()
+        };
+        if candidates.is_empty() {
+            self.keyring.settle().await;
+            metrics::gauge!(METRIC_KEYS).set(live.len() as f64);
+            return Ok(0);
+        }
+        let snapshot = SystemTime::now();
+        let heads = self.inner.held_heads().await?;
+        let oldest = heads.map(|h| sweep::oldest_per_shard(&h));
+        let closed = sweep::closed(
+            &candidates,
+            oldest.as_ref(),
+            now,
+            snapshot,
+            self.opts.retention + self.opts.window,
+        );
+        // Recheck under the lock that nothing began appending to them since, and raise the
+        // floor past them before their keys go.
+        let doomed: Vec<EpochId> = {
+            let mut u = self.uses();
+            let doomed: Vec<sweep::Candidate> = closed
+                .into_iter()
+                .filter(|c| {
+                    u.by_epoch.get(&c.epoch).is_none_or(|x| {
+                        x.in_flight == 0 && x.last_return.max(UNIX_EPOCH) <= c.last_return
+                    })
+                })
+                .collect();
+            for c in &doomed {
+                u.floor = u.floor.max(c.end);
+            }
+            doomed.into_iter().map(|c| c.epoch).collect()
+        };
+        let mut destroyed = 0;
+        for epoch in doomed {
+            self.keyring
+                .destroy(epoch)
+                .await
+                .map_err(|e| StoreError::AtRest(e.into()))?;
+            self.uses().by_epoch.remove(&epoch);
+            destroyed += 1;
+        }
+        self.keyring.settle().await;
+        if destroyed > 0 {
+            metrics::counter!(METRIC_DESTROYED).increment(destroyed as u64);
+            tracing::info!(
+                destroyed,
+                live = self.keyring.len(),
+                "destroyed the keys of closed at-rest epochs"
+            );
+        }
+        metrics::gauge!(METRIC_KEYS).set(self.keyring.len() as f64);
+        Ok(destroyed)
+    }
+}
+
+/// Runs [`AtRest::sweep`] every quarter window (at least every 30 s, at most every 100 ms)
+/// until the store is dropped.
+pub fn spawn_sweeper<S: Store>(store: &Arc<AtRest<S>>) {
+    let every = (store.opts.window / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+    let weak: Weak<AtRest<S>> = Arc::downgrade(store);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(s) = weak.upgrade() else {
+                return;
+            };
+            if let Err(e) = s.sweep().await {
+                tracing::warn!(error = %e, "at-rest sweep failed; it is retried");
+            }
+        }
+    });
+}
+
+#[async_trait]
+impl<S: Store> Store for AtRest<S> {
+    fn deposit_id_for(&self, recipient_id: &RecipientId) -> DepositId {
+        self.inner.deposit_id_for(recipient_id)
+    }
+
+    async fn create_mailbox(&self, record: MailboxRecord) -> Result<(), StoreError> {
+        self.inner.create_mailbox(record).await
+    }
+
+    async fn lookup_deposit(
+        &self,
+        ids: &[DepositId],
+    ) -> Result<Vec<Option<Arc<MailboxRecord>>>, StoreError> {
+        self.inner.lookup_deposit(ids).await
+    }
+
+    async fn mailbox(
+        &self,
+        recipient_id: &RecipientId,
+    ) -> Result<Option<Arc<MailboxRecord>>, StoreError> {
+        self.inner.mailbox(recipient_id).await
+    }
+
+    async fn delete_mailbox(&self, recipient_id: &RecipientId) -> Result<bool, StoreError> {
+        self.inner.delete_mailbox(recipient_id).await
+    }
+
+    async fn append_batch(&self, batch: &[Append]) -> Result<Vec<AppendOutcome>, StoreError> {
+        if !self.opts.seal_new || batch.is_empty() {
+            return self.inner.append_batch(batch).await;
+        }
+        let (epochs, in_flight) = self.begin(batch);
+        let mut keys = HashMap::new();
+        for (e, end) in &epochs {
+            if !keys.contains_key(e) {
+                let k = self
+                    .keyring
+                    .get_or_make(*e, *end)
+                    .await
+                    .map_err(|e| StoreError::AtRest(e.into()))?;
+                keys.insert(*e, k);
+            }
+        }
+        metrics::gauge!(METRIC_KEYS).set(self.keyring.len() as f64);
+        let items: Vec<ToSeal<'_>> = batch
+            .iter()
+            .zip(&epochs)
+            .map(|(a, (e, _))| ToSeal {
+                deposit_id: &a.deposit_id,
+                epoch: *e,
+                key: &keys[e],
+                envelope: &a.envelope,
+            })
+            .collect();
+        let records = record::seal_batch(&self.opts.engine, &items);
+        let sealed: Vec<Append> = batch
+            .iter()
+            .zip(&epochs)
+            .zip(records)
+            .map(|((a, (e, _)), envelope)| Append {
+                deposit_id: a.deposit_id,
+                nonce: keys[e].nonce_tag(&a.deposit_id, &a.nonce),
+                envelope,
+            })
+            .collect();
+        let out = self.inner.append_batch(&sealed).await;
+        drop(in_flight);
+        out
+    }
+
+    async fn fetch(
+        &self,
+        recipient_id: &RecipientId,
+        after: u64,
+        max: usize,
+    ) -> Result<Vec<StoredEnvelope>, StoreError> {
+        let mut got = self.inner.fetch(recipient_id, after, max).await?;
+        if !got.iter().any(|e| record::is_sealed(&e.envelope)) {
+            return Ok(got);
+        }
+        let did = self.inner.deposit_id_for(recipient_id);
+        let sealed: Vec<usize> = (0..got.len())
+            .filter(|&i| record::is_sealed(&got[i].envelope))
+            .collect();
+        let mut keys: Vec<Option<Arc<keyring::EpochKey>>> = Vec::with_capacity(sealed.len());
+        for &i in &sealed {
+            keys.push(match record::epoch_of(&got[i].envelope) {
+                Some(e) => self
+                    .keyring
+                    .find(e)
+                    .await
+                    .map_err(|e| StoreError::AtRest(e.into()))?,
+                None => None,
+            });
+        }
+        let opened = {
+            let items: Vec<ToOpen<'_>> = sealed
+                .iter()
+                .zip(&keys)
+                .map(|(&i, k)| ToOpen {
+                    deposit_id: &did,
+                    stored: &got[i].envelope,
+                    key: k.as_ref(),
+                })
+                .collect();
+            record::open_batch(&self.opts.engine, &items)
+        };
+        let mut gone = Vec::new();
+        for (&i, r) in sealed.iter().zip(opened) {
+            match r {
+                Ok(envelope) => got[i].envelope = envelope,
+                Err(record::OpenFailure::KeyGone) => gone.push(got[i].seq),
+                Err(record::OpenFailure::Damaged) => {
+                    return Err(StoreError::AtRest(AtRestError::Damaged { seq: got[i].seq }));
+                }
+            }
+        }
+        if !gone.is_empty() {
+            // Only a lost keyring (or a bug) gets here: the sweep destroys a key only once no
+            // envelope of its epoch is held. Such an envelope can never be read again, so it
+            // is treated as expired: skipped here, removed by the recipient's next ACK or by
+            // expiry.
+            metrics::counter!(METRIC_UNREADABLE).increment(gone.len() as u64);
+            tracing::warn!(
+                envelopes = gone.len(),
+                "envelopes sealed under an at-rest epoch key that no longer exists were skipped: they cannot be read"
+            );
+            got.retain(|e| !gone.contains(&e.seq));
+        }
+        Ok(got)
+    }
+
+    async fn ack(&self, recipient_id: &RecipientId, upto: u64) -> Result<u64, StoreError> {
+        self.inner.ack(recipient_id, upto).await
+    }
+
+    async fn pending(&self, recipient_id: &RecipientId) -> Result<u64, StoreError> {
+        self.inner.pending(recipient_id).await
+    }
+
+    fn watch(&self, recipient_id: &RecipientId) -> Option<watch::Receiver<u64>> {
+        self.inner.watch(recipient_id)
+    }
+
+    async fn claim_subscriber(&self, recipient_id: &RecipientId) -> Result<Claim, StoreError> {
+        self.inner.claim_subscriber(recipient_id).await
+    }
+
+    async fn expire(&self, cutoff: SystemTime) -> Result<u64, StoreError> {
+        self.inner.expire(cutoff).await
+    }
+
+    async fn stats(&self) -> StoreStats {
+        self.inner.stats().await
+    }
+
+    async fn held_heads(&self) -> Result<Option<Vec<(DepositId, SystemTime)>>, StoreError> {
+        self.inner.held_heads().await
+    }
+
+    fn health(&self) -> StoreHealth {
+        self.inner.health()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,306 @@
+use super::keyring::{Keyring, KeyringError};
+use super::slots::SlotFile;
+use super::*;
+use crate::store::Quotas;
+use crate::store::memory::MemoryStore;
+use bytes::Bytes;
+use sealpost_core::Suite;
+use sealpost_core::keys::RecipientSecret;
+use std::path::Path;
+use std::time::Instant;
+
+const MASTER: [u8; 32] = [7; 32];
+
+fn quotas() -> Quotas {
+    Quotas {
+        max_envelopes: 100,
+        max_bytes: 1 << 20,
+        max_mailboxes: 16,
+        dedupe_window: 4,
+    }
+}
+
+async fn open(dir: &Path, window: Duration) -> AtRest<MemoryStore> {
+    let keyring = Keyring::open(
+        &MASTER,
+        Box::new(SlotFile::open(&dir.join("keys")).unwrap()),
+    )
+    .await
+    .unwrap();
+    let mut opts = AtRestOptions::new();
+    opts.window = window;
+    AtRest::new(MemoryStore::new(quotas()), keyring, opts)
+}
+
+async fn mailbox(s: &AtRest<MemoryStore>, i: u8) -> DepositId {
+    let did = s.deposit_id_for(&[i; 16]);
+    s.create_mailbox(MailboxRecord::new(
+        [i; 16],
+        did,
+        Suite::ChaCha20Poly1305,
+        [1; 32],
+        RecipientSecret([2; 32]),
+    ))
+    .await
+    .unwrap();
+    did
+}
+
+fn envelope(fill: u8) -> Bytes {
+    // Distinct 32-byte windows throughout, so that the scan below means something.
+    Bytes::from(
+        (0..1060u32)
+            .map(|i| (i as u8) ^ fill ^ (i >> 8) as u8)
+            .collect::<Vec<u8>>(),
+    )
+}
+
+fn app(did: DepositId, nonce: u8, fill: u8) -> Append {
+    Append {
+        deposit_id: did,
+        nonce: [nonce; 12],
+        envelope: envelope(fill),
+    }
+}
+
+fn shares_a_window(haystack: &[u8], envelope: &[u8]) -> bool {
+    envelope
+        .windows(32)
+        .any(|w| haystack.windows(32).any(|h| h == w))
+}
+
+#[tokio::test]
+async fn the_inner_store_sees_only_sealed_records_and_fetch_gives_the_envelopes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), DEFAULT_WINDOW).await;
+    let a = mailbox(&s, 1).await;
+    let b = mailbox(&s, 2).await;
+    let batch = [app(a, 1, 1), app(b, 2, 2), app(a, 3, 3)];
+    let out = s.append_batch(&batch).await.unwrap();
+    assert_eq!(
+        out,
+        [
+            AppendOutcome::Stored(1),
+            AppendOutcome::Stored(1),
+            AppendOutcome::Stored(2)
+        ]
+    );
+    let raw = s.inner().fetch(&[1; 16], 0, 10).await.unwrap();
+    assert_eq!(raw.len(), 2);
+    for r in &raw {
+        assert!(record::is_sealed(&r.envelope));
+        assert_eq!(r.envelope.len(), 1060 + record::OVERHEAD);
+        for e in &batch {
+            assert!(!shares_a_window(&r.envelope, &e.envelope));
+        }
+    }
+    let got = s.fetch(&[1; 16], 0, 10).await.unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].envelope, batch[0].envelope);
+    assert_eq!(got[1].envelope, batch[2].envelope);
+    assert_eq!(
+        s.fetch(&[2; 16], 0, 10).await.unwrap()[0].envelope,
+        batch[1].envelope
+    );
+    // One key per shard used in this window, and it survives a restart of the keyring.
+    let shards: std::collections::HashSet<u8> = [shard_of(&a), shard_of(&b)].into();
+    assert_eq!(s.keyring().len(), shards.len());
+    let again = Keyring::open(
+        &MASTER,
+        Box::new(SlotFile::open(&dir.path().join("keys")).unwrap()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.len(), shards.len());
+}
+
+/// The duplicate check still tells a byte-identical retry from another envelope under the
+/// same sender nonce, while the envelope is held and after it was acknowledged.
+#[tokio::test]
+async fn retries_are_duplicates_and_reused_nonces_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), DEFAULT_WINDOW).await;
+    let a = mailbox(&s, 1).await;
+    assert_eq!(
+        s.append_batch(&[app(a, 1, 1)]).await.unwrap(),
+        [AppendOutcome::Stored(1)]
+    );
+    assert_eq!(
+        s.append_batch(&[app(a, 1, 1), app(a, 1, 9)]).await.unwrap(),
+        [AppendOutcome::Duplicate, AppendOutcome::IdReused]
+    );
+    s.ack(&[1; 16], 1).await.unwrap();
+    assert_eq!(
+        s.append_batch(&[app(a, 1, 1), app(a, 1, 9)]).await.unwrap(),
+        [AppendOutcome::Duplicate, AppendOutcome::IdReused]
+    );
+}
+
+#[tokio::test]
+async fn a_record_opens_only_in_its_own_mailbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), DEFAULT_WINDOW).await;
+    let a = mailbox(&s, 1).await;
+    let b = mailbox(&s, 2).await;
+    s.append_batch(&[app(a, 1, 1)]).await.unwrap();
+    let raw = s.inner().fetch(&[1; 16], 0, 1).await.unwrap();
+    let epoch = record::epoch_of(&raw[0].envelope).unwrap();
+    let key = s.keyring().get(&epoch).unwrap();
+    let engine = Engine::detect();
+    let open = |did: &DepositId| {
+        record::open_batch(
+            &engine,
+            &[record::ToOpen {
+                deposit_id: did,
+                stored: &raw[0].envelope,
+                key: Some(&key),
+            }],
+        )
+        .remove(0)
+    };
+    assert_eq!(open(&a).unwrap(), envelope(1));
+    assert_eq!(open(&b), Err(record::OpenFailure::Damaged));
+}
+
+/// Once the window is over and the mailboxes are drained, the sweep destroys the key: the
+/// keyring file no longer holds it, and what the inner store may still hold of the records
+/// (here: nothing; on a disk: free blocks) can no longer be opened.
+#[tokio::test]
+async fn a_drained_epoch_loses_its_key_and_a_held_one_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), Duration::from_secs(1)).await;
+    let a = mailbox(&s, 1).await;
+    // A second mailbox in the same shard keeps the epoch open while it holds an envelope.
+    let mut i = 2;
+    let b = loop {
+        let did = s.deposit_id_for(&[i; 16]);
+        if shard_of(&did) == shard_of(&a) {
+            break mailbox(&s, i).await;
+        }
+        i += 1;
+    };
+    s.append_batch(&[app(a, 1, 1), app(b, 2, 2)]).await.unwrap();
+    let raw = s.inner().fetch(&[1; 16], 0, 1).await.unwrap();
+    let epoch = record::epoch_of(&raw[0].envelope).unwrap();
+    let keyfile = std::fs::read(dir.path().join("keys")).unwrap();
+    assert_eq!(keyfile.len(), slots::SLOT_LEN);
+    s.ack(&[1; 16], 1).await.unwrap();
+    // Wait for the window to end (wall time is the signal here), then sweep: `b` still holds
+    // an envelope of the epoch.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while unix(SystemTime::now()) < epoch.start + 1 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(s.sweep().await.unwrap(), 0);
+    assert!(s.keyring().get(&epoch).is_some());
+    s.ack(&[i; 16], 1).await.unwrap();
+    assert_eq!(s.sweep().await.unwrap(), 1);
+    assert!(s.keyring().get(&epoch).is_none());
+    let keyfile_after = std::fs::read(dir.path().join("keys")).unwrap();
+    assert_eq!(keyfile_after, vec![0u8; slots::SLOT_LEN]);
+    assert_ne!(keyfile, keyfile_after);
+    // A record of the destroyed epoch (a copy left somewhere) no longer opens.
+    let r = record::open_batch(
+        &Engine::detect(),
+        &[record::ToOpen {
+            deposit_id: &a,
+            stored: &raw[0].envelope,
+            key: s.keyring().get(&epoch).as_ref(),
+        }],
+    );
+    assert_eq!(r[0], Err(record::OpenFailure::KeyGone));
+    // New deposits go on in a new epoch.
+    assert_eq!(
+        s.append_batch(&[app(a, 3, 3)]).await.unwrap(),
+        [AppendOutcome::Stored(2)]
+    );
+    assert_eq!(
+        s.fetch(&[1; 16], 0, 5).await.unwrap()[0].envelope,
+        envelope(3)
+    );
+}
+
+#[tokio::test]
+async fn another_master_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), DEFAULT_WINDOW).await;
+    let a = mailbox(&s, 1).await;
+    s.append_batch(&[app(a, 1, 1)]).await.unwrap();
+    let e = Keyring::open(
+        &[8; 32],
+        Box::new(SlotFile::open(&dir.path().join("keys")).unwrap()),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(
+        matches!(e, KeyringError::WrongMasterKey { count: 1, .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("wrong master key"), "{e}");
+}
+
+/// Envelopes stored before at-rest encryption was turned on are passed through as they are.
+#[tokio::test]
+async fn plain_envelopes_from_before_are_delivered_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), DEFAULT_WINDOW).await;
+    let a = mailbox(&s, 1).await;
+    let mut plain = app(a, 1, 1);
+    let mut bytes = plain.envelope.to_vec();
+    bytes[0] = 1;
+    plain.envelope = Bytes::from(bytes);
+    s.inner().append_batch(&[plain.clone()]).await.unwrap();
+    s.append_batch(&[app(a, 2, 2)]).await.unwrap();
+    let got = s.fetch(&[1; 16], 0, 5).await.unwrap();
+    assert_eq!(got[0].envelope, plain.envelope);
+    assert_eq!(got[1].envelope, envelope(2));
+}
+
+/// rotate-master-key re-wraps the keyring in place: the new key opens it, the old one no
+/// longer does, and running it again changes nothing.
+#[tokio::test]
+async fn a_master_key_rotation_rewraps_the_keyring() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), DEFAULT_WINDOW).await;
+    let a = mailbox(&s, 1).await;
+    s.append_batch(&[app(a, 1, 1)]).await.unwrap();
+    let path = dir.path().join("keys");
+    let new = [8u8; 32];
+    assert_eq!(slots::rotate_master_key(&path, &MASTER, &new).unwrap(), 1);
+    assert_eq!(slots::rotate_master_key(&path, &MASTER, &new).unwrap(), 0);
+    let k = Keyring::open(&new, Box::new(SlotFile::open(&path).unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(k.len(), 1);
+    let old = Keyring::open(&MASTER, Box::new(SlotFile::open(&path).unwrap())).await;
+    assert!(matches!(old, Err(KeyringError::WrongMasterKey { .. })));
+}
+
+/// A stored record cut short (a damaged disk) is reported as damaged, never a panic.
+#[test]
+fn a_truncated_record_is_damaged_not_a_panic() {
+    let key = Arc::new(keyring::EpochKey::from_root(&[3; 32]));
+    let did = [4u8; 16];
+    for len in [
+        1,
+        5,
+        record::HEADER_LEN,
+        record::OVERHEAD - 1,
+        record::OVERHEAD,
+    ] {
+        let mut b = vec![0u8; len];
+        b[0] = record::FORMAT;
+        let stored = Bytes::from(b);
+        let got = record::open_batch(
+            &Engine::detect(),
+            &[record::ToOpen {
+                deposit_id: &did,
+                stored: &stored,
+                key: Some(&key),
+            }],
+        );
+        assert_eq!(got, [Err(record::OpenFailure::Damaged)], "{len} bytes");
+    }
+}

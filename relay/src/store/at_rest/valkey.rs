@@ -1,0 +1,270 @@
+//! The cluster store's keyring: one Valkey hash, `{sealpost}:at-rest:keys`, field `shard (1) ‖
+//! window start (8)`, value `window end (8) ‖ wrapped key (60)`, shared by every relay of the
+//! deployment, so that any relay opens what another sealed.
+//!
+//! A key is made with HSETNX (two relays making one epoch's key at once agree on the first)
+//! followed, on the same connection, by `WAITAOF 1 1`: it is fsynced on its primary and a
+//! replica before any envelope is sealed under it, like a deposit. A key is destroyed with HDEL
+//! (then WAITAOF, so that a replica has it before its AOF is rewritten),
+//! after which every node is asked to rewrite its append-only file (BGREWRITEAOF): until then
+//! the AOF still holds the HSETNX that wrote it. The old AOF files are deleted by Valkey (their
+//! blocks freed, not erased), and RDB snapshots taken while the key lived keep it: see
+//! docs/AT-REST.md.
+
+use super::keyring::{KeyringError, KeyringStore, StoredKey, WRAPPED_LEN};
+use super::record::EpochId;
+use async_trait::async_trait;
+use redis::Value;
+use redis::cluster_async::ClusterConnection;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// The hash holding the wrapped keys.
+pub const KEYRING_KEY: &str = "{sealpost}:at-rest:keys";
+/// How long a key's creation waits for WAITAOF, in milliseconds.
+const WAITAOF_MS: u64 = 2000;
+
+/// The keyring in the Valkey cluster.
+pub struct ValkeyKeys {
+    conn: ClusterConnection,
+    nodes: String,
+    /// Set by a destruction, cleared once every node has started rewriting its AOF after it.
+    rewrite_owed: AtomicBool,
+}
+
+fn field(e: EpochId) -> [u8; 9] {
+    let mut f = [0u8; 9];
+    f[0] = e.shard;
+    f[1..].copy_from_slice(&e.start.to_be_bytes());
+    f
+}
+
+fn value(k: &StoredKey) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + WRAPPED_LEN);
+    v.extend_from_slice(&k.end.to_be_bytes());
+    v.extend_from_slice(&k.wrapped);
+    v
+}
+
+fn decode(f: &[u8], v: &[u8]) -> Option<StoredKey> {
+    if f.len() != 9 || v.len() != 8 + WRAPPED_LEN {
+        return None;
+    }
+    let mut start = [0u8; 8];
+    start.copy_from_slice(&f[1..]);
+    let mut end = [0u8; 8];
+    end.copy_from_slice(&v[..8]);
+    let mut wrapped = [0u8; WRAPPED_LEN];
+    wrapped.copy_from_slice(&v[8..]);
+    Some(StoredKey {
+        epoch: EpochId {
+            start: u64::from_be_bytes(start),
+            shard: f[0],
+        },
+        end: u64::from_be_bytes(end),
+        wrapped,
+    })
+}
+
+impl ValkeyKeys {
+    /// Connects to the cluster through `nodes` (`HOST:PORT`).
+    pub async fn open(nodes: &[String]) -> Result<Self, KeyringError> {
+        let joined = nodes.join(",");
+        let io = |e: redis::RedisError| KeyringError::Io {
+            place: format!("{KEYRING_KEY} in the Valkey cluster via {joined}"),
+            why: e.to_string(),
+        };
+        let urls: Vec<String> = nodes.iter().map(|n| format!("redis://{n}/")).collect();
+        let conn = redis::cluster::ClusterClientBuilder::new(urls)
+            .connection_timeout(Duration::from_secs(2))
+            .response_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(io)?
+            .get_async_connection()
+            .await
+            .map_err(io)?;
+        Ok(Self {
+            conn,
+            nodes: joined,
+            rewrite_owed: AtomicBool::new(false),
+        })
+    }
+
+    fn io(&self, why: impl std::fmt::Display) -> KeyringError {
+        KeyringError::Io {
+            place: self.describe(),
+            why: why.to_string(),
+        }
+    }
+
+    /// Asks every node (primaries and replicas) to rewrite its append-only file, so that the
+    /// HSETNX of a destroyed key leaves the AOF. Each node is asked on a connection of its own:
+    /// the cluster client only holds connections to the nodes it routes to (the primaries),
+    /// and a command "for all nodes" silently skips the others.
+    async fn rewrite_aof(&self) {
+        let nodes = match self.node_addresses().await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the Valkey nodes to rewrite their AOFs after destroying at-rest keys; asking again at the next sweep");
+                return;
+            }
+        };
+        let mut failed = 0;
+        for node in &nodes {
+            if let Err(e) = rewrite_one(node).await {
+                failed += 1;
+                // Typically a rewrite already in progress, which may have begun before the
+                // HDEL and so still copy the key: ask again at the next sweep.
+                tracing::warn!(
+                    error = %e,
+                    "a Valkey node did not start an AOF rewrite after at-rest keys were destroyed; asking again at the next sweep"
+                );
+            }
+        }
+        if failed == 0 {
+            self.rewrite_owed.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Every node's `HOST:PORT` from `CLUSTER NODES`, failed and unaddressed nodes left out.
+    async fn node_addresses(&self) -> Result<Vec<String>, redis::RedisError> {
+        let text: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(cluster_nodes(&text))
+    }
+
+    /// Whether an AOF rewrite is still owed (the last request failed on some node).
+    pub fn rewrite_owed(&self) -> bool {
+        self.rewrite_owed.load(Ordering::Relaxed)
+    }
+}
+
+/// The addresses in a `CLUSTER NODES` answer (`<id> <ip:port@bus[,host]> <flags> ...` per
+/// line) of the nodes that are not failed and have an address.
+fn cluster_nodes(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            let (_, addr, flags) = (f.next()?, f.next()?, f.next()?);
+            if flags.contains("fail") || flags.contains("noaddr") || flags.contains("handshake") {
+                return None;
+            }
+            let addr = addr.split(['@', ',']).next()?;
+            (!addr.is_empty() && !addr.starts_with(':')).then(|| addr.to_owned())
+        })
+        .collect()
+}
+
+/// Sends BGREWRITEAOF to one node.
+async fn rewrite_one(node: &str) -> Result<(), redis::RedisError> {
+    let mut conn = redis::Client::open(format!("redis://{node}/"))?
+        .get_multiplexed_async_connection_with_config(
+            &redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(2)))
+                .set_response_timeout(Some(Duration::from_secs(5))),
+        )
+        .await?;
+    let _: Value = redis::cmd("BGREWRITEAOF").query_async(&mut conn).await?;
+    Ok(())
+}
+
+#[async_trait]
+impl KeyringStore for ValkeyKeys {
+    async fn load(&self) -> Result<Vec<StoredKey>, KeyringError> {
+        let all: Vec<(Vec<u8>, Vec<u8>)> = redis::cmd("HGETALL")
+            .arg(KEYRING_KEY)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| self.io(e))?;
+        Ok(all.iter().filter_map(|(f, v)| decode(f, v)).collect())
+    }
+
+    async fn put(&self, key: &StoredKey) -> Result<StoredKey, KeyringError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HSETNX")
+            .arg(KEYRING_KEY)
+            .arg(&field(key.epoch)[..])
+            .arg(value(key))
+            .ignore()
+            .cmd("WAITAOF")
+            .arg(1)
+            .arg(1)
+            .arg(WAITAOF_MS)
+            .cmd("HGET")
+            .arg(KEYRING_KEY)
+            .arg(&field(key.epoch)[..]);
+        let (acks, kept): ((i64, i64), Vec<u8>) = pipe
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| self.io(e))?;
+        if acks.0 < 1 || acks.1 < 1 {
+            return Err(self.io(format!(
+                "a new epoch key was not confirmed fsynced on its primary and a replica within {WAITAOF_MS} ms (WAITAOF answered {} local, {} replicas)",
+                acks.0, acks.1
+            )));
+        }
+        decode(&field(key.epoch), &kept)
+            .ok_or_else(|| self.io("the epoch key read back is malformed"))
+    }
+
+    async fn find(&self, epoch: EpochId) -> Result<Option<StoredKey>, KeyringError> {
+        let v: Option<Vec<u8>> = redis::cmd("HGET")
+            .arg(KEYRING_KEY)
+            .arg(&field(epoch)[..])
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| self.io(e))?;
+        Ok(v.and_then(|v| decode(&field(epoch), &v)))
+    }
+
+    async fn remove(&self, epoch: EpochId) -> Result<(), KeyringError> {
+        // WAITAOF: the HDEL has reached a replica before any node is asked to rewrite its AOF,
+        // or the replica's rewrite could still copy the key.
+        let mut pipe = redis::pipe();
+        pipe.cmd("HDEL")
+            .arg(KEYRING_KEY)
+            .arg(&field(epoch)[..])
+            .ignore()
+            .cmd("WAITAOF")
+            .arg(1)
+            .arg(1)
+            .arg(WAITAOF_MS);
+        let (acks,): ((i64, i64),) = pipe
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| self.io(e))?;
+        if acks.1 < 1 {
+            tracing::warn!(
+                "the destruction of an at-rest key was not confirmed on a Valkey replica in time; its AOF is rewritten anyway"
+            );
+        }
+        self.rewrite_owed.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn settle(&self) {
+        if self.rewrite_owed() {
+            self.rewrite_aof().await;
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("{KEYRING_KEY} in the Valkey cluster via {}", self.nodes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_nodes_lists_every_live_node_with_an_address() {
+        let text = "a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460\n\
+                    b2 127.0.0.1:7003@17003,host-b slave a1 0 1 1 connected\n\
+                    c3 127.0.0.1:7004@17004 slave,fail a1 0 1 1 disconnected\n\
+                    d4 :0@0 master,noaddr - 0 1 1 disconnected\n";
+        assert_eq!(cluster_nodes(text), ["127.0.0.1:7000", "127.0.0.1:7003"]);
+    }
+}
