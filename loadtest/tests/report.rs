@@ -297,6 +297,22 @@ fn a_saved_chaos_run_renders_its_cycles_on_a_timeline() {
     assert!(p.render().contains("written before chaos recorded one"));
 }
 
+#[test]
+fn the_chaos_run_in_the_readme_renders() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/chaos-2026-12-01-disk.json"
+    );
+    let saved = Saved::read(std::path::Path::new(path)).expect("the README's chaos file reads");
+    let Saved::Chaos(c) = &saved else {
+        panic!("read back as another kind: {saved:?}");
+    };
+    assert!(c.passed() && c.per_cycle.len() == 4 && !c.timeline.is_empty());
+    let p = page("readme", &[("chaos".to_owned(), saved)]).expect("renders");
+    let svg = &p.svg_files()[0].1;
+    assert!(svg.contains("relay killed") && svg.matches("<polyline").count() >= 3 + 4);
+}
+
 /// Renders a page from one real run and a chaos report, for the browser check.
 async fn browser_page() -> String {
     let r: Report = run(options(Target::Baseline)).await.expect("baseline run");
