@@ -10,7 +10,7 @@ mod ledger;
 mod load;
 mod report;
 
-pub use ledger::OutcomeCounts;
+pub use ledger::{ChaosSecond, OutcomeCounts};
 pub use report::{ChaosReport, CycleRecord, KillKind, progress_line};
 
 use crate::cluster_nodes::ClusterNodes;
@@ -462,6 +462,8 @@ fn summarize(opts: &ChaosOptions, l: &Ledger, mut records: Vec<CycleRecord>) -> 
         found_by_new_subscription: l.found_by_new_subscription,
         ack_to_delivery_ms: report::DelayMs::from_us(&l.ack_to_delivery_us),
         per_cycle: records,
+        timeline: l.timeline(),
+        machine: crate::report::Machine::this(),
         lost,
         ..ChaosReport::default()
     }

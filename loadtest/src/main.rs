@@ -38,7 +38,7 @@ enum Cmd {
     /// baseline interleaved, until the p99 or errors pass a bound: the latency-vs-throughput
     /// curve and the highest rate that meets --p99-ms.
     Sweep(SweepArgs),
-    /// Render saved JSON reports (run, baseline, compare, sweep, speed; several runs are
+    /// Render saved JSON reports (run, baseline, compare, sweep, speed, chaos; several runs are
     /// overlaid) as one self-contained HTML file with SVG charts.
     Report(ReportArgs),
     /// Measure the crypto engine against ring, same work, same run.
@@ -228,7 +228,7 @@ struct SweepArgs {
 
 #[derive(Args)]
 struct ReportArgs {
-    /// JSON reports written with --json by run, baseline, compare, sweep or speed.
+    /// JSON reports written with --json by run, baseline, compare, sweep, speed or chaos.
     #[arg(required = true)]
     files: Vec<PathBuf>,
     /// The HTML file to write.
@@ -470,9 +470,15 @@ struct ChaosArgs {
     cluster_dir: Option<PathBuf>,
     #[command(flatten)]
     fleet: FleetArgs,
-    /// Write the report as JSON to this file (with one record per cycle).
+    /// Write the report as JSON to this file (with one record per cycle and a per-second
+    /// timeline).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Write the report as a self-contained HTML page to this file: the cycles on a timeline
+    /// (answers and deliveries per second, every kill, promotion and recovery marked), the
+    /// per-cycle table and the verdict.
+    #[arg(long)]
+    html: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -1063,10 +1069,17 @@ async fn chaos_cmd(a: ChaosArgs) -> anyhow::Result<ExitCode> {
     }
     opts.size = a.size;
     opts.depositors = a.depth;
-    let r = chaos::run(opts).await?;
+    let mut r = chaos::run(opts).await?;
+    r.command = Some(command_line());
     if let Some(path) = a.json {
-        std::fs::write(&path, serde_json::to_string_pretty(&r)? + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
+        write_json(&path, &r)?;
+    }
+    if let Some(path) = a.html {
+        write_html(
+            &path,
+            "sealpost-loadtest chaos",
+            vec![("chaos".to_owned(), Saved::Chaos(Box::new(r.clone())))],
+        )?;
     }
     // After every progress line (the run has returned): the table is not interleaved.
     print!("{}", r.text());

@@ -50,7 +50,7 @@ pub struct RunConfig {
 }
 
 /// The machine the generator ran on.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Machine {
     /// CPU model name (from /proc/cpuinfo where there is one).
     pub cpu_model: String,

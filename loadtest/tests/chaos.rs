@@ -41,6 +41,15 @@ async fn five_sigkills_lose_nothing_acknowledged() {
         assert!(c.acked_at_kill <= c.acked_at_restart, "{c:?}");
         last = back;
     }
+    // The timeline holds every answer and every first delivery, once, and spans the cycles.
+    let a = &r.attempts;
+    let sum = |f: fn(&sealpost_loadtest::chaos::ChaosSecond) -> u64| {
+        r.timeline.iter().map(f).sum::<u64>()
+    };
+    assert_eq!(sum(|s| s.acked), a.ok + a.duplicate, "{:?}", r.timeline);
+    assert_eq!(sum(|s| s.failed), a.unavailable + a.unanswered + a.rejected);
+    assert_eq!(sum(|s| s.delivered), r.delivered, "{:?}", r.timeline);
+    assert!(r.timeline.len() as f64 > last, "{:?}", r.timeline);
     let json = serde_json::to_value(&r).unwrap();
     assert_eq!(json["verdict"], "PASS");
     assert_eq!(json["per_cycle"][0]["kind"], "relay");

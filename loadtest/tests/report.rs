@@ -1,7 +1,8 @@
-//! Reports as pages: a sweep (relay and baseline), its runs, a comparison made of them and a
-//! crypto speed matrix render to one self-contained HTML file with a chart for each plot;
-//! saved JSON reads back; and a real browser (headless Chromium) draws the charts.
+//! Reports as pages: a sweep (relay and baseline), its runs, a comparison made of them, a
+//! crypto speed matrix and a chaos run render to one self-contained HTML file with a chart for
+//! each plot; saved JSON reads back; and a real browser (headless Chromium) draws the charts.
 
+use sealpost_loadtest::chaos::{ChaosReport, ChaosSecond, CycleRecord, KillKind, OutcomeCounts};
 use sealpost_loadtest::compare::{CompareReport, CompareRun, Medians, Ratios};
 use sealpost_loadtest::html::reports::{Saved, page};
 use sealpost_loadtest::report::Report;
@@ -206,12 +207,121 @@ fn a_file_that_is_no_report_is_a_clear_error() {
     assert!(e.contains("a run report whose fields do not match"), "{e}");
 }
 
-/// Renders a page from one real run, for the browser check.
-async fn one_run_page() -> String {
+/// A chaos report as `chaos --json` writes it, for two cycles (a relay and a primary kill);
+/// made by hand, since a chaos run takes relay processes and a Valkey cluster.
+fn chaos_report() -> ChaosReport {
+    let cycle = |n: usize, kind: KillKind, kill_s: f64| CycleRecord {
+        cycle: n,
+        kind,
+        target: format!("target-{n}"),
+        kill_s,
+        acked_at_kill: 500 * n as u64,
+        promoted_s: (kind == KillKind::Primary).then_some(kill_s + 2.4),
+        promoted: (kind == KillKind::Primary).then(|| "127.0.0.1:7004".to_owned()),
+        restarted_s: Some(kill_s + 3.5),
+        first_ack_after_kill_s: Some(kill_s + 0.3),
+        acked_at_restart: 500 * n as u64 + 200,
+        window: OutcomeCounts {
+            ok: 150,
+            unavailable: 4,
+            ..OutcomeCounts::default()
+        },
+        window_acked_lost: 0,
+        error: None,
+    };
+    let mut r = ChaosReport {
+        command: Some("sealpost-loadtest chaos --store cluster --cycles 1".into()),
+        machine: sealpost_loadtest::report::Machine::this(),
+        store: "cluster".into(),
+        relays: 2,
+        kinds: vec![KillKind::Relay, KillKind::Primary],
+        planned_per_kind: 1,
+        cycles: 2,
+        relay_kills: 1,
+        primary_kills: 1,
+        duration_s: 12.0,
+        acked: 1500,
+        delivered: 1500,
+        per_cycle: vec![
+            cycle(1, KillKind::Relay, 1.5),
+            cycle(2, KillKind::Primary, 6.0),
+        ],
+        timeline: (0..12)
+            .map(|t| ChaosSecond {
+                t_s: t,
+                acked: if t == 6 { 20 } else { 130 },
+                failed: u64::from(t == 6) * 4,
+                delivered: 125,
+            })
+            .collect(),
+        ..ChaosReport::default()
+    };
+    r.judge();
+    r
+}
+
+#[test]
+fn a_saved_chaos_run_renders_its_cycles_on_a_timeline() {
+    let saved = round_trip("chaos.json", &chaos_report());
+    let Saved::Chaos(c) = &saved else {
+        panic!("read back as another kind: {saved:?}");
+    };
+    assert_eq!((c.per_cycle.len(), c.timeline.len()), (2, 12));
+    assert_eq!(c.per_cycle[1].kind, KillKind::Primary);
+    let p = page("chaos", &[("chaos".to_owned(), saved)]).expect("renders");
+    assert_eq!(p.chart_count(), 1);
+    let html = p.render();
+    for text in [
+        "PASS: 2 kill cycles",
+        "sealpost-loadtest chaos --store cluster --cycles 1",
+        "Chaos cycles on a timeline",
+        "relay killed",
+        "primary killed",
+        "replica promoted",
+        "back (restarted / rejoined)",
+        "first ack after the kill",
+        "target-2",
+        "+2.40s",
+        "150/0/4/0/0",
+    ] {
+        assert!(html.contains(text), "{text} missing from the page");
+    }
+    // A file written before the timeline was recorded still reads, and says why it has no chart.
+    let mut old = serde_json::to_value(chaos_report()).unwrap();
+    for field in ["timeline", "command", "machine"] {
+        old.as_object_mut().unwrap().remove(field);
+    }
+    let saved = Saved::parse("old.json", &old.to_string()).expect("an older chaos file reads");
+    let p = page("old", &[("old".to_owned(), saved)]).expect("renders");
+    assert_eq!(p.chart_count(), 0);
+    assert!(p.render().contains("written before chaos recorded one"));
+}
+
+#[test]
+fn the_chaos_run_in_the_readme_renders() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/chaos-2026-12-01-disk.json"
+    );
+    let saved = Saved::read(std::path::Path::new(path)).expect("the README's chaos file reads");
+    let Saved::Chaos(c) = &saved else {
+        panic!("read back as another kind: {saved:?}");
+    };
+    assert!(c.passed() && c.per_cycle.len() == 4 && !c.timeline.is_empty());
+    let p = page("readme", &[("chaos".to_owned(), saved)]).expect("renders");
+    let svg = &p.svg_files()[0].1;
+    assert!(svg.contains("relay killed") && svg.matches("<polyline").count() >= 3 + 4);
+}
+
+/// Renders a page from one real run and a chaos report, for the browser check.
+async fn browser_page() -> String {
     let r: Report = run(options(Target::Baseline)).await.expect("baseline run");
     page(
         "browser check",
-        &[("baseline".to_owned(), Saved::Run(Box::new(r)))],
+        &[
+            ("baseline".to_owned(), Saved::Run(Box::new(r))),
+            ("chaos".to_owned(), Saved::Chaos(Box::new(chaos_report()))),
+        ],
     )
     .expect("renders")
     .render()
@@ -245,7 +355,7 @@ async fn chromium_draws_the_charts() {
     };
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("report.html");
-    std::fs::write(&file, one_run_page().await).unwrap();
+    std::fs::write(&file, browser_page().await).unwrap();
     let url = format!("file://{}", file.display());
     let headless = |extra: &[&str]| {
         let out = std::process::Command::new(&browser)
@@ -270,15 +380,20 @@ async fn chromium_draws_the_charts() {
         );
         out
     };
-    // The DOM as the browser built it: three charts, each an <svg> with drawn lines.
+    // The DOM as the browser built it: the run's three charts and the chaos timeline, each
+    // an <svg> with drawn lines (the chaos chart: three series and a line per event).
     let dom = String::from_utf8(headless(&["--dump-dom"]).stdout).unwrap();
-    assert_eq!(dom.matches("<svg").count(), 3, "svg elements in the DOM");
-    assert!(dom.matches("<polyline").count() >= 3, "lines in the DOM");
+    assert_eq!(dom.matches("<svg").count(), 4, "svg elements in the DOM");
+    assert!(
+        dom.matches("<polyline").count() >= 3 + 3 + 7,
+        "lines in the DOM"
+    );
     assert!(dom.contains("Latency by percentile"));
+    assert!(dom.contains("Chaos cycles on a timeline") && dom.contains("primary killed"));
     // And pixels: a screenshot of the page is far from blank.
     let shot = dir.path().join("shot.png");
     headless(&[
-        "--window-size=1000,1600",
+        "--window-size=1000,2400",
         &format!("--screenshot={}", shot.display()),
     ]);
     let png = std::fs::read(&shot).expect("screenshot written");

@@ -5,7 +5,7 @@ use crate::message::Stamp;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use sealpost_core::status::DepositStatus;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -66,7 +66,7 @@ pub struct Attempt {
 }
 
 /// Answers counted by outcome.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutcomeCounts {
     /// OK.
     pub ok: u64,
@@ -144,6 +144,22 @@ pub struct Ledger {
     /// Acknowledged envelopes the live subscriptions never delivered but a new subscription
     /// at the end did: stored, yet the subscriber was not woken for them.
     pub found_by_new_subscription: u64,
+    /// Distinct envelopes first delivered in each second since the start (one counter a
+    /// second: the timeline of the report).
+    delivered_per_s: Vec<u64>,
+}
+
+/// One second of a chaos run, for its timeline.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChaosSecond {
+    /// Whole seconds since the load started: this second runs from `t_s` to `t_s + 1`.
+    pub t_s: u64,
+    /// Deposit attempts answered OK or DUPLICATE in this second.
+    pub acked: u64,
+    /// Deposit attempts answered UNAVAILABLE, another status, or not at all in this second.
+    pub failed: u64,
+    /// Distinct envelopes first delivered in this second.
+    pub delivered: u64,
 }
 
 /// The books behind a lock.
@@ -179,6 +195,7 @@ impl Ledger {
             resent_duplicate: 0,
             resubscribed: 0,
             found_by_new_subscription: 0,
+            delivered_per_s: Vec::new(),
         }
     }
 
@@ -287,10 +304,16 @@ impl Ledger {
                 self.by_seq[index as usize].insert(seq, st.seq);
                 let key = (index, st.seq);
                 if self.delivered.insert(key) {
+                    let now = self.now_s();
+                    let second = now as usize;
+                    if self.delivered_per_s.len() <= second {
+                        self.delivered_per_s.resize(second + 1, 0);
+                    }
+                    self.delivered_per_s[second] += 1;
                     let delay = self
                         .acked_at
                         .remove(&key)
-                        .map_or(0.0, |at| (self.now_s() - at).max(0.0));
+                        .map_or(0.0, |at| (now - at).max(0.0));
                     // Saturates at the histogram's top (an hour) rather than failing.
                     self.ack_to_delivery_us
                         .saturating_record((delay * 1e6).max(1.0) as u64);
@@ -335,6 +358,32 @@ impl Ledger {
             }
         }
         (counts, lost)
+    }
+
+    /// Per second since the start: answers by kind (from the attempts, by when they were
+    /// answered) and first deliveries, up to the last second with either.
+    pub fn timeline(&self) -> Vec<ChaosSecond> {
+        let last_answer = self
+            .attempts
+            .last()
+            .map_or(0, |a| a.answered_s as usize + 1);
+        let len = last_answer.max(self.delivered_per_s.len());
+        let mut t: Vec<ChaosSecond> = (0..len)
+            .map(|i| ChaosSecond {
+                t_s: i as u64,
+                delivered: self.delivered_per_s.get(i).copied().unwrap_or(0),
+                ..ChaosSecond::default()
+            })
+            .collect();
+        for a in &self.attempts {
+            let s = &mut t[(a.answered_s as usize).min(len - 1)];
+            if a.outcome.acked() {
+                s.acked += 1;
+            } else {
+                s.failed += 1;
+            }
+        }
+        t
     }
 
     /// Every attempt by outcome.
@@ -403,6 +452,24 @@ mod tests {
         b.delivered(0, 3, None);
         b.delivered(0, 4, stamp(1, 9));
         assert_eq!(b.corrupted, 3);
+    }
+
+    #[test]
+    fn the_timeline_counts_answers_and_first_deliveries_per_second() {
+        let mut b = Ledger::new(1);
+        assert!(b.timeline().is_empty());
+        for outcome in [Outcome::Unanswered, Outcome::Ok] {
+            b.answered((0, 0), 0.0, outcome, Duration::ZERO);
+        }
+        b.answered((0, 1), 0.0, Outcome::Duplicate, Duration::ZERO);
+        assert!(b.delivered(0, 1, stamp(0, 0)));
+        assert!(!b.delivered(0, 1, stamp(0, 0)));
+        let t = b.timeline();
+        assert_eq!(t.len(), 1, "{t:?}");
+        assert_eq!(
+            (t[0].t_s, t[0].acked, t[0].failed, t[0].delivered),
+            (0, 2, 1, 1)
+        );
     }
 
     #[test]

@@ -2,12 +2,13 @@
 //! timeline: when each kill landed, when the killed part was back, how the deposits sent
 //! meanwhile were answered), the verdict, and how they are printed.
 
-use super::ledger::OutcomeCounts;
-use serde::Serialize;
+use super::ledger::{ChaosSecond, OutcomeCounts};
+use crate::report::Machine;
+use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 
 /// What is killed in a cycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KillKind {
     /// A relay process: SIGKILL, then started again on the same address (and data directory).
@@ -49,7 +50,7 @@ impl std::str::FromStr for KillKind {
 }
 
 /// One kill cycle. Times are seconds since the load started.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CycleRecord {
     /// 1-based.
     pub cycle: usize,
@@ -84,9 +85,15 @@ pub struct CycleRecord {
     pub error: Option<String>,
 }
 
-/// What a chaos run found.
-#[derive(Debug, Clone, Default, Serialize)]
+/// What a chaos run found. Fields missing from a saved file (one written before they were
+/// added) read as their defaults.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ChaosReport {
+    /// The command line, as typed (set by the command-line tool).
+    pub command: Option<String>,
+    /// The machine the run was on.
+    pub machine: Machine,
     /// `disk` or `cluster`.
     pub store: String,
     /// Relay processes.
@@ -154,6 +161,9 @@ pub struct ChaosReport {
     pub ack_to_delivery_ms: DelayMs,
     /// One record per cycle, in order.
     pub per_cycle: Vec<CycleRecord>,
+    /// Each second of the run: answers and first deliveries (the cycles' times are on the
+    /// same clock).
+    pub timeline: Vec<ChaosSecond>,
     /// The lost envelopes, as (mailbox, message id, was resent), for diagnosis.
     pub lost: Vec<(u32, u64, bool)>,
     /// `PASS` or `FAIL`.
@@ -343,7 +353,7 @@ impl ChaosReport {
 }
 
 /// A delay distribution in milliseconds.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct DelayMs {
     /// Median.
     pub p50: f64,

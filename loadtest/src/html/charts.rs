@@ -87,8 +87,46 @@ pub struct Axes<'a> {
     pub markers: bool,
 }
 
+/// A vertical line at one moment of a timeline (a kill, a recovery).
+#[derive(Debug, Clone, Default)]
+pub struct Mark {
+    /// Where, in x units.
+    pub x: f64,
+    /// The legend entry; marks sharing one are one kind of event (listed once).
+    pub kind: String,
+    /// Palette index.
+    pub colour: usize,
+    /// Drawn dashed (events that follow another, e.g. recoveries after a kill).
+    pub dashed: bool,
+    /// Text at the top of the line (a cycle number), if any.
+    pub label: Option<String>,
+}
+
+/// A shaded stretch of the x axis (a failover window), in the colour of palette index
+/// `colour`.
+#[derive(Debug, Clone, Copy)]
+pub struct Band {
+    /// From, in x units.
+    pub from: f64,
+    /// To.
+    pub to: f64,
+    /// Palette index.
+    pub colour: usize,
+}
+
 /// A line chart of several series overlaid, with a legend.
 pub fn lines(axes: &Axes<'_>, series: &[Series]) -> Result<String, ChartError> {
+    timeline(axes, series, &[], &[])
+}
+
+/// A line chart with events on it: shaded `bands` behind the series, and vertical `marks`
+/// across it (one legend entry per kind of mark).
+pub fn timeline(
+    axes: &Axes<'_>,
+    series: &[Series],
+    marks: &[Mark],
+    bands: &[Band],
+) -> Result<String, ChartError> {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
@@ -99,10 +137,15 @@ pub fn lines(axes: &Axes<'_>, series: &[Series]) -> Result<String, ChartError> {
                 false,
             )
         });
-        let ys = span(
+        let mut ys = span(
             series.iter().flat_map(|s| s.points.iter().map(|p| p.1)),
             true,
         );
+        if !marks.is_empty() {
+            // Marks run the whole height: the data keeps the lower part, the legend of the
+            // series and marks the upper.
+            ys.end = ys.start + (ys.end - ys.start) * 2.2;
+        }
         let mut chart = ChartBuilder::on(&root)
             .caption(axes.title, ("sans-serif", 20))
             .margin(12)
@@ -120,6 +163,15 @@ pub fn lines(axes: &Axes<'_>, series: &[Series]) -> Result<String, ChartError> {
             .x_label_formatter(axes.x_label)
             .y_label_formatter(&|v| short(*v))
             .draw()
+            .map_err(err(axes.title))?;
+        let (x_span, y_span) = (chart.x_range(), chart.y_range());
+        chart
+            .draw_series(bands.iter().map(|b| {
+                Rectangle::new(
+                    [(b.from, y_span.start), (b.to, y_span.end)],
+                    colour(b.colour).mix(0.12).filled(),
+                )
+            }))
             .map_err(err(axes.title))?;
         for (i, s) in series.iter().enumerate() {
             let c = colour(s.colour.unwrap_or(i));
@@ -149,10 +201,45 @@ pub fn lines(axes: &Axes<'_>, series: &[Series]) -> Result<String, ChartError> {
                     .map_err(err(axes.title))?;
             }
         }
-        if !series.is_empty() {
+        let mut kinds: Vec<&str> = Vec::new();
+        for m in marks.iter().filter(|m| x_span.contains(&m.x)) {
+            let c = colour(m.colour);
+            let line = vec![(m.x, y_span.start), (m.x, y_span.end)];
+            let drawn = if m.dashed {
+                chart.draw_series(DashedLineSeries::new(line, 5, 4, c.stroke_width(1)))
+            } else {
+                chart.draw_series(LineSeries::new(line, c.stroke_width(2)))
+            }
+            .map_err(err(axes.title))?;
+            if !kinds.contains(&m.kind.as_str()) {
+                kinds.push(&m.kind);
+                let dashed = m.dashed;
+                drawn.label(&m.kind).legend(move |(x, y)| {
+                    let to = if dashed { x + 8 } else { x + 18 };
+                    PathElement::new(vec![(x, y), (to, y)], c.stroke_width(2))
+                });
+            }
+            if let Some(text) = &m.label {
+                // At the top of the line, a few pixels to its right.
+                let at = EmptyElement::at((m.x, y_span.end))
+                    + Text::new(
+                        text.clone(),
+                        (3, 3),
+                        ("sans-serif", 13).into_font().color(&c),
+                    );
+                chart
+                    .draw_series(std::iter::once(at))
+                    .map_err(err(axes.title))?;
+            }
+        }
+        if !series.is_empty() || !kinds.is_empty() {
             chart
                 .configure_series_labels()
-                .position(SeriesLabelPosition::UpperLeft)
+                .position(if marks.is_empty() {
+                    SeriesLabelPosition::UpperLeft
+                } else {
+                    SeriesLabelPosition::UpperRight
+                })
                 .label_font(("sans-serif", 13))
                 .background_style(WHITE.mix(0.85))
                 .border_style(BLACK)

@@ -1,6 +1,7 @@
 //! Self-contained HTML reports: one file, inline CSS, inline SVG charts, no script and nothing
 //! fetched when it is opened.
 
+mod chaos;
 pub mod charts;
 pub mod reports;
 

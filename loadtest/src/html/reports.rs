@@ -3,6 +3,7 @@
 
 use super::Page;
 use super::charts::{self, Axes, BarGroup, ChartError, Series};
+use crate::chaos::ChaosReport;
 use crate::compare::CompareReport;
 use crate::report::{Machine, Report, ms};
 use crate::speed::SpeedReport;
@@ -22,7 +23,7 @@ pub enum RenderError {
     },
     /// A file is not JSON, or not a report this program writes.
     #[error(
-        "{path} is not a sealpost-loadtest report ({detail}); give JSON written by run, baseline, compare, sweep or speed with --json"
+        "{path} is not a sealpost-loadtest report ({detail}); give JSON written by run, baseline, compare, sweep, speed or chaos with --json"
     )]
     NotAReport {
         /// The file.
@@ -46,6 +47,8 @@ pub enum Saved {
     Sweep(Box<SweepReport>),
     /// `speed`.
     Speed(Box<SpeedReport>),
+    /// `chaos`.
+    Chaos(Box<ChaosReport>),
 }
 
 impl Saved {
@@ -80,6 +83,10 @@ impl Saved {
             Self::Speed(
                 serde_json::from_value(v).map_err(|e| bad(format!("{}: {e}", typed("speed"))))?,
             )
+        } else if has("per_cycle") && has("verdict") {
+            Self::Chaos(
+                serde_json::from_value(v).map_err(|e| bad(format!("{}: {e}", typed("chaos"))))?,
+            )
         } else if has("timeline") && has("latency_us") {
             Self::Run(serde_json::from_value(v).map_err(|e| bad(format!("{}: {e}", typed("run"))))?)
         } else {
@@ -107,12 +114,13 @@ pub fn page(title: &str, reports: &[(String, Saved)]) -> Result<Page, RenderErro
             Saved::Compare(c) => compare_section(&mut page, name, c)?,
             Saved::Sweep(s) => sweep_section(&mut page, name, s)?,
             Saved::Speed(s) => speed_section(&mut page, name, s)?,
+            Saved::Chaos(c) => super::chaos::section(&mut page, name, c)?,
         }
     }
     Ok(page)
 }
 
-fn machine_rows(m: &Machine) -> Vec<(&'static str, String)> {
+pub(super) fn machine_rows(m: &Machine) -> Vec<(&'static str, String)> {
     vec![
         ("cpu", m.cpu_model.clone()),
         ("cores", m.cores.to_string()),
@@ -120,7 +128,7 @@ fn machine_rows(m: &Machine) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn command_of(page: &mut Page, command: Option<&str>) {
+pub(super) fn command_of(page: &mut Page, command: Option<&str>) {
     match command {
         Some(c) => page.code(c),
         None => page.paragraph("(command line not recorded: run from code or an older file)"),
@@ -158,7 +166,7 @@ fn timeline_series(
         .collect()
 }
 
-fn seconds(x: &f64) -> String {
+pub(super) fn seconds(x: &f64) -> String {
     if (x - x.round()).abs() < 1e-6 {
         format!("{x:.0}")
     } else {
