@@ -11,6 +11,7 @@
 //! | `{m:<rid>}:c`      | channel| wake-ups (the new sequence number), kicks (`k<epoch>`), `d` on deletion |
 //! | `{m:<rid>}:f`      | string | a fence written after each append pipeline, expiring in 1 s  |
 //! | `{s<n>}:stats`     | hash   | per slot: `m` mailboxes, `e` envelopes, `b` bytes (below)     |
+//! | `{s<n>}:alive`     | string | the health probe's write on the slot's primary, expiring in 10 s |
 //! | `{d:<deposit id>}` | string | the recipient id of the mailbox with this deposit id          |
 //! | `sealpost:prf`     | string | the deposit-id PRF key, sealed under the master key           |
 //! | `sealpost:mailboxes` | string | the mailbox count, for `max_mailboxes`                      |
@@ -58,6 +59,12 @@ pub fn stats_key(slot: u16) -> &'static str {
         table
     });
     &table[usize::from(slot) % SLOTS]
+}
+
+/// The key the health probe writes in `slot` (under the slot's counter tag).
+pub fn probe_key(slot: u16) -> String {
+    let stats = stats_key(slot);
+    format!("{}:alive", stats.strip_suffix(":stats").unwrap_or(stats))
 }
 
 /// The keys of one mailbox, in the order the functions take them.
@@ -170,6 +177,7 @@ mod tests {
             assert_eq!(slot(stats_key(s).as_bytes()), s, "{}", stats_key(s));
         }
         assert!((0..16384u16).all(|s| slot(stats_key(s).as_bytes()) == s));
+        assert!((0..16384u16).all(|s| slot(probe_key(s).as_bytes()) == s));
         assert_eq!(recipient_of(b"{d:abab}"), None);
         assert_eq!(recipient_of(b"{m:zz}"), None);
     }

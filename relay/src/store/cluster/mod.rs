@@ -5,10 +5,12 @@
 //! (loaded with FUNCTION LOAD REPLACE at every start) change it atomically. An append is
 //! acknowledged only once WAITAOF confirms it fsynced on its primary and a replica
 //! (`commit`); a wake-up reaches subscribers on every relay through sharded pub/sub (`wake`).
-//! Start-up refuses a cluster that cannot keep that promise (`checks`).
+//! Start-up refuses a cluster that cannot keep that promise (`checks`); afterwards the store
+//! reports, without a round trip, whether it can keep it now (`health`).
 
 pub mod checks;
 mod commit;
+mod health;
 pub mod keys;
 mod wake;
 
@@ -17,8 +19,8 @@ pub use checks::ClusterError;
 use super::index::{IdPrf, digest};
 use super::record::{self, RecordError, secrets_key};
 use super::{
-    Append, AppendOutcome, Claim, MailboxRecord, Quotas, Store, StoreError, StoreStats,
-    StoredEnvelope, SubscriberClaim,
+    Append, AppendOutcome, Claim, MailboxRecord, Quotas, Store, StoreError, StoreHealth,
+    StoreStats, StoredEnvelope, SubscriberClaim,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -76,7 +78,8 @@ pub struct ClusterStore {
     /// Retention in milliseconds for the deposit function; 0 = none.
     retention_ms: u64,
     conn: ClusterConnection,
-    committer: Committer,
+    committer: Arc<Committer>,
+    health: Arc<health::Health>,
     secrets: AeadKey,
     prf: IdPrf,
     wakes: Arc<wake::Wakes>,
@@ -102,7 +105,7 @@ impl ClusterStore {
             return Err(ClusterError::MasterKeyRequired.into());
         };
         let secrets = secrets_key(master);
-        let committer = Committer::new(opts.nodes.clone(), opts.durable_timeout);
+        let committer = Arc::new(Committer::new(opts.nodes.clone(), opts.durable_timeout));
         let unreachable = |why: String| ClusterError::Unreachable {
             nodes: opts.nodes.join(","),
             why,
@@ -147,6 +150,12 @@ impl ClusterStore {
             .await
             .map_err(|e| unreachable(e.to_string()))?;
         tokio::spawn(wake::run(Arc::downgrade(&wakes), sub));
+        let health = Arc::new(health::Health::default());
+        tokio::spawn(health::run(
+            Arc::downgrade(&health),
+            Arc::downgrade(&committer),
+            opts.durable_timeout,
+        ));
 
         let mut store = Self {
             quotas: opts.quotas,
@@ -155,6 +164,7 @@ impl ClusterStore {
             }),
             conn,
             committer,
+            health,
             secrets,
             prf: IdPrf::new([0; 16]),
             wakes,
@@ -204,24 +214,36 @@ impl ClusterStore {
         n: usize,
     ) -> Result<Vec<Value>, StoreError> {
         let mut last = String::new();
+        // Whose failure it is, for the store's health: "" while no primary is known.
+        let mut failing = String::new();
         for _ in 0..2 {
             let Some(primary) = self.committer.primary_of(slot) else {
-                self.committer.refresh().await.map_err(backend)?;
+                if let Err(e) = self.committer.refresh().await {
+                    last = format!("no node answers CLUSTER SLOTS: {e}");
+                    break;
+                }
+                last = format!("no primary serves slot {slot}");
                 continue;
             };
             match self.committer.commit(&primary, &mut pipe.clone(), n).await {
-                Ok(v) => return Ok(v),
+                Ok(v) => {
+                    self.health.commit_ok(&primary);
+                    return Ok(v);
+                }
                 Err(e @ commit::CommitError::NotDurable { .. }) => {
                     last = e.to_string();
+                    failing = primary;
                     break;
                 }
                 Err(e) => {
                     last = e.to_string();
+                    failing = primary;
                     // A seed may be the node that is gone: a failed refresh keeps the old map.
                     let _ = self.committer.refresh().await;
                 }
             }
         }
+        self.health.commit_failed(&failing, &last);
         Err(backend(format!("not confirmed durable: {last}")))
     }
 
@@ -484,10 +506,17 @@ impl Store for ClusterStore {
             let primary = match self.committer.primary_of(slot) {
                 Some(p) => p,
                 None => {
-                    self.committer.refresh().await.map_err(backend)?;
-                    self.committer
-                        .primary_of(slot)
-                        .ok_or_else(|| backend(format!("no primary serves slot {slot}")))?
+                    let found = match self.committer.refresh().await {
+                        Ok(_) => self
+                            .committer
+                            .primary_of(slot)
+                            .ok_or_else(|| format!("no primary serves slot {slot}")),
+                        Err(e) => Err(format!("no node answers CLUSTER SLOTS: {e}")),
+                    };
+                    found.map_err(|why| {
+                        self.health.commit_failed("", &why);
+                        backend(why)
+                    })?
                 }
             };
             let g = groups
@@ -630,6 +659,16 @@ impl Store for ClusterStore {
         }
         self.wakes.nudge();
         Ok(removed)
+    }
+
+    /// Never a round trip: what the background probe and the recent commits found
+    /// (`health.rs`). An unavailable cluster is transient, never `failed`: the relay keeps
+    /// running and takes deposits again once Valkey confirms writes.
+    fn health(&self) -> StoreHealth {
+        StoreHealth {
+            unavailable: self.health.current(),
+            ..StoreHealth::default()
+        }
     }
 
     async fn stats(&self) -> StoreStats {
