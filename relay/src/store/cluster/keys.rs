@@ -34,8 +34,9 @@ use sealpost_core::{DepositId, RecipientId};
 pub const PRF_KEY: &str = "sealpost:prf";
 /// The cluster-wide mailbox count.
 pub const MAILBOX_COUNT: &str = "sealpost:mailboxes";
-/// The `SCAN MATCH` pattern of every mailbox's main hash.
-pub const MAILBOX_PATTERN: &str = "{m:*}";
+/// The `SCAN MATCH` pattern of the mailboxes' envelope streams (`{m:<rid>}:q`): a mailbox
+/// that never held an envelope has none, so the retention sweep does not visit it.
+pub const STREAM_PATTERN: &str = "{m:*}:q";
 
 /// The number of hash slots.
 pub const SLOTS: usize = 16_384;

@@ -35,6 +35,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use zeroize::Zeroizing;
 
+/// Mailbox streams one SCAN step asks for on a primary during the retention sweep, and so
+/// the most `sp_expire` calls in one pipeline.
+const EXPIRE_PAGE: usize = 500;
+
 /// The function library, loaded on every primary at start-up.
 const FUNCTIONS: &str = include_str!("functions.lua");
 
@@ -291,38 +295,56 @@ impl ClusterStore {
         self.committer.refresh().await.map_err(backend)
     }
 
-    /// Every mailbox's recipient id, by scanning each primary's keys.
-    async fn all_mailboxes(&self) -> Result<Vec<RecipientId>, StoreError> {
-        let mut out = Vec::new();
-        for primary in self.primaries().await? {
-            let mut c = Committer::connect(&primary, Duration::from_secs(5))
+    /// Removes the envelopes stored before `cutoff` (ms) on one primary: a page of its
+    /// mailboxes' streams at a time (SCAN), then one pipeline of `sp_expire` calls for the
+    /// page on the same connection, so a sweep holds one page in memory and makes two round
+    /// trips per page instead of one per mailbox.
+    async fn expire_on(&self, primary: &str, cutoff: u64) -> Result<u64, StoreError> {
+        let on = |e: redis::RedisError| backend(format!("expiry on {primary}: {e}"));
+        let mut c = Committer::connect(primary, Duration::from_secs(5))
+            .await
+            .map_err(on)?;
+        let mut cursor = 0u64;
+        let mut removed = 0u64;
+        loop {
+            let (next, streams): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(keys::STREAM_PATTERN)
+                .arg("TYPE")
+                .arg("stream")
+                .arg("COUNT")
+                .arg(EXPIRE_PAGE)
+                .query_async(&mut c)
                 .await
-                .map_err(backend)?;
-            let mut cursor = 0u64;
-            loop {
-                let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(keys::MAILBOX_PATTERN)
-                    .arg("TYPE")
-                    .arg("hash")
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut c)
-                    .await
-                    .map_err(backend)?;
-                out.extend(
-                    keys.iter()
-                        .filter(|k| !k.ends_with(b":d"))
-                        .filter_map(|k| keys::recipient_of(k)),
+                .map_err(on)?;
+            let mut pipe = redis::pipe();
+            for rid in streams.iter().filter_map(|k| keys::recipient_of(k)) {
+                pipe.add_command(
+                    Self::fcall("sp_expire", &MailboxKeys::new(&rid))
+                        .arg(cutoff)
+                        .arg(self.quotas.dedupe_window)
+                        .to_owned(),
                 );
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
             }
+            if !pipe.is_empty() {
+                let answers: Vec<Value> = pipe.query_async(&mut c).await.map_err(on)?;
+                for a in answers {
+                    match a {
+                        Value::Int(n) => removed += u64::try_from(n).unwrap_or(0),
+                        other => {
+                            return Err(backend(format!(
+                                "expiry on {primary}: sp_expire answered {other:?}"
+                            )));
+                        }
+                    }
+                }
+            }
+            if next == 0 {
+                return Ok(removed);
+            }
+            cursor = next;
         }
-        Ok(out)
     }
 }
 
@@ -407,28 +429,57 @@ impl Store for ClusterStore {
         self.prf.deposit_id(recipient_id)
     }
 
+    /// The mailbox count (`keys::MAILBOX_COUNT`) is a reservation taken before the mailbox
+    /// is made: INCR, confirmed durable, then refused (and given back) if over the limit. The
+    /// INCR is atomic across relays, so concurrent creations through any number of relays
+    /// never make more than `max_mailboxes`. The count lives in another slot than the mailbox,
+    /// so no one function covers both; every gap between the two errs towards a count too
+    /// high (an early refusal), never too low: a relay lost between INCR and giving back, a
+    /// creation whose outcome is unknown (its reservation is kept, since the mailbox may
+    /// exist), a give-back lost in a failover. docs/CLUSTER.md, "Status".
     async fn create_mailbox(&self, record: MailboxRecord) -> Result<(), StoreError> {
-        let count: u64 = self
-            .query(redis::cmd("INCR").arg(keys::MAILBOX_COUNT))
-            .await?;
-        let undo = || async {
+        let mut pipe = redis::pipe();
+        pipe.cmd("INCR").arg(keys::MAILBOX_COUNT);
+        // Not given back when unconfirmed: the INCR may have been applied all the same.
+        let count = match self
+            .durable(keys::slot(keys::MAILBOX_COUNT.as_bytes()), &pipe, 1)
+            .await?
+            .first()
+        {
+            Some(Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
+            other => {
+                return Err(backend(format!(
+                    "INCR {} answered {other:?}",
+                    keys::MAILBOX_COUNT
+                )));
+            }
+        };
+        let give_back = || async {
+            // Not waited for: a give-back lost in a failover leaves the count high, which only
+            // refuses early.
             let _: Result<i64, _> = self
                 .query(redis::cmd("DECR").arg(keys::MAILBOX_COUNT))
                 .await;
         };
         if count > self.quotas.max_mailboxes {
-            undo().await;
+            give_back().await;
             return Err(StoreError::TooManyMailboxes(self.quotas.max_mailboxes));
         }
-        let sealed = record::encode(&record, Some(&self.secrets)).map_err(backend)?;
+        let sealed = match record::encode(&record, Some(&self.secrets)) {
+            Ok(s) => s,
+            Err(e) => {
+                give_back().await;
+                return Err(backend(e));
+            }
+        };
         // The lookup key first (its value can only ever be this recipient id), then the
         // mailbox: a crash in between leaves a lookup key that names no mailbox (keys.rs).
         let dkey = keys::deposit_key(&record.deposit_id);
         let mut pipe = redis::pipe();
         pipe.cmd("SET").arg(&dkey).arg(&record.recipient_id[..]);
-        let set = self.durable(keys::slot(dkey.as_bytes()), &pipe, 1).await;
-        if let Err(e) = set {
-            undo().await;
+        if let Err(e) = self.durable(keys::slot(dkey.as_bytes()), &pipe, 1).await {
+            // No mailbox yet whatever became of the lookup key.
+            give_back().await;
             return Err(e);
         }
         let k = MailboxKeys::new(&record.recipient_id);
@@ -437,13 +488,11 @@ impl Store for ClusterStore {
         match self.durable(k.slot(), &pipe, 1).await {
             Ok(v) if v.first() == Some(&Value::Int(1)) => Ok(()),
             Ok(_) => {
-                undo().await;
+                give_back().await;
                 Err(StoreError::Exists)
             }
-            Err(e) => {
-                undo().await;
-                Err(e)
-            }
+            // The mailbox may exist (written, not confirmed): keep its reservation.
+            Err(e) => Err(e),
         }
     }
 
@@ -644,21 +693,25 @@ impl Store for ClusterStore {
     }
 
     async fn expire(&self, cutoff: SystemTime) -> Result<u64, StoreError> {
+        // Every primary at once (as many sweeps in flight as primaries), each a page at a
+        // time. A primary that fails fails the sweep after the others finished; the next
+        // sweep (every `expire_interval`) tries again.
         let cutoff = millis(cutoff);
+        let primaries = self.primaries().await?;
+        let sweeps = primaries.iter().map(|p| self.expire_on(p, cutoff));
         let mut removed = 0;
-        for rid in self.all_mailboxes().await? {
-            let k = MailboxKeys::new(&rid);
-            let n: u64 = self
-                .query(
-                    Self::fcall("sp_expire", &k)
-                        .arg(cutoff)
-                        .arg(self.quotas.dedupe_window),
-                )
-                .await?;
-            removed += n;
+        let mut failed = None;
+        for r in futures_util::future::join_all(sweeps).await {
+            match r {
+                Ok(n) => removed += n,
+                Err(e) => failed = Some(e),
+            }
         }
         self.wakes.nudge();
-        Ok(removed)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(removed),
+        }
     }
 
     /// Never a round trip: what the background probe and the recent commits found
