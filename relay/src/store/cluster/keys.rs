@@ -4,12 +4,11 @@
 //!
 //! | key                | type   | holds                                                        |
 //! |--------------------|--------|--------------------------------------------------------------|
-//! | `{m:<rid>}`        | hash   | `rec` (the sealed record), `seq`, `n` (envelopes), `b` (bytes), `sub` (subscriber epoch) |
+//! | `{m:<rid>}`        | hash   | `rec` (the sealed record), `seq`, `n` (envelopes), `b` (bytes), `sub` (subscriber epoch), `dups` (DUPLICATE answers) |
 //! | `{m:<rid>}:q`      | stream | held envelopes, id `<seq>-0`: stored at, nonce, digest, body  |
 //! | `{m:<rid>}:d`      | hash   | the dedupe window: nonce -> digest ‖ seq                      |
 //! | `{m:<rid>}:w`      | list   | removed `seq:nonce` in order, to forget beyond the window    |
 //! | `{m:<rid>}:c`      | channel| wake-ups (the new sequence number), kicks (`k<epoch>`), `d` on deletion |
-//! | `{m:<rid>}:f`      | string | a fence written after each append pipeline, expiring in 1 s  |
 //! | `{s<n>}:stats`     | hash   | per slot: `m` mailboxes, `e` envelopes, `b` bytes (below)     |
 //! | `{s<n>}:alive`     | string | the health probe's write on the slot's primary, expiring in 10 s |
 //! | `{d:<deposit id>}` | string | the recipient id of the mailbox with this deposit id          |
@@ -98,12 +97,6 @@ impl MailboxKeys {
         &self.keys[4]
     }
 
-    /// The fence key: a write in the mailbox's slot after an append pipeline (see
-    /// `append_batch`).
-    pub fn fence(&self) -> String {
-        format!("{}:f", self.keys[0])
-    }
-
     /// The hash slot of every key of this mailbox.
     pub fn slot(&self) -> u16 {
         slot(self.keys[0].as_bytes())
@@ -169,7 +162,6 @@ mod tests {
         for key in &k.keys[..5] {
             assert_eq!(recipient_of(key.as_bytes()), Some(rid));
         }
-        assert_eq!(slot(k.fence().as_bytes()), k.slot());
     }
 
     #[test]

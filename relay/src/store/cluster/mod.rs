@@ -8,6 +8,7 @@
 //! Start-up refuses a cluster that cannot keep that promise (`checks`); afterwards the store
 //! reports, without a round trip, whether it can keep it now (`health`).
 
+mod cache;
 pub mod checks;
 mod commit;
 mod health;
@@ -84,6 +85,7 @@ pub struct ClusterStore {
     conn: ClusterConnection,
     committer: Arc<Committer>,
     health: Arc<health::Health>,
+    records: cache::RecordCache,
     secrets: AeadKey,
     prf: IdPrf,
     wakes: Arc<wake::Wakes>,
@@ -169,6 +171,7 @@ impl ClusterStore {
             conn,
             committer,
             health,
+            records: cache::RecordCache::default(),
             secrets,
             prf: IdPrf::new([0; 16]),
             wakes,
@@ -500,14 +503,35 @@ impl Store for ClusterStore {
         &self,
         ids: &[DepositId],
     ) -> Result<Vec<Option<Arc<MailboxRecord>>>, StoreError> {
-        // All at once: the cluster connection pipelines concurrent requests.
-        futures_util::future::try_join_all(ids.iter().map(|id| async move {
+        // Recently read records from the cache (`cache.rs`: safe, since a record never
+        // changes and a deletion is caught by the deposit function); each other id read once,
+        // all at once (the cluster connection pipelines concurrent requests).
+        let mut found: HashMap<DepositId, Option<Arc<MailboxRecord>>> = HashMap::new();
+        for id in ids {
+            found.entry(*id).or_insert_with(|| self.records.get(id));
+        }
+        let missing: Vec<DepositId> = found
+            .iter()
+            .filter(|(_, r)| r.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        let read = futures_util::future::try_join_all(missing.iter().map(|id| async move {
             match self.recipient_of_deposit(id).await? {
                 Some(rid) => self.record(&rid).await,
                 None => Ok(None),
             }
         }))
-        .await
+        .await?;
+        for (id, rec) in missing.into_iter().zip(read) {
+            if let Some(rec) = &rec {
+                self.records.insert(rec.clone());
+            }
+            found.insert(id, rec);
+        }
+        Ok(ids
+            .iter()
+            .map(|id| found.get(id).cloned().flatten())
+            .collect())
     }
 
     async fn mailbox(
@@ -522,6 +546,7 @@ impl Store for ClusterStore {
         let mut pipe = redis::pipe();
         pipe.add_command(Self::fcall("sp_delete", &k));
         let existed = self.durable(k.slot(), &pipe, 1).await?.first() == Some(&Value::Int(1));
+        self.records.forget(&self.deposit_id_for(recipient_id));
         // After the mailbox: a lookup key left by a crash here names no mailbox (keys.rs).
         let _: i64 = self
             .query(redis::cmd("DEL").arg(keys::deposit_key(&self.deposit_id_for(recipient_id))))
@@ -536,16 +561,25 @@ impl Store for ClusterStore {
 
     async fn append_batch(&self, batch: &[Append]) -> Result<Vec<AppendOutcome>, StoreError> {
         let mut out = vec![AppendOutcome::UnknownMailbox; batch.len()];
-        // Resolve each deposit id once, all at once.
-        let mut ids: Vec<DepositId> = batch.iter().map(|a| a.deposit_id).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let found =
-            futures_util::future::try_join_all(ids.iter().map(|id| self.recipient_of_deposit(id)))
-                .await?;
-        let rids: HashMap<DepositId, Option<RecipientId>> = ids.into_iter().zip(found).collect();
+        // Resolve each deposit id once: from the record cache (the relay has just looked the
+        // mailboxes up), else all at once from the cluster.
+        let mut rids: HashMap<DepositId, Option<RecipientId>> = HashMap::new();
+        for a in batch {
+            rids.entry(a.deposit_id)
+                .or_insert_with(|| self.records.get(&a.deposit_id).map(|r| r.recipient_id));
+        }
+        let missing: Vec<DepositId> = rids
+            .iter()
+            .filter(|(_, r)| r.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        let read = futures_util::future::try_join_all(
+            missing.iter().map(|id| self.recipient_of_deposit(id)),
+        )
+        .await?;
+        rids.extend(missing.into_iter().zip(read));
         // Group by slot, then by primary: one pipeline per primary.
-        let mut groups: HashMap<String, (Pipeline, Vec<usize>, u16, String)> = HashMap::new();
+        let mut groups: HashMap<String, (Pipeline, Vec<usize>, u16)> = HashMap::new();
         for (i, a) in batch.iter().enumerate() {
             let Some(Some(rid)) = rids.get(&a.deposit_id) else {
                 continue;
@@ -570,7 +604,7 @@ impl Store for ClusterStore {
             };
             let g = groups
                 .entry(primary)
-                .or_insert_with(|| (redis::pipe(), Vec::new(), slot, k.fence()));
+                .or_insert_with(|| (redis::pipe(), Vec::new(), slot));
             g.0.add_command(
                 Self::fcall("sp_deposit", &k)
                     .arg(&a.nonce[..])
@@ -584,24 +618,13 @@ impl Store for ClusterStore {
             );
             g.1.push(i);
         }
-        let commits = groups
-            .into_values()
-            .map(|(mut pipe, items, slot, fence)| async move {
-                // A write at the end of every group, so that WAITAOF covers every earlier write
-                // to these mailboxes, also one this connection did not make: a deposit answered
-                // DUPLICATE writes nothing, and the original it duplicates may have come through
-                // another connection or relay whose WAITAOF never confirmed it (an UNAVAILABLE
-                // being retried). Without this, that DUPLICATE would be an OK for an envelope
-                // held by one node only.
-                pipe.cmd("SET")
-                    .arg(&fence)
-                    .arg(1)
-                    .arg("PX")
-                    .arg(1000)
-                    .ignore();
-                let answers = self.durable(slot, &pipe, items.len()).await?;
-                Ok::<_, StoreError>((items, answers))
-            });
+        let commits = groups.into_values().map(|(pipe, items, slot)| async move {
+            // No fence write needed after the group: a DUPLICATE (an OK for an envelope
+            // that may have come through another connection whose WAITAOF never confirmed
+            // it) is itself a write in `sp_deposit`, so the WAITAOF covers the original.
+            let answers = self.durable(slot, &pipe, items.len()).await?;
+            Ok::<_, StoreError>((items, answers))
+        });
         // Every primary's group at once; any group not confirmed durable fails the batch,
         // so no envelope of it is answered OK (a retry is safe: it is deduplicated).
         for r in futures_util::future::join_all(commits).await {
