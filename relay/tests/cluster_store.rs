@@ -935,3 +935,34 @@ async fn the_retention_sweep_covers_every_primary_and_spares_newer_envelopes() {
         assert!(s.delete_mailbox(rid).await.unwrap());
     }
 }
+
+#[tokio::test]
+async fn a_mailbox_deleted_through_another_relay_takes_no_deposit_through_this_one() {
+    let Some(cluster) = valkey::cluster(
+        "cluster_store::a_mailbox_deleted_through_another_relay_takes_no_deposit_through_this_one",
+    ) else {
+        return;
+    };
+    let _one = SERIAL.lock().await;
+    let (a, b) = (open(cluster.nodes()).await, open(cluster.nodes()).await);
+    let rid = mailbox(&b).await;
+    // A looks the mailbox up (and keeps its record: cache.rs) and takes a deposit.
+    let found = a.lookup_deposit(&[a.deposit_id_for(&rid)]).await.unwrap();
+    assert_eq!(found[0].as_ref().map(|r| r.recipient_id), Some(rid));
+    assert!(matches!(
+        a.append_batch(&[app(&a, &rid, 1, b"kept")]).await.unwrap()[..],
+        [AppendOutcome::Stored(_)]
+    ));
+    // Deleted through B: whatever A still remembers, the cluster decides.
+    assert!(b.delete_mailbox(&rid).await.unwrap());
+    assert_eq!(
+        a.append_batch(&[app(&a, &rid, 2, b"late")]).await.unwrap(),
+        vec![AppendOutcome::UnknownMailbox]
+    );
+    assert!(matches!(
+        a.claim_subscriber(&rid).await.unwrap(),
+        Claim::UnknownMailbox
+    ));
+    assert!(a.fetch(&rid, 0, 10).await.unwrap().is_empty());
+    assert!(!a.delete_mailbox(&rid).await.unwrap());
+}

@@ -55,8 +55,9 @@ pub struct ClusterOptions {
     /// How long an append batch waits for WAITAOF before its envelopes are answered
     /// UNAVAILABLE.
     pub durable_timeout: Duration,
-    /// Envelopes older than this are removed by each deposit into their mailbox (besides
-    /// [`Store::expire`]), so that they do not hold the quota; `None`: only by `expire`.
+    /// Envelopes older than this are removed by a deposit into their mailbox that the quota
+    /// would refuse otherwise (besides [`Store::expire`]), so that they do not hold the quota
+    /// between sweeps; `None`: only by `expire`.
     pub retention: Option<Duration>,
 }
 
