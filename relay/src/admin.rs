@@ -7,11 +7,16 @@
 //! - `/servingz`: the relay serves its clients: subscriptions, deliveries, ACKs, and deposits
 //!   unless the disk is below its reserve. 200 also below the reserve, since recipients
 //!   draining their mailboxes is what frees the space; 503 with the reason while starting,
-//!   once shutting down, and after a store write failed. For load-balancer readiness (a
-//!   Kubernetes readinessProbe).
+//!   once shutting down, after a store write failed, and while the store cannot be reached at
+//!   all (cluster store: no Valkey primary confirms a write; clears by itself). For
+//!   load-balancer readiness (a Kubernetes readinessProbe).
 //! - `/readyz`: the relay takes deposits: as `/servingz`, and 503 with the reason while the
-//!   store's disk is below its free-space reserve. For people and alerts that ask whether
-//!   deposits work.
+//!   store's disk is below its free-space reserve or the store cannot confirm deposits durable
+//!   (cluster store: any primary unreachable or without a replica confirming its writes).
+//!   For people and alerts that ask whether deposits work.
+//!
+//! Both only read state the store keeps up to date (the cluster store probes its nodes in
+//! the background): a probe never waits for the store.
 
 use crate::store::Store;
 use axum::Router;
@@ -85,9 +90,13 @@ impl Readiness {
         if !r.accepting.load(Ordering::Relaxed) {
             return Err("not accepting connections (shutting down)".into());
         }
-        match r.store.health().failed {
-            Some(why) => Err(format!("store failed: {why}")),
-            None => Ok(()),
+        let health = r.store.health();
+        if let Some(why) = health.failed {
+            return Err(format!("store failed: {why}"));
+        }
+        match health.unavailable {
+            Some(u) if u.serves_nothing => Err(format!("store unreachable: {}", u.why)),
+            _ => Ok(()),
         }
     }
 
@@ -148,7 +157,8 @@ pub async fn serve(
             get(move || std::future::ready(metrics.render())),
         )
         .route("/healthz", get(|| async { "ok\n" }))
-        // A statvfs call at most: cheap enough to answer on the request's task.
+        // A statvfs call at most (the cluster store answers from its background probe):
+        // cheap enough to answer on the request's task.
         .route(
             "/readyz",
             get(move || std::future::ready(answer(ready.check(), "ready", "not ready"))),

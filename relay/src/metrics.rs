@@ -75,6 +75,9 @@ pub const STORE_RESERVE_BYTES: &str = "sealpost_store_reserve_bytes";
 pub const STORE_SPACE_LOW: &str = "sealpost_store_space_low";
 /// 1 once a write to the store failed (the relay then stops and must be restarted), else 0.
 pub const STORE_FAILED: &str = "sealpost_store_failed";
+/// 1 while the store cannot take deposits for now (cluster store: Valkey unreachable or not
+/// confirming writes durable); clears by itself, the relay keeps running.
+pub const STORE_UNAVAILABLE: &str = "sealpost_store_unavailable";
 /// Envelopes acknowledged to senders (by the store's checkpoint) that the store did not
 /// recover at start-up; 0 when all were recovered.
 pub const STORE_RECOVERY_SHORTFALL: &str = "sealpost_store_recovery_shortfall_envelopes";
@@ -224,6 +227,10 @@ pub fn describe() {
         STORE_FAILED,
         "1 once a store write failed (the relay stops and must restart)"
     );
+    describe_gauge!(
+        STORE_UNAVAILABLE,
+        "1 while the store cannot take deposits for now (Valkey unreachable or not confirming writes); clears by itself"
+    );
 }
 
 /// Creates every counter and gauge at zero, so that dashboards and alerts see them before
@@ -267,6 +274,7 @@ pub fn register_all() {
         BYTES_STORED,
         STORE_SPACE_LOW,
         STORE_FAILED,
+        STORE_UNAVAILABLE,
         STORE_PREVIOUS_FAILURE,
         AT_REST_KEYS,
     ] {

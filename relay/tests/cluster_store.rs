@@ -44,6 +44,13 @@ async fn open(nodes: &[String]) -> ClusterStore {
 
 /// A mailbox with a fresh random id (the cluster may outlive this test run).
 async fn mailbox(s: &ClusterStore) -> [u8; 16] {
+    let (rid, made) = try_mailbox(s).await;
+    made.expect("mailbox created");
+    rid
+}
+
+/// Tries to create a mailbox with a fresh random id: the id and what the store answered.
+async fn try_mailbox(s: &ClusterStore) -> ([u8; 16], Result<(), StoreError>) {
     let rid: [u8; 16] = rand::random();
     let rec = MailboxRecord::new(
         rid,
@@ -52,8 +59,7 @@ async fn mailbox(s: &ClusterStore) -> [u8; 16] {
         [7; 32],
         RecipientSecret([9; 32]),
     );
-    s.create_mailbox(rec).await.expect("mailbox created");
-    rid
+    (rid, s.create_mailbox(rec).await)
 }
 
 fn app(s: &ClusterStore, rid: &[u8; 16], nonce: u8, body: &[u8]) -> Append {
@@ -799,4 +805,164 @@ async fn ended(claim: &mut SubscriberClaim, relay: &str) -> ClaimEnd {
     .unwrap_or_else(|_| panic!("{relay}'s claim ended within 5 s"))
     .expect("signal open")
     .expect("ended")
+}
+
+/// The cluster-wide mailbox count (`max_mailboxes` is checked against it).
+async fn mailbox_count(nodes: &[String]) -> i64 {
+    let urls: Vec<String> = nodes.iter().map(|n| format!("redis://{n}/")).collect();
+    let mut c = redis::cluster::ClusterClient::new(urls)
+        .unwrap()
+        .get_async_connection()
+        .await
+        .unwrap();
+    let n: Option<i64> = redis::cmd("GET")
+        .arg(sealpost_relay::store::cluster::keys::MAILBOX_COUNT)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    n.unwrap_or(0)
+}
+
+#[tokio::test]
+async fn concurrent_creates_through_two_relays_never_exceed_max_mailboxes() {
+    let Some(cluster) = valkey::cluster(
+        "cluster_store::concurrent_creates_through_two_relays_never_exceed_max_mailboxes",
+    ) else {
+        return;
+    };
+    // One at a time: the other tests create mailboxes, which the count includes.
+    let _one = SERIAL.lock().await;
+    let before = mailbox_count(cluster.nodes()).await;
+    let max = u64::try_from(before).unwrap() + 5;
+    let open_with_max = || {
+        let mut q = quotas();
+        q.max_mailboxes = max;
+        ClusterStore::open(ClusterOptions::new(
+            cluster.nodes().to_vec(),
+            Some(Zeroizing::new(MASTER)),
+            q,
+        ))
+    };
+    let (a, b) = (
+        open_with_max().await.unwrap(),
+        open_with_max().await.unwrap(),
+    );
+    // 16 creations at once, 8 through each relay, for 5 places left.
+    let results = futures_util::future::join_all(
+        (0..8).flat_map(|_| [try_mailbox(&a).boxed(), try_mailbox(&b).boxed()]),
+    )
+    .await;
+    let made: Vec<[u8; 16]> = results
+        .iter()
+        .filter(|(_, r)| r.is_ok())
+        .map(|(rid, _)| *rid)
+        .collect();
+    let refused = results
+        .iter()
+        .filter(|(_, r)| matches!(r, Err(StoreError::TooManyMailboxes(m)) if *m == max))
+        .count();
+    assert_eq!((made.len(), refused), (5, 11), "{results:?}");
+    assert_eq!(mailbox_count(cluster.nodes()).await, before + 5);
+    // A deletion through either relay makes room for one more.
+    assert!(b.delete_mailbox(&made[0]).await.unwrap());
+    assert_eq!(mailbox_count(cluster.nodes()).await, before + 4);
+    let (again, r) = try_mailbox(&a).await;
+    r.expect("room for one after a deletion");
+    assert!(matches!(
+        try_mailbox(&b).await.1,
+        Err(StoreError::TooManyMailboxes(_))
+    ));
+    for rid in made[1..].iter().chain([&again]) {
+        assert!(a.delete_mailbox(rid).await.unwrap());
+    }
+    assert_eq!(mailbox_count(cluster.nodes()).await, before);
+}
+
+#[tokio::test]
+async fn the_retention_sweep_covers_every_primary_and_spares_newer_envelopes() {
+    let Some(cluster) = valkey::cluster(
+        "cluster_store::the_retention_sweep_covers_every_primary_and_spares_newer_envelopes",
+    ) else {
+        return;
+    };
+    let _one = SERIAL.lock().await;
+    let s = open(cluster.nodes()).await;
+    // Enough mailboxes that every primary holds some (48 random slots missing one of three
+    // primaries: about 1 in 10^8).
+    let rids = futures_util::future::try_join_all(
+        (0..48).map(|_| async { Ok::<_, StoreError>(mailbox(&s).await) }),
+    )
+    .await
+    .unwrap();
+    let mut primaries = std::collections::HashSet::new();
+    for rid in &rids {
+        let slot = sealpost_relay::store::cluster::keys::MailboxKeys::new(rid).slot();
+        primaries.insert(primary_port(&cluster.nodes()[0], slot).await.unwrap());
+    }
+    assert_eq!(primaries.len(), 3, "the mailboxes span every primary");
+    let batch: Vec<Append> = rids.iter().map(|r| app(&s, r, 1, b"old")).collect();
+    let stored = s.append_batch(&batch).await.unwrap();
+    assert!(stored.iter().all(|o| matches!(o, AppendOutcome::Stored(_))));
+    // The cutoff lies after every "old" envelope; "new" is stored once the clock (the nodes'
+    // and ours are this machine's) has passed it.
+    let cutoff = SystemTime::now() + Duration::from_millis(2);
+    while SystemTime::now() <= cutoff + Duration::from_millis(1) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let late = s
+        .append_batch(&[app(&s, &rids[0], 2, b"new")])
+        .await
+        .unwrap();
+    assert!(matches!(late[..], [AppendOutcome::Stored(_)]));
+
+    // Others' envelopes left in a shared cluster may go too: at least these 48.
+    let removed = s.expire(cutoff).await.unwrap();
+    assert!(removed >= 48, "{removed}");
+    for rid in &rids[1..] {
+        assert_eq!(s.pending(rid).await.unwrap(), 0);
+    }
+    let left = s.fetch(&rids[0], 0, 10).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].envelope, Bytes::from_static(b"new"));
+    // An expired nonce is still remembered (window 2): its resend is no new envelope.
+    assert_eq!(
+        s.append_batch(&[app(&s, &rids[1], 1, b"old")])
+            .await
+            .unwrap(),
+        vec![AppendOutcome::Duplicate]
+    );
+    for rid in &rids {
+        assert!(s.delete_mailbox(rid).await.unwrap());
+    }
+}
+
+#[tokio::test]
+async fn a_mailbox_deleted_through_another_relay_takes_no_deposit_through_this_one() {
+    let Some(cluster) = valkey::cluster(
+        "cluster_store::a_mailbox_deleted_through_another_relay_takes_no_deposit_through_this_one",
+    ) else {
+        return;
+    };
+    let _one = SERIAL.lock().await;
+    let (a, b) = (open(cluster.nodes()).await, open(cluster.nodes()).await);
+    let rid = mailbox(&b).await;
+    // A looks the mailbox up (and keeps its record: cache.rs) and takes a deposit.
+    let found = a.lookup_deposit(&[a.deposit_id_for(&rid)]).await.unwrap();
+    assert_eq!(found[0].as_ref().map(|r| r.recipient_id), Some(rid));
+    assert!(matches!(
+        a.append_batch(&[app(&a, &rid, 1, b"kept")]).await.unwrap()[..],
+        [AppendOutcome::Stored(_)]
+    ));
+    // Deleted through B: whatever A still remembers, the cluster decides.
+    assert!(b.delete_mailbox(&rid).await.unwrap());
+    assert_eq!(
+        a.append_batch(&[app(&a, &rid, 2, b"late")]).await.unwrap(),
+        vec![AppendOutcome::UnknownMailbox]
+    );
+    assert!(matches!(
+        a.claim_subscriber(&rid).await.unwrap(),
+        Claim::UnknownMailbox
+    ));
+    assert!(a.fetch(&rid, 0, 10).await.unwrap().is_empty());
+    assert!(!a.delete_mailbox(&rid).await.unwrap());
 }

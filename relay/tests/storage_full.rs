@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::admin::{await_metrics, get};
 use common::process::http_get;
 use sealpost_core::Suite;
 use sealpost_core::status::{DepositStatus, ErrorCode};
@@ -17,39 +18,10 @@ use sealpost_relay::store::{Store, StoreError};
 use sealpost_relay::{RelayConfig, RelayLimits};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const RESERVE: u64 = 1 << 20;
 const PLENTY: u64 = 1 << 40;
-
-async fn get(admin: &str, path: &'static str) -> (u16, String) {
-    let admin = admin.to_owned();
-    tokio::task::spawn_blocking(move || http_get(&admin, path))
-        .await
-        .unwrap()
-}
-
-/// The value of an unlabelled series in a Prometheus text page.
-fn series(body: &str, name: &str) -> Option<f64> {
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
-/// Polls /metrics until every (series, value) holds; the sampler updates gauges each second.
-async fn await_metrics(admin: &str, want: &[(&str, f64)]) {
-    let t0 = Instant::now();
-    loop {
-        let (_, body) = get(admin, "/metrics").await;
-        if want.iter().all(|(n, v)| series(&body, n) == Some(*v)) {
-            return;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "metrics never reached {want:?}:\n{body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn below_the_reserve_deposits_wait_and_deliveries_go_on() {

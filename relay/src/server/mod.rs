@@ -438,6 +438,8 @@ async fn sample_gauges(shared: Arc<Shared>, ready: Arc<AtomicBool>) {
         }
         metrics::gauge!(crate::metrics::STORE_FAILED)
             .set(f64::from(u8::from(health.failed.is_some())));
+        metrics::gauge!(crate::metrics::STORE_UNAVAILABLE)
+            .set(f64::from(u8::from(health.unavailable.is_some())));
         metrics::gauge!(crate::metrics::STORE_RECOVERY_SHORTFALL)
             .set(health.recovery_shortfall as f64);
         metrics::gauge!(crate::metrics::STORE_PREVIOUS_FAILURE)

@@ -1210,6 +1210,7 @@ impl Store for DiskStore {
             failed: self.failed.get().cloned(),
             recovery_shortfall: self.shortfall.envelopes,
             previous_failure_at: self.previous_failure.as_ref().map(|f| f.at_unix_secs),
+            unavailable: None,
         }
     }
 }

@@ -224,6 +224,22 @@ pub struct StoreHealth {
     pub recovery_shortfall: u64,
     /// When (Unix seconds) a store failure stopped the previous run, if one did.
     pub previous_failure_at: Option<u64>,
+    /// Why the store cannot take deposits for now, if it cannot: a transient state (the
+    /// cluster store's Valkey nodes unreachable or not confirming durability) that clears by
+    /// itself once the backend is back. Unlike `failed`, the relay keeps running through it.
+    pub unavailable: Option<Unavailable>,
+}
+
+/// A store that cannot take deposits for now ([`StoreHealth::unavailable`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unavailable {
+    /// What is wrong, in a sentence (no mailbox ids).
+    pub why: String,
+    /// True when the store cannot be reached at all, so the relay serves nothing (no
+    /// delivery, no ACK either): `/servingz` then answers 503 too, so that a load balancer
+    /// sends clients to relays that do reach it. False when only part of it is affected (one
+    /// shard without a replica, say), which every relay of the deployment shares.
+    pub serves_nothing: bool,
 }
 
 impl StoreHealth {
@@ -231,6 +247,9 @@ impl StoreHealth {
     pub fn accepting(&self) -> Result<(), String> {
         if let Some(why) = &self.failed {
             return Err(format!("store failed: {why}"));
+        }
+        if let Some(u) = &self.unavailable {
+            return Err(format!("store unavailable: {}", u.why));
         }
         match self.space {
             Some(s) if s.low() => Err(format!(

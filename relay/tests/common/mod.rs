@@ -2,6 +2,7 @@
 //! memory store, and helpers that speak raw frames.
 #![allow(dead_code)]
 
+pub mod admin;
 pub mod process;
 pub mod valkey;
 

@@ -56,6 +56,12 @@ impl ValkeyCluster {
         self.run(&["down", "up"]);
     }
 
+    /// Stops every node (`cluster.sh down`), keeping their data for [`ValkeyCluster::up`].
+    /// Only for a cluster this process started.
+    pub fn down(&self) {
+        self.run(&["down"]);
+    }
+
     /// Starts the nodes that are not running (`cluster.sh up`): a killed node comes back with
     /// its data and rejoins. Only for a cluster this process started.
     pub fn up(&self) {

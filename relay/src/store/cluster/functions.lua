@@ -4,9 +4,10 @@
 --
 -- KEYS of every mailbox function (6), in this order:
 --   1 {m:<rid>}     hash: rec (sealed record), seq (last sequence number), n (envelopes held),
---                   b (envelope bytes held), sub (subscriber epoch)
+--                   b (envelope bytes held), sub (subscriber epoch), dups (deposits answered
+--                   DUPLICATE: a write, see sp_deposit)
 --   2 {m:<rid>}:q   stream of held envelopes, entry id <seq>-0, fields t (stored at, ms),
---                   o (nonce), d (digest), e (envelope)
+--                   o (nonce), e (envelope)
 --   3 {m:<rid>}:d   hash nonce -> digest (16) .. seq (decimal): the dedupe window, held and
 --                   recently removed envelopes
 --   4 {m:<rid>}:w   list of removed "seq:nonce" in removal order: which dedupe entries to
@@ -20,42 +21,59 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Remembers a removed envelope in the window; forgets the oldest beyond `window`.
-local function remember_removed(keys, seq, nonce, window)
-  redis.call('RPUSH', keys[4], seq .. ':' .. nonce)
-  while redis.call('LLEN', keys[4]) > window do
-    local old = redis.call('LPOP', keys[4])
-    local sep = string.find(old, ':', 1, true)
-    local old_seq = string.sub(old, 1, sep - 1)
-    local old_nonce = string.sub(old, sep + 1)
-    local cur = redis.call('HGET', keys[3], old_nonce)
-    -- Only if the entry is still that envelope's: the nonce may have been stored again since.
-    if cur and string.sub(cur, 17) == old_seq then
-      redis.call('HDEL', keys[3], old_nonce)
+-- Remembers removed envelopes ("seq:nonce" each, in removal order) in the window; forgets the
+-- oldest beyond `window`. A handful of calls whatever the number removed.
+local function remember_removed(keys, gone, window)
+  local excess = redis.call('RPUSH', keys[4], unpack(gone)) - window
+  while excess > 0 do
+    -- In slices, so that unpack stays far below Lua's stack limit.
+    local old = redis.call('LPOP', keys[4], math.min(excess, 256))
+    if not old then break end
+    excess = excess - #old
+    local nonces, seqs = {}, {}
+    for i, o in ipairs(old) do
+      local sep = string.find(o, ':', 1, true)
+      seqs[i] = string.sub(o, 1, sep - 1)
+      nonces[i] = string.sub(o, sep + 1)
     end
+    local cur = redis.call('HMGET', keys[3], unpack(nonces))
+    local forget = {}
+    for i = 1, #nonces do
+      -- Only if the entry is still that envelope's: the nonce may have been stored again since.
+      if cur[i] and string.sub(cur[i], 17) == seqs[i] then forget[#forget + 1] = nonces[i] end
+    end
+    if #forget > 0 then redis.call('HDEL', keys[3], unpack(forget)) end
   end
 end
 
--- Removes held envelopes from the front while keep(entry) is false; returns how many.
-local function trim_front(keys, window, remove)
-  local removed = 0
-  local bytes = 0
+-- Removes held envelopes from the front while remove(seq, t) holds, reading entries up to the
+-- stream id `last` ('+': no bound) in pages (the first page of `first` entries: a sweep that
+-- only needs to look at the front entry reads one). Returns how many were removed and their
+-- bytes; keeps the mailbox's and the slot's counters.
+local function trim_front(keys, window, remove, last, first)
+  local removed, bytes = 0, 0
+  local count = first
   while true do
-    local batch = redis.call('XRANGE', keys[2], '-', '+', 'COUNT', 64)
-    if #batch == 0 then break end
-    local stop = false
+    local batch = redis.call('XRANGE', keys[2], '-', last, 'COUNT', count)
+    local ids, gone = {}, {}
+    local stop = #batch < count
     for _, entry in ipairs(batch) do
       local id = entry[1]
       local seq = string.sub(id, 1, string.find(id, '-', 1, true) - 1)
       local f = {}
       for i = 1, #entry[2], 2 do f[entry[2][i]] = entry[2][i + 1] end
       if not remove(tonumber(seq), tonumber(f.t)) then stop = true break end
-      redis.call('XDEL', keys[2], id)
-      remember_removed(keys, seq, f.o, window)
-      removed = removed + 1
+      ids[#ids + 1] = id
+      gone[#gone + 1] = seq .. ':' .. f.o
       bytes = bytes + string.len(f.e)
     end
+    if #ids > 0 then
+      redis.call('XDEL', keys[2], unpack(ids))
+      remember_removed(keys, gone, window)
+      removed = removed + #ids
+    end
     if stop then break end
+    count = 64
   end
   if removed > 0 then
     redis.call('HINCRBY', keys[1], 'n', -removed)
@@ -63,7 +81,7 @@ local function trim_front(keys, window, remove)
     redis.call('HINCRBY', keys[6], 'e', -removed)
     redis.call('HINCRBY', keys[6], 'b', -bytes)
   end
-  return removed
+  return removed, bytes
 end
 
 -- sp_create KEYS(6) ARGV: record. 1 if created, 0 if the mailbox exists.
@@ -75,32 +93,43 @@ local function sp_create(keys, args)
 end
 
 -- sp_deposit KEYS(6) ARGV: nonce, digest (16), envelope, max envelopes, max bytes, window,
--- retention (ms; 0 = none). Envelopes older than the retention are removed first (by this
--- node's clock), so that they do not count against the quota. Returns the new sequence number
--- (> 0) or -1 DUPLICATE, -2 ID_REUSED, -3 no such mailbox, -4 MAILBOX_FULL.
+-- retention (ms; 0 = none). When the envelope would exceed the mailbox's quota, envelopes
+-- older than the retention are removed first (by this node's clock), so that they do not hold
+-- the quota until the next sweep. Returns the new sequence number (> 0) or -1 DUPLICATE,
+-- -2 ID_REUSED, -3 no such mailbox, -4 MAILBOX_FULL.
 local function sp_deposit(keys, args)
   local nonce, dig, env = args[1], args[2], args[3]
-  if redis.call('EXISTS', keys[1]) == 0 then return -3 end
-  local retention = tonumber(args[7])
-  if retention > 0 then
-    local cutoff = now_ms() - retention
-    trim_front(keys, tonumber(args[6]), function(_, t) return t < cutoff end)
-  end
+  local st = redis.call('HMGET', keys[1], 'n', 'b', 'seq')
+  if not st[1] then return -3 end
   local seen = redis.call('HGET', keys[3], nonce)
   if seen then
-    if string.sub(seen, 1, 16) == dig then return -1 end
-    return -2
+    if string.sub(seen, 1, 16) ~= dig then return -2 end
+    -- A write, although nothing changes: the WAITAOF that follows this call on its
+    -- connection waits for that connection's last write, and this one comes after the
+    -- original's, which may have come through another connection (or relay) whose WAITAOF
+    -- never confirmed it. Without a write here this DUPLICATE, an OK, would not wait for it.
+    redis.call('HINCRBY', keys[1], 'dups', 1)
+    return -1
   end
-  local st = redis.call('HMGET', keys[1], 'n', 'b')
-  local n, b = tonumber(st[1]), tonumber(st[2])
-  if n + 1 > tonumber(args[4]) or b + string.len(env) > tonumber(args[5]) then return -4 end
-  local seq = redis.call('HINCRBY', keys[1], 'seq', 1)
-  redis.call('XADD', keys[2], seq .. '-0', 't', now_ms(), 'o', nonce, 'd', dig, 'e', env)
+  local n, b, seq = tonumber(st[1]), tonumber(st[2]), tonumber(st[3])
+  local len = string.len(env)
+  local now = now_ms()
+  if n + 1 > tonumber(args[4]) or b + len > tonumber(args[5]) then
+    local retention = tonumber(args[7])
+    if retention > 0 then
+      local cutoff = now - retention
+      local removed, bytes = trim_front(keys, tonumber(args[6]),
+        function(_, t) return t < cutoff end, '+', 1)
+      n, b = n - removed, b - bytes
+    end
+    if n + 1 > tonumber(args[4]) or b + len > tonumber(args[5]) then return -4 end
+  end
+  seq = seq + 1
+  redis.call('XADD', keys[2], seq .. '-0', 't', now, 'o', nonce, 'e', env)
   redis.call('HSET', keys[3], nonce, dig .. seq)
-  redis.call('HINCRBY', keys[1], 'n', 1)
-  redis.call('HINCRBY', keys[1], 'b', string.len(env))
+  redis.call('HSET', keys[1], 'seq', seq, 'n', n + 1, 'b', b + len)
   redis.call('HINCRBY', keys[6], 'e', 1)
-  redis.call('HINCRBY', keys[6], 'b', string.len(env))
+  redis.call('HINCRBY', keys[6], 'b', len)
   redis.call('SPUBLISH', keys[5], seq)
   return seq
 end
@@ -108,14 +137,15 @@ end
 -- sp_ack KEYS(6) ARGV: upto, window. How many envelopes were removed.
 local function sp_ack(keys, args)
   local upto = tonumber(args[1])
-  return trim_front(keys, tonumber(args[2]), function(seq, _) return seq <= upto end)
+  return (trim_front(keys, tonumber(args[2]), function(seq, _) return seq <= upto end,
+    args[1] .. '-0', 64))
 end
 
 -- sp_expire KEYS(6) ARGV: cutoff (ms), window. How many envelopes stored before the cutoff
 -- were removed (a mailbox's envelopes are stored in time order, so they are at the front).
 local function sp_expire(keys, args)
   local cutoff = tonumber(args[1])
-  return trim_front(keys, tonumber(args[2]), function(_, t) return t < cutoff end)
+  return (trim_front(keys, tonumber(args[2]), function(_, t) return t < cutoff end, '+', 1))
 end
 
 -- sp_claim KEYS(6). A new subscriber claim: the mailbox's subscriber epoch (hash field

@@ -4,13 +4,13 @@
 //!
 //! | key                | type   | holds                                                        |
 //! |--------------------|--------|--------------------------------------------------------------|
-//! | `{m:<rid>}`        | hash   | `rec` (the sealed record), `seq`, `n` (envelopes), `b` (bytes), `sub` (subscriber epoch) |
+//! | `{m:<rid>}`        | hash   | `rec` (the sealed record), `seq`, `n` (envelopes), `b` (bytes), `sub` (subscriber epoch), `dups` (DUPLICATE answers) |
 //! | `{m:<rid>}:q`      | stream | held envelopes, id `<seq>-0`: stored at, nonce, digest, body  |
 //! | `{m:<rid>}:d`      | hash   | the dedupe window: nonce -> digest ‖ seq                      |
 //! | `{m:<rid>}:w`      | list   | removed `seq:nonce` in order, to forget beyond the window    |
 //! | `{m:<rid>}:c`      | channel| wake-ups (the new sequence number), kicks (`k<epoch>`), `d` on deletion |
-//! | `{m:<rid>}:f`      | string | a fence written after each append pipeline, expiring in 1 s  |
 //! | `{s<n>}:stats`     | hash   | per slot: `m` mailboxes, `e` envelopes, `b` bytes (below)     |
+//! | `{s<n>}:alive`     | string | the health probe's write on the slot's primary, expiring in 10 s |
 //! | `{d:<deposit id>}` | string | the recipient id of the mailbox with this deposit id          |
 //! | `sealpost:prf`     | string | the deposit-id PRF key, sealed under the master key           |
 //! | `sealpost:mailboxes` | string | the mailbox count, for `max_mailboxes`                      |
@@ -33,8 +33,9 @@ use sealpost_core::{DepositId, RecipientId};
 pub const PRF_KEY: &str = "sealpost:prf";
 /// The cluster-wide mailbox count.
 pub const MAILBOX_COUNT: &str = "sealpost:mailboxes";
-/// The `SCAN MATCH` pattern of every mailbox's main hash.
-pub const MAILBOX_PATTERN: &str = "{m:*}";
+/// The `SCAN MATCH` pattern of the mailboxes' envelope streams (`{m:<rid>}:q`): a mailbox
+/// that never held an envelope has none, so the retention sweep does not visit it.
+pub const STREAM_PATTERN: &str = "{m:*}:q";
 
 /// The number of hash slots.
 pub const SLOTS: usize = 16_384;
@@ -58,6 +59,12 @@ pub fn stats_key(slot: u16) -> &'static str {
         table
     });
     &table[usize::from(slot) % SLOTS]
+}
+
+/// The key the health probe writes in `slot` (under the slot's counter tag).
+pub fn probe_key(slot: u16) -> String {
+    let stats = stats_key(slot);
+    format!("{}:alive", stats.strip_suffix(":stats").unwrap_or(stats))
 }
 
 /// The keys of one mailbox, in the order the functions take them.
@@ -88,12 +95,6 @@ impl MailboxKeys {
     /// The wake-up channel.
     pub fn channel(&self) -> &str {
         &self.keys[4]
-    }
-
-    /// The fence key: a write in the mailbox's slot after an append pipeline (see
-    /// `append_batch`).
-    pub fn fence(&self) -> String {
-        format!("{}:f", self.keys[0])
     }
 
     /// The hash slot of every key of this mailbox.
@@ -161,7 +162,6 @@ mod tests {
         for key in &k.keys[..5] {
             assert_eq!(recipient_of(key.as_bytes()), Some(rid));
         }
-        assert_eq!(slot(k.fence().as_bytes()), k.slot());
     }
 
     #[test]
@@ -170,6 +170,7 @@ mod tests {
             assert_eq!(slot(stats_key(s).as_bytes()), s, "{}", stats_key(s));
         }
         assert!((0..16384u16).all(|s| slot(stats_key(s).as_bytes()) == s));
+        assert!((0..16384u16).all(|s| slot(probe_key(s).as_bytes()) == s));
         assert_eq!(recipient_of(b"{d:abab}"), None);
         assert_eq!(recipient_of(b"{m:zz}"), None);
     }

@@ -5,10 +5,13 @@
 //! (loaded with FUNCTION LOAD REPLACE at every start) change it atomically. An append is
 //! acknowledged only once WAITAOF confirms it fsynced on its primary and a replica
 //! (`commit`); a wake-up reaches subscribers on every relay through sharded pub/sub (`wake`).
-//! Start-up refuses a cluster that cannot keep that promise (`checks`).
+//! Start-up refuses a cluster that cannot keep that promise (`checks`); afterwards the store
+//! reports, without a round trip, whether it can keep it now (`health`).
 
+mod cache;
 pub mod checks;
 mod commit;
+mod health;
 pub mod keys;
 mod wake;
 
@@ -17,8 +20,8 @@ pub use checks::ClusterError;
 use super::index::{IdPrf, digest};
 use super::record::{self, RecordError, secrets_key};
 use super::{
-    Append, AppendOutcome, Claim, MailboxRecord, Quotas, Store, StoreError, StoreStats,
-    StoredEnvelope, SubscriberClaim,
+    Append, AppendOutcome, Claim, MailboxRecord, Quotas, Store, StoreError, StoreHealth,
+    StoreStats, StoredEnvelope, SubscriberClaim,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -32,6 +35,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use zeroize::Zeroizing;
+
+/// Mailbox streams one SCAN step asks for on a primary during the retention sweep, and so
+/// the most `sp_expire` calls in one pipeline.
+const EXPIRE_PAGE: usize = 500;
 
 /// The function library, loaded on every primary at start-up.
 const FUNCTIONS: &str = include_str!("functions.lua");
@@ -48,8 +55,9 @@ pub struct ClusterOptions {
     /// How long an append batch waits for WAITAOF before its envelopes are answered
     /// UNAVAILABLE.
     pub durable_timeout: Duration,
-    /// Envelopes older than this are removed by each deposit into their mailbox (besides
-    /// [`Store::expire`]), so that they do not hold the quota; `None`: only by `expire`.
+    /// Envelopes older than this are removed by a deposit into their mailbox that the quota
+    /// would refuse otherwise (besides [`Store::expire`]), so that they do not hold the quota
+    /// between sweeps; `None`: only by `expire`.
     pub retention: Option<Duration>,
 }
 
@@ -76,7 +84,9 @@ pub struct ClusterStore {
     /// Retention in milliseconds for the deposit function; 0 = none.
     retention_ms: u64,
     conn: ClusterConnection,
-    committer: Committer,
+    committer: Arc<Committer>,
+    health: Arc<health::Health>,
+    records: cache::RecordCache,
     secrets: AeadKey,
     prf: IdPrf,
     wakes: Arc<wake::Wakes>,
@@ -102,7 +112,7 @@ impl ClusterStore {
             return Err(ClusterError::MasterKeyRequired.into());
         };
         let secrets = secrets_key(master);
-        let committer = Committer::new(opts.nodes.clone(), opts.durable_timeout);
+        let committer = Arc::new(Committer::new(opts.nodes.clone(), opts.durable_timeout));
         let unreachable = |why: String| ClusterError::Unreachable {
             nodes: opts.nodes.join(","),
             why,
@@ -137,6 +147,12 @@ impl ClusterStore {
             .await
             .map_err(|e| unreachable(e.to_string()))?;
         tokio::spawn(wake::run(Arc::downgrade(&wakes), sub, connect));
+        let health = Arc::new(health::Health::default());
+        tokio::spawn(health::run(
+            Arc::downgrade(&health),
+            Arc::downgrade(&committer),
+            opts.durable_timeout,
+        ));
 
         let mut store = Self {
             quotas: opts.quotas,
@@ -145,6 +161,8 @@ impl ClusterStore {
             }),
             conn,
             committer,
+            health,
+            records: cache::RecordCache::default(),
             secrets,
             prf: IdPrf::new([0; 16]),
             wakes,
@@ -194,24 +212,36 @@ impl ClusterStore {
         n: usize,
     ) -> Result<Vec<Value>, StoreError> {
         let mut last = String::new();
+        // Whose failure it is, for the store's health: "" while no primary is known.
+        let mut failing = String::new();
         for _ in 0..2 {
             let Some(primary) = self.committer.primary_of(slot) else {
-                self.committer.refresh().await.map_err(backend)?;
+                if let Err(e) = self.committer.refresh().await {
+                    last = format!("no node answers CLUSTER SLOTS: {e}");
+                    break;
+                }
+                last = format!("no primary serves slot {slot}");
                 continue;
             };
             match self.committer.commit(&primary, &mut pipe.clone(), n).await {
-                Ok(v) => return Ok(v),
+                Ok(v) => {
+                    self.health.commit_ok(&primary);
+                    return Ok(v);
+                }
                 Err(e @ commit::CommitError::NotDurable { .. }) => {
                     last = e.to_string();
+                    failing = primary;
                     break;
                 }
                 Err(e) => {
                     last = e.to_string();
+                    failing = primary;
                     // A seed may be the node that is gone: a failed refresh keeps the old map.
                     let _ = self.committer.refresh().await;
                 }
             }
         }
+        self.health.commit_failed(&failing, &last);
         Err(backend(format!("not confirmed durable: {last}")))
     }
 
@@ -259,38 +289,56 @@ impl ClusterStore {
         self.committer.refresh().await.map_err(backend)
     }
 
-    /// Every mailbox's recipient id, by scanning each primary's keys.
-    async fn all_mailboxes(&self) -> Result<Vec<RecipientId>, StoreError> {
-        let mut out = Vec::new();
-        for primary in self.primaries().await? {
-            let mut c = Committer::connect(&primary, Duration::from_secs(5))
+    /// Removes the envelopes stored before `cutoff` (ms) on one primary: a page of its
+    /// mailboxes' streams at a time (SCAN), then one pipeline of `sp_expire` calls for the
+    /// page on the same connection, so a sweep holds one page in memory and makes two round
+    /// trips per page instead of one per mailbox.
+    async fn expire_on(&self, primary: &str, cutoff: u64) -> Result<u64, StoreError> {
+        let on = |e: redis::RedisError| backend(format!("expiry on {primary}: {e}"));
+        let mut c = Committer::connect(primary, Duration::from_secs(5))
+            .await
+            .map_err(on)?;
+        let mut cursor = 0u64;
+        let mut removed = 0u64;
+        loop {
+            let (next, streams): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(keys::STREAM_PATTERN)
+                .arg("TYPE")
+                .arg("stream")
+                .arg("COUNT")
+                .arg(EXPIRE_PAGE)
+                .query_async(&mut c)
                 .await
-                .map_err(backend)?;
-            let mut cursor = 0u64;
-            loop {
-                let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(keys::MAILBOX_PATTERN)
-                    .arg("TYPE")
-                    .arg("hash")
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut c)
-                    .await
-                    .map_err(backend)?;
-                out.extend(
-                    keys.iter()
-                        .filter(|k| !k.ends_with(b":d"))
-                        .filter_map(|k| keys::recipient_of(k)),
+                .map_err(on)?;
+            let mut pipe = redis::pipe();
+            for rid in streams.iter().filter_map(|k| keys::recipient_of(k)) {
+                pipe.add_command(
+                    Self::fcall("sp_expire", &MailboxKeys::new(&rid))
+                        .arg(cutoff)
+                        .arg(self.quotas.dedupe_window)
+                        .to_owned(),
                 );
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
             }
+            if !pipe.is_empty() {
+                let answers: Vec<Value> = pipe.query_async(&mut c).await.map_err(on)?;
+                for a in answers {
+                    match a {
+                        Value::Int(n) => removed += u64::try_from(n).unwrap_or(0),
+                        other => {
+                            return Err(backend(format!(
+                                "expiry on {primary}: sp_expire answered {other:?}"
+                            )));
+                        }
+                    }
+                }
+            }
+            if next == 0 {
+                return Ok(removed);
+            }
+            cursor = next;
         }
-        Ok(out)
     }
 }
 
@@ -375,28 +423,57 @@ impl Store for ClusterStore {
         self.prf.deposit_id(recipient_id)
     }
 
+    /// The mailbox count (`keys::MAILBOX_COUNT`) is a reservation taken before the mailbox
+    /// is made: INCR, confirmed durable, then refused (and given back) if over the limit. The
+    /// INCR is atomic across relays, so concurrent creations through any number of relays
+    /// never make more than `max_mailboxes`. The count lives in another slot than the mailbox,
+    /// so no one function covers both; every gap between the two errs towards a count too
+    /// high (an early refusal), never too low: a relay lost between INCR and giving back, a
+    /// creation whose outcome is unknown (its reservation is kept, since the mailbox may
+    /// exist), a give-back lost in a failover. docs/CLUSTER.md, "Status".
     async fn create_mailbox(&self, record: MailboxRecord) -> Result<(), StoreError> {
-        let count: u64 = self
-            .query(redis::cmd("INCR").arg(keys::MAILBOX_COUNT))
-            .await?;
-        let undo = || async {
+        let mut pipe = redis::pipe();
+        pipe.cmd("INCR").arg(keys::MAILBOX_COUNT);
+        // Not given back when unconfirmed: the INCR may have been applied all the same.
+        let count = match self
+            .durable(keys::slot(keys::MAILBOX_COUNT.as_bytes()), &pipe, 1)
+            .await?
+            .first()
+        {
+            Some(Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
+            other => {
+                return Err(backend(format!(
+                    "INCR {} answered {other:?}",
+                    keys::MAILBOX_COUNT
+                )));
+            }
+        };
+        let give_back = || async {
+            // Not waited for: a give-back lost in a failover leaves the count high, which only
+            // refuses early.
             let _: Result<i64, _> = self
                 .query(redis::cmd("DECR").arg(keys::MAILBOX_COUNT))
                 .await;
         };
         if count > self.quotas.max_mailboxes {
-            undo().await;
+            give_back().await;
             return Err(StoreError::TooManyMailboxes(self.quotas.max_mailboxes));
         }
-        let sealed = record::encode(&record, Some(&self.secrets)).map_err(backend)?;
+        let sealed = match record::encode(&record, Some(&self.secrets)) {
+            Ok(s) => s,
+            Err(e) => {
+                give_back().await;
+                return Err(backend(e));
+            }
+        };
         // The lookup key first (its value can only ever be this recipient id), then the
         // mailbox: a crash in between leaves a lookup key that names no mailbox (keys.rs).
         let dkey = keys::deposit_key(&record.deposit_id);
         let mut pipe = redis::pipe();
         pipe.cmd("SET").arg(&dkey).arg(&record.recipient_id[..]);
-        let set = self.durable(keys::slot(dkey.as_bytes()), &pipe, 1).await;
-        if let Err(e) = set {
-            undo().await;
+        if let Err(e) = self.durable(keys::slot(dkey.as_bytes()), &pipe, 1).await {
+            // No mailbox yet whatever became of the lookup key.
+            give_back().await;
             return Err(e);
         }
         let k = MailboxKeys::new(&record.recipient_id);
@@ -405,13 +482,11 @@ impl Store for ClusterStore {
         match self.durable(k.slot(), &pipe, 1).await {
             Ok(v) if v.first() == Some(&Value::Int(1)) => Ok(()),
             Ok(_) => {
-                undo().await;
+                give_back().await;
                 Err(StoreError::Exists)
             }
-            Err(e) => {
-                undo().await;
-                Err(e)
-            }
+            // The mailbox may exist (written, not confirmed): keep its reservation.
+            Err(e) => Err(e),
         }
     }
 
@@ -419,14 +494,35 @@ impl Store for ClusterStore {
         &self,
         ids: &[DepositId],
     ) -> Result<Vec<Option<Arc<MailboxRecord>>>, StoreError> {
-        // All at once: the cluster connection pipelines concurrent requests.
-        futures_util::future::try_join_all(ids.iter().map(|id| async move {
+        // Recently read records from the cache (`cache.rs`: safe, since a record never
+        // changes and a deletion is caught by the deposit function); each other id read once,
+        // all at once (the cluster connection pipelines concurrent requests).
+        let mut found: HashMap<DepositId, Option<Arc<MailboxRecord>>> = HashMap::new();
+        for id in ids {
+            found.entry(*id).or_insert_with(|| self.records.get(id));
+        }
+        let missing: Vec<DepositId> = found
+            .iter()
+            .filter(|(_, r)| r.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        let read = futures_util::future::try_join_all(missing.iter().map(|id| async move {
             match self.recipient_of_deposit(id).await? {
                 Some(rid) => self.record(&rid).await,
                 None => Ok(None),
             }
         }))
-        .await
+        .await?;
+        for (id, rec) in missing.into_iter().zip(read) {
+            if let Some(rec) = &rec {
+                self.records.insert(rec.clone());
+            }
+            found.insert(id, rec);
+        }
+        Ok(ids
+            .iter()
+            .map(|id| found.get(id).cloned().flatten())
+            .collect())
     }
 
     async fn mailbox(
@@ -441,6 +537,7 @@ impl Store for ClusterStore {
         let mut pipe = redis::pipe();
         pipe.add_command(Self::fcall("sp_delete", &k));
         let existed = self.durable(k.slot(), &pipe, 1).await?.first() == Some(&Value::Int(1));
+        self.records.forget(&self.deposit_id_for(recipient_id));
         // After the mailbox: a lookup key left by a crash here names no mailbox (keys.rs).
         let _: i64 = self
             .query(redis::cmd("DEL").arg(keys::deposit_key(&self.deposit_id_for(recipient_id))))
@@ -455,16 +552,25 @@ impl Store for ClusterStore {
 
     async fn append_batch(&self, batch: &[Append]) -> Result<Vec<AppendOutcome>, StoreError> {
         let mut out = vec![AppendOutcome::UnknownMailbox; batch.len()];
-        // Resolve each deposit id once, all at once.
-        let mut ids: Vec<DepositId> = batch.iter().map(|a| a.deposit_id).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let found =
-            futures_util::future::try_join_all(ids.iter().map(|id| self.recipient_of_deposit(id)))
-                .await?;
-        let rids: HashMap<DepositId, Option<RecipientId>> = ids.into_iter().zip(found).collect();
+        // Resolve each deposit id once: from the record cache (the relay has just looked the
+        // mailboxes up), else all at once from the cluster.
+        let mut rids: HashMap<DepositId, Option<RecipientId>> = HashMap::new();
+        for a in batch {
+            rids.entry(a.deposit_id)
+                .or_insert_with(|| self.records.get(&a.deposit_id).map(|r| r.recipient_id));
+        }
+        let missing: Vec<DepositId> = rids
+            .iter()
+            .filter(|(_, r)| r.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        let read = futures_util::future::try_join_all(
+            missing.iter().map(|id| self.recipient_of_deposit(id)),
+        )
+        .await?;
+        rids.extend(missing.into_iter().zip(read));
         // Group by slot, then by primary: one pipeline per primary.
-        let mut groups: HashMap<String, (Pipeline, Vec<usize>, u16, String)> = HashMap::new();
+        let mut groups: HashMap<String, (Pipeline, Vec<usize>, u16)> = HashMap::new();
         for (i, a) in batch.iter().enumerate() {
             let Some(Some(rid)) = rids.get(&a.deposit_id) else {
                 continue;
@@ -474,15 +580,22 @@ impl Store for ClusterStore {
             let primary = match self.committer.primary_of(slot) {
                 Some(p) => p,
                 None => {
-                    self.committer.refresh().await.map_err(backend)?;
-                    self.committer
-                        .primary_of(slot)
-                        .ok_or_else(|| backend(format!("no primary serves slot {slot}")))?
+                    let found = match self.committer.refresh().await {
+                        Ok(_) => self
+                            .committer
+                            .primary_of(slot)
+                            .ok_or_else(|| format!("no primary serves slot {slot}")),
+                        Err(e) => Err(format!("no node answers CLUSTER SLOTS: {e}")),
+                    };
+                    found.map_err(|why| {
+                        self.health.commit_failed("", &why);
+                        backend(why)
+                    })?
                 }
             };
             let g = groups
                 .entry(primary)
-                .or_insert_with(|| (redis::pipe(), Vec::new(), slot, k.fence()));
+                .or_insert_with(|| (redis::pipe(), Vec::new(), slot));
             g.0.add_command(
                 Self::fcall("sp_deposit", &k)
                     .arg(&a.nonce[..])
@@ -496,24 +609,13 @@ impl Store for ClusterStore {
             );
             g.1.push(i);
         }
-        let commits = groups
-            .into_values()
-            .map(|(mut pipe, items, slot, fence)| async move {
-                // A write at the end of every group, so that WAITAOF covers every earlier write
-                // to these mailboxes, also one this connection did not make: a deposit answered
-                // DUPLICATE writes nothing, and the original it duplicates may have come through
-                // another connection or relay whose WAITAOF never confirmed it (an UNAVAILABLE
-                // being retried). Without this, that DUPLICATE would be an OK for an envelope
-                // held by one node only.
-                pipe.cmd("SET")
-                    .arg(&fence)
-                    .arg(1)
-                    .arg("PX")
-                    .arg(1000)
-                    .ignore();
-                let answers = self.durable(slot, &pipe, items.len()).await?;
-                Ok::<_, StoreError>((items, answers))
-            });
+        let commits = groups.into_values().map(|(pipe, items, slot)| async move {
+            // No fence write needed after the group: a DUPLICATE (an OK for an envelope
+            // that may have come through another connection whose WAITAOF never confirmed
+            // it) is itself a write in `sp_deposit`, so the WAITAOF covers the original.
+            let answers = self.durable(slot, &pipe, items.len()).await?;
+            Ok::<_, StoreError>((items, answers))
+        });
         // Every primary's group at once; any group not confirmed durable fails the batch,
         // so no envelope of it is answered OK (a retry is safe: it is deduplicated).
         for r in futures_util::future::join_all(commits).await {
@@ -605,21 +707,35 @@ impl Store for ClusterStore {
     }
 
     async fn expire(&self, cutoff: SystemTime) -> Result<u64, StoreError> {
+        // Every primary at once (as many sweeps in flight as primaries), each a page at a
+        // time. A primary that fails fails the sweep after the others finished; the next
+        // sweep (every `expire_interval`) tries again.
         let cutoff = millis(cutoff);
+        let primaries = self.primaries().await?;
+        let sweeps = primaries.iter().map(|p| self.expire_on(p, cutoff));
         let mut removed = 0;
-        for rid in self.all_mailboxes().await? {
-            let k = MailboxKeys::new(&rid);
-            let n: u64 = self
-                .query(
-                    Self::fcall("sp_expire", &k)
-                        .arg(cutoff)
-                        .arg(self.quotas.dedupe_window),
-                )
-                .await?;
-            removed += n;
+        let mut failed = None;
+        for r in futures_util::future::join_all(sweeps).await {
+            match r {
+                Ok(n) => removed += n,
+                Err(e) => failed = Some(e),
+            }
         }
         self.wakes.nudge();
-        Ok(removed)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(removed),
+        }
+    }
+
+    /// Never a round trip: what the background probe and the recent commits found
+    /// (`health.rs`). An unavailable cluster is transient, never `failed`: the relay keeps
+    /// running and takes deposits again once Valkey confirms writes.
+    fn health(&self) -> StoreHealth {
+        StoreHealth {
+            unavailable: self.health.current(),
+            ..StoreHealth::default()
+        }
     }
 
     async fn stats(&self) -> StoreStats {
