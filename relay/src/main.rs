@@ -351,6 +351,19 @@ fn rotate_master_key(data_dir: PathBuf, old: Option<PathBuf>, new: PathBuf) -> C
             keys.display()
         );
     }
+    // The forwarding key in the data directory is sealed under the master key too (a
+    // forward_key_file named in the settings is not known to this command and stays under
+    // the old master key). Without it the relay would not start after the rotation.
+    let fwd = data_dir.join(sealpost_relay::forward::key::FILE_NAME);
+    if let Some(old) = old.as_ref()
+        && sealpost_relay::forward::key::ForwardKey::rotate_master_key(&fwd, old, &new)
+            .map_err(|e| e.to_string())?
+    {
+        eprintln!(
+            "re-sealed the forwarding key {} under the new master key",
+            fwd.display()
+        );
+    }
     let n = store.rotate_master_key(&new).map_err(|e| e.to_string())?;
     eprintln!(
         "re-encrypted the secrets of {n} mailboxes in {} under the new master key; start the relay with it",

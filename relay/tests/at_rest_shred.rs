@@ -454,3 +454,101 @@ async fn cluster_store_shredded_envelopes_leave_nothing_in_valkeys_files() {
     c.close().await;
     relay.shutdown(Duration::from_secs(5)).await.unwrap();
 }
+
+/// One relay of a cluster deployment, sealing at rest under 1 s epochs, as `Relay::open`
+/// builds it (without the server).
+async fn cluster_relay(
+    nodes: &[String],
+) -> sealpost_relay::store::at_rest::AtRest<sealpost_relay::store::cluster::ClusterStore> {
+    use sealpost_relay::store::at_rest::{AtRest, AtRestOptions, keyring::Keyring, valkey};
+    use sealpost_relay::store::cluster::{ClusterOptions, ClusterStore};
+    let quotas = sealpost_relay::store::Quotas {
+        max_envelopes: 100,
+        max_bytes: 1 << 20,
+        max_mailboxes: 16,
+        dedupe_window: 4,
+    };
+    let store = ClusterStore::open(ClusterOptions::new(
+        nodes.to_vec(),
+        Some(zeroize::Zeroizing::new(CLUSTER_MASTER)),
+        quotas,
+    ))
+    .await
+    .unwrap();
+    let keys = valkey::ValkeyKeys::open(nodes).await.unwrap();
+    let keyring = Keyring::open(&CLUSTER_MASTER, Box::new(keys))
+        .await
+        .unwrap();
+    let mut opts = AtRestOptions::new();
+    opts.window = Duration::from_secs(1);
+    AtRest::new(store, keyring, opts)
+}
+
+const CLUSTER_MASTER: [u8; 32] = [9; 32];
+
+/// The protocol's idempotency promise holds across epochs and relays: a sender's retry that
+/// reaches another relay of the cluster after the epoch window turned is DUPLICATE and stored
+/// once, another envelope under the same nonce ID_REUSED. (The memory and disk stores are
+/// tested in the unit tests, with the window forced instead of waited for.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_store_a_retry_at_another_relay_in_another_epoch_is_a_duplicate() {
+    use sealpost_relay::store::at_rest::record;
+    use sealpost_relay::store::{Append, AppendOutcome, MailboxRecord, Store};
+    let Some(cluster) = common::valkey::private_cluster(
+        "cluster_store_a_retry_at_another_relay_in_another_epoch_is_a_duplicate",
+    ) else {
+        return;
+    };
+    let one = cluster_relay(cluster.nodes()).await;
+    let two = cluster_relay(cluster.nodes()).await;
+    let rid = [5u8; 16];
+    let did = one.deposit_id_for(&rid);
+    assert_eq!(two.deposit_id_for(&rid), did);
+    one.create_mailbox(MailboxRecord::new(
+        rid,
+        did,
+        Suite::ChaCha20Poly1305,
+        [1; 32],
+        sealpost_core::keys::RecipientSecret([2; 32]),
+    ))
+    .await
+    .unwrap();
+    let app = |nonce: u8, fill: u8| Append {
+        deposit_id: did,
+        nonce: [nonce; 12],
+        envelope: Bytes::from(vec![fill; 300]),
+    };
+    assert_eq!(
+        one.append_batch(&[app(1, 1)]).await.unwrap(),
+        [AppendOutcome::Stored(1)]
+    );
+    let held = one.inner().fetch(&rid, 0, 10).await.unwrap();
+    let first = record::epoch_of(&held[0].envelope).unwrap();
+    // Wall time is the signal here: the other relay's window must have moved on.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        <= first.start
+    {
+        assert!(Instant::now() < deadline, "the clock did not move on");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        two.append_batch(&[app(1, 1), app(1, 9), app(2, 2)])
+            .await
+            .unwrap(),
+        [
+            AppendOutcome::Duplicate,
+            AppendOutcome::IdReused,
+            AppendOutcome::Stored(2)
+        ]
+    );
+    let held = two.inner().fetch(&rid, 0, 10).await.unwrap();
+    assert_eq!(held.len(), 2);
+    assert_ne!(record::epoch_of(&held[1].envelope).unwrap(), first);
+    let got = two.fetch(&rid, 0, 10).await.unwrap();
+    assert_eq!(got[0].envelope, app(1, 1).envelope);
+    assert_eq!(got[1].envelope, app(2, 2).envelope);
+}

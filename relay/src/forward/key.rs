@@ -166,6 +166,36 @@ impl ForwardKey {
         }
     }
 
+    /// Re-seals the key file at `path` from the `old` master key to the `new` one, for
+    /// `rotate-master-key`: whether it was re-sealed. A missing file, one in the clear, or one
+    /// already under `new` (a rotation run again) is left as it is.
+    pub fn rotate_master_key(
+        path: &Path,
+        old: &[u8; 32],
+        new: &[u8; 32],
+    ) -> Result<bool, ForwardKeyError> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => Zeroizing::new(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(source) => {
+                return Err(ForwardKeyError::Io {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        if bytes.first() != Some(&SEALED) || Self::decode(path, &bytes, Some(new)).is_ok() {
+            return Ok(false);
+        }
+        let (key, _) = Self::decode(path, &bytes, Some(old))?;
+        key.write(path, Some(new))
+            .map_err(|source| ForwardKeyError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(true)
+    }
+
     fn decode(
         path: &Path,
         bytes: &[u8],
@@ -248,6 +278,27 @@ impl ForwardKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_master_key_rotation_reseals_the_file_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join(FILE_NAME);
+        let (old, new) = ([0x11; 32], [0x22; 32]);
+        assert!(!ForwardKey::rotate_master_key(&path, &old, &new).unwrap());
+        let a = ForwardKey::load_or_create(&path, true, Some(&old)).unwrap();
+        assert!(ForwardKey::rotate_master_key(&path, &old, &new).unwrap());
+        assert!(!ForwardKey::rotate_master_key(&path, &old, &new).unwrap());
+        let b = ForwardKey::load_or_create(&path, false, Some(&new)).unwrap();
+        assert_eq!(a.public(), b.public());
+        assert!(matches!(
+            ForwardKey::load_or_create(&path, false, Some(&old)),
+            Err(ForwardKeyError::WrongMasterKey(_))
+        ));
+        assert!(matches!(
+            ForwardKey::rotate_master_key(&path, &[0x33; 32], &[0x44; 32]),
+            Err(ForwardKeyError::WrongMasterKey(_))
+        ));
+    }
 
     #[test]
     fn created_once_kept_and_sealed_under_a_master_key() {

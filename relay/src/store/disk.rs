@@ -507,7 +507,8 @@ impl DiskStore {
                 continue;
             };
             // The digest is recomputed rather than stored: one SHA-256 pass over what
-            // recovery reads anyway, and no change to the envelope records.
+            // recovery reads anyway, and no change to the envelope records (a record sealed
+            // at rest carries its own, which `digest` reads).
             m.restore_held(
                 Held {
                     seq,

@@ -48,30 +48,60 @@ impl EpochKey {
         &self.seal
     }
 
-    fn mac(&self, parts: &[&[u8]]) -> [u8; 12] {
-        // ring keeps the HMAC pads on the stack for this call only; they are not wiped, but
-        // they never outlive the call.
-        let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.siv[..]);
-        let mut ctx = ring::hmac::Context::with_key(&k);
-        for p in parts {
-            ctx.update(p);
-        }
-        let t = ctx.sign();
+    /// The synthetic nonce of a record: a PRF of what it binds and the envelope.
+    pub fn synthetic_nonce(&self, aad: &[u8], envelope: &[u8]) -> [u8; 12] {
+        let t = mac(&self.siv, &[b"nonce", aad, envelope]);
         let mut out = [0u8; 12];
-        out.copy_from_slice(&t.as_ref()[..12]);
+        out.copy_from_slice(&t[..12]);
+        out
+    }
+}
+
+/// HMAC-SHA256 of the concatenated `parts` under `key`.
+fn mac(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
+    // ring keeps the HMAC pads on the stack for this call only; they are not wiped, but they
+    // never outlive the call.
+    let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+    let mut ctx = ring::hmac::Context::with_key(&k);
+    for p in parts {
+        ctx.update(p);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.sign().as_ref());
+    out
+}
+
+/// The key of duplicate detection, derived from the master key. Unlike an epoch key it lives
+/// as long as the master key: a sender's retry must be recognised whichever epoch (time
+/// window, or relay of a cluster) it lands in, so neither what the inner store keeps instead
+/// of the sender nonce nor the digest it compares may depend on the epoch. docs/AT-REST.md
+/// says what this costs after shredding. Wiped on drop.
+pub struct DedupeKey(Zeroizing<[u8; 32]>);
+
+impl DedupeKey {
+    /// The dedupe key of `master`.
+    pub fn new(master: &[u8; 32]) -> Self {
+        Self(hkdf(master, b"sealpost/1 at-rest", b"sealpost/1 dedupe"))
+    }
+
+    /// What the inner store keeps instead of the sender's nonce (its duplicate-detection
+    /// key): a PRF of the mailbox and the sender nonce, the same in every epoch.
+    pub fn nonce_tag(&self, deposit_id: &DepositId, nonce: &[u8; 12]) -> [u8; 12] {
+        let t = mac(&self.0, &[b"nonce tag", deposit_id, nonce]);
+        let mut out = [0u8; 12];
+        out.copy_from_slice(&t[..12]);
         out
     }
 
-    /// The synthetic nonce of a record: a PRF of what it binds and the envelope.
-    pub fn synthetic_nonce(&self, aad: &[u8], envelope: &[u8]) -> [u8; 12] {
-        self.mac(&[b"nonce", aad, envelope])
-    }
-
-    /// What the inner store keeps instead of the sender's nonce (its duplicate-detection key):
-    /// a PRF of the mailbox and the sender nonce under this epoch's key, so that it says
-    /// nothing once the key is destroyed.
-    pub fn nonce_tag(&self, deposit_id: &DepositId, nonce: &[u8; 12]) -> [u8; 12] {
-        self.mac(&[b"dedupe", deposit_id, nonce])
+    /// The digest a record carries for the inner store to compare instead of a digest of the
+    /// record (which differs between epochs): a PRF of the mailbox and the envelope as
+    /// received, so that a byte-identical retry matches in any epoch and another envelope
+    /// under the same nonce does not.
+    pub fn envelope_digest(&self, deposit_id: &DepositId, envelope: &[u8]) -> [u8; 16] {
+        let t = mac(&self.0, &[b"envelope digest", deposit_id, envelope]);
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&t[..16]);
+        out
     }
 }
 
@@ -195,6 +225,7 @@ struct Live {
 /// The epoch keys in memory, backed by a [`KeyringStore`].
 pub struct Keyring {
     wrap: AeadKey,
+    dedupe: DedupeKey,
     store: Box<dyn KeyringStore>,
     live: Mutex<HashMap<EpochId, Live>>,
     /// Held while a key is made, so two batches never make two keys for one epoch.
@@ -251,6 +282,7 @@ impl Keyring {
         }
         Ok(Self {
             wrap,
+            dedupe: DedupeKey::new(master),
             store,
             live: Mutex::new(live),
             making: tokio::sync::Mutex::new(()),
@@ -259,6 +291,11 @@ impl Keyring {
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<EpochId, Live>> {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The key of duplicate detection (lives with the master key, not with an epoch).
+    pub fn dedupe(&self) -> &DedupeKey {
+        &self.dedupe
     }
 
     /// The key of `epoch`, if alive.

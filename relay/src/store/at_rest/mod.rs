@@ -365,6 +365,10 @@ impl<S: Store> Store for AtRest<S> {
             }
         }
         metrics::gauge!(METRIC_KEYS).set(self.keyring.len() as f64);
+        // Duplicate detection uses the long-lived dedupe key, not the epoch key: a retry
+        // landing in the next window (or at another relay of the cluster) must still be
+        // answered DUPLICATE.
+        let dedupe = self.keyring.dedupe();
         let items: Vec<ToSeal<'_>> = batch
             .iter()
             .zip(&epochs)
@@ -372,17 +376,17 @@ impl<S: Store> Store for AtRest<S> {
                 deposit_id: &a.deposit_id,
                 epoch: *e,
                 key: &keys[e],
+                digest: dedupe.envelope_digest(&a.deposit_id, &a.envelope),
                 envelope: &a.envelope,
             })
             .collect();
         let records = record::seal_batch(&self.opts.engine, &items);
         let sealed: Vec<Append> = batch
             .iter()
-            .zip(&epochs)
             .zip(records)
-            .map(|((a, (e, _)), envelope)| Append {
+            .map(|(a, envelope)| Append {
                 deposit_id: a.deposit_id,
-                nonce: keys[e].nonce_tag(&a.deposit_id, &a.nonce),
+                nonce: dedupe.nonce_tag(&a.deposit_id, &a.nonce),
                 envelope,
             })
             .collect();

@@ -4,24 +4,30 @@
 //! 0   1   format = 0xA5 (a plain envelope starts with its version, 1: the two never clash)
 //! 1   1   shard of the epoch
 //! 2   8   epoch start, Unix seconds, u64 BE
-//! 10  12  nonce (synthetic, below)
-//! 22  N   ChaCha20-Poly1305 ciphertext of the envelope as received
-//! 22+N 16 tag
+//! 10  16  dedupe digest (below)
+//! 26  12  nonce (synthetic, below)
+//! 38  N   ChaCha20-Poly1305 ciphertext of the envelope as received
+//! 38+N 16 tag
 //! ```
 //!
-//! AAD = `"sealpost/1 at-rest" ‖ deposit_id ‖ bytes 0..22`: a record opens only in its own
-//! mailbox and under its own epoch, so records cannot be moved between mailboxes or
-//! relabelled.
+//! AAD = `"sealpost/1 at-rest" ‖ deposit_id ‖ bytes 0..38`: a record opens only in its own
+//! mailbox and under its own epoch, with its own dedupe digest, so records cannot be moved
+//! between mailboxes or relabelled.
+//!
+//! The dedupe digest is `HMAC-SHA256(dedupe_key, "envelope digest" ‖ deposit_id ‖
+//! envelope)[..16]` under the long-lived dedupe key ([`super::keyring::DedupeKey`]). The inner
+//! stores tell a byte-identical retry (DUPLICATE) from another envelope under the same sender
+//! nonce (ID_REUSED) by comparing [`crate::store::index::digest`]s, and that function reads
+//! this field from a sealed record instead of hashing the record: a retry sealed in another
+//! epoch is a different record but carries the same digest. The memory, disk and cluster
+//! stores (its Lua included) need no other change; the disk store recomputes digests of held
+//! envelopes on recovery through the same function.
 //!
 //! The nonce is synthetic (SIV-style): `HMAC-SHA256(siv_key, AAD ‖ envelope)[..12]` under a
-//! key derived from the epoch key. The same envelope in the same epoch therefore always gives
-//! the same record, which keeps the inner store's duplicate check (it compares digests of the
-//! stored bytes: a byte-identical retry is DUPLICATE, another envelope under the same sender
-//! nonce is ID_REUSED) working unchanged on every store, including the cluster store's Lua.
-//! A nonce repeats under one key only for the identical (AAD, envelope), which then gives the
-//! identical record: the only thing learnt is that two stored records are equal, which the
-//! relay knew at ingress. Two different envelopes colliding on 96 bits needs about 2^48 of
-//! them under one epoch key.
+//! key derived from the epoch key, with the AAD's nonce bytes zero. A nonce repeats under one
+//! key only for the identical (AAD, envelope), which then gives the identical record: the
+//! only thing learnt is that two stored records are equal, which the relay knew at ingress.
+//! Two different envelopes colliding on 96 bits needs about 2^48 of them under one epoch key.
 
 use super::keyring::EpochKey;
 use bytes::{Bytes, BytesMut};
@@ -33,8 +39,14 @@ use std::sync::Arc;
 
 /// The first byte of a record sealed at rest.
 pub const FORMAT: u8 = 0xA5;
+/// Where the dedupe digest is.
+const DIGEST_AT: usize = 1 + 1 + 8;
+/// The dedupe digest's length.
+pub const DIGEST_LEN: usize = 16;
+/// Where the nonce is.
+const NONCE_AT: usize = DIGEST_AT + DIGEST_LEN;
 /// Bytes before the ciphertext.
-pub const HEADER_LEN: usize = 1 + 1 + 8 + NONCE_LEN;
+pub const HEADER_LEN: usize = NONCE_AT + NONCE_LEN;
 /// What sealing adds to an envelope.
 pub const OVERHEAD: usize = HEADER_LEN + TAG_LEN;
 /// The AAD's label.
@@ -56,6 +68,14 @@ pub struct EpochId {
 /// at-rest encryption was turned on).
 pub fn is_sealed(stored: &[u8]) -> bool {
     stored.first() == Some(&FORMAT)
+}
+
+/// The dedupe digest a record carries, if `stored` is a whole record's header.
+pub fn dedupe_digest(stored: &[u8]) -> Option<[u8; DIGEST_LEN]> {
+    if stored.len() < OVERHEAD || stored[0] != FORMAT {
+        return None;
+    }
+    stored[DIGEST_AT..NONCE_AT].try_into().ok()
 }
 
 /// The epoch a record was sealed under, if `stored` is a whole record's header.
@@ -87,6 +107,8 @@ pub struct ToSeal<'a> {
     pub epoch: EpochId,
     /// The key.
     pub key: &'a Arc<EpochKey>,
+    /// The envelope's dedupe digest ([`super::keyring::DedupeKey::envelope_digest`]).
+    pub digest: [u8; DIGEST_LEN],
     /// The envelope as received.
     pub envelope: &'a [u8],
 }
@@ -101,13 +123,14 @@ pub fn seal_batch(engine: &Engine, items: &[ToSeal<'_>]) -> Vec<Bytes> {
         let mut header = [0u8; HEADER_LEN];
         header[0] = FORMAT;
         header[1] = item.epoch.shard;
-        header[2..10].copy_from_slice(&item.epoch.start.to_be_bytes());
+        header[2..DIGEST_AT].copy_from_slice(&item.epoch.start.to_be_bytes());
+        header[DIGEST_AT..NONCE_AT].copy_from_slice(&item.digest);
         // The nonce is not yet in the header the synthetic nonce is computed over: it covers
-        // the epoch and the mailbox, then the envelope.
+        // the epoch, the digest and the mailbox, then the envelope.
         let nonce = item
             .key
             .synthetic_nonce(&aad(item.deposit_id, &header), item.envelope);
-        header[10..].copy_from_slice(&nonce);
+        header[NONCE_AT..].copy_from_slice(&nonce);
         aads.push(aad(item.deposit_id, &header));
         nonces.push((header, nonce));
     }
@@ -192,7 +215,7 @@ pub fn open_batch(engine: &Engine, items: &[ToOpen<'_>]) -> Vec<Result<Bytes, Op
                 continue;
             };
             let mut nonce = [0u8; NONCE_LEN];
-            nonce.copy_from_slice(&item.stored[10..HEADER_LEN]);
+            nonce.copy_from_slice(&item.stored[NONCE_AT..HEADER_LEN]);
             jobs.push(OpenJob {
                 key: key.seal_key(),
                 nonce,

@@ -2,6 +2,7 @@ use super::keyring::{Keyring, KeyringError};
 use super::slots::SlotFile;
 use super::*;
 use crate::store::Quotas;
+use crate::store::disk::{DiskOptions, DiskStore};
 use crate::store::memory::MemoryStore;
 use bytes::Bytes;
 use sealpost_core::Suite;
@@ -32,7 +33,7 @@ async fn open(dir: &Path, window: Duration) -> AtRest<MemoryStore> {
     AtRest::new(MemoryStore::new(quotas()), keyring, opts)
 }
 
-async fn mailbox(s: &AtRest<MemoryStore>, i: u8) -> DepositId {
+async fn mailbox<S: Store>(s: &AtRest<S>, i: u8) -> DepositId {
     let did = s.deposit_id_for(&[i; 16]);
     s.create_mailbox(MailboxRecord::new(
         [i; 16],
@@ -303,4 +304,150 @@ fn a_truncated_record_is_damaged_not_a_panic() {
         );
         assert_eq!(got, [Err(record::OpenFailure::Damaged)], "{len} bytes");
     }
+}
+
+/// Moves the store's clock floor past the current window, so that the next append seals
+/// under the next epoch's key: a window boundary without waiting for the wall clock.
+fn next_window<S: Store>(s: &AtRest<S>) {
+    let w = s.window_secs();
+    let mut u = s.uses();
+    let now = unix(SystemTime::now()).max(u.floor);
+    u.floor = now - now % w + w;
+}
+
+/// The epochs of the records mailbox `rid` holds, oldest first.
+async fn held_epochs<S: Store>(s: &AtRest<S>, rid: u8) -> Vec<EpochId> {
+    s.inner()
+        .fetch(&[rid; 16], 0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| record::epoch_of(&r.envelope).unwrap())
+        .collect()
+}
+
+/// Stores one envelope, then moves to the next epoch: a byte-identical retry there must be
+/// DUPLICATE and stored nothing, another envelope under the same nonce ID_REUSED, both while
+/// the envelope is held and after it was acknowledged (the dedupe window).
+async fn retries_across_epochs<S: Store>(s: &AtRest<S>, rid: u8) {
+    let a = mailbox(s, rid).await;
+    assert_eq!(
+        s.append_batch(&[app(a, 1, 1)]).await.unwrap(),
+        [AppendOutcome::Stored(1)]
+    );
+    let first = held_epochs(s, rid).await;
+    next_window(s);
+    assert_eq!(
+        s.append_batch(&[app(a, 1, 1), app(a, 1, 9), app(a, 2, 2)])
+            .await
+            .unwrap(),
+        [
+            AppendOutcome::Duplicate,
+            AppendOutcome::IdReused,
+            AppendOutcome::Stored(2)
+        ]
+    );
+    // The new envelope really went into another epoch, and the retry was stored once.
+    let held = held_epochs(s, rid).await;
+    assert_eq!(held.len(), 2);
+    assert_eq!(held[0], first[0]);
+    assert_ne!(held[1], first[0]);
+    assert_eq!(s.pending(&[rid; 16]).await.unwrap(), 2);
+    let got = s.fetch(&[rid; 16], 0, 10).await.unwrap();
+    assert_eq!(got[0].envelope, envelope(1));
+    assert_eq!(got[1].envelope, envelope(2));
+    // Acknowledged, the envelopes are in the dedupe window only; a third epoch changes
+    // nothing.
+    s.ack(&[rid; 16], 2).await.unwrap();
+    next_window(s);
+    assert_eq!(
+        s.append_batch(&[app(a, 1, 1), app(a, 2, 9), app(a, 2, 2)])
+            .await
+            .unwrap(),
+        [
+            AppendOutcome::Duplicate,
+            AppendOutcome::IdReused,
+            AppendOutcome::Duplicate
+        ]
+    );
+    assert_eq!(s.pending(&[rid; 16]).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_retry_in_another_epoch_is_a_duplicate_in_the_memory_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), DEFAULT_WINDOW).await;
+    retries_across_epochs(&s, 1).await;
+}
+
+async fn open_disk(dir: &Path) -> AtRest<DiskStore> {
+    let keyring = Keyring::open(
+        &MASTER,
+        Box::new(SlotFile::open(&dir.join("keys")).unwrap()),
+    )
+    .await
+    .unwrap();
+    let store = DiskStore::open(&dir.join("store"), quotas(), DiskOptions::default()).unwrap();
+    AtRest::new(store, keyring, AtRestOptions::new())
+}
+
+#[tokio::test]
+async fn a_retry_in_another_epoch_is_a_duplicate_in_the_disk_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open_disk(dir.path()).await;
+    retries_across_epochs(&s, 1).await;
+}
+
+/// The disk store rebuilds its dedupe state from the records on disk at a restart: the
+/// digests it recomputes are the records' own, so a retry after the restart, in another
+/// epoch, is still told apart from a reused nonce.
+#[tokio::test]
+async fn a_retry_after_a_disk_restart_in_another_epoch_is_a_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open_disk(dir.path()).await;
+    let a = mailbox(&s, 1).await;
+    assert_eq!(
+        s.append_batch(&[app(a, 1, 1), app(a, 2, 2)]).await.unwrap(),
+        [AppendOutcome::Stored(1), AppendOutcome::Stored(2)]
+    );
+    s.ack(&[1; 16], 1).await.unwrap();
+    s.inner().close(Duration::from_secs(10)).unwrap();
+    drop(s);
+    let s = open_disk(dir.path()).await;
+    next_window(&s);
+    // Nonce 1 is in the dedupe window (acknowledged), nonce 2 still held.
+    assert_eq!(
+        s.append_batch(&[app(a, 1, 1), app(a, 1, 9), app(a, 2, 2), app(a, 2, 9)])
+            .await
+            .unwrap(),
+        [
+            AppendOutcome::Duplicate,
+            AppendOutcome::IdReused,
+            AppendOutcome::Duplicate,
+            AppendOutcome::IdReused
+        ]
+    );
+    assert_eq!(s.pending(&[1; 16]).await.unwrap(), 1);
+}
+
+/// The dedupe tag and digest depend on the master key, the mailbox and what they cover, and
+/// not on any epoch key.
+#[test]
+fn the_dedupe_key_is_the_master_keys_and_binds_the_mailbox() {
+    let k = keyring::DedupeKey::new(&MASTER);
+    let again = keyring::DedupeKey::new(&MASTER);
+    let other = keyring::DedupeKey::new(&[8; 32]);
+    let (a, b) = ([1u8; 16], [2u8; 16]);
+    assert_eq!(k.nonce_tag(&a, &[1; 12]), again.nonce_tag(&a, &[1; 12]));
+    assert_ne!(k.nonce_tag(&a, &[1; 12]), k.nonce_tag(&b, &[1; 12]));
+    assert_ne!(k.nonce_tag(&a, &[1; 12]), k.nonce_tag(&a, &[2; 12]));
+    assert_ne!(k.nonce_tag(&a, &[1; 12]), other.nonce_tag(&a, &[1; 12]));
+    let e = envelope(1);
+    assert_eq!(k.envelope_digest(&a, &e), again.envelope_digest(&a, &e));
+    assert_ne!(k.envelope_digest(&a, &e), k.envelope_digest(&b, &e));
+    assert_ne!(
+        k.envelope_digest(&a, &e),
+        k.envelope_digest(&a, &envelope(2))
+    );
+    assert_ne!(k.envelope_digest(&a, &e), other.envelope_digest(&a, &e));
 }
