@@ -402,8 +402,9 @@ struct RunArgs {
     /// starts one in this process on another loopback port, with forwarding on; HOST:PORT
     /// names a running relay with `forward = true` (and `source_forwards_per_sec = 0` or
     /// enough for the load), with --via-pin. Each envelope is one FORWARD; subscriptions stay
-    /// on the target relay. A target relay that takes forwarded traffic needs its per-source
-    /// and per-connection stream rates raised (an in-process relay has none).
+    /// on the target relay. A running target (--relay) gets all forwarded traffic from the
+    /// forwarding relay over one connection: raise its max_streams and its per-source and
+    /// per-connection stream rates (the run does so for the relays it starts).
     #[arg(long, value_name = "spawn|HOST:PORT")]
     via: Option<String>,
     /// The certificate pin of the --via relay (64 hex digits).

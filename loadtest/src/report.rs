@@ -213,7 +213,7 @@ impl Report {
         if let Some(via) = &c.via {
             let _ = writeln!(
                 out,
-                "deposits through the forwarding relay {via} (two-hop, one FORWARD per envelope)"
+                "deposits through a forwarding relay: {via} (two-hop, one FORWARD per envelope)"
             );
         }
         let _ = writeln!(

@@ -164,11 +164,22 @@ impl Deposits {
         let Some(fw) = &target.forwarder else {
             return Ok(Self::Direct);
         };
-        let key = clients[0]
-            .forward_key()
-            .await
-            .context("asking the relay for its forwarding key")?
-            .context("the relay announces no forwarding key (it predates forwarding): --via needs one that does")?;
+        // Each relay's own key (relays of a run need not share one), asked over the first
+        // connection to it: connection i goes to relay i mod N.
+        let mut keys = std::collections::HashMap::new();
+        for c in clients.iter().take(target.addrs.len()) {
+            let key = c
+                .forward_key()
+                .await
+                .with_context(|| format!("asking {} for its forwarding key", c.addr()))?
+                .with_context(|| {
+                    format!(
+                        "{} announces no forwarding key (it predates forwarding): --via needs a relay that does",
+                        c.addr()
+                    )
+                })?;
+            keys.insert(c.addr().to_owned(), key);
+        }
         let max_frame = clients[0]
             .info()
             .await
@@ -179,7 +190,7 @@ impl Deposits {
             .iter()
             .map(|m| {
                 let mut inv = m.invitation();
-                inv.forward_key = Some(key);
+                inv.forward_key = inv.relays.first().and_then(|a| keys.get(a)).copied();
                 let mut t = ForwardTarget::from_invitation(&inv)?;
                 t.max_frame = max_frame;
                 Ok(t)

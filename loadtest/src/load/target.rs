@@ -146,6 +146,22 @@ impl Running {
     /// Starts what `opts.target` asks for, allowing `streams` concurrent streams per
     /// connection, and checks there is a connection for every relay.
     pub async fn start(opts: &RunOptions, streams: u32) -> anyhow::Result<Self> {
+        // Through a forwarding relay every sender's requests reach the target over the
+        // forwarder's one connection, up to --depth unanswered per sender connection: the
+        // target's stream credit must cover them all, or it, not forwarding, sets the pace.
+        // (The forwarder needs --depth per connection, and a stream for the rest.)
+        let forwarded = u32::try_from(opts.connections.saturating_mul(opts.depth))
+            .unwrap_or(u32::MAX)
+            .saturating_add(2);
+        let (streams, forwarder_streams) = match opts.via {
+            Some(_) => (
+                streams.max(forwarded),
+                u32::try_from(opts.depth)
+                    .unwrap_or(u32::MAX)
+                    .saturating_add(2),
+            ),
+            None => (streams, 0),
+        };
         let mut r = Self {
             spawned: None,
             baseline: None,
@@ -193,7 +209,7 @@ impl Running {
             bail!("no relay address given");
         }
         if let Some(via) = &opts.via {
-            r.forwarder = Some(Forwarder::start(via, streams).await?);
+            r.forwarder = Some(Forwarder::start(via, forwarder_streams).await?);
         }
         if opts.connections < r.addrs.len() {
             bail!(
