@@ -74,6 +74,21 @@ impl std::fmt::Debug for E2ePublicKey {
 /// A recipient's end-to-end secret key (zeroized on drop by the underlying X25519 type).
 pub struct E2eSecretKey(<Kem as hpke::Kem>::PrivateKey);
 
+// hpke's X25519 private key wraps `x25519_dalek::StaticSecret`, which wipes itself on drop
+// only with x25519-dalek's "zeroize" feature; hpke does not ask for it, this crate does
+// (Cargo.toml). The feature gives the type both a `Zeroize` impl and a `Drop` that calls it
+// (the older `#[zeroize(drop)]`, which does not implement the `ZeroizeOnDrop` marker), so
+// these two checks fail to compile if the feature is ever lost. The relay's forwarding key
+// is the same type and relies on the same feature.
+const _: fn() = || {
+    fn zeroizes<T: zeroize::Zeroize>() {}
+    zeroizes::<x25519_dalek::StaticSecret>();
+};
+const _: () = assert!(
+    std::mem::needs_drop::<x25519_dalek::StaticSecret>(),
+    "x25519-dalek's zeroize feature is off: secret keys would not be wiped on drop"
+);
+
 impl std::fmt::Debug for E2eSecretKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("E2eSecretKey(<redacted>)")

@@ -6,8 +6,8 @@
 //! padding of sealed requests and answers to size classes, and the sealing of answers under a
 //! key exported from the request's HPKE context. The sender's half of HPKE (SetupBaseS, Seal,
 //! Export) is here too, through the `hpke` crate, for clients; the relay opens requests with
-//! its own implementation over its crypto provider (`sealpost_relay::forward::hpke`) and never
-//! calls the sender's functions.
+//! the receiver's half of the same crate (`sealpost_relay::forward::hpke`) and never calls
+//! the sender's functions.
 
 use crate::frame::FrameType;
 use crate::invitation::check_relay_address;

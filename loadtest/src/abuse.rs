@@ -1244,6 +1244,7 @@ async fn well_behaved(
         backlog: false,
         e2e: E2eMode::Fast,
         live_delivered: Some(live),
+        via: None,
         label: String::new(),
     };
     let r = tokio::select! {

@@ -7,7 +7,7 @@ use sealpost_core::Suite;
 use sealpost_core::engine::{Backend, Engine};
 use sealpost_loadtest::html::reports::Saved;
 use sealpost_loadtest::report::ms;
-use sealpost_loadtest::run::{E2eMode, RunOptions, Target, run};
+use sealpost_loadtest::run::{E2eMode, RunOptions, Target, Via, run};
 use sealpost_loadtest::speed::{self, Op, SpeedOptions};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -388,6 +388,18 @@ struct RunArgs {
     /// Keep recipients offline during the load, so a backlog builds; they drain afterwards.
     #[arg(long)]
     backlog: bool,
+    /// Deposit through a forwarding relay (two-hop forwarding, docs/FORWARDING.md): `spawn`
+    /// starts one in this process on another loopback port, with forwarding on; HOST:PORT
+    /// names a running relay with `forward = true` (and `source_forwards_per_sec = 0` or
+    /// enough for the load), with --via-pin. Each envelope is one FORWARD; subscriptions stay
+    /// on the target relay. A running target (--relay) gets all forwarded traffic from the
+    /// forwarding relay over one connection: raise its max_streams and its per-source and
+    /// per-connection stream rates (the run does so for the relays it starts).
+    #[arg(long, value_name = "spawn|HOST:PORT")]
+    via: Option<String>,
+    /// The certificate pin of the --via relay (64 hex digits).
+    #[arg(long, requires = "via")]
+    via_pin: Option<String>,
 }
 
 /// Relay child processes (`run --spawn-relay --relays N`, `compare --cluster`).
@@ -533,6 +545,7 @@ impl LoadArgs {
             backlog: false,
             e2e: self.e2e,
             live_delivered: None,
+            via: None,
             label: String::new(),
         })
     }
@@ -597,6 +610,18 @@ async fn run_cmd(a: RunArgs) -> anyhow::Result<ExitCode> {
     let mut opts = a.load.options(target)?;
     opts.store = a.store;
     opts.backlog = a.backlog;
+    opts.via = match (a.via.as_deref(), a.via_pin.as_deref()) {
+        (None, _) => None,
+        (Some("spawn"), None) => Some(Via::Spawn),
+        (Some("spawn"), Some(_)) => {
+            anyhow::bail!("--via spawn starts its own relay: drop --via-pin")
+        }
+        (Some(addr), Some(pin)) => Some(Via::Remote {
+            addr: addr.to_owned(),
+            pin: sealpost_client::tls::parse_pin(pin)?,
+        }),
+        (Some(_), None) => anyhow::bail!("--via HOST:PORT needs --via-pin PIN"),
+    };
     report_cmd(opts, a.json, a.html).await
 }
 

@@ -47,6 +47,11 @@ pub struct RunConfig {
     pub backlog: bool,
     /// End-to-end sealing in the generator.
     pub e2e: crate::load::options::E2eMode,
+    /// The forwarding relay deposits went through (two-hop forwarding, one FORWARD per
+    /// envelope); `None`: deposited directly. Latency still runs from the send to the
+    /// verified delivery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 /// The machine the generator ran on.
@@ -205,6 +210,12 @@ impl Report {
                 ""
             }
         );
+        if let Some(via) = &c.via {
+            let _ = writeln!(
+                out,
+                "deposits through a forwarding relay: {via} (two-hop, one FORWARD per envelope)"
+            );
+        }
         let _ = writeln!(
             out,
             "end-to-end sealing in the generator: {}",

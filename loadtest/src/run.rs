@@ -2,20 +2,20 @@
 //! end to end, drain, and report. The parts live in [`crate::load`]; this puts them in order.
 
 pub use crate::load::disk_usage::{dir_size, write_bytes};
-pub use crate::load::options::{E2eMode, RunOptions, StoreKind, Target};
+pub use crate::load::options::{E2eMode, RunOptions, StoreKind, Target, Via};
 pub use crate::load::target::{SpawnedRelay, spawn_relay};
 
 use crate::histogram::SavedHistogram;
 use crate::load::disk_usage::data_dir_after_drain;
 use crate::load::progress::{clear_line, tick};
-use crate::load::sender::sender;
+use crate::load::sender::{sender, sender_via};
 use crate::load::subscriber::{create_mailboxes, drain, subscriber, subscriber_connection};
 use crate::load::tally::{Counters, Ctx, Latencies, Track, new_histogram};
 use crate::load::target::Running;
 use crate::message;
 use crate::report::{Latency, Report, RunConfig};
 use anyhow::{Context, bail};
-use sealpost_client::{Client, Mailbox};
+use sealpost_client::{Client, ForwardTarget, Mailbox};
 use sealpost_core::e2e;
 use sealpost_core::invitation::Invitation;
 use std::io::IsTerminal;
@@ -33,9 +33,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
     let streams = (opts.mailboxes.div_ceil(opts.connections) + 2).min(u32::MAX as usize) as u32;
     let target = Running::start(&opts, streams).await?;
     let (clients, ctx, mailboxes) = set_up(&opts, &target).await?;
-    let measured = load(&opts, &target, &clients, &ctx, &mailboxes).await?;
+    let deposits = Deposits::set_up(&opts, &target, &clients, &mailboxes).await?;
+    let measured = load(&opts, &target, &clients, &deposits, &ctx, &mailboxes).await?;
     let report = report(&opts, &target, &ctx, measured).await?;
-    for c in clients {
+    let via_clients = match deposits {
+        Deposits::Direct => Vec::new(),
+        Deposits::Via { clients, .. } => clients,
+    };
+    for c in clients.into_iter().chain(via_clients) {
         if let Ok(c) = Arc::try_unwrap(c) {
             c.close().await;
         }
@@ -59,6 +64,9 @@ fn check(opts: &RunOptions) -> anyhow::Result<()> {
     }
     if opts.backlog && opts.target_is_baseline() {
         bail!("the baseline forwarder has no store, so it cannot hold a backlog");
+    }
+    if opts.via.is_some() && opts.target_is_baseline() {
+        bail!("the baseline forwarder has no forwarding key, so nothing can be forwarded to it");
     }
     Ok(())
 }
@@ -130,6 +138,78 @@ async fn set_up(
     Ok((clients, ctx, mailboxes))
 }
 
+/// How the run's senders reach the relay.
+enum Deposits {
+    /// Over the subscribers' connections, one deposit stream each.
+    Direct,
+    /// Over connections of their own to a forwarding relay, one FORWARD per envelope, each
+    /// sealed for the target's forwarding key (two-hop forwarding).
+    Via {
+        /// `--connections` connections to the forwarding relay.
+        clients: Vec<Arc<Client>>,
+        /// Per mailbox: its relay and that relay's forwarding key.
+        targets: Arc<Vec<ForwardTarget>>,
+    },
+}
+
+impl Deposits {
+    /// Connects to the forwarding relay, if the run has one, and learns the target's
+    /// forwarding key and frame limit.
+    async fn set_up(
+        opts: &RunOptions,
+        target: &Running,
+        clients: &[Arc<Client>],
+        mailboxes: &[Arc<Mailbox>],
+    ) -> anyhow::Result<Self> {
+        let Some(fw) = &target.forwarder else {
+            return Ok(Self::Direct);
+        };
+        // Each relay's own key (relays of a run need not share one), asked over the first
+        // connection to it: connection i goes to relay i mod N.
+        let mut keys = std::collections::HashMap::new();
+        for c in clients.iter().take(target.addrs.len()) {
+            let key = c
+                .forward_key()
+                .await
+                .with_context(|| format!("asking {} for its forwarding key", c.addr()))?
+                .with_context(|| {
+                    format!(
+                        "{} announces no forwarding key (it predates forwarding): --via needs a relay that does",
+                        c.addr()
+                    )
+                })?;
+            keys.insert(c.addr().to_owned(), key);
+        }
+        let max_frame = clients[0]
+            .info()
+            .await
+            .context("asking the relay for its limits")?
+            .limits
+            .max_frame;
+        let targets = mailboxes
+            .iter()
+            .map(|m| {
+                let mut inv = m.invitation();
+                inv.forward_key = inv.relays.first().and_then(|a| keys.get(a)).copied();
+                let mut t = ForwardTarget::from_invitation(&inv)?;
+                t.max_frame = max_frame;
+                Ok(t)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut via = Vec::with_capacity(opts.connections);
+        for i in 0..opts.connections {
+            let c = Client::connect_pinned(&fw.addr, fw.pin)
+                .await
+                .with_context(|| format!("connection {i} to the forwarding relay {}", fw.addr))?;
+            via.push(Arc::new(c));
+        }
+        Ok(Self::Via {
+            clients: via,
+            targets: Arc::new(targets),
+        })
+    }
+}
+
 /// Whether to show progress lines: asked for, and standard error is a terminal.
 fn progress(opts: &RunOptions) -> bool {
     opts.progress && std::io::stderr().is_terminal()
@@ -153,6 +233,7 @@ async fn load(
     opts: &RunOptions,
     target: &Running,
     clients: &[Arc<Client>],
+    deposits: &Deposits,
     ctx: &Arc<Ctx>,
     mailboxes: &[Arc<Mailbox>],
 ) -> anyhow::Result<Measured> {
@@ -187,20 +268,32 @@ async fn load(
         Arc::new(mailboxes.iter().map(|m| m.invitation()).collect());
     // In the open loop each connection sends its share of the rate.
     let per_conn_rate = opts.rate.map(|r| r / clients.len() as f64);
-    for (ci, client) in clients.iter().enumerate() {
+    for ci in 0..clients.len() {
         let mine: Vec<u32> = (ci..opts.mailboxes)
             .step_by(clients.len())
             .map(|i| i as u32)
             .collect();
-        senders.spawn(sender(
-            client.clone(),
-            mine,
-            invitations.clone(),
-            opts.depth,
-            per_conn_rate,
-            ctx.clone(),
-            stop_send.clone(),
-        ));
+        match deposits {
+            Deposits::Direct => senders.spawn(sender(
+                clients[ci].clone(),
+                mine,
+                invitations.clone(),
+                opts.depth,
+                per_conn_rate,
+                ctx.clone(),
+                stop_send.clone(),
+            )),
+            Deposits::Via { clients, targets } => senders.spawn(sender_via(
+                clients[ci].clone(),
+                mine,
+                invitations.clone(),
+                targets.clone(),
+                opts.depth,
+                per_conn_rate,
+                ctx.clone(),
+                stop_send.clone(),
+            )),
+        };
     }
     let timeline = Arc::new(Mutex::new(Vec::new()));
     let progress = progress(opts);
@@ -303,6 +396,7 @@ async fn report(
             store: store_label,
             backlog: opts.backlog,
             e2e: opts.e2e,
+            via: target.forwarder.as_ref().map(|f| f.label.clone()),
         },
         machine: crate::report::Machine::this(),
         relays: target.addrs.clone(),

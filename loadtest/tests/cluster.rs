@@ -38,6 +38,7 @@ async fn cluster_run_crosses_relays_and_measures_cpu() {
         backlog: false,
         e2e: E2eMode::Fast,
         live_delivered: None,
+        via: None,
         label: String::new(),
     })
     .await

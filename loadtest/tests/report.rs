@@ -27,6 +27,7 @@ fn options(target: Target) -> RunOptions {
         backlog: false,
         e2e: E2eMode::Fast,
         live_delivered: None,
+        via: None,
         label: String::new(),
     }
 }

@@ -1,7 +1,7 @@
 //! A short load run against a spawned relay: every acknowledged deposit is delivered once,
 //! intact, and the report's arithmetic holds.
 
-use sealpost_loadtest::run::{RunOptions, Target, run};
+use sealpost_loadtest::run::{RunOptions, Target, Via, run};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,6 +155,7 @@ fn options(target: Target) -> RunOptions {
         backlog: false,
         e2e: sealpost_loadtest::run::E2eMode::Fast,
         live_delivered: None,
+        via: None,
         label: String::new(),
     }
 }
@@ -269,4 +270,48 @@ async fn compare_reports_medians_and_ratios() {
         assert_eq!(cells[4], "0/0/0");
     }
     assert_eq!(r.e2e, sealpost_loadtest::run::E2eMode::Fast);
+}
+
+/// `run --via spawn`: every deposit goes as a FORWARD through a forwarding relay the run
+/// starts, and every one is acknowledged by the target and delivered, verified, once; the
+/// report names the forwarding relay and measures latency as for direct deposits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_through_a_forwarding_relay_delivers_everything() {
+    let report = run(RunOptions {
+        via: Some(Via::Spawn),
+        ..options(Target::Spawn)
+    })
+    .await
+    .expect("run through a forwarding relay");
+    assert!(report.deposited > 0);
+    assert_eq!(
+        (report.acked, report.delivered, report.rejected),
+        (report.deposited, report.deposited, 0),
+        "{report:?}"
+    );
+    assert_eq!(
+        (report.lost, report.corrupted, report.duplicated),
+        (0, 0, 0)
+    );
+    let via = report
+        .config
+        .via
+        .as_deref()
+        .expect("the report names the forwarder");
+    assert!(via.starts_with("spawned forwarder 127.0.0.1:"), "{via}");
+    assert_ne!(via, format!("spawned forwarder {}", report.relays[0]));
+    assert!(report.latency_us.p50 > 0 && report.latency_us.p50 <= report.latency_us.max);
+}
+
+/// `--via` with the baseline target is refused before anything starts: the baseline has no
+/// forwarding key.
+#[tokio::test]
+async fn via_the_baseline_is_a_clear_error() {
+    let err = run(RunOptions {
+        via: Some(Via::Spawn),
+        ..options(Target::Baseline)
+    })
+    .await
+    .expect_err("nothing forwards to the baseline");
+    assert!(err.to_string().contains("forwarding key"), "{err}");
 }

@@ -283,8 +283,9 @@ async fn refusals_are_clear_and_nothing_is_forwarded_twice() {
     assert_eq!(ok.statuses, [DepositStatus::Duplicate]);
 }
 
-/// The client's HPKE (the `hpke` crate) and the relay's (ring and x25519-dalek) interoperate:
-/// what the client seals the relay opens, and the key both export seals the answer.
+/// The client's HPKE sender (`sealpost_core::forward`) and the relay's receiver
+/// (`sealpost_relay::forward::hpke`, both over the `hpke` crate) interoperate: what the client
+/// seals the relay opens, and the key both export seals the answer.
 #[test]
 fn client_and_relay_hpke_interoperate() {
     let key = ForwardKey::generate().unwrap();
@@ -296,9 +297,9 @@ fn client_and_relay_hpke_interoperate() {
             sealed.sealed.ciphertext.len(),
             forward::padded_len(len) + forward::TAG_LEN
         );
-        let ctx = key.context(&sealed.sealed.enc).unwrap();
+        let mut ctx = key.context(&sealed.sealed.enc).unwrap();
         let mut ct = sealed.sealed.ciphertext.to_vec();
-        let plain = ctx.open_first(b"", &mut ct).unwrap();
+        let plain = ctx.open(b"", &mut ct).unwrap();
         assert_eq!(unpad(plain), request);
         let relay_side = ResponseKey::from_bytes(ctx.export32(forward::RESPONSE_EXPORT));
         let answer = relay_side.seal(b"the answer").unwrap();

@@ -25,6 +25,24 @@ pub enum Target {
     Processes(crate::fleet::FleetOptions),
 }
 
+/// A forwarding relay deposits go through (two-hop forwarding, docs/FORWARDING.md): each
+/// envelope is sealed for the target relay's forwarding key and sent as one FORWARD to this
+/// relay, which passes it on; subscriptions stay on the target.
+#[derive(Debug, Clone)]
+pub enum Via {
+    /// Start one in this process on another free loopback port, with forwarding on and no
+    /// per-source forwarding rate.
+    Spawn,
+    /// A running relay with `forward = true` (and `source_forwards_per_sec` high enough for
+    /// the load, or 0 for none).
+    Remote {
+        /// host:port.
+        addr: String,
+        /// Its certificate pin.
+        pin: [u8; 32],
+    },
+}
+
 /// Options of one run.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -62,6 +80,8 @@ pub struct RunOptions {
     pub backlog: bool,
     /// End-to-end sealing in the generator.
     pub e2e: E2eMode,
+    /// Deposit through a forwarding relay instead of directly.
+    pub via: Option<Via>,
     /// A counter the run also adds each distinct verified delivery to, for a caller that
     /// shows its own progress (`abuse` runs this load inside its phases).
     pub live_delivered: Option<Arc<AtomicU64>>,

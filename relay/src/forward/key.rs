@@ -17,10 +17,9 @@
 //! file to the others (`forward_key_file`); a named file is never created, so that a missing
 //! copy is an error and not a second key.
 
-use super::hpke::{self, Context, HpkeError};
+use super::hpke::{self, Context, HpkeError, SecretKey};
 use ring::aead;
 use std::path::{Path, PathBuf};
-use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
 /// The default file name in the data directory.
@@ -66,15 +65,15 @@ pub enum ForwardKeyError {
     Rng,
 }
 
-/// The relay's forwarding key pair; the secret is wiped on drop.
+/// The relay's forwarding key pair; the secret is wiped on drop (see
+/// [`hpke`](super::hpke) for how).
 pub struct ForwardKey {
-    secret: StaticSecret,
-    public: [u8; 32],
+    secret: SecretKey,
 }
 
 impl std::fmt::Debug for ForwardKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ForwardKey(public {})", hex::encode(self.public))
+        write!(f, "ForwardKey(public {})", hex::encode(self.public()))
     }
 }
 
@@ -93,27 +92,27 @@ fn file_key(master: &[u8; 32]) -> aead::LessSafeKey {
 
 impl ForwardKey {
     /// A key pair from its secret.
-    pub fn from_secret(secret: [u8; 32]) -> Self {
-        let secret = StaticSecret::from(secret);
-        let public = *PublicKey::from(&secret).as_bytes();
-        Self { secret, public }
+    pub fn from_secret(secret: &Zeroizing<[u8; 32]>) -> Self {
+        Self {
+            secret: SecretKey::from_bytes(secret),
+        }
     }
 
     /// A fresh random key pair.
     pub fn generate() -> Result<Self, ForwardKeyError> {
         let bytes: Zeroizing<[u8; 32]> =
             Zeroizing::new(sealpost_core::random::array().map_err(|_| ForwardKeyError::Rng)?);
-        Ok(Self::from_secret(*bytes))
+        Ok(Self::from_secret(&bytes))
     }
 
     /// The public key, as INFO and invitations carry it.
     pub fn public(&self) -> [u8; 32] {
-        self.public
+        self.secret.public()
     }
 
     /// The HPKE receiver context of a sealed request (`info = "sealpost/1 forward"`).
     pub fn context(&self, enc: &[u8; 32]) -> Result<Context, HpkeError> {
-        hpke::setup_base_r(enc, &self.secret, sealpost_core::forward::HPKE_INFO)
+        hpke::setup_receiver(enc, &self.secret, sealpost_core::forward::HPKE_INFO)
     }
 
     /// Loads the key from `path`. When the file does not exist and `create` is set (the
@@ -207,10 +206,11 @@ impl ForwardKey {
         };
         match bytes.split_first() {
             Some((&CLEAR, rest)) => {
-                let secret: [u8; 32] = rest
-                    .try_into()
-                    .map_err(|_| format(format!("{} bytes after the flag, not 32", rest.len())))?;
-                Ok((Self::from_secret(secret), false))
+                let secret: Zeroizing<[u8; 32]> =
+                    Zeroizing::new(rest.try_into().map_err(|_| {
+                        format(format!("{} bytes after the flag, not 32", rest.len()))
+                    })?);
+                Ok((Self::from_secret(&secret), false))
             }
             Some((&SEALED, rest)) => {
                 let master =
@@ -233,7 +233,7 @@ impl ForwardKey {
                     .map_err(|_| ForwardKeyError::WrongMasterKey(path.to_owned()))?;
                 let mut secret = Zeroizing::new([0u8; 32]);
                 secret.copy_from_slice(plain);
-                Ok((Self::from_secret(*secret), true))
+                Ok((Self::from_secret(&secret), true))
             }
             Some((flag, _)) => Err(format(format!("unknown flag {flag}"))),
             None => Err(format("empty file".into())),
@@ -244,7 +244,7 @@ impl ForwardKey {
     /// renamed into place), sealed under `master` when given.
     fn write(&self, path: &Path, master: Option<&[u8; 32]>) -> std::io::Result<()> {
         let mut out = Zeroizing::new(Vec::with_capacity(1 + 12 + 32 + 16));
-        let secret = Zeroizing::new(self.secret.to_bytes());
+        let secret = self.secret.to_bytes();
         match master {
             None => {
                 out.push(CLEAR);
@@ -320,7 +320,7 @@ mod tests {
         assert_eq!(c.public(), a.public());
         let raw = std::fs::read(&path).unwrap();
         assert_eq!((raw[0], raw.len()), (SEALED, 61));
-        let secret = a.secret.to_bytes();
+        let secret = *a.secret.to_bytes();
         assert!(
             !raw.windows(32).any(|w| w == secret),
             "the secret is not in the clear"

@@ -41,12 +41,12 @@ pub(super) async fn run(
     };
     let bad_seal = "the request does not open under this relay's forwarding key: the sender's \
                     invitation carries another relay's key, or the request was altered";
-    let Ok(ctx) = shared.forward_key.context(&req.enc) else {
+    let Ok(mut ctx) = shared.forward_key.context(&req.enc) else {
         count("bad_seal");
         return refuse(&mut send, Some(&mut reader), ErrorCode::BadSeal, bad_seal).await;
     };
     let mut buf = BytesMut::from(&req.ciphertext[..]);
-    let Ok(plain) = ctx.open_first(b"", &mut buf) else {
+    let Ok(plain) = ctx.open(b"", &mut buf) else {
         count("bad_seal");
         return refuse(&mut send, Some(&mut reader), ErrorCode::BadSeal, bad_seal).await;
     };
