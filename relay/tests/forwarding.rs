@@ -353,7 +353,8 @@ fn the_forward_payload_hides_the_envelope() {
 /// The destination relay (a `serve` process with address logging on) never sees the
 /// sender's address: the CLI's `send --via` deposits through the forwarding relay, the
 /// message arrives, and the destination's log names only the recipient's and the forwarding
-/// relay's addresses.
+/// relay's addresses. A tcpdump capture of the destination's UDP port shows the same: packets
+/// of the forwarding relay, the destination and the recipient, none from either sender.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_destination_never_sees_the_sender() {
     let data = tempfile::tempdir().unwrap();
@@ -363,6 +364,9 @@ async fn the_destination_never_sees_the_sender() {
         &["--store", "memory", "--log-sensitive-debug"],
         "info",
     );
+    let dest_port = dest.addr.rsplit(':').next().unwrap().to_owned();
+    // Every UDP packet to or from the destination's port, from before anyone connects.
+    let capture = Capture::start(&dest_port);
     let fwd = relay_on(FORWARDER, forwarding).await;
     let pin = sealpost_client::tls::parse_pin(&dest.pin).unwrap();
     let rc = Client::connect_from(&dest.addr, Trust::Pin(pin), local(RECIPIENT))
@@ -421,6 +425,146 @@ async fn the_destination_never_sees_the_sender() {
         "the destination saw only the forwarding relay and the recipient: {log}"
     );
     assert!(!log.contains(SENDER), "{log}");
+
+    // What went over the wire on the destination's port: the same three hosts, never a sender.
+    let Some(capture) = capture else { return };
+    let packets = capture.stop();
+    let hosts = packet_hosts(&packets);
+    assert!(!packets.is_empty(), "the capture holds no packets");
+    assert_eq!(
+        hosts,
+        [FORWARDER, DESTINATION, RECIPIENT],
+        "the destination's port carried packets of the forwarding relay, itself and the \
+         recipient only: {packets}"
+    );
+    for sender in [SENDER, "127.0.0.1"] {
+        assert!(
+            !hosts.contains(&sender),
+            "{sender} in the capture: {packets}"
+        );
+    }
+}
+
+/// A `tcpdump` capture of the loopback interface. tcpdump writes the capture to its standard
+/// output (`-w -`), which a thread collects: no file for tcpdump to open after it drops its
+/// privileges to its own user, and nothing on disk.
+struct Capture {
+    child: std::process::Child,
+    pcap: std::thread::JoinHandle<std::io::Result<Vec<u8>>>,
+}
+
+impl Capture {
+    /// Starts capturing UDP on `port` of the loopback interface and waits until tcpdump says
+    /// it is listening. Without tcpdump, or without the permission to capture: panics under CI
+    /// (`CI=true`), and elsewhere says loudly that the check did not run and returns `None`.
+    fn start(port: &str) -> Option<Capture> {
+        use std::io::{BufRead as _, Read as _};
+        use std::process::{Command, Stdio};
+        let spawned = Command::new("tcpdump")
+            .args(["-i", "lo", "-n", "-U", "--immediate-mode", "-w", "-"])
+            .args(["udp", "port", port])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn();
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) => return Self::not_run(&format!("tcpdump could not start ({e})")),
+        };
+        let mut stdout = child.stdout.take().unwrap();
+        let pcap = std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            stdout.read_to_end(&mut bytes).map(|_| bytes)
+        });
+        // tcpdump prints "listening on lo, ..." once the capture is open; read standard error
+        // on a thread so a tcpdump that neither prints nor exits cannot hang the test.
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // Drained to the end even after the wait: tcpdump writes its statistics there
+            // when it stops, and a closed pipe would kill it.
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let mut said = String::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains("listening on") => break,
+                Ok(line) => said.push_str(&line),
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Self::not_run(&format!("tcpdump did not start capturing: {said}"));
+                }
+            }
+        }
+        Some(Capture { child, pcap })
+    }
+
+    fn not_run(why: &str) -> Option<Capture> {
+        let msg = format!(
+            "the_destination_never_sees_the_sender's packet capture DID NOT RUN: {why}; install it with \
+             `apt-get install tcpdump` (Debian) and run as root (or with CAP_NET_RAW) to check \
+             the destination's packets"
+        );
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{msg} (CI=true: the check is required)");
+        }
+        // Straight to standard error, past the test harness's capture, so it is seen.
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "\n*** {msg} ***\n");
+        None
+    }
+
+    /// Stops tcpdump with SIGINT (it flushes the capture and exits) and returns the packets
+    /// it captured, one line each, as `tcpdump -n -r` prints them.
+    fn stop(mut self) -> String {
+        use std::io::Write as _;
+        use std::process::{Command, Stdio};
+        let id = self.child.id().to_string();
+        let killed = Command::new("kill").args(["-INT", &id]).status().unwrap();
+        assert!(killed.success(), "kill -INT {id} failed");
+        let exit = self.child.wait().unwrap();
+        assert!(exit.success(), "tcpdump exited with {exit}");
+        let pcap = self.pcap.join().unwrap().unwrap();
+        let mut read = Command::new("tcpdump")
+            .args(["-n", "-r", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The capture is small (a few dozen packets): written whole before reading the output.
+        read.stdin.take().unwrap().write_all(&pcap).unwrap();
+        let out = read.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "tcpdump -r: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+/// The hosts named as source or destination in `tcpdump -n -r` lines (`... IP 127.0.0.2.5000 >
+/// 127.0.0.3.4433: UDP, length 1200`), sorted, each once.
+fn packet_hosts(packets: &str) -> Vec<&str> {
+    let mut hosts = Vec::new();
+    for line in packets.lines() {
+        let (_, rest) = line.split_once(" IP ").expect("an IPv4 packet line");
+        let (src, rest) = rest.split_once(" > ").expect("source > destination");
+        let (dst, _) = rest.split_once(':').expect("destination:");
+        for end in [src, dst] {
+            // Drop the port: the last dot-separated field.
+            hosts.push(end.rsplit_once('.').map_or(end, |(host, _port)| host));
+        }
+    }
+    hosts.sort();
+    hosts.dedup();
+    hosts
 }
 
 /// The forwarding key outlives restarts, is sealed under the master key when the relay has
