@@ -48,9 +48,12 @@ impl EpochKey {
         &self.seal
     }
 
-    /// The synthetic nonce of a record: a PRF of what it binds and the envelope.
-    pub fn synthetic_nonce(&self, aad: &[u8], envelope: &[u8]) -> [u8; 12] {
-        let t = mac(&self.siv, &[b"nonce", aad, envelope]);
+    /// The synthetic nonce of a record: a PRF of what it binds. The AAD already carries the
+    /// envelope's dedupe digest (a keyed 128-bit hash of the mailbox and the envelope), so the
+    /// envelope itself is not hashed a second time: two records share a nonce under one key
+    /// only when they share mailbox, epoch and digest, that is, the same envelope.
+    pub fn synthetic_nonce(&self, aad: &[u8]) -> [u8; 12] {
+        let t = mac(&self.siv, &[b"nonce", aad]);
         let mut out = [0u8; 12];
         out.copy_from_slice(&t[..12]);
         out

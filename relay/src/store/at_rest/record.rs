@@ -23,11 +23,13 @@
 //! stores (its Lua included) need no other change; the disk store recomputes digests of held
 //! envelopes on recovery through the same function.
 //!
-//! The nonce is synthetic (SIV-style): `HMAC-SHA256(siv_key, AAD ‖ envelope)[..12]` under a
-//! key derived from the epoch key, with the AAD's nonce bytes zero. A nonce repeats under one
-//! key only for the identical (AAD, envelope), which then gives the identical record: the
-//! only thing learnt is that two stored records are equal, which the relay knew at ingress.
-//! Two different envelopes colliding on 96 bits needs about 2^48 of them under one epoch key.
+//! The nonce is synthetic (SIV-style): `HMAC-SHA256(siv_key, "nonce" ‖ AAD)[..12]` under a
+//! key derived from the epoch key, with the AAD's nonce bytes zero. The AAD holds the dedupe
+//! digest (a keyed 128-bit hash of mailbox and envelope), so the envelope is hashed once, for
+//! the digest. A nonce repeats under one key only for the identical AAD (same mailbox, epoch
+//! and digest: the same envelope), which then gives the identical record: the only thing
+//! learnt is that two stored records are equal, which the relay knew at ingress. Two
+//! different AADs colliding on 96 bits needs about 2^48 records under one epoch key.
 
 use super::keyring::EpochKey;
 use bytes::{Bytes, BytesMut};
@@ -126,10 +128,8 @@ pub fn seal_batch(engine: &Engine, items: &[ToSeal<'_>]) -> Vec<Bytes> {
         header[2..DIGEST_AT].copy_from_slice(&item.epoch.start.to_be_bytes());
         header[DIGEST_AT..NONCE_AT].copy_from_slice(&item.digest);
         // The nonce is not yet in the header the synthetic nonce is computed over: it covers
-        // the epoch, the digest and the mailbox, then the envelope.
-        let nonce = item
-            .key
-            .synthetic_nonce(&aad(item.deposit_id, &header), item.envelope);
+        // the epoch, the mailbox and the digest, which stands for the envelope.
+        let nonce = item.key.synthetic_nonce(&aad(item.deposit_id, &header));
         header[NONCE_AT..].copy_from_slice(&nonce);
         aads.push(aad(item.deposit_id, &header));
         nonces.push((header, nonce));
