@@ -347,7 +347,7 @@ fn rotate_master_key(data_dir: PathBuf, old: Option<PathBuf>, new: PathBuf) -> C
         let k = sealpost_relay::store::at_rest::slots::rotate_master_key(&keys, old, &new)
             .map_err(|e| e.to_string())?;
         eprintln!(
-            "re-wrapped {k} at-rest epoch keys in {} under the new master key",
+            "re-wrapped {k} at-rest keys (epoch keys and the dedupe key) in {} under the new master key",
             keys.display()
         );
     }

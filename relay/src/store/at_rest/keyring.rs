@@ -74,17 +74,35 @@ fn mac(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
     out
 }
 
-/// The key of duplicate detection, derived from the master key. Unlike an epoch key it lives
-/// as long as the master key: a sender's retry must be recognised whichever epoch (time
-/// window, or relay of a cluster) it lands in, so neither what the inner store keeps instead
-/// of the sender nonce nor the digest it compares may depend on the epoch. docs/AT-REST.md
-/// says what this costs after shredding. Wiped on drop.
+/// The key of duplicate detection. Unlike an epoch key it lives as long as the store: a
+/// sender's retry must be recognised whichever epoch (time window, or relay of a cluster) it
+/// lands in, and across a `rotate-master-key`, so neither what the inner store keeps instead of
+/// the sender nonce nor the digest it compares may depend on the epoch or on the master key.
+/// It is kept in the keyring (wrapped under the master key, in the reserved slot
+/// [`DEDUPE_SLOT`], never destroyed by a sweep). docs/AT-REST.md says what this costs after
+/// shredding. Wiped on drop.
 pub struct DedupeKey(Zeroizing<[u8; 32]>);
 
+/// The keyring entry that holds the [`DedupeKey`]: shard 255 is no shard of the mailboxes
+/// (there are [`super::SHARDS`]), so no epoch ever takes it.
+pub const DEDUPE_SLOT: EpochId = EpochId {
+    start: 0,
+    shard: 0xFF,
+};
+/// The "window end" stored with the dedupe key (it has none).
+const DEDUPE_END: u64 = u64::MAX;
+
 impl DedupeKey {
-    /// The dedupe key of `master`.
-    pub fn new(master: &[u8; 32]) -> Self {
+    /// The dedupe key that keyrings made before the key was kept in the keyring derived from
+    /// the master key; such a keyring keeps that value, so that retries of envelopes stored
+    /// before the upgrade are still recognised.
+    pub fn derived(master: &[u8; 32]) -> Self {
         Self(hkdf(master, b"sealpost/1 at-rest", b"sealpost/1 dedupe"))
+    }
+
+    /// A dedupe key of these 32 bytes.
+    pub fn from_bytes(key: &[u8; 32]) -> Self {
+        Self(Zeroizing::new(*key))
     }
 
     /// What the inner store keeps instead of the sender's nonce (its duplicate-detection
@@ -138,6 +156,14 @@ pub enum KeyringError {
         place: String,
         /// What failed.
         why: String,
+    },
+    /// The dedupe key in the keyring does not open while epoch keys do.
+    #[error(
+        "the at-rest dedupe key in {place} does not open under the master key while epoch keys do: a rotate-master-key was interrupted (run it again with the same keys)"
+    )]
+    DedupeKey {
+        /// Which keyring.
+        place: String,
     },
     /// The master key opens none of the wrapped keys.
     #[error(
@@ -219,6 +245,53 @@ fn wrap_aad(epoch: EpochId, end: u64) -> [u8; 40] {
     a
 }
 
+/// Opens a wrapped 32-byte secret of the keyring.
+fn unwrap_secret(wrap: &AeadKey, k: &StoredKey) -> Result<Zeroizing<[u8; 32]>, RecordError> {
+    let mut root = Zeroizing::new([0u8; 32]);
+    secrets::open(wrap, &wrap_aad(k.epoch, k.end), &k.wrapped, &mut root[..])?;
+    Ok(root)
+}
+
+/// Makes the keyring's dedupe key and keeps it durably (before any envelope is stored with
+/// it); answers the one kept, which another relay sharing the keyring may have made first.
+/// `legacy`: the keyring already holds epoch keys, from before the dedupe key was kept in it.
+async fn make_dedupe(
+    master: &[u8; 32],
+    wrap: &AeadKey,
+    store: &dyn KeyringStore,
+    legacy: bool,
+) -> Result<DedupeKey, KeyringError> {
+    let io = |why: String| KeyringError::Io {
+        place: store.describe(),
+        why,
+    };
+    let secret = if legacy {
+        DedupeKey::derived(master).0
+    } else {
+        Zeroizing::new(
+            sealpost_core::random::array::<32>()
+                .map_err(|e| KeyringError::Random(e.to_string()))?,
+        )
+    };
+    let sealed =
+        secrets::seal(wrap, &wrap_aad(DEDUPE_SLOT, DEDUPE_END), &secret[..]).map_err(io)?;
+    let mut wrapped = [0u8; WRAPPED_LEN];
+    wrapped.copy_from_slice(&sealed);
+    let kept = store
+        .put(&StoredKey {
+            epoch: DEDUPE_SLOT,
+            end: DEDUPE_END,
+            wrapped,
+        })
+        .await?;
+    let k = unwrap_secret(wrap, &kept).map_err(|e| {
+        io(format!(
+            "the dedupe key another relay kept does not open under this relay's master key ({e}): every relay of a deployment needs the same master key"
+        ))
+    })?;
+    Ok(DedupeKey::from_bytes(&k))
+}
+
 /// A live epoch key with the end of its window.
 struct Live {
     key: Arc<EpochKey>,
@@ -243,7 +316,9 @@ impl Keyring {
         store: Box<dyn KeyringStore>,
     ) -> Result<Self, KeyringError> {
         let wrap = wrapping_key(master);
-        let stored = store.load().await?;
+        let mut stored = store.load().await?;
+        let dedupe_at = stored.iter().position(|s| s.epoch == DEDUPE_SLOT);
+        let dedupe_kept = dedupe_at.map(|i| stored.swap_remove(i));
         let mut live = HashMap::new();
         let mut bad = Vec::new();
         for s in &stored {
@@ -283,9 +358,34 @@ impl Keyring {
                  sealed under them cannot be read and are skipped"
             );
         }
+        let dedupe = match dedupe_kept {
+            Some(kept) => match unwrap_secret(&wrap, &kept) {
+                Ok(k) => DedupeKey::from_bytes(&k),
+                Err(RecordError::Backend(why)) => {
+                    return Err(KeyringError::Io {
+                        place: store.describe(),
+                        why,
+                    });
+                }
+                Err(_) if live.is_empty() => {
+                    return Err(KeyringError::WrongMasterKey {
+                        place: store.describe(),
+                        count: bad.len() + 1,
+                    });
+                }
+                Err(_) => {
+                    return Err(KeyringError::DedupeKey {
+                        place: store.describe(),
+                    });
+                }
+            },
+            // A keyring with epoch keys but no dedupe key was made before the key was kept
+            // here: it goes on with the value it was derived to; a new keyring draws one.
+            None => make_dedupe(master, &wrap, store.as_ref(), !stored.is_empty()).await?,
+        };
         Ok(Self {
             wrap,
-            dedupe: DedupeKey::new(master),
+            dedupe,
             store,
             live: Mutex::new(live),
             making: tokio::sync::Mutex::new(()),

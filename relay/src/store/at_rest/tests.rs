@@ -183,8 +183,9 @@ async fn a_drained_epoch_loses_its_key_and_a_held_one_keeps_it() {
     s.append_batch(&[app(a, 1, 1), app(b, 2, 2)]).await.unwrap();
     let raw = s.inner().fetch(&[1; 16], 0, 1).await.unwrap();
     let epoch = record::epoch_of(&raw[0].envelope).unwrap();
+    // The dedupe key's slot, then the epoch's.
     let keyfile = std::fs::read(dir.path().join("keys")).unwrap();
-    assert_eq!(keyfile.len(), slots::SLOT_LEN);
+    assert_eq!(keyfile.len(), 2 * slots::SLOT_LEN);
     s.ack(&[1; 16], 1).await.unwrap();
     // Wait for the window to end (wall time is the signal here), then sweep: `b` still holds
     // an envelope of the epoch.
@@ -199,7 +200,8 @@ async fn a_drained_epoch_loses_its_key_and_a_held_one_keeps_it() {
     assert_eq!(s.sweep().await.unwrap(), 1);
     assert!(s.keyring().get(&epoch).is_none());
     let keyfile_after = std::fs::read(dir.path().join("keys")).unwrap();
-    assert_eq!(keyfile_after, vec![0u8; slots::SLOT_LEN]);
+    assert_eq!(keyfile_after[..slots::SLOT_LEN], keyfile[..slots::SLOT_LEN]);
+    assert_eq!(keyfile_after[slots::SLOT_LEN..], [0u8; slots::SLOT_LEN]);
     assert_ne!(keyfile, keyfile_after);
     // A record of the destroyed epoch (a copy left somewhere) no longer opens.
     let r = record::open_batch(
@@ -269,7 +271,8 @@ async fn a_master_key_rotation_rewraps_the_keyring() {
     s.append_batch(&[app(a, 1, 1)]).await.unwrap();
     let path = dir.path().join("keys");
     let new = [8u8; 32];
-    assert_eq!(slots::rotate_master_key(&path, &MASTER, &new).unwrap(), 1);
+    // One epoch key and the dedupe key.
+    assert_eq!(slots::rotate_master_key(&path, &MASTER, &new).unwrap(), 2);
     assert_eq!(slots::rotate_master_key(&path, &MASTER, &new).unwrap(), 0);
     let k = Keyring::open(&new, Box::new(SlotFile::open(&path).unwrap()))
         .await
@@ -381,12 +384,13 @@ async fn a_retry_in_another_epoch_is_a_duplicate_in_the_memory_store() {
 }
 
 async fn open_disk(dir: &Path) -> AtRest<DiskStore> {
-    let keyring = Keyring::open(
-        &MASTER,
-        Box::new(SlotFile::open(&dir.join("keys")).unwrap()),
-    )
-    .await
-    .unwrap();
+    open_disk_under(dir, &MASTER).await
+}
+
+async fn open_disk_under(dir: &Path, master: &[u8; 32]) -> AtRest<DiskStore> {
+    let keyring = Keyring::open(master, Box::new(SlotFile::open(&dir.join("keys")).unwrap()))
+        .await
+        .unwrap();
     let store = DiskStore::open(&dir.join("store"), quotas(), DiskOptions::default()).unwrap();
     AtRest::new(store, keyring, AtRestOptions::new())
 }
@@ -398,13 +402,10 @@ async fn a_retry_in_another_epoch_is_a_duplicate_in_the_disk_store() {
     retries_across_epochs(&s, 1).await;
 }
 
-/// The disk store rebuilds its dedupe state from the records on disk at a restart: the
-/// digests it recomputes are the records' own, so a retry after the restart, in another
-/// epoch, is still told apart from a reused nonce.
-#[tokio::test]
-async fn a_retry_after_a_disk_restart_in_another_epoch_is_a_duplicate() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open_disk(dir.path()).await;
+/// Stores two envelopes in a disk store at `dir` under `MASTER` and acknowledges the first,
+/// then closes the store: one in the dedupe window, one held, for a retry after a restart.
+async fn store_two_and_close(dir: &Path) -> DepositId {
+    let s = open_disk(dir).await;
     let a = mailbox(&s, 1).await;
     assert_eq!(
         s.append_batch(&[app(a, 1, 1), app(a, 2, 2)]).await.unwrap(),
@@ -412,9 +413,12 @@ async fn a_retry_after_a_disk_restart_in_another_epoch_is_a_duplicate() {
     );
     s.ack(&[1; 16], 1).await.unwrap();
     s.inner().close(Duration::from_secs(10)).unwrap();
-    drop(s);
-    let s = open_disk(dir.path()).await;
-    next_window(&s);
+    a
+}
+
+/// Retries of both envelopes of [`store_two_and_close`] are DUPLICATE and other envelopes
+/// under their nonces ID_REUSED; nothing more is stored.
+async fn retries_after_the_restart<S: Store>(s: &AtRest<S>, a: DepositId) {
     // Nonce 1 is in the dedupe window (acknowledged), nonce 2 still held.
     assert_eq!(
         s.append_batch(&[app(a, 1, 1), app(a, 1, 9), app(a, 2, 2), app(a, 2, 9)])
@@ -428,15 +432,31 @@ async fn a_retry_after_a_disk_restart_in_another_epoch_is_a_duplicate() {
         ]
     );
     assert_eq!(s.pending(&[1; 16]).await.unwrap(), 1);
+    assert_eq!(
+        s.fetch(&[1; 16], 0, 5).await.unwrap()[0].envelope,
+        envelope(2)
+    );
 }
 
-/// The dedupe tag and digest depend on the master key, the mailbox and what they cover, and
+/// The disk store rebuilds its dedupe state from the records on disk at a restart: the
+/// digests it recomputes are the records' own, so a retry after the restart, in another
+/// epoch, is still told apart from a reused nonce.
+#[tokio::test]
+async fn a_retry_after_a_disk_restart_in_another_epoch_is_a_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = store_two_and_close(dir.path()).await;
+    let s = open_disk(dir.path()).await;
+    next_window(&s);
+    retries_after_the_restart(&s, a).await;
+}
+
+/// The dedupe tag and digest depend on the dedupe key, the mailbox and what they cover, and
 /// not on any epoch key.
 #[test]
-fn the_dedupe_key_is_the_master_keys_and_binds_the_mailbox() {
-    let k = keyring::DedupeKey::new(&MASTER);
-    let again = keyring::DedupeKey::new(&MASTER);
-    let other = keyring::DedupeKey::new(&[8; 32]);
+fn the_dedupe_key_binds_the_mailbox_and_what_it_covers() {
+    let k = keyring::DedupeKey::from_bytes(&[7; 32]);
+    let again = keyring::DedupeKey::from_bytes(&[7; 32]);
+    let other = keyring::DedupeKey::from_bytes(&[8; 32]);
     let (a, b) = ([1u8; 16], [2u8; 16]);
     assert_eq!(k.nonce_tag(&a, &[1; 12]), again.nonce_tag(&a, &[1; 12]));
     assert_ne!(k.nonce_tag(&a, &[1; 12]), k.nonce_tag(&b, &[1; 12]));
@@ -450,4 +470,78 @@ fn the_dedupe_key_is_the_master_keys_and_binds_the_mailbox() {
         k.envelope_digest(&a, &envelope(2))
     );
     assert_ne!(k.envelope_digest(&a, &e), other.envelope_digest(&a, &e));
+}
+
+/// The dedupe key is drawn at random for a new keyring and kept in it: reopening (under the
+/// same master key) finds the same key, a second keyring draws another, and it is never an
+/// epoch (no sweep sees it, it is not counted as a live key).
+#[tokio::test]
+async fn the_dedupe_key_is_random_and_kept_in_the_keyring() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let tag = |k: &Keyring| k.dedupe().nonce_tag(&[1; 16], &[1; 12]);
+    let open = |d: &Path| {
+        let path = d.join("keys");
+        async move {
+            Keyring::open(&MASTER, Box::new(SlotFile::open(&path).unwrap()))
+                .await
+                .unwrap()
+        }
+    };
+    let first = open(d1.path()).await;
+    assert!(first.is_empty());
+    assert!(first.epochs().is_empty());
+    let again = open(d1.path()).await;
+    let other = open(d2.path()).await;
+    assert_eq!(tag(&first), tag(&again));
+    assert_ne!(tag(&first), tag(&other));
+    assert_ne!(
+        tag(&first),
+        keyring::DedupeKey::derived(&MASTER).nonce_tag(&[1; 16], &[1; 12])
+    );
+}
+
+/// A keyring made before the dedupe key was kept in it (epoch keys, no dedupe entry) goes on
+/// with the key it was derived to, so that retries of what it stored are still recognised.
+#[tokio::test]
+async fn a_keyring_from_before_keeps_the_derived_dedupe_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys");
+    let k = Keyring::open(&MASTER, Box::new(SlotFile::open(&path).unwrap()))
+        .await
+        .unwrap();
+    k.get_or_make(EpochId { start: 0, shard: 1 }, 60)
+        .await
+        .unwrap();
+    drop(k);
+    // Take the dedupe entry out again: what an older relay left.
+    let file = SlotFile::open(&path).unwrap();
+    use keyring::KeyringStore as _;
+    assert_eq!(file.load().await.unwrap().len(), 2);
+    file.remove(keyring::DEDUPE_SLOT).await.unwrap();
+    drop(file);
+    let k = Keyring::open(&MASTER, Box::new(SlotFile::open(&path).unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(k.len(), 1);
+    assert_eq!(
+        k.dedupe().nonce_tag(&[1; 16], &[1; 12]),
+        keyring::DedupeKey::derived(&MASTER).nonce_tag(&[1; 16], &[1; 12])
+    );
+}
+
+/// A retry that spans a rotate-master-key (the relay stopped, the keyring re-wrapped, the
+/// relay started under the new key) is still DUPLICATE, and another envelope under its nonce
+/// still ID_REUSED: the dedupe key moved with the keyring, it did not follow the master key.
+#[tokio::test]
+async fn a_retry_across_a_master_key_rotation_is_a_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = store_two_and_close(dir.path()).await;
+    let new = [9u8; 32];
+    // One epoch key and the dedupe key.
+    assert_eq!(
+        slots::rotate_master_key(&dir.path().join("keys"), &MASTER, &new).unwrap(),
+        2
+    );
+    let s = open_disk_under(dir.path(), &new).await;
+    retries_after_the_restart(&s, a).await;
 }

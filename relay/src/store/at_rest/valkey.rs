@@ -6,10 +6,12 @@
 //! followed, on the same connection, by `WAITAOF 1 1`: it is fsynced on its primary and a
 //! replica before any envelope is sealed under it, like a deposit. A key is destroyed with HDEL
 //! (then WAITAOF, so that a replica has it before its AOF is rewritten),
-//! after which every node is asked to rewrite its append-only file (BGREWRITEAOF): until then
-//! the AOF still holds the HSETNX that wrote it. The old AOF files are deleted by Valkey (their
-//! blocks freed, not erased), and RDB snapshots taken while the key lived keep it: see
-//! docs/AT-REST.md.
+//! after which every node is asked to rewrite its append-only file (BGREWRITEAOF), since until
+//! then the AOF still holds the HSETNX that wrote it, and to replace its RDB snapshot
+//! (`BGSAVE SCHEDULE`, run once the rewrite is done), since a snapshot taken while the key
+//! lived (by `save` settings, or received in a replica's full sync) holds it too. The old files
+//! are deleted by Valkey (their blocks freed, not erased); copies made elsewhere (backups)
+//! are out of reach: see docs/AT-REST.md.
 
 use super::keyring::{KeyringError, KeyringStore, StoredKey, WRAPPED_LEN};
 use super::record::EpochId;
@@ -28,7 +30,8 @@ const WAITAOF_MS: u64 = 2000;
 pub struct ValkeyKeys {
     conn: ClusterConnection,
     nodes: String,
-    /// Set by a destruction, cleared once every node has started rewriting its AOF after it.
+    /// Set by a destruction, cleared once every node has started rewriting its AOF and has
+    /// scheduled a snapshot after it.
     rewrite_owed: AtomicBool,
 }
 
@@ -97,8 +100,9 @@ impl ValkeyKeys {
         }
     }
 
-    /// Asks every node (primaries and replicas) to rewrite its append-only file, so that the
-    /// HSETNX of a destroyed key leaves the AOF. Each node is asked on a connection of its own:
+    /// Asks every node (primaries and replicas) to rewrite its append-only file and to replace
+    /// its RDB snapshot, so that a destroyed key leaves both. Each node is asked on a
+    /// connection of its own:
     /// the cluster client only holds connections to the nodes it routes to (the primaries),
     /// and a command "for all nodes" silently skips the others.
     async fn rewrite_aof(&self) {
@@ -117,7 +121,7 @@ impl ValkeyKeys {
                 // HDEL and so still copy the key: ask again at the next sweep.
                 tracing::warn!(
                     error = %e,
-                    "a Valkey node did not start an AOF rewrite after at-rest keys were destroyed; asking again at the next sweep"
+                    "a Valkey node did not start an AOF rewrite or schedule an RDB snapshot after at-rest keys were destroyed; asking again at the next sweep"
                 );
             }
         }
@@ -157,7 +161,8 @@ fn cluster_nodes(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// Sends BGREWRITEAOF to one node.
+/// Sends BGREWRITEAOF, then `BGSAVE SCHEDULE`, to one node. A plain BGSAVE is refused while
+/// the rewrite runs; SCHEDULE has the node start the snapshot as soon as the rewrite is done.
 async fn rewrite_one(node: &str) -> Result<(), redis::RedisError> {
     let mut conn = redis::Client::open(format!("redis://{node}/"))?
         .get_multiplexed_async_connection_with_config(
@@ -167,6 +172,10 @@ async fn rewrite_one(node: &str) -> Result<(), redis::RedisError> {
         )
         .await?;
     let _: Value = redis::cmd("BGREWRITEAOF").query_async(&mut conn).await?;
+    let _: Value = redis::cmd("BGSAVE")
+        .arg("SCHEDULE")
+        .query_async(&mut conn)
+        .await?;
     Ok(())
 }
 
@@ -226,15 +235,20 @@ impl KeyringStore for ValkeyKeys {
         pipe.cmd("HDEL")
             .arg(KEYRING_KEY)
             .arg(&field(epoch)[..])
-            .ignore()
             .cmd("WAITAOF")
             .arg(1)
             .arg(1)
             .arg(WAITAOF_MS);
-        let (acks,): ((i64, i64),) = pipe
+        let (removed, acks): (i64, (i64, i64)) = pipe
             .query_async(&mut self.conn.clone())
             .await
             .map_err(|e| self.io(e))?;
+        if removed == 0 {
+            // Another relay of the deployment destroyed it first: that relay has the nodes
+            // rewrite their files; asking again from every relay would only repeat the work.
+            // (Had it died in between, the next destruction's rewrite carries this one too.)
+            return Ok(());
+        }
         if acks.1 < 1 {
             tracing::warn!(
                 "the destruction of an at-rest key was not confirmed on a Valkey replica in time; its AOF is rewritten anyway"
