@@ -67,16 +67,27 @@ enum Cmd {
     Info(RelayArgs),
     /// Re-encrypt the mailbox secrets of a stopped relay's store under a new master key (the
     /// relay must be stopped; start it with the new key afterwards).
+    ///
+    /// With `--cluster-nodes`, the cluster store's secrets in Valkey instead (every relay of
+    /// the cluster stopped): mailbox records, the deposit-id key and the at-rest keyring.
     RotateMasterKey {
-        /// The relay's data directory.
-        #[arg(long)]
-        data_dir: PathBuf,
+        /// The relay's data directory (its store, at-rest keyring and forwarding key); with
+        /// `--cluster-nodes`, only its forwarding key is re-sealed.
+        #[arg(long, required_unless_present = "cluster_nodes")]
+        data_dir: Option<PathBuf>,
         /// The current master key file; omit it if the secrets are not encrypted yet.
         #[arg(long)]
         old_key_file: Option<PathBuf>,
         /// The new master key file (64 hex digits; `openssl rand -hex 32`).
         #[arg(long)]
         new_key_file: PathBuf,
+        /// Valkey cluster nodes (`HOST:PORT,...`): rotate the cluster store's secrets.
+        #[arg(long, value_delimiter = ',')]
+        cluster_nodes: Vec<String>,
+        /// A forwarding key file kept outside the data directory (the `forward_key_file`
+        /// setting) to re-seal too.
+        #[arg(long)]
+        forward_key_file: Option<PathBuf>,
     },
     /// Validate a settings file (with the environment and flags over it) and print the
     /// effective settings, secrets redacted.
@@ -293,7 +304,18 @@ async fn main() -> ExitCode {
             data_dir,
             old_key_file,
             new_key_file,
-        } => rotate_master_key(data_dir, old_key_file, new_key_file),
+            cluster_nodes,
+            forward_key_file,
+        } => {
+            rotate(Rotation {
+                data_dir,
+                old_key_file,
+                new_key_file,
+                cluster_nodes,
+                forward_key_file,
+            })
+            .await
+        }
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -322,19 +344,94 @@ fn check_config(file: PathBuf, given: Settings, matches: Option<&clap::ArgMatche
     Ok(())
 }
 
-fn rotate_master_key(data_dir: PathBuf, old: Option<PathBuf>, new: PathBuf) -> CmdResult {
+/// What `rotate-master-key` was asked to do.
+struct Rotation {
+    data_dir: Option<PathBuf>,
+    old_key_file: Option<PathBuf>,
+    new_key_file: PathBuf,
+    cluster_nodes: Vec<String>,
+    forward_key_file: Option<PathBuf>,
+}
+
+async fn rotate(r: Rotation) -> CmdResult {
+    // Read from the files only: SEALPOST_MASTER_KEY must not stand in for either key here.
+    let old = r
+        .old_key_file
+        .as_ref()
+        .map(|f| master_key(Some(f)))
+        .transpose()?
+        .flatten();
+    let new = master_key(Some(&r.new_key_file))?.ok_or("the new master key file is empty")?;
+    if !r.cluster_nodes.is_empty() {
+        let old = old.as_ref().ok_or(
+            "the cluster store always seals its secrets under a master key: give it with --old-key-file",
+        )?;
+        let done =
+            sealpost_relay::store::cluster::rekey::rotate_master_key(&r.cluster_nodes, old, &new)
+                .await
+                .map_err(|e| e.to_string())?;
+        eprintln!(
+            "re-sealed in the Valkey cluster: {} mailbox records, {} the deposit-id key, {} at-rest keys (epoch keys and the dedupe key); every node asked to rewrite its AOF",
+            done.records,
+            if done.prf {
+                "and"
+            } else {
+                "not (already under the new key)"
+            },
+            done.keyring
+        );
+        if let Some(dir) = &r.data_dir {
+            reseal_forward_key(
+                &dir.join(sealpost_relay::forward::key::FILE_NAME),
+                Some(old),
+                &new,
+            )?;
+        }
+    } else if let Some(dir) = &r.data_dir {
+        rotate_master_key(dir, old.as_ref(), &new)?;
+    }
+    if let Some(f) = &r.forward_key_file {
+        if !f.exists() {
+            return Err(format!("--forward-key-file {}: no such file", f.display()));
+        }
+        reseal_forward_key(f, old.as_ref(), &new)?;
+    }
+    eprintln!("start the relays with the new master key");
+    Ok(())
+}
+
+/// Re-seals a forwarding key file (if it is sealed and there is an old key).
+fn reseal_forward_key(
+    path: &std::path::Path,
+    old: Option<&zeroize::Zeroizing<[u8; 32]>>,
+    new: &zeroize::Zeroizing<[u8; 32]>,
+) -> CmdResult {
+    if let Some(old) = old
+        && sealpost_relay::forward::key::ForwardKey::rotate_master_key(path, old, new)
+            .map_err(|e| e.to_string())?
+    {
+        eprintln!(
+            "re-sealed the forwarding key {} under the new master key",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+fn rotate_master_key(
+    data_dir: &std::path::Path,
+    old: Option<&zeroize::Zeroizing<[u8; 32]>>,
+    new: &zeroize::Zeroizing<[u8; 32]>,
+) -> CmdResult {
     let dir = data_dir.join("store");
     if !dir.join("version").exists() {
         return Err(format!("no relay store in {}", dir.display()));
     }
-    // Read from the files only: SEALPOST_MASTER_KEY must not stand in for either key here.
-    let old = old.map(|f| master_key(Some(&f))).transpose()?.flatten();
-    let new = master_key(Some(&new))?.ok_or("the new master key file is empty")?;
     let store = DiskStore::open(
         &dir,
         sealpost_relay::RelayLimits::default().quotas(),
         DiskOptions {
-            master_key: old.clone(),
+            master_key: old.cloned(),
             min_free_bytes: 0,
             ..DiskOptions::default()
         },
@@ -343,30 +440,25 @@ fn rotate_master_key(data_dir: PathBuf, old: Option<PathBuf>, new: PathBuf) -> C
     // The at-rest keyring first: re-wrapping it is idempotent, so a failure of either step
     // is mended by running the command again.
     let keys = data_dir.join(sealpost_relay::open::KEYRING_FILE);
-    if let (true, Some(old)) = (keys.exists(), old.as_ref()) {
-        let k = sealpost_relay::store::at_rest::slots::rotate_master_key(&keys, old, &new)
+    if let (true, Some(old)) = (keys.exists(), old) {
+        let k = sealpost_relay::store::at_rest::slots::rotate_master_key(&keys, old, new)
             .map_err(|e| e.to_string())?;
         eprintln!(
             "re-wrapped {k} at-rest keys (epoch keys and the dedupe key) in {} under the new master key",
             keys.display()
         );
     }
-    // The forwarding key in the data directory is sealed under the master key too (a
-    // forward_key_file named in the settings is not known to this command and stays under
-    // the old master key). Without it the relay would not start after the rotation.
-    let fwd = data_dir.join(sealpost_relay::forward::key::FILE_NAME);
-    if let Some(old) = old.as_ref()
-        && sealpost_relay::forward::key::ForwardKey::rotate_master_key(&fwd, old, &new)
-            .map_err(|e| e.to_string())?
-    {
-        eprintln!(
-            "re-sealed the forwarding key {} under the new master key",
-            fwd.display()
-        );
-    }
-    let n = store.rotate_master_key(&new).map_err(|e| e.to_string())?;
+    // The forwarding key in the data directory is sealed under the master key too; without
+    // it the relay would not start after the rotation. (One kept elsewhere is named with
+    // --forward-key-file.)
+    reseal_forward_key(
+        &data_dir.join(sealpost_relay::forward::key::FILE_NAME),
+        old,
+        new,
+    )?;
+    let n = store.rotate_master_key(new).map_err(|e| e.to_string())?;
     eprintln!(
-        "re-encrypted the secrets of {n} mailboxes in {} under the new master key; start the relay with it",
+        "re-encrypted the secrets of {n} mailboxes in {} under the new master key",
         dir.display()
     );
     Ok(())

@@ -100,49 +100,98 @@ impl ValkeyKeys {
         }
     }
 
-    /// Asks every node (primaries and replicas) to rewrite its append-only file and to replace
-    /// its RDB snapshot, so that a destroyed key leaves both. Each node is asked on a
-    /// connection of its own:
-    /// the cluster client only holds connections to the nodes it routes to (the primaries),
-    /// and a command "for all nodes" silently skips the others.
+    /// Asks every node to rewrite its files ([`rewrite_every_node`]); the debt is paid once
+    /// every node has.
     async fn rewrite_aof(&self) {
-        let nodes = match self.node_addresses().await {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot list the Valkey nodes to rewrite their AOFs after destroying at-rest keys; asking again at the next sweep");
-                return;
-            }
-        };
-        let mut failed = 0;
-        for node in &nodes {
-            if let Err(e) = rewrite_one(node).await {
-                failed += 1;
-                // Typically a rewrite already in progress, which may have begun before the
-                // HDEL and so still copy the key: ask again at the next sweep.
-                tracing::warn!(
-                    error = %e,
-                    "a Valkey node did not start an AOF rewrite or schedule an RDB snapshot after at-rest keys were destroyed; asking again at the next sweep"
-                );
-            }
-        }
-        if failed == 0 {
+        if rewrite_every_node(&mut self.conn.clone()).await {
             self.rewrite_owed.store(false, Ordering::Relaxed);
         }
-    }
-
-    /// Every node's `HOST:PORT` from `CLUSTER NODES`, failed and unaddressed nodes left out.
-    async fn node_addresses(&self) -> Result<Vec<String>, redis::RedisError> {
-        let text: String = redis::cmd("CLUSTER")
-            .arg("NODES")
-            .query_async(&mut self.conn.clone())
-            .await?;
-        Ok(cluster_nodes(&text))
     }
 
     /// Whether an AOF rewrite is still owed (the last request failed on some node).
     pub fn rewrite_owed(&self) -> bool {
         self.rewrite_owed.load(Ordering::Relaxed)
     }
+}
+
+/// Asks every node (primaries and replicas) to rewrite its append-only file and to replace
+/// its RDB snapshot, so that a destroyed (or re-wrapped) key's old value leaves both; whether
+/// every node did. Each node is asked on a connection of its own: the cluster client only
+/// holds connections to the nodes it routes to (the primaries), and a command "for all
+/// nodes" silently skips the others.
+pub async fn rewrite_every_node(conn: &mut ClusterConnection) -> bool {
+    let text: Result<String, _> = redis::cmd("CLUSTER").arg("NODES").query_async(conn).await;
+    let nodes = match text {
+        Ok(t) => cluster_nodes(&t),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the Valkey nodes to rewrite their AOFs after changing at-rest keys; asking again at the next sweep");
+            return false;
+        }
+    };
+    let mut failed = 0;
+    for node in &nodes {
+        if let Err(e) = rewrite_one(node).await {
+            failed += 1;
+            // Typically a rewrite already in progress, which may have begun before the
+            // change and so still copy the old value: ask again at the next sweep.
+            tracing::warn!(
+                error = %e,
+                "a Valkey node did not start an AOF rewrite or schedule an RDB snapshot after at-rest keys changed; asking again at the next sweep"
+            );
+        }
+    }
+    failed == 0
+}
+
+/// Re-wraps every key of the cluster's keyring from master key `old` to `new`, in place
+/// (HSET of the field, confirmed by WAITAOF); how many it re-wrapped. Keys already under
+/// `new` are left alone, so running it again finishes an interrupted rotation. For
+/// `rotate-master-key`, with the relays stopped.
+pub async fn rotate_master_key(
+    conn: &mut ClusterConnection,
+    old: &[u8; 32],
+    new: &[u8; 32],
+) -> Result<usize, KeyringError> {
+    let io = |why: String| KeyringError::Io {
+        place: format!("{KEYRING_KEY} in the Valkey cluster"),
+        why,
+    };
+    let all: Vec<(Vec<u8>, Vec<u8>)> = redis::cmd("HGETALL")
+        .arg(KEYRING_KEY)
+        .query_async(conn)
+        .await
+        .map_err(|e| io(e.to_string()))?;
+    let (old, new) = (
+        super::keyring::wrapping_key(old),
+        super::keyring::wrapping_key(new),
+    );
+    let mut pipe = redis::pipe();
+    let mut n = 0;
+    for (f, v) in &all {
+        let Some(mut k) = decode(f, v) else { continue };
+        if let Some(w) = super::keyring::rewrap(&k, &old, &new).map_err(io)? {
+            k.wrapped = w;
+            pipe.cmd("HSET")
+                .arg(KEYRING_KEY)
+                .arg(&f[..])
+                .arg(value(&k))
+                .ignore();
+            n += 1;
+        }
+    }
+    if n > 0 {
+        pipe.cmd("WAITAOF").arg(1).arg(1).arg(WAITAOF_MS);
+        let (acks,): ((i64, i64),) = pipe
+            .query_async(conn)
+            .await
+            .map_err(|e| io(e.to_string()))?;
+        if acks.0 < 1 || acks.1 < 1 {
+            return Err(io(format!(
+                "the re-wrapped keys were not confirmed fsynced on the primary and a replica within {WAITAOF_MS} ms; run the command again"
+            )));
+        }
+    }
+    Ok(n)
 }
 
 /// The addresses in a `CLUSTER NODES` answer (`<id> <ip:port@bus[,host]> <flags> ...` per

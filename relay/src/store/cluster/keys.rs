@@ -31,6 +31,8 @@ use sealpost_core::{DepositId, RecipientId};
 
 /// The key holding the sealed deposit-id PRF key (no hash tag: read once at start-up).
 pub const PRF_KEY: &str = "sealpost:prf";
+/// The AAD the PRF key is sealed with.
+pub const PRF_AAD: &[u8] = b"sealpost/1 cluster prf key";
 /// The cluster-wide mailbox count.
 pub const MAILBOX_COUNT: &str = "sealpost:mailboxes";
 /// The `SCAN MATCH` pattern of the mailboxes' envelope streams (`{m:<rid>}:q`): a mailbox

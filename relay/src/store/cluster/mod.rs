@@ -13,6 +13,7 @@ pub mod checks;
 mod commit;
 mod health;
 pub mod keys;
+pub mod rekey;
 mod wake;
 
 pub use checks::ClusterError;
@@ -100,6 +101,19 @@ fn urls(nodes: &[String]) -> Vec<String> {
     nodes.iter().map(|n| format!("redis://{n}/")).collect()
 }
 
+/// A cluster-aware connection through the seeds `nodes`.
+async fn cluster_connection(
+    nodes: &[String],
+    response_timeout: Duration,
+) -> redis::RedisResult<redis::cluster_async::ClusterConnection> {
+    redis::cluster::ClusterClientBuilder::new(urls(nodes))
+        .connection_timeout(Duration::from_secs(2))
+        .response_timeout(response_timeout)
+        .build()?
+        .get_async_connection()
+        .await
+}
+
 impl ClusterStore {
     /// Connects, checks that the cluster keeps the durability promise (every slot served,
     /// WAITAOF available, an fsynced append-only file on every node), loads the functions and
@@ -132,12 +146,7 @@ impl ClusterStore {
             load_functions(node).await?;
         }
 
-        let conn = redis::cluster::ClusterClientBuilder::new(urls(&opts.nodes))
-            .connection_timeout(Duration::from_secs(2))
-            .response_timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| unreachable(e.to_string()))?
-            .get_async_connection()
+        let conn = cluster_connection(&opts.nodes, Duration::from_secs(5))
             .await
             .map_err(|e| unreachable(e.to_string()))?;
 
@@ -174,9 +183,8 @@ impl ClusterStore {
     /// The deposit-id PRF key all relays share: made by the first relay to start, sealed
     /// under the master key (SET NX, so two relays starting at once agree).
     async fn load_prf(&self) -> Result<IdPrf, StoreError> {
-        const AAD: &[u8] = b"sealpost/1 cluster prf key";
         let fresh: [u8; 16] = sealpost_core::random::array().map_err(backend)?;
-        let sealed = record::seal(&self.secrets, AAD, &fresh).map_err(backend)?;
+        let sealed = record::seal(&self.secrets, keys::PRF_AAD, &fresh).map_err(backend)?;
         let _: Value = redis::cmd("SET")
             .arg(keys::PRF_KEY)
             .arg(sealed)
@@ -190,7 +198,7 @@ impl ClusterStore {
             .await
             .map_err(backend)?;
         let mut key = Zeroizing::new([0u8; 16]);
-        record::open(&self.secrets, AAD, &stored, &mut key[..]).map_err(|e| match e {
+        record::open(&self.secrets, keys::PRF_AAD, &stored, &mut key[..]).map_err(|e| match e {
             RecordError::WrongMasterKey => StoreError::Backend(format!(
                 "the master key does not open the cluster's {} (the key of the deposit ids): every relay of one cluster needs the same master key",
                 keys::PRF_KEY
