@@ -391,7 +391,8 @@ struct RunArgs {
     /// Deposit through a forwarding relay (two-hop forwarding, docs/FORWARDING.md): `spawn`
     /// starts one in this process on another loopback port, with forwarding on; HOST:PORT
     /// names a running relay with `forward = true` (and `source_forwards_per_sec = 0` or
-    /// enough for the load), with --via-pin. Each envelope is one FORWARD; subscriptions stay
+    /// enough for the load, and `forward_private_destinations = true` for a target on a
+    /// private or loopback address), with --via-pin. Each envelope is one FORWARD; subscriptions stay
     /// on the target relay. A running target (--relay) gets all forwarded traffic from the
     /// forwarding relay over one connection: raise its max_streams and its per-source and
     /// per-connection stream rates (the run does so for the relays it starts).

@@ -49,6 +49,7 @@ async fn relay(ip: &str, dir: &std::path::Path, forward: bool) -> Result<RelayHa
         ..RelayLimits::default()
     };
     cfg.forward.enabled = forward;
+    cfg.forward.private_destinations = true;
     cfg.forward.source_rate = Rate::UNLIMITED;
     let store = Arc::new(MemoryStore::new(cfg.limits.quotas()));
     Ok(sealpost_relay::start(cfg, store).await?)

@@ -52,6 +52,11 @@ pub struct ForwardConfig {
     /// The destinations this relay forwards to, `host:port` as senders name them; empty:
     /// any.
     pub allow: Vec<String>,
+    /// Also forward to destinations that resolve to loopback, private, link-local, shared
+    /// (CGNAT), multicast or other non-public addresses. Off by default: an open forwarding
+    /// relay would otherwise let its clients reach (and probe) its own host and network. A
+    /// destination named on `allow` is forwarded to whatever it resolves to.
+    pub private_destinations: bool,
     /// FORWARD requests one source (an IPv4 address or an IPv6 /64) may send per second.
     pub source_rate: Rate,
     /// Connections to destination relays kept at once (the least recently used goes).
@@ -72,6 +77,7 @@ impl Default for ForwardConfig {
         Self {
             enabled: false,
             allow: Vec::new(),
+            private_destinations: false,
             source_rate: Rate::new(100, 200),
             max_destinations: 256,
             idle_timeout: Duration::from_secs(30),

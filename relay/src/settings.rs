@@ -258,6 +258,11 @@ pub struct Settings {
     /// empty: any [default: empty].
     #[arg(long, value_delimiter = ',', env = "SEALPOST_FORWARD_ALLOW")]
     pub forward_allow: Option<Vec<String>>,
+    /// Also forward to destinations that resolve to loopback, private, link-local or other
+    /// non-public addresses (a deployment on a private network, tests); destinations named
+    /// in `forward_allow` are always allowed [default: false].
+    #[arg(long, env = "SEALPOST_FORWARD_PRIVATE_DESTINATIONS", num_args = 0..=1, default_missing_value = "true")]
+    pub forward_private_destinations: Option<bool>,
     /// FORWARD requests one source may send per second; 0 = no limit [default: 100].
     #[arg(long, env = "SEALPOST_SOURCE_FORWARDS_PER_SEC")]
     pub source_forwards_per_sec: Option<u32>,
@@ -369,6 +374,7 @@ impl Settings {
             backend,
             forward,
             forward_allow,
+            forward_private_destinations,
             source_forwards_per_sec,
             source_forward_burst,
             forward_key_file,
@@ -510,6 +516,7 @@ impl Settings {
             backend: Some(self.backend.clone().unwrap_or_else(|| "auto".into())),
             forward: Some(self.forward.unwrap_or(false)),
             forward_allow: Some(self.forward_allow.clone().unwrap_or_default()),
+            forward_private_destinations: Some(self.forward_private_destinations.unwrap_or(false)),
             source_forwards_per_sec: Some(
                 self.source_forwards_per_sec
                     .unwrap_or(f.source_rate.per_sec),
@@ -781,6 +788,7 @@ impl Settings {
         let forward = ForwardConfig {
             enabled: e.forward.unwrap_or(false),
             allow: forward_allow(&e)?,
+            private_destinations: e.forward_private_destinations.unwrap_or(false),
             source_rate: rate(
                 "source_forward_burst",
                 e.source_forwards_per_sec,

@@ -52,6 +52,8 @@ async fn relay_on(ip: &str, edit: impl FnOnce(&mut RelayConfig)) -> Node {
 
 fn forwarding(cfg: &mut RelayConfig) {
     cfg.forward.enabled = true;
+    // Every relay of these tests is on the loopback.
+    cfg.forward.private_destinations = true;
     cfg.forward.timeout = Duration::from_secs(2);
 }
 
@@ -625,4 +627,54 @@ async fn the_forwarding_key_is_kept_sealed_and_shared() {
     cfg.forward.key_file = Some(second.path().join("missing.key"));
     let e = Relay::open_with(cfg, options()).await.err().unwrap();
     assert!(e.to_string().contains("missing.key"), "{e}");
+}
+
+/// A forwarding relay does not reach inner addresses for its clients unless its operator
+/// allows them: a destination on the loopback is refused (FORWARD_REFUSED, saying why, and
+/// nothing stored), and forwarded to once named on the allow-list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inner_destinations_are_refused_unless_allowed() {
+    let dest = relay_on(DESTINATION, |_| {}).await;
+    let (_rc, mb) = mailbox_on(&dest).await;
+    let target = ForwardTarget::from_invitation(&mb.invitation()).unwrap();
+    let env = seal(&mb.invitation(), &mb.sizes, b"inner");
+
+    let open = relay_on(FORWARDER, |cfg| cfg.forward.enabled = true).await;
+    let c = client_from(SENDER, &open).await;
+    let e = c
+        .forward_deposit(&target, std::slice::from_ref(&env))
+        .await
+        .unwrap_err();
+    let said = e.to_string();
+    assert_eq!(relay_code(e), ErrorCode::ForwardRefused);
+    assert!(
+        said.contains("does not resolve to a public address"),
+        "{said}"
+    );
+    // A name is checked by what it resolves to, which the message does not tell.
+    let mut by_name = target.clone();
+    by_name.destination = format!("localhost:{}", dest.handle.local_addr().port());
+    let e = c
+        .forward_deposit(&by_name, std::slice::from_ref(&env))
+        .await
+        .unwrap_err();
+    let said = e.to_string();
+    assert_eq!(relay_code(e), ErrorCode::ForwardRefused);
+    assert!(
+        !said.contains("127.0.0.1") && !said.contains("::1"),
+        "the message names the address: {said}"
+    );
+
+    let named = relay_on(FORWARDER, |cfg| {
+        cfg.forward.enabled = true;
+        cfg.forward.allow = vec![target.destination.clone()];
+    })
+    .await;
+    let c = client_from(SENDER, &named).await;
+    let ok = c
+        .forward_deposit(&target, std::slice::from_ref(&env))
+        .await
+        .unwrap();
+    // OK, not DUPLICATE: the refused request stored nothing.
+    assert_eq!(ok.statuses, [DepositStatus::Ok]);
 }

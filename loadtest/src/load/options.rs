@@ -34,7 +34,8 @@ pub enum Via {
     /// per-source forwarding rate.
     Spawn,
     /// A running relay with `forward = true` (and `source_forwards_per_sec` high enough for
-    /// the load, or 0 for none).
+    /// the load, or 0 for none; `forward_private_destinations = true` for a target on a
+    /// private or loopback address).
     Remote {
         /// host:port.
         addr: String,

@@ -55,6 +55,8 @@ pub async fn spawn_relay(
 pub async fn spawn_forwarder(max_streams: u32) -> anyhow::Result<SpawnedRelay> {
     let (dir, mut cfg) = load_config(1024, max_streams)?;
     cfg.forward.enabled = true;
+    // The destination is this machine's relay, on the loopback.
+    cfg.forward.private_destinations = true;
     cfg.forward.source_rate = sealpost_relay::Rate::UNLIMITED;
     let relay = Relay::open_with(cfg, StoreOptions::new(StoreChoice::Memory))
         .await

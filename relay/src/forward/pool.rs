@@ -27,6 +27,13 @@ pub enum PoolError {
     /// The destination ended the stream without an answer.
     #[error("the destination ended the stream without an answer")]
     NoAnswer,
+    /// The destination resolves only to addresses this relay does not forward to.
+    /// (The message names no address: what an inner name resolves to is not the sender's
+    /// business.)
+    #[error(
+        "the destination {0} does not resolve to a public address; this relay forwards to loopback, private and link-local addresses only when its operator allows them (forward_private_destinations, or the destination on forward_allow)"
+    )]
+    NotPublic(String),
     /// The pool could not be set up.
     #[error("forwarding set-up failed: {0}")]
     Setup(String),
@@ -102,12 +109,21 @@ impl Pool {
         Some(slot.conn.clone())
     }
 
-    async fn connect(&self, dest: &str) -> Result<Connection, PoolError> {
+    async fn connect(&self, dest: &str, any_address: bool) -> Result<Connection, PoolError> {
         let local = self.endpoint.local_addr().ok();
-        let resolved: Vec<SocketAddr> = tokio::net::lookup_host(dest)
+        let mut resolved: Vec<SocketAddr> = tokio::net::lookup_host(dest)
             .await
             .map_err(|_| PoolError::Resolve(dest.to_owned()))?
             .collect();
+        // Checked on the addresses actually connected to, not on the name, so that a name
+        // resolving to an inner address (or changing to one) is caught as well.
+        if !any_address {
+            let any = !resolved.is_empty();
+            resolved.retain(|a| is_public(a.ip()));
+            if any && resolved.is_empty() {
+                return Err(PoolError::NotPublic(dest.to_owned()));
+            }
+        }
         // The endpoint's socket has one address family: pick an address of it.
         let addr = resolved
             .iter()
@@ -158,18 +174,24 @@ impl Pool {
     }
 
     /// Sends `frame` to `dest` on a new stream and returns the one frame it answers. A pooled
-    /// connection that turns out dead is replaced once.
-    pub async fn ask(&self, dest: &str, frame: Bytes) -> Result<Frame, PoolError> {
+    /// connection that turns out dead is replaced once. `any_address`: connect whatever `dest`
+    /// resolves to; otherwise only to public addresses ([`is_public`]).
+    pub async fn ask(
+        &self,
+        dest: &str,
+        frame: Bytes,
+        any_address: bool,
+    ) -> Result<Frame, PoolError> {
         let pooled = self.pooled(dest);
         let had_pooled = pooled.is_some();
         let conn = match pooled {
             Some(c) => c,
-            None => self.connect(dest).await?,
+            None => self.connect(dest, any_address).await?,
         };
         match self.ask_on(&conn, &frame).await {
             Err(PoolError::Lost(_)) if had_pooled => {
                 self.lock().remove(dest);
-                let conn = self.connect(dest).await?;
+                let conn = self.connect(dest, any_address).await?;
                 self.ask_on(&conn, &frame).await
             }
             other => other,
@@ -192,6 +214,94 @@ impl Pool {
             }
             Ok(None) => Err(PoolError::NoAnswer),
             Err(e) => Err(lost(&format!("{e:?}"))),
+        }
+    }
+}
+
+/// Whether `ip` is an address of the public internet: not loopback, unspecified, private
+/// (RFC 1918, IPv6 unique local), link-local, shared (RFC 6598, carrier-grade NAT),
+/// multicast, broadcast, documentation or otherwise reserved. An IPv4-mapped IPv6 address is
+/// judged as its IPv4 address.
+pub fn is_public(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_unspecified()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                // 0.0.0.0/8 ("this network"), 100.64.0.0/10 (shared), 198.18.0.0/15
+                // (benchmarking), 240.0.0.0/4 (reserved).
+                || a == 0
+                || (a == 100 && (b & 0xC0) == 64)
+                || (a == 198 && (b & 0xFE) == 18)
+                || a >= 240)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || v6.is_unique_local()
+                || v6.is_unicast_link_local()
+                // 2001:db8::/32, documentation.
+                || (first == 0x2001 && v6.segments()[1] == 0x0db8))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_public;
+
+    #[test]
+    fn inner_addresses_are_not_public() {
+        for inner in [
+            "127.0.0.1",
+            "127.0.0.3",
+            "0.0.0.0",
+            "0.1.2.3",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "100.127.255.255",
+            "198.18.0.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "240.0.0.1",
+            "192.0.2.1",
+            "::1",
+            "::",
+            "fc00::1",
+            "fd12:3456::1",
+            "fe80::1",
+            "ff02::1",
+            "2001:db8::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(!is_public(inner.parse().unwrap()), "{inner}");
+        }
+        for public in [
+            "1.1.1.1",
+            "100.63.255.255",
+            "100.128.0.1",
+            "172.32.0.1",
+            "198.20.0.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
+            assert!(is_public(public.parse().unwrap()), "{public}");
         }
     }
 }

@@ -7,6 +7,7 @@
 
 use super::limits::SourceKey;
 use super::{Peer, Shared};
+use crate::forward::pool::PoolError;
 use crate::stream::refuse;
 use quinn::SendStream;
 use sealpost_client::stream::FrameReader;
@@ -70,8 +71,13 @@ pub(super) async fn run(
         return refuse(&mut send, Some(&mut reader), ErrorCode::RateLimited, msg).await;
     }
     let onward = frame_with(FrameType::Forwarded, |b| req.sealed.encode(b));
-    let answer =
-        tokio::time::timeout(shared.forward.timeout, pool.ask(&req.destination, onward)).await;
+    // A destination the operator named may be anywhere; any other only on the internet.
+    let any_address = shared.forward.private_destinations || !allow.is_empty();
+    let answer = tokio::time::timeout(
+        shared.forward.timeout,
+        pool.ask(&req.destination, onward, any_address),
+    )
+    .await;
     let why = match answer {
         Ok(Ok(f)) if matches!(f.ty, FrameType::ForwardResult | FrameType::Error) => {
             // The sealed answer, or the destination's refusal of the sealed request as a
@@ -89,6 +95,16 @@ pub(super) async fn run(
             return;
         }
         Ok(Ok(f)) => format!("the destination answered {:?}, not FORWARD_RESULT", f.ty),
+        Ok(Err(e @ PoolError::NotPublic(..))) => {
+            count("refused");
+            return refuse(
+                &mut send,
+                Some(&mut reader),
+                ErrorCode::ForwardRefused,
+                e.to_string(),
+            )
+            .await;
+        }
         Ok(Err(e)) => e.to_string(),
         Err(_) => format!(
             "no answer from the destination within {} s",
