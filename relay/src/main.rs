@@ -371,14 +371,19 @@ async fn rotate(r: Rotation) -> CmdResult {
                 .await
                 .map_err(|e| e.to_string())?;
         eprintln!(
-            "re-sealed in the Valkey cluster: {} mailbox records, {} the deposit-id key, {} at-rest keys (epoch keys and the dedupe key); every node asked to rewrite its AOF",
+            "re-sealed in the Valkey cluster: {} mailbox records, {} the deposit-id key, {} at-rest keys (epoch keys and the dedupe key); {}",
             done.records,
             if done.prf {
                 "and"
             } else {
                 "not (already under the new key)"
             },
-            done.keyring
+            done.keyring,
+            if done.rewritten {
+                "every node is rewriting its AOF and will replace its snapshot"
+            } else {
+                "NOT every node started an AOF rewrite (see the warnings): until one runs (BGREWRITEAOF, then BGSAVE), its files keep the values sealed under the old key"
+            }
         );
         if let Some(dir) = &r.data_dir {
             reseal_forward_key(

@@ -124,7 +124,7 @@ pub async fn rewrite_every_node(conn: &mut ClusterConnection) -> bool {
     let nodes = match text {
         Ok(t) => cluster_nodes(&t),
         Err(e) => {
-            tracing::warn!(error = %e, "cannot list the Valkey nodes to rewrite their AOFs after changing at-rest keys; asking again at the next sweep");
+            tracing::warn!(error = %e, "cannot list the Valkey nodes to rewrite their AOFs after changing at-rest keys (a relay asks again at its next sweep)");
             return false;
         }
     };
@@ -136,7 +136,7 @@ pub async fn rewrite_every_node(conn: &mut ClusterConnection) -> bool {
             // change and so still copy the old value: ask again at the next sweep.
             tracing::warn!(
                 error = %e,
-                "a Valkey node did not start an AOF rewrite or schedule an RDB snapshot after at-rest keys changed; asking again at the next sweep"
+                "a Valkey node did not start an AOF rewrite or schedule an RDB snapshot after at-rest keys changed (a relay asks again at its next sweep)"
             );
         }
     }

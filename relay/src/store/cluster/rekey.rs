@@ -33,6 +33,9 @@ pub struct Rotated {
     pub prf: bool,
     /// Wrapped keys of the at-rest keyring (epoch keys and the dedupe key).
     pub keyring: usize,
+    /// Whether every node started rewriting its AOF and scheduled a snapshot afterwards
+    /// (until then the old values are in those files).
+    pub rewritten: bool,
 }
 
 /// Re-seals what the cluster at `nodes` keeps under the master key `old` under `new`.
@@ -67,7 +70,7 @@ pub async fn rotate_master_key(
         .map_err(|e| StoreError::AtRest(e.into()))?;
     // The old values are still in the append-only files (and any snapshot): have every node
     // write them out of both.
-    valkey::rewrite_every_node(&mut conn).await;
+    out.rewritten = valkey::rewrite_every_node(&mut conn).await;
     Ok(out)
 }
 
