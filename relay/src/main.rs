@@ -78,6 +78,21 @@ enum Cmd {
         #[arg(long)]
         new_key_file: PathBuf,
     },
+    /// Replace the forwarding key (the settings' forward_key_file, else DATA_DIR/forward.key)
+    /// with a new one, keeping the old one for forward_key_overlap_secs so that invitations
+    /// carrying it keep working; the relay announces the new key from its next start.
+    RotateForwardKey {
+        /// TOML settings file, as `serve` reads it (with the environment and flags over it).
+        #[arg(long, env = "SEALPOST_CONFIG")]
+        config: Option<PathBuf>,
+        /// Drop the old key (and any earlier one) at once instead of keeping it for the
+        /// overlap: after a compromise. Invitations carrying it stop working for forwarded
+        /// deposits.
+        #[arg(long)]
+        drop_previous: bool,
+        #[command(flatten)]
+        settings: Settings,
+    },
     /// Validate a settings file (with the environment and flags over it) and print the
     /// effective settings, secrets redacted.
     CheckConfig {
@@ -289,6 +304,11 @@ async fn main() -> ExitCode {
         } => recv(mailbox_file, follow, wait).await,
         Cmd::Info(relay) => info(relay).await,
         Cmd::CheckConfig { file, settings } => check_config(file, settings, sub("check-config")),
+        Cmd::RotateForwardKey {
+            config,
+            drop_previous,
+            settings,
+        } => rotate_forward_key(config, settings, drop_previous, sub("rotate-forward-key")),
         Cmd::RotateMasterKey {
             data_dir,
             old_key_file,
@@ -368,6 +388,40 @@ fn rotate_master_key(data_dir: PathBuf, old: Option<PathBuf>, new: PathBuf) -> C
     eprintln!(
         "re-encrypted the secrets of {n} mailboxes in {} under the new master key; start the relay with it",
         dir.display()
+    );
+    Ok(())
+}
+
+fn rotate_forward_key(
+    file: Option<PathBuf>,
+    given: Settings,
+    drop_previous: bool,
+    matches: Option<&clap::ArgMatches>,
+) -> CmdResult {
+    use sealpost_relay::forward::{ForwardKeys, key::FILE_NAME};
+    let v = load_settings(file.as_ref(), &given, "rotate-forward-key", matches)?;
+    // The master key as `serve` finds it (the settings' file, else SEALPOST_MASTER_KEY).
+    let master = master_key(v.master_key_file.as_ref())?;
+    let f = &v.relay.forward;
+    let path = f
+        .key_file
+        .clone()
+        .unwrap_or_else(|| v.relay.data_dir.join(FILE_NAME));
+    let r = ForwardKeys::rotate(&path, master.as_deref(), f.key_overlap, !drop_previous)
+        .map_err(|e| e.to_string())?;
+    println!("new forwarding key: {}", hex::encode(r.public));
+    for (key, until) in &r.kept {
+        eprintln!(
+            "previous key {} accepted until {until} (Unix time)",
+            hex::encode(key)
+        );
+    }
+    eprintln!(
+        "rotated the forwarding key in {} ({} previous keys kept, {} dropped); restart the relay \
+         to announce the new key (a deployment sharing the file: copy it to every relay first)",
+        path.display(),
+        r.kept.len(),
+        r.dropped
     );
     Ok(())
 }
