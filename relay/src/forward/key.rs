@@ -23,7 +23,8 @@
 //! Unix seconds, big-endian) || secret (32))`, the previous keys newest first.
 //!
 //! A previous key is used only while `retired_at + overlap` is in the future (a `retired_at`
-//! ahead of the clock counts as now). Once its overlap has passed, it is not loaded at the
+//! ahead of the clock counts as now, and one more than an hour ahead is set to now in the
+//! file at a start). Once its overlap has passed, it is not loaded at the
 //! next start, which also removes it from the file where the file can be written, and the
 //! next rotation removes it in any case; a running relay wipes it from memory the first time
 //! a request reaches it after the overlap, and never uses it again.
@@ -409,7 +410,27 @@ impl KeyFile {
         self.previous.retain(|p| now < until(p.at, overlap, now));
         before - self.previous.len()
     }
+
+    /// Sets retirement times more than [`CLOCK_SLACK`] ahead of `now` to `now`: how many.
+    /// [`until`] alone would count such a time as the present at every start, so that
+    /// restarts would keep moving the end of the overlap until the clock caught up.
+    fn clamp_future(&mut self, now: u64) -> usize {
+        let mut clamped = 0;
+        for p in self
+            .previous
+            .iter_mut()
+            .filter(|p| p.at > now.saturating_add(CLOCK_SLACK))
+        {
+            p.at = now;
+            clamped += 1;
+        }
+        clamped
+    }
 }
+
+/// How far ahead of this relay's clock a retirement time may be before a start writes the
+/// present over it: the skew between the machine that rotated a shared file and the relays.
+const CLOCK_SLACK: u64 = 3600;
 
 /// The Unix second from which a key retired `at` is no longer used: a retirement time ahead
 /// of the clock (a file from a machine whose clock runs fast) counts as `now`, so that it
@@ -455,8 +476,9 @@ pub struct Rotation {
     pub public: [u8; 32],
     /// The previous public keys kept, newest first, with the Unix second their overlap ends.
     pub kept: Vec<([u8; 32], u64)>,
-    /// Previous keys removed: past their overlap, beyond [`MAX_PREVIOUS`], or all of them
-    /// when asked.
+    /// Keys no longer in the file: previous keys past their overlap or beyond
+    /// [`MAX_PREVIOUS`], and the key retired now when it is not kept (asked not to, or no
+    /// overlap).
     pub dropped: usize,
 }
 
@@ -505,8 +527,17 @@ impl ForwardKeys {
             return Ok(Self::single(file.current));
         };
         let (mut file, sealed) = KeyFile::decode(path, &bytes, master)?;
+        let ahead = file.clamp_future(now);
+        if ahead > 0 {
+            tracing::warn!(
+                file = %path.display(),
+                keys = ahead,
+                "previous forwarding keys retired more than an hour in the future by this \
+                 machine's clock: their overlap now runs from the present (check the clocks)"
+            );
+        }
         let dropped = file.drop_expired(overlap, now);
-        if dropped > 0 || (master.is_some() && !sealed) {
+        if dropped > 0 || ahead > 0 || (master.is_some() && !sealed) {
             // Best effort: a key file an operator distributes may sit on a read-only mount
             // (a container secret), and the keys in it work either way.
             match file.write(path, master) {
@@ -520,8 +551,8 @@ impl ForwardKeys {
                     file = %path.display(),
                     error = %e,
                     "the forwarding key file could not be rewritten (to seal it under the \
-                     master key or to remove keys past their overlap); keep it as secret as \
-                     the master key"
+                     master key, to remove keys past their overlap or to correct retirement \
+                     times ahead of the clock); keep it as secret as the master key"
                 ),
             }
         }
@@ -779,6 +810,15 @@ mod tests {
         let keys = load(&path, None, T0);
         assert_eq!(keys.previous.read().unwrap()[0].until, T0 + 1000);
         assert_eq!(opens(&keys, &old, T0 + 1000), None);
+        // The start wrote the present over it: a later start does not move the end again.
+        let keys = load(&path, None, T0 + 500);
+        assert_eq!(keys.previous.read().unwrap()[0].until, T0 + 1000);
+        // Within the slack, the file is left alone and the time counts as the present.
+        ForwardKeys::rotate_at(&path, None, OVERLAP, true, T0 + 2000 + CLOCK_SLACK).unwrap();
+        let keys = load(&path, None, T0 + 2000);
+        assert_eq!(keys.previous.read().unwrap()[0].until, T0 + 3000);
+        let keys = load(&path, None, T0 + 2100);
+        assert_eq!(keys.previous.read().unwrap()[0].until, T0 + 3100);
     }
 
     #[test]
