@@ -79,8 +79,9 @@ enum Cmd {
         new_key_file: PathBuf,
     },
     /// Replace the forwarding key (the settings' forward_key_file, else DATA_DIR/forward.key)
-    /// with a new one, keeping the old one for forward_key_overlap_secs so that invitations
-    /// carrying it keep working; the relay announces the new key from its next start.
+    /// with a new one (the staged one, if any), keeping the old one for
+    /// forward_key_overlap_secs so that invitations carrying it keep working; the relay
+    /// announces the new key from its next start.
     RotateForwardKey {
         /// TOML settings file, as `serve` reads it (with the environment and flags over it).
         #[arg(long, env = "SEALPOST_CONFIG")]
@@ -90,6 +91,11 @@ enum Cmd {
         /// deposits.
         #[arg(long)]
         drop_previous: bool,
+        /// Only stage a new key: relays accept it from their next start but go on announcing
+        /// the current one until the next `rotate-forward-key`. For relays sharing one key
+        /// file: stage, copy the file to every relay, restart each, then rotate.
+        #[arg(long, conflicts_with = "drop_previous")]
+        stage: bool,
         #[command(flatten)]
         settings: Settings,
     },
@@ -307,8 +313,15 @@ async fn main() -> ExitCode {
         Cmd::RotateForwardKey {
             config,
             drop_previous,
+            stage,
             settings,
-        } => rotate_forward_key(config, settings, drop_previous, sub("rotate-forward-key")),
+        } => rotate_forward_key(
+            config,
+            settings,
+            drop_previous,
+            stage,
+            sub("rotate-forward-key"),
+        ),
         Cmd::RotateMasterKey {
             data_dir,
             old_key_file,
@@ -396,6 +409,7 @@ fn rotate_forward_key(
     file: Option<PathBuf>,
     given: Settings,
     drop_previous: bool,
+    stage: bool,
     matches: Option<&clap::ArgMatches>,
 ) -> CmdResult {
     use sealpost_relay::forward::{ForwardKeys, key::FILE_NAME};
@@ -407,9 +421,29 @@ fn rotate_forward_key(
         .key_file
         .clone()
         .unwrap_or_else(|| v.relay.data_dir.join(FILE_NAME));
+    if stage {
+        let (key, replaced) = ForwardKeys::stage(&path, master.as_deref(), f.key_overlap)
+            .map_err(|e| e.to_string())?;
+        println!("staged forwarding key: {}", hex::encode(key));
+        eprintln!(
+            "staged a forwarding key in {}{}; relays accept it from their next start and \
+             announce it after the next rotate-forward-key (a deployment sharing the file: copy \
+             it to every relay and restart each first)",
+            path.display(),
+            if replaced {
+                " (replacing the one staged before)"
+            } else {
+                ""
+            }
+        );
+        return Ok(());
+    }
     let r = ForwardKeys::rotate(&path, master.as_deref(), f.key_overlap, !drop_previous)
         .map_err(|e| e.to_string())?;
     println!("new forwarding key: {}", hex::encode(r.public));
+    if r.promoted {
+        eprintln!("the new key is the one staged before");
+    }
     for (key, until) in &r.kept {
         eprintln!(
             "previous key {} accepted until {until} (Unix time)",

@@ -807,3 +807,92 @@ async fn a_rotated_forwarding_key_forwards_for_its_overlap() {
     assert_eq!(r.statuses, [DepositStatus::Ok]);
     d.shutdown(Duration::from_secs(2)).await.unwrap();
 }
+
+/// Runs `rotate-forward-key` with `args` on the key file `file` and returns the key it
+/// printed (`new forwarding key: ...` or `staged forwarding key: ...`).
+fn rotate_cli(file: &std::path::Path, args: &[&str]) -> [u8; 32] {
+    let out = cli()
+        .arg("rotate-forward-key")
+        .arg("--forward-key-file")
+        .arg(file)
+        .args(args)
+        .env_remove("SEALPOST_MASTER_KEY")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let (_, key) = stdout.trim().split_once("key: ").unwrap();
+    hex::decode(key).unwrap().try_into().unwrap()
+}
+
+/// Relays sharing one key file roll a rotation without a window: the key is staged first
+/// (every relay accepts it, none announces it), then made current; midway through that roll a
+/// relay not yet restarted still opens requests sealed to the new key, and a restarted one
+/// those sealed to the old key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_key_rolls_over_through_a_staged_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shared = tmp.path().join("forward.key");
+    let copy = |name: &str| {
+        let to = tmp.path().join(name);
+        std::fs::copy(&shared, &to).unwrap();
+        to
+    };
+    let on =
+        |file: std::path::PathBuf| move |cfg: &mut RelayConfig| cfg.forward.key_file = Some(file);
+    let old = sealpost_relay::forward::ForwardKeys::load_or_create(
+        &shared,
+        true,
+        None,
+        Duration::from_secs(3600),
+    )
+    .unwrap()
+    .public();
+    let staged = rotate_cli(&shared, &["--stage"]);
+    // Every relay gets the file with the staged key and restarts (here: starts).
+    let (a, b) = (copy("a.key"), copy("b.key"));
+    let relay_a = relay_on(DESTINATION, on(a.clone())).await;
+    let relay_b = relay_on(DESTINATION, on(b)).await;
+    for r in [&relay_a, &relay_b] {
+        assert_eq!(
+            r.handle.forward_key(),
+            old,
+            "the staged key is not announced"
+        );
+        assert_eq!(r.handle.staged_forward_key(), Some(staged));
+    }
+    // Then the rotation: relay A has restarted with the rotated file, relay B not yet.
+    assert_eq!(
+        rotate_cli(&shared, &[]),
+        staged,
+        "the staged key becomes current"
+    );
+    std::fs::copy(&shared, &a).unwrap();
+    relay_a.handle.shutdown().await;
+    let relay_a = relay_on(DESTINATION, on(a)).await;
+    assert_eq!(relay_a.handle.forward_key(), staged);
+    assert_eq!(relay_b.handle.forward_key(), old);
+
+    let fwd = relay_on(FORWARDER, forwarding).await;
+    let sender = client_from(SENDER, &fwd).await;
+    let probe = |node: &Node, key: [u8; 32]| ForwardTarget {
+        destination: node.addr.clone(),
+        forward_key: key,
+        max_frame: 65_589,
+    };
+    for (node, key) in [
+        (&relay_a, staged),
+        (&relay_a, old),
+        (&relay_b, staged),
+        (&relay_b, old),
+    ] {
+        sender.forward_info(&mut probe(node, key)).await.unwrap();
+    }
+    let stranger = ForwardKey::generate().unwrap().public();
+    let e = sender
+        .forward_info(&mut probe(&relay_b, stranger))
+        .await
+        .unwrap_err();
+    assert_eq!(relay_code(e), ErrorCode::BadSeal);
+}

@@ -254,10 +254,12 @@ struct Retired {
     at: u64,
 }
 
-/// What the key file holds: the current key and the previous ones, newest first.
+/// What the key file holds: the current key, the previous ones (newest first), and a staged
+/// next key.
 struct KeyFile {
     current: ForwardKey,
     previous: Vec<Retired>,
+    next: Option<ForwardKey>,
 }
 
 impl KeyFile {
@@ -314,10 +316,11 @@ impl KeyFile {
         Self {
             current,
             previous: Vec::new(),
+            next: None,
         }
     }
 
-    /// `current (32) || n (1) || n × (retired_at (8) || secret (32))`.
+    /// `current (32) || n (1) || n × (retired_at (8) || secret (32)) || [next (32)]`.
     fn decode_list(path: &Path, list: &[u8]) -> Result<Self, ForwardKeyError> {
         let format = |why: String| ForwardKeyError::Format {
             path: path.to_owned(),
@@ -333,12 +336,15 @@ impl KeyFile {
         }
         let (current, rest) = list.split_at(32);
         let (n, rest) = (usize::from(rest[0]), &rest[1..]);
-        if n > MAX_PREVIOUS || rest.len() != n * PREVIOUS_LEN {
+        let listed = n * PREVIOUS_LEN;
+        if n > MAX_PREVIOUS || (rest.len() != listed && rest.len() != listed + 32) {
             return Err(format(format!(
-                "{n} previous keys (at most {MAX_PREVIOUS}) in {} bytes",
+                "{n} previous keys (at most {MAX_PREVIOUS}) and a staged key or none in {} \
+                 bytes",
                 rest.len()
             )));
         }
+        let (rest, next) = rest.split_at(listed);
         let previous = rest
             .chunks_exact(PREVIOUS_LEN)
             .map(|p| {
@@ -354,15 +360,17 @@ impl KeyFile {
         Ok(Self {
             current: secret(current),
             previous,
+            next: (!next.is_empty()).then(|| secret(next)),
         })
     }
 
-    /// The file's bytes: the format of one key when there are no previous keys (which a
-    /// relay from before rotation reads), a key list otherwise; sealed under `master`.
+    /// The file's bytes: the format of one key when there are no previous keys and no
+    /// staged one (which a relay from before rotation reads), a key list otherwise; sealed
+    /// under `master`.
     fn encode(&self, master: Option<&[u8; 32]>) -> std::io::Result<Zeroizing<Vec<u8>>> {
-        let mut plain = Zeroizing::new(Vec::with_capacity(33 + self.previous.len() * 40));
+        let mut plain = Zeroizing::new(Vec::with_capacity(65 + self.previous.len() * 40));
         plain.extend_from_slice(&self.current.secret.to_bytes()[..]);
-        let (clear, sealed, aad) = if self.previous.is_empty() {
+        let (clear, sealed, aad) = if self.previous.is_empty() && self.next.is_none() {
             (CLEAR, SEALED, LABEL)
         } else {
             let n = u8::try_from(self.previous.len())
@@ -371,6 +379,9 @@ impl KeyFile {
             for p in &self.previous {
                 plain.extend_from_slice(&p.at.to_be_bytes());
                 plain.extend_from_slice(&p.key.secret.to_bytes()[..]);
+            }
+            if let Some(next) = &self.next {
+                plain.extend_from_slice(&next.secret.to_bytes()[..]);
             }
             (CLEAR_LIST, SEALED_LIST, LIST_AAD)
         };
@@ -445,8 +456,20 @@ pub struct Opened {
     pub context: Context,
     /// The request's plaintext (its padded frames).
     pub plain: Vec<u8>,
-    /// Whether a previous key opened it (its sender's invitation predates a rotation).
-    pub previous: bool,
+    /// Which key opened it.
+    pub with: OpenedWith,
+}
+
+/// Which of the relay's keys opened a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenedWith {
+    /// The key INFO announces.
+    Current,
+    /// The staged next key (a sender whose invitation came from a relay of the deployment
+    /// that already announces it).
+    Staged,
+    /// A previous key inside its overlap (a sender whose invitation predates a rotation).
+    Previous,
 }
 
 /// A previous key in use, and the Unix second its overlap ends.
@@ -456,9 +479,11 @@ struct Accepted {
 }
 
 /// The keys a running relay opens forwarded requests with: the current one, which INFO
-/// announces, and the previous ones still inside their overlap.
+/// announces, a staged next one, and the previous ones still inside their overlap.
 pub struct ForwardKeys {
     current: ForwardKey,
+    /// Accepted but not announced, until a rotation makes it current.
+    next: Option<ForwardKey>,
     /// Newest first; wiped (dropped) once a request finds one past its overlap.
     previous: RwLock<Vec<Accepted>>,
 }
@@ -474,6 +499,8 @@ impl std::fmt::Debug for ForwardKeys {
 pub struct Rotation {
     /// The new current public key.
     pub public: [u8; 32],
+    /// Whether it was the staged key (else a fresh one).
+    pub promoted: bool,
     /// The previous public keys kept, newest first, with the Unix second their overlap ends.
     pub kept: Vec<([u8; 32], u64)>,
     /// Keys no longer in the file: previous keys past their overlap or beyond
@@ -483,10 +510,11 @@ pub struct Rotation {
 }
 
 impl ForwardKeys {
-    /// One key and no previous ones.
+    /// One key and no previous or staged ones.
     pub fn single(current: ForwardKey) -> Self {
         Self {
             current,
+            next: None,
             previous: RwLock::new(Vec::new()),
         }
     }
@@ -571,8 +599,15 @@ impl ForwardKeys {
                 "previous forwarding keys accepted for their overlap after a rotation"
             );
         }
+        if let Some(next) = &file.next {
+            tracing::info!(
+                staged = %hex::encode(next.public()),
+                "a staged forwarding key is accepted, not announced yet"
+            );
+        }
         Ok(Self {
             current: file.current,
+            next: file.next,
             previous: RwLock::new(previous),
         })
     }
@@ -580,6 +615,11 @@ impl ForwardKeys {
     /// The current public key, as INFO and invitations carry it.
     pub fn public(&self) -> [u8; 32] {
         self.current.public()
+    }
+
+    /// The staged public key, accepted but not announced, if any.
+    pub fn staged(&self) -> Option<[u8; 32]> {
+        self.next.as_ref().map(ForwardKey::public)
     }
 
     /// The previous public keys still accepted, newest first, with the Unix second each
@@ -596,9 +636,9 @@ impl ForwardKeys {
     }
 
     /// Opens a sealed request (`enc`, ciphertext with its tag) under the current key, or
-    /// under a previous key inside its overlap: in base mode a wrong key fails the AEAD's
-    /// tag, so each previous key costs one X25519 operation and only for requests the
-    /// current key does not open.
+    /// the staged one, or a previous key inside its overlap: in base mode a wrong key fails
+    /// the AEAD's tag, so each further key costs one X25519 operation and only for requests
+    /// the current key does not open.
     pub fn open(&self, enc: &[u8; 32], ct: &[u8]) -> Result<Opened, HpkeError> {
         self.open_at(enc, ct, unix_now())
     }
@@ -609,13 +649,20 @@ impl ForwardKeys {
                 return Ok(Opened {
                     context,
                     plain,
-                    previous: false,
+                    with: OpenedWith::Current,
                 });
             }
             // An unusable `enc` is unusable under every key.
             Err(e @ HpkeError::BadEnc) => return Err(e),
             Err(e) => e,
         };
+        if let Some(Ok((context, plain))) = self.next.as_ref().map(|k| k.open_request(enc, ct)) {
+            return Ok(Opened {
+                context,
+                plain,
+                with: OpenedWith::Staged,
+            });
+        }
         let mut expired = false;
         {
             let previous = self.previous.read().unwrap_or_else(|e| e.into_inner());
@@ -628,7 +675,7 @@ impl ForwardKeys {
                     return Ok(Opened {
                         context,
                         plain,
-                        previous: true,
+                        with: OpenedWith::Previous,
                     });
                 }
             }
@@ -642,11 +689,12 @@ impl ForwardKeys {
         Err(first)
     }
 
-    /// Rotates the key file at `path`: a new current key; the old one kept as a previous key
-    /// for `overlap` when `keep_previous` (dropped at once otherwise, as after a compromise,
-    /// together with every other previous key). Previous keys past their overlap are removed,
-    /// and the oldest beyond [`MAX_PREVIOUS`]. The file is written atomically, sealed under
-    /// `master` when given. Running relays go on with the keys they loaded until restarted.
+    /// Rotates the key file at `path`: a new current key (the staged one if there is one,
+    /// else a fresh one); the old one kept as a previous key for `overlap` when
+    /// `keep_previous` (dropped at once otherwise, as after a compromise, together with every
+    /// other previous key). Previous keys past their overlap are removed, and the oldest
+    /// beyond [`MAX_PREVIOUS`]. The file is written atomically, sealed under `master` when
+    /// given. Running relays go on with the keys they loaded until restarted.
     pub fn rotate(
         path: &Path,
         master: Option<&[u8; 32]>,
@@ -663,12 +711,17 @@ impl ForwardKeys {
         keep_previous: bool,
         now: u64,
     ) -> Result<Rotation, ForwardKeyError> {
-        let bytes = read(path)?.ok_or_else(|| ForwardKeyError::NothingToRotate(path.to_owned()))?;
-        let (old, _) = KeyFile::decode(path, &bytes, master)?;
+        let mut old = Self::read_for_rotation(path, master)?;
         let before = old.previous.len() + 1;
+        let promoted = old.next.is_some();
+        let current = match old.next.take() {
+            Some(next) => next,
+            None => ForwardKey::generate()?,
+        };
         let mut file = KeyFile {
-            current: ForwardKey::generate()?,
+            current,
             previous: Vec::with_capacity(MAX_PREVIOUS + 1),
+            next: None,
         };
         if keep_previous {
             file.previous.push(Retired {
@@ -682,6 +735,7 @@ impl ForwardKeys {
         file.write(path, master)?;
         Ok(Rotation {
             public: file.current.public(),
+            promoted,
             kept: file
                 .previous
                 .iter()
@@ -689,6 +743,43 @@ impl ForwardKeys {
                 .collect(),
             dropped: before - file.previous.len(),
         })
+    }
+
+    /// Stages a new key in the key file at `path`: relays accept it from their next start
+    /// but announce it only once [`rotate`](Self::rotate) has made it current. For relays
+    /// sharing one file: once every relay has the staged key, no relay refuses a request
+    /// sealed to it while the rotated file rolls out. A key staged before is replaced (it was
+    /// never announced). Previous keys past their overlap are removed. Returns the staged
+    /// public key and whether it replaced one.
+    pub fn stage(
+        path: &Path,
+        master: Option<&[u8; 32]>,
+        overlap: Duration,
+    ) -> Result<([u8; 32], bool), ForwardKeyError> {
+        Self::stage_at(path, master, overlap, unix_now())
+    }
+
+    fn stage_at(
+        path: &Path,
+        master: Option<&[u8; 32]>,
+        overlap: Duration,
+        now: u64,
+    ) -> Result<([u8; 32], bool), ForwardKeyError> {
+        let mut file = Self::read_for_rotation(path, master)?;
+        file.drop_expired(overlap, now);
+        let next = ForwardKey::generate()?;
+        let public = next.public();
+        let replaced = file.next.replace(next).is_some();
+        file.write(path, master)?;
+        Ok((public, replaced))
+    }
+
+    fn read_for_rotation(
+        path: &Path,
+        master: Option<&[u8; 32]>,
+    ) -> Result<KeyFile, ForwardKeyError> {
+        let bytes = read(path)?.ok_or_else(|| ForwardKeyError::NothingToRotate(path.to_owned()))?;
+        Ok(KeyFile::decode(path, &bytes, master)?.0)
     }
 }
 
@@ -704,9 +795,9 @@ mod tests {
         ForwardKeys::load_at(path, false, master, OVERLAP, now).unwrap()
     }
 
-    /// Whether `keys` open a request sealed to `public` at `now`, and with a previous key;
-    /// the answer key is the one the sender derived.
-    fn opens(keys: &ForwardKeys, public: &[u8; 32], now: u64) -> Option<bool> {
+    /// Which of `keys` opens a request sealed to `public` at `now`, if one does; the answer
+    /// key is the one the sender derived.
+    fn opens(keys: &ForwardKeys, public: &[u8; 32], now: u64) -> Option<OpenedWith> {
         let req = seal_request(public, b"request", 1 << 16).unwrap();
         let o = keys
             .open_at(&req.sealed.enc, &req.sealed.ciphertext, now)
@@ -720,7 +811,7 @@ mod tests {
                 .unwrap(),
             b"answer"
         );
-        Some(o.previous)
+        Some(o.with)
     }
 
     #[test]
@@ -738,14 +829,17 @@ mod tests {
 
         let keys = load(&path, None, T0 + 10);
         assert_eq!(keys.public(), r.public, "the new key is the one announced");
-        assert_eq!(opens(&keys, &r.public, T0 + 10), Some(false));
-        assert_eq!(opens(&keys, &old, T0 + 10), Some(true));
-        assert_eq!(opens(&keys, &old, T0 + 999), Some(true));
+        assert_eq!(opens(&keys, &r.public, T0 + 10), Some(OpenedWith::Current));
+        assert_eq!(opens(&keys, &old, T0 + 10), Some(OpenedWith::Previous));
+        assert_eq!(opens(&keys, &old, T0 + 999), Some(OpenedWith::Previous));
         // A running relay stops at the end of the overlap, and forgets the key.
         assert_eq!(opens(&keys, &old, T0 + 1000), None);
         assert!(keys.previous.read().unwrap().is_empty());
         assert_eq!(opens(&keys, &old, T0 + 10), None, "never used again");
-        assert_eq!(opens(&keys, &r.public, T0 + 1000), Some(false));
+        assert_eq!(
+            opens(&keys, &r.public, T0 + 1000),
+            Some(OpenedWith::Current)
+        );
         // A key sealed to neither is refused.
         let stranger = ForwardKey::generate().unwrap().public();
         assert_eq!(opens(&load(&path, None, T0 + 10), &stranger, T0 + 10), None);
@@ -782,7 +876,10 @@ mod tests {
         want.reverse();
         assert_eq!(kept, want);
         assert_eq!(opens(&keys, &publics[0], T0 + 10), None);
-        assert_eq!(opens(&keys, &publics[1], T0 + 10), Some(true));
+        assert_eq!(
+            opens(&keys, &publics[1], T0 + 10),
+            Some(OpenedWith::Previous)
+        );
 
         // Past the overlap of the keys retired at T0 + 1 to T0 + 3, a rotation keeps the one
         // retired at T0 + 4 and the one it retires now.
@@ -797,6 +894,49 @@ mod tests {
         // With no overlap, the retired key is not kept either.
         let r = ForwardKeys::rotate_at(&path, Some(&m), Duration::ZERO, true, T0).unwrap();
         assert_eq!((r.kept.len(), r.dropped), (0, 1));
+    }
+
+    #[test]
+    fn a_staged_key_is_accepted_unannounced_then_promoted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join(FILE_NAME);
+        let m = [0x11; 32];
+        let k1 = ForwardKeys::load_at(&path, true, Some(&m), OVERLAP, T0)
+            .unwrap()
+            .public();
+        let (k2, replaced) = ForwardKeys::stage_at(&path, Some(&m), OVERLAP, T0).unwrap();
+        assert!(!replaced);
+        assert_eq!(std::fs::read(&path).unwrap()[0], SEALED_LIST);
+        let keys = load(&path, Some(&m), T0 + 1);
+        assert_eq!((keys.public(), keys.staged()), (k1, Some(k2)));
+        assert!(keys.previous().is_empty());
+        assert_eq!(opens(&keys, &k1, T0 + 1), Some(OpenedWith::Current));
+        assert_eq!(opens(&keys, &k2, T0 + 1), Some(OpenedWith::Staged));
+        // A staged key has no overlap to run out.
+        assert_eq!(opens(&keys, &k2, T0 + 10 * 1000), Some(OpenedWith::Staged));
+        // Staging again replaces the staged key, which was never announced.
+        let (k3, replaced) = ForwardKeys::stage_at(&path, Some(&m), OVERLAP, T0 + 2).unwrap();
+        assert!(replaced);
+        let keys = load(&path, Some(&m), T0 + 3);
+        assert_eq!(opens(&keys, &k2, T0 + 3), None);
+        assert_eq!(opens(&keys, &k3, T0 + 3), Some(OpenedWith::Staged));
+        // The rotation makes the staged key current and retires the announced one.
+        let r = ForwardKeys::rotate_at(&path, Some(&m), OVERLAP, true, T0 + 10).unwrap();
+        assert!(r.promoted);
+        assert_eq!((r.public, r.kept.clone()), (k3, vec![(k1, T0 + 1010)]));
+        let keys = load(&path, Some(&m), T0 + 11);
+        assert_eq!((keys.public(), keys.staged()), (k3, None));
+        assert_eq!(opens(&keys, &k3, T0 + 11), Some(OpenedWith::Current));
+        assert_eq!(opens(&keys, &k1, T0 + 11), Some(OpenedWith::Previous));
+        // Without a staged key, a rotation makes a fresh one.
+        let r = ForwardKeys::rotate_at(&path, Some(&m), OVERLAP, true, T0 + 20).unwrap();
+        assert!(!r.promoted);
+        assert!(![k1, k2, k3].contains(&r.public));
+        // rotate-master-key carries the staged key over too.
+        ForwardKeys::stage_at(&path, Some(&m), OVERLAP, T0 + 21).unwrap();
+        let staged = load(&path, Some(&m), T0 + 22).staged();
+        assert!(ForwardKey::rotate_master_key(&path, &m, &[0x22; 32]).unwrap());
+        assert_eq!(load(&path, Some(&[0x22; 32]), T0 + 22).staged(), staged);
     }
 
     #[test]
@@ -956,6 +1096,7 @@ mod tests {
             assert!(e.to_string().contains("restore it from a backup"), "{e}");
         }
         assert_eq!(load_list_ok(&path, list(2, 0)), 2);
+        assert_eq!(load_list_ok(&path, list(2, 32)), 2, "with a staged key");
         // A sealed list with one byte changed does not open.
         let mut keys = KeyFile::single(ForwardKey::from_secret(&secret));
         keys.previous.push(Retired {

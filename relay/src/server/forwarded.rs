@@ -46,7 +46,7 @@ pub(super) async fn run(
         count("bad_seal");
         return refuse(&mut send, Some(&mut reader), ErrorCode::BadSeal, bad_seal).await;
     };
-    if opened.previous {
+    if opened.with == crate::forward::key::OpenedWith::Previous {
         metrics::counter!(crate::metrics::FORWARDED_PREVIOUS_KEY).increment(1);
     }
     // The answer is sealed under the export of whichever key's context opened the request:

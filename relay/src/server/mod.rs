@@ -161,6 +161,11 @@ impl RelayHandle {
         self.shared.forward_key.previous()
     }
 
+    /// The staged forwarding public key (accepted, not announced yet), if any.
+    pub fn staged_forward_key(&self) -> Option<[u8; 32]> {
+        self.shared.forward_key.staged()
+    }
+
     /// Whether a self-signed certificate was generated at this start.
     pub fn generated_cert(&self) -> bool {
         self.generated_cert
