@@ -20,7 +20,10 @@
 //!   AAD `"sealpost/1 forward keys"` (another AAD, so that neither format opens as the other);
 //!
 //! where `list = current secret (32) || n (1, at most MAX_PREVIOUS) || n × (retired_at (8,
-//! Unix seconds, big-endian) || secret (32))`, the previous keys newest first.
+//! Unix seconds, big-endian) || secret (32)) || [staged secret (32)]`, the previous keys
+//! newest first. A staged key (`rotate-forward-key --stage`) is accepted but not announced
+//! until the next rotation makes it current: relays sharing a file get it before any of
+//! them announces it.
 //!
 //! A previous key is used only while `retired_at + overlap` is in the future (a `retired_at`
 //! ahead of the clock counts as now, and one more than an hour ahead is set to now in the
