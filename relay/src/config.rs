@@ -70,6 +70,9 @@ pub struct ForwardConfig {
     pub key_file: Option<PathBuf>,
     /// Seals the forwarding key file (from the settings' master key).
     pub master_key: Option<MasterKey>,
+    /// How long a forwarding key retired by `rotate-forward-key` still opens requests, so
+    /// that invitations carrying it keep working until their holders have newer ones.
+    pub key_overlap: Duration,
 }
 
 impl Default for ForwardConfig {
@@ -84,6 +87,7 @@ impl Default for ForwardConfig {
             timeout: Duration::from_secs(10),
             key_file: None,
             master_key: None,
+            key_overlap: crate::forward::key::DEFAULT_OVERLAP,
         }
     }
 }

@@ -89,6 +89,27 @@ enum Cmd {
         #[arg(long)]
         forward_key_file: Option<PathBuf>,
     },
+    /// Replace the forwarding key (the settings' forward_key_file, else DATA_DIR/forward.key)
+    /// with a new one (the staged one, if any), keeping the old one for
+    /// forward_key_overlap_secs so that invitations carrying it keep working; the relay
+    /// announces the new key from its next start.
+    RotateForwardKey {
+        /// TOML settings file, as `serve` reads it (with the environment and flags over it).
+        #[arg(long, env = "SEALPOST_CONFIG")]
+        config: Option<PathBuf>,
+        /// Drop the old key (and any earlier one) at once instead of keeping it for the
+        /// overlap: after a compromise. Invitations carrying it stop working for forwarded
+        /// deposits.
+        #[arg(long)]
+        drop_previous: bool,
+        /// Only stage a new key: relays accept it from their next start but go on announcing
+        /// the current one until the next `rotate-forward-key`. For relays sharing one key
+        /// file: stage, copy the file to every relay, restart each, then rotate.
+        #[arg(long, conflicts_with = "drop_previous")]
+        stage: bool,
+        #[command(flatten)]
+        settings: Settings,
+    },
     /// Validate a settings file (with the environment and flags over it) and print the
     /// effective settings, secrets redacted.
     CheckConfig {
@@ -300,6 +321,18 @@ async fn main() -> ExitCode {
         } => recv(mailbox_file, follow, wait).await,
         Cmd::Info(relay) => info(relay).await,
         Cmd::CheckConfig { file, settings } => check_config(file, settings, sub("check-config")),
+        Cmd::RotateForwardKey {
+            config,
+            drop_previous,
+            stage,
+            settings,
+        } => rotate_forward_key(
+            config,
+            settings,
+            drop_previous,
+            stage,
+            sub("rotate-forward-key"),
+        ),
         Cmd::RotateMasterKey {
             data_dir,
             old_key_file,
@@ -465,6 +498,61 @@ fn rotate_master_key(
     eprintln!(
         "re-encrypted the secrets of {n} mailboxes in {} under the new master key",
         dir.display()
+    );
+    Ok(())
+}
+
+fn rotate_forward_key(
+    file: Option<PathBuf>,
+    given: Settings,
+    drop_previous: bool,
+    stage: bool,
+    matches: Option<&clap::ArgMatches>,
+) -> CmdResult {
+    use sealpost_relay::forward::{ForwardKeys, key::FILE_NAME};
+    let v = load_settings(file.as_ref(), &given, "rotate-forward-key", matches)?;
+    // The master key as `serve` finds it (the settings' file, else SEALPOST_MASTER_KEY).
+    let master = master_key(v.master_key_file.as_ref())?;
+    let f = &v.relay.forward;
+    let path = f
+        .key_file
+        .clone()
+        .unwrap_or_else(|| v.relay.data_dir.join(FILE_NAME));
+    if stage {
+        let (key, replaced) = ForwardKeys::stage(&path, master.as_deref(), f.key_overlap)
+            .map_err(|e| e.to_string())?;
+        println!("staged forwarding key: {}", hex::encode(key));
+        eprintln!(
+            "staged a forwarding key in {}{}; relays accept it from their next start and \
+             announce it after the next rotate-forward-key (a deployment sharing the file: copy \
+             it to every relay and restart each first)",
+            path.display(),
+            if replaced {
+                " (replacing the one staged before)"
+            } else {
+                ""
+            }
+        );
+        return Ok(());
+    }
+    let r = ForwardKeys::rotate(&path, master.as_deref(), f.key_overlap, !drop_previous)
+        .map_err(|e| e.to_string())?;
+    println!("new forwarding key: {}", hex::encode(r.public));
+    if r.promoted {
+        eprintln!("the new key is the one staged before");
+    }
+    for (key, until) in &r.kept {
+        eprintln!(
+            "previous key {} accepted until {until} (Unix time)",
+            hex::encode(key)
+        );
+    }
+    eprintln!(
+        "rotated the forwarding key in {} ({} previous keys kept, {} dropped); restart the relay \
+         to announce the new key (a deployment sharing the file: copy it to every relay first)",
+        path.display(),
+        r.kept.len(),
+        r.dropped
     );
     Ok(())
 }

@@ -89,6 +89,9 @@ pub const STORE_PREVIOUS_FAILURE: &str = "sealpost_store_previous_failure_timest
 pub const FORWARDS: &str = "sealpost_forwards_total";
 /// FORWARDED requests other relays passed to this (destination) relay, by result.
 pub const FORWARDED: &str = "sealpost_forwarded_total";
+/// FORWARDED requests that opened under a previous forwarding key (senders whose invitation
+/// predates the last rotation); when it stays at 0, the overlap can end without harm.
+pub const FORWARDED_PREVIOUS_KEY: &str = "sealpost_forwarded_previous_key_total";
 /// Connections to destination relays held by the forwarding pool.
 pub const FORWARD_POOL: &str = "sealpost_forward_pool_connections";
 
@@ -115,6 +118,10 @@ pub fn describe() {
     describe_counter!(
         FORWARDED,
         "FORWARDED requests from forwarding relays, by result (answered, bad_seal, malformed, error)"
+    );
+    describe_counter!(
+        FORWARDED_PREVIOUS_KEY,
+        "FORWARDED requests opened under a previous forwarding key, inside its overlap after a rotation"
     );
     describe_gauge!(
         FORWARD_POOL,

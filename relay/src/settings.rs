@@ -274,6 +274,11 @@ pub struct Settings {
     /// first start].
     #[arg(long, env = "SEALPOST_FORWARD_KEY_FILE")]
     pub forward_key_file: Option<PathBuf>,
+    /// Seconds a forwarding key retired by `rotate-forward-key` still opens forwarded
+    /// requests, so that invitations carrying it keep working until senders have new ones;
+    /// 0 to 31536000 [default: 2592000, 30 days].
+    #[arg(long, env = "SEALPOST_FORWARD_KEY_OVERLAP_SECS")]
+    pub forward_key_overlap_secs: Option<u64>,
     /// Connections to destination relays a forwarding relay keeps at once (the least
     /// recently used goes first) [default: 256].
     #[arg(long, env = "SEALPOST_FORWARD_MAX_DESTINATIONS")]
@@ -287,6 +292,10 @@ pub struct Settings {
     #[arg(long, env = "SEALPOST_FORWARD_TIMEOUT_SECS")]
     pub forward_timeout_secs: Option<u64>,
 }
+
+/// The longest `forward_key_overlap_secs`: a year. A retired key is kept on disk and in
+/// memory for the overlap; beyond a year it is hardly retired.
+const MAX_KEY_OVERLAP_SECS: u64 = 365 * 24 * 3600;
 
 /// The default admin address.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9464";
@@ -378,6 +387,7 @@ impl Settings {
             source_forwards_per_sec,
             source_forward_burst,
             forward_key_file,
+            forward_key_overlap_secs,
             forward_max_destinations,
             forward_idle_timeout_secs,
             forward_timeout_secs
@@ -523,6 +533,10 @@ impl Settings {
             ),
             source_forward_burst: Some(self.source_forward_burst.unwrap_or(f.source_rate.burst)),
             forward_key_file: self.forward_key_file.clone(),
+            forward_key_overlap_secs: Some(
+                self.forward_key_overlap_secs
+                    .unwrap_or(f.key_overlap.as_secs()),
+            ),
             forward_max_destinations: Some(
                 self.forward_max_destinations.unwrap_or(f.max_destinations),
             ),
@@ -825,6 +839,16 @@ impl Settings {
                     ));
                 }
             },
+            key_overlap: match e.forward_key_overlap_secs.unwrap_or_default() {
+                s @ 0..=MAX_KEY_OVERLAP_SECS => Duration::from_secs(s),
+                s => {
+                    return Err(invalid(
+                        "forward_key_overlap_secs",
+                        s.to_string(),
+                        "0 to 31536000 seconds (a year)",
+                    ));
+                }
+            },
             master_key: None,
         };
         Ok(Validated {
@@ -1092,10 +1116,15 @@ mod tests {
         let v = Settings::default().validate().unwrap();
         assert!(!v.relay.forward.enabled);
         assert!(v.relay.forward.allow.is_empty());
+        assert_eq!(
+            v.relay.forward.key_overlap,
+            Duration::from_secs(30 * 24 * 3600)
+        );
         let v = Settings::from_toml(
             "forward = true\nforward_allow = [\"a.example:4433\", \" [::1]:4433 \"]\n\
              source_forwards_per_sec = 7\nsource_forward_burst = 9\nforward_timeout_secs = 3\n\
-             forward_max_destinations = 5\nforward_key_file = \"/etc/sealpost/forward.key\"\n",
+             forward_max_destinations = 5\nforward_key_file = \"/etc/sealpost/forward.key\"\n\
+             forward_key_overlap_secs = 60\n",
         )
         .unwrap()
         .validate()
@@ -1106,6 +1135,7 @@ mod tests {
         assert_eq!(f.source_rate, Rate::new(7, 9));
         assert_eq!(f.timeout, Duration::from_secs(3));
         assert_eq!(f.max_destinations, 5);
+        assert_eq!(f.key_overlap, Duration::from_secs(60));
         assert_eq!(
             f.key_file.as_deref(),
             Some(Path::new("/etc/sealpost/forward.key"))
@@ -1115,6 +1145,10 @@ mod tests {
             ("forward_timeout_secs = 0", "forward_timeout_secs"),
             ("forward_max_destinations = 0", "forward_max_destinations"),
             ("forward_idle_timeout_secs = 0", "forward_idle_timeout_secs"),
+            (
+                "forward_key_overlap_secs = 31536001",
+                "forward_key_overlap_secs",
+            ),
         ] {
             let e = Settings::from_toml(bad)
                 .unwrap()

@@ -62,9 +62,14 @@ fn local(ip: &str) -> Option<SocketAddr> {
 }
 
 async fn client_from(ip: &str, node: &Node) -> Client {
+    client_of(ip, &node.handle).await
+}
+
+/// A client of the relay `h`, from `ip`.
+async fn client_of(ip: &str, h: &RelayHandle) -> Client {
     Client::connect_from(
-        &node.addr,
-        Trust::KeyPin(node.handle.key_pin().unwrap()),
+        &h.local_addr().to_string(),
+        Trust::KeyPin(h.key_pin().unwrap()),
         local(ip),
     )
     .await
@@ -677,4 +682,269 @@ async fn inner_destinations_are_refused_unless_allowed() {
         .unwrap();
     // OK, not DUPLICATE: the refused request stored nothing.
     assert_eq!(ok.statuses, [DepositStatus::Ok]);
+}
+
+/// The destination relay over the disk store in `data`, with `master` and the forwarding-key
+/// overlap `overlap`: what a restart of one relay gives.
+async fn disk_relay(
+    data: &std::path::Path,
+    master: [u8; 32],
+    overlap: Duration,
+) -> sealpost_relay::Relay {
+    use sealpost_relay::settings::StoreChoice;
+    let mut cfg = RelayConfig::new(format!("{DESTINATION}:0").parse().unwrap(), data.to_owned());
+    cfg.forward.key_overlap = overlap;
+    let options = sealpost_relay::StoreOptions {
+        master_key: Some(zeroize::Zeroizing::new(master)),
+        ..sealpost_relay::StoreOptions::new(StoreChoice::Disk)
+    };
+    sealpost_relay::Relay::open_with(cfg, options)
+        .await
+        .unwrap()
+}
+
+/// `rotate-forward-key` with overlap: an invitation made before the rotation still forwards a
+/// deposit after it and a restart (stored once, delivered), as does one with the new key;
+/// `rotate-master-key` re-seals both keys; once the old key's overlap has passed (here, a
+/// relay started with no overlap), the old key gets BAD_SEAL and the new one still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_forwarding_key_forwards_for_its_overlap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let (m1, m2) = ([0x4e; 32], [0x4f; 32]);
+    let (mf1, mf2) = (tmp.path().join("m1.key"), tmp.path().join("m2.key"));
+    std::fs::write(&mf1, hex::encode(m1)).unwrap();
+    std::fs::write(&mf2, hex::encode(m2)).unwrap();
+    let month = Duration::from_secs(30 * 24 * 3600);
+
+    let a = disk_relay(&data, m1, month).await;
+    let rc = client_of(RECIPIENT, a.handle()).await;
+    let mut mb = rc.create(Suite::ChaCha20Poly1305).await.unwrap();
+    mb.forward_key = rc.forward_key().await.unwrap();
+    let old_key = a.handle().forward_key();
+    assert_eq!(mb.forward_key, Some(old_key));
+    let old_inv = Invitation::parse(&mb.invitation().encode().unwrap()).unwrap();
+    drop(rc);
+    a.shutdown(Duration::from_secs(2)).await.unwrap();
+
+    // The command, as an operator runs it, with the relay stopped or running.
+    let out = cli()
+        .arg("rotate-forward-key")
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--master-key-file")
+        .arg(&mf1)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("restart the relay"), "{stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let new_hex = stdout
+        .trim()
+        .strip_prefix("new forwarding key: ")
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let new_key: [u8; 32] = hex::decode(new_hex).unwrap().try_into().unwrap();
+    assert_ne!(new_key, old_key);
+    assert!(stderr.contains(&hex::encode(old_key)), "{stderr}");
+
+    // After a restart the relay announces the new key and still opens the old one.
+    let b = disk_relay(&data, m1, month).await;
+    assert_eq!(b.handle().forward_key(), new_key);
+    let previous = b.handle().previous_forward_keys();
+    assert_eq!(previous.len(), 1);
+    assert_eq!(previous[0].0, old_key);
+    let rc = client_of(RECIPIENT, b.handle()).await;
+    assert_eq!(
+        rc.forward_key().await.unwrap(),
+        Some(new_key),
+        "INFO: the new key only"
+    );
+
+    let fwd = relay_on(FORWARDER, forwarding).await;
+    let sender = client_from(SENDER, &fwd).await;
+    let mut old_target = ForwardTarget::from_invitation(&old_inv).unwrap();
+    assert_eq!(old_target.forward_key, old_key);
+    // The restarted relay listens on another port; the invitation's key is what matters.
+    old_target.destination = b.handle().local_addr().to_string();
+    let env = seal(
+        &old_inv,
+        &mb.sizes,
+        b"sealed to the key before the rotation",
+    );
+    let r = sender
+        .forward_deposit(&old_target, std::slice::from_ref(&env))
+        .await
+        .unwrap();
+    assert_eq!(r.statuses, [DepositStatus::Ok]);
+    let again = sender
+        .forward_deposit(&old_target, std::slice::from_ref(&env))
+        .await
+        .unwrap();
+    assert_eq!(again.statuses, [DepositStatus::Duplicate]);
+    let mut new_target = old_target.clone();
+    new_target.forward_key = new_key;
+    let env2 = seal(&old_inv, &mb.sizes, b"sealed to the new key");
+    let r = sender
+        .forward_deposit(&new_target, std::slice::from_ref(&env2))
+        .await
+        .unwrap();
+    assert_eq!(r.statuses, [DepositStatus::Ok]);
+    let mut sub = rc.subscribe(&mb.access(), 8).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let d = tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        got.push(mb.open(&d).unwrap().to_vec());
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            b"sealed to the key before the rotation".to_vec(),
+            b"sealed to the new key".to_vec()
+        ]
+    );
+    assert_eq!(sub.pending_at_start(), 2, "each stored once");
+    drop((sub, rc));
+    b.shutdown(Duration::from_secs(2)).await.unwrap();
+
+    // rotate-master-key re-seals the whole file: both keys open under the new master key.
+    let out = cli()
+        .arg("rotate-master-key")
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--old-key-file")
+        .arg(&mf1)
+        .arg("--new-key-file")
+        .arg(&mf2)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("re-sealed the forwarding key"), "{stderr}");
+    let c = disk_relay(&data, m2, month).await;
+    assert_eq!(c.handle().forward_key(), new_key);
+    assert_eq!(c.handle().previous_forward_keys()[0].0, old_key);
+    let env3 = seal(&old_inv, &mb.sizes, b"after the master key rotation");
+    old_target.destination = c.handle().local_addr().to_string();
+    let r = sender
+        .forward_deposit(&old_target, std::slice::from_ref(&env3))
+        .await
+        .unwrap();
+    assert_eq!(r.statuses, [DepositStatus::Ok]);
+    c.shutdown(Duration::from_secs(2)).await.unwrap();
+
+    // Past the overlap (a relay started with none), the old key is refused and dropped from
+    // the file; the new one works.
+    let d = disk_relay(&data, m2, Duration::ZERO).await;
+    assert!(d.handle().previous_forward_keys().is_empty());
+    let file = data.join(sealpost_relay::forward::key::FILE_NAME);
+    assert_eq!(std::fs::read(&file).unwrap()[0], 1, "one sealed key left");
+    old_target.destination = d.handle().local_addr().to_string();
+    new_target.destination = old_target.destination.clone();
+    let env4 = seal(&old_inv, &mb.sizes, b"too late");
+    let e = sender
+        .forward_deposit(&old_target, std::slice::from_ref(&env4))
+        .await
+        .unwrap_err();
+    assert_eq!(relay_code(e), ErrorCode::BadSeal);
+    let r = sender
+        .forward_deposit(&new_target, std::slice::from_ref(&env4))
+        .await
+        .unwrap();
+    assert_eq!(r.statuses, [DepositStatus::Ok]);
+    d.shutdown(Duration::from_secs(2)).await.unwrap();
+}
+
+/// Runs `rotate-forward-key` with `args` on the key file `file` and returns the key it
+/// printed (`new forwarding key: ...` or `staged forwarding key: ...`).
+fn rotate_cli(file: &std::path::Path, args: &[&str]) -> [u8; 32] {
+    let out = cli()
+        .arg("rotate-forward-key")
+        .arg("--forward-key-file")
+        .arg(file)
+        .args(args)
+        .env_remove("SEALPOST_MASTER_KEY")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let (_, key) = stdout.trim().split_once("key: ").unwrap();
+    hex::decode(key).unwrap().try_into().unwrap()
+}
+
+/// Relays sharing one key file roll a rotation without a window: the key is staged first
+/// (every relay accepts it, none announces it), then made current; midway through that roll a
+/// relay not yet restarted still opens requests sealed to the new key, and a restarted one
+/// those sealed to the old key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_key_rolls_over_through_a_staged_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shared = tmp.path().join("forward.key");
+    let copy = |name: &str| {
+        let to = tmp.path().join(name);
+        std::fs::copy(&shared, &to).unwrap();
+        to
+    };
+    let on =
+        |file: std::path::PathBuf| move |cfg: &mut RelayConfig| cfg.forward.key_file = Some(file);
+    let old = sealpost_relay::forward::ForwardKeys::load_or_create(
+        &shared,
+        true,
+        None,
+        Duration::from_secs(3600),
+    )
+    .unwrap()
+    .public();
+    let staged = rotate_cli(&shared, &["--stage"]);
+    // Every relay gets the file with the staged key and restarts (here: starts).
+    let (a, b) = (copy("a.key"), copy("b.key"));
+    let relay_a = relay_on(DESTINATION, on(a.clone())).await;
+    let relay_b = relay_on(DESTINATION, on(b)).await;
+    for r in [&relay_a, &relay_b] {
+        assert_eq!(
+            r.handle.forward_key(),
+            old,
+            "the staged key is not announced"
+        );
+        assert_eq!(r.handle.staged_forward_key(), Some(staged));
+    }
+    // Then the rotation: relay A has restarted with the rotated file, relay B not yet.
+    assert_eq!(
+        rotate_cli(&shared, &[]),
+        staged,
+        "the staged key becomes current"
+    );
+    std::fs::copy(&shared, &a).unwrap();
+    relay_a.handle.shutdown().await;
+    let relay_a = relay_on(DESTINATION, on(a)).await;
+    assert_eq!(relay_a.handle.forward_key(), staged);
+    assert_eq!(relay_b.handle.forward_key(), old);
+
+    let fwd = relay_on(FORWARDER, forwarding).await;
+    let sender = client_from(SENDER, &fwd).await;
+    let probe = |node: &Node, key: [u8; 32]| ForwardTarget {
+        destination: node.addr.clone(),
+        forward_key: key,
+        max_frame: 65_589,
+    };
+    for (node, key) in [
+        (&relay_a, staged),
+        (&relay_a, old),
+        (&relay_b, staged),
+        (&relay_b, old),
+    ] {
+        sender.forward_info(&mut probe(node, key)).await.unwrap();
+    }
+    let stranger = ForwardKey::generate().unwrap().public();
+    let e = sender
+        .forward_info(&mut probe(&relay_b, stranger))
+        .await
+        .unwrap_err();
+    assert_eq!(relay_code(e), ErrorCode::BadSeal);
 }

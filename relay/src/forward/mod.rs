@@ -6,4 +6,4 @@ pub mod hpke;
 pub mod key;
 pub mod pool;
 
-pub use key::{ForwardKey, ForwardKeyError};
+pub use key::{ForwardKey, ForwardKeyError, ForwardKeys};

@@ -11,7 +11,7 @@
 
 use super::Shared;
 use crate::stream::refuse;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use quinn::SendStream;
 use sealpost_client::stream::FrameReader;
 use sealpost_core::forward::{self, Forwarded, RESPONSE_EXPORT, ResponseKey};
@@ -41,19 +41,18 @@ pub(super) async fn run(
     };
     let bad_seal = "the request does not open under this relay's forwarding key: the sender's \
                     invitation carries another relay's key, or the request was altered";
-    let Ok(mut ctx) = shared.forward_key.context(&req.enc) else {
+    // The current key, or a previous one inside its overlap after a rotation.
+    let Ok(opened) = shared.forward_key.open(&req.enc, &req.ciphertext) else {
         count("bad_seal");
         return refuse(&mut send, Some(&mut reader), ErrorCode::BadSeal, bad_seal).await;
     };
-    let mut buf = BytesMut::from(&req.ciphertext[..]);
-    let Ok(plain) = ctx.open(b"", &mut buf) else {
-        count("bad_seal");
-        return refuse(&mut send, Some(&mut reader), ErrorCode::BadSeal, bad_seal).await;
-    };
-    let plain_len = plain.len();
-    buf.truncate(plain_len);
-    let key = ResponseKey::from_bytes(ctx.export32(RESPONSE_EXPORT));
-    drop(ctx);
+    if opened.with == crate::forward::key::OpenedWith::Previous {
+        metrics::counter!(crate::metrics::FORWARDED_PREVIOUS_KEY).increment(1);
+    }
+    // The answer is sealed under the export of whichever key's context opened the request:
+    // the one the sender sealed to.
+    let key = ResponseKey::from_bytes(opened.context.export32(RESPONSE_EXPORT));
+    let buf = opened.plain;
     // From here on every answer, refusals included, is sealed for the sender.
     let answer = match padding::unpad(&buf) {
         Ok(content) => {

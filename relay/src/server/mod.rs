@@ -100,8 +100,8 @@ pub(crate) struct Shared {
     pub shutdown: watch::Receiver<bool>,
     /// Verifies deposit tags and seals deliveries.
     pub engine: sealpost_core::engine::Engine,
-    /// Opens FORWARDED requests.
-    pub forward_key: Arc<crate::forward::ForwardKey>,
+    /// Opens FORWARDED requests (the current key, and previous ones for their overlap).
+    pub forward_key: Arc<crate::forward::ForwardKeys>,
     /// What this relay forwards.
     pub forward: crate::config::ForwardConfig,
     /// FORWARD requests per source address.
@@ -153,6 +153,17 @@ impl RelayHandle {
     /// carry it.
     pub fn forward_key(&self) -> [u8; 32] {
         self.shared.forward_key.public()
+    }
+
+    /// The previous forwarding public keys still accepted after a rotation, newest first,
+    /// with the Unix second each stops being accepted.
+    pub fn previous_forward_keys(&self) -> Vec<([u8; 32], u64)> {
+        self.shared.forward_key.previous()
+    }
+
+    /// The staged forwarding public key (accepted, not announced yet), if any.
+    pub fn staged_forward_key(&self) -> Option<[u8; 32]> {
+        self.shared.forward_key.staged()
     }
 
     /// Whether a self-signed certificate was generated at this start.
@@ -325,7 +336,12 @@ pub async fn start(config: RelayConfig, store: Arc<dyn Store>) -> Result<RelayHa
             None => (config.data_dir.join(crate::forward::key::FILE_NAME), true),
         };
         let master = config.forward.master_key.as_ref().map(|m| &**m.0);
-        crate::forward::ForwardKey::load_or_create(&path, create, master)?
+        crate::forward::ForwardKeys::load_or_create(
+            &path,
+            create,
+            master,
+            config.forward.key_overlap,
+        )?
     };
     let endpoint =
         Endpoint::new(reset.endpoint_config(), Some(server), socket, runtime).map_err(bind_err)?;
