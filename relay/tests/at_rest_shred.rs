@@ -517,6 +517,7 @@ async fn cluster_store_a_retry_at_another_relay_in_another_epoch_is_a_duplicate(
         deposit_id: did,
         nonce: [nonce; 12],
         envelope: Bytes::from(vec![fill; 300]),
+        not_after: None,
     };
     assert_eq!(
         one.append_batch(&[app(1, 1)]).await.unwrap(),

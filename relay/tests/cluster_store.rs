@@ -67,6 +67,7 @@ fn app(s: &ClusterStore, rid: &[u8; 16], nonce: u8, body: &[u8]) -> Append {
         deposit_id: s.deposit_id_for(rid),
         nonce: [nonce; 12],
         envelope: Bytes::copy_from_slice(body),
+        not_after: None,
     }
 }
 
@@ -583,6 +584,7 @@ async fn no_acknowledged_deposit_is_lost_when_a_primary_is_killed() {
             n
         },
         envelope: Bytes::from(format!("envelope {i}")),
+        not_after: None,
     };
     let mut acknowledged = Vec::new();
     let mut unavailable = 0;

@@ -11,6 +11,7 @@
 mod cache;
 pub mod checks;
 mod commit;
+mod heads;
 mod health;
 pub mod keys;
 mod wake;
@@ -20,7 +21,7 @@ pub use checks::ClusterError;
 use super::index::{IdPrf, digest};
 use super::record::{self, RecordError, secrets_key};
 use super::{
-    Append, AppendOutcome, Claim, MailboxRecord, Quotas, Store, StoreError, StoreHealth,
+    Append, AppendOutcome, Claim, HeldHeads, MailboxRecord, Quotas, Store, StoreError, StoreHealth,
     StoreStats, StoredEnvelope, SubscriberClaim,
 };
 use async_trait::async_trait;
@@ -413,6 +414,7 @@ fn outcome(v: &Value) -> Result<AppendOutcome, StoreError> {
         Value::Int(-2) => AppendOutcome::IdReused,
         Value::Int(-3) => AppendOutcome::UnknownMailbox,
         Value::Int(-4) => AppendOutcome::MailboxFull,
+        Value::Int(-5) => AppendOutcome::Late,
         other => return Err(backend(format!("sp_deposit answered {other:?}"))),
     })
 }
@@ -605,6 +607,7 @@ impl Store for ClusterStore {
                     .arg(self.quotas.max_bytes)
                     .arg(self.quotas.dedupe_window)
                     .arg(self.retention_ms)
+                    .arg(a.not_after.map_or(0, |t| millis(t).max(1)))
                     .to_owned(),
             );
             g.1.push(i);
@@ -726,6 +729,38 @@ impl Store for ClusterStore {
             Some(e) => Err(e),
             None => Ok(removed),
         }
+    }
+
+    /// Every mailbox's oldest held envelope, listed on every primary at once (`heads.rs`),
+    /// started by the earliest of their clocks. `None` while slots move between nodes or
+    /// change primary during the listing: a mailbox may then have been missed.
+    async fn held_heads(&self) -> Result<Option<HeldHeads>, StoreError> {
+        let primaries = self.primaries().await?;
+        let map = self.committer.slot_map();
+        let lists = futures_util::future::join_all(
+            primaries.iter().map(|p| heads::on_primary(p, &self.prf)),
+        )
+        .await;
+        let mut started: Option<SystemTime> = None;
+        let mut all = Vec::new();
+        for l in lists {
+            let Some((at, heads)) = l? else {
+                return Ok(None);
+            };
+            started = Some(started.map_or(at, |s| s.min(at)));
+            all.extend(heads);
+        }
+        self.primaries().await?;
+        if self.committer.slot_map() != map {
+            tracing::info!(
+                "the Valkey cluster's slot map changed while the at-rest sweep listed mailbox heads; it lists again at its next run"
+            );
+            return Ok(None);
+        }
+        Ok(started.map(|started| HeldHeads {
+            started,
+            heads: all,
+        }))
     }
 
     /// Never a round trip: what the background probe and the recent commits found
