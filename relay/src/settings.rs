@@ -1041,6 +1041,16 @@ mod tests {
         assert!(!v.at_rest);
         assert_eq!(v.at_rest_epoch, Duration::from_secs(60));
         assert!(Settings::default().validate().unwrap().at_rest);
+        let d = Settings::default().validate().unwrap();
+        assert_eq!(d.at_rest_settle, crate::store::at_rest::DEFAULT_SETTLE);
+        let s = Settings::from_toml("at_rest_settle_secs = 0\n").unwrap();
+        let e = s.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("at_rest_settle_secs") && e.contains("3600"),
+            "{e}"
+        );
+        let s = Settings::from_toml("at_rest_settle_secs = 5\n").unwrap();
+        assert_eq!(s.validate().unwrap().at_rest_settle, Duration::from_secs(5));
         let s = Settings::from_toml("frame_timeout_secs = 0\n").unwrap();
         assert!(
             s.validate()

@@ -29,7 +29,7 @@ use sealpost_core::engine::Engine;
 use sealpost_core::{DepositId, RecipientId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use sweep::{Rule, Use};
 use tokio::sync::watch;
 
@@ -124,6 +124,8 @@ pub struct AtRest<S> {
     uses: Mutex<Uses>,
     /// How the sweep learns when an epoch's last envelope was stored.
     rule: Rule,
+    /// When the sweep last listed the mailboxes' heads ([`Rule::list_every`]).
+    listed_at: Mutex<Option<Instant>>,
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -174,6 +176,7 @@ impl<S: Store> AtRest<S> {
                 floor: 0,
             }),
             rule,
+            listed_at: Mutex::new(None),
         }
     }
 
@@ -287,6 +290,18 @@ impl<S: Store> AtRest<S> {
         Ok((out?, end))
     }
 
+    /// Whether the sweep may list the mailboxes' heads now ([`Rule::list_every`]); if so,
+    /// counts it as listed.
+    fn may_list(&self) -> bool {
+        let every = self.rule.list_every(self.opts.window);
+        let mut last = self.listed_at.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|t| t.elapsed() < every) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
+    }
+
     /// Destroys the key of every closed epoch; returns how many it destroyed. The relay runs
     /// it on its own ([`spawn_sweeper`]); tests call it to shred at once.
     pub async fn sweep(&self) -> Result<usize, StoreError> {
@@ -302,8 +317,9 @@ impl<S: Store> AtRest<S> {
             .rule
             .expire_after(self.opts.retention, self.opts.window);
         // Listing every mailbox's head is what a sweep costs (on the cluster store a read of
-        // every mailbox stream): only when it can close something.
-        let listing = if sweep::worth_listing(&candidates, now, expire_after) {
+        // every mailbox stream): only when it can close something, and on a shared store not
+        // at every sweep.
+        let listing = if sweep::worth_listing(&candidates, now, expire_after) && self.may_list() {
             self.inner
                 .held_heads()
                 .await?

@@ -106,6 +106,19 @@ impl Rule {
         })
     }
 
+    /// The least time between two listings of the mailboxes' heads. On a local store a
+    /// listing is one pass over an index in memory: every sweep may list. On a shared store it
+    /// reads every mailbox stream of the cluster (as an expiry sweep does), and an epoch kept
+    /// open by a mailbox whose recipient is offline would have every sweep list again: at
+    /// most once a window there, and at least once a minute, so that a key goes within a
+    /// minute of its shard draining past the deadline.
+    pub fn list_every(&self, window: Duration) -> Duration {
+        match self {
+            Self::Local { .. } => Duration::ZERO,
+            Self::Shared { .. } => window.clamp(Duration::from_secs(1), Duration::from_secs(60)),
+        }
+    }
+
     /// How long after a window's end its key goes even without a listing: the retention plus
     /// a window (expiry has removed every envelope by then), plus the settle grace on a shared
     /// store (its envelopes may be stored that much later).
@@ -365,6 +378,16 @@ mod tests {
         };
         assert!(!SHARED.still_closed(&c, Some(&running)));
         assert!(SHARED.still_closed(&c, None));
+    }
+
+    #[test]
+    fn a_shared_store_is_listed_at_most_once_a_window_and_at_least_once_a_minute() {
+        let local = Rule::Local { opened_at: at(0) };
+        assert_eq!(local.list_every(Duration::from_secs(3600)), Duration::ZERO);
+        let every = |w| SHARED.list_every(Duration::from_secs(w)).as_secs();
+        assert_eq!(every(3600), 60);
+        assert_eq!(every(10), 10);
+        assert_eq!(every(1), 1);
     }
 
     #[test]
