@@ -121,8 +121,9 @@ pub struct Settings {
     pub at_rest_epoch_secs: Option<u64>,
     /// Cluster store only: seconds after an at-rest epoch's window ends during which
     /// envelopes sealed under it are still stored (Valkey refuses later ones; the relay
-    /// seals them again under the next epoch). Must exceed the relays' clock differences
-    /// plus the longest deposit; an epoch's key is destroyed no sooner [default: 120].
+    /// seals them again under the next epoch). Must exceed the relays' and nodes' clock
+    /// differences plus the longest deposit; an epoch's key is destroyed no sooner than twice
+    /// this after its window ends [default: 120].
     #[arg(long, env = "SEALPOST_AT_REST_SETTLE_SECS")]
     pub at_rest_settle_secs: Option<u64>,
     /// Bytes kept free on the disk store's filesystem: below this, deposits and CREATE are

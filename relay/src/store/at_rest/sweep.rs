@@ -31,6 +31,11 @@ pub struct Candidate {
     /// Every envelope of the epoch was stored (its `stored_at` set) by then, by the clock that
     /// stamps `stored_at`.
     pub last_return: SystemTime,
+    /// A listing of the mailboxes' heads tells whether the epoch is closed only if it started
+    /// after this: `last_return` on a local store; on a shared store one settle grace later,
+    /// so that a node whose clock is behind the listed primaries' (a replica promoted after
+    /// the listing) by less than the grace is past the deadline too.
+    pub list_after: SystemTime,
 }
 
 /// What this process knows about the appends sealed under one epoch.
@@ -81,14 +86,21 @@ impl Rule {
         if used.is_some_and(|u| u.in_flight > 0) {
             return None;
         }
-        let last_return = match self {
-            Self::Local { opened_at } => used.map_or(*opened_at, |u| u.last_return.max(UNIX_EPOCH)),
-            Self::Shared { .. } => self.not_after(end)?,
+        let (last_return, list_after) = match self {
+            Self::Local { opened_at } => {
+                let t = used.map_or(*opened_at, |u| u.last_return.max(UNIX_EPOCH));
+                (t, t)
+            }
+            Self::Shared { settle } => {
+                let deadline = self.not_after(end)?;
+                (deadline, deadline.checked_add(*settle)?)
+            }
         };
         Some(Candidate {
             epoch,
             end,
             last_return,
+            list_after,
         })
     }
 
@@ -177,7 +189,7 @@ fn past_bound(c: &Candidate, now: SystemTime, expire_after: Duration) -> bool {
 pub fn worth_listing(candidates: &[Candidate], now: SystemTime, expire_after: Duration) -> bool {
     candidates
         .iter()
-        .any(|c| window_end(c) <= now && c.last_return < now && !past_bound(c, now, expire_after))
+        .any(|c| window_end(c) <= now && c.list_after < now && !past_bound(c, now, expire_after))
 }
 
 /// The candidates that are closed at `now`, given the mailboxes' heads `listing` (`None`:
@@ -202,7 +214,7 @@ pub fn closed(
                 return false;
             };
             // An envelope stored after the listing began may be missing from it.
-            c.last_return < l.started
+            c.list_after < l.started
                 && l.oldest
                     .get(&c.epoch.shard)
                     .is_none_or(|&at| at > c.last_return)
@@ -233,6 +245,7 @@ mod tests {
             },
             end,
             last_return: at(last),
+            list_after: at(last),
         }
     }
 
@@ -318,28 +331,32 @@ mod tests {
     }
 
     #[test]
-    fn on_a_shared_store_an_epoch_closes_only_after_a_listing_started_past_the_deadline() {
+    fn on_a_shared_store_an_epoch_closes_only_after_a_listing_started_a_grace_past_the_deadline() {
         let week = SHARED.expire_after(Duration::from_secs(1000), Duration::from_secs(10));
         let c = [SHARED.candidate(epoch(1, 100), 100, None).unwrap()];
+        assert_eq!(c[0].last_return, at(130));
+        assert_eq!(c[0].list_after, at(160));
         // The window ended at 100, nothing is held, but the listing started at 129 by the
         // store's clock: a late envelope (another relay's, or one in flight at the boundary)
-        // may still be stored until 130 and be missing from it.
-        assert!(closed(&c, Some(&listing(&[], 129)), at(200), week).is_empty());
-        assert!(closed(&c, Some(&listing(&[], 130)), at(200), week).is_empty());
-        assert_eq!(closed(&c, Some(&listing(&[], 131)), at(200), week), c);
+        // may still be stored until 130 and be missing from it. Until 160 a node whose clock
+        // is behind the listed ones' by less than the grace might still take one.
+        for started in [129, 130, 159, 160] {
+            assert!(closed(&c, Some(&listing(&[], started)), at(200), week).is_empty());
+        }
+        assert_eq!(closed(&c, Some(&listing(&[], 161)), at(200), week), c);
         // A mailbox of the shard whose oldest envelope was stored at the deadline may hold one
         // of the epoch's: open. Stored after it: not the epoch's, closed.
-        let held = |t| listing(&[(did(1), t)], 131);
+        let held = |t| listing(&[(did(1), t)], 161);
         assert!(closed(&c, Some(&held(at(130))), at(200), week).is_empty());
         let after = held(at(130) + Duration::from_millis(1));
         assert_eq!(closed(&c, Some(&after), at(200), week), c);
         // Another shard's heads do not matter.
         assert_eq!(
-            closed(&c, Some(&listing(&[(did(2), at(90))], 131)), at(200), week),
+            closed(&c, Some(&listing(&[(did(2), at(90))], 161)), at(200), week),
             c
         );
         // The relay's own clock (`now`) deciding the window has not ended keeps it open.
-        assert!(closed(&c, Some(&listing(&[], 131)), at(99), week).is_empty());
+        assert!(closed(&c, Some(&listing(&[], 161)), at(99), week).is_empty());
     }
 
     #[test]
@@ -397,9 +414,10 @@ mod tests {
         // Window not ended, or not yet past the deadline: nothing to list for.
         assert!(!worth_listing(&c, at(99), bound));
         assert!(!worth_listing(&c, at(130), bound));
-        assert!(worth_listing(&c, at(131), bound));
+        assert!(!worth_listing(&c, at(160), bound));
+        assert!(worth_listing(&c, at(161), bound));
         // Past the hard bound it closes without a listing.
         assert!(!worth_listing(&c, at(1100), bound));
-        assert!(!worth_listing(&[], at(131), bound));
+        assert!(!worth_listing(&[], at(161), bound));
     }
 }
