@@ -320,10 +320,18 @@ impl<S: Store> AtRest<S> {
         // every mailbox stream): only when it can close something, and on a shared store not
         // at every sweep.
         let listing = if sweep::worth_listing(&candidates, now, expire_after) && self.may_list() {
-            self.inner
-                .held_heads()
-                .await?
-                .map(|h| sweep::Listing::new(&h))
+            match self.inner.held_heads().await {
+                Ok(heads) => heads.map(|h| sweep::Listing::new(&h)),
+                // The hard bound still applies (a cluster node down must not keep keys past
+                // it); the listing is tried again at a later sweep.
+                Err(e) => {
+                    tracing::warn!(
+                        error = %e,
+                        "the at-rest sweep could not list the mailboxes' oldest envelopes; only the retention bound closes epochs this time"
+                    );
+                    None
+                }
+            }
         } else {
             None
         };

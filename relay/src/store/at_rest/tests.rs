@@ -456,11 +456,23 @@ fn the_dedupe_key_is_the_master_keys_and_binds_the_mailbox() {
 /// A memory store that enforces deadlines the way a shared store does, with a clock ahead of
 /// the relay's: it refuses ([`AppendOutcome::Late`]) every append whose deadline is not later
 /// than the first deadline it saw, and records the deadlines it got (appends without one are
-/// simply stored).
+/// simply stored). Its listing of heads fails when `heads_fail` (a cluster node down).
 struct AheadStore {
     inner: MemoryStore,
     first: Mutex<Option<SystemTime>>,
     seen: Mutex<Vec<Option<SystemTime>>>,
+    heads_fail: bool,
+}
+
+impl AheadStore {
+    fn new(heads_fail: bool) -> Self {
+        Self {
+            inner: MemoryStore::new(quotas()),
+            first: Mutex::new(None),
+            seen: Mutex::new(Vec::new()),
+            heads_fail,
+        }
+    }
 }
 
 #[async_trait]
@@ -533,6 +545,52 @@ impl Store for AheadStore {
     async fn stats(&self) -> StoreStats {
         self.inner.stats().await
     }
+    async fn held_heads(&self) -> Result<Option<HeldHeads>, StoreError> {
+        if self.heads_fail {
+            return Err(StoreError::Backend("a node is down".into()));
+        }
+        self.inner.held_heads().await
+    }
+}
+
+/// A listing that fails does not keep keys past the hard bound (window end + retention + a
+/// window + the settle grace): a cluster node that stays down must not hold every key.
+#[tokio::test]
+async fn a_failing_listing_leaves_the_hard_bound_to_close_epochs() {
+    let keyring = Keyring::open(&MASTER, Box::new(keyring::VolatileKeys::default()))
+        .await
+        .unwrap();
+    let mut opts = AtRestOptions::new();
+    opts.window = Duration::from_secs(1);
+    opts.retention = Duration::ZERO;
+    opts.shared = Some(Duration::ZERO);
+    // A store that refuses nothing (every deadline is later than the epoch) but lists nothing.
+    let inner = AheadStore {
+        first: Mutex::new(Some(UNIX_EPOCH)),
+        ..AheadStore::new(true)
+    };
+    let s = AtRest::new(inner, keyring, opts);
+    let a = mailbox(&s, 1).await;
+    assert_eq!(
+        s.append_batch(&[app(a, 1, 1)]).await.unwrap(),
+        [AppendOutcome::Stored(1)]
+    );
+    assert_eq!(s.keyring().len(), 1);
+    // The bound is a second past the window's end, by the wall clock: poll for it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut destroyed = 0;
+    while destroyed == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the hard bound did not close the epoch"
+        );
+        destroyed = s
+            .sweep()
+            .await
+            .expect("a failing listing does not fail the sweep");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(s.keyring().len(), 0);
 }
 
 /// On a shared store every append carries its epoch's deadline (window end plus the settle
@@ -546,11 +604,7 @@ async fn an_envelope_refused_as_late_by_a_shared_store_is_sealed_under_the_next_
     let mut opts = AtRestOptions::new();
     let settle = Duration::from_secs(7);
     opts.shared = Some(settle);
-    let inner = AheadStore {
-        inner: MemoryStore::new(quotas()),
-        first: Mutex::new(None),
-        seen: Mutex::new(Vec::new()),
-    };
+    let inner = AheadStore::new(false);
     let s = AtRest::new(inner, keyring, opts);
     let a = mailbox(&s, 1).await;
     let out = s.append_batch(&[app(a, 1, 1), app(a, 2, 2)]).await.unwrap();
@@ -591,11 +645,7 @@ async fn a_local_store_gets_no_deadline() {
     let keyring = Keyring::open(&MASTER, Box::new(keyring::VolatileKeys::default()))
         .await
         .unwrap();
-    let inner = AheadStore {
-        inner: MemoryStore::new(quotas()),
-        first: Mutex::new(None),
-        seen: Mutex::new(Vec::new()),
-    };
+    let inner = AheadStore::new(false);
     let s = AtRest::new(inner, keyring, AtRestOptions::new());
     let a = mailbox(&s, 1).await;
     assert_eq!(
