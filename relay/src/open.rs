@@ -147,7 +147,7 @@ pub struct OpenedStore {
 /// store recovers it, which may take a while; it runs off the async threads.
 pub async fn open_store(
     config: &RelayConfig,
-    options: StoreOptions,
+    mut options: StoreOptions,
 ) -> Result<OpenedStore, OpenError> {
     let quotas = config.limits.quotas();
     match options.choice {
@@ -222,6 +222,18 @@ pub async fn open_store(
             // hold a mailbox's quota between expiry sweeps.
             cluster.retention = Some(config.limits.retention);
             let store = ClusterStore::open(cluster).await?;
+            // Every relay must count on the same epoch deadlines: the first to start sets the
+            // settle grace for all.
+            let settle = store.agreed_settle(options.at_rest_settle).await?;
+            if settle != options.at_rest_settle {
+                tracing::warn!(
+                    cluster = settle.as_secs_f64(),
+                    setting = options.at_rest_settle.as_secs_f64(),
+                    "at_rest_settle_secs differs from the settle grace the cluster's relays use (set by the first relay to start): using the cluster's. To change it, stop every relay, SET {} to the new grace in milliseconds, and start them with the new setting",
+                    crate::store::cluster::keys::SETTLE_KEY
+                );
+            }
+            options.at_rest_settle = settle;
             let stats = store.stats().await;
             let keys: Box<dyn KeyringStore> = Box::new(
                 ValkeyKeys::open(&options.cluster_nodes)

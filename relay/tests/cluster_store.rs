@@ -1063,3 +1063,33 @@ async fn a_deposit_past_its_deadline_is_refused_and_heads_list_each_mailboxs_old
         s.delete_mailbox(&rid).await.unwrap();
     }
 }
+
+/// Every relay of a cluster counts on the same at-rest settle grace (each epoch's deadline is
+/// its window's end plus it): the first store to ask sets it, later ones get that one back,
+/// whatever their own setting.
+#[tokio::test]
+async fn the_at_rest_settle_grace_is_the_first_relays_for_all() {
+    let Some(cluster) =
+        valkey::cluster("cluster_store::the_at_rest_settle_grace_is_the_first_relays_for_all")
+    else {
+        return;
+    };
+    let _one = SERIAL.lock().await;
+    let one = open(cluster.nodes()).await;
+    let two = open(cluster.nodes()).await;
+    // A shared cluster may have it set already by another test's relay.
+    let agreed = one.agreed_settle(Duration::from_secs(7)).await.unwrap();
+    assert!(agreed > Duration::ZERO);
+    if cluster.dir().is_some() {
+        // A cluster of this test's own: this was the first ask.
+        assert_eq!(agreed, Duration::from_secs(7));
+    }
+    assert_eq!(
+        two.agreed_settle(Duration::from_secs(9)).await.unwrap(),
+        agreed
+    );
+    assert_eq!(
+        one.agreed_settle(Duration::from_secs(11)).await.unwrap(),
+        agreed
+    );
+}

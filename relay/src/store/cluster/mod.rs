@@ -201,6 +201,29 @@ impl ClusterStore {
         Ok(IdPrf::new(*key))
     }
 
+    /// The at-rest settle grace all relays of the cluster use (docs/AT-REST.md, "Several
+    /// relays"): each epoch's deadline is its window's end plus the grace, set by the relay
+    /// that seals and enforced by the nodes, and every relay's sweep must count on the same
+    /// deadline, or one with a shorter grace could destroy a key while another relay's late
+    /// envelope of the epoch is held. The first relay to start stores `mine` (SET NX,
+    /// confirmed durable like a deposit); every relay answers the stored one.
+    pub async fn agreed_settle(&self, mine: Duration) -> Result<Duration, StoreError> {
+        let ms = u64::try_from(mine.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET").arg(keys::SETTLE_KEY).arg(ms).arg("NX");
+        self.durable(keys::slot(keys::SETTLE_KEY.as_bytes()), &pipe, 1)
+            .await?;
+        let stored: Option<String> = self.query(redis::cmd("GET").arg(keys::SETTLE_KEY)).await?;
+        match stored.as_deref().map(str::parse::<u64>) {
+            Some(Ok(ms)) if ms > 0 => Ok(Duration::from_millis(ms)),
+            other => Err(backend(format!(
+                "{} holds {other:?}, not the at-rest settle grace in milliseconds: set it to the grace every relay uses (SET {} 120000)",
+                keys::SETTLE_KEY,
+                keys::SETTLE_KEY
+            ))),
+        }
+    }
+
     /// Runs `pipe` (`n` function calls, all in `slot`) on the slot's primary and waits until
     /// it is durable there and on a replica. When the primary could not be used (the slot
     /// moved, the node is gone or failing over) it learns the slot map again and retries once
