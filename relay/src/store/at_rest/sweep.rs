@@ -121,9 +121,9 @@ impl Rule {
     /// The least time between two listings of the mailboxes' heads. On a local store a
     /// listing is one pass over an index in memory: every sweep may list. On a shared store it
     /// reads every mailbox stream of the cluster (as an expiry sweep does), and an epoch kept
-    /// open by a mailbox whose recipient is offline would have every sweep list again: at
-    /// most once a window there, and at least once a minute, so that a key goes within a
-    /// minute of its shard draining past the deadline.
+    /// open by a mailbox whose recipient is offline would have every sweep list again: one
+    /// window apart there, but never more than a minute (so that a key goes within a minute
+    /// of its shard draining past the deadline) nor less than a second.
     pub fn list_every(&self, window: Duration) -> Duration {
         match self {
             Self::Local { .. } => Duration::ZERO,
