@@ -105,6 +105,7 @@ pub async fn run(
                 deposit_id: *d,
                 nonce: sealpost_core::random::array().unwrap_or([7; 12]),
                 envelope: Bytes::from(vec![0x5a; 1024 + 52]),
+                not_after: None,
             })
             .collect();
         store.append_batch(&batch).await?;

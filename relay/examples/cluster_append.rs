@@ -71,6 +71,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     deposit_id,
                     nonce,
                     envelope: body.clone(),
+                    not_after: None,
                 }
             })
             .collect();

@@ -101,6 +101,9 @@ pub const AT_REST_KEYS: &str = "sealpost_at_rest_epoch_keys";
 pub const AT_REST_DESTROYED: &str = "sealpost_at_rest_keys_destroyed_total";
 /// Envelopes found sealed under an epoch key that no longer exists, skipped unread.
 pub const AT_REST_UNREADABLE: &str = "sealpost_at_rest_unreadable_envelopes_total";
+/// Envelopes a shared store refused as sealed under an epoch past its settle grace, sealed
+/// again under the next epoch.
+pub const AT_REST_RESEALED: &str = "sealpost_at_rest_resealed_envelopes_total";
 
 /// Registers every metric's help text and unit with the installed recorder.
 pub fn describe() {
@@ -203,6 +206,10 @@ pub fn describe() {
         AT_REST_UNREADABLE,
         "envelopes sealed under an epoch key that no longer exists, skipped unread (a lost keyring)"
     );
+    describe_counter!(
+        AT_REST_RESEALED,
+        "envelopes the cluster refused as sealed under an epoch past its settle grace, sealed again under the next (a relay clock behind the cluster's)"
+    );
     describe_gauge!(BUILD_INFO, "always 1; labels: version, crypto backend");
     describe_gauge!(
         READY,
@@ -257,6 +264,7 @@ pub fn register_all() {
         EXPIRED,
         AT_REST_DESTROYED,
         AT_REST_UNREADABLE,
+        AT_REST_RESEALED,
     ] {
         ::metrics::counter!(c).increment(0);
     }

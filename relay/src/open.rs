@@ -54,6 +54,9 @@ pub struct StoreOptions {
     pub at_rest: bool,
     /// The at-rest epoch window.
     pub at_rest_epoch: Duration,
+    /// The at-rest settle grace on a store several relays share (the cluster store):
+    /// envelopes sealed under an epoch are stored until this long after its window ended.
+    pub at_rest_settle: Duration,
 }
 
 impl StoreOptions {
@@ -66,6 +69,7 @@ impl StoreOptions {
             cluster_nodes: Vec::new(),
             at_rest: true,
             at_rest_epoch: at_rest::DEFAULT_WINDOW,
+            at_rest_settle: at_rest::DEFAULT_SETTLE,
         }
     }
 }
@@ -76,12 +80,15 @@ pub const KEYRING_FILE: &str = "at-rest.keys";
 
 /// Wraps `inner` in the at-rest layer when `options` ask for it and a master key is given, or
 /// when the keyring still holds keys of envelopes sealed earlier (then only to open those).
+/// `shared`: other relays append to `inner` and share its keyring (the cluster store), so the
+/// at-rest layer has the store enforce each epoch's settle deadline (`AtRestOptions::shared`).
 /// Returns the store to serve from and a phrase for the announcement.
 async fn seal_at_rest<S: Store>(
     config: &RelayConfig,
     options: &StoreOptions,
     inner: S,
     keys: Option<Box<dyn KeyringStore>>,
+    shared: bool,
 ) -> Result<(Arc<dyn Store>, String), OpenError> {
     let (Some(master), Some(keys)) = (options.master_key.as_ref(), keys) else {
         return Ok((Arc::new(inner), String::new()));
@@ -98,6 +105,7 @@ async fn seal_at_rest<S: Store>(
         seal_new: options.at_rest,
         retention: config.limits.retention,
         engine: config.engine,
+        shared: shared.then_some(options.at_rest_settle),
     };
     let phrase = if options.at_rest {
         format!(
@@ -139,14 +147,20 @@ pub struct OpenedStore {
 /// store recovers it, which may take a while; it runs off the async threads.
 pub async fn open_store(
     config: &RelayConfig,
-    options: StoreOptions,
+    mut options: StoreOptions,
 ) -> Result<OpenedStore, OpenError> {
     let quotas = config.limits.quotas();
     match options.choice {
         StoreChoice::Memory => {
             let keys: Box<dyn KeyringStore> = Box::new(VolatileKeys::default());
-            let (store, sealed) =
-                seal_at_rest(config, &options, MemoryStore::new(quotas), Some(keys)).await?;
+            let (store, sealed) = seal_at_rest(
+                config,
+                &options,
+                MemoryStore::new(quotas),
+                Some(keys),
+                false,
+            )
+            .await?;
             Ok(OpenedStore {
                 store,
                 disk: None,
@@ -181,7 +195,7 @@ pub async fn open_store(
             } else {
                 None
             };
-            let (store, sealed) = seal_at_rest(config, &options, disk.clone(), keys).await?;
+            let (store, sealed) = seal_at_rest(config, &options, disk.clone(), keys, false).await?;
             let announcement = format!(
                 "store: disk at {} ({} mailboxes, {} envelopes recovered in {:.2} s){sealed}",
                 disk.dir().display(),
@@ -208,13 +222,26 @@ pub async fn open_store(
             // hold a mailbox's quota between expiry sweeps.
             cluster.retention = Some(config.limits.retention);
             let store = ClusterStore::open(cluster).await?;
+            // Every relay must count on the same epoch deadlines: the first to start sets the
+            // settle grace for all.
+            let settle = store.agreed_settle(options.at_rest_settle).await?;
+            if settle != options.at_rest_settle {
+                tracing::warn!(
+                    cluster = settle.as_secs_f64(),
+                    setting = options.at_rest_settle.as_secs_f64(),
+                    "at_rest_settle_secs differs from the settle grace the cluster's relays use (set by the first relay to start): using the cluster's. To change it, stop every relay, SET {} to the new grace in milliseconds, and start them with the new setting",
+                    crate::store::cluster::keys::SETTLE_KEY
+                );
+            }
+            options.at_rest_settle = settle;
             let stats = store.stats().await;
             let keys: Box<dyn KeyringStore> = Box::new(
                 ValkeyKeys::open(&options.cluster_nodes)
                     .await
                     .map_err(|e| StoreError::AtRest(e.into()))?,
             );
-            let (store, sealed) = seal_at_rest(config, &options, store, Some(keys)).await?;
+            // Every relay of the deployment appends to the cluster and shares its keyring.
+            let (store, sealed) = seal_at_rest(config, &options, store, Some(keys), true).await?;
             let announcement = format!(
                 "store: Valkey cluster via {nodes} ({} mailboxes, {} envelopes; opened in {:.2} s){sealed}",
                 stats.mailboxes,
@@ -252,6 +279,7 @@ impl Relay {
             cluster_nodes: settings.cluster_nodes.clone(),
             at_rest: settings.at_rest,
             at_rest_epoch: settings.at_rest_epoch,
+            at_rest_settle: settings.at_rest_settle,
         };
         Self::open_with(settings.relay.clone(), options).await
     }

@@ -119,6 +119,13 @@ pub struct Settings {
     /// [default: 3600].
     #[arg(long, env = "SEALPOST_AT_REST_EPOCH_SECS")]
     pub at_rest_epoch_secs: Option<u64>,
+    /// Cluster store only: seconds after an at-rest epoch's window ends during which
+    /// envelopes sealed under it are still stored (Valkey refuses later ones; the relay
+    /// seals them again under the next epoch). Must exceed the relays' and nodes' clock
+    /// differences plus the longest deposit; an epoch's key is destroyed no sooner than twice
+    /// this after its window ends [default: 120].
+    #[arg(long, env = "SEALPOST_AT_REST_SETTLE_SECS")]
+    pub at_rest_settle_secs: Option<u64>,
     /// Bytes kept free on the disk store's filesystem: below this, deposits and CREATE are
     /// refused (STORAGE_FULL) and /readyz reports not ready, while deliveries and ACKs go
     /// on; 0 = no reserve [default: 268435456, 256 MiB].
@@ -341,6 +348,7 @@ impl Settings {
             master_key_file,
             at_rest,
             at_rest_epoch_secs,
+            at_rest_settle_secs,
             min_free_disk_bytes,
             log_format,
             log_sensitive_debug,
@@ -422,6 +430,10 @@ impl Settings {
             at_rest_epoch_secs: Some(
                 self.at_rest_epoch_secs
                     .unwrap_or(crate::store::at_rest::DEFAULT_WINDOW.as_secs()),
+            ),
+            at_rest_settle_secs: Some(
+                self.at_rest_settle_secs
+                    .unwrap_or(crate::store::at_rest::DEFAULT_SETTLE.as_secs()),
             ),
             min_free_disk_bytes: Some(
                 self.min_free_disk_bytes
@@ -630,6 +642,14 @@ impl Settings {
                 "at_rest_epoch_secs",
                 epoch.to_string(),
                 "must be between 1 and 604800 (a week)",
+            ));
+        }
+        let settle = get(e.at_rest_settle_secs);
+        if !(1..=3600).contains(&settle) {
+            return Err(invalid(
+                "at_rest_settle_secs",
+                settle.to_string(),
+                "must be between 1 and 3600 (an hour)",
             ));
         }
         positive("max_window", get(e.max_window.map(u64::from)))?;
@@ -868,6 +888,7 @@ impl Settings {
             master_key_file: e.master_key_file.clone(),
             at_rest: e.at_rest.unwrap_or(true),
             at_rest_epoch: Duration::from_secs(epoch),
+            at_rest_settle: Duration::from_secs(settle),
             min_free_disk_bytes: get(e.min_free_disk_bytes),
             log_format: e.log_format.expect("filled in"),
             log_sensitive_debug: e.log_sensitive_debug.unwrap_or(false),
@@ -951,6 +972,8 @@ pub struct Validated {
     pub at_rest: bool,
     /// The at-rest epoch window.
     pub at_rest_epoch: Duration,
+    /// The at-rest settle grace of the cluster store.
+    pub at_rest_settle: Duration,
     /// The disk store's free-space reserve, bytes.
     pub min_free_disk_bytes: u64,
     /// Log format.
@@ -1051,6 +1074,16 @@ mod tests {
         assert!(!v.at_rest);
         assert_eq!(v.at_rest_epoch, Duration::from_secs(60));
         assert!(Settings::default().validate().unwrap().at_rest);
+        let d = Settings::default().validate().unwrap();
+        assert_eq!(d.at_rest_settle, crate::store::at_rest::DEFAULT_SETTLE);
+        let s = Settings::from_toml("at_rest_settle_secs = 0\n").unwrap();
+        let e = s.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("at_rest_settle_secs") && e.contains("3600"),
+            "{e}"
+        );
+        let s = Settings::from_toml("at_rest_settle_secs = 5\n").unwrap();
+        assert_eq!(s.validate().unwrap().at_rest_settle, Duration::from_secs(5));
         let s = Settings::from_toml("frame_timeout_secs = 0\n").unwrap();
         assert!(
             s.validate()

@@ -350,9 +350,10 @@ async fn envelopes_sealed_at_rest_survive_a_master_key_rotation() {
     relay.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 
-/// The wrapped epoch keys in the cluster's keyring hash (field: shard ‖ start; the dedupe
-/// key, never destroyed, is left out).
-async fn cluster_keys(nodes: &[String]) -> Vec<Bytes> {
+/// The epoch keys in the cluster's keyring hash: each one's shard and wrapped bytes (fields
+/// of an epoch key are the shard and the window start, 9 bytes; the dedupe key, never
+/// destroyed, has shard 255 and is left out).
+async fn cluster_epoch_keys(nodes: &[String]) -> Vec<(u8, Bytes)> {
     let urls: Vec<String> = nodes.iter().map(|n| format!("redis://{n}/")).collect();
     let mut conn = redis::cluster::ClusterClient::new(urls)
         .unwrap()
@@ -365,9 +366,52 @@ async fn cluster_keys(nodes: &[String]) -> Vec<Bytes> {
         .await
         .unwrap();
     all.into_iter()
-        .filter(|(f, _)| f.first() != Some(&DEDUPE_SHARD))
-        .map(|(_, v)| Bytes::copy_from_slice(&v[8..]))
+        .filter(|(f, _)| f.len() == 9 && f[0] != DEDUPE_SHARD)
+        .map(|(f, v)| (f[0], Bytes::copy_from_slice(&v[8..])))
         .collect()
+}
+
+/// The wrapped epoch keys in the cluster's keyring hash.
+async fn cluster_keys(nodes: &[String]) -> Vec<Bytes> {
+    cluster_epoch_keys(nodes)
+        .await
+        .into_iter()
+        .map(|(_, k)| k)
+        .collect()
+}
+
+/// Polls until none of `wrapped` is in the cluster's keyring hash or in any node's files
+/// (AOF and RDB: the relay has every node rewrite the one and replace the other), calling
+/// `sweep` between looks (the relays' sweeps, where the test runs them itself; a rewrite of
+/// the AOF already running when a key went is asked for again at the next sweep).
+async fn wait_until_keys_leave_the_cluster<F, Fut>(
+    nodes: &[String],
+    nodes_dir: &Path,
+    wrapped: &[Bytes],
+    mut sweep: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let keys = Needles::new(wrapped);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        sweep().await;
+        let live = cluster_keys(nodes).await;
+        let still: Vec<&Bytes> = wrapped.iter().filter(|k| live.contains(k)).collect();
+        // No snapshot is taken here: the relay has every node replace its RDB snapshot after
+        // the AOF rewrite, and a snapshot taken while a key lived must not hold it after.
+        if still.is_empty() && keys.scan_dir(nodes_dir).is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "epoch keys still live ({}) or in Valkey's files: {:?}",
+            still.len(),
+            keys.scan_dir(nodes_dir)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Asks every node for an RDB snapshot (the test cluster saves none by itself).
@@ -384,9 +428,9 @@ fn snapshot_every_node(nodes: &[String]) {
 
 /// The cluster store: nothing of the envelopes in any node's AOF or RDB files while held or
 /// after their epoch key is destroyed; and once destroyed, the wrapped key has left every
-/// node's files too (the relay has every node rewrite its AOF). The cluster store cannot list
-/// its mailboxes' oldest envelopes, so its keys go by the retention bound: retention 10 s and
-/// 1 s epochs here, and the drain must come within the 10 s.
+/// node's files too (the relay has every node rewrite its AOF). The keys go because the
+/// mailboxes drained (1 s epochs, a 1 s settle grace), long before the retention bound (an
+/// hour here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_store_shredded_envelopes_leave_nothing_in_valkeys_files() {
     let Some(cluster) = common::valkey::private_cluster(
@@ -400,8 +444,8 @@ async fn cluster_store_shredded_envelopes_leave_nothing_in_valkeys_files() {
     common::valkey::write_master_key(&key);
     let text = format!(
         "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\ndata_dir = {:?}\nstore = \"cluster\"\n\
-         cluster_nodes = {:?}\nmaster_key_file = {key:?}\nat_rest_epoch_secs = 1\nretention_secs = 10\n\
-         expire_interval_secs = 1\n",
+         cluster_nodes = {:?}\nmaster_key_file = {key:?}\nat_rest_epoch_secs = 1\nat_rest_settle_secs = 1\n\
+         retention_secs = 3600\n",
         dir.path().join("relay"),
         cluster.nodes(),
     );
@@ -412,7 +456,6 @@ async fn cluster_store_shredded_envelopes_leave_nothing_in_valkeys_files() {
         "{}",
         relay.store_announcement()
     );
-    let t0 = Instant::now();
     let (mbs, sent) = deposit(&c, 2, 5).await;
     let needles = Needles::new(&sent);
     let wrapped = cluster_keys(cluster.nodes()).await;
@@ -423,31 +466,11 @@ async fn cluster_store_shredded_envelopes_leave_nothing_in_valkeys_files() {
         held.is_empty(),
         "envelope bytes in Valkey's files while held: {held:?}"
     );
-    assert!(
-        t0.elapsed() < Duration::from_secs(8),
-        "depositing and scanning took {:?}: the machine is too slow for the 10 s retention",
-        t0.elapsed()
-    );
     drain(&c, &mbs, 5).await;
-    // Destroyed by the retention bound, then every node's AOF rewritten and its RDB snapshot
-    // replaced by the relay (the snapshot taken above, while the keys lived, holds them):
-    // poll until the wrapped keys are in no file (a rewrite already running when the key
-    // went is asked for again at the next sweep).
-    let keys = Needles::new(&wrapped);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let live = cluster_keys(cluster.nodes()).await;
-        if live.is_empty() && keys.scan_dir(&nodes_dir).is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "epoch keys still live ({}) or in Valkey's files: {:?}",
-            live.len(),
-            keys.scan_dir(&nodes_dir)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // Destroyed by the relay's own sweeper once the mailboxes drained and the settle grace
+    // passed, then every node's AOF rewritten and its RDB snapshot replaced by the relay (the
+    // snapshot taken above, while the keys lived, holds them).
+    wait_until_keys_leave_the_cluster(cluster.nodes(), &nodes_dir, &wrapped, || async {}).await;
     let after = needles.scan_dir(&nodes_dir);
     assert!(
         after.is_empty(),
@@ -457,8 +480,9 @@ async fn cluster_store_shredded_envelopes_leave_nothing_in_valkeys_files() {
     relay.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 
-/// One relay of a cluster deployment, sealing at rest under 1 s epochs, as `Relay::open`
-/// builds it (without the server).
+/// One relay of a cluster deployment, sealing at rest under 1 s epochs with a 1 s settle
+/// grace and a week's retention, as `Relay::open` builds it (without the server and its
+/// sweeper: tests sweep themselves).
 async fn cluster_relay(
     nodes: &[String],
 ) -> sealpost_relay::store::at_rest::AtRest<sealpost_relay::store::cluster::ClusterStore> {
@@ -483,6 +507,7 @@ async fn cluster_relay(
         .unwrap();
     let mut opts = AtRestOptions::new();
     opts.window = Duration::from_secs(1);
+    opts.shared = Some(Duration::from_secs(1));
     AtRest::new(store, keyring, opts)
 }
 
@@ -519,6 +544,7 @@ async fn cluster_store_a_retry_at_another_relay_in_another_epoch_is_a_duplicate(
         deposit_id: did,
         nonce: [nonce; 12],
         envelope: Bytes::from(vec![fill; 300]),
+        not_after: None,
     };
     assert_eq!(
         one.append_batch(&[app(1, 1)]).await.unwrap(),
@@ -553,4 +579,106 @@ async fn cluster_store_a_retry_at_another_relay_in_another_epoch_is_a_duplicate(
     let got = two.fetch(&rid, 0, 10).await.unwrap();
     assert_eq!(got[0].envelope, app(1, 1).envelope);
     assert_eq!(got[1].envelope, app(2, 2).envelope);
+}
+
+/// Two relays sharing a cluster and its keyring: an epoch's key is destroyed once the
+/// mailboxes of its shard drained and its settle grace passed, whichever relay sealed its
+/// envelopes, long before the retention bound (a week here), and its wrapped bytes leave every
+/// node's files; a mailbox still holding an envelope keeps its epoch's key (through every
+/// sweep of both relays) until it drains too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_store_two_relays_shred_a_drained_epoch_and_keep_a_held_one() {
+    use sealpost_relay::store::at_rest::shard_of;
+    use sealpost_relay::store::{Append, AppendOutcome, MailboxRecord, Store};
+    let Some(cluster) = common::valkey::private_cluster(
+        "cluster_store_two_relays_shred_a_drained_epoch_and_keep_a_held_one",
+    ) else {
+        return;
+    };
+    let nodes_dir = cluster.dir().unwrap().to_owned();
+    let one = cluster_relay(cluster.nodes()).await;
+    let two = cluster_relay(cluster.nodes()).await;
+    // Two mailboxes in different shards, so that their epochs' keys differ.
+    let drained: [u8; 16] = [1; 16];
+    let held = (2..=255u8)
+        .map(|i| [i; 16])
+        .find(|r| shard_of(&one.deposit_id_for(r)) != shard_of(&one.deposit_id_for(&drained)))
+        .unwrap();
+    let (dshard, hshard) = (
+        shard_of(&one.deposit_id_for(&drained)),
+        shard_of(&one.deposit_id_for(&held)),
+    );
+    for rid in [drained, held] {
+        one.create_mailbox(MailboxRecord::new(
+            rid,
+            one.deposit_id_for(&rid),
+            Suite::ChaCha20Poly1305,
+            [1; 32],
+            sealpost_core::keys::RecipientSecret([2; 32]),
+        ))
+        .await
+        .unwrap();
+    }
+    let app = |rid: &[u8; 16], nonce: u8| Append {
+        deposit_id: one.deposit_id_for(rid),
+        nonce: [nonce; 12],
+        envelope: Bytes::from(vec![nonce; 300]),
+        not_after: None,
+    };
+    // Each relay deposits into both mailboxes.
+    for (relay, nonce) in [(&one, 1u8), (&two, 2)] {
+        let out = relay
+            .append_batch(&[app(&drained, nonce), app(&held, nonce)])
+            .await
+            .unwrap();
+        assert!(
+            out.iter().all(|o| matches!(o, AppendOutcome::Stored(_))),
+            "{out:?}"
+        );
+    }
+    let keys = cluster_epoch_keys(cluster.nodes()).await;
+    let of = |shard: u8| -> Vec<Bytes> {
+        keys.iter()
+            .filter(|(s, _)| *s == shard)
+            .map(|(_, k)| k.clone())
+            .collect()
+    };
+    let (dkeys, hkeys) = (of(dshard), of(hshard));
+    assert!(!dkeys.is_empty() && !hkeys.is_empty(), "{keys:?}");
+    // The drained mailbox is read and acknowledged through the other relay.
+    let got = two.fetch(&drained, 0, 10).await.unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].envelope, app(&drained, 1).envelope);
+    two.ack(&drained, got[1].seq).await.unwrap();
+    let (r1, r2) = (&one, &two);
+    let sweep_both = move || async move {
+        r1.sweep().await.unwrap();
+        r2.sweep().await.unwrap();
+    };
+    wait_until_keys_leave_the_cluster(cluster.nodes(), &nodes_dir, &dkeys, sweep_both).await;
+    // Both relays forgot them; the held mailbox's keys are still there, and open its
+    // envelopes through either relay.
+    for relay in [&one, &two] {
+        assert!(
+            relay
+                .keyring()
+                .epochs()
+                .iter()
+                .all(|(e, _)| e.shard != dshard)
+        );
+    }
+    let live = cluster_keys(cluster.nodes()).await;
+    assert!(
+        hkeys.iter().all(|k| live.contains(k)),
+        "a held epoch's key went"
+    );
+    for relay in [&one, &two] {
+        let got = relay.fetch(&held, 0, 10).await.unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].envelope, app(&held, 1).envelope);
+        assert_eq!(got[1].envelope, app(&held, 2).envelope);
+    }
+    // Drained too, its keys go as well.
+    one.ack(&held, 2).await.unwrap();
+    wait_until_keys_leave_the_cluster(cluster.nodes(), &nodes_dir, &hkeys, sweep_both).await;
 }

@@ -47,6 +47,7 @@ fn app(did: [u8; 16], nonce: u8, fill: u8) -> Append {
         deposit_id: did,
         nonce: [nonce; 12],
         envelope: Bytes::from(vec![fill; 400]),
+        not_after: None,
     }
 }
 

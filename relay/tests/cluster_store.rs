@@ -67,6 +67,7 @@ fn app(s: &ClusterStore, rid: &[u8; 16], nonce: u8, body: &[u8]) -> Append {
         deposit_id: s.deposit_id_for(rid),
         nonce: [nonce; 12],
         envelope: Bytes::copy_from_slice(body),
+        not_after: None,
     }
 }
 
@@ -583,6 +584,7 @@ async fn no_acknowledged_deposit_is_lost_when_a_primary_is_killed() {
             n
         },
         envelope: Bytes::from(format!("envelope {i}")),
+        not_after: None,
     };
     let mut acknowledged = Vec::new();
     let mut unavailable = 0;
@@ -965,4 +967,129 @@ async fn a_mailbox_deleted_through_another_relay_takes_no_deposit_through_this_o
     ));
     assert!(a.fetch(&rid, 0, 10).await.unwrap().is_empty());
     assert!(!a.delete_mailbox(&rid).await.unwrap());
+}
+
+/// The deadline the at-rest layer gives appends on a shared store (`Append::not_after`: an
+/// epoch's window end plus its settle grace) is enforced by the node's clock: a deposit past
+/// it is refused (`Late`) and nothing of it is kept, not even for duplicate detection, so a
+/// retry (sealed under the current epoch) is stored. And the listing of the mailboxes' oldest
+/// envelopes the at-rest sweep uses shows each mailbox's head by the node's clock, drained
+/// and empty mailboxes not at all, with the time it started.
+#[tokio::test]
+async fn a_deposit_past_its_deadline_is_refused_and_heads_list_each_mailboxs_oldest_envelope() {
+    let Some(cluster) = valkey::cluster(
+        "cluster_store::a_deposit_past_its_deadline_is_refused_and_heads_list_each_mailboxs_oldest_envelope",
+    ) else {
+        return;
+    };
+    let _one = SERIAL.lock().await;
+    let s = open(cluster.nodes()).await;
+    let (a, b, empty) = (mailbox(&s).await, mailbox(&s).await, mailbox(&s).await);
+    // The nodes run on this machine: their clock is this one, read in whole milliseconds.
+    let ms = |t: SystemTime| {
+        std::time::UNIX_EPOCH
+            + Duration::from_millis(
+                t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+            )
+    };
+    let t0 = ms(SystemTime::now());
+    let now = SystemTime::now();
+    let late = Append {
+        not_after: Some(now - Duration::from_secs(60)),
+        ..app(&s, &a, 1, b"sealed under a closed epoch")
+    };
+    let in_time = Append {
+        not_after: Some(now + Duration::from_secs(60)),
+        ..app(&s, &a, 2, b"sealed under the current epoch")
+    };
+    assert_eq!(
+        s.append_batch(&[late.clone(), in_time]).await.unwrap(),
+        [AppendOutcome::Late, AppendOutcome::Stored(1)]
+    );
+    assert_eq!(s.pending(&a).await.unwrap(), 1);
+    let held = s.fetch(&a, 0, 10).await.unwrap();
+    assert_eq!(held.len(), 1);
+    assert_eq!(&held[0].envelope[..], b"sealed under the current epoch");
+    // The retry, under the same nonce, is stored: the refusal kept nothing.
+    let retry = Append {
+        not_after: Some(now + Duration::from_secs(60)),
+        ..late
+    };
+    assert_eq!(
+        s.append_batch(&[retry]).await.unwrap(),
+        [AppendOutcome::Stored(2)]
+    );
+
+    // b: two envelopes, the first acknowledged: its head is the second.
+    assert_eq!(
+        s.append_batch(&[app(&s, &b, 1, b"first")]).await.unwrap(),
+        [AppendOutcome::Stored(1)]
+    );
+    let t1 = ms(SystemTime::now());
+    assert_eq!(
+        s.append_batch(&[app(&s, &b, 2, b"second")]).await.unwrap(),
+        [AppendOutcome::Stored(2)]
+    );
+    s.ack(&b, 1).await.unwrap();
+    let t2 = SystemTime::now();
+    let h = s
+        .held_heads()
+        .await
+        .unwrap()
+        .expect("a steady cluster lists its heads");
+    let t3 = SystemTime::now();
+    assert!(t2 - Duration::from_millis(1) <= h.started && h.started <= t3);
+    let head = |rid: &[u8; 16]| {
+        let did = s.deposit_id_for(rid);
+        let found: Vec<SystemTime> = h
+            .heads
+            .iter()
+            .filter(|(d, _)| *d == did)
+            .map(|(_, t)| *t)
+            .collect();
+        assert!(found.len() <= 1, "{found:?}");
+        found.first().copied()
+    };
+    let ha = head(&a).expect("a holds envelopes");
+    assert!(t0 <= ha && ha <= t1, "{ha:?} not in {t0:?}..={t1:?}");
+    let hb = head(&b).expect("b holds one");
+    assert!(t1 <= hb && hb <= t2, "{hb:?} not in {t1:?}..={t2:?}");
+    assert_eq!(head(&empty), None);
+    // Drained: gone from the listing (its stream is still there, empty).
+    s.ack(&a, 2).await.unwrap();
+    let h = s.held_heads().await.unwrap().unwrap();
+    assert!(!h.heads.iter().any(|(d, _)| *d == s.deposit_id_for(&a)));
+    for rid in [a, b, empty] {
+        s.delete_mailbox(&rid).await.unwrap();
+    }
+}
+
+/// Every relay of a cluster counts on the same at-rest settle grace (each epoch's deadline is
+/// its window's end plus it): the first store to ask sets it, later ones get that one back,
+/// whatever their own setting.
+#[tokio::test]
+async fn the_at_rest_settle_grace_is_the_first_relays_for_all() {
+    let Some(cluster) =
+        valkey::cluster("cluster_store::the_at_rest_settle_grace_is_the_first_relays_for_all")
+    else {
+        return;
+    };
+    let _one = SERIAL.lock().await;
+    let one = open(cluster.nodes()).await;
+    let two = open(cluster.nodes()).await;
+    // A shared cluster may have it set already by another test's relay.
+    let agreed = one.agreed_settle(Duration::from_secs(7)).await.unwrap();
+    assert!(agreed > Duration::ZERO);
+    if cluster.dir().is_some() {
+        // A cluster of this test's own: this was the first ask.
+        assert_eq!(agreed, Duration::from_secs(7));
+    }
+    assert_eq!(
+        two.agreed_settle(Duration::from_secs(9)).await.unwrap(),
+        agreed
+    );
+    assert_eq!(
+        one.agreed_settle(Duration::from_secs(11)).await.unwrap(),
+        agreed
+    );
 }

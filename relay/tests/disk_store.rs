@@ -50,6 +50,7 @@ fn append(s: &DiskStore, i: u8, nonce: u8) -> Append {
         deposit_id: s.deposit_id_for(&[i; 16]),
         nonce: [nonce; 12],
         envelope: Bytes::from(vec![nonce; 300]),
+        not_after: None,
     }
 }
 
@@ -342,10 +343,12 @@ async fn a_reused_nonce_with_other_content_is_refused_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let held_other = |s: &DiskStore| Append {
         envelope: Bytes::from(vec![0xEE; 300]),
+        not_after: None,
         ..append(s, 1, 1)
     };
     let removed_other = |s: &DiskStore| Append {
         envelope: Bytes::from(vec![0xEF; 300]),
+        not_after: None,
         ..append(s, 1, 2)
     };
     {

@@ -297,6 +297,7 @@ async fn process(
                 deposit_id: *env.deposit_id(),
                 nonce: *env.nonce(),
                 envelope: env.as_bytes().clone(),
+                not_after: None,
             });
             slots.push(*i);
         } else {
@@ -318,6 +319,10 @@ async fn process(
                     AppendOutcome::IdReused => DepositStatus::IdReused,
                     AppendOutcome::UnknownMailbox => DepositStatus::UnknownMailbox,
                     AppendOutcome::MailboxFull => DepositStatus::MailboxFull,
+                    // Refused by a shared store as sealed under an epoch that closed (the
+                    // at-rest layer reseals once; only a clock far off gets here): not
+                    // stored, and a retry is sealed under the current epoch.
+                    AppendOutcome::Late => DepositStatus::Unavailable,
                 };
             }
         }

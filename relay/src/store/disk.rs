@@ -36,8 +36,8 @@ use super::index::{Digest, Held, IdPrf, Index, Mailbox, Removal, digest};
 use super::record::{self, FLAG_SEALED, RecordError, secrets_key};
 use super::space::{FreeSpace, SpaceGuard, Statvfs};
 use super::{
-    Append, AppendOutcome, MailboxRecord, Quotas, Store, StoreError, StoreHealth, StoreStats,
-    StoredEnvelope,
+    Append, AppendOutcome, HeldHeads, MailboxRecord, Quotas, Store, StoreError, StoreHealth,
+    StoreStats, StoredEnvelope,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -1197,8 +1197,13 @@ impl Store for DiskStore {
         Ok(n)
     }
 
-    async fn held_heads(&self) -> Result<Option<Vec<(DepositId, SystemTime)>>, StoreError> {
-        Ok(Some(self.lock().held_heads()))
+    async fn held_heads(&self) -> Result<Option<HeldHeads>, StoreError> {
+        // The clock before the lock: an append that returned before it is in the listing.
+        let started = SystemTime::now();
+        Ok(Some(HeldHeads {
+            started,
+            heads: self.lock().held_heads(),
+        }))
     }
 
     async fn stats(&self) -> StoreStats {

@@ -704,6 +704,7 @@ mod tests {
                 deposit_id: did,
                 nonce: [i; 12],
                 envelope: Bytes::from(vec![i; 100]),
+                not_after: None,
             })
             .collect();
         let digests: Vec<Digest> = batch.iter().map(|a| digest(&a.envelope)).collect();

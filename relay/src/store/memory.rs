@@ -2,7 +2,8 @@
 
 use super::index::{IdPrf, Index, digest};
 use super::{
-    Append, AppendOutcome, MailboxRecord, Quotas, Store, StoreError, StoreStats, StoredEnvelope,
+    Append, AppendOutcome, HeldHeads, MailboxRecord, Quotas, Store, StoreError, StoreStats,
+    StoredEnvelope,
 };
 use async_trait::async_trait;
 use sealpost_core::{DepositId, RecipientId};
@@ -109,8 +110,13 @@ impl Store for MemoryStore {
             .len() as u64)
     }
 
-    async fn held_heads(&self) -> Result<Option<Vec<(DepositId, SystemTime)>>, StoreError> {
-        Ok(Some(self.lock().held_heads()))
+    async fn held_heads(&self) -> Result<Option<HeldHeads>, StoreError> {
+        // The clock before the lock: an append that returned before it is in the listing.
+        let started = SystemTime::now();
+        Ok(Some(HeldHeads {
+            started,
+            heads: self.lock().held_heads(),
+        }))
     }
 
     async fn stats(&self) -> StoreStats {
@@ -149,6 +155,7 @@ mod tests {
             deposit_id: s.deposit_id_for(&[i; 16]),
             nonce: [nonce; 12],
             envelope: Bytes::from(vec![nonce; len]),
+            not_after: None,
         }
     }
 

@@ -80,6 +80,13 @@ pub struct Append {
     pub nonce: [u8; NONCE_LEN],
     /// The envelope exactly as received.
     pub envelope: Bytes,
+    /// Store it only if the store's clock is not yet past this instant; otherwise answer
+    /// [`AppendOutcome::Late`] and store nothing. `None`: no deadline. The at-rest layer sets
+    /// it on a store several relays share, so that every envelope of an epoch is stored by
+    /// the epoch's end plus the settle grace *by the store's clock* (docs/AT-REST.md). The
+    /// memory and disk stores, used by one process, ignore it: the at-rest layer's own count
+    /// of running appends is exact there.
+    pub not_after: Option<SystemTime>,
 }
 
 /// What became of one [`Append`].
@@ -96,6 +103,22 @@ pub enum AppendOutcome {
     UnknownMailbox,
     /// The mailbox's envelope or byte quota is reached.
     MailboxFull,
+    /// The store's clock is past the append's [`Append::not_after`]: not stored. The at-rest
+    /// layer seals it again under the current epoch; if one still reaches the relay, the
+    /// sender is answered UNAVAILABLE and retries.
+    Late,
+}
+
+/// The mailboxes' oldest held envelopes, as [`Store::held_heads`] lists them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldHeads {
+    /// When the listing started, by the clock that stamps `stored_at` (for the cluster store
+    /// the earliest of its primaries' clocks, read before each one's listing): every append
+    /// that was stored before this is in the listing.
+    pub started: SystemTime,
+    /// When each mailbox's oldest held envelope was stored, for every mailbox holding any, by
+    /// deposit id.
+    pub heads: Vec<(DepositId, SystemTime)>,
 }
 
 /// A stored envelope, as fetched for delivery.
@@ -378,9 +401,10 @@ pub trait Store: Send + Sync + 'static {
     async fn expire(&self, cutoff: SystemTime) -> Result<u64, StoreError>;
 
     /// When each mailbox's oldest held envelope was stored, for every mailbox holding any
-    /// (by deposit id); `None` if the store cannot list them cheaply. The at-rest layer
-    /// ([`at_rest`]) uses it to find the epochs no envelope needs any more.
-    async fn held_heads(&self) -> Result<Option<Vec<(DepositId, SystemTime)>>, StoreError> {
+    /// (by deposit id), and when the listing started; `None` if the store cannot list them
+    /// (or not reliably this time: the cluster store while its slots move). The at-rest
+    /// layer ([`at_rest`]) uses it to find the epochs no envelope needs any more.
+    async fn held_heads(&self) -> Result<Option<HeldHeads>, StoreError> {
         Ok(None)
     }
 

@@ -19,8 +19,8 @@ pub mod sweep;
 pub mod valkey;
 
 use super::{
-    Append, AppendOutcome, Claim, MailboxRecord, Store, StoreError, StoreHealth, StoreStats,
-    StoredEnvelope,
+    Append, AppendOutcome, Claim, HeldHeads, MailboxRecord, Store, StoreError, StoreHealth,
+    StoreStats, StoredEnvelope,
 };
 use async_trait::async_trait;
 use keyring::{Keyring, KeyringError};
@@ -29,7 +29,8 @@ use sealpost_core::engine::Engine;
 use sealpost_core::{DepositId, RecipientId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use sweep::{Rule, Use};
 use tokio::sync::watch;
 
 /// Shards of the mailboxes: a mailbox whose recipient stays offline keeps only its shard's
@@ -39,9 +40,13 @@ pub const SHARDS: u8 = 64;
 /// The default epoch window: one hour.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(3600);
 
+/// The default settle grace of a store several relays share ([`AtRestOptions::shared`]):
+/// envelopes sealed under an epoch are still stored this long after its window ended.
+pub const DEFAULT_SETTLE: Duration = Duration::from_secs(120);
+
 use crate::metrics::{
     AT_REST_DESTROYED as METRIC_DESTROYED, AT_REST_KEYS as METRIC_KEYS,
-    AT_REST_UNREADABLE as METRIC_UNREADABLE,
+    AT_REST_RESEALED as METRIC_RESEALED, AT_REST_UNREADABLE as METRIC_UNREADABLE,
 };
 
 /// Why the at-rest layer failed.
@@ -75,6 +80,14 @@ pub struct AtRestOptions {
     pub retention: Duration,
     /// The batch engine that seals and opens.
     pub engine: Engine,
+    /// `Some(settle)` when other relays append to the same store and keyring (the cluster
+    /// store): this process's own appends are then not all there are, so every append
+    /// carries the deadline `window end + settle`, which the store enforces by its clock
+    /// ([`Append::not_after`]), and the sweep counts an epoch's last envelope as stored by
+    /// that deadline ([`sweep::Rule::Shared`]). `None` (the memory and disk stores): only this
+    /// process appends, and its count of running appends is exact. Set by
+    /// `Relay::open` for the cluster store (docs/AT-REST.md, "Several relays").
+    pub shared: Option<Duration>,
 }
 
 impl AtRestOptions {
@@ -85,6 +98,7 @@ impl AtRestOptions {
             seal_new: true,
             retention: Duration::from_secs(7 * 24 * 3600),
             engine: Engine::detect(),
+            shared: None,
         }
     }
 }
@@ -93,15 +107,6 @@ impl Default for AtRestOptions {
     fn default() -> Self {
         Self::new()
     }
-}
-
-/// What the sweep needs to know about an epoch that appends are using.
-struct Use {
-    /// Appends sealed under it that have not returned yet.
-    in_flight: u32,
-    /// When the last of its appends returned: every envelope of the epoch was stored (its
-    /// `stored_at` set) by then.
-    last_return: SystemTime,
 }
 
 struct Uses {
@@ -117,9 +122,10 @@ pub struct AtRest<S> {
     keyring: Keyring,
     opts: AtRestOptions,
     uses: Mutex<Uses>,
-    /// When this process opened the store: epochs found in the keyring had their appends
-    /// return before this.
-    opened_at: SystemTime,
+    /// How the sweep learns when an epoch's last envelope was stored.
+    rule: Rule,
+    /// When the sweep last listed the mailboxes' heads ([`Rule::list_every`]).
+    listed_at: Mutex<Option<Instant>>,
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -154,6 +160,13 @@ impl<S: Store> AtRest<S> {
     /// Wraps `inner`, with the epoch keys in `keyring`.
     pub fn new(inner: S, keyring: Keyring, opts: AtRestOptions) -> Self {
         metrics::gauge!(METRIC_KEYS).set(keyring.len() as f64);
+        // Locally, epochs found in the keyring had their appends return before this.
+        let rule = match opts.shared {
+            Some(settle) => Rule::Shared { settle },
+            None => Rule::Local {
+                opened_at: SystemTime::now(),
+            },
+        };
         Self {
             inner,
             keyring,
@@ -162,7 +175,8 @@ impl<S: Store> AtRest<S> {
                 by_epoch: HashMap::new(),
                 floor: 0,
             }),
-            opened_at: SystemTime::now(),
+            rule,
+            listed_at: Mutex::new(None),
         }
     }
 
@@ -224,6 +238,70 @@ impl<S: Store> AtRest<S> {
         )
     }
 
+    /// Seals `batch` under the current epoch and appends it to the inner store; the outcomes
+    /// and the end of the epoch's window (Unix seconds).
+    async fn seal_and_append(
+        &self,
+        batch: &[Append],
+    ) -> Result<(Vec<AppendOutcome>, u64), StoreError> {
+        let (epochs, in_flight) = self.begin(batch);
+        let mut keys = HashMap::new();
+        for (e, end) in &epochs {
+            if !keys.contains_key(e) {
+                let k = self
+                    .keyring
+                    .get_or_make(*e, *end)
+                    .await
+                    .map_err(|e| StoreError::AtRest(e.into()))?;
+                keys.insert(*e, k);
+            }
+        }
+        metrics::gauge!(METRIC_KEYS).set(self.keyring.len() as f64);
+        // Duplicate detection uses the long-lived dedupe key, not the epoch key: a retry
+        // landing in the next window (or at another relay of the cluster) must still be
+        // answered DUPLICATE.
+        let dedupe = self.keyring.dedupe();
+        let items: Vec<ToSeal<'_>> = batch
+            .iter()
+            .zip(&epochs)
+            .map(|(a, (e, _))| ToSeal {
+                deposit_id: &a.deposit_id,
+                epoch: *e,
+                key: &keys[e],
+                digest: dedupe.envelope_digest(&a.deposit_id, &a.envelope),
+                envelope: &a.envelope,
+            })
+            .collect();
+        let records = record::seal_batch(&self.opts.engine, &items);
+        let sealed: Vec<Append> = batch
+            .iter()
+            .zip(records)
+            .zip(&epochs)
+            .map(|((a, envelope), (_, end))| Append {
+                deposit_id: a.deposit_id,
+                nonce: dedupe.nonce_tag(&a.deposit_id, &a.nonce),
+                envelope,
+                not_after: self.rule.not_after(*end),
+            })
+            .collect();
+        let out = self.inner.append_batch(&sealed).await;
+        drop(in_flight);
+        let end = epochs.first().map_or(0, |(_, end)| *end);
+        Ok((out?, end))
+    }
+
+    /// Whether the sweep may list the mailboxes' heads now ([`Rule::list_every`]); if so,
+    /// counts it as listed.
+    fn may_list(&self) -> bool {
+        let every = self.rule.list_every(self.opts.window);
+        let mut last = self.listed_at.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|t| t.elapsed() < every) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
+    }
+
     /// Destroys the key of every closed epoch; returns how many it destroyed. The relay runs
     /// it on its own ([`spawn_sweeper`]); tests call it to shred at once.
     pub async fn sweep(&self) -> Result<usize, StoreError> {
@@ -232,45 +310,44 @@ impl<S: Store> AtRest<S> {
         let candidates: Vec<sweep::Candidate> = {
             let u = self.uses();
             live.iter()
-                .filter_map(|&(epoch, end)| {
-                    let x = u.by_epoch.get(&epoch);
-                    if x.is_some_and(|x| x.in_flight > 0) {
-                        return None;
-                    }
-                    Some(sweep::Candidate {
-                        epoch,
-                        end,
-                        last_return: x.map_or(self.opened_at, |x| x.last_return.max(UNIX_EPOCH)),
-                    })
-                })
+                .filter_map(|&(epoch, end)| self.rule.candidate(epoch, end, u.by_epoch.get(&epoch)))
                 .collect()
         };
-        if candidates.is_empty() {
+        let expire_after = self
+            .rule
+            .expire_after(self.opts.retention, self.opts.window);
+        // Listing every mailbox's head is what a sweep costs (on the cluster store a read of
+        // every mailbox stream): only when it can close something, and on a shared store not
+        // at every sweep.
+        let listing = if sweep::worth_listing(&candidates, now, expire_after) && self.may_list() {
+            match self.inner.held_heads().await {
+                Ok(heads) => heads.map(|h| sweep::Listing::new(&h)),
+                // The hard bound still applies (a cluster node down must not keep keys past
+                // it); the listing is tried again at a later sweep.
+                Err(e) => {
+                    tracing::warn!(
+                        error = %e,
+                        "the at-rest sweep could not list the mailboxes' oldest envelopes; only the retention bound closes epochs this time"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let closed = sweep::closed(&candidates, listing.as_ref(), now, expire_after);
+        if closed.is_empty() {
             self.keyring.settle().await;
             metrics::gauge!(METRIC_KEYS).set(live.len() as f64);
             return Ok(0);
         }
-        let snapshot = SystemTime::now();
-        let heads = self.inner.held_heads().await?;
-        let oldest = heads.map(|h| sweep::oldest_per_shard(&h));
-        let closed = sweep::closed(
-            &candidates,
-            oldest.as_ref(),
-            now,
-            snapshot,
-            self.opts.retention + self.opts.window,
-        );
         // Recheck under the lock that nothing began appending to them since, and raise the
         // floor past them before their keys go.
         let doomed: Vec<EpochId> = {
             let mut u = self.uses();
             let doomed: Vec<sweep::Candidate> = closed
                 .into_iter()
-                .filter(|c| {
-                    u.by_epoch.get(&c.epoch).is_none_or(|x| {
-                        x.in_flight == 0 && x.last_return.max(UNIX_EPOCH) <= c.last_return
-                    })
-                })
+                .filter(|c| self.rule.still_closed(c, u.by_epoch.get(&c.epoch)))
                 .collect();
             for c in &doomed {
                 u.floor = u.floor.max(c.end);
@@ -352,47 +429,32 @@ impl<S: Store> Store for AtRest<S> {
         if !self.opts.seal_new || batch.is_empty() {
             return self.inner.append_batch(batch).await;
         }
-        let (epochs, in_flight) = self.begin(batch);
-        let mut keys = HashMap::new();
-        for (e, end) in &epochs {
-            if !keys.contains_key(e) {
-                let k = self
-                    .keyring
-                    .get_or_make(*e, *end)
-                    .await
-                    .map_err(|e| StoreError::AtRest(e.into()))?;
-                keys.insert(*e, k);
-            }
+        let (mut out, end) = self.seal_and_append(batch).await?;
+        let late: Vec<usize> = (0..out.len())
+            .filter(|&i| out[i] == AppendOutcome::Late)
+            .collect();
+        if late.is_empty() {
+            return Ok(out);
         }
-        metrics::gauge!(METRIC_KEYS).set(self.keyring.len() as f64);
-        // Duplicate detection uses the long-lived dedupe key, not the epoch key: a retry
-        // landing in the next window (or at another relay of the cluster) must still be
-        // answered DUPLICATE.
-        let dedupe = self.keyring.dedupe();
-        let items: Vec<ToSeal<'_>> = batch
-            .iter()
-            .zip(&epochs)
-            .map(|(a, (e, _))| ToSeal {
-                deposit_id: &a.deposit_id,
-                epoch: *e,
-                key: &keys[e],
-                digest: dedupe.envelope_digest(&a.deposit_id, &a.envelope),
-                envelope: &a.envelope,
-            })
-            .collect();
-        let records = record::seal_batch(&self.opts.engine, &items);
-        let sealed: Vec<Append> = batch
-            .iter()
-            .zip(records)
-            .map(|(a, envelope)| Append {
-                deposit_id: a.deposit_id,
-                nonce: dedupe.nonce_tag(&a.deposit_id, &a.nonce),
-                envelope,
-            })
-            .collect();
-        let out = self.inner.append_batch(&sealed).await;
-        drop(in_flight);
-        out
+        // A shared store's clock is past the epoch's deadline: this relay's clock is behind
+        // the store's (or the batch waited past the grace). No new envelope goes into that
+        // window any more, and the refused ones are sealed again under the next, once: they
+        // were not stored, and the dedupe key makes the second try idempotent all the same.
+        {
+            let mut u = self.uses();
+            u.floor = u.floor.max(end);
+        }
+        metrics::counter!(METRIC_RESEALED).increment(late.len() as u64);
+        tracing::warn!(
+            envelopes = late.len(),
+            "the store refused envelopes sealed under an at-rest epoch past its settle grace (this relay's clock may be behind the store's); sealed again under the next epoch"
+        );
+        let again: Vec<Append> = late.iter().map(|&i| batch[i].clone()).collect();
+        let (retried, _) = self.seal_and_append(&again).await?;
+        for (i, o) in late.into_iter().zip(retried) {
+            out[i] = o;
+        }
+        Ok(out)
     }
 
     async fn fetch(
@@ -481,7 +543,7 @@ impl<S: Store> Store for AtRest<S> {
         self.inner.stats().await
     }
 
-    async fn held_heads(&self) -> Result<Option<Vec<(DepositId, SystemTime)>>, StoreError> {
+    async fn held_heads(&self) -> Result<Option<HeldHeads>, StoreError> {
         self.inner.held_heads().await
     }
 

@@ -61,6 +61,7 @@ fn app(did: DepositId, nonce: u8, fill: u8) -> Append {
         deposit_id: did,
         nonce: [nonce; 12],
         envelope: envelope(fill),
+        not_after: None,
     }
 }
 
@@ -544,4 +545,206 @@ async fn a_retry_across_a_master_key_rotation_is_a_duplicate() {
     );
     let s = open_disk_under(dir.path(), &new).await;
     retries_after_the_restart(&s, a).await;
+}
+
+/// A memory store that enforces deadlines the way a shared store does, with a clock ahead of
+/// the relay's: it refuses ([`AppendOutcome::Late`]) every append whose deadline is not later
+/// than the first deadline it saw, and records the deadlines it got (appends without one are
+/// simply stored). Its listing of heads fails when `heads_fail` (a cluster node down).
+struct AheadStore {
+    inner: MemoryStore,
+    first: Mutex<Option<SystemTime>>,
+    seen: Mutex<Vec<Option<SystemTime>>>,
+    heads_fail: bool,
+}
+
+impl AheadStore {
+    fn new(heads_fail: bool) -> Self {
+        Self {
+            inner: MemoryStore::new(quotas()),
+            first: Mutex::new(None),
+            seen: Mutex::new(Vec::new()),
+            heads_fail,
+        }
+    }
+}
+
+#[async_trait]
+impl Store for AheadStore {
+    fn deposit_id_for(&self, recipient_id: &RecipientId) -> DepositId {
+        self.inner.deposit_id_for(recipient_id)
+    }
+    async fn create_mailbox(&self, record: MailboxRecord) -> Result<(), StoreError> {
+        self.inner.create_mailbox(record).await
+    }
+    async fn lookup_deposit(
+        &self,
+        ids: &[DepositId],
+    ) -> Result<Vec<Option<Arc<MailboxRecord>>>, StoreError> {
+        self.inner.lookup_deposit(ids).await
+    }
+    async fn mailbox(&self, rid: &RecipientId) -> Result<Option<Arc<MailboxRecord>>, StoreError> {
+        self.inner.mailbox(rid).await
+    }
+    async fn delete_mailbox(&self, rid: &RecipientId) -> Result<bool, StoreError> {
+        self.inner.delete_mailbox(rid).await
+    }
+    async fn append_batch(&self, batch: &[Append]) -> Result<Vec<AppendOutcome>, StoreError> {
+        self.seen
+            .lock()
+            .unwrap()
+            .extend(batch.iter().map(|a| a.not_after));
+        let Some(deadline) = batch[0].not_after else {
+            return self.inner.append_batch(batch).await;
+        };
+        let first = *self.first.lock().unwrap().get_or_insert(deadline);
+        let (late, fine): (Vec<&Append>, Vec<&Append>) =
+            batch.iter().partition(|a| a.not_after <= Some(first));
+        let mut stored = self
+            .inner
+            .append_batch(&fine.into_iter().cloned().collect::<Vec<_>>())
+            .await?
+            .into_iter();
+        Ok(batch
+            .iter()
+            .map(|a| {
+                if late.iter().any(|l| std::ptr::eq(*l, a)) {
+                    AppendOutcome::Late
+                } else {
+                    stored.next().unwrap_or(AppendOutcome::UnknownMailbox)
+                }
+            })
+            .collect())
+    }
+    async fn fetch(
+        &self,
+        rid: &RecipientId,
+        after: u64,
+        max: usize,
+    ) -> Result<Vec<StoredEnvelope>, StoreError> {
+        self.inner.fetch(rid, after, max).await
+    }
+    async fn ack(&self, rid: &RecipientId, upto: u64) -> Result<u64, StoreError> {
+        self.inner.ack(rid, upto).await
+    }
+    async fn pending(&self, rid: &RecipientId) -> Result<u64, StoreError> {
+        self.inner.pending(rid).await
+    }
+    fn watch(&self, rid: &RecipientId) -> Option<watch::Receiver<u64>> {
+        self.inner.watch(rid)
+    }
+    async fn expire(&self, cutoff: SystemTime) -> Result<u64, StoreError> {
+        self.inner.expire(cutoff).await
+    }
+    async fn stats(&self) -> StoreStats {
+        self.inner.stats().await
+    }
+    async fn held_heads(&self) -> Result<Option<HeldHeads>, StoreError> {
+        if self.heads_fail {
+            return Err(StoreError::Backend("a node is down".into()));
+        }
+        self.inner.held_heads().await
+    }
+}
+
+/// A listing that fails does not keep keys past the hard bound (window end + retention + a
+/// window + the settle grace): a cluster node that stays down must not hold every key.
+#[tokio::test]
+async fn a_failing_listing_leaves_the_hard_bound_to_close_epochs() {
+    let keyring = Keyring::open(&MASTER, Box::new(keyring::VolatileKeys::default()))
+        .await
+        .unwrap();
+    let mut opts = AtRestOptions::new();
+    opts.window = Duration::from_secs(1);
+    opts.retention = Duration::ZERO;
+    opts.shared = Some(Duration::ZERO);
+    // A store that refuses nothing (every deadline is later than the epoch) but lists nothing.
+    let inner = AheadStore {
+        first: Mutex::new(Some(UNIX_EPOCH)),
+        ..AheadStore::new(true)
+    };
+    let s = AtRest::new(inner, keyring, opts);
+    let a = mailbox(&s, 1).await;
+    assert_eq!(
+        s.append_batch(&[app(a, 1, 1)]).await.unwrap(),
+        [AppendOutcome::Stored(1)]
+    );
+    assert_eq!(s.keyring().len(), 1);
+    // The bound is a second past the window's end, by the wall clock: poll for it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut destroyed = 0;
+    while destroyed == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the hard bound did not close the epoch"
+        );
+        destroyed = s
+            .sweep()
+            .await
+            .expect("a failing listing does not fail the sweep");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(s.keyring().len(), 0);
+}
+
+/// On a shared store every append carries its epoch's deadline (window end plus the settle
+/// grace); one the store refuses as late is sealed again under the next epoch, once, and
+/// stored: the sender never sees the refusal, and later appends go to the next window too.
+#[tokio::test]
+async fn an_envelope_refused_as_late_by_a_shared_store_is_sealed_under_the_next_epoch() {
+    let keyring = Keyring::open(&MASTER, Box::new(keyring::VolatileKeys::default()))
+        .await
+        .unwrap();
+    let mut opts = AtRestOptions::new();
+    let settle = Duration::from_secs(7);
+    opts.shared = Some(settle);
+    let inner = AheadStore::new(false);
+    let s = AtRest::new(inner, keyring, opts);
+    let a = mailbox(&s, 1).await;
+    let out = s.append_batch(&[app(a, 1, 1), app(a, 2, 2)]).await.unwrap();
+    assert_eq!(out, [AppendOutcome::Stored(1), AppendOutcome::Stored(2)]);
+    // Sealed under the next window, whose deadline is one window later.
+    let held = held_epochs(&s, 1).await;
+    let w = DEFAULT_WINDOW.as_secs();
+    let seen = s.inner().seen.lock().unwrap().clone();
+    let first = seen[0].unwrap();
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert_eq!(seen[1], Some(first));
+    assert_eq!(seen[2], Some(first + DEFAULT_WINDOW));
+    assert_eq!(seen[3], Some(first + DEFAULT_WINDOW));
+    let first_end = first - settle;
+    let end_secs = first_end.duration_since(UNIX_EPOCH).unwrap().as_secs();
+    assert_eq!(
+        held,
+        [EpochId {
+            start: end_secs,
+            shard: shard_of(&a)
+        }; 2]
+    );
+    assert_eq!(end_secs % w, 0);
+    let got = s.fetch(&[1; 16], 0, 10).await.unwrap();
+    assert_eq!(got[0].envelope, envelope(1));
+    assert_eq!(got[1].envelope, envelope(2));
+    // The relay stays in the next window: the next append is not refused.
+    assert_eq!(
+        s.append_batch(&[app(a, 3, 3)]).await.unwrap(),
+        [AppendOutcome::Stored(3)]
+    );
+    assert_eq!(s.inner().seen.lock().unwrap().len(), 5);
+}
+
+/// The memory and disk stores need no deadline: only this process appends to them.
+#[tokio::test]
+async fn a_local_store_gets_no_deadline() {
+    let keyring = Keyring::open(&MASTER, Box::new(keyring::VolatileKeys::default()))
+        .await
+        .unwrap();
+    let inner = AheadStore::new(false);
+    let s = AtRest::new(inner, keyring, AtRestOptions::new());
+    let a = mailbox(&s, 1).await;
+    assert_eq!(
+        s.append_batch(&[app(a, 1, 1)]).await.unwrap(),
+        [AppendOutcome::Stored(1)]
+    );
+    assert_eq!(*s.inner().seen.lock().unwrap(), [None]);
 }

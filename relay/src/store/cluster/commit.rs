@@ -150,6 +150,20 @@ impl Committer {
         out
     }
 
+    /// The slot ranges and their primaries, as last learnt: equal before and after something
+    /// if no slot changed primary in between (or the map was not learnt again).
+    pub fn slot_map(&self) -> Vec<(u16, u16, String)> {
+        let mut map: Vec<(u16, u16, String)> = self
+            .ranges
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|r| (r.first, r.last, r.primary.clone()))
+            .collect();
+        map.sort();
+        map
+    }
+
     /// The primary serving `slot`, as last learnt.
     pub fn primary_of(&self, slot: u16) -> Option<String> {
         self.ranges

@@ -93,10 +93,13 @@ local function sp_create(keys, args)
 end
 
 -- sp_deposit KEYS(6) ARGV: nonce, digest (16), envelope, max envelopes, max bytes, window,
--- retention (ms; 0 = none). When the envelope would exceed the mailbox's quota, envelopes
--- older than the retention are removed first (by this node's clock), so that they do not hold
--- the quota until the next sweep. Returns the new sequence number (> 0) or -1 DUPLICATE,
--- -2 ID_REUSED, -3 no such mailbox, -4 MAILBOX_FULL.
+-- retention (ms; 0 = none), not after (ms; 0 or absent = no deadline). When the envelope would
+-- exceed the mailbox's quota, envelopes older than the retention are removed first (by this
+-- node's clock), so that they do not hold the quota until the next sweep. An envelope is
+-- stored only while this node's clock is not past `not after` (the at-rest epoch's window end
+-- plus its settle grace: every envelope of an epoch is then stored by that deadline, by the
+-- clock that stamps `t`, whichever relay sealed it). Returns the new sequence number (> 0) or
+-- -1 DUPLICATE, -2 ID_REUSED, -3 no such mailbox, -4 MAILBOX_FULL, -5 too late (not stored).
 local function sp_deposit(keys, args)
   local nonce, dig, env = args[1], args[2], args[3]
   local st = redis.call('HMGET', keys[1], 'n', 'b', 'seq')
@@ -114,6 +117,8 @@ local function sp_deposit(keys, args)
   local n, b, seq = tonumber(st[1]), tonumber(st[2]), tonumber(st[3])
   local len = string.len(env)
   local now = now_ms()
+  local not_after = tonumber(args[8] or '0')
+  if not_after > 0 and now > not_after then return -5 end
   if n + 1 > tonumber(args[4]) or b + len > tonumber(args[5]) then
     local retention = tonumber(args[7])
     if retention > 0 then
@@ -146,6 +151,19 @@ end
 local function sp_expire(keys, args)
   local cutoff = tonumber(args[1])
   return (trim_front(keys, tonumber(args[2]), function(_, t) return t < cutoff end, '+', 1))
+end
+
+-- sp_head KEYS(1): the stream {m:<rid>}:q. When its oldest held envelope was stored (field t,
+-- ms), or -1 if it holds none. Read-only (FCALL_RO): the at-rest sweep lists every mailbox's
+-- head this way, a page of calls per pipeline, without the envelopes crossing the network.
+local function sp_head(keys, _)
+  local first = redis.call('XRANGE', keys[1], '-', '+', 'COUNT', 1)
+  if #first == 0 then return -1 end
+  local f = first[1][2]
+  for i = 1, #f, 2 do
+    if f[i] == 't' then return tonumber(f[i + 1]) end
+  end
+  return -1
 end
 
 -- sp_claim KEYS(6). A new subscriber claim: the mailbox's subscriber epoch (hash field
@@ -181,3 +199,4 @@ redis.register_function('sp_ack', sp_ack)
 redis.register_function('sp_expire', sp_expire)
 redis.register_function('sp_delete', sp_delete)
 redis.register_function('sp_claim', sp_claim)
+redis.register_function{function_name = 'sp_head', callback = sp_head, flags = {'no-writes'}}

@@ -14,6 +14,7 @@
 //! | `{d:<deposit id>}` | string | the recipient id of the mailbox with this deposit id          |
 //! | `sealpost:prf`     | string | the deposit-id PRF key, sealed under the master key           |
 //! | `sealpost:mailboxes` | string | the mailbox count, for `max_mailboxes`                      |
+//! | `sealpost:at-rest:settle` | string | the at-rest settle grace (ms) every relay uses, set by the first |
 //!
 //! The per-slot counters let `stats` read 16 384 small hashes instead of every mailbox: the
 //! functions keep them, each in the slot of the mailbox it changes, under a tag `s<n>` picked
@@ -35,6 +36,9 @@ pub const PRF_KEY: &str = "sealpost:prf";
 pub const PRF_AAD: &[u8] = b"sealpost/1 cluster prf key";
 /// The cluster-wide mailbox count.
 pub const MAILBOX_COUNT: &str = "sealpost:mailboxes";
+/// The at-rest settle grace in milliseconds that every relay of the cluster uses
+/// ([`super::ClusterStore::agreed_settle`]).
+pub const SETTLE_KEY: &str = "sealpost:at-rest:settle";
 /// The `SCAN MATCH` pattern of the mailboxes' envelope streams (`{m:<rid>}:q`): a mailbox
 /// that never held an envelope has none, so the retention sweep does not visit it.
 pub const STREAM_PATTERN: &str = "{m:*}:q";

@@ -11,6 +11,7 @@
 mod cache;
 pub mod checks;
 mod commit;
+mod heads;
 mod health;
 pub mod keys;
 pub mod rekey;
@@ -21,7 +22,7 @@ pub use checks::ClusterError;
 use super::index::{IdPrf, digest};
 use super::record::{self, RecordError, secrets_key};
 use super::{
-    Append, AppendOutcome, Claim, MailboxRecord, Quotas, Store, StoreError, StoreHealth,
+    Append, AppendOutcome, Claim, HeldHeads, MailboxRecord, Quotas, Store, StoreError, StoreHealth,
     StoreStats, StoredEnvelope, SubscriberClaim,
 };
 use async_trait::async_trait;
@@ -206,6 +207,29 @@ impl ClusterStore {
             other => backend(other),
         })?;
         Ok(IdPrf::new(*key))
+    }
+
+    /// The at-rest settle grace all relays of the cluster use (docs/AT-REST.md, "Several
+    /// relays"): each epoch's deadline is its window's end plus the grace, set by the relay
+    /// that seals and enforced by the nodes, and every relay's sweep must count on the same
+    /// deadline, or one with a shorter grace could destroy a key while another relay's late
+    /// envelope of the epoch is held. The first relay to start stores `mine` (SET NX,
+    /// confirmed durable like a deposit); every relay answers the stored one.
+    pub async fn agreed_settle(&self, mine: Duration) -> Result<Duration, StoreError> {
+        let ms = u64::try_from(mine.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET").arg(keys::SETTLE_KEY).arg(ms).arg("NX");
+        self.durable(keys::slot(keys::SETTLE_KEY.as_bytes()), &pipe, 1)
+            .await?;
+        let stored: Option<String> = self.query(redis::cmd("GET").arg(keys::SETTLE_KEY)).await?;
+        match stored.as_deref().map(str::parse::<u64>) {
+            Some(Ok(ms)) if ms > 0 => Ok(Duration::from_millis(ms)),
+            other => Err(backend(format!(
+                "{} holds {other:?}, not the at-rest settle grace in milliseconds: set it to the grace every relay uses (SET {} 120000)",
+                keys::SETTLE_KEY,
+                keys::SETTLE_KEY
+            ))),
+        }
     }
 
     /// Runs `pipe` (`n` function calls, all in `slot`) on the slot's primary and waits until
@@ -421,6 +445,7 @@ fn outcome(v: &Value) -> Result<AppendOutcome, StoreError> {
         Value::Int(-2) => AppendOutcome::IdReused,
         Value::Int(-3) => AppendOutcome::UnknownMailbox,
         Value::Int(-4) => AppendOutcome::MailboxFull,
+        Value::Int(-5) => AppendOutcome::Late,
         other => return Err(backend(format!("sp_deposit answered {other:?}"))),
     })
 }
@@ -613,6 +638,7 @@ impl Store for ClusterStore {
                     .arg(self.quotas.max_bytes)
                     .arg(self.quotas.dedupe_window)
                     .arg(self.retention_ms)
+                    .arg(a.not_after.map_or(0, |t| millis(t).max(1)))
                     .to_owned(),
             );
             g.1.push(i);
@@ -734,6 +760,38 @@ impl Store for ClusterStore {
             Some(e) => Err(e),
             None => Ok(removed),
         }
+    }
+
+    /// Every mailbox's oldest held envelope, listed on every primary at once (`heads.rs`),
+    /// started by the earliest of their clocks. `None` while slots move between nodes or
+    /// change primary during the listing: a mailbox may then have been missed.
+    async fn held_heads(&self) -> Result<Option<HeldHeads>, StoreError> {
+        let primaries = self.primaries().await?;
+        let map = self.committer.slot_map();
+        let lists = futures_util::future::join_all(
+            primaries.iter().map(|p| heads::on_primary(p, &self.prf)),
+        )
+        .await;
+        let mut started: Option<SystemTime> = None;
+        let mut all = Vec::new();
+        for l in lists {
+            let Some((at, heads)) = l? else {
+                return Ok(None);
+            };
+            started = Some(started.map_or(at, |s| s.min(at)));
+            all.extend(heads);
+        }
+        self.primaries().await?;
+        if self.committer.slot_map() != map {
+            tracing::info!(
+                "the Valkey cluster's slot map changed while the at-rest sweep listed mailbox heads; it lists again at its next run"
+            );
+            return Ok(None);
+        }
+        Ok(started.map(|started| HeldHeads {
+            started,
+            heads: all,
+        }))
     }
 
     /// Never a round trip: what the background probe and the recent commits found
