@@ -395,6 +395,10 @@ async fn rotate(r: Rotation) -> CmdResult {
         .transpose()?
         .flatten();
     let new = master_key(Some(&r.new_key_file))?.ok_or("the new master key file is empty")?;
+    // Checked before anything is re-sealed, so that a typo does not leave a half-done rotation.
+    if let Some(f) = r.forward_key_file.as_ref().filter(|f| !f.exists()) {
+        return Err(format!("--forward-key-file {}: no such file", f.display()));
+    }
     if !r.cluster_nodes.is_empty() {
         let old = old.as_ref().ok_or(
             "the cluster store always seals its secrets under a master key: give it with --old-key-file",
@@ -429,9 +433,6 @@ async fn rotate(r: Rotation) -> CmdResult {
         rotate_master_key(dir, old.as_ref(), &new)?;
     }
     if let Some(f) = &r.forward_key_file {
-        if !f.exists() {
-            return Err(format!("--forward-key-file {}: no such file", f.display()));
-        }
         reseal_forward_key(f, old.as_ref(), &new)?;
     }
     eprintln!("start the relays with the new master key");

@@ -152,3 +152,53 @@ async fn the_cluster_store_is_rotated_in_place() {
         );
     }
 }
+
+/// The command's bad inputs, none of which needs a cluster: each fails with a message saying
+/// what to give, before anything is changed.
+#[test]
+fn bad_invocations_are_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (
+        key_file(dir.path(), "old.key", &OLD),
+        key_file(dir.path(), "new.key", &NEW),
+    );
+    let run = |args: &[&std::ffi::OsStr]| {
+        let out = common::process::cli()
+            .arg("rotate-master-key")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let said = run(&["--new-key-file".as_ref(), new.as_os_str()]);
+    assert!(said.contains("--data-dir"), "{said}");
+    let said = run(&[
+        "--cluster-nodes".as_ref(),
+        "127.0.0.1:1".as_ref(),
+        "--new-key-file".as_ref(),
+        new.as_os_str(),
+    ]);
+    assert!(said.contains("give it with --old-key-file"), "{said}");
+    let said = run(&[
+        "--cluster-nodes".as_ref(),
+        "127.0.0.1:1".as_ref(),
+        "--old-key-file".as_ref(),
+        old.as_os_str(),
+        "--new-key-file".as_ref(),
+        new.as_os_str(),
+    ]);
+    assert!(said.contains("127.0.0.1:1"), "{said}");
+    let missing = dir.path().join("no-such.key");
+    let said = run(&[
+        "--data-dir".as_ref(),
+        dir.path().as_os_str(),
+        "--old-key-file".as_ref(),
+        old.as_os_str(),
+        "--new-key-file".as_ref(),
+        new.as_os_str(),
+        "--forward-key-file".as_ref(),
+        missing.as_os_str(),
+    ]);
+    assert!(said.contains("no-such.key: no such file"), "{said}");
+}
