@@ -99,7 +99,8 @@ enum Cmd {
         config: Option<PathBuf>,
         /// Drop the old key (and any earlier one) at once instead of keeping it for the
         /// overlap: after a compromise. Invitations carrying it stop working for forwarded
-        /// deposits.
+        /// deposits. A staged key is discarded too (it was in the same file): the new key is
+        /// a fresh one.
         #[arg(long)]
         drop_previous: bool,
         /// Only stage a new key: relays accept it from their next start but go on announcing
@@ -541,6 +542,11 @@ fn rotate_forward_key(
     println!("new forwarding key: {}", hex::encode(r.public));
     if r.promoted {
         eprintln!("the new key is the one staged before");
+    }
+    if r.discarded_staged {
+        eprintln!(
+            "the key staged before was in the same file and is discarded too; the new key is a fresh one"
+        );
     }
     for (key, until) in &r.kept {
         eprintln!(

@@ -1020,6 +1020,52 @@ async fn a_deposit_past_its_deadline_is_refused_and_heads_list_each_mailboxs_old
         [AppendOutcome::Stored(2)]
     );
 
+    // A mailbox's stamps never go down: after an envelope stamped by a clock ahead of this
+    // one (here: the last stamp set a minute ahead, as a node with a fast clock, or the
+    // primary before a failover to a slower one, would have left it), an envelope whose
+    // deadline has not passed by this clock is still refused, since it would be stamped
+    // after its deadline, behind an envelope that looks newer than its epoch.
+    let ahead = SystemTime::now() + Duration::from_secs(60);
+    let ahead_ms = ahead
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut conn = redis::cluster::ClusterClient::new(
+        cluster
+            .nodes()
+            .iter()
+            .map(|n| format!("redis://{n}/"))
+            .collect::<Vec<_>>(),
+    )
+    .unwrap()
+    .get_async_connection()
+    .await
+    .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(format!("{{m:{}}}", hex::encode(a)))
+        .arg("lt")
+        .arg(ahead_ms)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let behind = Append {
+        not_after: Some(SystemTime::now() + Duration::from_secs(30)),
+        ..app(&s, &a, 3, b"sealed under an epoch its mailbox has passed")
+    };
+    assert_eq!(
+        s.append_batch(&[behind]).await.unwrap(),
+        [AppendOutcome::Late]
+    );
+    let stamped = Append {
+        not_after: Some(ahead + Duration::from_secs(30)),
+        ..app(&s, &a, 4, b"stamped no earlier than the last")
+    };
+    assert_eq!(
+        s.append_batch(&[stamped]).await.unwrap(),
+        [AppendOutcome::Stored(3)]
+    );
+    assert_eq!(s.pending(&a).await.unwrap(), 3);
+
     // b: two envelopes, the first acknowledged: its head is the second.
     assert_eq!(
         s.append_batch(&[app(&s, &b, 1, b"first")]).await.unwrap(),
@@ -1056,7 +1102,7 @@ async fn a_deposit_past_its_deadline_is_refused_and_heads_list_each_mailboxs_old
     assert!(t1 <= hb && hb <= t2, "{hb:?} not in {t1:?}..={t2:?}");
     assert_eq!(head(&empty), None);
     // Drained: gone from the listing (its stream is still there, empty).
-    s.ack(&a, 2).await.unwrap();
+    s.ack(&a, 3).await.unwrap();
     let h = s.held_heads().await.unwrap().unwrap();
     assert!(!h.heads.iter().any(|(d, _)| *d == s.deposit_id_for(&a)));
     for rid in [a, b, empty] {

@@ -428,15 +428,15 @@ impl KeyFile {
     /// Sets retirement times more than [`CLOCK_SLACK`] ahead of `now` to `now`: how many.
     /// [`until`] alone would count such a time as the present at every start, so that
     /// restarts would keep moving the end of the overlap until the clock caught up.
-    fn clamp_future(&mut self, now: u64) -> usize {
-        let mut clamped = 0;
+    fn clamp_future(&mut self, now: u64) -> Vec<[u8; 32]> {
+        let mut clamped = Vec::new();
         for p in self
             .previous
             .iter_mut()
             .filter(|p| p.at > now.saturating_add(CLOCK_SLACK))
         {
             p.at = now;
-            clamped += 1;
+            clamped.push(p.key.public());
         }
         clamped
     }
@@ -504,6 +504,9 @@ pub struct Rotation {
     pub public: [u8; 32],
     /// Whether it was the staged key (else a fresh one).
     pub promoted: bool,
+    /// Whether a staged key was thrown away (a rotation that keeps no previous key: after a
+    /// compromise the staged key leaked with the file).
+    pub discarded_staged: bool,
     /// The previous public keys kept, newest first, with the Unix second their overlap ends.
     pub kept: Vec<([u8; 32], u64)>,
     /// Keys no longer in the file: previous keys past their overlap or beyond
@@ -558,7 +561,8 @@ impl ForwardKeys {
             return Ok(Self::single(file.current));
         };
         let (mut file, sealed) = KeyFile::decode(path, &bytes, master)?;
-        let ahead = file.clamp_future(now);
+        let clamped = file.clamp_future(now);
+        let ahead = clamped.len();
         if ahead > 0 {
             tracing::warn!(
                 file = %path.display(),
@@ -578,13 +582,27 @@ impl ForwardKeys {
                     sealed = master.is_some(),
                     "forwarding key file rewritten"
                 ),
-                Err(e) => tracing::warn!(
-                    file = %path.display(),
-                    error = %e,
-                    "the forwarding key file could not be rewritten (to seal it under the \
-                     master key, to remove keys past their overlap or to correct retirement \
-                     times ahead of the clock); keep it as secret as the master key"
-                ),
+                Err(e) => {
+                    tracing::warn!(
+                        file = %path.display(),
+                        error = %e,
+                        "the forwarding key file could not be rewritten (to seal it under the \
+                         master key, to remove keys past their overlap or to correct retirement \
+                         times ahead of the clock); keep it as secret as the master key"
+                    );
+                    if ahead > 0 {
+                        // Kept with a corrected time only in memory, each start would begin
+                        // their overlap again: they are not accepted at all instead.
+                        file.previous.retain(|p| !clamped.contains(&p.key.public()));
+                        tracing::warn!(
+                            file = %path.display(),
+                            keys = ahead,
+                            "previous forwarding keys retired ahead of the clock are not \
+                             accepted, since the file cannot be corrected; rewrite it where it \
+                             is kept (rotate-forward-key on a machine with the right time)"
+                        );
+                    }
+                }
             }
         }
         let previous: Vec<Accepted> = file
@@ -602,11 +620,8 @@ impl ForwardKeys {
                 "previous forwarding keys accepted for their overlap after a rotation"
             );
         }
-        if let Some(next) = &file.next {
-            tracing::info!(
-                staged = %hex::encode(next.public()),
-                "a staged forwarding key is accepted, not announced yet"
-            );
+        if file.next.is_some() {
+            tracing::info!("a staged forwarding key is accepted, not announced yet");
         }
         Ok(Self {
             current: file.current,
@@ -695,7 +710,8 @@ impl ForwardKeys {
     /// Rotates the key file at `path`: a new current key (the staged one if there is one,
     /// else a fresh one); the old one kept as a previous key for `overlap` when
     /// `keep_previous` (dropped at once otherwise, as after a compromise, together with every
-    /// other previous key). Previous keys past their overlap are removed, and the oldest
+    /// other previous key and a staged key, which was in the same file: the new key is then
+    /// always a fresh one). Previous keys past their overlap are removed, and the oldest
     /// beyond [`MAX_PREVIOUS`]. The file is written atomically, sealed under `master` when
     /// given. Running relays go on with the keys they loaded until restarted.
     pub fn rotate(
@@ -716,10 +732,13 @@ impl ForwardKeys {
     ) -> Result<Rotation, ForwardKeyError> {
         let mut old = Self::read_for_rotation(path, master)?;
         let before = old.previous.len() + 1;
-        let promoted = old.next.is_some();
-        let current = match old.next.take() {
-            Some(next) => next,
-            None => ForwardKey::generate()?,
+        // After a compromise (`keep_previous` off) the staged key is in the leaked file too:
+        // it is discarded with the others, and the new key is a fresh one.
+        let staged = old.next.take();
+        let discarded_staged = staged.is_some() && !keep_previous;
+        let (current, promoted) = match staged.filter(|_| keep_previous) {
+            Some(next) => (next, true),
+            None => (ForwardKey::generate()?, false),
         };
         let mut file = KeyFile {
             current,
@@ -739,6 +758,7 @@ impl ForwardKeys {
         Ok(Rotation {
             public: file.current.public(),
             promoted,
+            discarded_staged,
             kept: file
                 .previous
                 .iter()
@@ -940,6 +960,16 @@ mod tests {
         let staged = load(&path, Some(&m), T0 + 22).staged();
         assert!(ForwardKey::rotate_master_key(&path, &m, &[0x22; 32]).unwrap());
         assert_eq!(load(&path, Some(&[0x22; 32]), T0 + 22).staged(), staged);
+        // A rotation after a compromise (keeping nothing) does not promote the staged key,
+        // which leaked with the file: it is discarded and the new key is a fresh one.
+        let m = [0x22; 32];
+        let r = ForwardKeys::rotate_at(&path, Some(&m), OVERLAP, false, T0 + 30).unwrap();
+        assert!(!r.promoted && r.discarded_staged);
+        assert_ne!(Some(r.public), staged);
+        let keys = load(&path, Some(&m), T0 + 31);
+        assert_eq!(keys.staged(), None);
+        assert!(keys.previous().is_empty());
+        assert_eq!(opens(&keys, &staged.expect("a staged key"), T0 + 31), None);
     }
 
     #[test]

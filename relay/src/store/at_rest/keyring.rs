@@ -77,9 +77,10 @@ fn mac(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
 /// The key of duplicate detection. Unlike an epoch key it lives as long as the store: a
 /// sender's retry must be recognised whichever epoch (time window, or relay of a cluster) it
 /// lands in, and across a `rotate-master-key`, so neither what the inner store keeps instead of
-/// the sender nonce nor the digest it compares may depend on the epoch or on the master key.
-/// It is kept in the keyring (wrapped under the master key, in the reserved slot
-/// [`DEDUPE_SLOT`], never destroyed by a sweep). docs/AT-REST.md says what this costs after
+/// the sender nonce nor the digest it compares may depend on the epoch or on the current
+/// master key. It is derived from the master key the keyring first had ([`dedupe_entry`]) and
+/// kept in the keyring (wrapped under the master key, in the reserved slot [`DEDUPE_SLOT`],
+/// never destroyed by a sweep, re-wrapped by a rotation). docs/AT-REST.md says what this costs after
 /// shredding. Wiped on drop.
 pub struct DedupeKey(Zeroizing<[u8; 32]>);
 
@@ -93,9 +94,8 @@ pub const DEDUPE_SLOT: EpochId = EpochId {
 const DEDUPE_END: u64 = u64::MAX;
 
 impl DedupeKey {
-    /// The dedupe key that keyrings made before the key was kept in the keyring derived from
-    /// the master key; such a keyring keeps that value, so that retries of envelopes stored
-    /// before the upgrade are still recognised.
+    /// The dedupe key derived from `master`: what a keyring without a dedupe entry gets
+    /// ([`dedupe_entry`]).
     pub fn derived(master: &[u8; 32]) -> Self {
         Self(hkdf(master, b"sealpost/1 at-rest", b"sealpost/1 dedupe"))
     }
@@ -252,38 +252,36 @@ fn unwrap_secret(wrap: &AeadKey, k: &StoredKey) -> Result<Zeroizing<[u8; 32]>, R
     Ok(root)
 }
 
-/// Makes the keyring's dedupe key and keeps it durably (before any envelope is stored with
-/// it); answers the one kept, which another relay sharing the keyring may have made first.
-/// `legacy`: the keyring already holds epoch keys, from before the dedupe key was kept in it.
+/// The keyring entry of the dedupe key that a keyring without one gets: the key derived from
+/// `master`, wrapped under `wrap` (the keyring key of the master key the keyring is, or is
+/// about to be, under). Derived rather than drawn, so that a store from before the dedupe key
+/// was kept in the keyring (its digests and tags made with the derived key, maybe all its
+/// epochs shredded since) goes on with the same key; from then on it is kept, and a master-key
+/// rotation re-wraps it instead of changing it.
+pub fn dedupe_entry(master: &[u8; 32], wrap: &AeadKey) -> Result<StoredKey, String> {
+    let secret = DedupeKey::derived(master);
+    let sealed = secrets::seal(wrap, &wrap_aad(DEDUPE_SLOT, DEDUPE_END), &secret.0[..])?;
+    let mut wrapped = [0u8; WRAPPED_LEN];
+    wrapped.copy_from_slice(&sealed);
+    Ok(StoredKey {
+        epoch: DEDUPE_SLOT,
+        end: DEDUPE_END,
+        wrapped,
+    })
+}
+
+/// Keeps the keyring's dedupe entry ([`dedupe_entry`]) durably (before any envelope is stored
+/// with it); answers the key kept, which another relay sharing the keyring may have put first.
 async fn make_dedupe(
     master: &[u8; 32],
     wrap: &AeadKey,
     store: &dyn KeyringStore,
-    legacy: bool,
 ) -> Result<DedupeKey, KeyringError> {
     let io = |why: String| KeyringError::Io {
         place: store.describe(),
         why,
     };
-    let secret = if legacy {
-        DedupeKey::derived(master).0
-    } else {
-        Zeroizing::new(
-            sealpost_core::random::array::<32>()
-                .map_err(|e| KeyringError::Random(e.to_string()))?,
-        )
-    };
-    let sealed =
-        secrets::seal(wrap, &wrap_aad(DEDUPE_SLOT, DEDUPE_END), &secret[..]).map_err(io)?;
-    let mut wrapped = [0u8; WRAPPED_LEN];
-    wrapped.copy_from_slice(&sealed);
-    let kept = store
-        .put(&StoredKey {
-            epoch: DEDUPE_SLOT,
-            end: DEDUPE_END,
-            wrapped,
-        })
-        .await?;
+    let kept = store.put(&dedupe_entry(master, wrap).map_err(io)?).await?;
     let k = unwrap_secret(wrap, &kept).map_err(|e| {
         io(format!(
             "the dedupe key another relay kept does not open under this relay's master key ({e}): every relay of a deployment needs the same master key"
@@ -379,9 +377,7 @@ impl Keyring {
                     });
                 }
             },
-            // A keyring with epoch keys but no dedupe key was made before the key was kept
-            // here: it goes on with the value it was derived to; a new keyring draws one.
-            None => make_dedupe(master, &wrap, store.as_ref(), !stored.is_empty()).await?,
+            None => make_dedupe(master, &wrap, store.as_ref()).await?,
         };
         Ok(Self {
             wrap,

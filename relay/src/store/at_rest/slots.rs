@@ -102,20 +102,36 @@ pub fn rotate_master_key(
         .map_err(|e| io(e.to_string()))?;
     let mut all = Vec::new();
     std::io::Read::read_to_end(&mut &file, &mut all).map_err(|e| io(e.to_string()))?;
-    let (old, new) = (
+    let (old_wrap, new_wrap) = (
         super::keyring::wrapping_key(old),
         super::keyring::wrapping_key(new),
     );
     let mut n = 0;
+    let mut has_dedupe = false;
+    let mut free = None;
     for (i, s) in all.chunks_exact(SLOT_LEN).enumerate() {
-        let Some(mut k) = decode(s) else { continue };
-        if let Some(w) = super::keyring::rewrap(&k, &old, &new).map_err(io)? {
+        let Some(mut k) = decode(s) else {
+            free = free.or(Some(i));
+            continue;
+        };
+        has_dedupe |= k.epoch == super::keyring::DEDUPE_SLOT;
+        if let Some(w) = super::keyring::rewrap(&k, &old_wrap, &new_wrap).map_err(io)? {
             k.wrapped = w;
             file.write_all_at(&encode(&k), (i * SLOT_LEN) as u64)
                 .and_then(|()| file.sync_data())
                 .map_err(|e| io(e.to_string()))?;
             n += 1;
         }
+    }
+    if !has_dedupe {
+        // A keyring from before the dedupe key was kept in it: its key was derived from the
+        // old master key, and must not change with it.
+        let k = super::keyring::dedupe_entry(old, &new_wrap).map_err(io)?;
+        let at = free.unwrap_or(all.len() / SLOT_LEN);
+        file.write_all_at(&encode(&k), (at * SLOT_LEN) as u64)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| io(e.to_string()))?;
+        n += 1;
     }
     Ok(n)
 }

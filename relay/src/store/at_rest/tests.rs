@@ -473,61 +473,75 @@ fn the_dedupe_key_binds_the_mailbox_and_what_it_covers() {
     assert_ne!(k.envelope_digest(&a, &e), other.envelope_digest(&a, &e));
 }
 
-/// The dedupe key is drawn at random for a new keyring and kept in it: reopening (under the
-/// same master key) finds the same key, a second keyring draws another, and it is never an
-/// epoch (no sweep sees it, it is not counted as a live key).
+/// A new keyring's dedupe key is the master key's derived one, kept in the keyring: reopening
+/// finds it, and it is never an epoch (no sweep sees it, it is not counted as a live key).
 #[tokio::test]
-async fn the_dedupe_key_is_random_and_kept_in_the_keyring() {
-    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let tag = |k: &Keyring| k.dedupe().nonce_tag(&[1; 16], &[1; 12]);
-    let open = |d: &Path| {
-        let path = d.join("keys");
-        async move {
-            Keyring::open(&MASTER, Box::new(SlotFile::open(&path).unwrap()))
-                .await
-                .unwrap()
-        }
-    };
-    let first = open(d1.path()).await;
-    assert!(first.is_empty());
-    assert!(first.epochs().is_empty());
-    let again = open(d1.path()).await;
-    let other = open(d2.path()).await;
-    assert_eq!(tag(&first), tag(&again));
-    assert_ne!(tag(&first), tag(&other));
-    assert_ne!(
-        tag(&first),
-        keyring::DedupeKey::derived(&MASTER).nonce_tag(&[1; 16], &[1; 12])
-    );
-}
-
-/// A keyring made before the dedupe key was kept in it (epoch keys, no dedupe entry) goes on
-/// with the key it was derived to, so that retries of what it stored are still recognised.
-#[tokio::test]
-async fn a_keyring_from_before_keeps_the_derived_dedupe_key() {
+async fn the_dedupe_key_is_kept_in_the_keyring() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("keys");
-    let k = Keyring::open(&MASTER, Box::new(SlotFile::open(&path).unwrap()))
+    let first = Keyring::open(&MASTER, Box::new(SlotFile::open(&path).unwrap()))
+        .await
+        .unwrap();
+    assert!(first.is_empty());
+    assert!(first.epochs().is_empty());
+    assert_eq!(dedupe_tag(&first), derived_tag(&MASTER));
+    use keyring::KeyringStore as _;
+    let kept = SlotFile::open(&path).unwrap().load().await.unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].epoch, keyring::DEDUPE_SLOT);
+}
+
+fn dedupe_tag(k: &Keyring) -> [u8; 12] {
+    k.dedupe().nonce_tag(&[1; 16], &[1; 12])
+}
+
+fn derived_tag(master: &[u8; 32]) -> [u8; 12] {
+    keyring::DedupeKey::derived(master).nonce_tag(&[1; 16], &[1; 12])
+}
+
+/// A keyring file as a relay from before the dedupe key was kept in the keyring left it: one
+/// epoch key, no dedupe entry.
+async fn keyring_from_before(path: &Path) {
+    let k = Keyring::open(&MASTER, Box::new(SlotFile::open(path).unwrap()))
         .await
         .unwrap();
     k.get_or_make(EpochId { start: 0, shard: 1 }, 60)
         .await
         .unwrap();
     drop(k);
-    // Take the dedupe entry out again: what an older relay left.
-    let file = SlotFile::open(&path).unwrap();
+    let file = SlotFile::open(path).unwrap();
     use keyring::KeyringStore as _;
     assert_eq!(file.load().await.unwrap().len(), 2);
     file.remove(keyring::DEDUPE_SLOT).await.unwrap();
-    drop(file);
+}
+
+/// A keyring made before the dedupe key was kept in it goes on with the key it was derived
+/// to, so that retries of what it stored are still recognised: at its next start, and after a
+/// rotate-master-key run before any start (which keeps the old master key's derived key, not
+/// the new one's).
+#[tokio::test]
+async fn a_keyring_from_before_keeps_the_derived_dedupe_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys");
+    keyring_from_before(&path).await;
     let k = Keyring::open(&MASTER, Box::new(SlotFile::open(&path).unwrap()))
         .await
         .unwrap();
     assert_eq!(k.len(), 1);
-    assert_eq!(
-        k.dedupe().nonce_tag(&[1; 16], &[1; 12]),
-        keyring::DedupeKey::derived(&MASTER).nonce_tag(&[1; 16], &[1; 12])
-    );
+    assert_eq!(dedupe_tag(&k), derived_tag(&MASTER));
+
+    let rotated = tempfile::tempdir().unwrap();
+    let path = rotated.path().join("keys");
+    keyring_from_before(&path).await;
+    let new = [8u8; 32];
+    // The epoch key re-wrapped, and the dedupe entry added under the new key.
+    assert_eq!(slots::rotate_master_key(&path, &MASTER, &new).unwrap(), 2);
+    assert_eq!(slots::rotate_master_key(&path, &MASTER, &new).unwrap(), 0);
+    let k = Keyring::open(&new, Box::new(SlotFile::open(&path).unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(k.len(), 1);
+    assert_eq!(dedupe_tag(&k), derived_tag(&MASTER));
 }
 
 /// A retry that spans a rotate-master-key (the relay stopped, the keyring re-wrapped, the

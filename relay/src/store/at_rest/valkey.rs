@@ -161,15 +161,17 @@ pub async fn rotate_master_key(
         .query_async(conn)
         .await
         .map_err(|e| io(e.to_string()))?;
-    let (old, new) = (
+    let (old_wrap, new_wrap) = (
         super::keyring::wrapping_key(old),
         super::keyring::wrapping_key(new),
     );
     let mut pipe = redis::pipe();
     let mut n = 0;
+    let mut has_dedupe = false;
     for (f, v) in &all {
         let Some(mut k) = decode(f, v) else { continue };
-        if let Some(w) = super::keyring::rewrap(&k, &old, &new).map_err(io)? {
+        has_dedupe |= k.epoch == super::keyring::DEDUPE_SLOT;
+        if let Some(w) = super::keyring::rewrap(&k, &old_wrap, &new_wrap).map_err(io)? {
             k.wrapped = w;
             pipe.cmd("HSET")
                 .arg(KEYRING_KEY)
@@ -178,6 +180,17 @@ pub async fn rotate_master_key(
                 .ignore();
             n += 1;
         }
+    }
+    if !has_dedupe {
+        // A keyring from before the dedupe key was kept in it: its key was derived from the
+        // old master key, and must not change with it.
+        let k = super::keyring::dedupe_entry(old, &new_wrap).map_err(io)?;
+        pipe.cmd("HSETNX")
+            .arg(KEYRING_KEY)
+            .arg(&field(k.epoch)[..])
+            .arg(value(&k))
+            .ignore();
+        n += 1;
     }
     if n > 0 {
         pipe.cmd("WAITAOF").arg(1).arg(1).arg(WAITAOF_MS);

@@ -5,7 +5,7 @@
 -- KEYS of every mailbox function (6), in this order:
 --   1 {m:<rid>}     hash: rec (sealed record), seq (last sequence number), n (envelopes held),
 --                   b (envelope bytes held), sub (subscriber epoch), dups (deposits answered
---                   DUPLICATE: a write, see sp_deposit)
+--                   DUPLICATE: a write, see sp_deposit), lt (the last envelope's stamp, ms)
 --   2 {m:<rid>}:q   stream of held envelopes, entry id <seq>-0, fields t (stored at, ms),
 --                   o (nonce), e (envelope)
 --   3 {m:<rid>}:d   hash nonce -> digest (16) .. seq (decimal): the dedupe window, held and
@@ -96,13 +96,17 @@ end
 -- retention (ms; 0 = none), not after (ms; 0 or absent = no deadline). When the envelope would
 -- exceed the mailbox's quota, envelopes older than the retention are removed first (by this
 -- node's clock), so that they do not hold the quota until the next sweep. An envelope is
--- stored only while this node's clock is not past `not after` (the at-rest epoch's window end
--- plus its settle grace: every envelope of an epoch is then stored by that deadline, by the
--- clock that stamps `t`, whichever relay sealed it). Returns the new sequence number (> 0) or
+-- stored only while its stamp `t` is not past `not after` (the at-rest epoch's window end plus
+-- its settle grace: every envelope of an epoch is then stored by that deadline, whichever
+-- relay sealed it). The stamp is this node's clock, but never less than the mailbox's last
+-- stamp (hash field `lt`): a mailbox's stamps never go down, even after a failover to a node
+-- whose clock is behind, or a clock stepping back, so the oldest held envelope's stamp is a
+-- lower bound for every envelope after it (the at-rest sweep relies on that, and expiry
+-- on envelopes being stored in time order). Returns the new sequence number (> 0) or
 -- -1 DUPLICATE, -2 ID_REUSED, -3 no such mailbox, -4 MAILBOX_FULL, -5 too late (not stored).
 local function sp_deposit(keys, args)
   local nonce, dig, env = args[1], args[2], args[3]
-  local st = redis.call('HMGET', keys[1], 'n', 'b', 'seq')
+  local st = redis.call('HMGET', keys[1], 'n', 'b', 'seq', 'lt')
   if not st[1] then return -3 end
   local seen = redis.call('HGET', keys[3], nonce)
   if seen then
@@ -116,7 +120,7 @@ local function sp_deposit(keys, args)
   end
   local n, b, seq = tonumber(st[1]), tonumber(st[2]), tonumber(st[3])
   local len = string.len(env)
-  local now = now_ms()
+  local now = math.max(now_ms(), tonumber(st[4] or 0) or 0)
   local not_after = tonumber(args[8] or '0')
   if not_after > 0 and now > not_after then return -5 end
   if n + 1 > tonumber(args[4]) or b + len > tonumber(args[5]) then
@@ -132,7 +136,7 @@ local function sp_deposit(keys, args)
   seq = seq + 1
   redis.call('XADD', keys[2], seq .. '-0', 't', now, 'o', nonce, 'e', env)
   redis.call('HSET', keys[3], nonce, dig .. seq)
-  redis.call('HSET', keys[1], 'seq', seq, 'n', n + 1, 'b', b + len)
+  redis.call('HSET', keys[1], 'seq', seq, 'n', n + 1, 'b', b + len, 'lt', now)
   redis.call('HINCRBY', keys[6], 'e', 1)
   redis.call('HINCRBY', keys[6], 'b', len)
   redis.call('SPUBLISH', keys[5], seq)

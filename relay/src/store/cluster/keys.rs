@@ -4,7 +4,7 @@
 //!
 //! | key                | type   | holds                                                        |
 //! |--------------------|--------|--------------------------------------------------------------|
-//! | `{m:<rid>}`        | hash   | `rec` (the sealed record), `seq`, `n` (envelopes), `b` (bytes), `sub` (subscriber epoch), `dups` (DUPLICATE answers) |
+//! | `{m:<rid>}`        | hash   | `rec` (the sealed record), `seq`, `n` (envelopes), `b` (bytes), `sub` (subscriber epoch), `dups` (DUPLICATE answers), `lt` (last stamp) |
 //! | `{m:<rid>}:q`      | stream | held envelopes, id `<seq>-0`: stored at, nonce, digest, body  |
 //! | `{m:<rid>}:d`      | hash   | the dedupe window: nonce -> digest ‖ seq                      |
 //! | `{m:<rid>}:w`      | list   | removed `seq:nonce` in order, to forget beyond the window    |
