@@ -265,6 +265,7 @@ pub fn register_all() {
         AT_REST_DESTROYED,
         AT_REST_UNREADABLE,
         AT_REST_RESEALED,
+        FORWARDED_PREVIOUS_KEY,
     ] {
         ::metrics::counter!(c).increment(0);
     }

@@ -682,3 +682,81 @@ async fn cluster_store_two_relays_shred_a_drained_epoch_and_keep_a_held_one() {
     one.ack(&held, 2).await.unwrap();
     wait_until_keys_leave_the_cluster(cluster.nodes(), &nodes_dir, &hkeys, sweep_both).await;
 }
+
+/// A relay that destroys an epoch key and dies before it has the nodes rewrite their files
+/// leaves the rewrite owed in the cluster, and the next relay to sweep pays it: the wrapped key
+/// leaves every node's AOF and RDB although the relay that destroyed it never asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_rewrite_owed_by_a_dead_relay_is_paid_by_another() {
+    use sealpost_relay::store::at_rest::keyring::{KeyringStore, StoredKey, WRAPPED_LEN};
+    use sealpost_relay::store::at_rest::record::EpochId;
+    use sealpost_relay::store::at_rest::valkey::{OWED_KEY, ValkeyKeys};
+    let Some(cluster) = common::valkey::private_cluster(
+        "cluster_a_rewrite_owed_by_a_dead_relay_is_paid_by_another",
+    ) else {
+        return;
+    };
+    let nodes_dir = cluster.dir().unwrap().to_owned();
+    let epoch = EpochId {
+        start: 60,
+        shard: 3,
+    };
+    // Distinct bytes throughout, so that the scan means something (these stand for a wrapped
+    // key; the keyring store does not open them).
+    let mut wrapped = [0u8; WRAPPED_LEN];
+    for (i, b) in wrapped.iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(37).wrapping_add(11);
+    }
+    let dead = ValkeyKeys::open(cluster.nodes()).await.unwrap();
+    dead.put(&StoredKey {
+        epoch,
+        end: 120,
+        wrapped,
+    })
+    .await
+    .unwrap();
+    snapshot_every_node(cluster.nodes());
+    let needle = Needles::new(&[Bytes::copy_from_slice(&wrapped)]);
+    assert!(
+        !needle.scan_dir(&nodes_dir).is_empty(),
+        "the key is not in the nodes' files: the scan would prove nothing"
+    );
+    dead.remove(epoch).await.unwrap();
+    // It dies here: no settle.
+    drop(dead);
+    let owed = || async {
+        let urls: Vec<String> = cluster
+            .nodes()
+            .iter()
+            .map(|n| format!("redis://{n}/"))
+            .collect();
+        let mut conn = redis::cluster::ClusterClient::new(urls)
+            .unwrap()
+            .get_async_connection()
+            .await
+            .unwrap();
+        let v: Option<i64> = redis::cmd("GET")
+            .arg(OWED_KEY)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        v
+    };
+    assert_eq!(owed().await, Some(1));
+    let other = ValkeyKeys::open(cluster.nodes()).await.unwrap();
+    assert!(!other.rewrite_owed(), "this relay destroyed nothing itself");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        other.settle().await;
+        if owed().await.is_none() && needle.scan_dir(&nodes_dir).is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the owed rewrite was not paid: counter {:?}, key in {:?}",
+            owed().await,
+            needle.scan_dir(&nodes_dir)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -220,8 +220,10 @@ impl Pool {
 
 /// Whether `ip` is an address of the public internet: not loopback, unspecified, private
 /// (RFC 1918, IPv6 unique local), link-local, shared (RFC 6598, carrier-grade NAT),
-/// multicast, broadcast, documentation or otherwise reserved. An IPv4-mapped IPv6 address is
-/// judged as its IPv4 address.
+/// multicast, broadcast, documentation or otherwise reserved. An IPv6 address that carries an
+/// IPv4 one a gateway would reach (IPv4-mapped, IPv4-compatible, NAT64's well-known prefix
+/// 64:ff9b::/96, 6to4 2002::/16) is judged as that IPv4 address; local-use NAT64
+/// (64:ff9b:1::/48) and Teredo (2001::/32), which hide one, are not public.
 pub fn is_public(ip: std::net::IpAddr) -> bool {
     use std::net::IpAddr;
     match ip {
@@ -234,25 +236,51 @@ pub fn is_public(ip: std::net::IpAddr) -> bool {
                 || v4.is_multicast()
                 || v4.is_broadcast()
                 || v4.is_documentation()
-                // 0.0.0.0/8 ("this network"), 100.64.0.0/10 (shared), 198.18.0.0/15
-                // (benchmarking), 240.0.0.0/4 (reserved).
+                // 0.0.0.0/8 ("this network"), 100.64.0.0/10 (shared), 192.0.0.0/24
+                // (protocol assignments), 198.18.0.0/15 (benchmarking), 240.0.0.0/4
+                // (reserved).
                 || a == 0
+                || (a == 192 && b == 0 && v4.octets()[2] == 0)
                 || (a == 100 && (b & 0xC0) == 64)
                 || (a == 198 && (b & 0xFE) == 18)
                 || a >= 240)
         }
         IpAddr::V6(v6) => {
+            let s = v6.segments();
+            let o = v6.octets();
+            let embedded = |at: usize| {
+                IpAddr::V4(std::net::Ipv4Addr::new(
+                    o[at],
+                    o[at + 1],
+                    o[at + 2],
+                    o[at + 3],
+                ))
+            };
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_public(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
+            if v6.is_loopback() || v6.is_unspecified() {
+                return false;
+            }
+            // ::a.b.c.d (IPv4-compatible, deprecated) and 64:ff9b::a.b.c.d (NAT64).
+            if s[..6] == [0; 6] || s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return is_public(embedded(12));
+            }
+            // 2002:aabb:ccdd::/48 (6to4) carries a.b.c.d in its second and third groups.
+            if s[0] == 0x2002 {
+                return is_public(embedded(2));
+            }
+            !(v6.is_multicast()
                 || v6.is_unique_local()
                 || v6.is_unicast_link_local()
-                // 2001:db8::/32, documentation.
-                || (first == 0x2001 && v6.segments()[1] == 0x0db8))
+                // fec0::/10, site-local (deprecated, still routed inside some networks).
+                || (s[0] & 0xffc0) == 0xfec0
+                // 64:ff9b:1::/48, local-use NAT64.
+                || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1)
+                // 100::/64, discard.
+                || s[..4] == [0x100, 0, 0, 0]
+                // 2001::/32 (Teredo) and 2001:db8::/32 (documentation).
+                || (s[0] == 0x2001 && (s[1] == 0 || s[1] == 0x0db8)))
         }
     }
 }
@@ -289,6 +317,16 @@ mod tests {
             "2001:db8::1",
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
+            "192.0.0.8",
+            "64:ff9b::10.0.0.5",
+            "64:ff9b::127.0.0.1",
+            "64:ff9b:1::1.2.3.4",
+            "2002:0a00:0001::1",
+            "2002:7f00:0001::1",
+            "::10.0.0.1",
+            "fec0::1",
+            "100::1",
+            "2001:0:4136:e378::1",
         ] {
             assert!(!is_public(inner.parse().unwrap()), "{inner}");
         }
@@ -300,6 +338,9 @@ mod tests {
             "198.20.0.1",
             "2606:4700::1111",
             "::ffff:8.8.8.8",
+            "64:ff9b::8.8.8.8",
+            "2002:0808:0808::1",
+            "192.0.1.1",
         ] {
             assert!(is_public(public.parse().unwrap()), "{public}");
         }

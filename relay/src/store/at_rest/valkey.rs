@@ -23,6 +23,18 @@ use std::time::Duration;
 
 /// The hash holding the wrapped keys.
 pub const KEYRING_KEY: &str = "{sealpost}:at-rest:keys";
+/// How many destructions are still owed a rewrite of every node's files (a counter in the
+/// keyring's slot): kept in Valkey, not only by the relay that destroyed, so that another
+/// relay's sweep pays the debt when that relay died between the HDEL and the rewrite.
+pub const OWED_KEY: &str = "{sealpost}:at-rest:rewrite-owed";
+/// Removes a key from the keyring hash and, if it was there, counts a rewrite owed, in one
+/// atomic step (KEYS: the hash, the counter; ARGV: the field). Answers 1 if it removed it.
+const DESTROY: &str = "if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then \
+    redis.call('INCR', KEYS[2]) return 1 end return 0";
+/// Clears the counter if it still holds what was read before the rewrite (a destruction since
+/// then is owed another one). KEYS: the counter; ARGV: the value read.
+const PAID: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+    redis.call('DEL', KEYS[1]) end return 0";
 /// How long a key's creation waits for WAITAOF, in milliseconds.
 const WAITAOF_MS: u64 = 2000;
 
@@ -100,11 +112,40 @@ impl ValkeyKeys {
         }
     }
 
-    /// Asks every node to rewrite its files ([`rewrite_every_node`]); the debt is paid once
-    /// every node has.
+    /// Asks every node to rewrite its files ([`rewrite_every_node`]) when this relay or any
+    /// other destroyed keys since the last complete rewrite; the debt is paid once every node
+    /// has.
     async fn rewrite_aof(&self) {
-        if rewrite_every_node(&mut self.conn.clone()).await {
+        let mut conn = self.conn.clone();
+        let owed: Option<String> = match redis::cmd("GET")
+            .arg(OWED_KEY)
+            .query_async(&mut conn)
+            .await
+        {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read whether at-rest key destructions are owed an AOF rewrite; asking again at the next sweep");
+                return;
+            }
+        };
+        if owed.is_none() && !self.rewrite_owed() {
+            return;
+        }
+        if rewrite_every_node(&mut conn).await {
             self.rewrite_owed.store(false, Ordering::Relaxed);
+            if let Some(v) = owed {
+                let paid: Result<Value, _> = redis::cmd("EVAL")
+                    .arg(PAID)
+                    .arg(1)
+                    .arg(OWED_KEY)
+                    .arg(v)
+                    .query_async(&mut conn)
+                    .await;
+                if let Err(e) = paid {
+                    // Only costs one more rewrite at a later sweep.
+                    tracing::debug!(error = %e, "could not clear the owed AOF rewrite");
+                }
+            }
         }
     }
 
@@ -294,8 +335,11 @@ impl KeyringStore for ValkeyKeys {
         // WAITAOF: the HDEL has reached a replica before any node is asked to rewrite its AOF,
         // or the replica's rewrite could still copy the key.
         let mut pipe = redis::pipe();
-        pipe.cmd("HDEL")
+        pipe.cmd("EVAL")
+            .arg(DESTROY)
+            .arg(2)
             .arg(KEYRING_KEY)
+            .arg(OWED_KEY)
             .arg(&field(epoch)[..])
             .cmd("WAITAOF")
             .arg(1)
@@ -306,9 +350,8 @@ impl KeyringStore for ValkeyKeys {
             .await
             .map_err(|e| self.io(e))?;
         if removed == 0 {
-            // Another relay of the deployment destroyed it first: that relay has the nodes
-            // rewrite their files; asking again from every relay would only repeat the work.
-            // (Had it died in between, the next destruction's rewrite carries this one too.)
+            // Another relay of the deployment destroyed it first and counted the rewrite
+            // owed: whichever relay sweeps next pays it, once.
             return Ok(());
         }
         if acks.1 < 1 {
@@ -321,9 +364,7 @@ impl KeyringStore for ValkeyKeys {
     }
 
     async fn settle(&self) {
-        if self.rewrite_owed() {
-            self.rewrite_aof().await;
-        }
+        self.rewrite_aof().await;
     }
 
     fn describe(&self) -> String {

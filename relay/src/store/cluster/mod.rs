@@ -102,6 +102,20 @@ fn urls(nodes: &[String]) -> Vec<String> {
     nodes.iter().map(|n| format!("redis://{n}/")).collect()
 }
 
+/// The at-rest settle grace stored in [`keys::SETTLE_KEY`] (milliseconds), checked against the
+/// setting's range: the key is also set by hand, and "120" meant as seconds would silently
+/// remove the clock-skew margin the deadlines rely on.
+fn settle_grace(stored: Option<&str>) -> Result<Duration, StoreError> {
+    match stored.map(str::parse::<u64>) {
+        Some(Ok(ms)) if (1_000..=3_600_000).contains(&ms) => Ok(Duration::from_millis(ms)),
+        other => Err(backend(format!(
+            "{} holds {other:?}, not an at-rest settle grace of 1 to 3600 s in milliseconds: set it to the grace every relay uses, with every relay stopped (SET {} 120000)",
+            keys::SETTLE_KEY,
+            keys::SETTLE_KEY
+        ))),
+    }
+}
+
 /// A cluster-aware connection through the seeds `nodes`.
 async fn cluster_connection(
     nodes: &[String],
@@ -222,14 +236,7 @@ impl ClusterStore {
         self.durable(keys::slot(keys::SETTLE_KEY.as_bytes()), &pipe, 1)
             .await?;
         let stored: Option<String> = self.query(redis::cmd("GET").arg(keys::SETTLE_KEY)).await?;
-        match stored.as_deref().map(str::parse::<u64>) {
-            Some(Ok(ms)) if ms > 0 => Ok(Duration::from_millis(ms)),
-            other => Err(backend(format!(
-                "{} holds {other:?}, not the at-rest settle grace in milliseconds: set it to the grace every relay uses (SET {} 120000)",
-                keys::SETTLE_KEY,
-                keys::SETTLE_KEY
-            ))),
-        }
+        settle_grace(stored.as_deref())
     }
 
     /// Runs `pipe` (`n` function calls, all in `slot`) on the slot's primary and waits until
@@ -852,5 +859,28 @@ impl Store for ClusterStore {
             }
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_settle_grace_out_of_range_is_refused() {
+        assert_eq!(
+            settle_grace(Some("120000")).unwrap(),
+            Duration::from_secs(120)
+        );
+        for bad in [
+            None,
+            Some("120"),
+            Some("0"),
+            Some("3600001"),
+            Some("two minutes"),
+        ] {
+            let e = settle_grace(bad).unwrap_err().to_string();
+            assert!(e.contains("SET sealpost:at-rest:settle 120000"), "{e}");
+        }
     }
 }
