@@ -20,9 +20,6 @@ use redis::Value;
 use sealpost_core::DepositId;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Mailbox streams one SCAN step asks for, and so the most `sp_head` calls in one pipeline.
-const PAGE: usize = 500;
-
 /// One primary's heads and when its listing started by its clock; `None` if slots were moving
 /// on it (before or after the listing).
 pub type PrimaryHeads = Option<(SystemTime, Vec<(DepositId, SystemTime)>)>;
@@ -56,19 +53,8 @@ pub async fn on_primary(primary: &str, prf: &IdPrf) -> Result<PrimaryHeads, Stor
         }
     };
     let mut heads = Vec::new();
-    let mut cursor = 0u64;
-    loop {
-        let (next, streams): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(keys::STREAM_PATTERN)
-            .arg("TYPE")
-            .arg("stream")
-            .arg("COUNT")
-            .arg(PAGE)
-            .query_async(&mut c)
-            .await
-            .map_err(on)?;
+    let mut pages = keys::ScanPages::new(keys::STREAM_PATTERN, "stream");
+    while let Some(streams) = pages.next(&mut c).await.map_err(on)? {
         let rids: Vec<_> = streams
             .iter()
             .filter_map(|k| keys::recipient_of(k))
@@ -80,25 +66,22 @@ pub async fn on_primary(primary: &str, prf: &IdPrf) -> Result<PrimaryHeads, Stor
                 .arg(1)
                 .arg(&MailboxKeys::new(rid).keys[1]);
         }
-        if !pipe.is_empty() {
-            let answers: Vec<Value> = pipe.query_async(&mut c).await.map_err(on)?;
-            for (rid, a) in rids.iter().zip(answers) {
-                match a {
-                    Value::Int(t) if t >= 0 => heads.push((
-                        prf.deposit_id(rid),
-                        UNIX_EPOCH + Duration::from_millis(t.unsigned_abs()),
-                    )),
-                    Value::Int(_) => {}
-                    other => {
-                        return Err(failed(primary, format!("sp_head answered {other:?}")));
-                    }
+        if pipe.is_empty() {
+            continue;
+        }
+        let answers: Vec<Value> = pipe.query_async(&mut c).await.map_err(on)?;
+        for (rid, a) in rids.iter().zip(answers) {
+            match a {
+                Value::Int(t) if t >= 0 => heads.push((
+                    prf.deposit_id(rid),
+                    UNIX_EPOCH + Duration::from_millis(t.unsigned_abs()),
+                )),
+                Value::Int(_) => {}
+                other => {
+                    return Err(failed(primary, format!("sp_head answered {other:?}")));
                 }
             }
         }
-        if next == 0 {
-            break;
-        }
-        cursor = next;
     }
     if slots_moving(&mut c, primary).await? {
         return Ok(None);

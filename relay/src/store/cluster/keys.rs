@@ -43,6 +43,54 @@ pub const SETTLE_KEY: &str = "sealpost:at-rest:settle";
 /// that never held an envelope has none, so the retention sweep does not visit it.
 pub const STREAM_PATTERN: &str = "{m:*}:q";
 
+/// Keys one SCAN step asks a node for when a sweep walks its mailboxes: one page in memory
+/// and one pipeline per page.
+pub const SCAN_PAGE: usize = 500;
+
+/// The keys of type `kind` matching `pattern` on one node, a SCAN page at a time: for a sweep
+/// that makes one pipeline of calls per page on the same connection, holding one page.
+pub struct ScanPages {
+    pattern: &'static str,
+    kind: &'static str,
+    cursor: u64,
+    done: bool,
+}
+
+impl ScanPages {
+    /// A walk from the start.
+    pub fn new(pattern: &'static str, kind: &'static str) -> Self {
+        Self {
+            pattern,
+            kind,
+            cursor: 0,
+            done: false,
+        }
+    }
+
+    /// The next page (possibly empty: SCAN may answer none on a step), or `None` at the end.
+    pub async fn next(
+        &mut self,
+        c: &mut redis::aio::MultiplexedConnection,
+    ) -> redis::RedisResult<Option<Vec<Vec<u8>>>> {
+        if self.done {
+            return Ok(None);
+        }
+        let (next, found): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(self.cursor)
+            .arg("MATCH")
+            .arg(self.pattern)
+            .arg("TYPE")
+            .arg(self.kind)
+            .arg("COUNT")
+            .arg(SCAN_PAGE)
+            .query_async(c)
+            .await?;
+        self.cursor = next;
+        self.done = next == 0;
+        Ok(Some(found))
+    }
+}
+
 /// The number of hash slots.
 pub const SLOTS: usize = 16_384;
 

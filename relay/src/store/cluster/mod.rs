@@ -38,10 +38,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use zeroize::Zeroizing;
 
-/// Mailbox streams one SCAN step asks for on a primary during the retention sweep, and so
-/// the most `sp_expire` calls in one pipeline.
-const EXPIRE_PAGE: usize = 500;
-
 /// The function library, loaded on every primary at start-up.
 const FUNCTIONS: &str = include_str!("functions.lua");
 
@@ -337,20 +333,9 @@ impl ClusterStore {
         let mut c = Committer::connect(primary, Duration::from_secs(5))
             .await
             .map_err(on)?;
-        let mut cursor = 0u64;
         let mut removed = 0u64;
-        loop {
-            let (next, streams): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(keys::STREAM_PATTERN)
-                .arg("TYPE")
-                .arg("stream")
-                .arg("COUNT")
-                .arg(EXPIRE_PAGE)
-                .query_async(&mut c)
-                .await
-                .map_err(on)?;
+        let mut pages = keys::ScanPages::new(keys::STREAM_PATTERN, "stream");
+        while let Some(streams) = pages.next(&mut c).await.map_err(on)? {
             let mut pipe = redis::pipe();
             for rid in streams.iter().filter_map(|k| keys::recipient_of(k)) {
                 pipe.add_command(
@@ -360,24 +345,22 @@ impl ClusterStore {
                         .to_owned(),
                 );
             }
-            if !pipe.is_empty() {
-                let answers: Vec<Value> = pipe.query_async(&mut c).await.map_err(on)?;
-                for a in answers {
-                    match a {
-                        Value::Int(n) => removed += u64::try_from(n).unwrap_or(0),
-                        other => {
-                            return Err(backend(format!(
-                                "expiry on {primary}: sp_expire answered {other:?}"
-                            )));
-                        }
+            if pipe.is_empty() {
+                continue;
+            }
+            let answers: Vec<Value> = pipe.query_async(&mut c).await.map_err(on)?;
+            for a in answers {
+                match a {
+                    Value::Int(n) => removed += u64::try_from(n).unwrap_or(0),
+                    other => {
+                        return Err(backend(format!(
+                            "expiry on {primary}: sp_expire answered {other:?}"
+                        )));
                     }
                 }
             }
-            if next == 0 {
-                return Ok(removed);
-            }
-            cursor = next;
         }
+        Ok(removed)
     }
 }
 

@@ -19,8 +19,6 @@ use redis::aio::MultiplexedConnection;
 use sealpost_core::{AeadKey, RecipientId};
 use std::time::Duration;
 
-/// SCAN page size for the mailbox hashes.
-const PAGE: usize = 500;
 /// How long each primary's WAITAOF may take.
 const DURABLE: Duration = Duration::from_secs(5);
 
@@ -142,20 +140,9 @@ fn durable(what: &str, acks: (i64, i64)) -> Result<(), StoreError> {
 async fn records_on(primary: &str, old: &AeadKey, new: &AeadKey) -> Result<u64, StoreError> {
     let on = |e: redis::RedisError| backend(format!("{primary}: {e}"));
     let mut c = Committer::connect(primary, DURABLE).await.map_err(on)?;
-    let mut cursor = 0u64;
     let mut changed = 0u64;
-    loop {
-        let (next, found): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg("{m:*}")
-            .arg("TYPE")
-            .arg("hash")
-            .arg("COUNT")
-            .arg(PAGE)
-            .query_async(&mut c)
-            .await
-            .map_err(on)?;
+    let mut pages = keys::ScanPages::new("{m:*}", "hash");
+    while let Some(found) = pages.next(&mut c).await.map_err(on)? {
         // The dedupe hashes (`{m:<rid>}:d`) match the pattern too; only the main hashes name
         // a mailbox exactly.
         let mailboxes: Vec<(Vec<u8>, RecipientId)> = found
@@ -167,11 +154,8 @@ async fn records_on(primary: &str, old: &AeadKey, new: &AeadKey) -> Result<u64, 
             })
             .collect();
         changed += page(&mut c, primary, &mailboxes, old, new).await?;
-        if next == 0 {
-            return Ok(changed);
-        }
-        cursor = next;
     }
+    Ok(changed)
 }
 
 /// Re-seals the records of one page of mailboxes on one primary.
