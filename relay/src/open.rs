@@ -221,6 +221,8 @@ pub async fn open_store(
             // Deposits also trim what the retention has expired, so that old envelopes do not
             // hold a mailbox's quota between expiry sweeps.
             cluster.retention = Some(config.limits.retention);
+            // One relay of the cluster sweeps each primary per interval, not every relay.
+            cluster.expire_every = Some(config.limits.expire_interval);
             let store = ClusterStore::open(cluster).await?;
             // Every relay must count on the same epoch deadlines: the first to start sets the
             // settle grace for all.

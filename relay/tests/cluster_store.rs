@@ -1139,3 +1139,65 @@ async fn the_at_rest_settle_grace_is_the_first_relays_for_all() {
         agreed
     );
 }
+
+/// Relays sharing a cluster do not all sweep every primary for expiry: a relay leaves alone a
+/// primary any relay swept within its own interval (by the primary's clock), a relay with a
+/// shorter interval still sweeps as often as it asks, and a store without an interval always
+/// sweeps.
+#[tokio::test]
+async fn relays_share_the_expiry_sweep() {
+    let Some(cluster) = valkey::private_cluster("cluster_store::relays_share_the_expiry_sweep")
+    else {
+        return;
+    };
+    let every = |every: Option<Duration>| {
+        let mut o = ClusterOptions::new(
+            cluster.nodes().to_vec(),
+            Some(Zeroizing::new(MASTER)),
+            quotas(),
+        );
+        o.expire_every = every;
+        ClusterStore::open(o)
+    };
+    let a = every(Some(Duration::from_secs(600))).await.unwrap();
+    let b = every(Some(Duration::from_secs(600))).await.unwrap();
+    let eager = every(Some(Duration::from_millis(1))).await.unwrap();
+    let always = every(None).await.unwrap();
+    // Mailboxes spread over the primaries (random ids).
+    let mut rids = Vec::new();
+    while rids.len() < 24 {
+        rids.push(mailbox(&a).await);
+    }
+    let fill = |n: u8| {
+        let batch: Vec<Append> = rids.iter().map(|r| app(&a, r, n, b"old")).collect();
+        let a = &a;
+        async move {
+            let out = a.append_batch(&batch).await.unwrap();
+            assert!(out.iter().all(|o| matches!(o, AppendOutcome::Stored(_))), "{out:?}");
+        }
+    };
+    let later = || SystemTime::now() + Duration::from_secs(1);
+    let held = |s: &'static str| {
+        let rids = &rids;
+        let a = &a;
+        async move {
+            let mut n = 0;
+            for r in rids {
+                n += a.pending(r).await.unwrap();
+            }
+            (s, n)
+        }
+    };
+    fill(1).await;
+    assert_eq!(a.expire(later()).await.unwrap(), 24);
+    fill(2).await;
+    // Every primary was swept by A a moment ago: B, with the same interval, leaves them.
+    assert_eq!(b.expire(later()).await.unwrap(), 0);
+    assert_eq!(held("after B").await, ("after B", 24));
+    // A relay sweeping every millisecond is due at once, and so is a store without interval.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(eager.expire(later()).await.unwrap(), 24);
+    fill(3).await;
+    assert_eq!(always.expire(later()).await.unwrap(), 24);
+    assert_eq!(held("after all").await, ("after all", 0));
+}

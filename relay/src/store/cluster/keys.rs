@@ -115,6 +115,16 @@ pub fn stats_key(slot: u16) -> &'static str {
     &table[usize::from(slot) % SLOTS]
 }
 
+/// When the primary that serves `slot` was last swept for expiry, by any relay (under the
+/// slot's counter tag).
+pub fn expiry_mark_key(slot: u16) -> String {
+    let stats = stats_key(slot);
+    format!(
+        "{}:expired-at",
+        stats.strip_suffix(":stats").unwrap_or(stats)
+    )
+}
+
 /// The key the health probe writes in `slot` (under the slot's counter tag).
 pub fn probe_key(slot: u16) -> String {
     let stats = stats_key(slot);

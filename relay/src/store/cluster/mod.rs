@@ -38,6 +38,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use zeroize::Zeroizing;
 
+/// Whether a primary's expiry sweep is due for a relay sweeping every ARGV[1] ms: its last
+/// sweep (KEYS[1], ms by this node's clock) is at least that old; if so the new one is
+/// recorded (kept a day, then forgotten). Answers 1 if due.
+const EXPIRY_DUE: &str = "local t = redis.call('TIME') \
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) \
+    local last = tonumber(redis.call('GET', KEYS[1]) or '0') or 0 \
+    if now - last < tonumber(ARGV[1]) then return 0 end \
+    redis.call('SET', KEYS[1], now, 'PX', 86400000) return 1";
+
 /// The function library, loaded on every primary at start-up.
 const FUNCTIONS: &str = include_str!("functions.lua");
 
@@ -57,6 +66,12 @@ pub struct ClusterOptions {
     /// would refuse otherwise (besides [`Store::expire`]), so that they do not hold the quota
     /// between sweeps; `None`: only by `expire`.
     pub retention: Option<Duration>,
+    /// How often this relay sweeps for expiry ([`Store::expire`]): it leaves alone a primary
+    /// that any relay of the cluster swept less than this long ago (by the primary's clock,
+    /// kept on the primary), so that N relays sweep each primary about once an interval, not N
+    /// times. A relay with a shorter interval still sweeps as often as it asks; one that
+    /// stops blocks nobody. `None`: every call sweeps every primary.
+    pub expire_every: Option<Duration>,
 }
 
 impl ClusterOptions {
@@ -72,6 +87,7 @@ impl ClusterOptions {
             quotas,
             durable_timeout: Duration::from_secs(1),
             retention: None,
+            expire_every: None,
         }
     }
 }
@@ -88,6 +104,8 @@ pub struct ClusterStore {
     secrets: AeadKey,
     prf: IdPrf,
     wakes: Arc<wake::Wakes>,
+    /// [`ClusterOptions::expire_every`].
+    expire_every: Option<Duration>,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -186,6 +204,7 @@ impl ClusterStore {
             secrets,
             prf: IdPrf::new([0; 16]),
             wakes,
+            expire_every: opts.expire_every,
         };
         store.prf = store.load_prf().await?;
         Ok(store)
@@ -324,6 +343,33 @@ impl ClusterStore {
         self.committer.refresh().await.map_err(backend)
     }
 
+    /// Whether this store should sweep `primary` now: nobody swept it within this store's
+    /// interval (and the sweep is then recorded, atomically). Any doubt (the slot map changed,
+    /// an error) counts as yes: sweeping a primary twice costs time, never envelopes.
+    async fn expiry_due(&self, c: &mut redis::aio::MultiplexedConnection, primary: &str) -> bool {
+        let Some(every) = self.expire_every else {
+            return true;
+        };
+        let Some(slot) = self
+            .committer
+            .slot_map()
+            .into_iter()
+            .find(|(_, _, p)| p == primary)
+            .map(|(first, _, _)| first)
+        else {
+            return true;
+        };
+        let ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX).max(1);
+        let due: Result<i64, _> = redis::cmd("EVAL")
+            .arg(EXPIRY_DUE)
+            .arg(1)
+            .arg(keys::expiry_mark_key(slot))
+            .arg(ms)
+            .query_async(c)
+            .await;
+        !matches!(due, Ok(0))
+    }
+
     /// Removes the envelopes stored before `cutoff` (ms) on one primary: a page of its
     /// mailboxes' streams at a time (SCAN), then one pipeline of `sp_expire` calls for the
     /// page on the same connection, so a sweep holds one page in memory and makes two round
@@ -333,6 +379,10 @@ impl ClusterStore {
         let mut c = Committer::connect(primary, Duration::from_secs(5))
             .await
             .map_err(on)?;
+        if !self.expiry_due(&mut c, primary).await {
+            // Another relay swept this primary within this relay's interval.
+            return Ok(0);
+        }
         let mut removed = 0u64;
         let mut pages = keys::ScanPages::new(keys::STREAM_PATTERN, "stream");
         while let Some(streams) = pages.next(&mut c).await.map_err(on)? {
