@@ -1173,7 +1173,10 @@ async fn relays_share_the_expiry_sweep() {
         let a = &a;
         async move {
             let out = a.append_batch(&batch).await.unwrap();
-            assert!(out.iter().all(|o| matches!(o, AppendOutcome::Stored(_))), "{out:?}");
+            assert!(
+                out.iter().all(|o| matches!(o, AppendOutcome::Stored(_))),
+                "{out:?}"
+            );
         }
     };
     let later = || SystemTime::now() + Duration::from_secs(1);
