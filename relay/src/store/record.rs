@@ -133,6 +133,26 @@ pub(crate) fn open(
     }
 }
 
+/// Re-seals what [`seal`] made under `old` (with `aad`; its plaintext `len` bytes) under
+/// `new`, for a master-key rotation; `None` if it opens under `new` already (a rotation run
+/// again), `WrongMasterKey` if it opens under neither. The plaintext is wiped.
+pub(crate) fn reseal(
+    old: &AeadKey,
+    new: &AeadKey,
+    aad: &[u8],
+    sealed: &[u8],
+    len: usize,
+) -> Result<Option<Vec<u8>>, RecordError> {
+    let mut plain = Zeroizing::new(vec![0u8; len]);
+    if open(new, aad, sealed, &mut plain).is_ok() {
+        return Ok(None);
+    }
+    open(old, aad, sealed, &mut plain)?;
+    seal(new, aad, &plain)
+        .map(Some)
+        .map_err(RecordError::Backend)
+}
+
 /// Decodes the record `v` of the mailbox `rid`, opening sealed secrets with `key`.
 pub(crate) fn decode(
     rid: &[u8],

@@ -219,21 +219,20 @@ pub fn rewrap(
     old: &AeadKey,
     new: &AeadKey,
 ) -> Result<Option<[u8; WRAPPED_LEN]>, String> {
-    let aad = wrap_aad(k.epoch, k.end);
-    let mut root = Zeroizing::new([0u8; 32]);
-    if secrets::open(new, &aad, &k.wrapped, &mut root[..]).is_ok() {
-        return Ok(None);
-    }
-    secrets::open(old, &aad, &k.wrapped, &mut root[..]).map_err(|_| {
-        format!(
-            "epoch key of shard {} from {} opens under neither master key",
-            k.epoch.shard, k.epoch.start
-        )
-    })?;
-    let sealed = secrets::seal(new, &aad, &root[..])?;
-    let mut w = [0u8; WRAPPED_LEN];
-    w.copy_from_slice(&sealed);
-    Ok(Some(w))
+    let sealed = secrets::reseal(old, new, &wrap_aad(k.epoch, k.end), &k.wrapped, 32).map_err(
+        |e| match e {
+            RecordError::WrongMasterKey => format!(
+                "epoch key of shard {} from {} opens under neither master key",
+                k.epoch.shard, k.epoch.start
+            ),
+            other => other.to_string(),
+        },
+    )?;
+    Ok(sealed.map(|s| {
+        let mut w = [0u8; WRAPPED_LEN];
+        w.copy_from_slice(&s);
+        w
+    }))
 }
 
 fn wrap_aad(epoch: EpochId, end: u64) -> [u8; 40] {

@@ -82,17 +82,12 @@ fn reseal(
     len: usize,
     what: &str,
 ) -> Result<Option<Vec<u8>>, StoreError> {
-    let mut plain = zeroize::Zeroizing::new(vec![0u8; len]);
-    if record::open(new, aad, sealed, &mut plain).is_ok() {
-        return Ok(None);
-    }
-    record::open(old, aad, sealed, &mut plain).map_err(|e| match e {
+    record::reseal(old, new, aad, sealed, len).map_err(|e| match e {
         RecordError::WrongMasterKey => StoreError::Backend(format!(
             "{what} opens under neither the old nor the new master key: is --old-key-file the key the cluster's relays use?"
         )),
         other => backend(other),
-    })?;
-    record::seal(new, aad, &plain).map(Some).map_err(backend)
+    })
 }
 
 /// Re-seals the deposit-id PRF key; whether it changed.
